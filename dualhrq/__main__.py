@@ -1,0 +1,5 @@
+import sys
+
+from dualhrq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The one command-line entry point: `dualhrq <command>` (also `python -m dualhrq`).
+
+Each sub-package that adds commands exposes `register(subparsers)` in its `commands.py`; this module only
+assembles them, handles errors uniformly and sets up logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from dualhrq.errors import HRMError
+
+log = logging.getLogger("dualhrq")
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    import torch
+
+    from dualhrq.config import load_config
+    from dualhrq.model import HRM, ModelInputs
+    from dualhrq.model.budget import budget_violations, parameter_table
+    from dualhrq.model.diagnostics import convergence_diagnostics
+
+    cfg = load_config(args.config)
+    torch.manual_seed(0)
+    model = HRM(cfg.model)
+    rows = parameter_table(model, cfg.budget)
+    total = sum(r.params for r in rows)
+    problems = budget_violations(rows, cfg.budget)
+    if args.json:
+        print(json.dumps({"config": args.config, "total": total, "violations": problems,
+                          "components": {r.component: {"params": r.params, "cap": r.cap} for r in rows}}, indent=2))
+    else:
+        print(f"{'component':<18}{'params':>14}{'cap':>14}  status")
+        for r in rows:
+            cap = f"{r.cap:,}" if r.cap is not None else "-"
+            print(f"{r.component:<18}{r.params:>14,}{cap:>14}  {'OVER' if r.over else 'ok'}")
+        b = cfg.budget
+        ok = b.total_min <= total <= b.total_max
+        print(f"{'total':<18}{total:>14,}{f'{b.total_min:,}-{b.total_max:,}':>24}  {'ok' if ok else 'OUT'}")
+    if args.diagnose:
+        rep = convergence_diagnostics(model, ModelInputs.random(cfg.model, 4))
+        print("\nconvergence diagnostics (random inputs, untrained weights unless a checkpoint is loaded):")
+        for i, (deltas, hn) in enumerate(zip(rep.l_deltas, rep.h_norms)):
+            print(f"  cycle {i}: L-state relative change per step {['%.4f' % d for d in deltas]}, |z_H| {hn:.3f}")
+    if problems and args.strict:
+        for p in problems:
+            print(f"budget violation: {p}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_bench_forward(args: argparse.Namespace) -> int:
+    from dualhrq.bench.forward import forward_latency
+    from dualhrq.config import load_config
+
+    cfg = load_config(args.config)
+    s = forward_latency(cfg, batch_size=args.batch, runs=args.runs, warmup=args.warmup, threads=args.threads)
+    m = cfg.model
+    print(f"torch eager forward, {args.config}: batch {args.batch}, N={m.n_cycles} T={m.t_steps} "
+          f"T_h={m.coarse_len} T_l={m.fine_len}, {s.runs} runs after {args.warmup} warm-up")
+    print(f"p50 {s.p50_ms:.2f} ms   p95 {s.p95_ms:.2f} ms   mean {s.mean_ms:.2f} ms")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dualhrq.bench.demo import run_demo
+
+    return run_demo(args)
+
+
+def _register_core(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="the whole system end to end on the bundled data (the README's main command)")
+    d.add_argument("--out", default="runs/demo", help="where artifacts, reports and plots go")
+    d.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("params", help="parameter table per component against the budget",
+                       description="Instantiate the model from a config and count its parameters per component "
+                                   "against the caps in the config's `budget` section.")
+    p.add_argument("--config", required=True, help="model config YAML, e.g. config/hrm_27m.yaml")
+    p.add_argument("--strict", action="store_true", help="exit 1 naming each component outside its cap")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also print convergence diagnostics (L-state change per step, H-state norms)")
+    p.set_defaults(func=_cmd_params)
+
+
+def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("forward", help="PyTorch eager forward latency of one segment",
+                             description="Median and p95 of one segment's forward pass on this CPU, after warm-up.")
+    p.add_argument("--config", default="config/hrm_27m.yaml")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.set_defaults(func=_cmd_bench_forward)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualhrq", description="DualHRQ: train, export, serve and benchmark "
+                                     "the Hierarchical Reasoning Model on market data.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _register_core(sub)
+    bench = sub.add_parser("bench", help="benchmarks (forward, engine, latency, index)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    _register_bench_forward(bench_sub)
+    for register in _command_registrars():
+        register(sub)
+    return parser
+
+
+def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except HRMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Typed configuration: one msgspec Struct per YAML section, loaded with clear, path-naming errors.
+
+A YAML file may start from another with ``base: other.yaml`` (path relative to the file); its keys are
+merged over the base's, section by section. Unknown keys, wrong types and out-of-range values are refused
+with ``<file>: <section.key.path>: <what was expected>``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from dualhrq.errors import ConfigurationError
+
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+Prob = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every config section: unknown keys are errors, values are immutable once loaded."""
+
+
+# ---------------------------------------------------------------- model
+
+
+class ModuleConfig(_Section):
+    """One recurrent module (H or L): a stack of post-norm transformer blocks."""
+
+    hidden_dim: Annotated[int, msgspec.Meta(ge=8)]
+    num_layers: PosInt = 4
+    num_heads: PosInt = 8
+    ffn_dim: PosInt = 1024  # SwiGLU inner width
+
+
+class ModelConfig(_Section):
+    h_module: ModuleConfig
+    l_module: ModuleConfig
+    n_cycles: PosInt = 2  # N: H updates per segment
+    t_steps: PosInt = 2  # T: L steps per H update
+    coarse_len: PosInt = 20  # T_h: coarse bars per sample (H tokens)
+    fine_len: PosInt = 48  # T_l: fine bars per sample (L tokens)
+    coarse_features: PosInt = 16  # width of one H token (set by dualhrq.data.features)
+    fine_features: PosInt = 16  # width of one L token
+    regime_features: PosInt = 20
+    num_regimes: Annotated[int, msgspec.Meta(ge=2, le=32)] = 5
+    pattern_dim: PosInt = 32  # P: width of one retrieved pattern context vector
+    pattern_k: PosInt = 8  # K: neighbours per query
+    instrument_vocab: Annotated[int, msgspec.Meta(ge=2)] = 256  # id 0 is "unknown"
+    instrument_dim: PosInt = 64
+    timeframe_vocab: Annotated[int, msgspec.Meta(ge=2)] = 16  # id 0 is "unknown"
+    timeframe_dim: PosInt = 32
+    regime_hidden: PosInt = 64
+    fusion_hidden: PosInt = 192
+    head_hidden: PosInt = 128
+    quantity_min: float = 0.0
+    quantity_max: float = 1.0
+    norm_eps: PosFloat = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("h_module", "l_module"):
+            m: ModuleConfig = getattr(self, name)
+            if m.hidden_dim % m.num_heads:
+                raise ValueError(f"{name}.hidden_dim ({m.hidden_dim}) must be divisible by num_heads ({m.num_heads})")
+        if self.quantity_max <= self.quantity_min:
+            raise ValueError("quantity_max must be greater than quantity_min")
+
+
+class ActConfig(_Section):
+    """Adaptive computation time: how many segments run per sample."""
+
+    min_segments: PosInt = 1
+    max_segments: PosInt = 4
+    exploration_prob: Prob = 0.1  # training: chance of drawing a random minimum segment count
+    fixed_segments: NonNegInt = 0  # serve: >0 runs exactly this many segments (predictable latency)
+
+    def __post_init__(self) -> None:
+        if self.min_segments > self.max_segments:
+            raise ValueError("min_segments must be <= max_segments")
+        if self.fixed_segments > self.max_segments:
+            raise ValueError("fixed_segments must be <= max_segments")
+
+
+class BudgetConfig(_Section):
+    """Parameter caps per component, checked by `dualhrq params --strict` (and CI)."""
+
+    h_max: PosInt = 8_500_000
+    l_max: PosInt = 18_000_000
+    heads_max: PosInt = 300_000
+    conditioning_max: PosInt = 500_000
+    total_min: NonNegInt = 26_500_000
+    total_max: PosInt = 27_500_000
+
+
+# ---------------------------------------------------------------- data and training
+
+
+class DataConfig(_Section):
+    dataset: str = "eurusd_1h"  # a bundled dataset name (`dualhrq data list`) or a CSV/Parquet path
+    instrument: str = ""  # defaults to the dataset's own instrument name
+    coarse_rule: str = ""  # pandas offset of the coarse timeframe; defaults by the fine one (1h -> 1D, 1D -> W)
+    train_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.8  # rest is the held-out tail
+    label_horizon: PosInt = 1  # fine bars ahead for the fine label
+    cost_bps: NonNegFloat = 1.0  # round-trip cost used by action labels and evaluation
+
+
+class TrainConfig(_Section):
+    steps: PosInt = 300
+    batch_size: PosInt = 32
+    lr: PosFloat = 3e-4
+    weight_decay: NonNegFloat = 0.1
+    warmup_steps: NonNegInt = 20
+    grad_clip: PosFloat = 1.0
+    seed: int = 0
+    checkpoint_every: PosInt = 100
+    log_every: PosInt = 10
+    out_dir: str = "runs/train"
+    pattern_dropout: Prob = 0.25  # drop the whole pattern context so the regime-only path stays calibrated
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    loss_weights: dict[str, NonNegFloat] = msgspec.field(default_factory=dict)
+
+
+class FaultConfig(_Section):
+    """Deliberate index faults for drills: every query sleeps delay_ms, error_rate of them raise."""
+
+    delay_ms: NonNegFloat = 0.0
+    error_rate: Prob = 0.0
+
+
+class PatternsConfig(_Section):
+    """The pattern library (hnswlib), its fixed encoder, and retrieval that fails open (dualhrq.patterns)."""
+
+    enabled: bool = True
+    space: Literal["l2", "cosine", "ip"] = "l2"
+    m: PosInt = 16
+    ef_construction: PosInt = 200
+    ef: PosInt = 64
+    max_elements: PosInt = 200_000
+    window: PosInt = 24  # fine bars summarised by one pattern
+    embed_dim: PosInt = 16  # E: PCA components kept by the pattern encoder
+    expiry_days: NonNegFloat = 0.0  # 0: entries never expire
+    initial_quality: Prob = 0.5  # no evidence yet: a coin flip on the direction
+    quality_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1  # weight of one realised outcome
+    quality_floor: Prob = 0.2  # entries whose quality falls below retire
+    timeout_ms: PosFloat = 2.0
+    pool_size: PosInt = 2
+    fault: FaultConfig = FaultConfig()
+
+
+class ValidateConfig(_Section):
+    train_bars: PosInt = 2000
+    test_bars: PosInt = 500
+    step_bars: PosInt = 500
+    purge_bars: NonNegInt = 24
+    embargo_bars: NonNegInt = 12
+    anchored: bool = False
+    continue_from_previous: bool = True
+    cpcv_groups: PosInt = 6
+    cpcv_test_groups: PosInt = 2
+    bootstrap_reps: PosInt = 1000
+    out_dir: str = "runs/validate"
+
+
+# ---------------------------------------------------------------- serving
+
+
+class CurveConfig(_Section):
+    server_secret_key_file: str = ""  # empty: CURVE off
+    allowed_clients_dir: str = ""  # directory of client public key files
+    admin_keys_dir: str = ""  # public keys that may send admin commands
+
+
+class ServeConfig(_Section):
+    bind: str = "tcp://127.0.0.1:5555"
+    workers: PosInt = 1
+    backend: Literal["onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch"] = "onnx-cpu"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    intra_op_threads: NonNegInt = 0  # 0: all cores
+    max_batch: PosInt = 8
+    max_wait_us: NonNegInt = 200
+    queue_max: PosInt = 256
+    max_body_bytes: PosInt = 1_000_000
+    default_deadline_ms: NonNegFloat = 0.0  # 0: no deadline unless the request gives one
+    metrics_port: NonNegInt = 0  # 0: no Prometheus endpoint
+    admin_tokens: list[str] = msgspec.field(default_factory=list)
+    curve: CurveConfig = CurveConfig()
+    drain_timeout_s: PosFloat = 5.0
+
+
+class RiskConfig(_Section):
+    max_position: PosFloat = 1.0
+    max_order_quantity: PosFloat = 1.0
+    max_notional: PosFloat = 1_000_000.0
+
+
+class ComplianceConfig(_Section):
+    enabled: bool = True
+    risk: RiskConfig = RiskConfig()
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+class Config(_Section):
+    model: ModelConfig
+    act: ActConfig = ActConfig()
+    budget: BudgetConfig = BudgetConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    patterns: PatternsConfig = PatternsConfig()
+    validate: ValidateConfig = ValidateConfig()
+    serve: ServeConfig = ServeConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
+
+
+_PATH_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _readable(err: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's 'Expected `int` >= 64 - at `$.model.l_module.hidden_dim`' into (path, message)."""
+    m = _PATH_RE.match(str(err))
+    assert m is not None
+    path = (m.group("path") or "").lstrip(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    msg = m.group("msg").replace("`", "")
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    if msg.startswith("object contains unknown field"):
+        field = re.search(r"field (\S+)", msg)
+        name = field.group(1).strip('"') if field else "?"
+        path = f"{path}.{name}" if path else name
+        msg = "unknown key"
+    elif msg.startswith("object missing required field"):
+        field = re.search(r"field (\S+)", msg)
+        name = field.group(1).strip('"') if field else "?"
+        path = f"{path}.{name}" if path else name
+        msg = "missing required key"
+    return path or "<root>", msg
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigurationError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigurationError(f"{path}: base: circular reference")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigurationError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{path}: <root>: expected a mapping of sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigurationError(f"{path}: base: expected a path string")
+    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), raw)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain mapping into a Config, raising ConfigurationError that names source and key path."""
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as e:
+        path, msg = _readable(e)
+        raise ConfigurationError(f"{source}: {path}: {msg}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a YAML config file (following ``base:``)."""
+    p = Path(path)
+    return config_from_dict(_read_yaml(p), str(path))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-JSON form of a config (for checkpoints and manifests); `config_from_dict` reads it back."""
+    return msgspec.to_builtins(cfg)

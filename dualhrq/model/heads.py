@@ -1,0 +1,41 @@
+"""Output heads read from the pooled recurrent states after a segment.
+
+Policy, quantity and value see both levels; the Q-head (halt, continue) and the coarse forecast read the slow
+H state; the fine forecast reads the fast L state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+
+
+class Heads(nn.Module):
+    def __init__(self, h_dim: int, l_dim: int, hidden: int, quantity_min: float, quantity_max: float) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(h_dim + l_dim, hidden), nn.SiLU())
+        self.policy = nn.Linear(hidden, len(ACTIONS))
+        self.quantity = nn.Linear(hidden, 1)
+        self.value = nn.Linear(hidden, 1)
+        self.q = nn.Linear(h_dim, 2)
+        self.forecast_coarse = nn.Linear(h_dim, 1)
+        self.forecast_fine = nn.Linear(l_dim, 1)
+        self.quantity_min, self.quantity_max = quantity_min, quantity_max
+        # As in the reference HRM: Q starts strongly negative so early training halts only when told to.
+        nn.init.zeros_(self.q.weight)
+        nn.init.constant_(self.q.bias, -5.0)
+
+    def forward(self, h_pooled: torch.Tensor, l_pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """h_pooled [B, D_h], l_pooled [B, D_l] -> dict of head outputs ([B, 5], [B], [B], [B, 2], [B], [B])."""
+        x = self.trunk(torch.cat([h_pooled, l_pooled], dim=-1))
+        span = self.quantity_max - self.quantity_min
+        return {
+            "policy_logits": self.policy(x),
+            "quantity": self.quantity_min + span * torch.sigmoid(self.quantity(x).squeeze(-1)),
+            "value": self.value(x).squeeze(-1),
+            "q_logits": self.q(h_pooled),  # [:, 0] halt, [:, 1] continue
+            "forecast_coarse": self.forecast_coarse(h_pooled).squeeze(-1),
+            "forecast_fine": self.forecast_fine(l_pooled).squeeze(-1),
+        }

@@ -1,0 +1,37 @@
+"""Ids for instruments and timeframes. Id 0 is always "unknown", so an unseen name never fails a request."""
+
+from __future__ import annotations
+
+UNKNOWN_ID = 0
+
+# Fixed, so every checkpoint agrees on them; new timeframes are appended, never reordered.
+TIMEFRAMES: tuple[str, ...] = ("<unknown>", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
+
+
+def timeframe_id(name: str) -> int:
+    """'1h' -> 5; unknown timeframes map to 0. Case-insensitive ('1H', '1D')."""
+    try:
+        return TIMEFRAMES.index(name.lower())
+    except ValueError:
+        return UNKNOWN_ID
+
+
+class InstrumentVocab:
+    """Instrument name -> embedding row; grows by appending (pair it with HRM.grow_instruments)."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self._ids = {n: i + 1 for i, n in enumerate(names or [])}
+
+    def __len__(self) -> int:
+        return len(self._ids) + 1  # + the unknown row
+
+    def id(self, name: str) -> int:
+        return self._ids.get(name, UNKNOWN_ID)
+
+    def add(self, name: str) -> int:
+        if name not in self._ids:
+            self._ids[name] = len(self._ids) + 1
+        return self._ids[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._ids, key=self._ids.__getitem__)

@@ -1,0 +1,304 @@
+"""Wire protocol v1 (docs/PROTOCOL.md): the messages, strict decoding, and the error each bad body earns.
+
+Every body is one MessagePack map tagged by ``type``. Decoding takes a fast path (one typed msgspec decode)
+and, only when that fails, a slow path that decodes generically to say exactly what is wrong: the error code
+the protocol assigns, the offending field, and the request id whenever the body got far enough to carry one.
+Deliberately free of torch and numpy-heavy imports: the gateway client imports this module too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# The wire order of `probs` and the index order of the graph's policy_logits (same as dualhrq.model.ACTIONS;
+# a test keeps them equal). Kept here so the client needs no torch.
+ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+
+ErrorCode = Literal["bad_request", "invalid_input", "unsupported_version", "unknown_type", "deadline_exceeded",
+                    "overloaded", "unauthorized", "internal"]
+AdminCommand = Literal["stats", "disable_patterns", "enable_patterns", "kill_switch_on", "kill_switch_off",
+                       "reload"]
+FailOpenReason = Literal["timeout", "disabled", "error", "empty"]
+
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class ProtocolError(Exception):
+    """A request that earns an error reply; `field` names the offending field (dotted, with [index])."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None, request_id: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field, self.request_id = code, message, field, request_id
+
+    def reply(self) -> ErrorReply:
+        return ErrorReply(id=self.request_id, code=self.code, message=self.message, field=self.field)
+
+
+# ---------------------------------------------------------------- requests
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Bars(_Strict):
+    """One timeframe's bars, oldest first; `t` in ns since the epoch."""
+
+    t: list[int]
+    o: list[float]
+    h: list[float]
+    l: list[float]  # noqa: E741 - the wire name
+    c: list[float]
+    v: list[float]
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+class Market(_Strict):
+    ts: int
+    last: float
+    bid: float
+    ask: float
+    prior_close: float
+    luld_tier: Literal[1, 2]
+
+
+class Ping(_Strict, tag_field="type", tag="ping"):
+    id: RequestId
+
+
+class Signal(_Strict, tag_field="type", tag="signal"):
+    id: RequestId
+    v: int
+    instrument: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    timeframe: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+    coarse: Bars
+    fine: Bars
+    deadline_ms: float | None = None
+    market: Market | None = None
+
+
+class Admin(_Strict, tag_field="type", tag="admin"):
+    id: RequestId
+    cmd: AdminCommand
+    token: str = ""  # may be empty when the client's CURVE key is an admin key
+    bundle: str = ""  # reload only: the bundle to load; empty reloads the path the server started with
+
+
+Request = Union[Ping, Signal, Admin]
+REQUEST_TYPES = ("ping", "signal", "admin")
+
+# ---------------------------------------------------------------- replies
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    pass
+
+
+class Needs(_Reply):
+    coarse: int
+    fine: int
+
+
+class Pong(_Reply, tag_field="type", tag="pong"):
+    id: str
+    model: str
+    ready: bool
+    uptime_s: float
+    needs: Needs
+    rules_version: str  # extra field (documented): the compliance rule table the gate enforces
+
+
+class Forecast(_Reply):
+    coarse: float
+    fine: float
+
+
+class Regime(_Reply):
+    id: int
+    probs: list[float]
+
+
+class Patterns(_Reply):
+    used: int
+    fail_open: bool
+    reason: FailOpenReason | None
+
+
+class Act(_Reply):
+    segments: int
+    halted: Literal["q", "max"]
+
+
+class Compliance(_Reply):
+    allowed: bool
+    original_action: str
+    reasons: list[str]
+
+
+class Timing(_Reply):
+    decode: int
+    features: int
+    retrieval: int
+    queue: int
+    engine: int
+    total: int
+
+
+class SignalReply(_Reply, tag_field="type", tag="signal"):
+    id: str
+    model: str
+    action: str
+    probs: list[float]
+    confidence: float
+    quantity: float
+    forecast: Forecast
+    value: float
+    regime: Regime
+    patterns: Patterns
+    act: Act
+    compliance: Compliance
+    timing_us: Timing
+
+
+class AdminReply(_Reply, tag_field="type", tag="admin"):
+    id: str
+    cmd: str
+    ok: bool
+    detail: dict[str, Any] = {}
+
+
+class ErrorReply(_Reply, tag_field="type", tag="error"):
+    id: str | None
+    code: ErrorCode
+    message: str
+    field: str | None = None
+
+
+Reply = Union[Pong, SignalReply, AdminReply, ErrorReply]
+
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_reply(body: bytes) -> Reply:
+    """Client side: a reply body as its Struct (raises msgspec errors on a malformed reply)."""
+    return _reply_decoder.decode(body)
+
+
+# ---------------------------------------------------------------- decoding requests
+
+
+def decode_request(body: bytes, max_body_bytes: int) -> Request:
+    """Bytes -> a well-formed request, or ProtocolError with the code, the field and (if readable) the id.
+
+    Well-formed means the schema holds and every number is finite; whether a signal's bars are usable for
+    the loaded model (counts, order, prices) is `check_signal`'s job, since it needs the model's `needs`.
+    """
+    if len(body) > max_body_bytes:
+        # Not decoded at all (that is the point of the limit), so the id cannot be read: it is null.
+        raise ProtocolError("bad_request", f"body of {len(body)} bytes exceeds the maximum of {max_body_bytes}")
+    try:
+        req = _request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _diagnose(body) from None
+    if isinstance(req, Signal):
+        _check_signal_numbers(req)
+    return req
+
+
+def _diagnose(body: bytes) -> ProtocolError:
+    """Why the typed decode failed, in the protocol's terms (runs only for bad bodies)."""
+    try:
+        obj = msgspec.msgpack.decode(body)
+    except msgspec.DecodeError:
+        return ProtocolError("bad_request", "body is not valid MessagePack")
+    if not isinstance(obj, dict):
+        return ProtocolError("bad_request", f"body is a MessagePack {_kind(obj)}, not a map")
+    if not all(isinstance(k, str) for k in obj):
+        return ProtocolError("bad_request", "map keys must be strings")
+    rid = obj.get("id")
+    if not isinstance(rid, str) or not 1 <= len(rid) <= 64:
+        what = "missing" if "id" not in obj else f"must be a string of 1 to 64 characters, got {_kind(rid)}"
+        return ProtocolError("bad_request", f"id {what}", "id")
+    kind = obj.get("type")
+    if kind is None:
+        return ProtocolError("bad_request", "type missing", "type", rid)
+    if not isinstance(kind, str):
+        return ProtocolError("bad_request", f"type must be a string, got {_kind(kind)}", "type", rid)
+    if kind not in REQUEST_TYPES:
+        return ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of "
+                             f"{', '.join(REQUEST_TYPES)}", "type", rid)
+    if kind == "signal":
+        version = obj.get("v")
+        if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
+            return ProtocolError("unsupported_version", f"protocol version {version} is not supported; "
+                                 f"this server speaks v{PROTOCOL_VERSION}", "v", rid)
+    try:
+        msgspec.convert(obj, Request, strict=True)
+    except msgspec.ValidationError as e:
+        field, message = _readable(str(e))
+        return ProtocolError("bad_request", message, field, rid)
+    return ProtocolError("internal", "request rejected by the decoder for an unrecognised reason", None, rid)
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _readable(err: str) -> tuple[str | None, str]:
+    """msgspec's 'Expected `int`, got `float` - at `$.fine.t[3]`' -> ('fine.t[3]', 'expected int, got float')."""
+    m = _AT.match(err)
+    assert m is not None  # the pattern matches any string
+    path = (m.group("path") or "").lstrip(".")
+    msg = m.group("msg").replace("`", "")
+    named = re.search(r"(?:unknown|missing required) field (\S+)", msg)
+    if named:  # msgspec reports these at the parent: append the field itself
+        name = named.group(1)
+        path = f"{path}.{name}" if path else name
+        msg = "unknown field" if "unknown" in msg else "required field missing"
+    msg = msg[:1].lower() + msg[1:]
+    return path or None, msg
+
+
+def _kind(value: object) -> str:
+    return {dict: "map", list: "array", str: "string", bytes: "binary", bool: "boolean", int: "integer",
+            float: "float", type(None): "nil"}.get(type(value), type(value).__name__)
+
+
+def _check_signal_numbers(req: Signal) -> None:
+    if req.v != PROTOCOL_VERSION:
+        raise ProtocolError("unsupported_version", f"protocol version {req.v} is not supported; this server "
+                            f"speaks v{PROTOCOL_VERSION}", "v", req.id)
+    if req.deadline_ms is not None and not (math.isfinite(req.deadline_ms) and req.deadline_ms > 0):
+        raise ProtocolError("invalid_input", f"deadline_ms must be a finite number > 0, got {req.deadline_ms}",
+                            "deadline_ms", req.id)
+    if req.market is not None:
+        for name in ("last", "bid", "ask", "prior_close"):
+            value = getattr(req.market, name)
+            if not math.isfinite(value):
+                raise ProtocolError("invalid_input", f"{value} is not a finite number", f"market.{name}", req.id)
+            if value <= 0:
+                raise ProtocolError("invalid_input", f"price must be > 0, got {value}", f"market.{name}", req.id)
+
+
+# ---------------------------------------------------------------- bars for the model
+
+
+def bars_columns(bars: Bars) -> dict[str, np.ndarray]:
+    """The wire arrays as numpy columns (t int64 ns, prices and volume float64)."""
+    return {"t": np.asarray(bars.t, dtype=np.int64), "o": np.asarray(bars.o, dtype=np.float64),
+            "h": np.asarray(bars.h, dtype=np.float64), "l": np.asarray(bars.l, dtype=np.float64),
+            "c": np.asarray(bars.c, dtype=np.float64), "v": np.asarray(bars.v, dtype=np.float64)}

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from dualhrq.errors import ModelLoadError
+from dualhrq.model import HRM, ModelInputs
+from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture()
+def saved(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    m = HRM(tiny_config.model).eval()
+    save_checkpoint(tmp_path / "ck", m, tiny_config, step=12, metrics={"loss": 1.5}, extra={"stats": [1, 2]})
+    return m, tmp_path / "ck"
+
+
+def test_round_trip_is_bit_exact(saved, tiny_config):
+    m, d = saved
+    loaded, meta = load_checkpoint(d)
+    assert meta.step == 12 and meta.metrics == {"loss": 1.5} and meta.extra == {"stats": [1, 2]}
+    x = ModelInputs.random(tiny_config.model, 2)
+    a, b = m(x, m.initial_carry(2))[1], loaded(x, loaded.initial_carry(2))[1]
+    for name in ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse", "forecast_fine"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+
+
+def test_grown_vocabulary_survives_round_trip(tmp_path, tiny_config):
+    m = HRM(tiny_config.model)
+    m.grow_instruments(tiny_config.model.instrument_vocab + 3)
+    save_checkpoint(tmp_path, m, tiny_config)
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.input.instrument.num_embeddings == tiny_config.model.instrument_vocab + 3
+
+
+@pytest.mark.parametrize("missing", [WEIGHTS_FILE, META_FILE])
+def test_missing_file_is_named(saved, missing):
+    _, d = saved
+    (d / missing).unlink()
+    with pytest.raises(ModelLoadError, match=f"missing {missing}"):
+        load_checkpoint(d)
+
+
+def test_corrupted_weights_are_refused(saved):
+    _, d = saved
+    raw = bytearray((d / WEIGHTS_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (d / WEIGHTS_FILE).write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match="corrupted"):
+        load_checkpoint(d)
+
+
+def test_config_weight_mismatch_is_refused(saved):
+    _, d = saved
+    meta = json.loads((d / META_FILE).read_text())
+    meta["config"]["model"]["l_module"]["ffn_dim"] += 8
+    (d / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="do not match the config"):
+        load_checkpoint(d)
+
+
+def test_garbage_metadata_is_refused(saved):
+    _, d = saved
+    (d / META_FILE).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="corrupted JSON"):
+        load_checkpoint(d)
