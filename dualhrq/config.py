@@ -111,19 +111,26 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """Deep-supervision training (dualhrq.train.loop). One step = one ACT segment of a batch = one optimizer step."""
+
     steps: PosInt = 300
-    batch_size: PosInt = 32
+    batch_size: PosInt = 32  # global: split evenly over data-parallel ranks
     lr: PosFloat = 3e-4
+    min_lr_ratio: Prob = 0.1  # cosine decay ends at lr * min_lr_ratio
+    beta1: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.95  # as the reference HRM
     weight_decay: NonNegFloat = 0.1
     warmup_steps: NonNegInt = 20
     grad_clip: PosFloat = 1.0
     seed: int = 0
     checkpoint_every: PosInt = 100
+    keep_checkpoints: PosInt = 3  # older step directories are removed
     log_every: PosInt = 10
+    eval_samples: NonNegInt = 512  # held-out samples scored at each checkpoint; 0 turns evaluation off
     out_dir: str = "runs/train"
     pattern_dropout: Prob = 0.25  # drop the whole pattern context so the regime-only path stays calibrated
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    loss_weights: dict[str, NonNegFloat] = msgspec.field(default_factory=dict)
+    loss_weights: dict[str, NonNegFloat] = msgspec.field(default_factory=dict)  # see dualhrq.train.losses
 
 
 class FaultConfig(_Section):
@@ -154,17 +161,41 @@ class PatternsConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    train_bars: PosInt = 2000
-    test_bars: PosInt = 500
-    step_bars: PosInt = 500
-    purge_bars: NonNegInt = 24
-    embargo_bars: NonNegInt = 12
-    anchored: bool = False
-    continue_from_previous: bool = True
-    cpcv_groups: PosInt = 6
+    """Walk-forward / CPCV validation (dualhrq.train.validate). Windows count samples (one per fine bar).
+
+    The defaults are the seed's daily ones (252/21/21/14/7 days); hourly configs override them. Every model
+    setting here is fixed before a run: nothing is tuned on the test windows.
+    """
+
+    scheme: Literal["walk_forward", "cpcv"] = "walk_forward"
+    train_bars: PosInt = 252
+    test_bars: PosInt = 21
+    step_bars: PosInt = 21
+    purge_bars: NonNegInt = 14  # fixed gap before each test block, on top of the label-interval purge
+    embargo_bars: NonNegInt = 7  # samples after each test block kept out of training
+    anchored: bool = False  # True: every training window starts at the first sample
+    continue_from_previous: bool = True  # walk-forward: fit each split from the previous split's state
+    cpcv_groups: Annotated[int, msgspec.Meta(ge=2)] = 6
     cpcv_test_groups: PosInt = 2
+    periods_per_year: NonNegFloat = 0.0  # 0: inferred from the sample times
+    momentum_lookback: PosInt = 20  # samples summed by the momentum-sign baseline
+    ridge_alpha: PosFloat = 1.0
+    logistic_c: PosFloat = 1.0
     bootstrap_reps: PosInt = 1000
+    bootstrap_block: NonNegInt = 0  # stationary-bootstrap mean block length; 0: arch's default (sqrt(T))
+    extra_trials: NonNegInt = 0  # configurations tried before this run, counted by the Deflated Sharpe Ratio
+    leak_lags: list[PosInt] = msgspec.field(default_factory=lambda: [1, 5, 10, 20])
+    leak_max_corr: Prob = 0.3  # |rank correlation| with a future return above this is a leak, not skill
+    truncation_cuts: PosInt = 5
+    permuted_control_splits: NonNegInt = 3  # splits re-run on permuted labels; 0 turns the control off
+    seed: int = 0
     out_dir: str = "runs/validate"
+
+    def __post_init__(self) -> None:
+        if self.cpcv_test_groups >= self.cpcv_groups:
+            raise ValueError("cpcv_test_groups must be smaller than cpcv_groups")
+        if self.step_bars < self.test_bars:
+            raise ValueError("step_bars must be >= test_bars (overlapping test windows would count samples twice)")
 
 
 # ---------------------------------------------------------------- serving
@@ -182,9 +213,11 @@ class ServeConfig(_Section):
     backend: Literal["onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch"] = "onnx-cpu"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: NonNegInt = 0  # 0: all cores
+    spinning: bool = True  # ORT intra-op threads spin between segments: lower latency, busier cores
     max_batch: PosInt = 8
     max_wait_us: NonNegInt = 200
     queue_max: PosInt = 256
+    max_in_flight: PosInt = 4096  # requests received and unanswered; beyond it new ones get `overloaded`
     max_body_bytes: PosInt = 1_000_000
     default_deadline_ms: NonNegFloat = 0.0  # 0: no deadline unless the request gives one
     metrics_port: NonNegInt = 0  # 0: no Prometheus endpoint

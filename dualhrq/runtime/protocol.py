@@ -13,7 +13,9 @@ import re
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
-import numpy as np
+
+from dualhrq.data import bars as data_bars
+from dualhrq.errors import DataError
 
 PROTOCOL_VERSION = 1
 
@@ -297,8 +299,15 @@ def _check_signal_numbers(req: Signal) -> None:
 # ---------------------------------------------------------------- bars for the model
 
 
-def bars_columns(bars: Bars) -> dict[str, np.ndarray]:
-    """The wire arrays as numpy columns (t int64 ns, prices and volume float64)."""
-    return {"t": np.asarray(bars.t, dtype=np.int64), "o": np.asarray(bars.o, dtype=np.float64),
-            "h": np.asarray(bars.h, dtype=np.float64), "l": np.asarray(bars.l, dtype=np.float64),
-            "c": np.asarray(bars.c, dtype=np.float64), "v": np.asarray(bars.v, dtype=np.float64)}
+def check_bars(wire: Bars, name: str, minimum: int, request_id: str) -> data_bars.Bars:
+    """A signal's `coarse` or `fine` as validated numpy bars, with the checks every data entry point shares
+    (dualhrq.data.bars); anything unusable is invalid_input naming e.g. ``fine.c[12]``."""
+    if len(wire) < minimum:
+        raise ProtocolError("invalid_input", f"{len(wire)} bars, the model needs at least {minimum}", name,
+                            request_id)
+    try:
+        return data_bars.Bars.from_columns(msgspec.structs.asdict(wire))
+    except data_bars.BarsError as e:
+        raise ProtocolError("invalid_input", str(e), f"{name}.{e.field}[{e.row}]", request_id) from None
+    except DataError as e:
+        raise ProtocolError("invalid_input", str(e), name, request_id) from None

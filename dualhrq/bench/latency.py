@@ -1,0 +1,140 @@
+"""`dualhrq bench latency`: end-to-end latency of signal requests over real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from dualhrq.bench.loadgen import RunResult, run_load
+from dualhrq.bench.report import format_summary, plot_latencies, summarize
+from dualhrq.bench.requests import SignalRequestFactory
+from dualhrq.bench.server_process import ServerProcess, ping
+from dualhrq.errors import HRMError
+
+HELP = """\
+Drive a running server (--connect) or one started here (--bundle) with signal requests built from real data
+windows, and report latency percentiles over every request (errors and timeouts included).
+
+Open loop (--rate R): request i is due at start + i/R and its latency is counted from that due time, so a
+stall charges every request that should have been sent during it. Counting from the actual send time instead
+hides stalls ("coordinated omission"); this is the honest mode for an order gateway that sends on market events.
+Closed loop (--concurrency C, the default with C=1): C requests in flight, each reply releases the next; this is
+service time at a fixed load and, by construction, cannot see stalls.
+
+--fail-open adds a second phase with the pattern index drill on (a server started here gets
+patterns.fault.delay_ms; with --connect the phase switches patterns off with the admin command instead), to show
+what failing open to regime-only conditioning costs.
+"""
+
+
+def add_latency_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--connect", metavar="ADDR", help="address of a running server, e.g. tcp://127.0.0.1:5555")
+    src.add_argument("--bundle", metavar="B", help="start `dualhrq serve --bundle B` here for the run")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, metavar="R", help="open loop: R requests per second on a fixed schedule")
+    load.add_argument("--concurrency", type=int, metavar="C", help="closed loop: keep C requests in flight (default 1)")
+    p.add_argument("--requests", type=int, default=1000, metavar="N", help="measured requests per phase (default 1000)")
+    p.add_argument("--warmup", type=int, default=50, help="unmeasured requests first (default 50)")
+    p.add_argument("--config", help="serve config for a server started here (default: the bundle's)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes for a server started here")
+    p.add_argument("--dataset", default="eurusd_1h", help="bundled dataset the request windows come from")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="a request unanswered this long counts as timeout")
+    p.add_argument("--fail-open", action="store_true", help="second phase with the index fault drill on")
+    p.add_argument("--drill-delay-ms", type=float, default=50.0,
+                   help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
+    p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
+    p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
+    p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
+    p.add_argument("--slo-ms", type=float, metavar="X", help="exit 1 when the p95 exceeds X ms")
+    p.add_argument("--json", metavar="F", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per phase")
+
+
+def _drill_config(base: str | None, delay_ms: float, tmp: Path) -> Path:
+    """A serve config that starts from `base` and turns the index fault drill on."""
+    over: dict[str, Any] = {"patterns": {"fault": {"delay_ms": delay_ms}}}
+    if base:
+        over["base"] = str(Path(base).resolve())
+    else:
+        over["base"] = str((Path(__file__).resolve().parents[2] / "config" / "serve.yaml"))
+    path = tmp / "serve_fail_open.yaml"
+    path.write_text(yaml.safe_dump(over))
+    return path
+
+
+def _admin(address: str, cmd: str, token: str) -> dict:
+    from dualhrq.runtime.client import Client
+
+    with Client(address, timeout_s=5.0) as c:
+        return c.admin(cmd, token)
+
+
+def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tuple[RunResult, dict]:
+    pong = ping(address, 5.0)
+    if not pong or not pong.get("ready"):
+        raise HRMError(f"no ready server at {address}")
+    factory = SignalRequestFactory.from_dataset(args.dataset, pong["needs"], seed=0)
+    mode = {"rate": args.rate} if args.rate else {"concurrency": args.concurrency or 1}
+    if args.warmup:
+        run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
+    bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False)
+    run = run_load(address, factory, args.requests, timeout_s=args.timeout_s,
+                   progress=lambda k: bar.update(k - bar.n), **mode)
+    bar.close()
+    return run, summarize(run)
+
+
+def run_latency_bench(args: argparse.Namespace) -> int:
+    if args.requests < 1:
+        raise HRMError("--requests must be >= 1")
+    quiet = args.p95 or args.p99
+    phases: dict[str, tuple[RunResult, dict]] = {}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if args.bundle:
+            srv = stack.enter_context(ServerProcess(args.bundle, args.config, args.workers, tmp / "server.log"))
+            address = srv.address
+        else:
+            address = args.connect
+        phases["normal"] = _phase(address, args, "normal", quiet)
+        if args.fail_open:
+            if args.bundle:
+                srv.stop()
+                drill = _drill_config(args.config, args.drill_delay_ms, tmp)
+                with ServerProcess(args.bundle, drill, args.workers, tmp / "server_drill.log") as srv2:
+                    phases["fail_open"] = _phase(srv2.address, args, "fail-open", quiet)
+            else:
+                _admin(address, "disable_patterns", args.admin_token)
+                try:
+                    phases["fail_open"] = _phase(address, args, "fail-open", quiet)
+                finally:
+                    _admin(address, "enable_patterns", args.admin_token)
+    report = {name: s for name, (_, s) in phases.items()}
+    for name, s in report.items():
+        print(format_summary(name, s))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"json: {args.json}")
+    if args.plot:
+        series = {n: np.array([x.latency_ms for x in r.samples]) for n, (r, _) in phases.items()}
+        print(f"plot: {plot_latencies(series, args.plot, 'end-to-end latency over ZeroMQ')}")
+    p95 = report["normal"]["latency_ms"]["p95"]
+    if args.p95:
+        print(f"{p95:.3f}")
+    elif args.p99:
+        print(f"{report['normal']['latency_ms']['p99']:.3f}")
+    if args.slo_ms is not None and p95 > args.slo_ms:
+        print(f"SLO missed: p95 {p95:.3f} ms > {args.slo_ms} ms", file=sys.stderr)
+        return 1
+    return 0

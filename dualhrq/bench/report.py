@@ -1,0 +1,86 @@
+"""Percentile summaries, text tables and plots of latency runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualhrq.bench.loadgen import RunResult
+
+PERCENTILES = (50, 90, 95, 99, 99.9)
+STAGES = ("decode", "features", "retrieval", "queue", "engine", "total")
+
+
+def percentiles_ms(latencies_ms: np.ndarray) -> dict[str, float]:
+    if len(latencies_ms) == 0:
+        return {f"p{p:g}": float("nan") for p in PERCENTILES} | {"max": float("nan")}
+    out = {f"p{p:g}": float(np.percentile(latencies_ms, p)) for p in PERCENTILES}
+    out["max"] = float(latencies_ms.max())
+    return out
+
+
+def summarize(run: RunResult) -> dict[str, Any]:
+    """All figures of one phase. Percentiles cover every request (errors and timeouts included)."""
+    lat = np.array([s.latency_ms for s in run.samples])
+    signals = [s for s in run.samples if s.kind == "signal"]
+    stages = {st: float(np.mean([s.timing_us.get(st, np.nan) for s in signals])) if signals else float("nan")
+              for st in STAGES}
+    reasons = Counter(s.fail_reason for s in signals if s.fail_open)
+    return {
+        "mode": run.mode,
+        "requests": len(run.samples),
+        "latency_ms": percentiles_ms(lat),
+        "throughput_rps": run.throughput,
+        "replies_by_kind": dict(Counter(s.kind for s in run.samples)),
+        "fail_open_rate": (sum(s.fail_open for s in signals) / len(signals)) if signals else 0.0,
+        "fail_open_reasons": {str(k): v for k, v in reasons.items()},
+        "server_stage_mean_us": stages,
+    }
+
+
+def format_summary(name: str, s: dict[str, Any]) -> str:
+    lat = s["latency_ms"]
+    lines = [f"[{name}] {s['requests']} requests, {s['mode']} loop, {s['throughput_rps']:.1f} req/s",
+             "  latency ms: " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()),
+             "  replies: " + ", ".join(f"{k} {v}" for k, v in sorted(s["replies_by_kind"].items())),
+             f"  fail-open rate: {s['fail_open_rate']:.1%}"
+             + (f" ({', '.join(f'{k} {v}' for k, v in s['fail_open_reasons'].items())})"
+                if s["fail_open_reasons"] else ""),
+             "  server stages (mean us): " + "  ".join(f"{k} {v:.0f}" for k, v in s["server_stage_mean_us"].items())]
+    return "\n".join(lines)
+
+
+def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
+    """Latency CDF (log x) and histogram, one line per named series, saved as PNG (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cdf, hist) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, ms in series.items():
+        ms = np.sort(np.asarray(ms, dtype=float))
+        if len(ms) == 0:
+            continue
+        cdf.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=name)
+        hist.hist(ms, bins=60, alpha=0.5, label=name)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("latency (ms)")
+    cdf.set_ylabel("fraction of requests")
+    cdf.axhline(0.95, color="grey", lw=0.5, ls="--")
+    cdf.axhline(0.99, color="grey", lw=0.5, ls="--")
+    hist.set_xlabel("latency (ms)")
+    hist.set_ylabel("requests")
+    for ax in (cdf, hist):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,48 @@
+"""Signal requests built from real data windows, as an order gateway would send them (PROTOCOL.md v1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dualhrq.data.bars import Bars
+from dualhrq.data.resample import default_coarse_rule, resample
+from dualhrq.data.sources import load_dataset
+from dualhrq.errors import DataError
+
+
+def bars_to_wire(bars: Bars) -> dict[str, list]:
+    return {"t": bars.t.tolist(), "o": bars.o.tolist(), "h": bars.h.tolist(), "l": bars.l.tolist(),
+            "c": bars.c.tolist(), "v": bars.v.tolist()}
+
+
+@dataclass
+class SignalRequestFactory:
+    """`factory(i, id)` -> the i-th request body (a dict), cycling through `pool` distinct real windows."""
+
+    instrument: str
+    timeframe: str
+    windows: list[tuple[dict, dict]]  # (coarse, fine) in wire form
+
+    @classmethod
+    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> SignalRequestFactory:
+        ds = load_dataset(name)
+        fine = ds.bars
+        coarse = resample(fine, default_coarse_rule(ds.timeframe))
+        n_c, n_f = int(needs["coarse"]), int(needs["fine"])
+        visible = np.searchsorted(coarse.t, fine.t, side="right")  # coarse bars known at each fine bar
+        ends = np.flatnonzero((visible >= n_c) & (np.arange(len(fine)) >= n_f - 1))
+        if len(ends) == 0:
+            raise DataError(f"{name}: too short for requests needing {n_c} coarse and {n_f} fine bars")
+        rng = np.random.default_rng(seed)
+        windows = []
+        for i in rng.choice(ends, size=min(pool, len(ends)), replace=False):
+            k = int(visible[i])
+            windows.append((bars_to_wire(coarse.slice(k - n_c, k)), bars_to_wire(fine.slice(i - n_f + 1, i + 1))))
+        return cls(ds.instrument, ds.timeframe, windows)
+
+    def __call__(self, i: int, request_id: str) -> dict:
+        coarse, fine = self.windows[i % len(self.windows)]
+        return {"type": "signal", "id": request_id, "v": 1, "instrument": self.instrument,
+                "timeframe": self.timeframe, "coarse": coarse, "fine": fine}

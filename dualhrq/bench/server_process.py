@@ -1,0 +1,83 @@
+"""Start `dualhrq serve` as a subprocess for a benchmark or the demo, wait until it is ready, stop it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from dualhrq.errors import HRMError
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def ping(address: str, timeout_s: float = 1.0) -> dict | None:
+    """One ping over a fresh DEALER socket; the pong as a dict, or None when nothing answered in time."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        rid = uuid.uuid4().hex[:12]
+        sock.send_multipart([b"", msgpack.packb({"type": "ping", "id": rid})])
+        if sock.poll(int(timeout_s * 1000)):
+            return msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+        return None
+    finally:
+        sock.close(0)
+
+
+class ServerProcess:
+    """`with ServerProcess(bundle, ...) as srv:` -> a ready server at srv.address, stopped with SIGTERM on exit."""
+
+    def __init__(self, bundle: str | Path, config: str | Path | None = None, workers: int = 1,
+                 log_path: str | Path | None = None, ready_timeout_s: float = 120.0) -> None:
+        self.bundle, self.config, self.workers = str(bundle), config, workers
+        self.address = free_tcp_address()
+        self.log_path = Path(log_path) if log_path else None
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.pong: dict | None = None
+
+    def __enter__(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", "dualhrq", "serve", "--bundle", self.bundle, "--bind", self.address,
+               "--workers", str(self.workers)]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HRMError(f"server exited with code {self.proc.returncode} before it was ready"
+                               + (f"; see {self.log_path}" if self.log_path else ""))
+            pong = ping(self.address, 0.5)
+            if pong and pong.get("ready"):
+                self.pong = pong
+                return self
+        self.stop()
+        raise HRMError(f"server not ready within {self.ready_timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,258 @@
+"""The compliance gate: the last step before a signal leaves the runtime.
+
+Per instrument it keeps the SSR state, the LULD reference price and limit state (all fed from the market
+snapshots it is shown) and a position. Each model action is mapped to the order it implies given that
+position, the order is checked against SSR, the LULD band and pause, and the risk limits, and a violating
+action is replaced by HOLD with the reasons kept. Quantities above a risk limit are clipped instead.
+
+Assumptions the decisions rest on (the replay's checker shares them):
+- Orders are marketable: a buy is priced at the best offer, a sell at the best bid. A short sale at the
+  bid is never "above the NBB", so while SSR is active every short sale is held back.
+- A snapshot's ``last`` is a trade at ``ts``. State is fed only by snapshots newer than the latest one seen
+  for that instrument; an older or repeated snapshot is checked against the current state.
+- CLOSE_LONG / CLOSE_SHORT close the whole position (the model's quantity is ignored); with nothing to
+  close they keep their action with quantity 0.
+- The position is the gate's own simulation (every allowed order fills in full) unless the caller passes
+  ``position``, which then replaces it before the decision.
+- ``max_notional`` caps the position's value (|position| × order price), like ``max_position`` caps its
+  size; ``max_order_quantity`` caps every order, closes included.
+
+Single-threaded: call it from one thread (one asyncio loop); it takes no locks. Each check costs a few
+microseconds (no allocation beyond the decision, one tz conversion per instrument per day).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
+from dualhrq.compliance.rules import LULD
+from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
+from dualhrq.compliance.ssr import SSRState
+from dualhrq.config import ComplianceConfig, RiskConfig
+from dualhrq.errors import DataError
+
+ACTIONS = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+REASONS = ("ssr", "luld_band", "luld_pause", "risk_limit", "kill_switch")
+LULD_OFF = "off"  # LULD state outside regular hours or before the plan existed
+
+_FLAT = 1e-12  # positions this close to zero are zero (repeated float buys and sells leave dust)
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSnapshot:
+    """The market at decision time: PROTOCOL.md's ``market`` (ts is int ns since epoch UTC)."""
+
+    ts: int
+    last: float
+    bid: float
+    ask: float
+    prior_close: float
+    luld_tier: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ts, int) or isinstance(self.ts, bool):
+            raise DataError(f"market.ts: expected int nanoseconds since epoch, got {self.ts!r}")
+        for name in ("last", "bid", "ask", "prior_close"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise DataError(f"market.{name}: expected a positive finite price, got {value!r}")
+        if self.luld_tier not in (1, 2):
+            raise DataError(f"market.luld_tier: expected 1 or 2, got {self.luld_tier!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    """What leaves the gate. ``allowed`` is False when the action was held back (then action is HOLD);
+    an allowed decision may still carry ``risk_limit`` or ``ssr`` when its quantity was clipped."""
+
+    action: str
+    quantity: float
+    allowed: bool
+    original_action: str
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentStatus:
+    """One instrument's compliance state at a time (for reports and the runtime's stats)."""
+
+    position: float
+    ssr_active: bool
+    luld_state: str  # "off", "normal", "limit" or "paused"
+    lower: float | None
+    upper: float | None
+    reference: float | None
+
+
+class _Book:
+    """Everything the gate remembers about one instrument."""
+
+    __slots__ = ("ssr", "reference", "limit", "position", "day", "prior_close", "last_ts", "luld_state", "band")
+
+    def __init__(self, holidays: frozenset[date]) -> None:
+        self.ssr = SSRState(holidays)
+        self.reference = ReferencePriceTracker()
+        self.limit = LimitStateMachine()
+        self.position = 0.0
+        self.day: date | None = None
+        self.prior_close = 0.0
+        self.last_ts = -1
+        self.luld_state = LULD_OFF
+        self.band: tuple[float, float] | None = None
+
+
+def implied_order(action: str, quantity: float, position: float) -> tuple[int, float]:
+    """(side, quantity) of the order an action implies: side +1 buys, -1 sells, 0 sends nothing."""
+    if action == "BUY":
+        return 1, quantity
+    if action == "SELL":
+        return -1, quantity
+    if action == "CLOSE_LONG" and position > 0:
+        return -1, position
+    if action == "CLOSE_SHORT" and position < 0:
+        return 1, -position
+    return 0, 0.0
+
+
+def risk_capacity(side: int, quantity: float, position: float, price: float, risk: RiskConfig) -> float:
+    """The largest part of an order the risk limits allow: order size, then position size and value."""
+    quantity = min(quantity, risk.max_order_quantity)
+    cap = min(risk.max_position, risk.max_notional / price)
+    if side > 0 and position + quantity > cap:
+        quantity = max(0.0, cap - position)
+    elif side < 0 and position - quantity < -cap:
+        quantity = max(0.0, position + cap)
+    return quantity
+
+
+class ComplianceGate:
+    """SSR, LULD and risk checks on model actions, with per-instrument state (see the module docstring)."""
+
+    def __init__(self, config: ComplianceConfig | None = None, *, holidays: frozenset[date] = NO_HOLIDAYS) -> None:
+        self.config = config if config is not None else ComplianceConfig()
+        self._holidays = holidays
+        self._books: dict[str, _Book] = {}
+        self._kill_switch = False
+
+    @property
+    def kill_switch(self) -> bool:
+        return self._kill_switch
+
+    def set_kill_switch(self, on: bool) -> None:
+        """While on, every action becomes HOLD with reason ``kill_switch`` (whatever ``enabled`` says)."""
+        self._kill_switch = bool(on)
+
+    def observe(self, instrument: str, market: MarketSnapshot) -> None:
+        """Feed a market snapshot (a trade and a quote) without deciding anything."""
+        self._feed(instrument, market)
+
+    def check(
+        self,
+        instrument: str,
+        action: str,
+        quantity: float,
+        market: MarketSnapshot,
+        position: float | None = None,
+    ) -> GateDecision:
+        """Decide what may leave for ``action``/``quantity`` given ``market``; updates the position if allowed."""
+        if action not in ACTIONS:
+            raise ValueError(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
+        if not (math.isfinite(quantity) and quantity >= 0):
+            raise ValueError(f"quantity: expected a finite number >= 0, got {quantity!r}")
+        if position is not None and not math.isfinite(position):
+            raise ValueError(f"position: expected a finite number, got {position!r}")
+        if self._kill_switch:
+            return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
+        if not self.config.enabled:
+            return GateDecision(action, quantity, True, action, [])
+        book = self._feed(instrument, market)
+        current = book.position if position is None else position
+        side, qty = implied_order(action, quantity, current)
+        if side == 0 or qty == 0:
+            book.position = current
+            return GateDecision(action, 0.0, True, action, [])
+
+        price = market.ask if side > 0 else market.bid
+        reasons: list[str] = []
+        held = False
+        if side < 0:
+            short_qty = qty - max(current, 0.0)
+            if short_qty > 0 and not book.ssr.allows_short(market.ts, price, market.bid):
+                reasons.append("ssr")
+                qty -= short_qty  # the long part of a sale is not restricted
+                held = qty <= 0
+        if book.luld_state != LULD_OFF and book.band is not None:
+            lower, upper = book.band
+            if book.luld_state == PAUSED:
+                reasons.append("luld_pause")
+                held = True
+            elif not lower <= price <= upper:
+                reasons.append("luld_band")
+                held = True
+        allowed_qty = risk_capacity(side, qty, current, price, self.config.risk)
+        if allowed_qty < qty:
+            reasons.append("risk_limit")
+            qty = allowed_qty
+            held = held or qty <= 0
+        if held:
+            book.position = current
+            return GateDecision("HOLD", 0.0, False, action, reasons)
+        after = current + side * qty
+        book.position = 0.0 if abs(after) < _FLAT else after
+        return GateDecision(action, qty, True, action, reasons)
+
+    def position(self, instrument: str) -> float:
+        book = self._books.get(instrument)
+        return book.position if book is not None else 0.0
+
+    def status(self, instrument: str, ts: int) -> InstrumentStatus:
+        """The instrument's state at ``ts`` as last fed (a limit state times out and a pause ends by ``ts``)."""
+        book = self._books.get(instrument)
+        if book is None:
+            return InstrumentStatus(0.0, False, LULD_OFF, None, None, None)
+        luld_state = book.luld_state
+        if luld_state != LULD_OFF:
+            luld_state = book.limit.state_at(ts) if session_of(ts).in_regular_hours(ts) else LULD_OFF
+        lower, upper = book.band if book.band is not None else (None, None)
+        return InstrumentStatus(
+            book.position, book.ssr.is_active(ts), luld_state, lower, upper, book.reference.reference
+        )
+
+    def _feed(self, instrument: str, market: MarketSnapshot) -> _Book:
+        book = self._books.get(instrument)
+        if book is None:
+            book = self._books[instrument] = _Book(self._holidays)
+        ts = market.ts
+        if ts <= book.last_ts:
+            return book
+        book.last_ts = ts
+        session = session_of(ts)
+        if session.day != book.day:
+            book.day = session.day
+            book.prior_close = market.prior_close
+            book.ssr.on_close(previous_trading_day(session.day, self._holidays), market.prior_close)
+            book.reference.start_day(market.prior_close)
+            book.limit.reset()
+        elif market.prior_close != book.prior_close:  # a corrected close: SSR must use it at once
+            book.prior_close = market.prior_close
+            book.ssr.on_close(previous_trading_day(session.day, self._holidays), market.prior_close)
+
+        if not session.in_regular_hours(ts) or session.day < LULD.effective:
+            book.luld_state, book.band = LULD_OFF, None
+            book.ssr.on_trade(ts, market.last)
+            return book
+        before = book.luld_state
+        state = book.limit.advance(ts)
+        if state != PAUSED:  # no trades print during a pause
+            if state == NORMAL and before in (LIMIT, PAUSED):  # advance() only leaves LIMIT through a pause
+                book.reference.reopen()
+            book.ssr.on_trade(ts, market.last)
+            book.reference.on_trade(ts, market.last)
+        reference = book.reference.reference
+        assert reference is not None  # start_day() set the prior close as the fallback
+        book.band = bands(reference, book.prior_close, market.luld_tier, ts)
+        book.luld_state = book.limit.on_quote(ts, market.bid, market.ask, *book.band)
+        return book

@@ -1,0 +1,110 @@
+"""OHLCV bars as plain numpy columns, with the one validation every entry point shares.
+
+Timestamps mark when a bar became KNOWN: ``t`` is the bar's close time (its period end) in nanoseconds since
+the epoch, UTC. Causality is then a single comparison everywhere: a bar is visible at time x iff ``t <= x``,
+for fine bars, for coarse bars resampled from them, and for bars a client sends over the wire.
+
+The user's files, the bundled datasets and the runtime's requests all become `Bars` through `validate`, so a
+file the loader accepts is a request the runtime accepts and vice versa.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from dualhrq.errors import DataError
+
+# Long names for messages: the wire and the arrays use the short ones.
+COLUMN_NAMES: dict[str, str] = {"t": "timestamp", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
+
+
+class BarsError(DataError):
+    """The first bad bar: ``row`` (0-based index), ``field`` (t/o/h/l/c/v), the ``rule`` it breaks and the
+    offending ``value``, kept apart so the loader and the runtime can word their own messages."""
+
+    def __init__(self, row: int, field: str, rule: str, value: object) -> None:
+        super().__init__(f"row {row}: {COLUMN_NAMES[field]}: {rule} (got {value})")
+        self.row, self.field, self.rule, self.value = row, field, rule, value
+
+
+@dataclass(frozen=True)
+class Bars:
+    """One timeframe's bars, oldest first: t int64 ns (bar close time), o/h/l/c/v float64."""
+
+    t: np.ndarray
+    o: np.ndarray
+    h: np.ndarray
+    l: np.ndarray  # noqa: E741 - the wire name
+    c: np.ndarray
+    v: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def slice(self, start: int | None = None, stop: int | None = None) -> Bars:
+        """Bars[start:stop] as views (no copy)."""
+        return Bars(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+
+    def until(self, time_ns: int) -> Bars:
+        """The bars known at ``time_ns`` (those with t <= time_ns)."""
+        return self.slice(0, int(np.searchsorted(self.t, time_ns, side="right")))
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Sequence[float] | np.ndarray]) -> Bars:
+        """Wire or dict form ``{t, o, h, l, c, v}`` -> validated Bars (raises BarsError / DataError)."""
+        missing = [k for k in COLUMN_NAMES if k not in columns]
+        if missing:
+            raise DataError(f"bars: missing column(s) {', '.join(missing)}")
+        extra = sorted(set(columns) - set(COLUMN_NAMES))
+        if extra:
+            raise DataError(f"bars: unknown column(s) {', '.join(extra)}")
+        lengths = {k: len(columns[k]) for k in COLUMN_NAMES}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"bars: columns differ in length: {lengths}")
+        t = np.asarray(columns["t"])
+        if t.size and t.dtype.kind not in "iu":
+            raise DataError(f"bars: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
+        bars = cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv"))
+        bars.validate()
+        return bars
+
+    def validate(self) -> Bars:
+        """Raise BarsError for the first bad row (ties: the first failed check below); return self when clean."""
+        n = len(self.t)
+        for f in fields(self):
+            a = getattr(self, f.name)
+            if a.ndim != 1 or len(a) != n:
+                raise DataError(f"bars: {COLUMN_NAMES[f.name]}: expected a 1-D array of {n} values, got shape {a.shape}")
+        checks: list[tuple[str, np.ndarray, str]] = []
+        for k in "ohlc":
+            a = getattr(self, k)
+            checks += [(k, ~np.isfinite(a), "must be a finite number"), (k, ~(a > 0), "must be > 0")]
+        checks += [("v", ~np.isfinite(self.v), "must be a finite number"), ("v", ~(self.v >= 0), "must be >= 0"),
+                   ("h", self.h < np.maximum(self.o, self.c), "must be >= max(open, close)"),
+                   ("l", self.l > np.minimum(self.o, self.c), "must be <= min(open, close)")]
+        # A time not after its predecessor is the later row's fault.
+        checks.append(("t", np.concatenate([[False], np.diff(self.t) <= 0]), "must be after the previous row's"))
+        first = None
+        for field, bad, reason in checks:
+            idx = np.flatnonzero(bad)
+            if idx.size and (first is None or idx[0] < first[0]):
+                first = (int(idx[0]), field, reason)
+        if first is not None:
+            row, field, rule = first
+            value = getattr(self, field)[row]
+            raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if field == "t" else value)
+        return self
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One instrument's bars at one (fine) timeframe, and where they came from."""
+
+    name: str
+    instrument: str
+    timeframe: str  # the fine bar length in the vocabulary's spelling: '1h', '1d', '5m'
+    bars: Bars
+    origin: str  # the package object or the file the bars were read from

@@ -1,0 +1,89 @@
+"""Training targets for a sample taken at fine bar i (its time t[i]), and when each becomes known.
+
+- out_b, the next fine-bar return: log(c[i+h] / c[i]), h = data.label_horizon; known at t[i+h].
+- out_a, the next coarse-period return: log(c[j] / c[i]), j the first fine bar at least one coarse period
+  after t[i] (the return over the coming coarse period, whatever the phase of i within the current one);
+  known at t[j].
+- action, from the forward return f = out_b against the round-trip cost c = data.cost_bps / 10,000, given
+  the position a holder would have from the previous horizon: long if the trailing return
+  b = log(c[i] / c[i-h]) > c (the move a BUY at i-h would have caught), short if b < -c, else flat.
+  (b is exactly the forward return the same rule saw at i-h, and it is known at t[i]: no look-ahead.)
+
+      flat:   f > c -> BUY          f < -c -> SELL          otherwise HOLD
+      long:   f < -c -> CLOSE_LONG  (the move turns against the long by more than the cost)  otherwise HOLD
+      short:  f > c -> CLOSE_SHORT  (the move turns against the short)                       otherwise HOLD
+
+- quantity in [0, 1): tanh of the move net of cost in units of the volatility expected over the horizon,
+  tanh(max(|f| - c, 0) / (sigma_i * sqrt(h))), sigma_i the per-bar realized volatility of the BAR_WINDOW
+  returns up to i: big, clean moves ask for size; moves inside the cost or the noise ask for none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dualhrq.data.bars import Bars
+from dualhrq.data.features import BAR_WINDOW, realized_vol
+from dualhrq.runtime.protocol import ACTIONS  # the torch-free copy of the model's action order
+
+BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT = (ACTIONS.index(a) for a in
+                                            ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT"))
+UNKNOWN = -1  # action of a row whose label lies beyond the data
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per fine bar; rows with ``valid`` False have no label yet (NaN / UNKNOWN)."""
+
+    out_a: np.ndarray  # float64
+    out_b: np.ndarray  # float64
+    action: np.ndarray  # int64 index into ACTIONS
+    quantity: np.ndarray  # float64 in [0, 1)
+    t_known: np.ndarray  # int64: when every label of the row is known (0 where not valid)
+    valid: np.ndarray  # bool
+
+
+def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float) -> Labels:
+    """Labels of every fine bar (see the module docstring)."""
+    if horizon < 1:
+        raise ValueError(f"data.label_horizon: must be >= 1, got {horizon}")
+    if cost_bps < 0:
+        raise ValueError(f"data.cost_bps: must be >= 0, got {cost_bps}")
+    n = len(fine)
+    lc = np.log(fine.c)
+    i = np.arange(n)
+    ahead = i + horizon
+    has_b = ahead < n
+    out_b = np.full(n, np.nan)
+    out_b[has_b] = lc[ahead[has_b]] - lc[has_b]
+    j = np.searchsorted(fine.t, fine.t + coarse_period_ns, side="left")
+    has_a = j < n
+    out_a = np.full(n, np.nan)
+    out_a[has_a] = lc[j[has_a]] - lc[has_a]
+    back = np.full(n, np.nan)
+    back[horizon:] = lc[horizon:] - lc[:-horizon]
+
+    cost = cost_bps * 1e-4
+    long, short = back > cost, back < -cost
+    flat = ~long & ~short
+    action = np.full(n, HOLD, dtype=np.int64)
+    action[flat & (out_b > cost)] = BUY
+    action[flat & (out_b < -cost)] = SELL
+    action[long & (out_b < -cost)] = CLOSE_LONG
+    action[short & (out_b > cost)] = CLOSE_SHORT
+
+    sigma = realized_vol(fine.c, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(horizon)
+    edge = np.maximum(np.abs(out_b) - cost, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quantity = np.where(edge > 0, np.tanh(edge / sigma), 0.0)  # sigma 0 with an edge: full size
+
+    valid = has_a & has_b & np.isfinite(back) & np.isfinite(sigma)
+    t_known = np.zeros(n, dtype=np.int64)
+    t_known[valid] = np.maximum(fine.t[ahead[valid]], fine.t[j[valid]])
+    action[~valid] = UNKNOWN
+    for a in (out_a, out_b, quantity):
+        a[~valid] = np.nan
+    return Labels(out_a, out_b, action, quantity, t_known, valid)

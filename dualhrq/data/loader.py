@@ -1,0 +1,113 @@
+"""The user's own OHLCV files (CSV or Parquet) -> a validated Dataset, or an error naming the first bad row.
+
+Columns: timestamp, open, high, low, close, volume, matched case-insensitively; other columns are ignored.
+Timestamps are parsed by pandas; naive ones are taken as UTC, numbers as epoch seconds, ms, us or ns by
+magnitude. By default a timestamp marks the bar's OPEN (the usual convention of data vendors); it is moved to
+the bar's close (open + the most common spacing), the convention of `dualhrq.data.bars`. Pass
+``timestamps="close"`` for files stamped at the close.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from dualhrq.data.bars import COLUMN_NAMES, Bars, BarsError, Dataset
+from dualhrq.data.resample import timeframe_name
+from dualhrq.errors import DataError
+
+Stamp = Literal["open", "close"]
+_SUFFIXES = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Epoch numbers: the unit whose value range a date between 1973 and 5138 falls into.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+
+
+def _row_text(row: int) -> str:
+    return f"data row {row + 1} (counting from 1 after the header)"
+
+
+def _read(path: Path) -> pd.DataFrame:
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None or (path.suffix.lower() == ".gz" and not path.name.lower().endswith(".csv.gz")):
+        raise DataError(f"{path}: unsupported file type; expected .csv, .csv.gz, .parquet or .pq")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise DataError(f"{path}: cannot read as {kind}: {e}") from None
+
+
+def _columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The six OHLCV columns under their lower-case names, in order."""
+    if frame.index.name and str(frame.index.name).strip().lower() == "timestamp":
+        frame = frame.reset_index()  # Parquet files often keep the time as the index
+    by_lower: dict[str, str] = {}
+    for col in frame.columns:
+        key = str(col).strip().lower()
+        if key in by_lower:
+            raise DataError(f"{source}: columns {by_lower[key]!r} and {col!r} are the same name ignoring case")
+        by_lower[key] = col
+    missing = [n for n in COLUMN_NAMES.values() if n not in by_lower]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+    return pd.DataFrame({n: frame[by_lower[n]].to_numpy() for n in COLUMN_NAMES.values()})
+
+
+def _timestamps(col: pd.Series, source: str) -> np.ndarray:
+    """int64 ns since the epoch (UTC); NaT (int64 min) where a cell does not parse."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        values = pd.to_numeric(col, errors="coerce")
+        size = float(np.nanmax(np.abs(values))) if values.notna().any() else 0.0
+        unit = next(u for bound, u in _EPOCH_UNITS if size < bound)
+        parsed = pd.to_datetime(values, unit=unit, utc=True, errors="coerce")
+    else:
+        try:
+            parsed = pd.to_datetime(col, utc=True, errors="coerce", format="mixed")
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{source}: timestamp: cannot parse the column: {e}") from None
+    return pd.DatetimeIndex(parsed).as_unit("ns").asi8
+
+
+def bars_from_frame(frame: pd.DataFrame, source: str, timestamps: Stamp = "open") -> tuple[Bars, str]:
+    """An OHLCV frame -> (validated Bars stamped at the close, timeframe name). Raises DataError naming the
+    first bad data row and its column, e.g. 'x.csv: data row 18 (...): close: must be > 0 (got '-1')'."""
+    if timestamps not in ("open", "close"):
+        raise DataError(f"timestamps: must be 'open' or 'close', got {timestamps!r}")
+    raw = _columns(frame, source)
+    if len(raw) < 2:
+        raise DataError(f"{source}: {len(raw)} data rows; need at least 2 to tell the bar length")
+    t = _timestamps(raw["timestamp"], source)
+    unparsed = np.flatnonzero(t == np.iinfo(np.int64).min)
+    n = int(unparsed[0]) if unparsed.size else len(raw)
+    prices = {k: pd.to_numeric(raw[name], errors="coerce").to_numpy(np.float64)
+              for k, name in COLUMN_NAMES.items() if k != "t"}
+    bars = Bars(t, *(prices[k] for k in "ohlcv"))
+    try:
+        bars.slice(0, n).validate()  # every check looks back at most one row: errors before n are all found
+    except BarsError as e:
+        name = COLUMN_NAMES[e.field]
+        shown = f"{raw['timestamp'].iloc[e.row]!r} is not after {raw['timestamp'].iloc[e.row - 1]!r}" \
+            if e.field == "t" else repr(raw[name].iloc[e.row])
+        raise DataError(f"{source}: {_row_text(e.row)}: {name}: {e.rule} (got {shown})") from None
+    if n < len(raw):
+        raise DataError(f"{source}: {_row_text(n)}: timestamp: cannot parse {raw['timestamp'].iloc[n]!r}")
+    steps, counts = np.unique(np.diff(t), return_counts=True)
+    bar_ns = int(steps[np.argmax(counts)])  # the most common spacing: gaps (weekends, holidays) are rarer
+    if timestamps == "open":
+        bars = Bars(t + bar_ns, *(prices[k] for k in "ohlcv"))
+    for k in COLUMN_NAMES:
+        getattr(bars, k).flags.writeable = False  # datasets are cached and shared: nobody may edit them
+    return bars, timeframe_name(bar_ns)
+
+
+def load_ohlcv(path: str | Path, timestamps: Stamp = "open", instrument: str = "") -> Dataset:
+    """Load a user's CSV/Parquet OHLCV file. The instrument defaults to the file name's stem, upper-cased."""
+    p = Path(path)
+    frame = _read(p)
+    bars, timeframe = bars_from_frame(frame, str(p), timestamps)
+    name = p.name.split(".")[0]
+    return Dataset(name=name, instrument=instrument or name.upper(), timeframe=timeframe, bars=bars, origin=str(p))

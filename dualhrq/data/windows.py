@@ -1,0 +1,154 @@
+"""Tokenisation: bars -> model inputs. `build_sample` makes one from the most recent bars (what the runtime
+calls per request); `build_dataset` makes all of them over a history at once (what training uses).
+
+Both read the same feature matrices (`dualhrq.data.features`) and normalise them with the same statistics;
+since each feature row depends on a fixed number of bars ending at it, sample i of `build_dataset` equals
+`build_sample` on the bars known at sample i. A test holds them to that.
+
+At fine bar i (time t[i]) a sample holds:
+- h_tokens: the features of the last coarse_len coarse bars CLOSED by t[i], oldest first;
+- l_tokens: the features of fine bars i-fine_len+1 .. i;
+- regime_features: the 20 REGIME_FEATURES of row i; pattern_features: pattern_features row i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
+from dualhrq.data.bars import Bars, Dataset
+from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, REGIME_COARSE_WARMUP, REGIME_FEATURES,
+                                   REGIME_WARMUP, FeatureStats, bar_features, pattern_features,
+                                   regime_features)
+from dualhrq.data.labels import make_labels
+from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
+from dualhrq.errors import ConfigurationError, DataError
+from dualhrq.train.splits import purge
+
+DEFAULT_PATTERN_WINDOW = PatternsConfig().window
+
+
+def _check_widths(model_cfg: ModelConfig) -> None:
+    for key, width in (("coarse_features", len(BAR_FEATURES)), ("fine_features", len(BAR_FEATURES)),
+                       ("regime_features", len(REGIME_FEATURES))):
+        if getattr(model_cfg, key) != width:
+            raise ConfigurationError(f"model.{key}: is {getattr(model_cfg, key)}, but dualhrq.data computes "
+                                     f"{width} features per row")
+
+
+def needs(model_cfg: ModelConfig, pattern_window: int = DEFAULT_PATTERN_WINDOW) -> tuple[int, int]:
+    """(coarse bars, fine bars) a request must carry: the token windows plus the features' warm-up."""
+    coarse = max(model_cfg.coarse_len + BAR_WARMUP, REGIME_COARSE_WARMUP)
+    fine = max(model_cfg.fine_len + BAR_WARMUP, REGIME_WARMUP + 1, pattern_window + 1)
+    return coarse, fine
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One model input, built from the bars known at ``as_of``."""
+
+    h_tokens: np.ndarray  # float32 [T_h, coarse_features]
+    l_tokens: np.ndarray  # float32 [T_l, fine_features]
+    regime_features: np.ndarray  # float32 [20]
+    pattern_features: np.ndarray  # float32 [pattern_window + 5], not normalised (scale-free already)
+    as_of: int  # ns: the last fine bar's close time
+
+
+def _complete(name: str, x: np.ndarray) -> None:
+    if not np.isfinite(x).all():  # needs() guarantees enough history, so this is a bug, not bad input
+        raise DataError(f"{name}: incomplete features (NaN) despite enough bars")
+
+
+def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: ModelConfig,
+                 pattern_window: int = DEFAULT_PATTERN_WINDOW) -> Sample:
+    """The model input at the last fine bar. Coarse bars not closed by then (t > the last fine t, e.g. a
+    period still forming) are ignored. Raises BarsError/DataError for bad or too few bars."""
+    _check_widths(model_cfg)
+    fine.validate()
+    coarse.validate()
+    if len(fine) == 0:
+        raise DataError("fine: no bars")
+    as_of = int(fine.t[-1])
+    coarse = coarse.until(as_of)
+    n_coarse, n_fine = needs(model_cfg, pattern_window)
+    if len(fine) < n_fine:
+        raise DataError(f"fine: {len(fine)} bars, need at least {n_fine}")
+    if len(coarse) < n_coarse:
+        raise DataError(f"coarse: {len(coarse)} bars closed by the last fine bar, need at least {n_coarse}")
+    fine, coarse = fine.slice(len(fine) - n_fine), coarse.slice(len(coarse) - n_coarse)
+    h = stats.coarse.apply(bar_features(coarse)[-model_cfg.coarse_len:])
+    l = stats.fine.apply(bar_features(fine)[-model_cfg.fine_len:])  # noqa: E741
+    regime = stats.regime.apply(regime_features(fine, coarse)[-1])
+    pattern = pattern_features(fine, pattern_window)[-1].astype(np.float32)
+    for name, x in (("coarse", h), ("fine", l), ("regime", regime), ("pattern", pattern)):
+        _complete(name, x)
+    return Sample(h, l, regime, pattern, as_of)
+
+
+@dataclass(frozen=True)
+class WindowDataset:
+    """Every sample of a history as stacked arrays, with labels, times and the train/test split."""
+
+    instrument: str
+    timeframe: str
+    coarse_rule: str
+    h_tokens: np.ndarray  # float32 [N, T_h, coarse_features]
+    l_tokens: np.ndarray  # float32 [N, T_l, fine_features]
+    regime_features: np.ndarray  # float32 [N, 20]
+    pattern_features: np.ndarray  # float32 [N, pattern_window + 5]
+    out_a: np.ndarray  # float32 [N] next coarse-period return
+    out_b: np.ndarray  # float32 [N] next fine-bar return
+    action: np.ndarray  # int64 [N] index into ACTIONS
+    quantity: np.ndarray  # float32 [N] in [0, 1)
+    t: np.ndarray  # int64 [N] sample time (= Sample.as_of)
+    t_known: np.ndarray  # int64 [N] when all of the sample's labels are known
+    bar_index: np.ndarray  # int64 [N] the fine bar each sample ends at
+    train: np.ndarray  # int64 sample indices, purged of labels that reach into the test part
+    test: np.ndarray  # int64 sample indices: the held-out tail
+    stats: FeatureStats  # fitted on the bars before the test part (or given)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, stats: FeatureStats | None = None,
+                  pattern_window: int = DEFAULT_PATTERN_WINDOW) -> WindowDataset:
+    """All samples with complete inputs and labels, vectorised. Without ``stats``, statistics are fitted on
+    the training window only: the bars closed before the first test sample."""
+    _check_widths(model_cfg)
+    fine = dataset.bars
+    rule = data_cfg.coarse_rule or default_coarse_rule(dataset.timeframe)
+    coarse = resample(fine, rule)
+    coarse_x, fine_x = bar_features(coarse), bar_features(fine)
+    regime_x = regime_features(fine, coarse)
+    pattern_x = pattern_features(fine, pattern_window)
+    labels = make_labels(fine, parse_rule(rule).ns, data_cfg.label_horizon, data_cfg.cost_bps)
+
+    n_coarse, n_fine = needs(model_cfg, pattern_window)
+    k = visible_counts(coarse.t, fine.t)
+    idx = np.flatnonzero((np.arange(len(fine)) >= n_fine - 1) & (k >= n_coarse) & labels.valid)
+    n = len(idx)
+    n_test = round(n * (1 - data_cfg.train_fraction))
+    if n < 2 or n_test < 1 or n_test >= n:
+        raise DataError(f"{dataset.name}: {n} complete samples ({len(fine)} bars, of which {n_fine} fine and "
+                        f"{n_coarse} coarse bars of history per sample); too few to split into train and test")
+    t, t_known = fine.t[idx], labels.t_known[idx]
+    test = np.arange(n - n_test, n)
+    train = purge(np.arange(n - n_test), test, t, t_known, purge_bars=0, embargo_bars=0)
+    if stats is None:
+        cut = t[test[0]]  # features of bars known before the first test sample
+        stats = FeatureStats.fit(coarse_x[coarse.t < cut], fine_x[fine.t < cut], regime_x[fine.t < cut])
+
+    t_h, t_l = model_cfg.coarse_len, model_cfg.fine_len
+    coarse_n, fine_n = stats.coarse.apply(coarse_x), stats.fine.apply(fine_x)
+    h_tokens = coarse_n[k[idx, None] - t_h + np.arange(t_h)]
+    l_tokens = fine_n[idx[:, None] - t_l + 1 + np.arange(t_l)]
+    return WindowDataset(
+        instrument=data_cfg.instrument or dataset.instrument, timeframe=dataset.timeframe, coarse_rule=rule,
+        h_tokens=h_tokens, l_tokens=l_tokens, regime_features=stats.regime.apply(regime_x[idx]),
+        pattern_features=pattern_x[idx].astype(np.float32),
+        out_a=labels.out_a[idx].astype(np.float32), out_b=labels.out_b[idx].astype(np.float32),
+        action=labels.action[idx], quantity=labels.quantity[idx].astype(np.float32),
+        t=t, t_known=t_known, bar_index=idx, train=train, test=test, stats=stats)

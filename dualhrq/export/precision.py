@@ -1,0 +1,60 @@
+"""Lower-precision variants of the fp32 segment graph: fp16 (weights and compute) and dynamic int8 (CPU).
+
+Both keep the graph's fp32 inputs and outputs, so the runtime feeds every variant the same arrays. Whether a
+variant is good enough is not decided here: dualhrq.export.parity measures it against PyTorch fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+from dualhrq.export.segment import save_graph
+
+log = logging.getLogger(__name__)
+
+
+def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None) -> Path:
+    """fp16 weights and compute with fp32 inputs and outputs (casts at the graph's edges).
+
+    ONNX Runtime's CPU provider lacks fp16 kernels for some ops and runs those in fp32 behind inserted casts,
+    so a CPU parity check of this graph is a check of fp16 weights plus whatever fp16 compute the CPU has; a
+    GPU runs it in fp16 throughout.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Constants beyond fp16's range are clamped to +-1e4 by the converter (max_finite_val): the attention
+    # pooling's -1e9 mask offset becomes -1e4, which still zeroes a masked neighbour's softmax weight.
+    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save_graph(proto, dst, external_data)
+
+
+def activation_matmuls(proto: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul nodes whose second input is not a weight: attention's QK^T and AV.
+
+    Those multiply two activations; dynamic quantisation of them would quantise attention scores and values
+    per call with one scale each, which is where int8 attention loses most accuracy. Only weights are
+    quantised.
+    """
+    weights = {t.name for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
+
+
+def to_int8(src: str | Path, dst: str | Path) -> Path:
+    """Dynamic int8 quantisation of the MatMul weights (per output channel), for the CPU provider.
+
+    Activations are quantised on the fly per call (dynamic), weights once here; Gemm (the small heads) and
+    every activation-by-activation MatMul stay fp32.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    excluded = activation_matmuls(onnx.load(str(src), load_external_data=False))
+    # The node list is all this needs, so the weights are not loaded above.
+    quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
+                     weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"MatMulConstBOnly": True})
+    log.info("int8: quantised MatMul weights, left %d activation-by-activation MatMuls in fp32", len(excluded))
+    return dst

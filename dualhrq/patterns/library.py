@@ -1,0 +1,463 @@
+"""The pattern library: embeddings of past market windows and what happened after them, searchable with hnswlib.
+
+Each entry is one window of fine bars of one instrument: its embedding, ``window_start``/``window_end``,
+``available_at`` (window end + label horizon: the moment its outcome became known), ``outcome`` (the realised
+forward return), ``regime``, ``quality`` and ``expires_at`` (0 = never), all times int nanoseconds.
+
+No look-ahead: ``query(..., as_of)`` only ever returns entries with ``available_at <= as_of`` that are alive
+(not deleted, not expired at ``as_of``). hnswlib cannot filter by time itself without calling back into Python
+for every candidate, so the library over-fetches from the graph and filters with numpy, and when few entries
+qualify it searches them exactly instead (cheaper than a huge over-fetch, and it can never come up short).
+
+Lifecycle: ``expire`` and ``update_quality`` mark entries deleted in hnswlib and free their rows; ``add`` reuses
+deleted slots (``allow_replace_deleted``) before growing, so a library under churn does not grow without bound.
+hnswlib is not safe for a mutation concurrent with queries, so queries hold the shared side of a
+readers-writer lock and every mutation the exclusive side.
+
+hnswlib labels are ``generation * max_elements + row``: the row indexes our metadata arrays (``label %
+max_elements``) and a reused row gets a fresh label. A deleted label is never handed to hnswlib again, because
+hnswlib's slot replacement keeps the old label's lookup entry and would later erase the new one's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import msgspec
+import numpy as np
+
+from dualhrq.config import PatternsConfig
+from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
+from dualhrq.patterns.arrays import column, finite_matrix
+from dualhrq.patterns.checksums import verify_checksums, write_checksums
+from dualhrq.patterns.rwlock import ReadWriteLock
+
+log = logging.getLogger(__name__)
+
+_NS_PER_DAY = 86_400 * 10**9
+# When at most this many entries qualify for an as_of, or they are under _EXACT_FRACTION of the live ones,
+# exact search over just those entries beats over-fetching from the graph.
+EXACT_MAX = 4096
+_EXACT_FRACTION = 0.1
+_OVERFETCH = 2.0  # graph candidates fetched per needed hit, beyond the share that fails the time filter
+_OUTCOME_CLIP = 8.0  # context outcomes in units of outcome_scale: one crash day must not dominate the pooling
+_FORMAT = 1
+_FILES = ("index.bin", "meta.npz", "library.json")
+_META = ("label", "alive", "embedding", "instrument", "window_start", "window_end", "available_at", "expires_at",
+         "outcome", "regime", "quality")  # per-row arrays, each kept as attribute "_" + name
+
+
+def exact_distances(queries: np.ndarray, vectors: np.ndarray, space: str) -> np.ndarray:
+    """Distances [B, n] exactly as hnswlib defines them: squared L2, or 1 - inner product (cosine normalises)."""
+    q = np.asarray(queries, np.float64)
+    v = np.asarray(vectors, np.float64)
+    if space == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    if space == "l2":
+        d = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
+        return np.maximum(d, 0.0)
+    return 1.0 - q @ v.T
+
+
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str,
+              chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest (indices [B, k], distances [B, k], nearest first); queries go in chunks to bound memory."""
+    k = min(k, len(vectors))
+    idx = np.empty((len(queries), k), np.int64)
+    dist = np.empty((len(queries), k), np.float64)
+    for s in range(0, len(queries), chunk):
+        d = exact_distances(queries[s:s + chunk], vectors, space)
+        part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.tile(np.arange(k), (len(d), 1))
+        pd_ = np.take_along_axis(d, part, 1)
+        order = np.argsort(pd_, axis=1, kind="stable")
+        idx[s:s + chunk] = np.take_along_axis(part, order, 1)
+        dist[s:s + chunk] = np.take_along_axis(pd_, order, 1)
+    return idx, dist
+
+
+def similarity(distance: np.ndarray, space: str) -> np.ndarray:
+    """Map a distance to a similarity, larger = closer: 1/(1+d) for squared L2 (in (0, 1]), 1 - d otherwise."""
+    return 1.0 / (1.0 + distance) if space == "l2" else 1.0 - distance
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Neighbours of B queries, nearest first, copied out of the library (later mutations do not change them).
+
+    Columns where a row has fewer hits than the others are padding: id -1, distance inf, everything else 0.
+    """
+
+    ids: np.ndarray  # [B, k] int64 entry labels, -1 = no hit
+    distance: np.ndarray  # [B, k] float32
+    similarity: np.ndarray  # [B, k] float32
+    outcome: np.ndarray  # [B, k] float32, realised forward return
+    quality: np.ndarray  # [B, k] float32
+    regime: np.ndarray  # [B, k] int32
+    available_at: np.ndarray  # [B, k] int64 ns
+    embedding: np.ndarray  # [B, k, E] float32
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.ids >= 0
+
+    @property
+    def count(self) -> np.ndarray:
+        """Hits per query [B]."""
+        return self.valid.sum(axis=1)
+
+
+class PatternLibrary:
+    """hnswlib index + per-entry metadata, with time-filtered queries and a lifecycle. Thread-safe."""
+
+    def __init__(self, dim: int, cfg: PatternsConfig, outcome_scale: float = 1.0) -> None:
+        self._setup(dim, cfg, outcome_scale)
+        self._index = hnswlib.Index(space=cfg.space, dim=dim)
+        self._index.init_index(max_elements=cfg.max_elements, M=cfg.m, ef_construction=cfg.ef_construction,
+                               allow_replace_deleted=True)
+        self._index.set_ef(cfg.ef)
+
+    def _setup(self, dim: int, cfg: PatternsConfig, outcome_scale: float) -> None:
+        if dim < 1:
+            raise ConfigurationError(f"patterns.embed_dim: must be >= 1, got {dim}")
+        if not (math.isfinite(outcome_scale) and outcome_scale > 0):
+            raise ValueError(f"outcome_scale: must be a positive finite number, got {outcome_scale}")
+        self.dim = dim
+        self.cfg = cfg
+        self.outcome_scale = float(outcome_scale)
+        cap = cfg.max_elements
+        self._lock = ReadWriteLock()
+        self._size = 0  # rows ever used (= hnswlib's element count, deleted ones included)
+        self._free: list[int] = []  # deleted rows, reused first
+        self._instruments: list[str] = []
+        self._instrument_code: dict[str, int] = {}
+        self._label = np.arange(cap, dtype=np.int64)  # current label of each row
+        self._alive = np.zeros(cap, bool)
+        self._embedding = np.zeros((cap, dim), np.float32)
+        self._instrument = np.zeros(cap, np.int32)
+        self._window_start = np.zeros(cap, np.int64)
+        self._window_end = np.zeros(cap, np.int64)
+        self._available_at = np.zeros(cap, np.int64)
+        self._expires_at = np.zeros(cap, np.int64)
+        self._outcome = np.zeros(cap, np.float32)
+        self._regime = np.zeros(cap, np.int32)
+        self._quality = np.zeros(cap, np.float32)
+
+    # ------------------------------------------------------------ size and search width
+
+    def __len__(self) -> int:
+        """Live entries (added, not deleted)."""
+        return self._size - len(self._free)
+
+    @property
+    def slots(self) -> int:
+        """Slots the index has used, deleted ones included: reuse keeps this flat under churn."""
+        return self._size
+
+    @property
+    def ef(self) -> int:
+        return self._index.ef
+
+    @ef.setter
+    def ef(self, value: int) -> None:
+        if value < 1:
+            raise ConfigurationError(f"patterns.ef: must be >= 1, got {value}")
+        with self._lock.write():
+            self._index.set_ef(int(value))
+
+    # ------------------------------------------------------------ growth
+
+    def add(self, embeddings: np.ndarray, *, instrument: str | list[str] | np.ndarray, window_start: object,
+            window_end: object, available_at: object, outcome: object, regime: object,
+            quality: object = None, expires_at: object = None) -> np.ndarray:
+        """Add n entries (metadata: scalars or length-n vectors; times int ns). Returns their labels [n].
+
+        ``quality`` defaults to ``cfg.initial_quality``; ``expires_at`` to ``available_at + expiry_days`` when
+        ``cfg.expiry_days`` > 0, else 0 (never). Deleted slots are reused before the index grows.
+        """
+        emb = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
+        n = len(emb)
+        names = [instrument] * n if isinstance(instrument, str) else [str(s) for s in instrument]
+        if len(names) != n:
+            raise DataError(f"instrument: expected a string or {n} strings, got {len(names)}")
+        if any(not s for s in names):
+            raise DataError("instrument: empty instrument name")
+        start = column(window_start, "window_start", n, np.int64)
+        end = column(window_end, "window_end", n, np.int64)
+        avail = column(available_at, "available_at", n, np.int64)
+        out = column(outcome, "outcome", n, np.float64).astype(np.float32)
+        reg = column(regime, "regime", n, np.int32)
+        qual = column(self.cfg.initial_quality if quality is None else quality, "quality", n, np.float32)
+        if expires_at is None:
+            days = self.cfg.expiry_days
+            exp = avail + int(days * _NS_PER_DAY) if days > 0 else np.zeros(n, np.int64)
+        else:
+            exp = column(expires_at, "expires_at", n, np.int64)
+        for name, bad in (("window_end", end < start), ("available_at", avail < end), ("regime", reg < 0),
+                          ("quality", (qual < 0) | (qual > 1)), ("expires_at", (exp != 0) & (exp < avail))):
+            if bad.any():
+                raise DataError(f"{name}: {int(bad.sum())} entries invalid (first at position {int(np.argmax(bad))}): "
+                                "need window_start <= window_end <= available_at <= expires_at (or 0), regime >= 0, "
+                                "0 <= quality <= 1")
+        if n == 0:
+            return np.zeros(0, np.int64)
+
+        with self._lock.write():
+            grow = max(0, n - len(self._free))
+            if self._size + grow > self.cfg.max_elements:
+                raise ConfigurationError(
+                    f"patterns.max_elements: library full ({len(self)} live of {self.cfg.max_elements}); "
+                    f"cannot add {n}: raise max_elements and rebuild, or expire entries")
+            reused = self._free[:n]
+            del self._free[:n]
+            rows = np.array(reused + list(range(self._size, self._size + grow)), np.int64)
+            self._label[reused] += self.cfg.max_elements
+            labels = self._label[rows]
+            self._index.add_items(emb, labels.astype(np.uint64), replace_deleted=True)
+            self._size += grow
+            codes = [self._instrument_code.setdefault(s, len(self._instrument_code)) for s in names]
+            self._instruments = list(self._instrument_code)
+            self._embedding[rows] = emb
+            self._instrument[rows] = codes
+            self._window_start[rows] = start
+            self._window_end[rows] = end
+            self._available_at[rows] = avail
+            self._expires_at[rows] = exp
+            self._outcome[rows] = out
+            self._regime[rows] = reg
+            self._quality[rows] = qual
+            self._alive[rows] = True
+        return labels
+
+    # ------------------------------------------------------------ search
+
+    def query(self, embeddings: np.ndarray, as_of: int | np.ndarray, k: int) -> Hits:
+        """The k nearest entries known at ``as_of`` (int ns, one for all queries or one per query [B]).
+
+        k is clamped to the live count; queries with nothing eligible get an all-padding row (``count`` 0),
+        never an error.
+        """
+        q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
+        if k < 1:
+            raise ValueError(f"k: must be >= 1, got {k}")
+        when = column(as_of, "as_of", len(q), np.int64)
+        with self._lock.read():
+            width = min(k, len(self))
+            rows = np.full((len(q), width), -1, np.int64)
+            dist = np.full((len(q), width), np.inf, np.float32)
+            n = self._size
+            alive = self._alive[:n]
+            avail = self._available_at[:n]
+            exp = self._expires_at[:n]
+            for t in np.unique(when) if width else ():
+                eligible = alive & (avail <= t) & ((exp == 0) | (exp > t))
+                count = int(eligible.sum())
+                if count == 0:
+                    continue
+                sel = np.flatnonzero(when == t)
+                k_eff = min(width, count)
+                r, d = self._search(q[sel], eligible, count, k_eff)
+                rows[sel, :k_eff] = r
+                dist[sel, :k_eff] = d
+            return self._gather(rows, dist)
+
+    def _search(self, q: np.ndarray, eligible: np.ndarray, count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [B, k] and distances of the k nearest eligible entries; caller holds the read lock."""
+        live = len(self)
+        if count <= EXACT_MAX or count < _EXACT_FRACTION * live:
+            return self._exact(q, eligible, k)
+        rows = np.empty((len(q), k), np.int64)
+        dist = np.empty((len(q), k), np.float32)
+        pending = np.arange(len(q))
+        fetch = min(live, math.ceil(_OVERFETCH * k * live / count))
+        while len(pending):
+            try:
+                labels, d = self._index.knn_query(q[pending], k=fetch, num_threads=1)
+            except RuntimeError:  # hnswlib found fewer than `fetch` live neighbours (ef too small for this graph)
+                break
+            r = labels.astype(np.int64) % self.cfg.max_elements
+            ok = eligible[r]
+            enough = ok.sum(axis=1) >= k
+            first = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # eligible ones first, distance order kept
+            done = pending[enough]
+            rows[done] = np.take_along_axis(r, first, 1)[enough]
+            dist[done] = np.take_along_axis(d, first, 1)[enough]
+            pending = pending[~enough]
+            if fetch == live:
+                break
+            fetch = min(live, fetch * 4)
+        if len(pending):
+            rows[pending], dist[pending] = self._exact(q[pending], eligible, k)
+        return rows, dist
+
+    def _exact(self, q: np.ndarray, eligible: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = np.flatnonzero(eligible)
+        idx, d = exact_knn(q, self._embedding[candidates], k, self.cfg.space)
+        return candidates[idx], d.astype(np.float32)
+
+    def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
+        valid = rows >= 0
+        r = np.where(valid, rows, 0)
+
+        def pick(values: np.ndarray, pad: object) -> np.ndarray:
+            return np.where(valid, values[r], pad)
+
+        return Hits(
+            ids=pick(self._label, -1),
+            distance=dist,
+            similarity=np.where(valid, similarity(dist, self.cfg.space), 0.0).astype(np.float32),
+            outcome=pick(self._outcome, 0.0).astype(np.float32),
+            quality=pick(self._quality, 0.0).astype(np.float32),
+            regime=pick(self._regime, 0).astype(np.int32),
+            available_at=pick(self._available_at, 0),
+            embedding=self._embedding[r] * valid[..., None],
+        )
+
+    def context(self, hits: Hits, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the model consumes: (pattern_context float32 [B, K, P], pattern_mask float32 [B, K], 1 = valid).
+
+        The context vector of one neighbour, P = ``pattern_dim`` wide:
+
+        - ``[0, P-3)``: its embedding, truncated or zero-padded (PCA components come ordered by explained
+          variance, so truncation keeps the most informative ones);
+        - ``P-3``: its outcome in units of ``outcome_scale`` (the training outcomes' standard deviation),
+          clipped to +-8;
+        - ``P-2``: its quality in [0, 1];
+        - ``P-1``: its similarity to the query (see ``similarity``).
+
+        Missing neighbours (fewer than K hits) are zero vectors with mask 0; a row with no hits is the model's
+        regime-only path.
+        """
+        if pattern_dim < 4:
+            raise ConfigurationError(f"model.pattern_dim: must be >= 4 (embedding + outcome, quality, "
+                                     f"similarity), got {pattern_dim}")
+        if k < 1:
+            raise ConfigurationError(f"model.pattern_k: must be >= 1, got {k}")
+        b, width = hits.ids.shape
+        take = min(k, width)
+        ctx = np.zeros((b, k, pattern_dim), np.float32)
+        mask = np.zeros((b, k), np.float32)
+        e = min(pattern_dim - 3, hits.embedding.shape[2])
+        ctx[:, :take, :e] = hits.embedding[:, :take, :e]
+        ctx[:, :take, -3] = np.clip(hits.outcome[:, :take] / self.outcome_scale, -_OUTCOME_CLIP, _OUTCOME_CLIP)
+        ctx[:, :take, -2] = hits.quality[:, :take]
+        ctx[:, :take, -1] = hits.similarity[:, :take]
+        mask[:, :take] = hits.valid[:, :take]
+        ctx *= mask[..., None]
+        return ctx, mask
+
+    # ------------------------------------------------------------ lifecycle
+
+    def expire(self, now: int) -> int:
+        """Delete live entries whose ``expires_at`` (non-zero) is at or before ``now``; returns how many."""
+        with self._lock.write():
+            n = self._size
+            rows = np.flatnonzero(self._alive[:n] & (self._expires_at[:n] != 0) & (self._expires_at[:n] <= now))
+            self._delete(rows)
+        if len(rows):
+            log.info("expired %d pattern entries (now=%d), %d live", len(rows), now, len(self))
+        return len(rows)
+
+    def update_quality(self, ids: np.ndarray, realised: np.ndarray) -> int:
+        """Score entries on what happened to the queries they served, then retire those below the floor.
+
+        For each (id, realised forward return) pair, quality moves by ``quality_alpha`` towards 1 when the
+        entry's outcome had the sign of the realised return, towards 0 otherwise (an exponentially weighted hit
+        rate). Ids no longer live (expired or retired since the query) are skipped. Returns how many retired.
+        """
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        real = column(realised, "realised", len(ids), np.float64)
+        alpha = self.cfg.quality_alpha
+        with self._lock.write():
+            rows = ids % self.cfg.max_elements
+            current = (ids >= 0) & (rows < self._size)
+            current[current] &= (self._label[rows[current]] == ids[current]) & self._alive[rows[current]]
+            agree = np.sign(self._outcome[rows]) == np.sign(real)
+            for row, hit in zip(rows[current], agree[current]):  # sequential: an id may appear twice
+                self._quality[row] = (1 - alpha) * self._quality[row] + alpha * float(hit)
+            n = self._size
+            retire = np.flatnonzero(self._alive[:n] & (self._quality[:n] < self.cfg.quality_floor))
+            self._delete(retire)
+        if len(retire):
+            log.info("retired %d pattern entries below quality %.2f, %d live", len(retire),
+                     self.cfg.quality_floor, len(self))
+        return len(retire)
+
+    def _delete(self, rows: np.ndarray) -> None:
+        """Caller holds the write lock."""
+        for label in self._label[rows]:
+            self._index.mark_deleted(int(label))
+        self._alive[rows] = False
+        self._free.extend(int(r) for r in rows)
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write index.bin, meta.npz, library.json and SHA256SUMS (``sha256sum -c`` format) into ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        with self._lock.read():
+            n = self._size
+            self._index.save_index(str(out / "index.bin"))
+            np.savez(out / "meta.npz", **{name: getattr(self, f"_{name}")[:n] for name in _META})
+            info = {"format": _FORMAT, "dim": self.dim, "config": msgspec.to_builtins(self.cfg),
+                    "outcome_scale": self.outcome_scale, "instruments": self._instruments, "size": n,
+                    "live": len(self)}
+        (out / "library.json").write_text(json.dumps(info, indent=1))
+        write_checksums(out, _FILES)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, cfg: PatternsConfig | None = None) -> PatternLibrary:
+        """Load a saved library after checking every file's SHA-256; a missing or altered file is refused.
+
+        The index's structure (space, M, ef_construction, max_elements) comes from the file; the tunables
+        (``ef``, quality and expiry settings) from ``cfg`` when given, else from the file. ``ef`` is set on the
+        loaded index (hnswlib does not persist it).
+        """
+        src = Path(directory)
+        verify_checksums(src, _FILES)
+        try:
+            info = json.loads((src / "library.json").read_text())
+            if info.get("format") != _FORMAT:
+                raise ModelLoadError(f"{src}/library.json: format {info.get('format')!r}, expected {_FORMAT}")
+            saved = msgspec.convert(info["config"], PatternsConfig)
+            structure = {f: getattr(saved, f) for f in ("space", "m", "ef_construction", "max_elements")}
+            lib_cfg = msgspec.structs.replace(cfg, **structure) if cfg is not None else saved
+            lib = cls.__new__(cls)
+            lib._setup(int(info["dim"]), lib_cfg, float(info["outcome_scale"]))
+            with np.load(src / "meta.npz", allow_pickle=False) as meta:
+                arrays = {name: meta[name] for name in _META}
+        except ModelLoadError:
+            raise
+        except (KeyError, ValueError, TypeError, OSError, msgspec.ValidationError) as e:
+            raise ModelLoadError(f"{src}: pattern library metadata unreadable: {e}") from None
+        n = int(info["size"])
+        if any(len(a) != n for a in arrays.values()):
+            raise ModelLoadError(f"{src}/meta.npz: arrays do not all have {n} rows")
+        lib._index = hnswlib.Index(space=lib_cfg.space, dim=lib.dim)
+        try:
+            lib._index.load_index(str(src / "index.bin"), max_elements=lib_cfg.max_elements,
+                                  allow_replace_deleted=True)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{src}/index.bin: hnswlib cannot load it: {e}") from None
+        if lib._index.element_count != n:
+            raise ModelLoadError(f"{src}: index holds {lib._index.element_count} elements, metadata {n}")
+        lib._index.set_ef(lib_cfg.ef)
+        lib._size = n
+        try:
+            for name, values in arrays.items():
+                getattr(lib, f"_{name}")[:n] = values
+        except ValueError as e:
+            raise ModelLoadError(f"{src}/meta.npz: does not match the index ({e})") from None
+        lib._free = np.flatnonzero(~lib._alive[:n]).tolist()
+        lib._instruments = list(info["instruments"])
+        lib._instrument_code = {s: i for i, s in enumerate(lib._instruments)}
+        log.info("loaded pattern library %s: %d live of %d rows, ef=%d", src, len(lib), n, lib_cfg.ef)
+        return lib
+

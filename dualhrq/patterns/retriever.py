@@ -1,0 +1,172 @@
+"""Pattern retrieval with a hard deadline that fails open to regime-only conditioning.
+
+A signal must never wait on the pattern index longer than its retrieval timeout. Each retrieval (encode,
+query, build the context) runs on a small, bounded pool of threads; hnswlib and numpy release the GIL, so a
+query truly runs beside the caller. The caller waits at most ``timeout_s`` and otherwise gets a fail-open
+result: an all-zero context with an all-zero mask (the model's regime-only path) and the reason.
+
+A query that overruns keeps its thread until the index lets go of it; Python cannot cancel it. So a free
+worker is claimed before submitting, and when every worker is stuck the call fails open at once with
+``busy`` instead of queueing behind them: a stuck index costs nothing per request beyond the pool.
+
+Reasons: ``disabled`` (switched off by config or the admin command), ``busy`` (no free worker), ``timeout``,
+``error`` (the index or encoder raised, or the fault drill said so), ``empty`` (no entry known at ``as_of``).
+
+Fault drills: ``cfg.fault`` (or ``set_fault`` at runtime) makes every query sleep ``delay_ms`` and fail with
+probability ``error_rate``, inside the worker, exactly where a slow or broken index would.
+
+asyncio: ``retrieve_async`` awaits the same worker future with ``asyncio.wait`` and a timeout, so the event loop
+is never blocked and an overrunning query is abandoned (not cancelled) exactly as in ``retrieve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dualhrq.config import PatternsConfig
+from dualhrq.errors import DataError, HRMError
+from dualhrq.patterns.encoder import PatternEncoder
+from dualhrq.patterns.library import PatternLibrary
+
+log = logging.getLogger(__name__)
+
+REASONS = ("timeout", "busy", "error", "empty", "disabled")
+
+
+class InjectedFault(HRMError):
+    """Raised by the fault drill in place of a real index failure."""
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    pattern_context: np.ndarray  # [B, K, P] float32
+    mask: np.ndarray  # [B, K] float32, 1 = valid neighbour
+    reason: str | None  # None when patterns were used, else one of REASONS
+    used: np.ndarray  # [B] int: valid neighbours per query
+
+    @property
+    def fail_open(self) -> bool:
+        return self.reason is not None
+
+
+class Retriever:
+    """Encode pattern features, query the library as of a time, and return the model's pattern context."""
+
+    def __init__(self, library: PatternLibrary, encoder: PatternEncoder, cfg: PatternsConfig, pattern_dim: int,
+                 k: int, seed: int = 0) -> None:
+        if encoder.embed_dim != library.dim:
+            raise ValueError(f"encoder embeds to {encoder.embed_dim} dims but the library holds {library.dim}")
+        self.library = library
+        self.encoder = encoder
+        self.cfg = cfg
+        self.pattern_dim = pattern_dim
+        self.k = k
+        self.enabled = cfg.enabled
+        self._delay_s = 0.0
+        self._error_rate = 0.0
+        self.set_fault(cfg.fault.delay_ms, cfg.fault.error_rate)
+        self._rng = random.Random(seed)
+        self._free_workers = threading.BoundedSemaphore(cfg.pool_size)
+        self._pool = concurrent.futures.ThreadPoolExecutor(cfg.pool_size, thread_name_prefix="patterns")
+
+    def set_fault(self, delay_ms: float, error_rate: float) -> None:
+        """Fault drill: every query sleeps ``delay_ms`` and raises with probability ``error_rate`` (0, 0: off)."""
+        if delay_ms < 0:
+            raise ValueError(f"patterns.fault.delay_ms: must be >= 0, got {delay_ms}")
+        if not 0 <= error_rate <= 1:
+            raise ValueError(f"patterns.fault.error_rate: must be in [0, 1], got {error_rate}")
+        self._delay_s = delay_ms / 1000.0
+        self._error_rate = error_rate
+
+    def close(self) -> None:
+        """Stop accepting work; a stuck query's thread is left to finish on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ the calls
+
+    def retrieve(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
+                 timeout_s: float | None = None) -> RetrievalResult:
+        """Pattern context for B queries, or a fail-open result, within ``timeout_s`` (default cfg.timeout_ms)."""
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        batch = self._batch_size(pattern_features)
+        started = self._submit(pattern_features, as_of, batch)
+        if isinstance(started, RetrievalResult):
+            return started
+        try:
+            return started.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            return self._fail_open(batch, "timeout")
+
+    async def retrieve_async(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
+                             timeout_s: float | None = None) -> RetrievalResult:
+        """``retrieve`` for asyncio: the loop keeps running while the worker queries."""
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        batch = self._batch_size(pattern_features)
+        started = self._submit(pattern_features, as_of, batch)
+        if isinstance(started, RetrievalResult):
+            return started
+        waiter = asyncio.wrap_future(started)
+        done, _ = await asyncio.wait({waiter}, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            waiter.cancel()  # detaches the loop from the abandoned worker; the query itself runs on
+            return self._fail_open(batch, "timeout")
+        return waiter.result()
+
+    # ------------------------------------------------------------ inside
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        t = self.cfg.timeout_ms / 1000.0 if timeout_s is None else timeout_s
+        if not t > 0:
+            raise ValueError(f"timeout_s: must be > 0, got {t}")
+        return t
+
+    def _batch_size(self, pattern_features: np.ndarray) -> int:
+        shape = np.shape(pattern_features)
+        if len(shape) != 2:
+            raise DataError(f"pattern_features: expected shape [B, F], got {list(shape)}")
+        return shape[0]
+
+    def _submit(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
+                batch: int) -> concurrent.futures.Future[RetrievalResult] | RetrievalResult:
+        """A running worker's future, or an immediate fail-open result (disabled, busy)."""
+        if not self.enabled:
+            return self._fail_open(batch, "disabled")
+        if not self._free_workers.acquire(blocking=False):
+            return self._fail_open(batch, "busy")
+        try:
+            future = self._pool.submit(self._work, pattern_features, as_of, batch)
+        except RuntimeError:  # the pool was closed
+            self._free_workers.release()
+            return self._fail_open(batch, "disabled")
+        future.add_done_callback(lambda _: self._free_workers.release())
+        return future
+
+    def _work(self, pattern_features: np.ndarray, as_of: int | np.ndarray, batch: int) -> RetrievalResult:
+        try:
+            if self._delay_s:
+                time.sleep(self._delay_s)
+            if self._error_rate and self._rng.random() < self._error_rate:
+                raise InjectedFault("fault drill: injected pattern index error")
+            hits = self.library.query(self.encoder.encode(pattern_features), as_of, self.k)
+            context, mask = self.library.context(hits, self.pattern_dim, self.k)
+        except InjectedFault as e:
+            log.debug("%s; failing open to regime-only", e)
+            return self._fail_open(batch, "error")
+        except Exception:  # noqa: BLE001 - any failure of the index must fail open, never reach the signal
+            log.warning("pattern retrieval failed; failing open to regime-only", exc_info=True)
+            return self._fail_open(batch, "error")
+        used = mask.sum(axis=1).astype(np.int64)
+        return RetrievalResult(context, mask, None if used.any() else "empty", used)
+
+    def _fail_open(self, batch: int, reason: str) -> RetrievalResult:
+        return RetrievalResult(pattern_context=np.zeros((batch, self.k, self.pattern_dim), np.float32),
+                               mask=np.zeros((batch, self.k), np.float32), reason=reason,
+                               used=np.zeros(batch, np.int64))

@@ -1,0 +1,245 @@
+"""Engines: one interface that runs ONE segment of the HRM on a batch, whatever executes it.
+
+Every engine takes and returns the segment graph's fixed names (numpy in, numpy out) so the ACT loop, the
+batcher and the bench are backend-agnostic. Engines are not thread-safe: exactly one thread (the batcher's
+inference thread) calls `run`, which is also where the carry lives between ACT segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
+
+if TYPE_CHECKING:
+    from dualhrq.model import HRM
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("h_tokens", "l_tokens", "instrument_id", "timeframe_id", "regime_features", "pattern_context",
+               "pattern_mask", "z_H", "z_L")
+OUTPUT_NAMES = ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse", "forecast_fine",
+                "regime_probs", "z_H_out", "z_L_out")
+INT_INPUTS = ("instrument_id", "timeframe_id")
+
+BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
+
+
+class Engine(ABC):
+    """Runs one segment. `run` may return arrays it reuses two calls later: callers copy what they keep."""
+
+    name: str
+    max_batch: int
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """feeds: every name in INPUT_NAMES, batch first; returns every name in OUTPUT_NAMES."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
+        """Release sessions and device memory."""
+
+
+def as_feeds(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Contiguous arrays of the graph's dtypes (int64 ids, float32 everything else)."""
+    return {name: np.ascontiguousarray(inputs[name], dtype=np.int64 if name in INT_INPUTS else np.float32)
+            for name in INPUT_NAMES}
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+
+_PROVIDERS = {
+    "onnx-cpu": ["CPUExecutionProvider"],
+    "onnx-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnx-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime with serving settings: fixed thread counts, sequential execution, every graph
+    optimisation, and I/O binding into preallocated outputs (no allocation per call after the first call at
+    a batch size, which the warm-up makes)."""
+
+    def __init__(self, graph: Path, backend: str = "onnx-cpu", threads: int = 0, spinning: bool = True,
+                 max_batch: int = 8) -> None:
+        import onnxruntime as ort
+
+        if backend not in _PROVIDERS:
+            raise ConfigurationError(f"serve.backend: {backend!r} is not an ONNX Runtime backend")
+        wanted = _PROVIDERS[backend]
+        available = ort.get_available_providers()
+        if wanted[0] not in available:
+            raise ConfigurationError(f"serve.backend: {backend} needs ONNX Runtime's {wanted[0]}, which this "
+                                     f"install lacks (available: {', '.join(available)}); install onnxruntime-gpu "
+                                     "on a CUDA machine or use onnx-cpu")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1  # sequential execution: a second pool would only add wake-ups
+        # Spinning keeps the pool's threads hot between the segments of one request (lower latency); off, they
+        # sleep at once, which is kinder to cores shared with other processes.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(str(graph), sess_options=opts, providers=wanted)
+        except Exception as e:  # ORT raises its own untyped errors for bad or missing files
+            raise ModelLoadError(f"cannot load ONNX graph {graph}: {e}") from e
+        names_in = tuple(i.name for i in self._session.get_inputs())
+        names_out = tuple(o.name for o in self._session.get_outputs())
+        if set(names_in) != set(INPUT_NAMES) or set(names_out) != set(OUTPUT_NAMES):
+            raise ModelLoadError(f"{graph}: graph inputs {names_in} / outputs {names_out} are not the segment "
+                                 f"graph's {INPUT_NAMES} / {OUTPUT_NAMES}")
+        self.name, self.max_batch = backend, max_batch
+        self._binding = self._session.io_binding()
+        self._device = "cpu"
+        self._out: dict[int, list[dict[str, np.ndarray]]] = {}  # batch size -> two sets of output buffers
+        self._flip: dict[int, int] = {}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        b = len(feeds["h_tokens"])
+        sets = self._out.get(b)
+        try:
+            if sets is None:  # first call at this batch size: learn the output shapes, then bind from now on
+                out = dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds)))
+                self._out[b] = [{k: np.empty_like(v) for k, v in out.items()} for _ in range(2)]
+                self._flip[b] = 0
+                return out
+            # Two buffer sets used in turn: the carry returned by one call is the input of the next, so the
+            # next call must write elsewhere.
+            i = self._flip[b]
+            self._flip[b] = 1 - i
+            out = sets[i]
+            binding = self._binding
+            for name, arr in feeds.items():
+                binding.bind_cpu_input(name, arr)
+            for name, buf in out.items():
+                binding.bind_output(name, self._device, 0, buf.dtype, buf.shape, buf.ctypes.data)
+            self._session.run_with_iobinding(binding)
+            return out
+        except Exception as e:
+            raise InferenceError(f"{self.name}: segment failed at batch {b}: {e}") from e
+
+    def close(self) -> None:
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        self._out.clear()
+
+
+# ---------------------------------------------------------------- PyTorch eager
+
+
+class TorchEngine(Engine):
+    """The HRM itself in eval mode without autograd: the tests' engine and the bench's eager baseline."""
+
+    def __init__(self, model: HRM, max_batch: int = 8, name: str = "torch") -> None:
+        self.model = model.eval()
+        self.name, self.max_batch = name, max_batch
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from dualhrq.model import Carry, ModelInputs
+
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        inputs = ModelInputs(**{k: t[k] for k in INPUT_NAMES[:7]})
+        try:
+            with torch.inference_mode():
+                carry, out = self.model(inputs, Carry(t["z_H"], t["z_L"]))
+                regime_probs = torch.softmax(out.regime_logits, dim=-1)
+        except Exception as e:
+            raise InferenceError(f"{self.name}: segment failed: {e}") from e
+        return {"policy_logits": out.policy_logits.numpy(), "quantity": out.quantity.numpy(),
+                "value": out.value.numpy(), "q_logits": out.q_logits.numpy(),
+                "forecast_coarse": out.forecast_coarse.numpy(), "forecast_fine": out.forecast_fine.numpy(),
+                "regime_probs": regime_probs.numpy(), "z_H_out": carry.z_H.numpy(), "z_L_out": carry.z_L.numpy()}
+
+
+# ---------------------------------------------------------------- native TensorRT
+
+
+class TensorRTEngine(Engine):
+    """A serialized TensorRT 10 engine (built by `dualhrq export --tensorrt`), run with the v3 tensor API.
+
+    Device buffers are torch CUDA tensors, so no CUDA Python binding beyond TensorRT itself is needed.
+    """
+
+    def __init__(self, plan: Path, max_batch: int = 8) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise ConfigurationError("serve.backend: tensorrt needs the `tensorrt` Python package (TensorRT 10) "
+                                     "and a CUDA GPU; neither is importable here. Use onnx-cpu or onnx-cuda") from None
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigurationError("serve.backend: tensorrt needs a CUDA device; torch sees none")
+        if not plan.is_file():
+            raise ModelLoadError(f"TensorRT plan {plan} not found (export the bundle with --tensorrt)")
+        self._torch, self._trt = torch, trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self._engine is None:
+            raise ModelLoadError(f"TensorRT could not deserialize {plan} (built by another TensorRT version?)")
+        self._context = self._engine.create_execution_context()
+        self._stream = torch.cuda.Stream()
+        self._dtypes: dict[str, Any] = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            self._dtypes[name] = torch.from_numpy(np.empty(0, dtype=trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
+        self.name, self.max_batch = "tensorrt", max_batch
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch, ctx = self._torch, self._context
+        keep = []  # device tensors must outlive the asynchronous execution
+        try:
+            with torch.cuda.stream(self._stream):
+                for name in INPUT_NAMES:
+                    dev = torch.from_numpy(feeds[name]).to("cuda", self._dtypes[name], non_blocking=True)
+                    keep.append(dev)
+                    ctx.set_input_shape(name, tuple(dev.shape))
+                    ctx.set_tensor_address(name, dev.data_ptr())
+                outs = {}
+                for name in OUTPUT_NAMES:
+                    out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
+                    outs[name] = out
+                    ctx.set_tensor_address(name, out.data_ptr())
+                if not ctx.execute_async_v3(self._stream.cuda_stream):
+                    raise InferenceError("TensorRT execute_async_v3 returned false")
+                host = {k: v.to("cpu", torch.float32 if v.is_floating_point() else v.dtype, non_blocking=False)
+                        for k, v in outs.items()}
+            self._stream.synchronize()
+        except InferenceError:
+            raise
+        except Exception as e:
+            raise InferenceError(f"tensorrt: segment failed: {e}") from e
+        return {k: v.numpy() for k, v in host.items()}
+
+    def close(self) -> None:
+        del self._context, self._engine
+
+
+# ---------------------------------------------------------------- from a bundle
+
+
+def make_engine(bundle: Any, backend: str = "onnx-cpu", precision: str = "fp32", threads: int = 0,
+                max_batch: int = 8, spinning: bool = True) -> Engine:
+    """The engine a bundle (dualhrq.export.bundle.Bundle) asks for, with a clear error when unavailable."""
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"serve.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        return TensorRTEngine(bundle.tensorrt_plan_path(), max_batch)
+    if backend == "torch":
+        from dualhrq.model import HRM
+
+        model = HRM(bundle.config.model)
+        model.load_state_dict(bundle.state_dict())
+        return TorchEngine(model, max_batch)
+    return OnnxEngine(bundle.graph_path(precision), backend, threads, spinning, max_batch)

@@ -1,0 +1,180 @@
+"""A loaded model as the server hosts it: bundle config, features, pattern retriever, engine and its batcher.
+
+`reload` swaps one ModelHost for another. Requests hold the host they started with (`acquire`/`release`), so
+the old one keeps answering them and is closed only once the last has left: no request fails in a swap.
+`load_host` is the only place that knows how a bundle becomes a host: it verifies the bundle's hashes, builds
+the engine, and warms every batch size the batcher can form, so the first request pays no first-run cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from dualhrq.config import Config, config_from_dict, config_to_dict
+from dualhrq.data.bars import Bars
+from dualhrq.errors import ConfigurationError
+from dualhrq.runtime.batcher import Batcher
+
+log = logging.getLogger(__name__)
+
+FEATURES_INLINE_MAX_S = 200e-6  # features cheaper than this run on the event loop; dearer ones in a thread
+
+
+class Sample(Protocol):
+    """What dualhrq.data.windows.build_sample returns for one window (the fields the runtime reads)."""
+
+    h_tokens: np.ndarray  # [T_h, F_c]
+    l_tokens: np.ndarray  # [T_l, F_f]
+    regime_features: np.ndarray  # [20]
+    pattern_features: np.ndarray  # [F]
+    as_of: int  # ns: the newest bar's time, the retrieval's look-ahead bound
+
+
+@dataclass
+class Prepared:
+    """One request's graph inputs before retrieval fills pattern_context / pattern_mask."""
+
+    inputs: dict[str, np.ndarray]  # batch axis of 1
+    pattern_features: np.ndarray  # [1, F]
+    as_of: int
+
+
+@dataclass
+class HostHooks:
+    """What the server lends the batcher of every host it loads."""
+
+    upstream: Callable[[], int] = lambda: 0  # requests still before the queue (batching hint)
+    on_batch: Callable[[int, float], None] = lambda size, seconds: None
+
+
+@dataclass
+class ModelHost:
+    name: str  # model version, as replies report it
+    config: Config  # the bundle's config with the serve-time overlay applied
+    needs: tuple[int, int]  # minimum (coarse, fine) bars per request
+    features: Callable[[Bars, Bars], Sample]
+    instrument_id: Callable[[str], int]
+    timeframe_id: Callable[[str], int]
+    batcher: Batcher
+    retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: the bundle has no library
+    features_inline: bool = True
+    _users: int = field(default=0, init=False)
+    _idle: asyncio.Event | None = field(default=None, init=False)
+
+    @property
+    def pattern_shape(self) -> tuple[int, int]:
+        return self.config.model.pattern_k, self.config.model.pattern_dim
+
+    def prepare(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
+        """Features for one request (pure numpy: safe on any thread)."""
+        s = self.features(coarse, fine)
+        inputs = {"h_tokens": s.h_tokens[None], "l_tokens": s.l_tokens[None],
+                  "instrument_id": np.array([self.instrument_id(instrument)], np.int64),
+                  "timeframe_id": np.array([self.timeframe_id(timeframe)], np.int64),
+                  "regime_features": s.regime_features[None].astype(np.float32)}
+        return Prepared(inputs, s.pattern_features[None], int(s.as_of))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def warm(self, coarse: Bars, fine: Bars, rounds: int = 3) -> None:
+        """Before serving: decide where features run, and run the engine at every batch size it will see."""
+        timings = []
+        for _ in range(5):
+            t = time.perf_counter()
+            prepared = self.prepare(coarse, fine, "warm-up", "1h")
+            timings.append(time.perf_counter() - t)
+        self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
+        k, p = self.pattern_shape
+        row = {**prepared.inputs, "pattern_context": np.zeros((1, k, p), np.float32),
+               "pattern_mask": np.zeros((1, k), np.float32)}
+        self.batcher.warm(row, rounds)
+        log.info("warmed %s: features %.0f us (%s), engine batches 1..%d", self.name, 1e6 * float(np.median(timings)),
+                 "inline" if self.features_inline else "in a thread", self.batcher.max_batch)
+
+    def start(self) -> ModelHost:
+        self.batcher.start()
+        return self
+
+    def acquire(self) -> ModelHost:
+        self._users += 1
+        return self
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait (on the loop that uses this host) until no request holds it."""
+        if self._users:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.batcher.stop(timeout)
+        self.batcher.engine.close()
+        if self.retriever is not None:
+            self.retriever.close()
+
+
+# ---------------------------------------------------------------- from a bundle
+
+
+def overlay_config(base: Config, overlay: dict[str, Any], source: str) -> Config:
+    """The bundle's config with serve-time sections (serve, act.fixed_segments, patterns, compliance) from
+    a serve config file laid over it. The model section is the bundle's and cannot be changed."""
+    from dualhrq.config import _merge  # the same section-wise merge `base:` files use
+
+    if "model" in overlay:
+        raise ConfigurationError(f"{source}: model: comes from the bundle and cannot be overridden at serve time")
+    return config_from_dict(_merge(config_to_dict(base), overlay), source)
+
+
+def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
+    """A plausible random walk of n bars ending at end_ns: warm-up input that passes bar validation."""
+    rng = np.random.default_rng(seed)
+    c = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
+    o = np.concatenate([[100.0], c[:-1]])
+    spread = np.abs(rng.normal(0, 0.001, n)) * c
+    t = end_ns - step_ns * np.arange(n - 1, -1, -1, dtype=np.int64)
+    return Bars(t, o, np.maximum(o, c) + spread, np.minimum(o, c) - spread, c, rng.uniform(1e3, 2e3, n))
+
+
+def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, hooks: HostHooks | None = None,
+              overlay_source: str = "serve config") -> ModelHost:
+    """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
+    from dualhrq.data.windows import build_sample, needs
+    from dualhrq.export.bundle import load_bundle
+    from dualhrq.model.vocab import InstrumentVocab, timeframe_id
+    from dualhrq.runtime.engine import make_engine
+
+    hooks = hooks or HostHooks()
+    t0 = time.perf_counter()
+    bundle = load_bundle(bundle_path, verify=True)
+    cfg = overlay_config(bundle.config, overlay or {}, overlay_source)
+    serve = cfg.serve
+    engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
+                         serve.spinning)
+    stats = bundle.feature_stats
+    vocab = InstrumentVocab(bundle.instruments)
+    retriever = bundle.retriever(cfg.patterns) if bundle.patterns_dir is not None else None
+    batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
+                      upstream=hooks.upstream, on_batch=hooks.on_batch)
+    coarse_n, fine_n = needs(cfg.model)
+    host = ModelHost(name=bundle.model_version, config=cfg, needs=(coarse_n, fine_n),
+                     features=lambda coarse, fine: build_sample(coarse, fine, stats, cfg.model),
+                     instrument_id=vocab.id, timeframe_id=timeframe_id, batcher=batcher, retriever=retriever)
+    hour, day = 3_600 * 10**9, 86_400 * 10**9
+    end = 1_700_000_000 * 10**9
+    host.warm(synthetic_bars(coarse_n, day, end - day), synthetic_bars(fine_n, hour, end))
+    log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
+             time.perf_counter() - t0, engine.name)
+    return host

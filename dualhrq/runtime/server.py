@@ -1,0 +1,384 @@
+"""The server: asyncio + a ZeroMQ ROUTER socket speaking protocol v1 (docs/PROTOCOL.md).
+
+One receive loop, never cancelled, turns each message into a task; each task sends exactly one reply. The
+loop itself only decodes, validates and routes: features run in a thread when they cost more than ~0.2 ms,
+retrieval on the retriever's bounded pool with its timeout (failing open), the engine on the one inference
+thread behind the batcher's bounded queue. Replies leave with ROUTER_MANDATORY and without blocking: a reply
+ZeroMQ cannot deliver (peer gone, its queue full) is counted and dropped, never waited on.
+
+Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) -> compliance gate -> reply,
+with `timing_us` for each stage. A deadline (`deadline_ms` from receipt) answers `deadline_exceeded` the
+moment it passes, whatever stage the request is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
+from dualhrq.compliance.rules import RULES_VERSION
+from dualhrq.config import ServeConfig
+from dualhrq.runtime import protocol as p
+from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
+from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
+from dualhrq.runtime.metrics import Metrics
+from dualhrq.runtime.security import CurveServer
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, warmed host (blocking)
+
+_REPLY_REASON = {"busy": "timeout"}  # the retriever's "busy" (every worker stuck) is a timeout on the wire
+
+
+class Server:
+    """Serve one bundle on `serve.bind` (or, as a worker, on a broker's backend via `connect`)."""
+
+    def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
+                 connect: str | None = None, control: Any | None = None) -> None:
+        self.serve = serve
+        self.metrics = Metrics()
+        self.endpoint = ""  # the bound (or connected) address once started
+        self.ready = False
+        self._loader, self._bundle = loader, bundle
+        self._gate = gate if gate is not None else ComplianceGate()
+        self._connect = connect
+        self._control = control  # workers: relays state-changing admin commands to the sibling workers
+        self._curve = CurveServer(serve.curve)
+        self._host: ModelHost | None = None
+        self._patterns_enabled = True
+        self._upstream = 0  # signals past decode and not yet queued: the batcher's hint to wait for more
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._started = time.monotonic()
+        self._features_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="features")
+        self._hooks = HostHooks(upstream=lambda: self._upstream, on_batch=self.metrics.observe_batch)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._copy = not self._curve.enabled  # CURVE needs the frames themselves to read each one's User-Id
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready."""
+        self._loop = asyncio.get_running_loop()
+        host = await asyncio.to_thread(self._loader, self._bundle, self._hooks)
+        self._host = host.start()
+        self.metrics.watch_queue(lambda: self._host.batcher.depth if self._host else 0)
+        self.metrics.in_flight.set_function(lambda: self._in_flight)
+        if self.serve.metrics_port:
+            self.metrics.serve_http(self.serve.metrics_port)
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, int(self.serve.drain_timeout_s * 1000))
+        self._curve.secure(self._ctx, sock)
+        if self._connect:
+            sock.connect(self._connect)
+            self.endpoint = self._connect
+        else:
+            sock.bind(self.serve.bind)
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("serving %s on %s (ready)", host.name, self.endpoint)
+
+    async def run(self, handle_signals: bool = True) -> int:
+        """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code."""
+        await self.start()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        listeners = [asyncio.create_task(self._control.listen(self._apply))] if self._control else []
+        await self._receive()
+        log.info("stopping: no new requests; draining %d in flight", len(self._tasks))
+        await self._drain()
+        for t in listeners:
+            t.cancel()
+        return 0
+
+    def stop(self) -> None:
+        """Stop receiving; what is in flight is answered (bounded by serve.drain_timeout_s). Thread-safe."""
+        if self._loop is None:
+            self._stopping.set()  # before start: nothing runs yet, run() will return at once
+        else:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    async def _drain(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.serve.drain_timeout_s)
+            for t in late:  # each still sends its one reply (`internal`, shutting down) as it unwinds
+                t.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        host, self._host = self._host, None
+        if host is not None:
+            await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
+        self._features_pool.shutdown(wait=False)
+        if self._sock is not None:
+            self._sock.close()  # lingers up to drain_timeout_s so the last replies leave
+        self._curve.stop()
+        if self._ctx is not None:
+            self._ctx.term()
+        log.info("stopped")
+
+    # ------------------------------------------------------------ receiving and replying
+
+    async def _receive(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stopping.is_set():
+            # A bounded poll instead of a bare recv: stopping never needs to cancel this loop mid-receive.
+            if not await sock.poll(50, zmq.POLLIN):
+                continue
+            for _ in range(1000):  # take what has arrived, then let the tasks run
+                try:
+                    frames = await sock.recv_multipart(zmq.NOBLOCK, copy=self._copy)
+                except zmq.Again:
+                    break
+                task = asyncio.create_task(self._handle(frames, time.perf_counter()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _send(self, envelope: list, body: bytes) -> None:
+        assert self._sock is not None
+        try:
+            sent = self._sock.send_multipart([*envelope, body], zmq.NOBLOCK, copy=self._copy)
+        except zmq.ZMQError:  # the socket is closing
+            sent = None
+        if sent is None or (sent.done() and sent.exception() is not None):
+            # EHOSTUNREACH (peer gone, ROUTER_MANDATORY) or EAGAIN (its queue is full): drop, never block.
+            self.metrics.undeliverable.inc()
+
+    async def _handle(self, frames: list, t0: float) -> None:
+        self._in_flight += 1
+        kind, reply = "?", None
+        try:
+            body = frames[-1] if self._copy else frames[-1].bytes
+            user = None if self._copy else frames[-1].get("User-Id")
+            kind, reply = await self._answer(body, user, t0)
+        except asyncio.CancelledError:
+            reply = p.ErrorReply(id=None, code="internal", message="server shutting down")
+        except Exception:  # noqa: BLE001 - whatever happened, the request still gets its one reply
+            log.exception("unexpected error answering a request")
+            reply = p.ErrorReply(id=None, code="internal", message="internal error")
+        finally:
+            self._in_flight -= 1
+        self._send(frames[:-1], p.encode(reply))
+        code = reply.code if isinstance(reply, p.ErrorReply) else "ok"
+        self.metrics.requests.labels(kind, code).inc()
+        self.metrics.stage_seconds.labels("total").observe(time.perf_counter() - t0)
+
+    async def _answer(self, body: bytes, user: str | None, t0: float) -> tuple[str, p.Reply]:
+        try:
+            req = p.decode_request(body, self.serve.max_body_bytes)
+        except p.ProtocolError as e:
+            return "invalid", e.reply()
+        kind = type(req).__struct_config__.tag
+        try:
+            if isinstance(req, p.Signal):
+                return kind, await self._signal(req, t0)
+            if isinstance(req, p.Ping):
+                return kind, self._pong(req)
+            return kind, await self._admin(req, user)
+        except p.ProtocolError as e:
+            e.request_id = req.id
+            return kind, e.reply()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the client as `internal`, logged in full here
+            log.exception("request %s failed", req.id)
+            return kind, p.ErrorReply(id=req.id, code="internal", message=f"{type(e).__name__}: {e}")
+
+    # ------------------------------------------------------------ ping
+
+    def _pong(self, req: p.Ping) -> p.Pong:
+        host = self._host
+        coarse, fine = host.needs if host else (0, 0)
+        return p.Pong(id=req.id, model=host.name if host else "", ready=self.ready and host is not None,
+                      uptime_s=round(time.monotonic() - self._started, 3), needs=p.Needs(coarse, fine),
+                      rules_version=RULES_VERSION)
+
+    # ------------------------------------------------------------ signal
+
+    async def _signal(self, req: p.Signal, t0: float) -> p.Reply:
+        if self._in_flight > self.serve.max_in_flight:
+            raise p.ProtocolError("overloaded", f"more than {self.serve.max_in_flight} requests in flight")
+        host = self._host
+        if host is None or not self.ready:
+            raise p.ProtocolError("overloaded", "not ready (loading or shutting down); retry")
+        deadline_ms = req.deadline_ms or self.serve.default_deadline_ms
+        if not deadline_ms:
+            return await self._pipeline(req, host, t0, None)
+        deadline = t0 + deadline_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - time.perf_counter())):
+                return await self._pipeline(req, host, t0, deadline)
+        except TimeoutError:
+            raise p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}") from None
+
+    async def _pipeline(self, req: p.Signal, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
+        host.acquire()
+        self._upstream += 1
+        queued = False
+        try:
+            coarse_n, fine_n = host.needs
+            coarse = p.check_bars(req.coarse, "coarse", coarse_n, req.id)
+            fine = p.check_bars(req.fine, "fine", fine_n, req.id)
+            t_decode = time.perf_counter()
+            if host.features_inline:
+                prepared = host.prepare(coarse, fine, req.instrument, req.timeframe)
+            else:
+                prepared = await asyncio.get_running_loop().run_in_executor(
+                    self._features_pool, host.prepare, coarse, fine, req.instrument, req.timeframe)
+            t_features = time.perf_counter()
+            used, reason = await self._retrieve(host, prepared)
+            t_retrieval = time.perf_counter()
+            try:
+                future = host.batcher.submit(prepared.inputs, deadline)
+            except Overloaded as e:
+                raise p.ProtocolError("overloaded", str(e)) from None
+            self._upstream -= 1
+            queued = True
+            try:
+                row = await future
+            except Expired:
+                raise p.ProtocolError("deadline_exceeded", "deadline passed while queued for the engine") from None
+        finally:
+            if not queued:
+                self._upstream -= 1
+            host.release()
+        stages = {"decode": t_decode - t0, "features": t_features - t_decode, "retrieval": t_retrieval - t_features,
+                  "queue": row.queue_s, "engine": row.engine_s}
+        reply = self._signal_reply(req, host, row, used, reason, stages, t0)
+        self.metrics.observe_stages(stages)
+        return reply
+
+    async def _retrieve(self, host: ModelHost, prepared: Prepared) -> tuple[int, str | None]:
+        """Fill the pattern inputs in place; (neighbours used, fail-open reason or None)."""
+        k, dim = host.pattern_shape
+        reason = "disabled"
+        if self._patterns_enabled and host.retriever is not None:
+            timeout_s = host.config.patterns.timeout_ms / 1000.0
+            res = await host.retriever.retrieve_async(prepared.pattern_features, prepared.as_of, timeout_s)
+            reason = res.reason
+            if reason is None or reason == "empty":
+                prepared.inputs["pattern_context"] = res.pattern_context
+                prepared.inputs["pattern_mask"] = res.mask
+                if reason is None:
+                    return int(res.used[0]), None
+        self.metrics.fail_open.labels(reason).inc()
+        if "pattern_mask" not in prepared.inputs:  # regime-only: an all-zero context behind an all-zero mask
+            prepared.inputs["pattern_context"] = np.zeros((1, k, dim), np.float32)
+            prepared.inputs["pattern_mask"] = np.zeros((1, k), np.float32)
+        return 0, _REPLY_REASON.get(reason, reason)
+
+    def _signal_reply(self, req: p.Signal, host: ModelHost, row: RowResult, used: int, reason: str | None,
+                      stages: dict[str, float], t0: float) -> p.SignalReply:
+        out = row.outputs
+        logits = out["policy_logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        best = int(probs.argmax())
+        action, quantity = p.ACTIONS[best], float(out["quantity"])
+        decision = self._comply(req, action, quantity)
+        regime = out["regime_probs"].astype(np.float64)
+        us = {k: int(v * 1e6) for k, v in stages.items()}
+        return p.SignalReply(
+            id=req.id, model=host.name, action=decision.action, probs=probs.tolist(),
+            confidence=float(probs[best]), quantity=decision.quantity,
+            forecast=p.Forecast(float(out["forecast_coarse"]), float(out["forecast_fine"])),
+            value=float(out["value"]), regime=p.Regime(int(regime.argmax()), regime.tolist()),
+            patterns=p.Patterns(used=used, fail_open=reason is not None, reason=reason),
+            act=p.Act(row.segments, "q" if row.halted_by_q else "max"),
+            compliance=p.Compliance(decision.allowed, decision.original_action, list(decision.reasons)),
+            timing_us=p.Timing(total=int((time.perf_counter() - t0) * 1e6), **us))
+
+    def _comply(self, req: p.Signal, action: str, quantity: float) -> GateDecision:
+        """The compliance hook: the gate decides when the request carries `market`; the kill switch always."""
+        if req.market is not None:
+            m = req.market
+            return self._gate.check(req.instrument, action, quantity,
+                                    MarketSnapshot(m.ts, m.last, m.bid, m.ask, m.prior_close, m.luld_tier))
+        if self._gate.kill_switch:
+            return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
+        return GateDecision(action, quantity, True, action, [])
+
+    # ------------------------------------------------------------ admin
+
+    def _authorized(self, req: p.Admin, user: str | None) -> bool:
+        token = req.token.encode()
+        by_token = bool(token) and any(hmac.compare_digest(token, t.encode()) for t in self.serve.admin_tokens)
+        return by_token or (user is not None and user in self._curve.admin_keys)
+
+    async def _admin(self, req: p.Admin, user: str | None) -> p.Reply:
+        if not self._authorized(req, user):
+            log.warning("admin %s refused: no valid token or admin key", req.cmd)
+            return p.ErrorReply(id=req.id, code="unauthorized", message="admin needs a valid token or admin "
+                                "CURVE key", field="token")
+        try:
+            detail = await self._apply(req.cmd, req.bundle)
+        except Exception as e:  # noqa: BLE001 - e.g. a reload of a bundle that fails verification
+            log.exception("admin %s failed", req.cmd)
+            return p.AdminReply(id=req.id, cmd=req.cmd, ok=False, detail={"error": f"{type(e).__name__}: {e}"})
+        if self._control is not None and req.cmd != "stats":
+            self._control.publish(req.cmd, req.bundle)
+        log.info("admin %s applied", req.cmd)
+        return p.AdminReply(id=req.id, cmd=req.cmd, ok=True, detail=detail)
+
+    async def _apply(self, cmd: str, bundle: str = "") -> dict[str, Any]:
+        """One admin command's effect (also what a sibling worker's relayed command runs)."""
+        if cmd == "stats":
+            return self.stats()
+        if cmd in ("disable_patterns", "enable_patterns"):
+            self._patterns_enabled = cmd == "enable_patterns"
+            return {"patterns_enabled": self._patterns_enabled}
+        if cmd in ("kill_switch_on", "kill_switch_off"):
+            self._gate.set_kill_switch(cmd == "kill_switch_on")
+            return {"kill_switch": self._gate.kill_switch}
+        if cmd == "reload":
+            return await self._reload(bundle or self._bundle)
+        raise ValueError(f"cmd: unknown admin command {cmd!r}")
+
+    async def _reload(self, bundle: str) -> dict[str, Any]:
+        """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done."""
+        async with self._reload_lock:
+            new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
+            old, self._host = self._host, new
+            self._bundle = bundle
+        if old is not None:
+            task = asyncio.create_task(self._retire(old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return {"model": new.name, "previous": old.name if old else None, "bundle": bundle}
+
+    async def _retire(self, host: ModelHost) -> None:
+        await host.drained()
+        await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
+        log.info("retired %s", host.name)
+
+    def stats(self) -> dict[str, Any]:
+        host = self._host
+        return {"model": host.name if host else "", "ready": self.ready, "uptime_s": time.monotonic() - self._started,
+                "patterns_enabled": self._patterns_enabled, "kill_switch": self._gate.kill_switch,
+                "in_flight": self._in_flight, "queue_depth": host.batcher.depth if host else 0,
+                "counters": self.metrics.snapshot()}

@@ -1,0 +1,107 @@
+"""Simple strategies the HRM must beat on the same splits: buy-and-hold, momentum sign, ridge and logistic.
+
+Each one implements the validation's Predictor interface (``name``, ``fit(train_idx, resume_from)``,
+``predict(test_idx)``) over arrays of the whole dataset, and sees at each sample only what is known then.
+Their settings (lookback, regularisation) are fixed in the config before a run, never tuned on test windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dualhrq.errors import DataError
+from dualhrq.train.metrics import Predictions
+
+
+class BuyAndHold:
+    """Always long one unit; its forecast is the training window's mean return (a constant: no IC)."""
+
+    name = "buy_and_hold"
+
+    def __init__(self, returns: np.ndarray) -> None:
+        self.returns = returns
+        self.mean = 0.0
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        self.mean = float(self.returns[train_idx].mean())
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        return Predictions(position=np.ones(len(test_idx)), forecast=np.full(len(test_idx), self.mean))
+
+
+class MomentumSign:
+    """Long after a rising stretch, short after a falling one: the sign of the sum of the last ``lookback``
+    returns whose labels were known at the sample's time."""
+
+    name = "momentum"
+
+    def __init__(self, returns: np.ndarray, t: np.ndarray, t_known: np.ndarray, lookback: int) -> None:
+        if np.any(np.diff(t_known) < 0):
+            raise DataError("t_known must be non-decreasing for the momentum baseline")
+        # known[i]: how many returns (a prefix, since t_known is sorted) are known at t[i].
+        known = np.searchsorted(t_known, t, side="right")
+        csum = np.concatenate([[0.0], np.cumsum(returns)])
+        self.signal = csum[known] - csum[np.maximum(known - lookback, 0)]
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        """Nothing to learn: the rule is fixed."""
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        s = self.signal[test_idx]
+        return Predictions(position=np.sign(s), forecast=s)
+
+
+class _LinearBaseline:
+    """Standardise features on the training window, then fit one scikit-learn model per split from scratch."""
+
+    def __init__(self, features: np.ndarray, returns: np.ndarray) -> None:
+        self.features = features
+        self.returns = returns
+        self.model: Pipeline | None = None
+
+    def _fitted(self) -> Pipeline:
+        if self.model is None:
+            raise DataError(f"{type(self).__name__}: predict called before fit")
+        return self.model
+
+
+class RidgeForecast(_LinearBaseline):
+    """Ridge regression of the next return on the features; position = sign of the forecast."""
+
+    name = "ridge"
+
+    def __init__(self, features: np.ndarray, returns: np.ndarray, alpha: float) -> None:
+        super().__init__(features, returns)
+        self.alpha = alpha
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        self.model = make_pipeline(StandardScaler(), Ridge(alpha=self.alpha))
+        self.model.fit(self.features[train_idx], self.returns[train_idx])
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        f = self._fitted().predict(self.features[test_idx])
+        return Predictions(position=np.sign(f), forecast=f)
+
+
+class LogisticDirection(_LinearBaseline):
+    """Logistic regression of the next return's direction; position = 2·P(up) − 1, also its score."""
+
+    name = "logistic"
+
+    def __init__(self, features: np.ndarray, returns: np.ndarray, c: float) -> None:
+        super().__init__(features, returns)
+        self.c = c
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        up = self.returns[train_idx] > 0
+        if up.all() or not up.any():
+            raise DataError("logistic baseline: every training return in this split has the same direction")
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=1000))
+        self.model.fit(self.features[train_idx], up)
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        score = 2 * self._fitted().predict_proba(self.features[test_idx])[:, 1] - 1
+        return Predictions(position=score, forecast=score)

@@ -1,0 +1,366 @@
+"""The HRM training loop: deep supervision over ACT segments, the one-step gradient, AdamW, checkpoints, resume.
+
+One training step = one segment on every slot of the batch (see dualhrq.train.act) = one optimizer step, as in
+the reference HRM: the carry is detached between segments, so each segment is its own supervised step, and
+inside a segment the model's forward already keeps grad only for the last L and H updates (the one-step
+gradient). After the segment, a second forward from the new carry (without grad) gives the Q-continue target.
+
+Bit-exact resume on CPU: the model, AdamW and the schedule come back from the checkpoint, the slots' carries
+and samples from ``train_state.pt``, and every random draw of a step is keyed on (seed, step). A run of 2k steps
+and a run stopped at k and resumed to 2k therefore end with identical weights.
+
+Layout of ``out_dir``: ``metrics.jsonl`` (one JSON line per log interval and per evaluation), ``latest`` (name
+of the newest checkpoint) and ``checkpoints/step_NNNNNNN/`` (model.safetensors + checkpoint.json from
+dualhrq.train.checkpoint, ``train_state.pt``, and the pattern library in ``patterns/``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dualhrq.config import Config
+from dualhrq.errors import ConvergenceError, ModelLoadError
+from dualhrq.model import HRM, Carry
+from dualhrq.seeding import seed_everything
+from dualhrq.train.act import SlotState, act_inference, halt_decision, q_continue_target
+from dualhrq.train.batches import TrainingSet, draw_slots
+from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
+from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, loss_weights, policy_correct, segment_loss
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+LATEST_FILE = "latest"
+METRICS_FILE = "metrics.jsonl"
+TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
+# Per-step sums reduced over ranks at each log interval: loss, the terms, then the ACT counters.
+_COUNTERS = ("loss", *TERMS, "steps", "halted", "halted_correct", "halted_segments", "q_halt_correct", "slots")
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: HRM, cfg: Config) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (nanoGPT's rule): biases and norm gains are not shrunk."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
+@dataclass
+class StepResult:
+    """Local (this rank's) figures of one step, for the progress bar and the log accumulator."""
+
+    loss: float
+    terms: dict[str, float]
+    grad_norm: float
+    halted: int
+    halted_correct: int
+    halted_segments: int
+    q_halt_correct: int
+    slots: int
+
+
+@dataclass
+class Trainer:
+    """A training run in memory: model, optimizer, schedule, ACT slots and the step counter."""
+
+    model: HRM
+    cfg: Config
+    data: TrainingSet
+    total_steps: int
+    ctx: DistContext = field(default_factory=lambda: DistContext(0, 1, torch.device("cpu")))
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        self.model.to(self.ctx.device).train()
+        self.data = self.data.to(self.ctx.device)
+        self.ddp = wrap_model(self.model, self.ctx)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        t = self.cfg.train
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, warmup=t.warmup_steps, total=self.total_steps, min_ratio=t.min_lr_ratio))
+        self.shard = self.ctx.shard(t.batch_size)
+        self.slots = SlotState.start(self.model, self.shard.stop - self.shard.start, self.ctx.device)
+        self.weights = loss_weights(t)
+
+    # ------------------------------------------------------------ one step
+
+    def train_step(self) -> StepResult:
+        t, act, dev = self.cfg.train, self.cfg.act, self.ctx.device
+        draws = draw_slots(t.seed, self.step, len(self.data), t.batch_size, self.shard, act.max_segments,
+                           act.exploration_prob, t.pattern_dropout)
+        slots = self.slots.admit(draws.sample.to(dev), draws.drop_patterns.to(dev))
+        x, y = self.data.batch(slots.sample, slots.drop_patterns)
+        carry, out = self.ddp(x, slots.carry)
+        steps = slots.steps + 1
+        with torch.no_grad():
+            halted, is_last = halt_decision(out.q_logits, steps, act, draws.explore_min.to(dev))
+            # The next segment from the new carry, only for its Q values (reference: no target network).
+            _, nxt = self.model(x, carry.detach())
+            target = q_continue_target(nxt.q_logits, is_last)
+        loss, terms = segment_loss(out, y, target, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if not torch.isfinite(grad_norm):  # gradients are rank-averaged: every rank stops at the same step
+            raise ConvergenceError(f"step {self.step}: non-finite gradient norm (loss {loss.item():.4g}); "
+                                   "lower train.lr or raise train.warmup_steps")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.slots = SlotState(Carry(carry.z_H.detach(), carry.z_L.detach()), steps, halted, slots.sample,
+                               slots.drop_patterns)
+        self.step += 1
+        with torch.no_grad():
+            correct = policy_correct(out, y)
+            q_halt_right = (out.q_logits[:, 0] >= 0) == correct
+        return StepResult(loss.item(), {k: v.item() for k, v in terms.items()}, grad_norm.item(),
+                          int(halted.sum()), int((halted & correct).sum()), int(steps[halted].sum()),
+                          int((halted & q_halt_right).sum()), len(halted))
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the weights that resume needs, loadable with torch.load(weights_only=True)."""
+        return {"step": self.step, "total_steps": self.total_steps, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "slots": self.slots.state_dict(),
+                "world_size": self.ctx.world_size, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.ctx.world_size:
+            raise ModelLoadError(f"checkpoint was trained on {state['world_size']} process(es); resume it on as "
+                                 f"many (this run has {self.ctx.world_size})")
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.slots = SlotState.from_state_dict(state["slots"], self.ctx.device)
+        torch.set_rng_state(state["torch_rng"])
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: HRM, cfg: Config, data: TrainingSet, batch_size: int = 256) -> dict[str, float]:
+    """Held-out figures with ACT as served: policy accuracy and cross-entropy, mean segments, forecast errors."""
+    model.eval()
+    n = len(data)
+    sums = {"accuracy": 0.0, "policy_loss": 0.0, "segments": 0.0, "forecast_fine_mse": 0.0}
+    for start in range(0, n, batch_size):
+        part = data.subset(torch.arange(start, min(n, start + batch_size)))
+        res = act_inference(model, part.inputs, cfg.act)
+        out, y = res.outputs, part.targets
+        sums["accuracy"] += float(policy_correct(out, y).sum())
+        sums["policy_loss"] += float(F.cross_entropy(out.policy_logits, y.action, reduction="sum"))
+        sums["segments"] += float(res.segments.sum())
+        sums["forecast_fine_mse"] += float(((out.forecast_fine - y.out_b) ** 2).sum())
+    model.train()
+    return {f"eval_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or None."""
+    pointer = Path(out_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    return Path(out_dir) / "checkpoints" / pointer.read_text().strip()
+
+
+def write_checkpoint(trainer: Trainer, out_dir: Path, extra: dict[str, Any], metrics: dict[str, Any],
+                     save_files: Any = None) -> Path:
+    """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, extra files), then move ``latest`` to it
+    and drop all but the newest ``train.keep_checkpoints``. ``save_files(dir)`` writes files beside the
+    weights (the pattern library)."""
+    root = out_dir / "checkpoints"
+    d = root / f"step_{trainer.step:07d}"
+    save_checkpoint(d, trainer.model, trainer.cfg, trainer.step, metrics, extra)
+    torch.save(trainer.state_dict(), d / STATE_FILE)
+    if save_files is not None:
+        save_files(d)
+    tmp = out_dir / (LATEST_FILE + ".tmp")
+    tmp.write_text(d.name)
+    tmp.replace(out_dir / LATEST_FILE)  # the pointer moves only once the checkpoint is complete
+    for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))[
+            :-trainer.cfg.train.keep_checkpoints]:
+        shutil.rmtree(old)
+    return d
+
+
+def load_train_state(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: missing {STATE_FILE}; this checkpoint cannot be resumed")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or non-tensor pickle
+        raise ModelLoadError(f"{path}: unreadable training state: {e}") from None
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _LogWindow:
+    """Sums of step figures over one log interval, reduced over ranks when written."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(_COUNTERS, 0.0)
+        self.started = time.perf_counter()
+
+    def add(self, r: StepResult) -> None:
+        s = self.sums
+        s["loss"] += r.loss
+        for k, v in r.terms.items():
+            s[k] += v
+        s["steps"] += 1
+        for k in ("halted", "halted_correct", "halted_segments", "q_halt_correct", "slots"):
+            s[k] += getattr(r, k)
+
+    def record(self, ctx: DistContext, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
+        vec = ctx.sum(torch.tensor([self.sums[k] for k in _COUNTERS], dtype=torch.float64))
+        s = dict(zip(_COUNTERS, vec.tolist()))
+        n = max(s["steps"], 1.0)  # sums of per-rank means: divide by steps x ranks
+        rec: dict[str, Any] = {"step": step, "lr": lr, "loss": s["loss"] / n}
+        rec.update({k: s[k] / n for k in TERMS})
+        halted = s["halted"]
+        rec["accuracy"] = s["halted_correct"] / halted if halted else None  # of samples finished in the window
+        rec["q_halt_accuracy"] = s["q_halt_correct"] / halted if halted else None
+        rec["segments"] = s["halted_segments"] / halted if halted else None
+        rec["halted_per_step"] = halted / (s["steps"] / ctx.world_size)
+        rec["grad_norm"] = grad_norm
+        rec["sec_per_step"] = (time.perf_counter() - self.started) / max(s["steps"] / ctx.world_size, 1.0)
+        return rec
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    step: int
+    checkpoint: Path | None
+    history: list[dict[str, Any]]
+
+
+def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dict[str, Any] | None = None,
+        save_files: Any = None, eval_data: TrainingSet | None = None, progress: bool = True) -> RunResult:
+    """Train from ``trainer.step`` up to step ``until``, logging to ``out_dir/metrics.jsonl`` and writing a
+    checkpoint every ``train.checkpoint_every`` steps and at the end (rank 0 only; no files when out_dir is None)."""
+    t = trainer.cfg.train
+    ctx = trainer.ctx
+    main = ctx.is_main and out_dir is not None
+    history: list[dict[str, Any]] = []
+    checkpoint: Path | None = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=until, initial=trainer.step, desc="train", unit="step", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
+    window = _LogWindow()
+    acc_num = acc_den = 0
+    loss_ema: float | None = None
+    try:
+        while trainer.step < until:
+            r = trainer.train_step()
+            window.add(r)
+            loss_ema = r.loss if loss_ema is None else 0.9 * loss_ema + 0.1 * r.loss
+            acc_num, acc_den = acc_num + r.halted_correct, acc_den + r.halted
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.4f}", acc=f"{acc_num / acc_den:.3f}" if acc_den else "-")
+            last = trainer.step == until
+            if trainer.step % t.log_every == 0 or last:
+                rec = window.record(ctx, trainer.step, trainer.scheduler.get_last_lr()[0], r.grad_norm)
+                history.append(rec)
+                if main:
+                    _append_jsonl(out_dir / METRICS_FILE, rec)
+                window, acc_num, acc_den = _LogWindow(), 0, 0
+            if main and (trainer.step % t.checkpoint_every == 0 or last):
+                metrics = dict(history[-1]) if history else {}
+                if eval_data is not None and t.eval_samples:
+                    scores = evaluate(trainer.model, trainer.cfg,
+                                      eval_data.subset(torch.arange(min(t.eval_samples, len(eval_data)))))
+                    metrics.update(scores)
+                    _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, **scores})
+                checkpoint = write_checkpoint(trainer, out_dir, extra or {}, metrics, save_files)
+    finally:
+        bar.close()
+    return RunResult(out_dir or Path(), trainer.step, checkpoint, history)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def resume_trainer(directory: Path, data: TrainingSet, ctx: DistContext, total_steps: int | None = None) -> Trainer:
+    """A Trainer restored from a checkpoint directory (weights, optimizer, schedule, slots, step)."""
+    model, meta = load_checkpoint(directory, ctx.device)
+    state = load_train_state(directory)
+    # A new total length changes the schedule from here on; the step counter and everything else carry on.
+    trainer = Trainer(model, meta.config, data, total_steps or int(state["total_steps"]), ctx)
+    trainer.load_state_dict(state)
+    return trainer
+
+
+def new_trainer(cfg: Config, data: TrainingSet, ctx: DistContext, total_steps: int) -> Trainer:
+    """A fresh run: seed everything, build the model, and the optimizer around it."""
+    seed_everything(cfg.train.seed)
+    return Trainer(HRM(cfg.model), cfg, data, total_steps, ctx)
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Top-level keys under which two configs differ (a resumed run reports what it ignores)."""
+    da, db = msgspec.to_builtins(a), msgspec.to_builtins(b)
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s].get(k)]
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None = None, resume: bool = False,
+          stop_at: int | None = None, progress: bool = True) -> RunResult:
+    """`dualhrq train`: prepare the inputs, then train for ``steps`` (default train.steps), optionally stopping
+    early at ``stop_at`` (a later --resume continues), under torchrun when launched by it."""
+    from dualhrq.train.inputs import InputArtifacts, prepare_training
+
+    ctx = init_distributed(cfg.train.device)
+    try:
+        out = Path(out_dir or cfg.train.out_dir)
+        latest = latest_checkpoint(out) if resume else None
+        if resume and latest is None:
+            raise ModelLoadError(f"{out}: nothing to resume (no {LATEST_FILE} checkpoint pointer)")
+        if latest is not None:
+            meta_cfg = read_checkpoint_meta(latest).config
+            changed = config_differences(meta_cfg, cfg)
+            if changed:
+                log.warning("resuming with the checkpoint's config; the given config differs in %s",
+                            ", ".join(changed))
+            artifacts = InputArtifacts.from_checkpoint(latest)
+            prepared = prepare_training(meta_cfg, artifacts)
+            trainer = resume_trainer(latest, prepared.train, ctx, steps)
+            log.info("resumed %s at step %d of %d", latest, trainer.step, trainer.total_steps)
+        else:
+            prepared = prepare_training(cfg)
+            trainer = new_trainer(cfg, prepared.train, ctx, steps or cfg.train.steps)
+        until = min(stop_at or trainer.total_steps, trainer.total_steps)
+        return run(trainer, until, out, extra=prepared.artifacts.to_extra(),
+                   save_files=prepared.artifacts.save_files, eval_data=prepared.test, progress=progress)
+    finally:
+        shutdown(ctx)

@@ -1,0 +1,104 @@
+"""The loss of one supervised segment: every head against its target, plus the two ACT Q-learning terms.
+
+Terms (names are the keys of ``train.loss_weights``; missing keys take DEFAULT_LOSS_WEIGHTS):
+
+- ``policy``: cross-entropy of the policy logits on the action label.
+- ``quantity``: squared error of the bounded quantity head on the volatility-scaled quantity target.
+- ``value``: Huber loss of the value head on the realised forward return of the action the policy takes now
+  (BUY long, SELL short, the others flat, net of the round-trip cost), so the value head is a critic of the
+  policy as it is, not of the labels.
+- ``forecast_coarse`` / ``forecast_fine``: Huber loss of the outA / outB forecasts on the next coarse-period and
+  next fine-bar returns, in units of their training standard deviation (raw returns are ~1e-3: unscaled they
+  would contribute nothing; Huber because returns are fat-tailed and one crash bar must not own a batch).
+- ``regime``: cross-entropy of the regime classifier on the unsupervised regime labels.
+- ``q_halt``: BCE of q_halt on "this segment's policy prediction is correct" (reference HRM losses.py).
+- ``q_continue``: BCE of q_continue on the bootstrapped target from the next segment (see dualhrq.train.act).
+
+Every term is a mean over the batch, so data-parallel ranks averaging their gradients reproduce the gradient
+of the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from dualhrq.config import TrainConfig
+from dualhrq.errors import ConfigurationError
+from dualhrq.model import ModelOutputs
+
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "policy": 1.0,
+    "quantity": 0.5,
+    "value": 0.25,
+    "forecast_coarse": 0.5,
+    "forecast_fine": 0.5,
+    "regime": 0.25,
+    "q_halt": 0.5,  # the reference weighs the two Q terms 0.5 each against the main loss
+    "q_continue": 0.5,
+}
+
+# Position each action leaves the account in, from flat: what the value head's realised return is made of.
+ACTION_EXPOSURE = (1.0, -1.0, 0.0, 0.0, 0.0)  # BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT (heads.ACTIONS order)
+
+
+def loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    """DEFAULT_LOSS_WEIGHTS overridden by ``train.loss_weights``; an unknown term is a configuration error."""
+    unknown = sorted(set(cfg.loss_weights) - set(DEFAULT_LOSS_WEIGHTS))
+    if unknown:
+        raise ConfigurationError(f"train.loss_weights.{unknown[0]}: unknown loss term "
+                                 f"(known: {', '.join(DEFAULT_LOSS_WEIGHTS)})")
+    return {**DEFAULT_LOSS_WEIGHTS, **cfg.loss_weights}
+
+
+@dataclass
+class Targets:
+    """Per-sample supervision, batch first. Returns are already divided by their training scale."""
+
+    action: torch.Tensor  # [B] int64, index into heads.ACTIONS
+    quantity: torch.Tensor  # [B] float, in the quantity head's range
+    out_a: torch.Tensor  # [B] next coarse-period return / its scale
+    out_b: torch.Tensor  # [B] next fine-bar return / its scale
+    action_return: torch.Tensor  # [B] forward return over the action label's horizon / its scale
+    cost: torch.Tensor  # [B] round-trip cost in the same units as action_return
+    regime: torch.Tensor  # [B] int64 regime label
+
+    def index(self, idx: torch.Tensor) -> Targets:
+        return Targets(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> Targets:
+        return Targets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def policy_correct(out: ModelOutputs, targets: Targets) -> torch.Tensor:
+    """[B] bool: the segment's policy prediction (argmax) equals the action label: the q_halt target."""
+    return out.policy_logits.argmax(dim=-1) == targets.action
+
+
+def realised_action_return(policy_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """[B] what the policy's current choice would have earned: exposure x forward return - cost if it trades."""
+    exposure = torch.tensor(ACTION_EXPOSURE, dtype=targets.action_return.dtype,
+                            device=policy_logits.device)[policy_logits.argmax(dim=-1)]
+    return exposure * targets.action_return - exposure.abs() * targets.cost
+
+
+def segment_loss(out: ModelOutputs, targets: Targets, q_continue_target: torch.Tensor,
+                 weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted total, {term: unweighted detached value}) for one segment's outputs."""
+    with torch.no_grad():
+        correct = policy_correct(out, targets)
+        value_target = realised_action_return(out.policy_logits, targets)
+    terms = {
+        "policy": F.cross_entropy(out.policy_logits, targets.action),
+        "quantity": F.mse_loss(out.quantity, targets.quantity),
+        "value": F.huber_loss(out.value, value_target),
+        "forecast_coarse": F.huber_loss(out.forecast_coarse, targets.out_a),
+        "forecast_fine": F.huber_loss(out.forecast_fine, targets.out_b),
+        "regime": F.cross_entropy(out.regime_logits, targets.regime),
+        "q_halt": F.binary_cross_entropy_with_logits(out.q_logits[:, 0], correct.to(out.q_logits.dtype)),
+        "q_continue": F.binary_cross_entropy_with_logits(out.q_logits[:, 1], q_continue_target),
+    }
+    total = sum(weights[k] * v for k, v in terms.items())
+    return total, {k: v.detach() for k, v in terms.items()}

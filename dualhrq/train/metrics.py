@@ -1,0 +1,126 @@
+"""Out-of-sample scores of a strategy: hit rate, information coefficient, Sharpe after costs, drawdown, turnover.
+
+Returns are per-sample log returns of holding one unit from a sample to the next, so a strategy's return is
+``position * return`` and returns add up over time. Costs are charged on turnover: every unit of position
+change pays ``cost_bps`` basis points, including the first entry from flat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from dualhrq.errors import DataError, InferenceError
+
+_NS_PER_YEAR = 365.25 * 24 * 3600 * 1e9
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a model says about a set of samples: a position in [-1, 1] and a forecast return (or score)."""
+
+    position: np.ndarray
+    forecast: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("position", "forecast"):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.ndim != 1:
+                raise InferenceError(f"predictions.{name} must be a 1-D numpy array")
+            if not np.all(np.isfinite(a)):
+                raise InferenceError(f"predictions.{name} has a non-finite value at index {int(np.argmin(np.isfinite(a)))}")
+        if self.position.shape != self.forecast.shape:
+            raise InferenceError(f"predictions: position {self.position.shape} and forecast {self.forecast.shape} differ")
+        if np.any(np.abs(self.position) > 1):
+            raise InferenceError(f"predictions.position must lie in [-1, 1], got {float(np.abs(self.position).max())}")
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        return Predictions(
+            position=np.concatenate([p.position for p in parts]),
+            forecast=np.concatenate([p.forecast for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Scores of one out-of-sample series. NaN marks an undefined score (no trades, a constant forecast)."""
+
+    n: int
+    hit_rate: float
+    ic: float  # Spearman rank correlation of forecast and realised return
+    sharpe: float  # annualised, after costs
+    annual_return: float  # mean log return per year, after costs
+    max_drawdown: float  # largest peak-to-trough loss, as a fraction of the peak
+    turnover: float  # mean absolute position change per sample
+    cost: float  # total cost paid, in log-return units
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def periods_per_year(t_ns: np.ndarray) -> float:
+    """Samples per calendar year, from the span of the sample times (hourly FX ≈ 6,200; daily stocks ≈ 252)."""
+    if len(t_ns) < 2 or t_ns[-1] <= t_ns[0]:
+        raise DataError("t: need at least two increasing sample times to infer periods_per_year")
+    return (len(t_ns) - 1) / ((t_ns[-1] - t_ns[0]) / _NS_PER_YEAR)
+
+
+def trades(position: np.ndarray) -> np.ndarray:
+    """Absolute position change at each sample, the first one entered from flat."""
+    return np.abs(np.diff(position, prepend=0.0))
+
+
+def strategy_returns(position: np.ndarray, returns: np.ndarray, cost_bps: float) -> np.ndarray:
+    """Per-sample net log return of holding ``position`` over each sample's return."""
+    return position * returns - trades(position) * cost_bps * 1e-4
+
+
+def hit_rate(position: np.ndarray, returns: np.ndarray) -> float:
+    """Share of samples with a position and a non-zero return where the position had the return's sign."""
+    active = (position != 0) & (returns != 0)
+    if not active.any():
+        return float("nan")
+    return float(np.mean(np.sign(position[active]) == np.sign(returns[active])))
+
+
+def information_coefficient(forecast: np.ndarray, returns: np.ndarray) -> float:
+    """Spearman rank correlation; NaN when either side is constant (no ranking to compare)."""
+    if len(forecast) < 3 or np.ptp(forecast) == 0 or np.ptp(returns) == 0:
+        return float("nan")
+    return float(spearmanr(forecast, returns).statistic)
+
+
+def sharpe_ratio(net: np.ndarray, periods: float) -> float:
+    """Annualised Sharpe ratio of per-sample returns (zero risk-free rate); NaN for a riskless series."""
+    sd = net.std(ddof=1) if len(net) > 1 else 0.0
+    return float(net.mean() / sd * np.sqrt(periods)) if sd > 0 else float("nan")
+
+
+def max_drawdown(net: np.ndarray) -> float:
+    """Largest fall of the equity curve exp(cumsum(net)) from its running peak, as a fraction of that peak."""
+    equity = np.concatenate([[0.0], np.cumsum(net)])
+    return float(1.0 - np.exp(-(np.maximum.accumulate(equity) - equity).max()))
+
+
+def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, periods: float) -> Metrics:
+    """All scores of one out-of-sample series; ``returns`` are the realised returns of the same samples."""
+    if returns.shape != pred.position.shape:
+        raise DataError(f"returns {returns.shape} and predictions {pred.position.shape} differ in length")
+    net = strategy_returns(pred.position, returns, cost_bps)
+    traded = trades(pred.position)
+    return Metrics(
+        n=len(returns),
+        hit_rate=hit_rate(pred.position, returns),
+        ic=information_coefficient(pred.forecast, returns),
+        sharpe=sharpe_ratio(net, periods),
+        annual_return=float(net.mean() * periods) if len(net) else float("nan"),
+        max_drawdown=max_drawdown(net),
+        turnover=float(traded.mean()) if len(traded) else float("nan"),
+        cost=float(traded.sum() * cost_bps * 1e-4),
+    )

@@ -1,0 +1,178 @@
+"""Walk-forward and combinatorial purged (CPCV) splits that keep labels of training and test samples apart.
+
+Every sample i carries a label interval [t[i], t_known[i]]: from its own time to the time its label is known.
+A training sample whose label interval overlaps any test sample's label interval would let the model learn
+from the very outcome it is tested on, so it is purged (López de Prado, AFML ch. 7). On top of that each
+test block gets a fixed gap of ``purge_bars`` samples before it and an embargo of ``embargo_bars`` samples
+after it, where serially correlated features would otherwise carry test information into training.
+Windows, gaps and steps count samples (one sample per fine bar); times are any increasing integers
+(nanoseconds since the epoch in practice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+from dualhrq.config import ValidateConfig
+from dualhrq.errors import ConfigurationError, DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """One fit/evaluate round: sorted sample indices to train on and to test on."""
+
+    index: int
+    train: np.ndarray
+    test: np.ndarray
+    test_groups: tuple[int, ...] = ()  # CPCV only: which groups form the test set
+
+
+@dataclass(frozen=True)
+class CPCV:
+    """The C(N, k) splits of combinatorial purged cross-validation and the φ backtest paths they assemble."""
+
+    splits: list[Split]
+    groups: list[np.ndarray]  # N contiguous blocks of sample indices
+    paths: list[list[int]]  # paths[p][g]: the split whose test predictions fill group g on path p
+
+
+def check_label_times(t: np.ndarray, t_known: np.ndarray) -> None:
+    """Refuse label times that would make purging meaningless: unsorted times or labels known before the sample."""
+    if t.ndim != 1 or t.shape != t_known.shape:
+        raise DataError(f"t and t_known must be 1-D arrays of the same length, got {t.shape} and {t_known.shape}")
+    if len(t) and np.any(np.diff(t) <= 0):
+        raise DataError(f"t: sample times must be strictly increasing (first violation at index {_first(np.diff(t) <= 0) + 1})")
+    if np.any(t_known < t):
+        raise DataError(f"t_known: a label is known before its sample time (first at index {_first(t_known < t)})")
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _blocks(test: np.ndarray) -> list[np.ndarray]:
+    """Contiguous runs of a sorted index array: each run is purged and embargoed as one block."""
+    breaks = np.flatnonzero(np.diff(test) != 1) + 1
+    return np.split(test, breaks)
+
+
+def purge(
+    candidates: np.ndarray,
+    test: np.ndarray,
+    t: np.ndarray,
+    t_known: np.ndarray,
+    purge_bars: int,
+    embargo_bars: int,
+) -> np.ndarray:
+    """The candidate training indices that survive the label-interval purge, the purge gap and the embargo."""
+    keep = np.ones(len(t), dtype=bool)
+    for block in _blocks(test):
+        first, last = int(block[0]), int(block[-1])
+        # Hull of the block's label intervals: the block is contiguous, so no outside sample falls inside it.
+        lo, hi = t[first], t_known[block].max()
+        keep &= ~((t <= hi) & (t_known >= lo))
+        keep[max(first - purge_bars, 0) : first] = False
+        keep[last + 1 : last + 1 + embargo_bars] = False
+    keep[test] = False
+    return candidates[keep[candidates]]
+
+
+def walk_forward_splits(
+    t: np.ndarray,
+    t_known: np.ndarray,
+    *,
+    train_bars: int,
+    test_bars: int,
+    step_bars: int,
+    purge_bars: int,
+    embargo_bars: int,
+    anchored: bool = False,
+) -> list[Split]:
+    """Test windows of ``test_bars`` every ``step_bars``, each trained on the ``train_bars`` before its purge gap.
+
+    Anchored splits train on everything from the first sample instead of a rolling window. The last window
+    must fit whole: a partial test window would be scored on fewer samples than the others claim.
+    """
+    check_label_times(t, t_known)
+    n = len(t)
+    first_test = train_bars + purge_bars
+    if first_test + test_bars > n:
+        raise ConfigurationError(
+            f"validate: {n} samples are too few for train_bars + purge_bars + test_bars = {first_test + test_bars}"
+        )
+    splits = []
+    for k, start in enumerate(range(first_test, n - test_bars + 1, step_bars)):
+        test = np.arange(start, start + test_bars)
+        window_start = 0 if anchored else start - purge_bars - train_bars
+        train = purge(np.arange(window_start, start - purge_bars), test, t, t_known, purge_bars, embargo_bars)
+        if len(train) == 0:
+            raise ConfigurationError(
+                f"validate: split {k} has no training sample left after purging labels that reach into its test window"
+                " (labels longer than train_bars?)"
+            )
+        splits.append(Split(index=k, train=train, test=test))
+    return splits
+
+
+def cpcv_paths(n_groups: int, k_test: int) -> list[list[int]]:
+    """Assemble φ = C(N−1, k−1) paths: path p takes each group's p-th test appearance (in split order)."""
+    appearances: list[list[int]] = [[] for _ in range(n_groups)]
+    for s, test_groups in enumerate(combinations(range(n_groups), k_test)):
+        for g in test_groups:
+            appearances[g].append(s)
+    n_paths = comb(n_groups - 1, k_test - 1)
+    return [[appearances[g][p] for g in range(n_groups)] for p in range(n_paths)]
+
+
+def cpcv_splits(
+    t: np.ndarray,
+    t_known: np.ndarray,
+    *,
+    n_groups: int,
+    k_test: int,
+    purge_bars: int,
+    embargo_bars: int,
+) -> CPCV:
+    """All C(N, k) ways to test on k of N contiguous groups and train on the purged, embargoed rest."""
+    check_label_times(t, t_known)
+    if not 1 <= k_test < n_groups:
+        raise ConfigurationError(f"validate: cpcv_test_groups must be in 1..cpcv_groups-1, got {k_test} of {n_groups}")
+    if len(t) < n_groups:
+        raise ConfigurationError(f"validate: {len(t)} samples are too few for {n_groups} CPCV groups")
+    everything = np.arange(len(t))
+    groups = np.array_split(everything, n_groups)
+    splits = []
+    for s, test_groups in enumerate(combinations(range(n_groups), k_test)):
+        test = np.concatenate([groups[g] for g in test_groups])
+        train = purge(everything, test, t, t_known, purge_bars, embargo_bars)
+        if len(train) == 0:
+            raise ConfigurationError(f"validate: CPCV split {s} has no training sample left after purge and embargo")
+        splits.append(Split(index=s, train=train, test=test, test_groups=test_groups))
+    return CPCV(splits=splits, groups=groups, paths=cpcv_paths(n_groups, k_test))
+
+
+def splits_from_config(cfg: ValidateConfig, t: np.ndarray, t_known: np.ndarray) -> list[Split] | CPCV:
+    """The splits that ``cfg.scheme`` asks for."""
+    if cfg.scheme == "cpcv":
+        return cpcv_splits(
+            t,
+            t_known,
+            n_groups=cfg.cpcv_groups,
+            k_test=cfg.cpcv_test_groups,
+            purge_bars=cfg.purge_bars,
+            embargo_bars=cfg.embargo_bars,
+        )
+    return walk_forward_splits(
+        t,
+        t_known,
+        train_bars=cfg.train_bars,
+        test_bars=cfg.test_bars,
+        step_bars=cfg.step_bars,
+        purge_bars=cfg.purge_bars,
+        embargo_bars=cfg.embargo_bars,
+        anchored=cfg.anchored,
+    )

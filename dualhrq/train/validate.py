@@ -1,0 +1,461 @@
+"""Walk-forward (or CPCV) validation of the HRM next to simple baselines, on identical splits.
+
+For every predictor and split: fit on the purged training samples (walk-forward may continue from the
+previous split's state), predict the test samples, and save the split's predictions and metrics as JSON so
+that an interrupted run resumes where it stopped. Leakage checks run every time; a leak makes the run fail.
+The statistics (SPA, Reality Check, Deflated Sharpe Ratio) and the report come last.
+
+Models plug in through the small ``Predictor`` interface; ``PredictorFactory`` builds one over a dataset
+(the permuted-label control builds a second one over permuted labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from dualhrq.config import Config, ValidateConfig, load_config
+from dualhrq.errors import DataError, HRMError
+from dualhrq.train import leakage
+from dualhrq.train.baselines import BuyAndHold, LogisticDirection, MomentumSign, RidgeForecast
+from dualhrq.train.metrics import Predictions, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
+from dualhrq.train.splits import CPCV, Split, check_label_times, splits_from_config
+from dualhrq.train.statistics import SPAResult, deflated_sharpe_ratio, spa_test
+
+log = logging.getLogger(__name__)
+
+FeatureFn = Callable[[pd.DataFrame], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """Everything validation needs, one row per sample, samples in time order.
+
+    ``returns[i]`` is the log return of holding one unit from sample i to sample i+1 (what a position taken
+    at sample i earns); ``t_known[i]`` is when *all* of sample i's training labels are known, so that purging
+    by [t, t_known] keeps every label out of reach. ``labels`` are further per-sample training targets (the
+    HRM's outA/outB/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
+    never reads them, but permutes ``labels`` together with ``returns`` for the permuted-label control.
+    ``bars`` and ``feature_fn`` (one feature row per bar) enable the truncation check.
+    """
+
+    name: str
+    t: np.ndarray  # int64 ns since the epoch, strictly increasing
+    t_known: np.ndarray
+    returns: np.ndarray
+    features: np.ndarray
+    feature_names: tuple[str, ...] = ()
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: object = None
+    bars: pd.DataFrame | None = None
+    feature_fn: FeatureFn | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.t)
+        check_label_times(self.t, self.t_known)
+        if self.returns.shape != (n,) or not np.all(np.isfinite(self.returns)):
+            raise DataError(f"returns: expected {n} finite values, got shape {self.returns.shape}")
+        if self.features.ndim != 2 or len(self.features) != n:
+            raise DataError(f"features: expected a 2-D array with {n} rows, got shape {self.features.shape}")
+        if not np.all(np.isfinite(self.features)):
+            row = int(np.flatnonzero(~np.isfinite(self.features).all(axis=1))[0])
+            raise DataError(f"features: non-finite value in sample {row}")
+        if self.feature_names and len(self.feature_names) != self.features.shape[1]:
+            raise DataError(f"feature_names: {len(self.feature_names)} names for {self.features.shape[1]} columns")
+        for key, y in self.labels.items():
+            if len(y) != n:
+                raise DataError(f"labels.{key}: {len(y)} rows for {n} samples")
+        if (self.bars is None) != (self.feature_fn is None):
+            raise DataError("bars and feature_fn go together (the truncation check needs both)")
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def names(self) -> list[str]:
+        return list(self.feature_names) or [f"feature_{j}" for j in range(self.features.shape[1])]
+
+    def permuted(self, seed: int) -> ValidationData:
+        """The same samples with returns and labels shuffled by one permutation: no feature can predict them."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        return replace(
+            self,
+            returns=self.returns[order],
+            labels={k: np.asarray(y)[order] for k, y in self.labels.items()},
+        )
+
+    def fingerprint(self) -> str:
+        """Identifies the data, so a resumed run never reuses results computed on other data."""
+        h = hashlib.sha256(self.name.encode())
+        for a in (self.t, self.t_known, self.returns, self.features):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+
+class Predictor(Protocol):
+    """What validation needs from a model. ``fit`` returns a state handle (e.g. a checkpoint path) that the
+    next split's ``fit`` may continue from; a JSON-serialisable handle also survives an interrupted run."""
+
+    name: str
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None) -> object: ...
+
+    def predict(self, test_idx: np.ndarray) -> Predictions: ...
+
+
+# Builds a predictor over a dataset; the second argument is a directory it may write checkpoints into.
+PredictorFactory = Callable[[ValidationData, Path], Predictor]
+
+
+def baseline_factories(cfg: ValidateConfig) -> list[PredictorFactory]:
+    """Buy-and-hold, momentum sign, ridge and logistic, with the config's fixed settings."""
+    return [
+        lambda d, _: BuyAndHold(d.returns),
+        lambda d, _: MomentumSign(d.returns, d.t, d.t_known, cfg.momentum_lookback),
+        lambda d, _: RidgeForecast(d.features, d.returns, cfg.ridge_alpha),
+        lambda d, _: LogisticDirection(d.features, d.returns, cfg.logistic_c),
+    ]
+
+
+def validation_data_from_bars(name: str, bars: pd.DataFrame, feature_fn: FeatureFn, label_horizon: int = 1) -> ValidationData:
+    """One sample per bar with complete features and a label: features from ``feature_fn`` (one row per bar,
+    NaN during warm-up), returns close-to-close, labels known ``label_horizon`` bars later."""
+    if not isinstance(bars.index, pd.DatetimeIndex) or "close" not in bars.columns:
+        raise DataError("bars: expected a DataFrame with a DatetimeIndex and a 'close' column")
+    feats = np.asarray(feature_fn(bars), dtype=float)
+    if feats.ndim != 2 or len(feats) != len(bars):
+        raise DataError(f"feature_fn returned shape {feats.shape} for {len(bars)} bars; expected one row per bar")
+    close = bars["close"].to_numpy(dtype=float)
+    t_all = bars.index.as_unit("ns").asi8
+    n = len(bars) - label_horizon
+    usable = np.flatnonzero(np.isfinite(feats[:n]).all(axis=1))
+    if len(usable) < 2:
+        raise DataError(f"bars: {len(bars)} bars leave fewer than 2 samples with complete features and labels")
+    return ValidationData(
+        name=name,
+        t=t_all[usable],
+        t_known=t_all[usable + label_horizon],
+        returns=np.log(close[usable + 1] / close[usable]),
+        features=feats[usable],
+        bars=bars,
+        feature_fn=feature_fn,
+    )
+
+
+# ---------------------------------------------------------------- running the splits
+
+
+def _json_state(state: object) -> object:
+    try:
+        json.dumps(state)
+        return state
+    except TypeError:
+        return None
+
+
+# Validate settings that change no prediction: editing them must not throw away finished splits.
+_REPORTING_ONLY = {"bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr",
+                   "truncation_cuts", "permuted_control_splits", "periods_per_year", "out_dir"}
+
+
+def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> str:
+    """Identifies a split's result: data, predictor, every setting that can change it, and the split itself."""
+    settings = msgspec.to_builtins(cfg)
+    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in _REPORTING_ONLY}
+    h = hashlib.sha256(f"{data_fp}/{name}/".encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(split.train.tobytes())
+    h.update(split.test.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_splits(
+    predictor: Predictor,
+    data: ValidationData,
+    splits: list[Split],
+    cfg: Config,
+    out_dir: Path,
+    *,
+    resume: bool,
+    continue_states: bool,
+    bar: tqdm,
+) -> list[Predictions]:
+    """Fit and predict every split, or load what an earlier run of the same splits already saved."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_fp = data.fingerprint()
+    state: object = None
+    out = []
+    for split in splits:
+        path = out_dir / f"split_{split.index:04d}.json"
+        fp = _split_fingerprint(data_fp, predictor.name, cfg, split)
+        saved = json.loads(path.read_text()) if resume and path.is_file() else None
+        if saved is not None and saved.get("fingerprint") == fp:
+            pred = Predictions(np.asarray(saved["position"], dtype=float), np.asarray(saved["forecast"], dtype=float))
+            state = saved["state"]
+        else:
+            state = predictor.fit(split.train, state if continue_states else None)
+            pred = predictor.predict(split.test)
+            if len(pred) != len(split.test):
+                raise DataError(f"{predictor.name}: {len(pred)} predictions for {len(split.test)} test samples")
+            record = {
+                "fingerprint": fp,
+                "predictor": predictor.name,
+                "split": split.index,
+                "state": _json_state(state),
+                "position": pred.position.tolist(),
+                "forecast": pred.forecast.tolist(),
+            }
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)  # atomic: an interruption never leaves a half-written split behind
+        out.append(pred)
+        bar.update(1)
+    return out
+
+
+def _split_info(data: ValidationData, split: Split) -> SplitInfo:
+    def day(i: int) -> str:
+        return pd.Timestamp(int(data.t[i])).strftime("%Y-%m-%d %H:%M")
+
+    return SplitInfo(
+        index=split.index,
+        n_train=len(split.train),
+        n_test=len(split.test),
+        train_start=day(int(split.train[0])),
+        train_end=day(int(split.train[-1])),
+        test_start=day(int(split.test[0])),
+        test_end=day(int(split.test[-1])),
+        test_groups=split.test_groups,
+    )
+
+
+def _assemble_path(cpcv: CPCV, path: list[int], preds: list[Predictions]) -> tuple[np.ndarray, Predictions]:
+    """Stitch one CPCV backtest path: each group's predictions from the split the path assigns it."""
+    idx, parts = [], []
+    for g, s in enumerate(path):
+        mask = np.isin(cpcv.splits[s].test, cpcv.groups[g])
+        idx.append(cpcv.splits[s].test[mask])
+        parts.append(Predictions(preds[s].position[mask], preds[s].forecast[mask]))
+    return np.concatenate(idx), Predictions.concat(parts)
+
+
+def run_validation(
+    cfg: Config,
+    data: ValidationData,
+    predictors: Sequence[PredictorFactory],
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    candidate: str = "hrm",
+    comparisons: Sequence[tuple[str, str]] = (),
+    progress: bool = True,
+) -> ValidationResult:
+    """Validate every predictor on the same splits, check for leakage, test the candidate, write the report.
+
+    ``comparisons`` are pairs (a, b) reported side by side with an SPA test of a against b, e.g.
+    ("hrm", "hrm_regime_only") for the price of failing open. Returns the result; ``result.leak_found``
+    tells the caller to fail.
+    """
+    vcfg = cfg.validate
+    out = Path(out_dir)
+    cost_bps = cfg.data.cost_bps / 2  # data.cost_bps is round-trip; a unit of position change pays half
+    periods = vcfg.periods_per_year or periods_per_year(data.t)
+    layout = splits_from_config(vcfg, data.t, data.t_known)
+    splits = layout.splits if isinstance(layout, CPCV) else layout
+    continue_states = vcfg.continue_from_previous and vcfg.scheme == "walk_forward"
+    notes: list[str] = []
+
+    report = leakage.LeakageReport()
+    worst, found = leakage.future_correlation(
+        data.features, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=data.names()
+    )
+    report.max_future_corr["features"] = worst
+    report.record("future_correlation", found)
+    if data.bars is not None and data.feature_fn is not None:
+        report.record(
+            "truncation",
+            leakage.truncation_check(data.bars, data.feature_fn, n_cuts=vcfg.truncation_cuts, seed=vcfg.seed),
+        )
+    else:
+        report.skip("truncation", "the dataset came without bars and a feature function")
+
+    control_splits = splits[: vcfg.permuted_control_splits]
+    permuted = data.permuted(vcfg.seed) if control_splits else None
+    total = len(predictors) * (len(splits) + len(control_splits))
+    preds: dict[str, list[Predictions]] = {}
+    with tqdm(total=total, desc="validate", unit="split", disable=not progress) as bar:
+        for factory in predictors:
+            predictor = factory(data, out / "models")
+            if predictor.name in preds:
+                raise DataError(f"two predictors are named {predictor.name!r}")
+            bar.set_postfix_str(predictor.name)
+            preds[predictor.name] = _run_splits(
+                predictor, data, splits, cfg, out / "splits" / predictor.name,
+                resume=resume, continue_states=continue_states, bar=bar,
+            )
+            if permuted is not None:
+                control = factory(permuted, out / "control" / "models")
+                cpreds = _run_splits(
+                    control, permuted, control_splits, cfg, out / "control" / predictor.name,
+                    resume=resume, continue_states=continue_states, bar=bar,
+                )
+                test = np.concatenate([s.test for s in control_splits])
+                report.record(
+                    "permuted_label",
+                    leakage.permuted_label_finding(
+                        predictor.name, Predictions.concat(cpreds).forecast, permuted.returns[test]
+                    ),
+                )
+    if permuted is None:
+        report.skip("permuted_label", "permuted_control_splits is 0")
+
+    per_split = {
+        p: [compute_metrics(pr, data.returns[s.test], cost_bps=cost_bps, periods=periods) for pr, s in zip(ps, splits)]
+        for p, ps in preds.items()
+    }
+    path_sharpes: dict[str, list[float]] = {}
+    overall_pred: dict[str, Predictions] = {}
+    if isinstance(layout, CPCV):
+        # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
+        for p, ps in preds.items():
+            assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
+            path_sharpes[p] = [
+                compute_metrics(pr, data.returns[idx], cost_bps=cost_bps, periods=periods).sharpe for idx, pr in assembled
+            ]
+            oos_idx, overall_pred[p] = assembled[0]
+        notes.append(f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}.")
+    else:
+        oos_idx = np.concatenate([s.test for s in splits])
+        overall_pred = {p: Predictions.concat(ps) for p, ps in preds.items()}
+
+    oos_returns = data.returns[oos_idx]
+    for p, pr in overall_pred.items():
+        worst, found = leakage.future_correlation(
+            pr.forecast, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=[p], index=oos_idx
+        )
+        report.max_future_corr[p] = worst
+        report.record("future_correlation", found)
+
+    overall = {p: compute_metrics(pr, oos_returns, cost_bps=cost_bps, periods=periods) for p, pr in overall_pred.items()}
+    net = {p: strategy_returns(pr.position, oos_returns, cost_bps) for p, pr in overall_pred.items()}
+    result = ValidationResult(
+        dataset=data.name,
+        scheme=vcfg.scheme,
+        settings=_settings(vcfg, cost_bps, periods),
+        candidate=candidate,
+        splits=[_split_info(data, s) for s in splits],
+        per_split=per_split,
+        overall=overall,
+        oos_time=data.t[oos_idx],
+        net_returns=net,
+        leakage=report,
+        path_sharpes=path_sharpes,
+        notes=notes,
+    )
+    _add_statistics(result, vcfg, comparisons)
+    paths = write_report(result, out)
+    log.info("validation report written to %s", paths["markdown"])
+    return result
+
+
+def _settings(vcfg: ValidateConfig, cost_bps: float, periods: float) -> dict[str, Any]:
+    keys = ["train_bars", "test_bars", "step_bars", "purge_bars", "embargo_bars", "anchored", "continue_from_previous"]
+    if vcfg.scheme == "cpcv":
+        keys = ["cpcv_groups", "cpcv_test_groups", "purge_bars", "embargo_bars"]
+    settings: dict[str, Any] = {k: getattr(vcfg, k) for k in keys}
+    settings["cost_bps_per_unit_turnover"] = cost_bps
+    settings["periods_per_year"] = round(periods, 1)
+    settings["bootstrap_reps"] = vcfg.bootstrap_reps
+    return settings
+
+
+def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]]) -> None:
+    """SPA/Reality Check of the candidate against every other predictor, DSR of all, and the comparisons."""
+    net = result.net_returns
+    block = vcfg.bootstrap_block or None
+
+    def spa(a: str, b: str) -> SPAResult:
+        return spa_test(net[a], net[b], reps=vcfg.bootstrap_reps, block_size=block, seed=vcfg.seed)
+
+    for a, b in comparisons:
+        missing = [p for p in (a, b) if p not in net]
+        if missing:
+            result.notes.append(f"comparison {a} vs {b} skipped: no predictor named {', '.join(missing)}.")
+            continue
+        result.comparisons.append(Comparison(a=a, b=b, spa=spa(a, b)))
+    if result.has_candidate:
+        partners = {b for _, b in comparisons}
+        for b in net:
+            if b != result.candidate and b not in partners:
+                result.spa[b] = spa(result.candidate, b)
+    sharpes = np.array([r.mean() / r.std(ddof=1) if r.std(ddof=1) > 0 else np.nan for r in net.values()])
+    for p, r in net.items():
+        if r.std(ddof=1) > 0:
+            result.dsr[p] = deflated_sharpe_ratio(r, sharpes, vcfg.extra_trials)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def add_validate_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `dualhrq validate`."""
+    parser.add_argument("--config", required=True, help="YAML config; its validate section sets the splits")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's validate.out_dir)")
+    parser.add_argument(
+        "--compare-fail-open",
+        action="store_true",
+        help="also validate the HRM with its pattern context masked (regime-only) and compare on the same splits",
+    )
+    parser.add_argument("--fresh", action="store_true", help="ignore splits saved by an earlier run instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+DataLoader = Callable[[Config], ValidationData]
+# Given the config, the data and whether to add the regime-only variant: the HRM's predictor factories.
+HRMFactories = Callable[[Config, ValidationData, bool], list[PredictorFactory]]
+
+
+def run_validate_command(args: argparse.Namespace, *, load_data: DataLoader, hrm: HRMFactories | None = None) -> int:
+    """`dualhrq validate`: exit 0 on a clean run, 2 when leakage is found, 1 on a configuration or data error.
+
+    The CLI binds ``load_data`` (config → ValidationData) and, once the HRM predictor exists, ``hrm``; without
+    it the baselines run alone and the report says so.
+    """
+    try:
+        cfg = load_config(args.config)
+        data = load_data(cfg)
+        factories = baseline_factories(cfg.validate)
+        comparisons: list[tuple[str, str]] = []
+        if hrm is None:
+            print("no HRM predictor is wired in: validating the baselines only")
+        else:
+            factories = hrm(cfg, data, args.compare_fail_open) + factories
+            if args.compare_fail_open:
+                comparisons.append(("hrm", "hrm_regime_only"))
+        out = Path(args.out or cfg.validate.out_dir)
+        result = run_validation(
+            cfg, data, factories, out, resume=not args.fresh, comparisons=comparisons, progress=not args.no_progress
+        )
+    except HRMError as e:
+        print(f"error: {e}")
+        return 1
+    for p, m in result.overall.items():
+        print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
+    print(result.verdict())
+    print(f"report: {out / 'report.md'}")
+    if result.leak_found:
+        for f in result.leakage.findings:
+            print(f"LEAK {f.check}: {f.subject}: {f.detail}")
+        return 2
+    return 0

@@ -1,0 +1,237 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dualhrq.config import PatternsConfig
+from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
+from dualhrq.patterns.library import PatternLibrary, exact_knn
+from dualhrq.patterns.rwlock import ReadWriteLock
+
+DIM = 8
+CFG = PatternsConfig(m=8, ef_construction=64, ef=32, max_elements=20_000)
+
+
+def make_library(n: int, cfg: PatternsConfig = CFG, seed: int = 0, **meta: object) -> tuple[PatternLibrary, np.ndarray]:
+    """n entries whose window i ends at time 100*i and becomes known 50 ns later."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    lib = PatternLibrary(DIM, cfg, outcome_scale=0.01)
+    t = np.arange(n, dtype=np.int64) * 100
+    fields = dict(instrument="EURUSD", window_start=t - 90, window_end=t, available_at=t + 50,
+                  outcome=rng.normal(size=n) * 0.01, regime=rng.integers(0, 4, size=n))
+    fields.update(meta)
+    if n:
+        lib.add(x, **fields)
+    return lib, x
+
+
+@pytest.mark.parametrize("n", [1_000, 10_000])  # exact search over few eligible entries; over-fetch from the graph
+def test_query_never_returns_entries_known_after_as_of(n):
+    lib, x = make_library(n)
+    as_of = 100 * int(n * 0.6)
+    hits = lib.query(x[-50:], as_of=as_of, k=8)  # each query's exact twin is from the future
+    assert (hits.count == 8).all()
+    assert (hits.available_at[hits.valid] <= as_of).all()
+    assert not np.isin(hits.ids, np.arange(n - 50, n)).any()
+    eligible = np.flatnonzero(np.arange(n) * 100 + 50 <= as_of)
+    idx, _ = exact_knn(x[-50:], x[eligible], 8, "l2")
+    recall = np.mean([len(set(h) & set(eligible[i])) / 8 for h, i in zip(hits.ids, idx)])
+    assert recall >= 0.9
+
+
+def test_each_query_is_filtered_by_its_own_as_of():
+    lib, x = make_library(200)
+    as_of = np.array([100 * 10, 100 * 150])
+    hits = lib.query(x[[190, 190]], as_of=as_of, k=3)
+    assert (hits.available_at[0] <= as_of[0]).all() and hits.available_at[0].max() > 0
+    assert (hits.available_at[1] <= as_of[1]).all()
+    assert hits.ids[1, 0] != 190 and hits.ids[0, 0] != 190
+
+
+def test_k_is_clamped_to_the_live_count():
+    lib, x = make_library(3)
+    hits = lib.query(x[:2], as_of=10**12, k=10)
+    assert hits.ids.shape == (2, 3)
+    assert (hits.count == 3).all()
+
+
+@pytest.mark.parametrize("n, as_of", [(0, 10**12), (100, -1)], ids=["empty", "all-in-the-future"])
+def test_empty_or_fully_filtered_index_means_no_patterns(n, as_of):
+    lib, _ = make_library(n)
+    hits = lib.query(np.zeros((2, DIM), np.float32), as_of=as_of, k=4)
+    assert (hits.count == 0).all()
+    ctx, mask = lib.context(hits, pattern_dim=16, k=4)
+    assert ctx.shape == (2, 4, 16) and not ctx.any() and not mask.any()
+
+
+def test_fewer_eligible_than_k_pads_the_rest():
+    lib, x = make_library(100)
+    hits = lib.query(x[:1], as_of=100 * 2 + 50, k=8)  # entries 0, 1, 2 are known
+    assert hits.count.tolist() == [3]
+    assert sorted(hits.ids[0, :3].tolist()) == [0, 1, 2] and (hits.ids[0, 3:] == -1).all()
+
+
+def test_expired_entries_are_excluded_deleted_and_their_slots_reused():
+    n = 100
+    t = np.arange(n, dtype=np.int64) * 100
+    lib, x = make_library(n, expires_at=np.where(np.arange(n) < 40, t + 1_000, 0))
+    late = 10**9
+    assert not np.isin(lib.query(x, as_of=late, k=5).ids, np.arange(40)).any()  # before expire() runs
+    assert lib.expire(now=late) == 40
+    assert len(lib) == 60 and lib.slots == n
+    new = lib.add(x[:40], instrument="EURUSD", window_start=0, window_end=0, available_at=0, outcome=0.01, regime=0)
+    assert len(lib) == 100 and lib.slots == n  # reused, not grown
+    assert not np.isin(new, np.arange(n)).any()  # reused slots get fresh labels
+    hits = lib.query(x[:40], as_of=late, k=1)
+    assert (hits.ids[:, 0] == new).all()
+
+
+def test_expiry_days_sets_expires_at_from_available_at():
+    cfg = PatternsConfig(m=8, ef_construction=64, max_elements=100, expiry_days=1.0)
+    lib, x = make_library(10, cfg)
+    day = 86_400 * 10**9
+    assert lib.expire(now=day) == 0
+    assert lib.expire(now=day + 100 * 9 + 50) == 10
+
+
+def test_quality_follows_realised_outcomes_and_entries_retire_below_the_floor():
+    lib, x = make_library(10, outcome=np.where(np.arange(10) < 5, 0.01, -0.01), quality=0.5)
+    ids = np.arange(10)
+    before = lib.query(x[:1], as_of=10**9, k=10)
+    assert lib.update_quality(ids, np.full(10, 0.02)) == 0  # up-moves: entries 0-4 were right
+    after = lib.query(x[:1], as_of=10**9, k=10)
+    q = dict(zip(after.ids[0], after.quality[0]))
+    assert all(q[i] > 0.5 for i in range(5)) and all(q[i] < 0.5 for i in range(5, 10))
+    assert before.quality.max() == pytest.approx(0.5)
+    retired = sum(lib.update_quality(np.arange(5, 10), np.full(5, 0.02)) for _ in range(10))
+    assert retired == 5 and len(lib) == 5
+    assert set(lib.query(x, as_of=10**9, k=10).ids.ravel()) == {0, 1, 2, 3, 4}
+    assert lib.update_quality(np.arange(5, 10), np.full(5, 0.02)) == 0  # stale ids are ignored
+
+
+def test_save_load_round_trip_keeps_results_and_sets_ef(tmp_path):
+    lib, x = make_library(500, PatternsConfig(m=8, ef_construction=64, ef=20, max_elements=1000))
+    lib.expire(now=0)
+    lib.update_quality(np.arange(5), np.full(5, -1.0))
+    lib.save(tmp_path / "lib")
+    loaded = PatternLibrary.load(tmp_path / "lib")
+    assert loaded.ef == 20  # hnswlib forgets ef (it reloads as 10)
+    assert PatternLibrary.load(tmp_path / "lib", PatternsConfig(ef=77)).ef == 77
+    a, b = lib.query(x[:20], 10**9, 5), loaded.query(x[:20], 10**9, 5)
+    assert (a.ids == b.ids).all() and np.allclose(a.quality, b.quality) and np.allclose(a.outcome, b.outcome)
+    assert len(loaded) == len(lib) and loaded.outcome_scale == lib.outcome_scale
+
+
+def test_corrupted_or_unverified_library_is_refused(tmp_path):
+    lib, _ = make_library(50)
+    d = lib.save(tmp_path / "lib")
+    raw = bytearray((d / "index.bin").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (d / "index.bin").write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match="index.bin.*SHA-256"):
+        PatternLibrary.load(d)
+    (d / "SHA256SUMS").unlink()
+    with pytest.raises(ModelLoadError, match="checksum file missing"):
+        PatternLibrary.load(d)
+
+
+def test_add_rejects_inconsistent_metadata_naming_the_field():
+    lib, _ = make_library(0)
+    with pytest.raises(DataError, match="available_at"):
+        lib.add(np.zeros((2, DIM), np.float32), instrument="A", window_start=0, window_end=10,
+                available_at=5, outcome=0.0, regime=0)
+    with pytest.raises(DataError, match="embeddings"):
+        lib.add(np.full((1, DIM), np.nan), instrument="A", window_start=0, window_end=0, available_at=0,
+                outcome=0.0, regime=0)
+    with pytest.raises(DataError, match="outcome"):
+        lib.add(np.zeros((3, DIM)), instrument="A", window_start=0, window_end=0, available_at=0,
+                outcome=[0.0, 1.0], regime=0)
+
+
+def test_a_full_library_refuses_to_grow_with_a_config_error():
+    lib, x = make_library(10, PatternsConfig(m=8, ef_construction=32, max_elements=10))
+    with pytest.raises(ConfigurationError, match="patterns.max_elements"):
+        lib.add(x[:1], instrument="A", window_start=0, window_end=0, available_at=0, outcome=0.0, regime=0)
+
+
+def test_context_vector_layout():
+    lib, x = make_library(20, outcome=np.linspace(-1, 1, 20), quality=0.75)
+    hits = lib.query(x[:2], as_of=10**9, k=3)
+    ctx, mask = lib.context(hits, pattern_dim=6, k=5)  # 3 embedding dims kept of 8
+    assert ctx.dtype == np.float32 and ctx.shape == (2, 5, 6) and mask.tolist() == [[1, 1, 1, 0, 0]] * 2
+    assert np.allclose(ctx[:, :3, :3], hits.embedding[:, :, :3])
+    assert np.allclose(ctx[:, :3, 3], np.clip(hits.outcome / 0.01, -8, 8))
+    assert np.allclose(ctx[:, :3, 4], 0.75)
+    assert np.allclose(ctx[:, 0, 5], 1.0)  # each query is in the library: distance 0, similarity 1
+    assert not ctx[:, 3:].any()
+    wide, _ = lib.context(hits, pattern_dim=16, k=3)  # embedding zero-padded to P-3
+    assert np.allclose(wide[:, :, :8], hits.embedding) and not wide[:, :, 8:13].any()
+
+
+def test_queries_run_safely_while_entries_are_added():
+    rng = np.random.default_rng(1)
+    lib, x = make_library(500)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    queried = 0
+
+    def reader() -> None:
+        nonlocal queried
+        while not stop.is_set():
+            try:
+                hits = lib.query(rng.normal(size=(4, DIM)).astype(np.float32), as_of=100 * 400, k=5)
+                assert (hits.count == 5).all() and (hits.available_at[hits.valid] <= 100 * 400).all()
+                queried += 1
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    added = []
+    for i in range(20):
+        batch = rng.normal(size=(100, DIM)).astype(np.float32)
+        t = 10**6 + i
+        added.append((batch, lib.add(batch, instrument="B", window_start=t, window_end=t, available_at=t,
+                                     outcome=0.0, regime=1)))
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]
+    assert queried > 0 and len(lib) == 2500
+    for batch, labels in added:
+        assert (lib.query(batch, as_of=10**9, k=1).ids[:, 0] == labels).mean() >= 0.95
+
+
+def test_write_lock_excludes_readers_and_a_waiting_writer_blocks_new_readers():
+    lock = ReadWriteLock()
+    events: list[str] = []
+    writing, finish_write = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            events.append("write")
+            writing.set()
+            finish_write.wait(2)
+
+    def late_reader() -> None:
+        with lock.read():
+            events.append("read")
+
+    w, r = threading.Thread(target=writer), threading.Thread(target=late_reader)
+    with lock.read():
+        w.start()
+        time.sleep(0.05)
+        assert events == []  # the writer waits for the reader to leave
+        r.start()
+        time.sleep(0.05)
+        assert events == []  # a new reader queues behind the waiting writer instead of starving it
+    assert writing.wait(2)
+    assert events == ["write"]  # the queued reader stays out while the writer holds the lock
+    finish_write.set()
+    w.join(2)
+    r.join(2)
+    assert events == ["write", "read"]

@@ -1,0 +1,135 @@
+import asyncio
+import time
+
+import msgspec
+import numpy as np
+import pytest
+
+from dualhrq.config import FaultConfig, PatternsConfig
+from dualhrq.patterns.encoder import PatternEncoder
+from dualhrq.patterns.library import PatternLibrary
+from dualhrq.patterns.retriever import Retriever
+
+F, E, P, K = 12, 4, 8, 3
+EPSILON_S = 0.05  # scheduling slack on a shared, noisy machine
+CFG = PatternsConfig(m=8, ef_construction=32, ef=16, max_elements=1000, embed_dim=E, timeout_ms=500.0, pool_size=2)
+
+
+@pytest.fixture(scope="module")
+def features() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(300, F))
+
+
+def make_retriever(features: np.ndarray, cfg: PatternsConfig = CFG, n: int = 200) -> Retriever:
+    encoder = PatternEncoder(E).fit(features)
+    library = PatternLibrary(E, cfg, outcome_scale=0.01)
+    if n:
+        t = np.arange(n, dtype=np.int64) * 100
+        library.add(encoder.encode(features[:n]), instrument="X", window_start=t, window_end=t, available_at=t,
+                    outcome=0.01, regime=0)
+    return Retriever(library, encoder, cfg, pattern_dim=P, k=K)
+
+
+def assert_fail_open(result, reason: str, batch: int) -> None:
+    assert result.reason == reason and result.fail_open
+    assert result.pattern_context.shape == (batch, K, P) and result.mask.shape == (batch, K)
+    assert not result.pattern_context.any() and not result.mask.any() and not result.used.any()
+
+
+def test_healthy_index_returns_pattern_context(features):
+    r = make_retriever(features)
+    result = r.retrieve(features[250:253], as_of=10**9)
+    assert result.reason is None and not result.fail_open
+    assert result.mask.tolist() == [[1.0] * K] * 3 and result.used.tolist() == [K] * 3
+    assert result.pattern_context.dtype == np.float32 and result.pattern_context.any()
+    r.close()
+
+
+def test_disabled_fails_open_without_querying(features):
+    r = make_retriever(features, n=200)
+    r.set_fault(delay_ms=2000, error_rate=0)  # would time out if it queried
+    r.enabled = False
+    t0 = time.monotonic()
+    assert_fail_open(r.retrieve(features[:2], as_of=10**9, timeout_s=1.0), "disabled", 2)
+    assert time.monotonic() - t0 < EPSILON_S
+    r.enabled = True
+    r.set_fault(0, 0)
+    r.close()
+
+
+@pytest.mark.parametrize("n, as_of", [(0, 10**9), (200, -1)], ids=["empty-library", "nothing-known-yet"])
+def test_no_eligible_patterns_fails_open_as_empty(features, n, as_of):
+    r = make_retriever(features, n=n)
+    assert_fail_open(r.retrieve(features[:2], as_of=as_of), "empty", 2)
+    r.close()
+
+
+def test_fault_drill_error_rate_fails_open_as_error(features):
+    r = make_retriever(features, msgspec.structs.replace(CFG, fault=FaultConfig(error_rate=1.0)))
+    assert_fail_open(r.retrieve(features[:2], as_of=10**9), "error", 2)
+    r.set_fault(delay_ms=0, error_rate=0)  # switched off at runtime
+    assert r.retrieve(features[:2], as_of=10**9).reason is None
+    r.close()
+
+
+def test_a_failing_encoder_fails_open_as_error(features):
+    r = make_retriever(features)
+    bad = features[:2].copy()
+    bad[0, 0] = np.nan
+    assert_fail_open(r.retrieve(bad, as_of=10**9), "error", 2)
+    r.close()
+
+
+def test_deadline_holds_when_the_index_sleeps_one_second(features):
+    r = make_retriever(features, msgspec.structs.replace(CFG, fault=FaultConfig(delay_ms=1000)))
+    timeout = 0.05
+    t0 = time.monotonic()
+    result = r.retrieve(features[:2], as_of=10**9, timeout_s=timeout)
+    assert time.monotonic() - t0 < timeout + EPSILON_S
+    assert_fail_open(result, "timeout", 2)
+    r.close()
+
+
+def test_stuck_pool_fails_open_as_busy_at_once_then_recovers(features):
+    r = make_retriever(features)  # pool_size 2
+    r.set_fault(delay_ms=300, error_rate=0)
+    for _ in range(2):  # each overrunning query keeps its worker
+        assert r.retrieve(features[:1], as_of=10**9, timeout_s=0.02).reason == "timeout"
+    t0 = time.monotonic()
+    result = r.retrieve(features[:1], as_of=10**9, timeout_s=1.0)
+    assert time.monotonic() - t0 < EPSILON_S  # not queued behind the stuck workers
+    assert_fail_open(result, "busy", 1)
+    r.set_fault(0, 0)
+    time.sleep(0.4)  # the stuck queries finish and hand their workers back
+    assert r.retrieve(features[:1], as_of=10**9).reason is None
+    r.close()
+
+
+def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
+    r = make_retriever(features)
+    r.set_fault(delay_ms=1000, error_rate=0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async def main() -> tuple[object, float]:
+        task = asyncio.create_task(ticker())
+        t0 = time.monotonic()
+        result = await r.retrieve_async(features[:1], as_of=10**9, timeout_s=0.1)
+        elapsed = time.monotonic() - t0
+        task.cancel()
+        return result, elapsed
+
+    result, elapsed = asyncio.run(main())
+    assert elapsed < 0.1 + EPSILON_S
+    assert_fail_open(result, "timeout", 1)
+    assert ticks >= 3  # the loop kept running while retrieval waited
+    r.set_fault(0, 0)
+    healthy = asyncio.run(r.retrieve_async(features[:1], as_of=10**9))  # the second worker is free
+    assert healthy.reason is None
+    r.close()
+

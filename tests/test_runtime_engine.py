@@ -1,0 +1,169 @@
+"""Engines, the serve-time ACT loop and the micro-batching inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from test_runtime_helpers import CountingEngine, row_inputs, zero_carry
+
+from dualhrq.config import ActConfig
+from dualhrq.model import ACTIONS, HRM, ModelInputs
+from dualhrq.runtime.act import run_act
+from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
+from dualhrq.runtime.engine import INPUT_NAMES, OUTPUT_NAMES, TorchEngine
+from dualhrq.runtime.protocol import ACTIONS as WIRE_ACTIONS
+
+
+def _rows(wants: list[float]) -> dict[str, np.ndarray]:
+    parts = [row_inputs(1, w, instrument=i) for i, w in enumerate(wants)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_wire_action_order_is_the_models_policy_order():
+    assert WIRE_ACTIONS == ACTIONS
+
+
+def test_act_stops_each_row_when_q_halt_wins_after_the_minimum():
+    engine = CountingEngine()
+    res = run_act(engine, _rows([1, 2, 9]), zero_carry(3), ActConfig(min_segments=1, max_segments=4))
+    assert res.segments.tolist() == [1, 2, 4]
+    assert res.halted_by_q.tolist() == [True, True, False]  # the third hit the maximum
+    # Each row's heads come from the segment it stopped on, and halted rows left the batch.
+    assert res.outputs["quantity"].tolist() == [1, 2, 4]
+    assert engine.calls == [3, 2, 1, 1]
+
+
+def test_act_runs_at_least_the_minimum_even_when_q_says_halt():
+    res = run_act(CountingEngine(), _rows([1, 1]), zero_carry(2), ActConfig(min_segments=3, max_segments=4))
+    assert res.segments.tolist() == [3, 3]
+    assert res.halted_by_q.all()
+
+
+def test_fixed_segments_runs_exactly_that_many_whatever_q_says():
+    engine = CountingEngine()
+    res = run_act(engine, _rows([1, 9]), zero_carry(2), ActConfig(min_segments=1, max_segments=4, fixed_segments=2))
+    assert res.segments.tolist() == [2, 2]
+    assert not res.halted_by_q.any()
+    assert engine.calls == [2, 2]
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_config):
+    torch.manual_seed(0)
+    return TorchEngine(HRM(tiny_config.model))
+
+
+def _model_feeds(cfg, b, seed=0):
+    x = ModelInputs.random(cfg.model, b, seed=seed)
+    feeds = {k: getattr(x, k).numpy() for k in INPUT_NAMES[:7]}
+    return feeds
+
+
+def test_torch_engine_returns_every_graph_output_with_the_batch_first(tiny_config, tiny_engine):
+    m = tiny_config.model
+    feeds = _model_feeds(tiny_config, 3)
+    feeds["z_H"] = np.zeros((3, m.coarse_len, m.h_module.hidden_dim), np.float32)
+    feeds["z_L"] = np.zeros((3, m.fine_len, m.l_module.hidden_dim), np.float32)
+    out = tiny_engine.run(feeds)
+    assert set(out) == set(OUTPUT_NAMES)
+    assert out["policy_logits"].shape == (3, 5) and out["q_logits"].shape == (3, 2)
+    assert out["z_H_out"].shape == feeds["z_H"].shape
+    np.testing.assert_allclose(out["regime_probs"].sum(1), 1.0, rtol=1e-5)
+
+
+def test_batched_act_gives_each_row_what_it_gets_alone(tiny_config, tiny_engine):
+    """Rows leave the batch at different segments; the carry of those still running must stay theirs."""
+    m = tiny_config.model
+    act = ActConfig(min_segments=1, max_segments=3)
+
+    def carry(b):
+        return (np.zeros((b, m.coarse_len, m.h_module.hidden_dim), np.float32),
+                np.zeros((b, m.fine_len, m.l_module.hidden_dim), np.float32))
+
+    feeds = _model_feeds(tiny_config, 4, seed=3)
+    together = run_act(tiny_engine, feeds, carry(4), act)
+    for i in range(4):
+        alone = run_act(tiny_engine, {k: v[i:i + 1] for k, v in feeds.items()}, carry(1), act)
+        assert alone.segments[0] == together.segments[i]
+        for k, v in alone.outputs.items():
+            np.testing.assert_allclose(v[0], together.outputs[k][i], rtol=1e-4, atol=1e-5)
+
+
+def _batcher(engine, **kw):
+    return Batcher(engine, ActConfig(min_segments=1, max_segments=4), zero_carry, **kw)
+
+
+def test_batcher_answers_every_row_with_its_own_result():
+    engine = CountingEngine(delay_s=0.002)
+    batcher = _batcher(engine, max_batch=4, max_wait_us=2000, upstream=lambda: 1).start()
+
+    async def go():
+        futs = [batcher.submit(row_inputs(1, want_segments=1 + i % 3, instrument=i)) for i in range(20)]
+        return await asyncio.gather(*futs)
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert [int(r.outputs["policy_logits"][0]) for r in results] == list(range(20))
+    assert [r.segments for r in results] == [1 + i % 3 for i in range(20)]
+    assert max(r.batch_size for r in results) > 1  # rows were batched
+    assert max(engine.calls) <= 4
+
+
+def test_batcher_refuses_at_once_when_the_queue_is_full():
+    engine = CountingEngine(delay_s=0.2)
+    batcher = _batcher(engine, max_batch=1, queue_max=2).start()
+
+    async def go():
+        first = batcher.submit(row_inputs())
+        await asyncio.sleep(0.05)  # the thread has taken the first row and is busy with it
+        queued = [batcher.submit(row_inputs()) for _ in range(2)]
+        with pytest.raises(Overloaded):
+            batcher.submit(row_inputs())
+        await asyncio.gather(first, *queued)
+
+    try:
+        asyncio.run(go())
+    finally:
+        batcher.stop()
+
+
+def test_batcher_skips_rows_whose_deadline_passed_while_queued():
+    import time
+
+    engine = CountingEngine(delay_s=0.1)
+    batcher = _batcher(engine, max_batch=1).start()
+
+    async def go():
+        first = batcher.submit(row_inputs())
+        late = batcher.submit(row_inputs(), deadline=time.perf_counter() + 0.01)
+        await first
+        with pytest.raises(Expired):
+            await late
+
+    try:
+        asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert engine.calls == [1]
+
+
+def test_batcher_turns_an_engine_failure_into_an_error_for_each_row():
+    class Broken(CountingEngine):
+        def run(self, feeds):
+            raise RuntimeError("device lost")
+
+    batcher = _batcher(Broken()).start()
+
+    async def go():
+        return await asyncio.gather(batcher.submit(row_inputs()), return_exceptions=True)
+
+    try:
+        (err,) = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert "device lost" in str(err)

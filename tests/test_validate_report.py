@@ -1,0 +1,192 @@
+"""End to end on small synthetic bars: the report's content, resuming, leak exit codes, CPCV and comparisons."""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from dualhrq.config import Config, config_from_dict, config_to_dict
+from dualhrq.train.metrics import Predictions
+from dualhrq.train.validate import (
+    ValidationData,
+    add_validate_args,
+    baseline_factories,
+    run_validate_command,
+    run_validation,
+    validation_data_from_bars,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATE = {
+    "train_bars": 300, "test_bars": 100, "step_bars": 100, "purge_bars": 5, "embargo_bars": 2,
+    "bootstrap_reps": 50, "permuted_control_splits": 1, "truncation_cuts": 2,
+}
+
+
+def bars(n=700, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range("2022-03-01", periods=n, freq="h")
+    return pd.DataFrame({"close": 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))}, index=idx)
+
+
+def features(b):
+    r = np.log(b["close"]).diff()
+    return np.column_stack([r, r.rolling(10).sum(), r.rolling(20).std()])
+
+
+def leaky_features(b):
+    return np.column_stack([features(b), np.log(b["close"]).diff().shift(-1)])  # the next bar's return
+
+
+def config(tiny_config: Config, **overrides) -> Config:
+    d = config_to_dict(tiny_config)
+    d["validate"].update(VALIDATE, **overrides)
+    return config_from_dict(d)
+
+
+class Scripted:
+    """A stand-in for the HRM: seeded positions (skill set by ``edge``), a JSON state counting its fits."""
+
+    def __init__(self, data: ValidationData, name: str = "hrm", edge: float = 0.0, fail_at: int | None = None):
+        self.data, self.name, self.edge, self.fail_at = data, name, edge, fail_at
+        self.fits: list[object] = []
+
+    def fit(self, train_idx, resume_from):
+        if self.fail_at is not None and len(self.fits) == self.fail_at:
+            raise KeyboardInterrupt  # the run is interrupted while fitting this split
+        self.fits.append(resume_from)
+        return {"fits": (resume_from or {"fits": 0})["fits"] + 1}
+
+    def predict(self, test_idx):
+        rng = np.random.default_rng(int(test_idx[0]))
+        score = np.clip(rng.normal(0, 1, len(test_idx)) + self.edge * np.sign(self.data.returns[test_idx]), -3, 3) / 3
+        return Predictions(position=score, forecast=score)
+
+
+def test_report_has_every_section_and_says_when_the_hrm_does_not_beat_the_baselines(tiny_config, tmp_path):
+    cfg = config(tiny_config)
+    data = validation_data_from_bars("synthetic hourly", bars(), features)
+    factories = [lambda d, _: Scripted(d), lambda d, _: Scripted(d, "hrm_regime_only")] + baseline_factories(cfg.validate)
+    result = run_validation(cfg, data, factories, tmp_path, comparisons=[("hrm", "hrm_regime_only")], progress=False)
+
+    assert not result.leak_found
+    assert "does NOT beat the baselines" in result.verdict()
+    md = (tmp_path / "report.md").read_text()
+    for needle in ("## Leakage checks", "## Per split", "SPA consistent", "Reality Check", "## Deflated Sharpe Ratio",
+                   "## hrm against hrm_regime_only on the same splits", "does NOT beat", "equity.png"):
+        assert needle in md
+    assert set(result.spa) == {"buy_and_hold", "momentum", "ridge", "logistic"}  # the regime-only path is no baseline
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == result.verdict()
+    assert len(report["splits"]) == 3 and len(report["per_split"]["ridge"]) == 3
+    assert set(report["spa"]["ridge"]) == {"lower", "consistent", "upper", "reality_check"}
+    assert report["leakage"]["checks"] == {"future_correlation": "passed", "truncation": "passed", "permuted_label": "passed"}
+    assert (tmp_path / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_clearly_better_hrm_is_reported_as_beating_the_baselines(tiny_config, tmp_path):
+    cfg = config(tiny_config, leak_max_corr=0.9)  # this scripted skill is far beyond any real model's
+    data = validation_data_from_bars("synthetic hourly", bars(), features)
+    factories = [lambda d, _: Scripted(d, edge=1.5)] + baseline_factories(cfg.validate)
+    result = run_validation(cfg, data, factories, tmp_path, progress=False)
+    assert all(r.consistent < 0.05 for r in result.spa.values())
+    assert "beats every baseline" in result.verdict()
+
+
+def test_without_an_hrm_the_report_says_it_covers_baselines_only(tiny_config, tmp_path):
+    cfg = config(tiny_config)
+    result = run_validation(cfg, validation_data_from_bars("s", bars(), features), baseline_factories(cfg.validate),
+                            tmp_path, progress=False)
+    assert result.spa == {} and "baselines only" in result.verdict()
+    assert "baselines only" in (tmp_path / "report.md").read_text()
+
+
+def test_an_interrupted_run_resumes_from_the_saved_splits_and_states(tiny_config, tmp_path):
+    cfg = config(tiny_config, permuted_control_splits=0)
+    data = validation_data_from_bars("s", bars(), features)
+    with pytest.raises(KeyboardInterrupt):
+        run_validation(cfg, data, [lambda d, _: Scripted(d, fail_at=2)], tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "splits" / "hrm").iterdir()) == ["split_0000.json", "split_0001.json"]
+
+    resumed: list[Scripted] = []
+    result = run_validation(cfg, data, [lambda d, _: resumed.append(Scripted(d)) or resumed[-1]], tmp_path, progress=False)
+    assert resumed[0].fits == [{"fits": 2}], "only the last split is fitted, continuing from split 1's saved state"
+    assert len(result.per_split["hrm"]) == 3
+
+    again: list[Scripted] = []
+    run_validation(cfg, data, [lambda d, _: again.append(Scripted(d)) or again[-1]], tmp_path, progress=False)
+    assert again[0].fits == []
+    fresh: list[Scripted] = []
+    run_validation(cfg, data, [lambda d, _: fresh.append(Scripted(d)) or fresh[-1]], tmp_path, resume=False, progress=False)
+    assert fresh[0].fits == [None, {"fits": 1}, {"fits": 2}]
+
+
+def test_changed_settings_invalidate_saved_splits(tiny_config, tmp_path):
+    data = validation_data_from_bars("s", bars(), features)
+    cfg = config(tiny_config, permuted_control_splits=0)
+    run_validation(cfg, data, [lambda d, _: Scripted(d)], tmp_path, progress=False)
+    seen: list[Scripted] = []
+    run_validation(config(tiny_config, permuted_control_splits=0, bootstrap_reps=60), data,
+                   [lambda d, _: seen.append(Scripted(d)) or seen[-1]], tmp_path, progress=False)
+    assert seen[0].fits == [], "a reporting-only setting keeps the saved splits"
+    run_validation(config(tiny_config, permuted_control_splits=0, momentum_lookback=5), data,
+                   [lambda d, _: seen.append(Scripted(d)) or seen[-1]], tmp_path, progress=False)
+    assert len(seen[1].fits) == 3, "a setting that can change predictions recomputes them"
+
+
+def test_cpcv_reports_every_backtest_path(tiny_config, tmp_path):
+    cfg = config(tiny_config, scheme="cpcv", cpcv_groups=4, cpcv_test_groups=2)
+    data = validation_data_from_bars("s", bars(), features)
+    result = run_validation(cfg, data, baseline_factories(cfg.validate), tmp_path, progress=False)
+    assert len(result.splits) == 6
+    assert all(len(v) == 3 for v in result.path_sharpes.values())  # φ = C(3, 1)
+    assert result.overall["ridge"].n == len(data)  # a path predicts every sample once
+
+
+def write_config(tmp_path: Path, **validate) -> Path:
+    path = tmp_path / "validate.yaml"
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "config" / "hrm_tiny.yaml"), "validate": {**VALIDATE, **validate}}))
+    return path
+
+
+def command_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_validate_args(parser)
+    return parser.parse_args(["--config", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress", *argv])
+
+
+def test_command_exits_zero_on_clean_data_and_says_it_ran_baselines_only(tmp_path, capsys):
+    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: validation_data_from_bars("s", bars(), features))
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "baselines only" in out and "report:" in out
+
+
+def test_command_exits_non_zero_on_a_planted_leak(tmp_path, capsys):
+    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: validation_data_from_bars("s", bars(), leaky_features))
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "LEAK future_correlation: feature_3" in out
+    assert "LEAK truncation" in out
+
+
+def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
+    def hrm(cfg, data, fail_open):
+        return [lambda d, _: Scripted(d)] + ([lambda d, _: Scripted(d, "hrm_regime_only")] if fail_open else [])
+
+    args = command_args(tmp_path, "--compare-fail-open")
+    code = run_validate_command(args, load_data=lambda cfg: validation_data_from_bars("s", bars(), features), hrm=hrm)
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["comparisons"][0]["a"] == "hrm" and report["comparisons"][0]["b"] == "hrm_regime_only"
+
+
+def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
+    args = command_args(tmp_path)
+    Path(args.config).write_text(yaml.safe_dump({"base": str(ROOT / "config" / "hrm_tiny.yaml"), "validate": {"test_bars": 0}}))
+    assert run_validate_command(args, load_data=lambda cfg: None) == 1
+    assert "validate.test_bars" in capsys.readouterr().out
