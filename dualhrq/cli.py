@@ -89,6 +89,19 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_params)
 
 
+def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    from dualhrq.bench.latency import HELP, add_latency_args, run_latency_bench
+    from dualhrq.patterns.commands import add_index_bench_args, run_index_bench
+
+    p = bench_sub.add_parser("latency", help="end-to-end latency over ZeroMQ (p50..p99.9, errors, fail-open)",
+                             description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_latency_args(p)
+    p.set_defaults(func=run_latency_bench)
+    p = bench_sub.add_parser("index", help="pattern index recall against brute force and query latency")
+    add_index_bench_args(p)
+    p.set_defaults(func=run_index_bench)
+
+
 def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("forward", help="PyTorch eager forward latency of one segment",
                              description="Median and p95 of one segment's forward pass on this CPU, after warm-up.")
@@ -109,13 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (forward, engine, latency, index)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _register_bench_forward(bench_sub)
+    _register_bench(bench_sub)
     for register in _command_registrars():
         register(sub)
     return parser
 
 
 def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    return []
+    from dualhrq.compliance import commands as compliance
+    from dualhrq.patterns import commands as patterns
+
+    return [patterns.register, compliance.register]
 
 
 def main(argv: list[str] | None = None) -> int:

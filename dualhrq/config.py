@@ -104,10 +104,12 @@ class BudgetConfig(_Section):
 class DataConfig(_Section):
     dataset: str = "eurusd_1h"  # a bundled dataset name (`dualhrq data list`) or a CSV/Parquet path
     instrument: str = ""  # defaults to the dataset's own instrument name
-    coarse_rule: str = ""  # pandas offset of the coarse timeframe; defaults by the fine one (1h -> 1D, 1D -> W)
+    coarse_rule: str = ""  # fixed coarse period ('4h', '1d', '1w'); default by the fine one: intraday -> 1d, 1d -> 1w
     train_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.8  # rest is the held-out tail
     label_horizon: PosInt = 1  # fine bars ahead for the fine label
     cost_bps: NonNegFloat = 1.0  # round-trip cost used by action labels and evaluation
+    action_vol_threshold: NonNegFloat = 0.5  # move beyond the cost an action label needs, in horizon volatilities
+    timestamps: Literal["open", "close"] = "open"  # what a user file's timestamp marks (bundled sets know theirs)
 
 
 class TrainConfig(_Section):
@@ -116,6 +118,7 @@ class TrainConfig(_Section):
     steps: PosInt = 300
     batch_size: PosInt = 32  # global: split evenly over data-parallel ranks
     lr: PosFloat = 3e-4
+    q_head_lr_scale: PosFloat = 1.0  # the Q-head's lr multiple (short runs need > 1 to learn halting)
     min_lr_ratio: Prob = 0.1  # cosine decay ends at lr * min_lr_ratio
     beta1: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.95  # as the reference HRM
@@ -227,12 +230,17 @@ class ServeConfig(_Section):
 
 
 class RiskConfig(_Section):
-    max_position: PosFloat = 1.0
-    max_order_quantity: PosFloat = 1.0
-    max_notional: PosFloat = 1_000_000.0
+    """Seed 001's risk limits, in the units of the model's quantity head (dualhrq.compliance.gate)."""
+
+    max_position: PosFloat = 1.0  # |position| after any order that increases it
+    max_order_quantity: PosFloat = 1.0  # every order, closes included
+    max_notional: PosFloat = 1_000_000.0  # |position| x order price after any order that increases it
 
 
 class ComplianceConfig(_Section):
+    """The compliance gate (SSR, LULD, risk). ``enabled: false`` lets actions through unchanged; the admin
+    kill switch still holds every action."""
+
     enabled: bool = True
     risk: RiskConfig = RiskConfig()
 

@@ -6,6 +6,8 @@ import pytest
 
 from dualhrq.config import PatternsConfig
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
+from dualhrq.patterns.context import drop_patterns, pattern_context
+from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary, exact_knn
 from dualhrq.patterns.rwlock import ReadWriteLock
 
@@ -34,6 +36,7 @@ def test_query_never_returns_entries_known_after_as_of(n):
     hits = lib.query(x[-50:], as_of=as_of, k=8)  # each query's exact twin is from the future
     assert (hits.count == 8).all()
     assert (hits.available_at[hits.valid] <= as_of).all()
+    assert (hits.window_end == hits.available_at - 50).all() and (hits.instrument == "EURUSD").all()
     assert not np.isin(hits.ids, np.arange(n - 50, n)).any()
     eligible = np.flatnonzero(np.arange(n) * 100 + 50 <= as_of)
     idx, _ = exact_knn(x[-50:], x[eligible], 8, "l2")
@@ -71,6 +74,7 @@ def test_fewer_eligible_than_k_pads_the_rest():
     hits = lib.query(x[:1], as_of=100 * 2 + 50, k=8)  # entries 0, 1, 2 are known
     assert hits.count.tolist() == [3]
     assert sorted(hits.ids[0, :3].tolist()) == [0, 1, 2] and (hits.ids[0, 3:] == -1).all()
+    assert hits.instrument[0].tolist() == ["EURUSD"] * 3 + [""] * 5 and not hits.embedding[0, 3:].any()
 
 
 def test_expired_entries_are_excluded_deleted_and_their_slots_reused():
@@ -121,6 +125,7 @@ def test_save_load_round_trip_keeps_results_and_sets_ef(tmp_path):
     assert PatternLibrary.load(tmp_path / "lib", PatternsConfig(ef=77)).ef == 77
     a, b = lib.query(x[:20], 10**9, 5), loaded.query(x[:20], 10**9, 5)
     assert (a.ids == b.ids).all() and np.allclose(a.quality, b.quality) and np.allclose(a.outcome, b.outcome)
+    assert (a.instrument == b.instrument).all() and (a.window_start == b.window_start).all()
     assert len(loaded) == len(lib) and loaded.outcome_scale == lib.outcome_scale
 
 
@@ -235,3 +240,20 @@ def test_write_lock_excludes_readers_and_a_waiting_writer_blocks_new_readers():
     w.join(2)
     r.join(2)
     assert events == ["write", "read"]
+
+
+def test_training_context_excludes_each_samples_own_outcome_and_dropout_blanks_whole_rows():
+    features = np.random.default_rng(2).normal(size=(300, 12))
+    encoder = PatternEncoder(DIM).fit(features)
+    lib = PatternLibrary(DIM, CFG, outcome_scale=0.01)
+    t = np.arange(300, dtype=np.int64) * 100
+    lib.add(encoder.encode(features), instrument="X", window_start=t, window_end=t, available_at=t + 100,
+            outcome=0.01, regime=0)
+    ctx, mask = pattern_context(lib, encoder, features, as_of=t, pattern_dim=12, k=4)  # each sample at its time
+    assert mask[0].sum() == 0 and (mask[5:].sum(axis=1) == 4).all()  # sample i sees entries 0..i-1 only
+    hits = lib.query(encoder.encode(features[5:]), as_of=t[5:], k=4)
+    assert (hits.ids < np.arange(5, 300)[:, None]).all()
+    dropped_ctx, dropped_mask = drop_patterns(ctx, mask, rate=0.5, rng=np.random.default_rng(0))
+    blank = dropped_mask.sum(axis=1) == 0
+    assert 0.3 < blank[5:].mean() < 0.7
+    assert not dropped_ctx[blank].any() and np.array_equal(dropped_ctx[~blank], ctx[~blank])

@@ -1,4 +1,6 @@
 import asyncio
+import subprocess
+import sys
 import time
 
 import msgspec
@@ -133,3 +135,24 @@ def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
     assert healthy.reason is None
     r.close()
 
+
+
+def test_a_query_stuck_for_good_does_not_keep_the_process_from_exiting():
+    script = """
+import numpy as np
+from dualhrq.config import PatternsConfig
+from dualhrq.patterns.encoder import PatternEncoder
+from dualhrq.patterns.library import PatternLibrary
+from dualhrq.patterns.retriever import Retriever
+x = np.random.default_rng(0).normal(size=(50, 6))
+enc = PatternEncoder(4).fit(x)
+cfg = PatternsConfig(embed_dim=4, max_elements=100)
+lib = PatternLibrary(4, cfg)
+lib.add(enc.encode(x), instrument="A", window_start=0, window_end=0, available_at=0, outcome=0.0, regime=0)
+r = Retriever(lib, enc, cfg, pattern_dim=8, k=2)
+r.set_fault(delay_ms=600_000, error_rate=0)
+print(r.retrieve(x[:1], as_of=1, timeout_s=0.01).reason)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "timeout"

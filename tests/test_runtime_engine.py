@@ -13,7 +13,8 @@ from dualhrq.config import ActConfig
 from dualhrq.model import ACTIONS, HRM, ModelInputs
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
-from dualhrq.runtime.engine import INPUT_NAMES, OUTPUT_NAMES, TorchEngine
+from dualhrq.errors import ConfigurationError
+from dualhrq.runtime.engine import INPUT_NAMES, OUTPUT_NAMES, OnnxEngine, TensorRTEngine, TorchEngine
 from dualhrq.runtime.protocol import ACTIONS as WIRE_ACTIONS
 
 
@@ -167,3 +168,59 @@ def test_batcher_turns_an_engine_failure_into_an_error_for_each_row():
     finally:
         batcher.stop()
     assert "device lost" in str(err)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tmp_path_factory, tiny_engine):
+    from dualhrq.export.segment import export_segment
+
+    return export_segment(tiny_engine.graph.model, tmp_path_factory.mktemp("graph") / "segment.onnx")
+
+
+def _carry(cfg, b):
+    m = cfg.model
+    return (np.zeros((b, m.coarse_len, m.h_module.hidden_dim), np.float32),
+            np.zeros((b, m.fine_len, m.l_module.hidden_dim), np.float32))
+
+
+def test_onnx_engine_matches_torch_on_first_and_bound_calls(tiny_config, tiny_engine, tiny_graph):
+    """The first call at a batch size runs plainly, later ones through I/O binding into reused buffers."""
+    onnx_engine = OnnxEngine(tiny_graph, threads=1)
+    feeds = _model_feeds(tiny_config, 2, seed=5)
+    feeds["z_H"], feeds["z_L"] = _carry(tiny_config, 2)
+    want = tiny_engine.run(feeds)
+    for _ in range(3):
+        got = onnx_engine.run(feeds)
+        for k in OUTPUT_NAMES:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_act_with_the_carry_fed_back_matches_torch(tiny_config, tiny_engine, tiny_graph):
+    act = ActConfig(min_segments=3, max_segments=3)  # three segments: the carry goes round twice
+    feeds = _model_feeds(tiny_config, 3, seed=7)
+    onnx_engine = OnnxEngine(tiny_graph, threads=1)
+    for _ in range(2):  # the second time every call is a bound one
+        got = run_act(onnx_engine, feeds, _carry(tiny_config, 3), act)
+    want = run_act(tiny_engine, feeds, _carry(tiny_config, 3), act)
+    for k, v in want.outputs.items():
+        np.testing.assert_allclose(got.outputs[k], v, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unavailable_backend_is_a_clear_configuration_error(tiny_graph):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    with pytest.raises(ConfigurationError, match="CUDAExecutionProvider"):
+        OnnxEngine(tiny_graph, backend="onnx-cuda")
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_configuration_error(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigurationError, match="tensorrt"):
+        TensorRTEngine(tmp_path / "engine.plan")

@@ -59,3 +59,172 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- a host and a server for the server tests
+
+
+def fake_sample(coarse, fine):
+    """Features stand-in: shapes the CountingEngine accepts; halts after 1 segment; as_of = newest bar."""
+    from types import SimpleNamespace
+
+    regime = np.zeros(20, np.float32)
+    regime[0] = 1.0
+    return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
+                           regime_features=regime, pattern_features=np.log(fine.c[-5:]).astype(np.float32),
+                           as_of=int(fine.t[-1]))
+
+
+def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None, name="fake-1", needs=(5, 10),
+              **batcher_kw):
+    """A ModelHost around the CountingEngine (pattern_k 2, pattern_dim 8, carry of width 2)."""
+    import msgspec
+
+    from dualhrq.runtime.batcher import Batcher
+    from dualhrq.runtime.host import HostHooks, ModelHost
+
+    hooks = hooks or HostHooks()
+    cfg = msgspec.structs.replace(config, model=msgspec.structs.replace(config.model, pattern_k=2, pattern_dim=8),
+                                  patterns=patterns or config.patterns)
+    engine = engine or CountingEngine()
+    kw = {"max_batch": 8, "max_wait_us": 200, "queue_max": 64, **batcher_kw}
+    batcher = Batcher(engine, cfg.act, zero_carry, upstream=hooks.upstream, on_batch=hooks.on_batch, **kw)
+    host = ModelHost(name=name, config=cfg, needs=needs, features=fake_sample, instrument_id=len,
+                     timeframe_id=lambda tf: 1, batcher=batcher, retriever=retriever)
+    host.warm(*_warm_bars(needs), rounds=1)
+    return host
+
+
+def _warm_bars(needs):
+    from dualhrq.runtime.host import synthetic_bars
+
+    return (synthetic_bars(needs[0], 86_400_000_000_000, 1_699_900_000_000_000_000),
+            synthetic_bars(needs[1], 3_600_000_000_000, 1_700_000_000_000_000_000))
+
+
+def wire_bars(n: int, step: int = 3_600_000_000_000, end: int = 1_700_000_000_000_000_000) -> dict:
+    from dualhrq.runtime.host import synthetic_bars
+
+    b = synthetic_bars(n, step, end)
+    return {k: getattr(b, k).tolist() for k in "tohlcv"}
+
+
+def signal_body(rid: str = "s1", n_coarse: int = 6, n_fine: int = 12, **over) -> dict:
+    body = {"type": "signal", "id": rid, "v": 1, "instrument": "EURUSD", "timeframe": "1h",
+            "coarse": wire_bars(n_coarse, step=86_400_000_000_000, end=1_699_900_000_000_000_000),
+            "fine": wire_bars(n_fine)}
+    body.update(over)
+    return body
+
+
+class ServerThread:
+    """Runs a Server's asyncio loop in a thread; `with` waits until it is ready and stops it after."""
+
+    def __init__(self, server, *extra) -> None:
+        import threading
+
+        self.server, self.extra = server, extra
+        self.loop = None
+        self.exit_code = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            tasks = [asyncio.create_task(c) for c in self.extra]
+            self.exit_code = await self.server.run(handle_signals=False)
+            for t in tasks:
+                t.cancel()
+
+        asyncio.run(main())
+
+    def __enter__(self):
+        import time
+
+        self._thread.start()
+        until = time.monotonic() + 30
+        while not self.server.ready:
+            assert self._thread.is_alive(), "server thread died while starting"
+            assert time.monotonic() < until, "server not ready in 30 s"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "server did not stop"
+
+    @property
+    def address(self) -> str:
+        return self.server.endpoint
+
+
+# ---------------------------------------------------------------- a load client in its own process
+
+
+def hammer(address: str, requests: list, in_flight: int, timeout_s: float = 120.0) -> dict:
+    """Closed loop over one DEALER: keep `in_flight` of `requests` ((body, reply id, type or code)) out and
+    check every reply against what was sent. Imports nothing heavy: it runs in a spawned process."""
+    import time
+
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    expected: dict[str, str] = {}
+    started: dict[str, float] = {}
+    anonymous_expected = anonymous_seen = sent = received = 0
+    duplicates, mismatched, latencies = [], [], []
+
+    def send_next() -> None:
+        nonlocal sent, anonymous_expected
+        body, rid, want = requests[sent]
+        sent += 1
+        if rid is None:
+            anonymous_expected += 1
+        else:
+            expected[rid], started[rid] = want, time.perf_counter()
+        sock.send(body)
+
+    until = time.monotonic() + timeout_s
+    while sent < min(in_flight, len(requests)):
+        send_next()
+    while received < len(requests) and time.monotonic() < until:
+        if not sock.poll(1000):
+            continue
+        reply = msgpack.unpackb(sock.recv())
+        received += 1
+        rid = reply.get("id")
+        if rid is None:
+            anonymous_seen += 1
+        else:
+            want = expected.pop(rid, None)
+            got = "signal" if reply["type"] == "signal" else reply.get("code")
+            if want is None:
+                duplicates.append(rid)
+            elif want != got:
+                mismatched.append((rid, want, got))
+            else:
+                latencies.append(time.perf_counter() - started.pop(rid))
+        if sent < len(requests):
+            send_next()
+    extra = bool(sock.poll(200))  # nothing more may come: exactly one reply each
+    sock.close()
+    ctx.term()
+    return {"received": received, "unanswered": sorted(expected), "duplicates": duplicates,
+            "mismatched": mismatched, "anonymous": (anonymous_expected, anonymous_seen), "extra": extra,
+            "latencies": latencies}
+
+
+def in_process(fn, *args):
+    """fn(*args) in a freshly spawned process (no shared GIL, no forked ZeroMQ state); its return value."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)

@@ -6,7 +6,8 @@ import pytest
 
 from dualhrq.errors import DataError
 from dualhrq.train.baselines import RidgeForecast
-from dualhrq.train.leakage import LeakageReport, future_correlation, permuted_label_finding, truncation_check
+from dualhrq.train.leakage import (FeatureProbe, LeakageReport, future_correlation, permuted_label_finding,
+                                   truncation_check)
 
 LAGS = (1, 5, 10, 20)
 
@@ -59,8 +60,12 @@ def test_a_feature_shifted_the_wrong_way_is_flagged_at_its_lag():
     assert [(f.subject, "5 sample(s) ahead" in f.detail) for f in findings] == [("peek", True)]
 
 
+def probe(bars, fn):
+    return FeatureProbe(len(bars), lambda c: fn(bars.iloc[:c]))
+
+
 def test_causal_feature_function_passes_truncation():
-    assert truncation_check(random_walk(), causal_features, n_cuts=5, seed=0) == []
+    assert truncation_check(probe(random_walk(), causal_features), n_cuts=5, seed=0) == []
 
 
 def test_feature_function_reading_later_bars_fails_truncation():
@@ -72,14 +77,14 @@ def test_feature_function_reading_later_bars_fails_truncation():
         return np.log(bars["close"]).diff().rolling(5, center=True).mean().to_numpy()[:, None]
 
     for fn in (full_sample_zscore, centred_window):
-        findings = truncation_check(random_walk(), fn, n_cuts=3, seed=0)
+        findings = truncation_check(probe(random_walk(), fn), n_cuts=3, seed=0)
         assert len(findings) == 3, fn.__name__
         assert all(f.check == "truncation" for f in findings)
 
 
 def test_truncation_refuses_a_feature_function_that_drops_rows():
     with pytest.raises(DataError, match="rows"):
-        truncation_check(random_walk(), lambda b: causal_features(b)[20:], n_cuts=2, seed=0)
+        truncation_check(probe(random_walk(), lambda b: causal_features(b)[20:]), n_cuts=2, seed=0)
 
 
 def test_permuted_label_control_passes_an_honest_model_and_flags_one_that_reads_labels():

@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
+from dualhrq.data.bars import Bars, Dataset
+from dualhrq.train.leakage import FeatureProbe, truncation_check
 from dualhrq.train.metrics import Predictions
 from dualhrq.train.validate import (
     ValidationData,
@@ -17,10 +19,10 @@ from dualhrq.train.validate import (
     baseline_factories,
     run_validate_command,
     run_validation,
-    validation_data_from_bars,
+    validation_data,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml"
 VALIDATE = {
     "train_bars": 300, "test_bars": 100, "step_bars": 100, "purge_bars": 5, "embargo_bars": 2,
     "bootstrap_reps": 50, "permuted_control_splits": 1, "truncation_cuts": 2,
@@ -40,6 +42,18 @@ def features(b):
 
 def leaky_features(b):
     return np.column_stack([features(b), np.log(b["close"]).diff().shift(-1)])  # the next bar's return
+
+
+def synthetic(leak: bool = False) -> ValidationData:
+    """One sample per bar with complete features, scored on the next bar's return, known one bar later."""
+    b = bars()
+    fn = leaky_features if leak else features
+    probe = FeatureProbe(len(b), lambda c: fn(b.iloc[:c]))
+    x = probe.features_upto(len(b))
+    idx = np.flatnonzero(np.isfinite(x[:-1]).all(axis=1))
+    t, close = b.index.as_unit("ns").asi8, b["close"].to_numpy()
+    return ValidationData(name="synthetic hourly", t=t[idx], t_known=t[idx + 1],
+                          returns=np.log(close[idx + 1] / close[idx]), features=x[idx], probe=probe)
 
 
 def config(tiny_config: Config, **overrides) -> Config:
@@ -67,10 +81,21 @@ class Scripted:
         return Predictions(position=score, forecast=score)
 
 
+def recording(store: list[Scripted]):
+    """A factory that keeps every Scripted predictor it builds, so a test can see what was fitted."""
+
+    def factory(data, _):
+        store.append(Scripted(data))
+        return store[-1]
+
+    return factory
+
+
 def test_report_has_every_section_and_says_when_the_hrm_does_not_beat_the_baselines(tiny_config, tmp_path):
     cfg = config(tiny_config)
-    data = validation_data_from_bars("synthetic hourly", bars(), features)
-    factories = [lambda d, _: Scripted(d), lambda d, _: Scripted(d, "hrm_regime_only")] + baseline_factories(cfg.validate)
+    data = synthetic()
+    factories = [lambda d, _: Scripted(d), lambda d, _: Scripted(d, "hrm_regime_only")]
+    factories += baseline_factories(cfg.validate)
     result = run_validation(cfg, data, factories, tmp_path, comparisons=[("hrm", "hrm_regime_only")], progress=False)
 
     assert not result.leak_found
@@ -84,22 +109,34 @@ def test_report_has_every_section_and_says_when_the_hrm_does_not_beat_the_baseli
     assert report["verdict"] == result.verdict()
     assert len(report["splits"]) == 3 and len(report["per_split"]["ridge"]) == 3
     assert set(report["spa"]["ridge"]) == {"lower", "consistent", "upper", "reality_check"}
-    assert report["leakage"]["checks"] == {"future_correlation": "passed", "truncation": "passed", "permuted_label": "passed"}
+    checks = report["leakage"]["checks"]
+    assert checks == {"future_correlation": "passed", "truncation": "passed", "permuted_label": "passed"}
     assert (tmp_path / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_clearly_better_hrm_is_reported_as_beating_the_baselines(tiny_config, tmp_path):
-    cfg = config(tiny_config, leak_max_corr=0.9)  # this scripted skill is far beyond any real model's
-    data = validation_data_from_bars("synthetic hourly", bars(), features)
+    # The scripted skill reads the labels: beyond any real model's correlation, and exactly what the
+    # permuted-label control exists to catch (see the next test), so both are relaxed here.
+    cfg = config(tiny_config, leak_max_corr=0.9, permuted_control_splits=0)
+    data = synthetic()
     factories = [lambda d, _: Scripted(d, edge=1.5)] + baseline_factories(cfg.validate)
     result = run_validation(cfg, data, factories, tmp_path, progress=False)
     assert all(r.consistent < 0.05 for r in result.spa.values())
     assert "beats every baseline" in result.verdict()
 
 
+def test_the_permuted_label_control_catches_a_predictor_that_reads_its_labels(tiny_config, tmp_path):
+    cfg = config(tiny_config, leak_max_corr=0.9)
+    result = run_validation(cfg, synthetic(), [lambda d, _: Scripted(d, edge=1.5)] + baseline_factories(cfg.validate),
+                            tmp_path, progress=False)
+    assert result.leakage.checks["permuted_label"] == "failed"
+    assert [f.subject for f in result.leakage.findings] == ["hrm"]
+    assert result.verdict().startswith("Leakage was found")
+
+
 def test_without_an_hrm_the_report_says_it_covers_baselines_only(tiny_config, tmp_path):
     cfg = config(tiny_config)
-    result = run_validation(cfg, validation_data_from_bars("s", bars(), features), baseline_factories(cfg.validate),
+    result = run_validation(cfg, synthetic(), baseline_factories(cfg.validate),
                             tmp_path, progress=False)
     assert result.spa == {} and "baselines only" in result.verdict()
     assert "baselines only" in (tmp_path / "report.md").read_text()
@@ -107,69 +144,87 @@ def test_without_an_hrm_the_report_says_it_covers_baselines_only(tiny_config, tm
 
 def test_an_interrupted_run_resumes_from_the_saved_splits_and_states(tiny_config, tmp_path):
     cfg = config(tiny_config, permuted_control_splits=0)
-    data = validation_data_from_bars("s", bars(), features)
+    data = synthetic()
     with pytest.raises(KeyboardInterrupt):
         run_validation(cfg, data, [lambda d, _: Scripted(d, fail_at=2)], tmp_path, progress=False)
     assert sorted(p.name for p in (tmp_path / "splits" / "hrm").iterdir()) == ["split_0000.json", "split_0001.json"]
 
     resumed: list[Scripted] = []
-    result = run_validation(cfg, data, [lambda d, _: resumed.append(Scripted(d)) or resumed[-1]], tmp_path, progress=False)
+    result = run_validation(cfg, data, [recording(resumed)], tmp_path, progress=False)
     assert resumed[0].fits == [{"fits": 2}], "only the last split is fitted, continuing from split 1's saved state"
     assert len(result.per_split["hrm"]) == 3
 
     again: list[Scripted] = []
-    run_validation(cfg, data, [lambda d, _: again.append(Scripted(d)) or again[-1]], tmp_path, progress=False)
+    run_validation(cfg, data, [recording(again)], tmp_path, progress=False)
     assert again[0].fits == []
     fresh: list[Scripted] = []
-    run_validation(cfg, data, [lambda d, _: fresh.append(Scripted(d)) or fresh[-1]], tmp_path, resume=False, progress=False)
+    run_validation(cfg, data, [recording(fresh)], tmp_path, resume=False, progress=False)
     assert fresh[0].fits == [None, {"fits": 1}, {"fits": 2}]
 
 
 def test_changed_settings_invalidate_saved_splits(tiny_config, tmp_path):
-    data = validation_data_from_bars("s", bars(), features)
+    data = synthetic()
     cfg = config(tiny_config, permuted_control_splits=0)
     run_validation(cfg, data, [lambda d, _: Scripted(d)], tmp_path, progress=False)
     seen: list[Scripted] = []
     run_validation(config(tiny_config, permuted_control_splits=0, bootstrap_reps=60), data,
-                   [lambda d, _: seen.append(Scripted(d)) or seen[-1]], tmp_path, progress=False)
+                   [recording(seen)], tmp_path, progress=False)
     assert seen[0].fits == [], "a reporting-only setting keeps the saved splits"
     run_validation(config(tiny_config, permuted_control_splits=0, momentum_lookback=5), data,
-                   [lambda d, _: seen.append(Scripted(d)) or seen[-1]], tmp_path, progress=False)
+                   [recording(seen)], tmp_path, progress=False)
     assert len(seen[1].fits) == 3, "a setting that can change predictions recomputes them"
 
 
 def test_cpcv_reports_every_backtest_path(tiny_config, tmp_path):
     cfg = config(tiny_config, scheme="cpcv", cpcv_groups=4, cpcv_test_groups=2)
-    data = validation_data_from_bars("s", bars(), features)
+    data = synthetic()
     result = run_validation(cfg, data, baseline_factories(cfg.validate), tmp_path, progress=False)
     assert len(result.splits) == 6
     assert all(len(v) == 3 for v in result.path_sharpes.values())  # φ = C(3, 1)
     assert result.overall["ridge"].n == len(data)  # a path predicts every sample once
 
 
+def test_bundled_style_data_becomes_validation_samples_with_causal_features(tiny_config):
+    rng = np.random.default_rng(7)
+    n = 24 * 70
+    c = 1.1 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+    o = np.concatenate([[1.1], c[:-1]])
+    t = np.datetime64("2021-01-04T01:00", "ns").astype(np.int64) + np.arange(n, dtype=np.int64) * 3_600_000_000_000
+    fine = Bars(t, o, np.maximum(o, c) * 1.0005, np.minimum(o, c) * 0.9995, c, rng.uniform(50, 150, n))
+    data = validation_data(tiny_config, Dataset("synthetic", "EURUSD", "1h", fine, "test"))
+    windows = data.inputs
+    assert len(data) == len(windows) and data.features.shape[1] == len(data.feature_names) == 81
+    np.testing.assert_allclose(data.returns, windows.out_b, rtol=1e-5)  # label_horizon 1: the next bar's return
+    assert np.all(data.t_known - data.t >= 24 * 3_600_000_000_000)  # outA is known only after a whole day
+    assert set(data.labels) == {"out_a", "out_b", "action", "quantity"}
+    assert truncation_check(data.probe, n_cuts=2, seed=0) == []
+
+
 def write_config(tmp_path: Path, **validate) -> Path:
     path = tmp_path / "validate.yaml"
-    path.write_text(yaml.safe_dump({"base": str(ROOT / "config" / "hrm_tiny.yaml"), "validate": {**VALIDATE, **validate}}))
+    path.write_text(yaml.safe_dump({"base": str(TINY), "validate": {**VALIDATE, **validate}}))
     return path
 
 
 def command_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_validate_args(parser)
-    return parser.parse_args(["--config", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), "--no-progress", *argv])
+    config_path = write_config(tmp_path)
+    return parser.parse_args(["--config", str(config_path), "--out", str(tmp_path / "out"), "--no-progress", *argv])
 
 
 def test_command_exits_zero_on_clean_data_and_says_it_ran_baselines_only(tmp_path, capsys):
-    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: validation_data_from_bars("s", bars(), features))
+    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: synthetic())
     assert code == 0
     out = capsys.readouterr().out
     assert "baselines only" in out and "report:" in out
 
 
 def test_command_exits_non_zero_on_a_planted_leak(tmp_path, capsys):
-    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: validation_data_from_bars("s", bars(), leaky_features))
+    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: synthetic(leak=True))
     assert code == 2
     out = capsys.readouterr().out
+    assert "Leakage was found" in out
     assert "LEAK future_correlation: feature_3" in out
     assert "LEAK truncation" in out
 
@@ -179,7 +234,7 @@ def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
         return [lambda d, _: Scripted(d)] + ([lambda d, _: Scripted(d, "hrm_regime_only")] if fail_open else [])
 
     args = command_args(tmp_path, "--compare-fail-open")
-    code = run_validate_command(args, load_data=lambda cfg: validation_data_from_bars("s", bars(), features), hrm=hrm)
+    code = run_validate_command(args, load_data=lambda cfg: synthetic(), hrm=hrm)
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["comparisons"][0]["a"] == "hrm" and report["comparisons"][0]["b"] == "hrm_regime_only"
@@ -187,6 +242,17 @@ def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
 
 def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     args = command_args(tmp_path)
-    Path(args.config).write_text(yaml.safe_dump({"base": str(ROOT / "config" / "hrm_tiny.yaml"), "validate": {"test_bars": 0}}))
+    Path(args.config).write_text(yaml.safe_dump({"base": str(TINY), "validate": {"test_bars": 0}}))
     assert run_validate_command(args, load_data=lambda cfg: None) == 1
-    assert "validate.test_bars" in capsys.readouterr().out
+    assert "validate.test_bars" in capsys.readouterr().err
+
+
+def test_an_unreadable_saved_split_is_recomputed(tiny_config, tmp_path):
+    cfg = config(tiny_config, permuted_control_splits=0)
+    run_validation(cfg, synthetic(), [lambda d, _: Scripted(d)], tmp_path, progress=False)
+    (tmp_path / "splits" / "hrm" / "split_0001.json").write_text("{not json")
+    seen: list[Scripted] = []
+    run_validation(cfg, synthetic(), [recording(seen)], tmp_path, progress=False)
+    assert seen[0].fits == [{"fits": 1}]
+    saved = json.loads((tmp_path / "splits" / "hrm" / "split_0001.json").read_text())
+    assert saved["state"] == {"fits": 2} and set(saved["metrics"]) >= {"sharpe", "hit_rate", "ic"}

@@ -53,7 +53,7 @@ def test_spa_refuses_mismatched_series():
 
 def test_dsr_matches_bailey_and_lopez_de_prado_worked_example():
     """The paper's example: annual SR 2.5 over 1,250 days, 100 trials with annual SR variance 0.5, skew −3,
-    kurtosis 10. Hand computation: SR0 = √(0.5/250)·((1−γ)Φ⁻¹(0.99) + γΦ⁻¹(1 − 1/(100e))) = 0.1132 per day
+    kurtosis 10. Hand computation: SR0 = √(0.5/250)·((1−γ)Φ⁻¹(0.99) + γΦ⁻¹(1 − 1/(100e))) = 0.1132 a day
     (1.79 annualised) and DSR = Φ((0.1581 − 0.1132)·√1249 / √(1 + 3·0.1581 + 9/4·0.1581²)) = 0.9004."""
     sr0 = expected_max_sharpe(100, 0.5 / 250)
     assert sr0 == pytest.approx(0.1132, abs=1e-4)

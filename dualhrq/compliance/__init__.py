@@ -1,0 +1,11 @@
+"""Market-rule compliance for model signals (../shared/RULES.md).
+
+- rules.py     the frozen, versioned rule tables (RULES_VERSION, SSR, LULD)
+- sessions.py  ET trading days and regular hours for int-ns timestamps
+- ssr.py       SEC Rule 201 state machine (SSRState)
+- luld.py      LULD bands, reference price, limit state and trading pause
+- gate.py      ComplianceGate: action -> implied order -> SSR / LULD / risk decision (the runtime's hook)
+- checker.py   an independent re-check of emitted decisions (used by replay)
+- replay.py    historical bars through the gate, with a report; policies.py: built-in signal sources
+- commands.py  the `dualhrq replay` command
+"""

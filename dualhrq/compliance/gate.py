@@ -240,16 +240,15 @@ class ComplianceGate:
             book.prior_close = market.prior_close
             book.ssr.on_close(previous_trading_day(session.day, self._holidays), market.prior_close)
 
+        book.ssr.on_trade(ts, market.last)  # it skips trades outside regular hours itself
         if not session.in_regular_hours(ts) or session.day < LULD.effective:
             book.luld_state, book.band = LULD_OFF, None
-            book.ssr.on_trade(ts, market.last)
             return book
         before = book.luld_state
         state = book.limit.advance(ts)
-        if state != PAUSED:  # no trades print during a pause
+        if state != PAUSED:  # no trades print during a pause: the reference price stands still
             if state == NORMAL and before in (LIMIT, PAUSED):  # advance() only leaves LIMIT through a pause
                 book.reference.reopen()
-            book.ssr.on_trade(ts, market.last)
             book.reference.on_trade(ts, market.last)
         reference = book.reference.reference
         assert reference is not None  # start_day() set the prior close as the fallback

@@ -18,6 +18,7 @@ from functools import lru_cache
 from dualhrq.compliance.rules import LULD
 from dualhrq.compliance.sessions import session_of, wall_ns
 
+_UNITS_PER_DOLLAR = 1_000_000_000  # trade prices are summed as integer nano-dollars
 # Relative tolerance for "moves at least 1%": keeps 50.00 → 50.50 a move despite binary rounding.
 _MOVE_TOLERANCE = 1e-9
 # Cents within this of a whole cent count as that cent (48.09 stored as 48.0899999... is 48.09).
@@ -69,8 +70,8 @@ class ReferencePriceTracker:
     """
 
     def __init__(self) -> None:
-        self._window: deque[tuple[int, float]] = deque()
-        self._sum = 0.0
+        self._window: deque[tuple[int, int]] = deque()  # (ts, price in nano-dollars)
+        self._sum = 0  # exact integer sum: a float running sum drifts as trades enter and leave
         self._reference: float | None = None
         self._fallback: float | None = None
 
@@ -80,29 +81,30 @@ class ReferencePriceTracker:
 
     def start_day(self, prior_close: float) -> None:
         self._window.clear()
-        self._sum = 0.0
+        self._sum = 0
         self._reference = None
         self._fallback = prior_close
 
     def reopen(self) -> None:
         """A trading pause ended: the next trade sets the reference; the old one stands in until then."""
         self._window.clear()
-        self._sum = 0.0
+        self._sum = 0
         self._fallback = self.reference
         self._reference = None
 
     def on_trade(self, ts: int, price: float) -> bool:
         """Feed a regular-hours trade; True when the reference price changed."""
+        units = round(price * _UNITS_PER_DOLLAR)
         window = self._window
-        window.append((ts, price))
-        self._sum += price
+        window.append((ts, units))
+        self._sum += units
         horizon = ts - LULD.reference_window_ns
         while window[0][0] <= horizon:
             self._sum -= window.popleft()[1]
         if self._reference is None:
             self._reference = price
             return True
-        mean = self._sum / len(window)
+        mean = self._sum / len(window) / _UNITS_PER_DOLLAR
         if abs(mean - self._reference) >= LULD.reference_move * self._reference * (1 - _MOVE_TOLERANCE):
             self._reference = mean
             return True

@@ -8,8 +8,9 @@ How bars become market snapshots (bars carry no quotes and no trade times):
   name the right day).
 - Each bar prints four trades across its span: the open at the start, the low and the high in between
   (low first on an up bar), the close 1 ns before the end. The signal for bar i is checked at the close.
-- Quotes: the latest quote event of the same ET day at or before a print when events are given, otherwise
-  a symmetric spread of ``spread_bps`` around the print. Quote events are fed to the gate as snapshots too.
+- Quotes: the latest quote event within the bar, at or before the print, when there is one; otherwise a
+  symmetric spread of ``spread_bps`` around the print (a quote from an earlier bar is stale by then). Quote
+  events are fed to the gate as snapshots too.
 - The prior close of a day is the close of the last bar of an earlier day. Bars of the first day are used
   only for that close (``warmup_bars``) unless ``prior_close`` is given; quote events on a day without a
   prior close are skipped (``skipped_events``).
@@ -250,13 +251,13 @@ def replay(
         for ts, price in prints:
             run.feed_events(until=ts)
             if known is not None and ts != close_ts:
-                run.feed(run.snapshot(ts, price, known))
+                run.feed(run.snapshot(ts, price, known, start))
         run.closes.set(day, float(bars.c[i]))
         if known is None:
             report.warmup_bars += 1
             continue
         action, quantity = signal_fn(i)
-        decision = run.decide(run.snapshot(close_ts, float(bars.c[i]), known), action, float(quantity), i)
+        decision = run.decide(run.snapshot(close_ts, float(bars.c[i]), known, start), action, float(quantity), i)
         report.decisions += 1
         actions[action] += 1
         emitted[decision.action] += 1
@@ -294,7 +295,7 @@ class _Run:
     def __init__(self, gate: ComplianceGate, checker: ViolationChecker, instrument: str, tier: int, half_spread: float):
         self.gate, self.checker, self.instrument, self.tier = gate, checker, instrument, tier
         self.half_spread = half_spread
-        self.quote: tuple[date, float, float] | None = None  # (ET day, bid, ask) of the latest quote event
+        self.quote: tuple[int, float, float] | None = None  # (ts, bid, ask) of the latest quote event
         self.closes = _Closes()
         self.events: list[QuoteEvent] = []
         self.next_event = 0
@@ -304,9 +305,9 @@ class _Run:
         self._ssr = False
         self._luld = NORMAL
 
-    def snapshot(self, ts: int, price: float, prior_close: float) -> MarketSnapshot:
+    def snapshot(self, ts: int, price: float, prior_close: float, bar_start: int) -> MarketSnapshot:
         quote = self.quote
-        if quote is not None and quote[0] == session_of(ts).day:
+        if quote is not None and quote[0] >= bar_start:
             bid, ask = quote[1], quote[2]
         else:
             bid, ask = price * (1 - self.half_spread), price * (1 + self.half_spread)
@@ -322,7 +323,7 @@ class _Run:
             if known is None:
                 self.skipped_events += 1
                 continue
-            self.quote = (day, event.bid, event.ask)
+            self.quote = (event.ts, event.bid, event.ask)
             self.feed(MarketSnapshot(event.ts, event.last, event.bid, event.ask, known, self.tier))
 
     def feed(self, market: MarketSnapshot) -> None:

@@ -22,12 +22,14 @@ COLUMN_NAMES: dict[str, str] = {"t": "timestamp", "o": "open", "h": "high", "l":
 
 
 class BarsError(DataError):
-    """The first bad bar: ``row`` (0-based index), ``field`` (t/o/h/l/c/v), the ``rule`` it breaks and the
-    offending ``value``, kept apart so the loader and the runtime can word their own messages."""
+    """The first bad bar of the series ``where`` ('fine', 'coarse' or ''): ``row`` (0-based index), ``field``
+    (t/o/h/l/c/v), the ``rule`` it breaks and the offending ``value``, kept apart so the loader and the
+    runtime can word their own messages (the runtime's error field: f"{where}.{field}[{row}]")."""
 
-    def __init__(self, row: int, field: str, rule: str, value: object) -> None:
-        super().__init__(f"row {row}: {COLUMN_NAMES[field]}: {rule} (got {value})")
-        self.row, self.field, self.rule, self.value = row, field, rule, value
+    def __init__(self, row: int, field: str, rule: str, value: object, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}row {row}: {COLUMN_NAMES[field]}: {rule} (got {value})")
+        self.row, self.field, self.rule, self.value, self.where = row, field, rule, value, where
 
 
 @dataclass(frozen=True)
@@ -53,31 +55,31 @@ class Bars:
         return self.slice(0, int(np.searchsorted(self.t, time_ns, side="right")))
 
     @classmethod
-    def from_columns(cls, columns: Mapping[str, Sequence[float] | np.ndarray]) -> Bars:
-        """Wire or dict form ``{t, o, h, l, c, v}`` -> validated Bars (raises BarsError / DataError)."""
+    def from_columns(cls, columns: Mapping[str, Sequence[float] | np.ndarray], where: str = "bars") -> Bars:
+        """Wire or dict form ``{t, o, h, l, c, v}`` -> validated Bars (raises BarsError / DataError naming
+        ``where``, e.g. 'fine')."""
         missing = [k for k in COLUMN_NAMES if k not in columns]
         if missing:
-            raise DataError(f"bars: missing column(s) {', '.join(missing)}")
+            raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
         extra = sorted(set(columns) - set(COLUMN_NAMES))
         if extra:
-            raise DataError(f"bars: unknown column(s) {', '.join(extra)}")
+            raise DataError(f"{where}: unknown column(s) {', '.join(extra)}")
         lengths = {k: len(columns[k]) for k in COLUMN_NAMES}
         if len(set(lengths.values())) > 1:
-            raise DataError(f"bars: columns differ in length: {lengths}")
+            raise DataError(f"{where}: columns differ in length: {lengths}")
         t = np.asarray(columns["t"])
         if t.size and t.dtype.kind not in "iu":
-            raise DataError(f"bars: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
-        bars = cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv"))
-        bars.validate()
-        return bars
+            raise DataError(f"{where}: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
+        return cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv")).validate(where)
 
-    def validate(self) -> Bars:
+    def validate(self, where: str = "") -> Bars:
         """Raise BarsError for the first bad row (ties: the first failed check below); return self when clean."""
         n = len(self.t)
         for f in fields(self):
             a = getattr(self, f.name)
             if a.ndim != 1 or len(a) != n:
-                raise DataError(f"bars: {COLUMN_NAMES[f.name]}: expected a 1-D array of {n} values, got shape {a.shape}")
+                raise DataError(f"{where or 'bars'}: {COLUMN_NAMES[f.name]}: expected a 1-D array of {n} values, "
+                                f"got shape {a.shape}")
         checks: list[tuple[str, np.ndarray, str]] = []
         for k in "ohlc":
             a = getattr(self, k)
@@ -95,7 +97,7 @@ class Bars:
         if first is not None:
             row, field, rule = first
             value = getattr(self, field)[row]
-            raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if field == "t" else value)
+            raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if field == "t" else value, where)
         return self
 
 

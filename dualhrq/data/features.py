@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from dualhrq.compliance.rules import LULD, SSR
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import visible_counts
-from dualhrq.errors import DataError, ModelLoadError
+from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 
 MU1 = math.sqrt(2.0 / math.pi)  # E|Z| for a standard normal Z: the bipower scale
-SSR_TRIGGER = 0.9  # Rule 201: price at or below 90% of the prior close
 _EPS = 1e-12  # keeps log-ratios finite for windows without movement or without volume
 
 
@@ -32,22 +31,24 @@ _EPS = 1e-12  # keeps log-ratios finite for windows without movement or without 
 
 
 def _windows(x: np.ndarray, w: int) -> np.ndarray:
-    """[n] -> [n, w], row i holding x[i-w+1 .. i] (a view); rows without w values of history are NaN."""
-    return sliding_window_view(np.concatenate([np.full(w - 1, np.nan), x]), w)
+    """[n] -> [n, w], row i holding x[i-w+1 .. i] (a strided view: never write to it); rows without w values
+    of history are NaN. Built directly rather than with sliding_window_view, whose checks cost more than
+    the maths on the short series a request carries."""
+    padded = np.concatenate([np.full(w - 1, np.nan), np.asarray(x, np.float64)])
+    return np.ndarray((len(x), w), np.float64, padded, strides=(8, 8))
 
 
 def _lag(x: np.ndarray, k: int) -> np.ndarray:
-    return np.concatenate([np.full(k, np.nan), x[:-k]]) if k else x
+    """x shifted k places later; the first k values are NaN."""
+    out = np.full(len(x), np.nan)
+    out[k:] = x[: max(len(x) - k, 0)]
+    return out
 
 
 def _ratio(a: np.ndarray, b: np.ndarray, fill: float) -> np.ndarray:
-    """a / b where b > 0, ``fill`` where b == 0 (a degenerate flat window), NaN where either is NaN."""
-    a, b = np.broadcast_arrays(a, b)
-    out = np.full(a.shape, fill)
-    ok = b > 0
-    out[ok] = a[ok] / b[ok]
-    out[np.isnan(a) | np.isnan(b)] = np.nan
-    return out
+    """a / b for a denominator b >= 0; ``fill`` where b == 0 (a flat window); NaN where a or b is NaN."""
+    out = np.full(np.broadcast_shapes(np.shape(a), np.shape(b)), fill)
+    return np.divide(a, b, out=out, where=(b != 0) | np.isnan(a))  # NaN / 0 is a quiet NaN: no warning
 
 
 def _zscore_last(win: np.ndarray) -> np.ndarray:
@@ -89,7 +90,9 @@ def tsrv(log_price: np.ndarray, k: int | None = None) -> np.ndarray:
 
     RV at the slow scale (K-spaced returns, averaged over the K offsets) minus the microstructure-noise bias
     that the all-returns RV measures, with the small-sample correction (1 - nbar/n)^-1, nbar = (n-K+1)/K.
-    K defaults to round(n^(2/3)), the rate-optimal order. It can come out negative on short noisy windows.
+    K defaults to round(n^(2/3)), the rate-optimal order; the best constant depends on the noise-to-signal
+    ratio, K* = (12 noise^4 / integrated quarticity)^(1/3) n^(2/3), so pass k when that is known. On short
+    noisy windows TSRV can come out negative.
     """
     n = log_price.shape[-1] - 1
     k = max(2, round(n ** (2 / 3))) if k is None else k
@@ -117,23 +120,27 @@ def log_amihud(abs_returns: np.ndarray, dollar_volume: np.ndarray) -> np.ndarray
     return np.log((np.sum(abs_returns, axis=-1) + _EPS) / (np.sum(dollar_volume, axis=-1) + _EPS))
 
 
-# ---------------------------------------------------------------- market rules as features (RULES.md)
+# ---------------------------------------------------------------- market rules as features
+# The thresholds come from the compliance gate's rule tables (dualhrq.compliance.rules), read vectorised.
 
 
 def ssr_triggered(price: np.ndarray, prior_close: np.ndarray) -> np.ndarray:
     """Rule 201's trigger: a price at or below 90% of the prior close."""
-    return price <= SSR_TRIGGER * prior_close
+    return price <= SSR.trigger_ratio * prior_close
 
 
 def luld_half_width(reference: np.ndarray, prior_close: np.ndarray, tier: int = 1) -> np.ndarray:
-    """Half the LULD band in price units: reference x percentage, the percentage set by the prior close
-    (> $3: 5% tier 1 / 10% tier 2; $0.75-$3: 20%; < $0.75: the lesser of $0.15 or 75%). Bars carry no
-    clock time, so the open/close doubling is not applied: the feature measures the base band."""
+    """Half the LULD band in price units: reference x the percentage the prior close selects (capped in
+    dollars on the sub-$0.75 row), unrounded. Bars carry no clock time, so the open/close doubling is not
+    applied: the feature measures the base band."""
     if tier not in (1, 2):
         raise ValueError(f"tier: must be 1 or 2, got {tier}")
-    pct = np.where(prior_close > 3.0, 0.05 if tier == 1 else 0.10, 0.20)
-    half = np.where(prior_close >= 0.75, reference * pct, np.minimum(0.15, 0.75 * reference))
-    return np.where(np.isnan(prior_close), np.nan, half)
+    rows = (LULD.above_high, LULD.middle, LULD.below_low)
+    picks = [prior_close > LULD.high_price, prior_close >= LULD.low_price]
+    pct = np.select(picks, [r.tier1 if tier == 1 else r.tier2 for r in rows[:2]],
+                    rows[2].tier1 if tier == 1 else rows[2].tier2)
+    cap = np.select(picks, [r.cap or np.inf for r in rows[:2]], rows[2].cap or np.inf)
+    return np.where(np.isnan(prior_close), np.nan, np.minimum(reference * pct, cap))
 
 
 def luld_band_distance(price: np.ndarray, reference: np.ndarray, prior_close: np.ndarray,
@@ -303,16 +310,12 @@ PATTERN_SUMMARY: tuple[str, ...] = (
 )
 
 
-def pattern_feature_names(window: int) -> tuple[str, ...]:
-    return tuple(f"r{j}" for j in range(window)) + PATTERN_SUMMARY
-
-
 def pattern_features(fine: Bars, window: int) -> np.ndarray:
     """[n, window + 5]: the last ``window`` log returns divided by the window's per-bar RMS return (oldest
     first; scale-free, so shapes match across instruments and volatility regimes), then PATTERN_SUMMARY.
     Rows before index ``window`` are NaN."""
     if window < 4:
-        raise ValueError(f"patterns.window: must be >= 4, got {window}")
+        raise ConfigurationError(f"patterns.window: must be >= 4, got {window}")
     rw = _windows(log_returns(fine.c), window)
     vol = np.sqrt(np.mean(rw * rw, axis=1))
     scaled = _ratio(rw, vol[:, None], 0.0)
@@ -327,6 +330,11 @@ def pattern_features(fine: Bars, window: int) -> np.ndarray:
         _zscore_last(_windows(np.log1p(fine.v), window)),
     ]
     return np.concatenate([scaled, np.stack(summary, axis=1)], axis=1)
+
+
+def pattern_feature_names(window: int) -> tuple[str, ...]:
+    """Column names of `pattern_features` (reports, feature tables)."""
+    return tuple(f"r{j}" for j in range(window)) + PATTERN_SUMMARY
 
 
 # ---------------------------------------------------------------- normalisation

@@ -4,14 +4,16 @@
 - out_a, the next coarse-period return: log(c[j] / c[i]), j the first fine bar at least one coarse period
   after t[i] (the return over the coming coarse period, whatever the phase of i within the current one);
   known at t[j].
-- action, from the forward return f = out_b against the round-trip cost c = data.cost_bps / 10,000, given
-  the position a holder would have from the previous horizon: long if the trailing return
-  b = log(c[i] / c[i-h]) > c (the move a BUY at i-h would have caught), short if b < -c, else flat.
-  (b is exactly the forward return the same rule saw at i-h, and it is known at t[i]: no look-ahead.)
+- action, from the forward return f = out_b against a cost-adjusted threshold
+  theta_i = cost + k * sigma_i * sqrt(h)  (cost = data.cost_bps / 10,000 round trip, k =
+  data.action_vol_threshold, sigma_i below): a move must pay the cost and stand out of the noise. The
+  position a holder has is the one the same rule opened a horizon ago: long if the trailing return
+  b = log(c[i] / c[i-h]) > theta_{i-h}, short if b < -theta_{i-h}, else flat (b is exactly the forward
+  return the rule saw at i-h, and it is known at t[i]: no look-ahead). Then
 
-      flat:   f > c -> BUY          f < -c -> SELL          otherwise HOLD
-      long:   f < -c -> CLOSE_LONG  (the move turns against the long by more than the cost)  otherwise HOLD
-      short:  f > c -> CLOSE_SHORT  (the move turns against the short)                       otherwise HOLD
+      flat:   f > theta -> BUY          f < -theta -> SELL          otherwise HOLD
+      long:   f < -theta -> CLOSE_LONG  (the move turns against the long)   otherwise HOLD (keep it)
+      short:  f > theta -> CLOSE_SHORT  (the move turns against the short)  otherwise HOLD (keep it)
 
 - quantity in [0, 1): tanh of the move net of cost in units of the volatility expected over the horizon,
   tanh(max(|f| - c, 0) / (sigma_i * sqrt(h))), sigma_i the per-bar realized volatility of the BAR_WINDOW
@@ -27,6 +29,7 @@ import numpy as np
 
 from dualhrq.data.bars import Bars
 from dualhrq.data.features import BAR_WINDOW, realized_vol
+from dualhrq.errors import ConfigurationError
 from dualhrq.runtime.protocol import ACTIONS  # the torch-free copy of the model's action order
 
 BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT = (ACTIONS.index(a) for a in
@@ -46,12 +49,12 @@ class Labels:
     valid: np.ndarray  # bool
 
 
-def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float) -> Labels:
+def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float, vol_threshold: float) -> Labels:
     """Labels of every fine bar (see the module docstring)."""
-    if horizon < 1:
-        raise ValueError(f"data.label_horizon: must be >= 1, got {horizon}")
-    if cost_bps < 0:
-        raise ValueError(f"data.cost_bps: must be >= 0, got {cost_bps}")
+    for name, value, low in (("label_horizon", horizon, 1), ("cost_bps", cost_bps, 0),
+                             ("action_vol_threshold", vol_threshold, 0)):
+        if value < low:
+            raise ConfigurationError(f"data.{name}: must be >= {low}, got {value}")
     n = len(fine)
     lc = np.log(fine.c)
     i = np.arange(n)
@@ -67,20 +70,23 @@ def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float
     back[horizon:] = lc[horizon:] - lc[:-horizon]
 
     cost = cost_bps * 1e-4
-    long, short = back > cost, back < -cost
+    sigma = realized_vol(fine.c, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(horizon)
+    theta = cost + vol_threshold * sigma
+    theta_then = np.full(n, np.nan)
+    theta_then[horizon:] = theta[:-horizon]
+    long, short = back > theta_then, back < -theta_then
     flat = ~long & ~short
     action = np.full(n, HOLD, dtype=np.int64)
-    action[flat & (out_b > cost)] = BUY
-    action[flat & (out_b < -cost)] = SELL
-    action[long & (out_b < -cost)] = CLOSE_LONG
-    action[short & (out_b > cost)] = CLOSE_SHORT
+    action[flat & (out_b > theta)] = BUY
+    action[flat & (out_b < -theta)] = SELL
+    action[long & (out_b < -theta)] = CLOSE_LONG
+    action[short & (out_b > theta)] = CLOSE_SHORT
 
-    sigma = realized_vol(fine.c, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(horizon)
     edge = np.maximum(np.abs(out_b) - cost, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         quantity = np.where(edge > 0, np.tanh(edge / sigma), 0.0)  # sigma 0 with an edge: full size
 
-    valid = has_a & has_b & np.isfinite(back) & np.isfinite(sigma)
+    valid = has_a & has_b & np.isfinite(back) & np.isfinite(theta_then) & np.isfinite(sigma)
     t_known = np.zeros(n, dtype=np.int64)
     t_known[valid] = np.maximum(fine.t[ahead[valid]], fine.t[j[valid]])
     action[~valid] = UNKNOWN

@@ -29,6 +29,11 @@ def _row_text(row: int) -> str:
     return f"data row {row + 1} (counting from 1 after the header)"
 
 
+def _cell(value: object) -> str:
+    """A file's cell as the user wrote it: 'abc', 1.5, not np.float64(1.5)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _read(path: Path) -> pd.DataFrame:
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None or (path.suffix.lower() == ".gz" and not path.name.lower().endswith(".csv.gz")):
@@ -90,11 +95,12 @@ def bars_from_frame(frame: pd.DataFrame, source: str, timestamps: Stamp = "open"
         bars.slice(0, n).validate()  # every check looks back at most one row: errors before n are all found
     except BarsError as e:
         name = COLUMN_NAMES[e.field]
-        shown = f"{raw['timestamp'].iloc[e.row]!r} is not after {raw['timestamp'].iloc[e.row - 1]!r}" \
-            if e.field == "t" else repr(raw[name].iloc[e.row])
+        stamps = raw["timestamp"]
+        shown = f"{_cell(stamps.iloc[e.row])} is not after {_cell(stamps.iloc[e.row - 1])}" if e.field == "t" \
+            else _cell(raw[name].iloc[e.row])
         raise DataError(f"{source}: {_row_text(e.row)}: {name}: {e.rule} (got {shown})") from None
     if n < len(raw):
-        raise DataError(f"{source}: {_row_text(n)}: timestamp: cannot parse {raw['timestamp'].iloc[n]!r}")
+        raise DataError(f"{source}: {_row_text(n)}: timestamp: cannot parse {_cell(raw['timestamp'].iloc[n])}")
     steps, counts = np.unique(np.diff(t), return_counts=True)
     bar_ns = int(steps[np.argmax(counts)])  # the most common spacing: gaps (weekends, holidays) are rarer
     if timestamps == "open":

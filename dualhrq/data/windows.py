@@ -66,8 +66,8 @@ def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: Model
     """The model input at the last fine bar. Coarse bars not closed by then (t > the last fine t, e.g. a
     period still forming) are ignored. Raises BarsError/DataError for bad or too few bars."""
     _check_widths(model_cfg)
-    fine.validate()
-    coarse.validate()
+    fine.validate("fine")
+    coarse.validate("coarse")
     if len(fine) == 0:
         raise DataError("fine: no bars")
     as_of = int(fine.t[-1])
@@ -124,7 +124,8 @@ def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig
     coarse_x, fine_x = bar_features(coarse), bar_features(fine)
     regime_x = regime_features(fine, coarse)
     pattern_x = pattern_features(fine, pattern_window)
-    labels = make_labels(fine, parse_rule(rule).ns, data_cfg.label_horizon, data_cfg.cost_bps)
+    labels = make_labels(fine, parse_rule(rule).ns, data_cfg.label_horizon, data_cfg.cost_bps,
+                         data_cfg.action_vol_threshold)
 
     n_coarse, n_fine = needs(model_cfg, pattern_window)
     k = visible_counts(coarse.t, fine.t)

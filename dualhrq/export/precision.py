@@ -43,18 +43,25 @@ def activation_matmuls(proto: onnx.ModelProto) -> list[str]:
 
 
 def to_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantisation of the MatMul weights (per output channel), for the CPU provider.
+    """Dynamic int8 quantisation of the MatMul weights, for the CPU provider.
 
-    Activations are quantised on the fly per call (dynamic), weights once here; Gemm (the small heads) and
-    every activation-by-activation MatMul stay fp32.
+    Weights are quantised once here, activations on the fly per call; Gemm (the small heads) and every
+    activation-by-activation MatMul stay fp32. Unsigned 8-bit weights (U8U8): on x86 CPUs without VNNI
+    (this machine: AVX2 only) ONNX Runtime's kernels for the default signed weights (U8S8) can saturate;
+    on the tiny model with real inputs that took the fine forecast's correlation with fp32 to 0.85, against
+    0.999 with U8U8, which cannot saturate and keeps all 8 bits (reduce_range would keep 7).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
-    excluded = activation_matmuls(onnx.load(str(src), load_external_data=False))
-    # The node list is all this needs, so the weights are not loaded above.
-    quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
-                     weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"MatMulConstBOnly": True})
-    log.info("int8: quantised MatMul weights, left %d activation-by-activation MatMuls in fp32", len(excluded))
+    excluded = activation_matmuls(onnx.load(str(src), load_external_data=False))  # node names suffice
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
+                         weight_type=QuantType.QUInt8, extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+    log.info("int8: quantised MatMul weights; %d attention MatMuls left in fp32", len(excluded))
     return dst

@@ -3,7 +3,9 @@
 Only the training window is used, and only entries whose outcome is known inside it: an entry's
 ``available_at`` is the close time of the bar ``label_horizon`` bars after its window, so a library built
 here never holds an outcome from the held-out tail. Coarse bars are resampled from the training bars alone
-for the same reason.
+for the same reason. The training window is the first ``data.train_fraction`` of the bars, or, given
+``until_ns``, the bars closed before that time (so training and walk-forward validation can pass their own
+cut, e.g. the first test sample's time).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class TrainingWindow:
     regime_features: np.ndarray  # [len(fine), 20], NaN during warm-up
 
 
-def training_window(dataset: str, data_cfg: DataConfig) -> TrainingWindow:
+def training_window(dataset: str, data_cfg: DataConfig, until_ns: int | None = None) -> TrainingWindow:
     ds = load_dataset(dataset)
-    n_train = int(len(ds.bars) * data_cfg.train_fraction)
+    if until_ns is None:
+        n_train = int(len(ds.bars) * data_cfg.train_fraction)
+    else:
+        n_train = int(np.searchsorted(ds.bars.t, until_ns, side="left"))
     fine = ds.bars.slice(0, n_train)
     coarse = resample(fine, data_cfg.coarse_rule or default_coarse_rule(ds.timeframe))
     return TrainingWindow(instrument=data_cfg.instrument or ds.instrument, fine=fine, coarse=coarse,
@@ -57,12 +62,12 @@ def regime_table_inputs(window: TrainingWindow, rows: np.ndarray) -> tuple[np.nd
 
 
 def build_library(dataset: str, model_cfg: ModelConfig, patterns_cfg: PatternsConfig, data_cfg: DataConfig,
-                  seed: int = 0) -> tuple[PatternLibrary, PatternEncoder, RegimeModel]:
+                  seed: int = 0, until_ns: int | None = None) -> tuple[PatternLibrary, PatternEncoder, RegimeModel]:
     """One entry per training-window bar with a complete pattern window, regime features and a known outcome.
 
     outcome = log return over the next ``data_cfg.label_horizon`` bars; available_at = close time of that bar.
     """
-    window = training_window(dataset, data_cfg)
+    window = training_window(dataset, data_cfg, until_ns)
     regimes, _ = fit_training_regimes(window, model_cfg.num_regimes, seed)
     fine, w, h = window.fine, patterns_cfg.window, data_cfg.label_horizon
     pf = pattern_features(fine, w)

@@ -6,21 +6,13 @@ error rather than loaded into a silently wrong index (or a crash inside hnswlib)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from dualhrq.errors import ModelLoadError
+from dualhrq.hashing import sha256_file
 
 CHECKSUMS = "SHA256SUMS"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_checksums(directory: Path, names: Sequence[str]) -> None:

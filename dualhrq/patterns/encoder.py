@@ -35,10 +35,6 @@ class PatternEncoder:
         self.explained_variance_ratio: np.ndarray | None = None  # [E]
 
     @property
-    def fitted(self) -> bool:
-        return self.components is not None
-
-    @property
     def feature_dim(self) -> int:
         return self._state()[2].shape[1]
 

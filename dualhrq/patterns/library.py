@@ -90,16 +90,20 @@ def similarity(distance: np.ndarray, space: str) -> np.ndarray:
 class Hits:
     """Neighbours of B queries, nearest first, copied out of the library (later mutations do not change them).
 
-    Columns where a row has fewer hits than the others are padding: id -1, distance inf, everything else 0.
+    Columns where a row has fewer hits than the others are padding: id -1, distance inf, instrument "",
+    everything else 0.
     """
 
     ids: np.ndarray  # [B, k] int64 entry labels, -1 = no hit
     distance: np.ndarray  # [B, k] float32
     similarity: np.ndarray  # [B, k] float32
-    outcome: np.ndarray  # [B, k] float32, realised forward return
-    quality: np.ndarray  # [B, k] float32
-    regime: np.ndarray  # [B, k] int32
+    instrument: np.ndarray  # [B, k] str
+    window_start: np.ndarray  # [B, k] int64 ns
+    window_end: np.ndarray  # [B, k] int64 ns
     available_at: np.ndarray  # [B, k] int64 ns
+    outcome: np.ndarray  # [B, k] float32, realised forward return
+    regime: np.ndarray  # [B, k] int32
+    quality: np.ndarray  # [B, k] float32
     embedding: np.ndarray  # [B, k, E] float32
 
     @property
@@ -134,8 +138,8 @@ class PatternLibrary:
         self._lock = ReadWriteLock()
         self._size = 0  # rows ever used (= hnswlib's element count, deleted ones included)
         self._free: list[int] = []  # deleted rows, reused first
-        self._instruments: list[str] = []
-        self._instrument_code: dict[str, int] = {}
+        self._instrument_code: dict[str, int] = {}  # instrument name -> the code kept per row
+        self._instrument_names = np.array([""])  # code -> name; code 0 is the padding of Hits
         self._label = np.arange(cap, dtype=np.int64)  # current label of each row
         self._alive = np.zeros(cap, bool)
         self._embedding = np.zeros((cap, dim), np.float32)
@@ -147,6 +151,10 @@ class PatternLibrary:
         self._outcome = np.zeros(cap, np.float32)
         self._regime = np.zeros(cap, np.int32)
         self._quality = np.zeros(cap, np.float32)
+        # Bounds over the live entries: a query at or after _all_known_at and before _first_expiry may see all
+        # of them, so it needs no per-entry time filter (an O(n) pass that would dominate a single query).
+        self._all_known_at: int | None = None  # None: no live entries
+        self._first_expiry: int | None = None  # None: no live entry ever expires
 
     # ------------------------------------------------------------ size and search width
 
@@ -220,8 +228,8 @@ class PatternLibrary:
             labels = self._label[rows]
             self._index.add_items(emb, labels.astype(np.uint64), replace_deleted=True)
             self._size += grow
-            codes = [self._instrument_code.setdefault(s, len(self._instrument_code)) for s in names]
-            self._instruments = list(self._instrument_code)
+            codes = [self._instrument_code.setdefault(s, len(self._instrument_code) + 1) for s in names]
+            self._instrument_names = np.array(["", *self._instrument_code])
             self._embedding[rows] = emb
             self._instrument[rows] = codes
             self._window_start[rows] = start
@@ -232,6 +240,7 @@ class PatternLibrary:
             self._regime[rows] = reg
             self._quality[rows] = qual
             self._alive[rows] = True
+            self._refresh_bounds()
         return labels
 
     # ------------------------------------------------------------ search
@@ -255,8 +264,11 @@ class PatternLibrary:
             avail = self._available_at[:n]
             exp = self._expires_at[:n]
             for t in np.unique(when) if width else ():
-                eligible = alive & (avail <= t) & ((exp == 0) | (exp > t))
-                count = int(eligible.sum())
+                if self._sees_all_live(t):  # the serving case: no per-entry time filter needed
+                    eligible, count = None, len(self)
+                else:
+                    eligible = alive & (avail <= t) & ((exp == 0) | (exp > t))
+                    count = int(eligible.sum())
                 if count == 0:
                     continue
                 sel = np.flatnonzero(when == t)
@@ -266,11 +278,18 @@ class PatternLibrary:
                 dist[sel, :k_eff] = d
             return self._gather(rows, dist)
 
-    def _search(self, q: np.ndarray, eligible: np.ndarray, count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows [B, k] and distances of the k nearest eligible entries; caller holds the read lock."""
+    def _search(self, q: np.ndarray, eligible: np.ndarray | None, count: int,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [B, k] and distances of the k nearest eligible entries (None: all live); caller holds the read lock."""
         live = len(self)
         if count <= EXACT_MAX or count < _EXACT_FRACTION * live:
             return self._exact(q, eligible, k)
+        if eligible is None:  # hnswlib never returns deleted entries: every hit qualifies
+            try:
+                labels, d = self._index.knn_query(q, k=k, num_threads=1)
+            except RuntimeError:  # hnswlib found fewer than k live neighbours (ef too small for this graph)
+                return self._exact(q, None, k)
+            return labels.astype(np.int64) % self.cfg.max_elements, d
         rows = np.empty((len(q), k), np.int64)
         dist = np.empty((len(q), k), np.float32)
         pending = np.arange(len(q))
@@ -278,7 +297,7 @@ class PatternLibrary:
         while len(pending):
             try:
                 labels, d = self._index.knn_query(q[pending], k=fetch, num_threads=1)
-            except RuntimeError:  # hnswlib found fewer than `fetch` live neighbours (ef too small for this graph)
+            except RuntimeError:
                 break
             r = labels.astype(np.int64) % self.cfg.max_elements
             ok = eligible[r]
@@ -295,27 +314,34 @@ class PatternLibrary:
             rows[pending], dist[pending] = self._exact(q[pending], eligible, k)
         return rows, dist
 
-    def _exact(self, q: np.ndarray, eligible: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        candidates = np.flatnonzero(eligible)
+    def _exact(self, q: np.ndarray, eligible: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = np.flatnonzero(self._alive[:self._size] if eligible is None else eligible)
         idx, d = exact_knn(q, self._embedding[candidates], k, self.cfg.space)
         return candidates[idx], d.astype(np.float32)
 
     def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
         valid = rows >= 0
-        r = np.where(valid, rows, 0)
+        padded = not valid.all()
+        r = np.where(valid, rows, 0) if padded else rows
 
-        def pick(values: np.ndarray, pad: object) -> np.ndarray:
-            return np.where(valid, values[r], pad)
+        def pick(values: np.ndarray, pad: float) -> np.ndarray:
+            out = values[r]  # fancy indexing copies: the hits stay valid after the lock is released
+            if padded:
+                out[~valid] = pad
+            return out
 
         return Hits(
             ids=pick(self._label, -1),
             distance=dist,
             similarity=np.where(valid, similarity(dist, self.cfg.space), 0.0).astype(np.float32),
-            outcome=pick(self._outcome, 0.0).astype(np.float32),
-            quality=pick(self._quality, 0.0).astype(np.float32),
-            regime=pick(self._regime, 0).astype(np.int32),
+            instrument=self._instrument_names[pick(self._instrument, 0)],
+            window_start=pick(self._window_start, 0),
+            window_end=pick(self._window_end, 0),
             available_at=pick(self._available_at, 0),
-            embedding=self._embedding[r] * valid[..., None],
+            outcome=pick(self._outcome, 0.0),
+            regime=pick(self._regime, 0),
+            quality=pick(self._quality, 0.0),
+            embedding=pick(self._embedding, 0.0),
         )
 
     def context(self, hits: Hits, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -394,6 +420,18 @@ class PatternLibrary:
             self._index.mark_deleted(int(label))
         self._alive[rows] = False
         self._free.extend(int(r) for r in rows)
+        self._refresh_bounds()
+
+    def _refresh_bounds(self) -> None:
+        """Caller holds the write lock."""
+        live = self._alive[:self._size]
+        exp = self._expires_at[:self._size][live]
+        self._all_known_at = int(self._available_at[:self._size][live].max()) if live.any() else None
+        self._first_expiry = int(exp[exp != 0].min()) if (exp != 0).any() else None
+
+    def _sees_all_live(self, as_of: int) -> bool:
+        return (self._all_known_at is not None and self._all_known_at <= as_of
+                and (self._first_expiry is None or as_of < self._first_expiry))
 
     # ------------------------------------------------------------ persistence
 
@@ -406,7 +444,7 @@ class PatternLibrary:
             self._index.save_index(str(out / "index.bin"))
             np.savez(out / "meta.npz", **{name: getattr(self, f"_{name}")[:n] for name in _META})
             info = {"format": _FORMAT, "dim": self.dim, "config": msgspec.to_builtins(self.cfg),
-                    "outcome_scale": self.outcome_scale, "instruments": self._instruments, "size": n,
+                    "outcome_scale": self.outcome_scale, "instruments": list(self._instrument_code), "size": n,
                     "live": len(self)}
         (out / "library.json").write_text(json.dumps(info, indent=1))
         write_checksums(out, _FILES)
@@ -433,11 +471,12 @@ class PatternLibrary:
             lib._setup(int(info["dim"]), lib_cfg, float(info["outcome_scale"]))
             with np.load(src / "meta.npz", allow_pickle=False) as meta:
                 arrays = {name: meta[name] for name in _META}
+            n = int(info["size"])
+            instruments = [str(s) for s in info["instruments"]]
         except ModelLoadError:
             raise
         except (KeyError, ValueError, TypeError, OSError, msgspec.ValidationError) as e:
             raise ModelLoadError(f"{src}: pattern library metadata unreadable: {e}") from None
-        n = int(info["size"])
         if any(len(a) != n for a in arrays.values()):
             raise ModelLoadError(f"{src}/meta.npz: arrays do not all have {n} rows")
         lib._index = hnswlib.Index(space=lib_cfg.space, dim=lib.dim)
@@ -456,8 +495,9 @@ class PatternLibrary:
         except ValueError as e:
             raise ModelLoadError(f"{src}/meta.npz: does not match the index ({e})") from None
         lib._free = np.flatnonzero(~lib._alive[:n]).tolist()
-        lib._instruments = list(info["instruments"])
-        lib._instrument_code = {s: i for i, s in enumerate(lib._instruments)}
+        lib._refresh_bounds()
+        lib._instrument_code = {s: i + 1 for i, s in enumerate(instruments)}
+        lib._instrument_names = np.array(["", *lib._instrument_code])
         log.info("loaded pattern library %s: %d live of %d rows, ef=%d", src, len(lib), n, lib_cfg.ef)
         return lib
 

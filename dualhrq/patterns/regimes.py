@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
 
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.patterns.arrays import finite_matrix, standardizer
@@ -75,6 +74,8 @@ def fit_regimes(regime_features: np.ndarray, n_regimes: int, seed: int, vol: np.
     v = x[:, 0] if vol is None else np.asarray(vol, np.float64)
     if v.shape != (len(x),) or not np.isfinite(v).all():
         raise DataError(f"vol: expected {len(x)} finite values, got shape {list(v.shape)}")
+    from sklearn.cluster import KMeans  # here, not at the top: serving loads a RegimeModel without fitting one
+
     mean, scale = standardizer(x)
     z = (x - mean) / scale
     km = KMeans(n_clusters=n_regimes, n_init=10, random_state=seed).fit(z)

@@ -7,7 +7,10 @@ result: an all-zero context with an all-zero mask (the model's regime-only path)
 
 A query that overruns keeps its thread until the index lets go of it; Python cannot cancel it. So a free
 worker is claimed before submitting, and when every worker is stuck the call fails open at once with
-``busy`` instead of queueing behind them: a stuck index costs nothing per request beyond the pool.
+``busy`` instead of queueing behind them: a stuck index costs nothing per request beyond the pool. The
+workers are daemon threads, started up front: a query stuck for good must not keep the process from exiting
+(``concurrent.futures.ThreadPoolExecutor`` joins its threads at exit), and the first request must not pay
+for starting a thread.
 
 Reasons: ``disabled`` (switched off by config or the admin command), ``busy`` (no free worker), ``timeout``,
 ``error`` (the index or encoder raised, or the fault drill said so), ``empty`` (no entry known at ``as_of``).
@@ -24,15 +27,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dualhrq.config import PatternsConfig
 from dualhrq.errors import DataError, HRMError
+from dualhrq.patterns.context import pattern_context
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 
@@ -70,12 +77,10 @@ class Retriever:
         self.pattern_dim = pattern_dim
         self.k = k
         self.enabled = cfg.enabled
-        self._delay_s = 0.0
-        self._error_rate = 0.0
         self.set_fault(cfg.fault.delay_ms, cfg.fault.error_rate)
         self._rng = random.Random(seed)
         self._free_workers = threading.BoundedSemaphore(cfg.pool_size)
-        self._pool = concurrent.futures.ThreadPoolExecutor(cfg.pool_size, thread_name_prefix="patterns")
+        self._pool = _DaemonPool(cfg.pool_size, "patterns")
 
     def set_fault(self, delay_ms: float, error_rate: float) -> None:
         """Fault drill: every query sleeps ``delay_ms`` and raises with probability ``error_rate`` (0, 0: off)."""
@@ -87,8 +92,9 @@ class Retriever:
         self._error_rate = error_rate
 
     def close(self) -> None:
-        """Stop accepting work; a stuck query's thread is left to finish on its own."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers once their current query ends; later calls fail open as ``disabled``."""
+        self.enabled = False
+        self._pool.shutdown()
 
     # ------------------------------------------------------------ the calls
 
@@ -141,11 +147,7 @@ class Retriever:
             return self._fail_open(batch, "disabled")
         if not self._free_workers.acquire(blocking=False):
             return self._fail_open(batch, "busy")
-        try:
-            future = self._pool.submit(self._work, pattern_features, as_of, batch)
-        except RuntimeError:  # the pool was closed
-            self._free_workers.release()
-            return self._fail_open(batch, "disabled")
+        future = self._pool.submit(self._work, pattern_features, as_of, batch)
         future.add_done_callback(lambda _: self._free_workers.release())
         return future
 
@@ -155,8 +157,8 @@ class Retriever:
                 time.sleep(self._delay_s)
             if self._error_rate and self._rng.random() < self._error_rate:
                 raise InjectedFault("fault drill: injected pattern index error")
-            hits = self.library.query(self.encoder.encode(pattern_features), as_of, self.k)
-            context, mask = self.library.context(hits, self.pattern_dim, self.k)
+            context, mask = pattern_context(self.library, self.encoder, pattern_features, as_of, self.pattern_dim,
+                                            self.k)
         except InjectedFault as e:
             log.debug("%s; failing open to regime-only", e)
             return self._fail_open(batch, "error")
@@ -170,3 +172,33 @@ class Retriever:
         return RetrievalResult(pattern_context=np.zeros((batch, self.k, self.pattern_dim), np.float32),
                                mask=np.zeros((batch, self.k), np.float32), reason=reason,
                                used=np.zeros(batch, np.int64))
+
+
+class _DaemonPool:
+    """A fixed set of daemon worker threads fed by a queue (the retriever bounds what is queued)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future, Callable[..., Any], tuple] | None] = (
+            queue.SimpleQueue())
+        self._size = size
+        for i in range(size):
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        for _ in range(self._size):
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(e)

@@ -16,17 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
+from dualhrq.export.segment import INPUT_NAMES, INT_INPUTS, OUTPUT_NAMES
 
 if TYPE_CHECKING:
     from dualhrq.model import HRM
 
 log = logging.getLogger(__name__)
-
-INPUT_NAMES = ("h_tokens", "l_tokens", "instrument_id", "timeframe_id", "regime_features", "pattern_context",
-               "pattern_mask", "z_H", "z_L")
-OUTPUT_NAMES = ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse", "forecast_fine",
-                "regime_probs", "z_H_out", "z_L_out")
-INT_INPUTS = ("instrument_id", "timeframe_id")
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
 
@@ -136,29 +131,25 @@ class OnnxEngine(Engine):
 
 
 class TorchEngine(Engine):
-    """The HRM itself in eval mode without autograd: the tests' engine and the bench's eager baseline."""
+    """The HRM itself in eval mode without autograd, through the graph's own signature (the module the ONNX
+    graph is traced from): the tests' engine and the bench's eager baseline."""
 
     def __init__(self, model: HRM, max_batch: int = 8, name: str = "torch") -> None:
-        self.model = model.eval()
+        from dualhrq.export.segment import SegmentGraph
+
+        self.graph = SegmentGraph(model.eval())
         self.name, self.max_batch = name, max_batch
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from dualhrq.model import Carry, ModelInputs
-
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-        inputs = ModelInputs(**{k: t[k] for k in INPUT_NAMES[:7]})
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in INPUT_NAMES]
         try:
             with torch.inference_mode():
-                carry, out = self.model(inputs, Carry(t["z_H"], t["z_L"]))
-                regime_probs = torch.softmax(out.regime_logits, dim=-1)
+                outs = self.graph(*args)
         except Exception as e:
             raise InferenceError(f"{self.name}: segment failed: {e}") from e
-        return {"policy_logits": out.policy_logits.numpy(), "quantity": out.quantity.numpy(),
-                "value": out.value.numpy(), "q_logits": out.q_logits.numpy(),
-                "forecast_coarse": out.forecast_coarse.numpy(), "forecast_fine": out.forecast_fine.numpy(),
-                "regime_probs": regime_probs.numpy(), "z_H_out": carry.z_H.numpy(), "z_L_out": carry.z_L.numpy()}
+        return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs)}
 
 
 # ---------------------------------------------------------------- native TensorRT

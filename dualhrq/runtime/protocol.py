@@ -204,6 +204,11 @@ def decode_reply(body: bytes) -> Reply:
 # ---------------------------------------------------------------- decoding requests
 
 
+# What a decoder may raise on hostile bytes: its own errors, invalid UTF-8 in a str (UnicodeDecodeError is a
+# ValueError), nesting deeper than the interpreter allows.
+_UNDECODABLE = (msgspec.MsgspecError, ValueError, RecursionError)
+
+
 def decode_request(body: bytes, max_body_bytes: int) -> Request:
     """Bytes -> a well-formed request, or ProtocolError with the code, the field and (if readable) the id.
 
@@ -215,7 +220,7 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
         raise ProtocolError("bad_request", f"body of {len(body)} bytes exceeds the maximum of {max_body_bytes}")
     try:
         req = _request_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _UNDECODABLE:
         raise _diagnose(body) from None
     if isinstance(req, Signal):
         _check_signal_numbers(req)
@@ -226,7 +231,7 @@ def _diagnose(body: bytes) -> ProtocolError:
     """Why the typed decode failed, in the protocol's terms (runs only for bad bodies)."""
     try:
         obj = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         return ProtocolError("bad_request", "body is not valid MessagePack")
     if not isinstance(obj, dict):
         return ProtocolError("bad_request", f"body is a MessagePack {_kind(obj)}, not a map")
@@ -311,3 +316,8 @@ def check_bars(wire: Bars, name: str, minimum: int, request_id: str) -> data_bar
         raise ProtocolError("invalid_input", str(e), f"{name}.{e.field}[{e.row}]", request_id) from None
     except DataError as e:
         raise ProtocolError("invalid_input", str(e), name, request_id) from None
+
+
+def wire_bars(bars: data_bars.Bars) -> Bars:
+    """numpy bars as the wire struct (clients, warm-up requests)."""
+    return Bars(*(getattr(bars, k).tolist() for k in ("t", "o", "h", "l", "c", "v")))

@@ -241,15 +241,11 @@ class Server:
         self._upstream += 1
         queued = False
         try:
-            coarse_n, fine_n = host.needs
-            coarse = p.check_bars(req.coarse, "coarse", coarse_n, req.id)
-            fine = p.check_bars(req.fine, "fine", fine_n, req.id)
             t_decode = time.perf_counter()
             if host.features_inline:
-                prepared = host.prepare(coarse, fine, req.instrument, req.timeframe)
+                prepared = host.prepare(req)
             else:
-                prepared = await asyncio.get_running_loop().run_in_executor(
-                    self._features_pool, host.prepare, coarse, fine, req.instrument, req.timeframe)
+                prepared = await asyncio.get_running_loop().run_in_executor(self._features_pool, host.prepare, req)
             t_features = time.perf_counter()
             used, reason = await self._retrieve(host, prepared)
             t_retrieval = time.perf_counter()

@@ -33,18 +33,15 @@ class BuyAndHold:
 
 
 class MomentumSign:
-    """Long after a rising stretch, short after a falling one: the sign of the sum of the last ``lookback``
-    returns whose labels were known at the sample's time."""
+    """Long after a rising stretch, short after a falling one: the sign of the sum of the ``lookback`` returns
+    before the sample (returns[i - 1] ends at sample i, so all of them are known then)."""
 
     name = "momentum"
 
-    def __init__(self, returns: np.ndarray, t: np.ndarray, t_known: np.ndarray, lookback: int) -> None:
-        if np.any(np.diff(t_known) < 0):
-            raise DataError("t_known must be non-decreasing for the momentum baseline")
-        # known[i]: how many returns (a prefix, since t_known is sorted) are known at t[i].
-        known = np.searchsorted(t_known, t, side="right")
+    def __init__(self, returns: np.ndarray, lookback: int) -> None:
         csum = np.concatenate([[0.0], np.cumsum(returns)])
-        self.signal = csum[known] - csum[np.maximum(known - lookback, 0)]
+        i = np.arange(len(returns))
+        self.signal = csum[i] - csum[np.maximum(i - lookback, 0)]
 
     def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
         """Nothing to learn: the rule is fixed."""
@@ -64,7 +61,7 @@ class _LinearBaseline:
 
     def _fitted(self) -> Pipeline:
         if self.model is None:
-            raise DataError(f"{type(self).__name__}: predict called before fit")
+            raise RuntimeError(f"{type(self).__name__}: predict called before fit")
         return self.model
 
 

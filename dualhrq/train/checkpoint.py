@@ -6,7 +6,6 @@ sidecar catches a corrupted or swapped weights file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.errors import ConfigurationError, ModelLoadError
+from dualhrq.hashing import sha256_file
 from dualhrq.model import HRM
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,14 +33,6 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # feature stats, vocabularies, data window, ...
     weights_sha256: str = ""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.stats import rankdata
 
 from dualhrq.errors import DataError
@@ -99,7 +98,8 @@ def future_correlation(
                 LeakFinding(
                     check="future_correlation",
                     subject=names[col],
-                    detail=f"rank correlation {rho[col]:+.3f} with the return {lag} sample(s) ahead (bound {bound:.3f})",
+                    detail=f"rank correlation {rho[col]:+.3f} with the return {lag} sample(s) ahead"
+                    f" (bound {bound:.3f})",
                     value=float(rho[col]),
                 )
             )
@@ -117,24 +117,28 @@ def _rank_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (rx * ry[:, None]).sum(axis=0) / denom, np.nan)
 
 
-def truncation_check(
-    bars: pd.DataFrame,
-    feature_fn: Callable[[pd.DataFrame], np.ndarray],
-    *,
-    n_cuts: int,
-    seed: int,
-) -> list[LeakFinding]:
-    """Recompute ``feature_fn`` (one row per bar) on ``bars`` cut at random points in the later three quarters;
-    every row before a cut must match the full computation (NaN where it was NaN)."""
-    full = np.asarray(feature_fn(bars), dtype=float)
-    n = len(bars)
-    if full.shape[0] != n:
-        raise DataError(f"truncation_check: feature_fn returned {full.shape[0]} rows for {n} bars")
+@dataclass(frozen=True)
+class FeatureProbe:
+    """How to recompute features on a prefix of the bars: ``features_upto(c)`` computes them from the first
+    ``c`` of ``n_bars`` bars alone and returns one row per bar (NaN while warming up)."""
+
+    n_bars: int
+    features_upto: Callable[[int], np.ndarray]
+
+
+def truncation_check(probe: FeatureProbe, *, n_cuts: int, seed: int) -> list[LeakFinding]:
+    """Recompute the features on bars cut at random points in the later three quarters; every row before a
+    cut must match the full computation (NaN where it was NaN)."""
+    n = probe.n_bars
     if n < 8:
         raise DataError(f"truncation_check: {n} bars are too few to cut")
+    full = np.asarray(probe.features_upto(n), dtype=float)
+    if full.shape[0] != n:
+        raise DataError(f"truncation_check: features_upto({n}) returned {full.shape[0]} rows for {n} bars")
     findings = []
-    for cut in sorted(np.random.default_rng(seed).choice(np.arange(n // 4, n), size=min(n_cuts, n - n // 4), replace=False)):
-        part = np.asarray(feature_fn(bars.iloc[:cut]), dtype=float)
+    cuts = np.random.default_rng(seed).choice(np.arange(n // 4, n), size=min(n_cuts, n - n // 4), replace=False)
+    for cut in sorted(int(c) for c in cuts):
+        part = np.asarray(probe.features_upto(cut), dtype=float)
         before = full[:cut]
         if part.shape != before.shape:
             findings.append(LeakFinding("truncation", f"cut at bar {cut}", f"shape {part.shape} != {before.shape}"))

@@ -60,11 +60,18 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def make_optimizer(model: HRM, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (nanoGPT's rule): biases and norm gains are not shrunk."""
+    """AdamW with weight decay on matrices only (nanoGPT's rule: biases and norm gains are not shrunk), and the
+    Q-head at ``train.q_head_lr_scale`` x lr: it starts at -5 (reference init) and Adam moves a logit about
+    lr per step, so at the base lr a run of a few hundred steps would never let the Q-head leave its init."""
     t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    q_head = {id(p) for p in model.heads.q.parameters()}
+    groups = []
+    for is_q in (False, True):
+        for matrix in (True, False):
+            params = [p for p in model.parameters()
+                      if p.requires_grad and (id(p) in q_head) == is_q and (p.dim() >= 2) == matrix]
+            groups.append({"params": params, "lr": t.lr * (t.q_head_lr_scale if is_q else 1.0),
+                           "weight_decay": t.weight_decay if matrix else 0.0})
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
 
 
@@ -322,10 +329,12 @@ def resume_trainer(directory: Path, data: TrainingSet, ctx: DistContext, total_s
     return trainer
 
 
-def new_trainer(cfg: Config, data: TrainingSet, ctx: DistContext, total_steps: int) -> Trainer:
-    """A fresh run: seed everything, build the model, and the optimizer around it."""
+def new_trainer(cfg: Config, data: TrainingSet, ctx: DistContext, total_steps: int,
+                model: HRM | None = None) -> Trainer:
+    """A fresh run (new optimizer and schedule, step 0) of a new model, or of ``model``'s weights (walk-forward
+    continues from the previous split's); everything is seeded from train.seed."""
     seed_everything(cfg.train.seed)
-    return Trainer(HRM(cfg.model), cfg, data, total_steps, ctx)
+    return Trainer(model or HRM(cfg.model), cfg, data, total_steps, ctx)
 
 
 def config_differences(a: Config, b: Config) -> list[str]:

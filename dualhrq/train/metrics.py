@@ -30,9 +30,12 @@ class Predictions:
             if not isinstance(a, np.ndarray) or a.ndim != 1:
                 raise InferenceError(f"predictions.{name} must be a 1-D numpy array")
             if not np.all(np.isfinite(a)):
-                raise InferenceError(f"predictions.{name} has a non-finite value at index {int(np.argmin(np.isfinite(a)))}")
+                bad = int(np.argmin(np.isfinite(a)))
+                raise InferenceError(f"predictions.{name} has a non-finite value at index {bad}")
         if self.position.shape != self.forecast.shape:
-            raise InferenceError(f"predictions: position {self.position.shape} and forecast {self.forecast.shape} differ")
+            raise InferenceError(
+                f"predictions: position {self.position.shape} and forecast {self.forecast.shape} differ in shape"
+            )
         if np.any(np.abs(self.position) > 1):
             raise InferenceError(f"predictions.position must lie in [-1, 1], got {float(np.abs(self.position).max())}")
 

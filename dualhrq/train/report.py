@@ -74,9 +74,13 @@ class ValidationResult:
 
     def verdict(self) -> str:
         """One plain sentence on whether the candidate's edge over the baselines is real."""
-        if not self.has_candidate:
-            return f"No {self.candidate} predictor was evaluated: this report covers the baselines only."
         name = self.candidate.upper() if self.candidate == "hrm" else self.candidate
+        if self.leak_found:
+            return "Leakage was found (see the leakage checks): these figures support no conclusion."
+        if not self.has_candidate:
+            return f"No {name} predictor was evaluated: this report covers the baselines only."
+        if not self.spa:
+            return f"The {name} was evaluated without any baseline to compare it with."
         losers = [b for b, r in self.spa.items() if not r.consistent < SIGNIFICANCE]
         dsr = self.dsr.get(self.candidate)
         if losers:
@@ -163,6 +167,12 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
         "",
         *_table(["check", "outcome"], [[c, o] for c, o in result.leakage.checks.items()]),
     ]
+    worst = result.leakage.max_future_corr
+    lags = sorted({lag for d in worst.values() for lag in d})
+    if lags:
+        lines += ["", "Largest |rank correlation| with the return k samples ahead (features: over all columns):", ""]
+        rows = [[subject, *(_fmt(d.get(k)) for k in lags)] for subject, d in worst.items()]
+        lines += _table(["subject", *(f"k = {k}" for k in lags)], rows)
     if result.leakage.findings:
         lines += ["", "**Leakage found — the figures below are not to be trusted.**", ""]
         lines += [f"- {f.check}: {f.subject}: {f.detail}" for f in result.leakage.findings]
@@ -178,7 +188,7 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
         lines += ["", "CPCV backtest paths, Sharpe per path:", ""]
         lines += _table(
             ["predictor", "mean", "std", "min", "max"],
-            [[p, _fmt(np.mean(v)), _fmt(np.std(v)), _fmt(min(v)), _fmt(max(v))] for p, v in result.path_sharpes.items()],
+            [[p, *(_fmt(f(v)) for f in (np.mean, np.std, np.min, np.max))] for p, v in result.path_sharpes.items()],
         )
     if plot_name:
         lines += ["", f"![equity curves]({plot_name})"]
@@ -191,24 +201,24 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
         ]
         lines += _table(
             ["baseline", "SPA lower", "SPA consistent", "SPA upper", "Reality Check"],
-            [[b, _fmt(r.lower), _fmt(r.consistent), _fmt(r.upper), _fmt(r.reality_check)] for b, r in result.spa.items()],
+            [[b, *(_fmt(x) for x in (r.lower, r.consistent, r.upper, r.reality_check))] for b, r in result.spa.items()],
         )
     if result.dsr:
         lines += ["", "## Deflated Sharpe Ratio", ""]
         lines += _table(
             ["predictor", "DSR", "SR per sample", "SR0 (expected max of luck)", "trials", "skew", "kurtosis"],
             [
-                [p, _fmt(r.dsr), _fmt(r.sharpe, 4), _fmt(r.sr0, 4), str(r.n_trials), _fmt(r.skew, 2), _fmt(r.kurtosis, 2)]
+                [p, _fmt(r.dsr), _fmt(r.sharpe, 4), _fmt(r.sr0, 4), str(r.n_trials), _fmt(r.skew, 2),
+                 _fmt(r.kurtosis, 2)]
                 for p, r in result.dsr.items()
             ],
         )
     for c in result.comparisons:
         lines += ["", f"## {c.a} against {c.b} on the same splits", ""]
-        lines += _table(
-            ["predictor", *_METRIC_COLUMNS],
-            [[p, *_metric_row(result.overall[p])] for p in (c.a, c.b)]
-            + [["difference", *(_fmt(getattr(result.overall[c.a], k) - getattr(result.overall[c.b], k)) for k in _METRIC_COLUMNS)]],
-        )
+        a, b = result.overall[c.a], result.overall[c.b]
+        difference = [_fmt(getattr(a, k) - getattr(b, k)) for k in _METRIC_COLUMNS]
+        rows = [[c.a, *_metric_row(a)], [c.b, *_metric_row(b)], ["difference", *difference]]
+        lines += _table(["predictor", *_METRIC_COLUMNS], rows)
         lines += ["", f"SPA p-values that {c.a} does not beat {c.b}: lower {_fmt(c.spa.lower)},"
                   f" consistent {_fmt(c.spa.consistent)}, upper {_fmt(c.spa.upper)}."]
     lines += ["", "## Per split", ""]

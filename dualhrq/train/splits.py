@@ -45,7 +45,8 @@ def check_label_times(t: np.ndarray, t_known: np.ndarray) -> None:
     if t.ndim != 1 or t.shape != t_known.shape:
         raise DataError(f"t and t_known must be 1-D arrays of the same length, got {t.shape} and {t_known.shape}")
     if len(t) and np.any(np.diff(t) <= 0):
-        raise DataError(f"t: sample times must be strictly increasing (first violation at index {_first(np.diff(t) <= 0) + 1})")
+        bad = _first(np.diff(t) <= 0) + 1
+        raise DataError(f"t: sample times must be strictly increasing (first violation at index {bad})")
     if np.any(t_known < t):
         raise DataError(f"t_known: a label is known before its sample time (first at index {_first(t_known < t)})")
 

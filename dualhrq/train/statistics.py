@@ -64,7 +64,7 @@ def spa_test(
 ) -> SPAResult:
     """SPA and Reality Check p-values of ``candidate`` returns against ``benchmark`` returns (same samples)."""
     if candidate.shape != benchmark.shape or candidate.ndim != 1:
-        raise DataError(f"spa_test: candidate {candidate.shape} and benchmark {benchmark.shape} must be equal 1-D shapes")
+        raise DataError(f"spa_test: candidate {candidate.shape} and benchmark {benchmark.shape} must be equal 1-D")
     if len(candidate) < 10:
         raise DataError(f"spa_test: {len(candidate)} samples are too few for a bootstrap test")
     edge = candidate - benchmark

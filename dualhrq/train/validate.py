@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,17 +27,20 @@ import pandas as pd
 from tqdm import tqdm
 
 from dualhrq.config import Config, ValidateConfig, load_config
-from dualhrq.errors import DataError, HRMError
+from dualhrq.data.bars import Bars, Dataset
+from dualhrq.data.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
+from dualhrq.data.resample import resample, visible_counts
+from dualhrq.data.sources import load_dataset
+from dualhrq.data.windows import build_dataset
+from dualhrq.errors import DataError, HRMError, InferenceError
 from dualhrq.train import leakage
 from dualhrq.train.baselines import BuyAndHold, LogisticDirection, MomentumSign, RidgeForecast
-from dualhrq.train.metrics import Predictions, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
 from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.train.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.train.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 
 log = logging.getLogger(__name__)
-
-FeatureFn = Callable[[pd.DataFrame], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class ValidationData:
     by [t, t_known] keeps every label out of reach. ``labels`` are further per-sample training targets (the
     HRM's outA/outB/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
     never reads them, but permutes ``labels`` together with ``returns`` for the permuted-label control.
-    ``bars`` and ``feature_fn`` (one feature row per bar) enable the truncation check.
+    ``probe`` recomputes the features on a prefix of the bars, for the truncation check.
     """
 
     name: str
@@ -59,8 +63,7 @@ class ValidationData:
     feature_names: tuple[str, ...] = ()
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     inputs: object = None
-    bars: pd.DataFrame | None = None
-    feature_fn: FeatureFn | None = None
+    probe: leakage.FeatureProbe | None = None
 
     def __post_init__(self) -> None:
         n = len(self.t)
@@ -77,8 +80,6 @@ class ValidationData:
         for key, y in self.labels.items():
             if len(y) != n:
                 raise DataError(f"labels.{key}: {len(y)} rows for {n} samples")
-        if (self.bars is None) != (self.feature_fn is None):
-            raise DataError("bars and feature_fn go together (the truncation check needs both)")
 
     def __len__(self) -> int:
         return len(self.t)
@@ -122,45 +123,68 @@ def baseline_factories(cfg: ValidateConfig) -> list[PredictorFactory]:
     """Buy-and-hold, momentum sign, ridge and logistic, with the config's fixed settings."""
     return [
         lambda d, _: BuyAndHold(d.returns),
-        lambda d, _: MomentumSign(d.returns, d.t, d.t_known, cfg.momentum_lookback),
+        lambda d, _: MomentumSign(d.returns, cfg.momentum_lookback),
         lambda d, _: RidgeForecast(d.features, d.returns, cfg.ridge_alpha),
         lambda d, _: LogisticDirection(d.features, d.returns, cfg.logistic_c),
     ]
 
 
-def validation_data_from_bars(name: str, bars: pd.DataFrame, feature_fn: FeatureFn, label_horizon: int = 1) -> ValidationData:
-    """One sample per bar with complete features and a label: features from ``feature_fn`` (one row per bar,
-    NaN during warm-up), returns close-to-close, labels known ``label_horizon`` bars later."""
-    if not isinstance(bars.index, pd.DatetimeIndex) or "close" not in bars.columns:
-        raise DataError("bars: expected a DataFrame with a DatetimeIndex and a 'close' column")
-    feats = np.asarray(feature_fn(bars), dtype=float)
-    if feats.ndim != 2 or len(feats) != len(bars):
-        raise DataError(f"feature_fn returned shape {feats.shape} for {len(bars)} bars; expected one row per bar")
-    close = bars["close"].to_numpy(dtype=float)
-    t_all = bars.index.as_unit("ns").asi8
-    n = len(bars) - label_horizon
-    usable = np.flatnonzero(np.isfinite(feats[:n]).all(axis=1))
-    if len(usable) < 2:
-        raise DataError(f"bars: {len(bars)} bars leave fewer than 2 samples with complete features and labels")
-    return ValidationData(
-        name=name,
-        t=t_all[usable],
-        t_known=t_all[usable + label_horizon],
-        returns=np.log(close[usable + 1] / close[usable]),
-        features=feats[usable],
-        bars=bars,
-        feature_fn=feature_fn,
+def bar_feature_rows(fine: Bars, coarse_rule: str, pattern_window: int) -> np.ndarray:
+    """Raw features of every fine bar as one row: the bar's own, the last closed coarse bar's, the regime and
+    the pattern vector. What the HRM's tokens hold at that bar, before normalisation (whose statistics would
+    come from a training window that differs per split)."""
+    coarse = resample(fine, coarse_rule)
+    k = visible_counts(coarse.t, fine.t)
+    coarse_rows = np.full((len(fine), len(BAR_FEATURES)), np.nan)
+    coarse_rows[k > 0] = bar_features(coarse)[k[k > 0] - 1]
+    return np.concatenate(
+        [bar_features(fine), coarse_rows, regime_features(fine, coarse), pattern_features(fine, pattern_window)], axis=1
     )
+
+
+def validation_data(cfg: Config, dataset: Dataset) -> ValidationData:
+    """The samples `dualhrq.data.build_dataset` makes of ``dataset`` (one per fine bar), scored on the next bar's
+    return, with raw feature rows for the baselines and the leakage checks; the window dataset itself rides
+    along as ``inputs`` for the HRM."""
+    window = cfg.patterns.window
+    windows = build_dataset(dataset, cfg.model, cfg.data, pattern_window=window)
+    fine = dataset.bars
+    probe = leakage.FeatureProbe(
+        len(fine), lambda c: bar_feature_rows(fine.slice(0, c), windows.coarse_rule, window)
+    )
+    idx = windows.bar_index
+    rows = probe.features_upto(len(fine))[idx]
+    names = [f"fine_{f}" for f in BAR_FEATURES] + [f"coarse_{f}" for f in BAR_FEATURES]
+    names += [f"regime_{f}" for f in REGIME_FEATURES]
+    names += [f"pattern_{j}" for j in range(rows.shape[1] - len(names))]
+    return ValidationData(
+        name=f"{dataset.name} ({dataset.instrument} {dataset.timeframe})",
+        t=windows.t,
+        t_known=windows.t_known,
+        returns=np.log(fine.c[idx + 1] / fine.c[idx]),  # samples are consecutive fine bars with labels ahead
+        features=rows,
+        feature_names=tuple(names),
+        labels={"out_a": windows.out_a, "out_b": windows.out_b, "action": windows.action, "quantity": windows.quantity},
+        inputs=windows,
+        probe=probe,
+    )
+
+
+def load_validation_data(cfg: Config) -> ValidationData:
+    """`validation_data` of the config's ``data.dataset`` (a bundled name or a CSV/Parquet path)."""
+    return validation_data(cfg, load_dataset(cfg.data.dataset))
 
 
 # ---------------------------------------------------------------- running the splits
 
 
 def _json_state(state: object) -> object:
+    """The state as saved for a resumed run; one JSON cannot hold is dropped (the next split then starts fresh)."""
     try:
         json.dumps(state)
         return state
     except TypeError:
+        log.warning("fit() returned a %s, not JSON: a resumed run restarts the next split fresh", type(state).__name__)
         return None
 
 
@@ -180,6 +204,22 @@ def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> st
     return h.hexdigest()[:16]
 
 
+def _load_saved(path: Path, fingerprint: str) -> tuple[Predictions, object] | None:
+    """Predictions and state of a split saved by an earlier run of the same settings, or None (missing,
+    unreadable or stale)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved["fingerprint"] != fingerprint:
+            return None
+        pred = Predictions(np.asarray(saved["position"], dtype=float), np.asarray(saved["forecast"], dtype=float))
+        return pred, saved["state"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, InferenceError) as e:
+        log.warning("%s is unreadable (%s): recomputing that split", path, e)
+        return None
+
+
 def _run_splits(
     predictor: Predictor,
     data: ValidationData,
@@ -187,11 +227,13 @@ def _run_splits(
     cfg: Config,
     out_dir: Path,
     *,
+    score: Callable[[Predictions, np.ndarray], Metrics],
     resume: bool,
     continue_states: bool,
     bar: tqdm,
-) -> list[Predictions]:
-    """Fit and predict every split, or load what an earlier run of the same splits already saved."""
+) -> list[tuple[Predictions, Metrics]]:
+    """Fit, predict and score every split, or load what an earlier run of the same splits already saved.
+    Loaded splits are scored again: scoring settings may have changed since (they are not in the fingerprint)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data_fp = data.fingerprint()
     state: object = None
@@ -199,27 +241,29 @@ def _run_splits(
     for split in splits:
         path = out_dir / f"split_{split.index:04d}.json"
         fp = _split_fingerprint(data_fp, predictor.name, cfg, split)
-        saved = json.loads(path.read_text()) if resume and path.is_file() else None
-        if saved is not None and saved.get("fingerprint") == fp:
-            pred = Predictions(np.asarray(saved["position"], dtype=float), np.asarray(saved["forecast"], dtype=float))
-            state = saved["state"]
+        saved = _load_saved(path, fp) if resume else None
+        if saved is not None:
+            pred, state = saved
         else:
             state = predictor.fit(split.train, state if continue_states else None)
             pred = predictor.predict(split.test)
             if len(pred) != len(split.test):
                 raise DataError(f"{predictor.name}: {len(pred)} predictions for {len(split.test)} test samples")
+        metrics = score(pred, data.returns[split.test])
+        if saved is None:
             record = {
                 "fingerprint": fp,
                 "predictor": predictor.name,
                 "split": split.index,
                 "state": _json_state(state),
+                "metrics": metrics.to_dict(),
                 "position": pred.position.tolist(),
                 "forecast": pred.forecast.tolist(),
             }
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
             tmp.replace(path)  # atomic: an interruption never leaves a half-written split behind
-        out.append(pred)
+        out.append((pred, metrics))
         bar.update(1)
     return out
 
@@ -274,42 +318,34 @@ def run_validation(
     layout = splits_from_config(vcfg, data.t, data.t_known)
     splits = layout.splits if isinstance(layout, CPCV) else layout
     continue_states = vcfg.continue_from_previous and vcfg.scheme == "walk_forward"
-    notes: list[str] = []
-
-    report = leakage.LeakageReport()
-    worst, found = leakage.future_correlation(
-        data.features, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=data.names()
-    )
-    report.max_future_corr["features"] = worst
-    report.record("future_correlation", found)
-    if data.bars is not None and data.feature_fn is not None:
-        report.record(
-            "truncation",
-            leakage.truncation_check(data.bars, data.feature_fn, n_cuts=vcfg.truncation_cuts, seed=vcfg.seed),
-        )
-    else:
-        report.skip("truncation", "the dataset came without bars and a feature function")
-
+    report = _check_features(data, vcfg)
     control_splits = splits[: vcfg.permuted_control_splits]
     permuted = data.permuted(vcfg.seed) if control_splits else None
     total = len(predictors) * (len(splits) + len(control_splits))
+
+    def score(pred: Predictions, returns: np.ndarray) -> Metrics:
+        return compute_metrics(pred, returns, cost_bps=cost_bps, periods=periods)
+
     preds: dict[str, list[Predictions]] = {}
+    per_split: dict[str, list[Metrics]] = {}
     with tqdm(total=total, desc="validate", unit="split", disable=not progress) as bar:
         for factory in predictors:
             predictor = factory(data, out / "models")
             if predictor.name in preds:
-                raise DataError(f"two predictors are named {predictor.name!r}")
+                raise ValueError(f"two predictors are named {predictor.name!r}")
             bar.set_postfix_str(predictor.name)
-            preds[predictor.name] = _run_splits(
+            scored = _run_splits(
                 predictor, data, splits, cfg, out / "splits" / predictor.name,
-                resume=resume, continue_states=continue_states, bar=bar,
+                score=score, resume=resume, continue_states=continue_states, bar=bar,
             )
+            preds[predictor.name] = [pr for pr, _ in scored]
+            per_split[predictor.name] = [m for _, m in scored]
             if permuted is not None:
                 control = factory(permuted, out / "control" / "models")
-                cpreds = _run_splits(
+                cpreds = [pr for pr, _ in _run_splits(
                     control, permuted, control_splits, cfg, out / "control" / predictor.name,
-                    resume=resume, continue_states=continue_states, bar=bar,
-                )
+                    score=score, resume=resume, continue_states=continue_states, bar=bar,
+                )]
                 test = np.concatenate([s.test for s in control_splits])
                 report.record(
                     "permuted_label",
@@ -320,19 +356,14 @@ def run_validation(
     if permuted is None:
         report.skip("permuted_label", "permuted_control_splits is 0")
 
-    per_split = {
-        p: [compute_metrics(pr, data.returns[s.test], cost_bps=cost_bps, periods=periods) for pr, s in zip(ps, splits)]
-        for p, ps in preds.items()
-    }
+    notes: list[str] = []
     path_sharpes: dict[str, list[float]] = {}
-    overall_pred: dict[str, Predictions] = {}
     if isinstance(layout, CPCV):
+        overall_pred: dict[str, Predictions] = {}
         # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
         for p, ps in preds.items():
             assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
-            path_sharpes[p] = [
-                compute_metrics(pr, data.returns[idx], cost_bps=cost_bps, periods=periods).sharpe for idx, pr in assembled
-            ]
+            path_sharpes[p] = [score(pr, data.returns[idx]).sharpe for idx, pr in assembled]
             oos_idx, overall_pred[p] = assembled[0]
         notes.append(f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}.")
     else:
@@ -347,7 +378,7 @@ def run_validation(
         report.max_future_corr[p] = worst
         report.record("future_correlation", found)
 
-    overall = {p: compute_metrics(pr, oos_returns, cost_bps=cost_bps, periods=periods) for p, pr in overall_pred.items()}
+    overall = {p: score(pr, oos_returns) for p, pr in overall_pred.items()}
     net = {p: strategy_returns(pr.position, oos_returns, cost_bps) for p, pr in overall_pred.items()}
     result = ValidationResult(
         dataset=data.name,
@@ -367,6 +398,21 @@ def run_validation(
     paths = write_report(result, out)
     log.info("validation report written to %s", paths["markdown"])
     return result
+
+
+def _check_features(data: ValidationData, vcfg: ValidateConfig) -> leakage.LeakageReport:
+    """The leakage checks that need no model: future correlation of the features, and truncation."""
+    report = leakage.LeakageReport()
+    worst, found = leakage.future_correlation(
+        data.features, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=data.names()
+    )
+    report.max_future_corr["features"] = worst
+    report.record("future_correlation", found)
+    if data.probe is not None:
+        report.record("truncation", leakage.truncation_check(data.probe, n_cuts=vcfg.truncation_cuts, seed=vcfg.seed))
+    else:
+        report.skip("truncation", "the dataset came without a feature probe")
+    return report
 
 
 def _settings(vcfg: ValidateConfig, cost_bps: float, periods: float) -> dict[str, Any]:
@@ -417,7 +463,12 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also validate the HRM with its pattern context masked (regime-only) and compare on the same splits",
     )
-    parser.add_argument("--fresh", action="store_true", help="ignore splits saved by an earlier run instead of resuming")
+    parser.add_argument(
+        "--candidate",
+        default="hrm",
+        help="the predictor tested against all the others by SPA and the Reality Check (default: hrm)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="ignore splits an earlier run saved; start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -426,11 +477,13 @@ DataLoader = Callable[[Config], ValidationData]
 HRMFactories = Callable[[Config, ValidationData, bool], list[PredictorFactory]]
 
 
-def run_validate_command(args: argparse.Namespace, *, load_data: DataLoader, hrm: HRMFactories | None = None) -> int:
+def run_validate_command(
+    args: argparse.Namespace, *, load_data: DataLoader = load_validation_data, hrm: HRMFactories | None = None
+) -> int:
     """`dualhrq validate`: exit 0 on a clean run, 2 when leakage is found, 1 on a configuration or data error.
 
-    The CLI binds ``load_data`` (config → ValidationData) and, once the HRM predictor exists, ``hrm``; without
-    it the baselines run alone and the report says so.
+    The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
+    says so. ``load_data`` defaults to the config's dataset.
     """
     try:
         cfg = load_config(args.config)
@@ -439,16 +492,19 @@ def run_validate_command(args: argparse.Namespace, *, load_data: DataLoader, hrm
         comparisons: list[tuple[str, str]] = []
         if hrm is None:
             print("no HRM predictor is wired in: validating the baselines only")
+            if args.compare_fail_open:
+                print("--compare-fail-open compares two HRM variants: skipped")
         else:
             factories = hrm(cfg, data, args.compare_fail_open) + factories
             if args.compare_fail_open:
                 comparisons.append(("hrm", "hrm_regime_only"))
         out = Path(args.out or cfg.validate.out_dir)
         result = run_validation(
-            cfg, data, factories, out, resume=not args.fresh, comparisons=comparisons, progress=not args.no_progress
+            cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
+            progress=not args.no_progress,
         )
     except HRMError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
     for p, m in result.overall.items():
         print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")

@@ -1,0 +1,124 @@
+"""Seed 001's Python API: a trained HRM as a trading policy for backtests and notebooks.
+
+    from dualhrq.api import HRMPolicy
+    policy = HRMPolicy.from_checkpoint("runs/train_eurusd")      # a run directory or one checkpoint
+    action, quantity = policy.act(bars, instrument="EURUSD", timeframe="1h")
+
+``bars`` holds the recent fine OHLCV bars, oldest first: a pandas DataFrame (a DatetimeIndex or a
+``timestamp`` column, plus open/high/low/close/volume in any letter case, e.g. backtesting.py's
+``self.data.df`` inside ``Strategy.next``) or ``dualhrq.data.bars.Bars``. The inputs are built by the same
+code as in training and serving (dualhrq.data.windows.build_sample with the checkpoint's feature statistics,
+the pattern library as of the last bar), and the ACT loop runs segments until q_halt > q_continue after
+``act.min_segments``, or ``act.max_segments``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dualhrq.config import Config
+from dualhrq.data.bars import Bars
+from dualhrq.data.loader import bars_from_frame
+from dualhrq.data.resample import resample
+from dualhrq.data.windows import build_sample
+from dualhrq.errors import DataError
+from dualhrq.model import ACTIONS, HRM, ModelInputs
+from dualhrq.model.vocab import timeframe_id
+from dualhrq.train.act import act_inference
+from dualhrq.train.batches import inputs_to
+from dualhrq.train.checkpoint import load_checkpoint
+from dualhrq.train.inputs import InputArtifacts
+from dualhrq.train.loop import LATEST_FILE, latest_checkpoint
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one call decided; ``act`` returns its first two fields."""
+
+    action: str  # one of ACTIONS
+    quantity: float  # in [model.quantity_min, model.quantity_max]
+    probs: tuple[float, ...]  # policy probabilities in ACTIONS order
+    forecast_coarse: float  # next coarse-period log return (outA)
+    forecast_fine: float  # next fine-bar log return (outB)
+    value: float  # expected realised return of the action, in units of the fine return's training std
+    regime: int
+    segments: int
+    halted: Literal["q", "max"]
+    patterns_used: int  # neighbours found in the library as of the last bar (0: regime-only)
+    as_of: int  # ns: close time of the last fine bar
+
+
+class HRMPolicy:
+    """A checkpoint's model with the artifacts that turn bars into its inputs."""
+
+    def __init__(self, model: HRM, config: Config, artifacts: InputArtifacts) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.artifacts = artifacts
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> HRMPolicy:
+        """A checkpoint directory, or a training run directory (its newest checkpoint)."""
+        d = Path(directory)
+        if (d / LATEST_FILE).is_file():
+            d = latest_checkpoint(d) or d
+        model, meta = load_checkpoint(d, device)
+        return cls(model, meta.config, InputArtifacts.from_checkpoint(d))
+
+    def act(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str) -> tuple[str, float]:
+        """(action, quantity) for the bar after the window's last one."""
+        d = self.decide(observation_window, instrument, timeframe)
+        return d.action, d.quantity
+
+    @torch.no_grad()
+    def decide(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
+               timestamps: Literal["open", "close"] = "open") -> Decision:
+        """The full decision. DataFrame timestamps mark bar opens by default (data vendors' and backtesting.py's
+        convention); pass ``timestamps="close"`` for close-stamped frames. Bars are close-stamped already."""
+        inputs, as_of = self.inputs_for(observation_window, instrument, timeframe, timestamps)
+        res = act_inference(self.model, inputs_to(inputs, self.device), self.config.act)
+        out, scale = res.outputs, self.artifacts.target_scale
+        probs = torch.softmax(out.policy_logits[0], dim=-1)
+        return Decision(
+            action=ACTIONS[int(probs.argmax())], quantity=float(out.quantity[0]),
+            probs=tuple(float(p) for p in probs),
+            forecast_coarse=float(out.forecast_coarse[0]) * scale["out_a"],
+            forecast_fine=float(out.forecast_fine[0]) * scale["out_b"],
+            value=float(out.value[0]), regime=int(out.regime_logits[0].argmax()), segments=int(res.segments[0]),
+            halted="q" if bool(res.halted_by_q[0]) else "max", patterns_used=int(inputs.pattern_mask.sum()),
+            as_of=as_of)
+
+    def inputs_for(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
+                   timestamps: Literal["open", "close"] = "open") -> tuple[ModelInputs, int]:
+        """(the model's inputs for the window's last bar [batch of 1], that bar's close time in ns)."""
+        fine = self._fine_bars(observation_window, timeframe, timestamps)
+        m, a = self.config.model, self.artifacts
+        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, a.pattern_window)
+        context, mask = a.pattern_context(sample.pattern_features[None], np.array([sample.as_of]), m)
+        inputs = ModelInputs(
+            h_tokens=torch.from_numpy(sample.h_tokens)[None], l_tokens=torch.from_numpy(sample.l_tokens)[None],
+            instrument_id=torch.tensor([a.instruments.id(instrument)]),
+            timeframe_id=torch.tensor([timeframe_id(timeframe)]),
+            regime_features=torch.from_numpy(sample.regime_features)[None],
+            pattern_context=torch.from_numpy(context), pattern_mask=torch.from_numpy(mask))
+        return inputs, sample.as_of
+
+    @staticmethod
+    def _fine_bars(window: pd.DataFrame | Bars, timeframe: str, timestamps: Literal["open", "close"]) -> Bars:
+        if isinstance(window, Bars):
+            window.validate()
+            return window
+        if not isinstance(window, pd.DataFrame):
+            raise DataError(f"observation_window: expected a pandas DataFrame or Bars, got {type(window).__name__}")
+        frame = window.rename_axis("timestamp").reset_index() if isinstance(window.index, pd.DatetimeIndex) else window
+        bars, spacing = bars_from_frame(frame, "observation_window", timestamps)
+        if spacing.lower() != timeframe.lower():
+            raise DataError(f"timeframe: {timeframe!r} given, but the observation window's bars are {spacing} apart")
+        return bars

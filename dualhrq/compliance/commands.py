@@ -1,0 +1,85 @@
+"""`dualhrq replay`: stream historical bars through the compliance gate and prove zero violations.
+
+The lead's cli.py calls ``register(subparsers)``. Exit status: 0 with zero violations, 1 with any (so CI can
+gate on it), 2 on bad input (raised as HRMError and reported by the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dualhrq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dualhrq.compliance.replay import SignalFn
+    from dualhrq.data.bars import Bars
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay history through the compliance gate (SSR, LULD, risk) and report violations",
+        description="Stream historical bars (and optional quote events) through the signal source and the "
+        "compliance gate; an independent checker re-checks every emitted action. Reports SSR and LULD state "
+        "transitions, blocked actions by reason, and violations, which must be zero (exit status 1 otherwise).",
+    )
+    p.add_argument("--data", required=True, help="a bundled dataset name (see `dualhrq data list`) or an OHLCV "
+                   "CSV/Parquet file (timestamp, open, high, low, close, volume; stamped at the bar's open)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", help="model bundle directory (from `dualhrq export`) that produces the signals")
+    source.add_argument("--policy", choices=("momentum", "random"),
+                        help="a built-in signal source instead of a model: momentum (sign of the 5-bar move) "
+                        "or random (seeded)")
+    p.add_argument("--events", help="quote events, CSV (header ts,bid,ask,last) or JSON list; ts in int ns UTC "
+                   "or ISO-8601 with offset")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write the report as Markdown")
+    p.add_argument("--config", help="config YAML whose compliance section sets the risk limits (default: built-in)")
+    p.add_argument("--instrument", help="instrument name in the report (default: the dataset's)")
+    p.add_argument("--tier", type=int, choices=(1, 2), default=1, help="LULD tier of the instrument (default 1)")
+    p.add_argument("--prior-close", type=float, help="close of the day before the first bar; without it the "
+                   "first day only provides the prior close")
+    p.add_argument("--seed", type=int, default=0, help="seed of --policy random (default 0)")
+    p.set_defaults(func=run_replay)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from dualhrq.compliance.gate import ComplianceGate
+    from dualhrq.compliance.policies import policy
+    from dualhrq.compliance.replay import load_quote_events, replay
+    from dualhrq.config import ComplianceConfig, load_config
+    from dualhrq.data.sources import load_dataset
+
+    dataset = load_dataset(args.data)
+    bars = dataset.bars
+    if args.bundle:
+        signal_fn = _bundle_signals(args.bundle, bars)
+    else:
+        signal_fn = policy(args.policy, bars, args.seed)
+    config = load_config(args.config).compliance if args.config else ComplianceConfig()
+    events = load_quote_events(args.events) if args.events else None
+    report = replay(bars, signal_fn, events, ComplianceGate(config), instrument=args.instrument or dataset.instrument,
+                    tier=args.tier, prior_close=args.prior_close)
+    if args.json:
+        Path(args.json).write_text(report.to_json())
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown())
+    blocked = ", ".join(f"{reason} {n}" for reason, n in sorted(report.blocked.items())) or "none"
+    print(f"{report.instrument}: {report.decisions} decisions over {report.bars} bars, rules {report.rules_version}")
+    print(f"held back {report.held}, clipped {report.clipped} (by reason: {blocked}); "
+          f"{len(report.transitions)} state transitions")
+    print(f"violations: {len(report.violations)}")
+    return 1 if report.violations else 0
+
+
+def _bundle_signals(bundle: str, bars: Bars) -> SignalFn:
+    try:
+        from dualhrq.runtime.signals import signal_fn_from_bundle
+    except ImportError as e:
+        raise ConfigurationError(
+            f"--bundle: this install cannot produce signals from a bundle (dualhrq.runtime.signals."
+            f"signal_fn_from_bundle is missing: {e}); use --policy momentum|random"
+        ) from None
+    return signal_fn_from_bundle(bundle, bars)

@@ -1,0 +1,119 @@
+"""`dualhrq export` and `dualhrq bundle verify`: the command-line face of dualhrq.export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dualhrq.export.bundle import load_bundle, verify_bundle
+from dualhrq.export.pipeline import ExportOptions, ExportResult, export_bundle
+from dualhrq.export.segment import MIN_OPSET
+from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="checkpoint -> bundle: unrolled ONNX segment with verified parity, fp16/int8, TensorRT",
+        description="Export one HRM segment (N cycles x T steps, unrolled: no control flow) to ONNX, check it "
+                    "against PyTorch on held-out real data (fp32: max abs error <= 1e-4 and identical actions, "
+                    "also over several segments with the carry fed back), derive the requested lower-precision "
+                    "variants (kept only if forecasts correlate >= 0.999 and actions agree >= 99% with fp32), "
+                    "build a TensorRT engine where TensorRT and a GPU exist, and write a hashed bundle. Exit "
+                    "status 1 when a requested variant missed its bound and was not written.")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
+                   help="checkpoint directory (model.safetensors + checkpoint.json)")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE",
+                   help="bundle directory to write; a previous bundle there is replaced")
+    p.add_argument("--fp16", action="store_true",
+                   help="add an fp16 graph (fp16 weights and compute, fp32 inputs/outputs); implies --tensorrt "
+                        "where TensorRT imports and a GPU is present")
+    p.add_argument("--int8", action="store_true", help="add a dynamic-int8 graph (MatMul weights) for CPUs")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="build a TensorRT engine (engine.plan, FP16 flag); without TensorRT or a GPU this says "
+                        "so and writes the rest of the bundle")
+    p.add_argument("--force", action="store_true",
+                   help="keep variants that miss their parity bound; the miss is recorded in the manifest")
+    p.add_argument("--patterns", type=Path, metavar="DIR",
+                   help="pattern artifacts directory to pack (default: the checkpoint's own, if it has one)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, metavar="N", help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="largest batch of the TensorRT optimisation profile (default 8)")
+    p.add_argument("--parity-samples", type=int, default=128, metavar="N",
+                   help="held-out real-data windows used for the parity figures (default 128)")
+    p.add_argument("--carry-segments", type=int, default=3, metavar="M",
+                   help="segments run with the carry fed back in the fp32 carry check (default 3)")
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="ONNX Runtime intra-op threads for the parity runs (default 2)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store graph weights in a .data file beside each graph (automatic above 1 GiB)")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE",
+                   help="TensorRT timing cache, read if present and updated (default: "
+                        "tensorrt_timing.cache beside the bundle)")
+    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+                   help=f"TensorRT builder workspace limit (default {DEFAULT_WORKSPACE_MB})")
+    p.set_defaults(func=_cmd_export)
+
+    b = subparsers.add_parser("bundle", help="inspect exported bundles")
+    bundle_sub = b.add_subparsers(dest="bundle_command", metavar="BUNDLE_COMMAND", required=True)
+    v = bundle_sub.add_parser("verify", help="re-hash every file of a bundle against its manifest",
+                              description="Re-hash every file of BUNDLE against manifest.json and report changed, "
+                                          "missing and extra files. Exit status 1 if any.")
+    v.add_argument("bundle", type=Path, metavar="BUNDLE")
+    v.set_defaults(func=_cmd_verify)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    options = ExportOptions(
+        fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt, force=args.force, patterns=args.patterns,
+        opset=args.opset, max_batch=args.max_batch, parity_samples=args.parity_samples,
+        carry_segments=args.carry_segments, threads=args.threads, external_data=True if args.external_data else None,
+        timing_cache=args.timing_cache or args.out.parent / "tensorrt_timing.cache", workspace_mb=args.workspace_mb)
+    result = export_bundle(args.checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
+    _print_summary(result)
+    wanted = [p for p, flag in (("fp16", args.fp16), ("int8", args.int8)) if flag]
+    missing = [p for p in wanted if not result.manifest["precisions"][p]["file"]]
+    return 1 if missing else 0
+
+
+def _print_summary(result: ExportResult) -> None:
+    m = result.manifest
+    print(f"\nbundle {result.bundle}: {m['model_version']}, {m['param_count']:,} parameters, "
+          f"N={m['n_cycles']} T={m['t_steps']}, exported in {result.seconds:.1f} s")
+    print(f"\n{'file':<40}{'size':>12}")
+    for name, entry in m["files"].items():
+        print(f"{name:<40}{_size(entry['bytes']):>12}")
+    print(f"\n{'variant':<10}{'file':<22}{'parity':<10}{'max|err|':>10}{'actions':>10}{'corr coarse':>13}"
+          f"{'corr fine':>11}")
+    variants = dict(m["precisions"])
+    if m["tensorrt"].get("parity"):
+        variants["tensorrt"] = m["tensorrt"]
+    for name, entry in variants.items():
+        p = entry["parity"]
+        status = "passed" if entry["passed"] else ("forced" if entry["forced"] else "MISSED")
+        print(f"{name:<10}{entry['file'] or '(not written)':<22}{status:<10}{max(p['max_abs_err'].values()):>10.2e}"
+              f"{p['action_agreement']:>10.1%}{p['forecast_corr']['forecast_coarse']:>13.5f}"
+              f"{p['forecast_corr']['forecast_fine']:>11.5f}")
+    if not m["tensorrt"]["built"] and m["tensorrt"].get("reason"):
+        print(f"tensorrt  not built: {m['tensorrt']['reason']}")
+    print(f"parity inputs: {m['parity_inputs']['source']}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    report = verify_bundle(args.bundle)
+    for check in report.checks:
+        print(f"{check.status:<8}{check.name}")
+    if not report.ok:
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        print(f"{args.bundle}: REFUSED ({len(report.problems)} problem(s))")
+        return 1
+    bundle = load_bundle(args.bundle, verify=False)  # just verified; this reads and checks the config
+    print(f"{args.bundle}: OK, {len(report.checks)} files match the manifest; {bundle.model_version}, "
+          f"precisions {', '.join(bundle.precisions)}, N={bundle.n_cycles} T={bundle.t_steps}")
+    return 0

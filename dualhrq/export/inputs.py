@@ -1,0 +1,68 @@
+"""Real-data feeds for parity checks: held-out windows of the checkpoint's dataset, built as training built them.
+
+Random noise would exercise the graph where the model never operates (and hide, say, an fp16 overflow on
+real volumes); the held-out tail of the training dataset, normalised with the checkpoint's own statistics
+and given pattern context from its own library as of each window's time, is what the served model sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dualhrq.config import Config
+from dualhrq.data.sources import load_dataset
+from dualhrq.data.windows import build_dataset
+from dualhrq.export.segment import initial_carry
+from dualhrq.model.vocab import timeframe_id
+from dualhrq.train.checkpoint import read_checkpoint_meta
+from dualhrq.train.inputs import InputArtifacts, fit_artifacts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParityFeeds:
+    feeds: dict[str, np.ndarray]  # every graph input, batch first, zero initial carry
+    source: str  # where they came from, in words (goes into the manifest)
+
+
+def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> ParityFeeds:
+    """`samples` windows spread evenly over the held-out tail of `config.data.dataset`.
+
+    Uses the checkpoint's input artifacts (feature statistics, pattern library, instrument vocabulary) when
+    it has them; a checkpoint without them (e.g. untrained weights saved directly) gets artifacts fitted on
+    the training window here, which is what `dualhrq train` would have fitted. Every other window takes the
+    regime-only path (pattern mask all zero), as a request does when retrieval fails open, so both paths
+    through the graph are checked.
+    """
+    if samples < 2:
+        raise ValueError(f"samples: need at least 2 parity samples for a correlation, got {samples}")
+    cfg = config
+    has_artifacts = "pattern_library" in read_checkpoint_meta(checkpoint).extra
+    artifacts = InputArtifacts.from_checkpoint(checkpoint) if has_artifacts else None
+    windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data,
+                            artifacts.stats if artifacts else None, cfg.patterns.window)
+    if artifacts is None:
+        log.info("checkpoint has no input artifacts: fitting them on the training window of %s", cfg.data.dataset)
+        artifacts = fit_artifacts(cfg, windows)
+    test = windows.test
+    rows = test[np.unique(np.linspace(0, len(test) - 1, min(samples, len(test))).round().astype(np.int64))]
+    context, mask = artifacts.pattern_context(windows.pattern_features[rows], windows.t[rows], cfg.model)
+    context[1::2], mask[1::2] = 0.0, 0.0
+    n = len(rows)
+    feeds = {
+        "h_tokens": windows.h_tokens[rows], "l_tokens": windows.l_tokens[rows],
+        "instrument_id": np.full(n, artifacts.instruments.id(windows.instrument), np.int64),
+        "timeframe_id": np.full(n, timeframe_id(windows.timeframe), np.int64),
+        "regime_features": windows.regime_features[rows],
+        "pattern_context": context.astype(np.float32), "pattern_mask": mask.astype(np.float32),
+        **initial_carry(cfg.model, n),
+    }
+    origin = "the checkpoint's input artifacts" if has_artifacts else "input artifacts fitted on the training window"
+    source = (f"{cfg.data.dataset}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "
+              f"every other one regime-only; {origin}")
+    return ParityFeeds(feeds, source)

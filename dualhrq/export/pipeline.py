@@ -1,0 +1,277 @@
+"""`dualhrq export` end to end: checkpoint -> unrolled graph(s) with parity figures -> a verified bundle.
+
+Order: the fp32 graph is exported and held to PyTorch (one segment, then M segments with the carry fed
+back); reduced precisions are derived from it and held to their bounds; a TensorRT engine is built where
+TensorRT and a GPU exist. A variant that misses its bound is dropped, unless `force`, which keeps it and
+records the miss. The bundle is assembled in a staging directory and moved into place only when complete,
+so a failed export never leaves a half bundle under the requested name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from dualhrq.config import config_to_dict
+from dualhrq.errors import ConfigurationError
+from dualhrq.export.bundle import (GRAPH_FILES, MANIFEST, PATTERNS_DIR, PLAN_FILE, WEIGHTS_FILE, load_bundle,
+                                   write_manifest)
+from dualhrq.export.inputs import ParityFeeds, parity_feeds
+from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
+from dualhrq.export.precision import to_fp16, to_int8
+from dualhrq.export.segment import MIN_OPSET, check_segment_graph, export_segment, graph_files, run_torch
+from dualhrq.export.session import as_feeds, ort_session, run_session
+from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
+from dualhrq.patterns.artifacts import load_artifacts
+from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE as CHECKPOINT_WEIGHTS, load_checkpoint, sha256_file
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fp16: bool = False
+    int8: bool = False
+    tensorrt: bool = False  # also implied by fp16 where TensorRT imports and a GPU is present
+    force: bool = False  # keep variants that miss their parity bound, recording the miss
+    patterns: Path | None = None  # pattern artifacts dir to pack; default: the checkpoint's own, if any
+    opset: int = MIN_OPSET
+    max_batch: int = 8  # TensorRT optimisation profile: batch 1..max_batch
+    parity_samples: int = 128
+    carry_segments: int = 3
+    threads: int = 2  # ONNX Runtime intra-op threads for the parity runs
+    external_data: bool | None = None  # None: by size (see segment.save_graph)
+    timing_cache: Path | None = None  # TensorRT timing cache file
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    manifest: dict[str, Any]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
+                  feeds: ParityFeeds | None = None, progress: Progress = log.info) -> ExportResult:
+    """Export `checkpoint` into the bundle directory `out` (replacing a previous bundle there).
+
+    feeds: parity inputs to use instead of the held-out real-data windows (their `source` is recorded).
+    Raises ParityError when the fp32 graph misses its bound (unless `force`), ConfigurationError for bad
+    options or an `out` that is something other than a bundle.
+    """
+    started = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    _check_options(options, out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    steps = _Steps(progress, 4 + options.fp16 + options.int8 + (options.tensorrt or options.fp16))
+    warnings: list[str] = []
+    try:
+        with steps("loading the checkpoint"):
+            model, meta = load_checkpoint(checkpoint)
+            config = meta.config
+            patterns = _patterns_source(options.patterns, checkpoint, meta.extra)
+            if patterns is not None:
+                load_artifacts(patterns, config.patterns)  # refuse a corrupted library before packing it
+        with steps("building parity inputs from real data"):
+            feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
+            reference = run_torch(model, feeds.feeds)
+            progress(f"  {len(reference['policy_logits'])} samples: {feeds.source}")
+
+        precisions: dict[str, Any] = {}
+        with steps("exporting the fp32 segment graph"):
+            fp32 = export_segment(model, staging / GRAPH_FILES["fp32"], options.opset, options.external_data)
+            summary = check_segment_graph(fp32)
+            session = ort_session(fp32, options.threads)
+            parity = measure_parity(reference, run_session(session, feeds.feeds), "fp32")
+            carry = carry_parity(model, session, feeds.feeds, options.carry_segments)
+            del session
+            progress(f"  carry over {carry.segments} segments: max|err| per segment "
+                     f"{', '.join(f'{e:.2e}' for e in carry.max_abs_err)}")
+            if not (parity.passed and carry.passed) and not options.force:
+                raise ParityError("the fp32 graph does not reproduce PyTorch: "
+                                  + "; ".join(parity.failures + carry.failures))
+            precisions["fp32"] = _judge(parity, fp32, options.force, progress, warnings)
+            precisions["fp32"]["carry"] = carry.to_dict()
+            if not carry.passed:
+                _miss("fp32 carry", list(carry.failures), options.force, warnings)
+                precisions["fp32"].update(passed=False, forced=True)
+
+        for precision, convert, flag in (("fp16", to_fp16, options.fp16), ("int8", to_int8, options.int8)):
+            if not flag:
+                continue
+            with steps(f"deriving the {precision} graph"):
+                path = convert(fp32, staging / GRAPH_FILES[precision])
+                parity = measure_parity(reference, run_session(ort_session(path, options.threads), feeds.feeds),
+                                        precision)
+                precisions[precision] = _judge(parity, path, options.force, progress, warnings)
+
+        tensorrt: dict[str, Any] = {"built": False, "requested": options.tensorrt}
+        if options.tensorrt or options.fp16:
+            with steps("building the TensorRT engine"):
+                tensorrt.update(_tensorrt(model, fp32, staging, reference, feeds, options, progress, warnings))
+
+        with steps("writing the bundle"):
+            shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
+            if patterns is not None:
+                shutil.copytree(patterns, staging / PATTERNS_DIR)
+            extra = dict(meta.extra)
+            weights_sha = sha256_file(checkpoint / CHECKPOINT_WEIGHTS)
+            manifest = write_manifest(staging, {
+                "model_version": f"hrm-step{meta.step}-{weights_sha[:12]}",
+                "config": config_to_dict(config),
+                "param_count": sum(p.numel() for p in model.parameters()),
+                "n_cycles": config.model.n_cycles, "t_steps": config.model.t_steps,
+                "act": {"min_segments": config.act.min_segments, "max_segments": config.act.max_segments,
+                        "fixed_segments": config.act.fixed_segments},
+                "graph": {"opset": summary.opset, "node_count": summary.node_count, "inputs": summary.inputs,
+                          "outputs": summary.outputs, "batch_axis": summary.inputs[0]["shape"][0]},
+                "precisions": precisions,
+                "tensorrt": tensorrt,
+                "parity_inputs": {"source": feeds.source, "samples": int(len(reference["policy_logits"]))},
+                "versions": _versions(),
+                "source_checkpoint": {"path": str(checkpoint.resolve()), "step": meta.step,
+                                      "weights_sha256": weights_sha,
+                                      "metadata_sha256": sha256_file(checkpoint / META_FILE)},
+                "feature_stats": extra.pop("feature_stats", None),
+                "instrument_vocab": extra.pop("instruments", None),
+                "extra": extra,
+                "patterns": PATTERNS_DIR if patterns is not None else None,
+                "weights": WEIGHTS_FILE,
+            })
+            load_bundle(staging)  # what serve will do: re-hash everything, read the config back
+            _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, time.perf_counter() - started, warnings)
+
+
+def _check_options(options: ExportOptions, out: Path) -> None:
+    if options.opset < MIN_OPSET:
+        raise ConfigurationError(f"--opset: {options.opset} is below the minimum {MIN_OPSET}")
+    if options.max_batch < 1:
+        raise ConfigurationError(f"--max-batch: must be >= 1, got {options.max_batch}")
+    if options.parity_samples < 2:
+        raise ConfigurationError(f"--parity-samples: need at least 2, got {options.parity_samples}")
+    if options.carry_segments < 1:
+        raise ConfigurationError(f"--carry-segments: must be >= 1, got {options.carry_segments}")
+    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
+        raise ConfigurationError(f"--out: {out} exists and is not a bundle; refusing to replace it")
+
+
+def _patterns_source(given: Path | None, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
+    if given is not None:
+        if not Path(given).is_dir():
+            raise ConfigurationError(f"--patterns: {given} is not a directory")
+        return Path(given)
+    own = extra.get("pattern_library")
+    return checkpoint / own if own and (checkpoint / own).is_dir() else None
+
+
+def _judge(parity: Parity, path: Path, force: bool, progress: Progress, warnings: list[str]) -> dict[str, Any]:
+    """The manifest entry of one variant; deletes its file when it missed its bound and is not forced."""
+    verdict = "passed" if parity.passed else ("MISSED, kept by --force" if force else "MISSED, not written")
+    progress(f"  {parity.precision}: {parity.summary()}: {verdict}")
+    entry = {"file": path.name, "passed": parity.passed, "forced": not parity.passed and force,
+             "parity": parity.to_dict(), "measured_with": f"onnxruntime {ort.__version__} CPUExecutionProvider"}
+    if not parity.passed:
+        _miss(parity.precision, list(parity.failures), force, warnings)
+        if not force:
+            for file in graph_files(path):
+                file.unlink()
+            entry["file"] = None
+    return entry
+
+
+def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> None:
+    note = f"{what} missed its parity bound ({'; '.join(failures)})"
+    warnings.append(note + (": kept because of --force" if force else ": not written"))
+    log.warning(warnings[-1])
+
+
+def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.ndarray], feeds: ParityFeeds,
+              options: ExportOptions, progress: Progress, warnings: list[str]) -> dict[str, Any]:
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        note = f"TensorRT engine not built: {reason}; the rest of the bundle is written"
+        progress(f"  {note}")
+        if options.tensorrt:  # asked for explicitly: worth a warning; implied by --fp16: only a note
+            warnings.append(note)
+        return {"reason": reason}
+    import tensorrt as trt
+
+    from dualhrq.runtime.engine import TensorRTEngine
+
+    plan = build_engine(fp32, staging / PLAN_FILE, options.max_batch, fp16=True, workspace_mb=options.workspace_mb,
+                        timing_cache=options.timing_cache, progress=progress)
+    engine = TensorRTEngine(plan, options.max_batch)
+    try:
+        arrays = as_feeds(feeds.feeds)
+        n = len(arrays["h_tokens"])
+        chunks = [engine.run({k: v[i:i + options.max_batch] for k, v in arrays.items()})
+                  for i in range(0, n, options.max_batch)]
+    finally:
+        engine.close()
+    outputs = {name: np.concatenate([c[name] for c in chunks]) for name in reference}
+    parity = measure_parity(reference, outputs, "tensorrt", exact=False)
+    entry = _judge(parity, plan, options.force, progress, warnings)
+    entry["measured_with"] = f"tensorrt {trt.__version__}"
+    return {"built": entry["file"] is not None, "file": entry["file"], "max_batch": options.max_batch,
+            "fp16": True, "tensorrt_version": trt.__version__, "passed": entry["passed"],
+            "forced": entry["forced"], "parity": entry["parity"]}
+
+
+def _versions() -> dict[str, str]:
+    try:
+        dualhrq = importlib.metadata.version("dualhrq")
+    except importlib.metadata.PackageNotFoundError:
+        dualhrq = "unknown (not installed)"
+    return {"dualhrq": dualhrq, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__}
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class _Steps:
+    """Numbered progress lines with each step's duration: '[2/5] exporting the fp32 segment graph ... 3.1 s'."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self._what, self._t0 = "", 0.0
+
+    def __call__(self, what: str) -> _Steps:
+        self._what = what
+        return self
+
+    def __enter__(self) -> None:
+        self.done += 1
+        self._t0 = time.perf_counter()
+        self.progress(f"[{self.done}/{self.total}] {self._what} ...")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.progress(f"[{self.done}/{self.total}] {self._what}: done in {time.perf_counter() - self._t0:.1f} s")

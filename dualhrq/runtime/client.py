@@ -1,0 +1,219 @@
+"""The gateway client, sync (`Client`) and asyncio (`AsyncClient`), over a DEALER socket.
+
+Each request gets a fresh id and the reply is matched by it; replies to other (earlier, abandoned) ids are
+dropped. A request unanswered within `timeout_s` is retried up to `retries` times if it is idempotent (ping,
+signal): the zguide's Lazy Pirate, which also closes and reopens the sync client's socket so nothing stale
+is queued towards a dead server. Admin commands are never retried. With `fallback="hold"`, a signal that
+ends in an error reply or a timeout comes back as a HOLD reply (model "fallback", the cause in
+`compliance.reasons`) instead of raising, for gateways that must always have an action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from dualhrq.errors import HRMError
+from dualhrq.runtime import protocol as p
+from dualhrq.runtime.security import ClientKeys
+
+BarsLike = Mapping[str, Sequence[float] | np.ndarray] | Any  # {t,o,h,l,c,v} or dualhrq.data.bars.Bars
+
+
+class RequestFailed(HRMError):
+    """The server answered with an error reply (`code`, `field` as in the protocol)."""
+
+    def __init__(self, reply: p.ErrorReply) -> None:
+        super().__init__(f"{reply.code}: {reply.message}" + (f" (field {reply.field})" if reply.field else ""))
+        self.code, self.field, self.reply = reply.code, reply.field, reply
+
+
+class RequestTimeout(HRMError):
+    """No reply within the timeout, after every retry the request allowed."""
+
+
+def signal_request(instrument: str, timeframe: str, coarse: BarsLike, fine: BarsLike, *,
+                   deadline_ms: float | None = None, market: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A signal request body (without id) from bars as numpy columns or lists."""
+    req: dict[str, Any] = {"type": "signal", "v": p.PROTOCOL_VERSION, "instrument": instrument,
+                           "timeframe": timeframe, "coarse": _wire_bars(coarse), "fine": _wire_bars(fine)}
+    if deadline_ms is not None:
+        req["deadline_ms"] = float(deadline_ms)
+    if market is not None:
+        req["market"] = dict(market)
+    return req
+
+
+def _wire_bars(bars: BarsLike) -> dict[str, list]:
+    get = bars.__getitem__ if isinstance(bars, Mapping) else lambda k: getattr(bars, k)
+    return {k: np.asarray(get(k)).tolist() for k in ("t", "o", "h", "l", "c", "v")}
+
+
+def hold_reply(request_id: str, cause: str) -> p.SignalReply:
+    """What `fallback="hold"` returns in place of an error or a timeout."""
+    return p.SignalReply(
+        id=request_id, model="fallback", action="HOLD", probs=[0.0, 0.0, 1.0, 0.0, 0.0], confidence=0.0,
+        quantity=0.0, forecast=p.Forecast(0.0, 0.0), value=0.0, regime=p.Regime(-1, []),
+        patterns=p.Patterns(0, True, None), act=p.Act(0, "max"),
+        compliance=p.Compliance(False, "HOLD", [f"fallback:{cause}"]), timing_us=p.Timing(0, 0, 0, 0, 0, 0))
+
+
+class _Base:
+    def __init__(self, address: str, timeout_s: float, retries: int, curve: ClientKeys | None,
+                 fallback: Literal["hold"] | None) -> None:
+        if fallback not in (None, "hold"):
+            raise ValueError(f"fallback: expected None or 'hold', got {fallback!r}")
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError("timeout_s must be > 0 and retries >= 0")
+        self.address, self.timeout_s, self.retries = address, timeout_s, retries
+        self.curve, self.fallback = curve, fallback
+
+    def _socket(self, ctx: zmq.Context) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.address)
+        return sock
+
+    @staticmethod
+    def _body(message: Mapping[str, Any]) -> tuple[str, bytes]:
+        rid = uuid.uuid4().hex
+        return rid, msgspec.msgpack.encode({**message, "id": rid})
+
+    def _outcome(self, kind: str, rid: str, reply: p.Reply | None) -> p.Reply:
+        if isinstance(reply, p.ErrorReply) or reply is None:
+            if self.fallback == "hold" and kind == "signal":
+                return hold_reply(rid, reply.code if reply is not None else "timeout")
+            if reply is None:
+                raise RequestTimeout(f"{kind} {rid}: no reply from {self.address} in {self.timeout_s:g} s "
+                                     f"x {1 + (self.retries if kind != 'admin' else 0)} attempts")
+            raise RequestFailed(reply)
+        return reply
+
+
+class Client(_Base):
+    """Blocking client: one request at a time (use one per thread, or AsyncClient for concurrency)."""
+
+    def __init__(self, address: str = "tcp://127.0.0.1:5555", *, timeout_s: float = 1.0, retries: int = 2,
+                 curve: ClientKeys | None = None, fallback: Literal["hold"] | None = None) -> None:
+        super().__init__(address, timeout_s, retries, curve, fallback)
+        self._ctx = zmq.Context()
+        self._sock = self._socket(self._ctx)
+
+    def ping(self) -> p.Pong:
+        return self.request({"type": "ping"})  # type: ignore[return-value]
+
+    def signal(self, instrument: str, timeframe: str, coarse: BarsLike, fine: BarsLike, *,
+               deadline_ms: float | None = None, market: Mapping[str, Any] | None = None) -> p.SignalReply:
+        return self.request(signal_request(instrument, timeframe, coarse, fine, deadline_ms=deadline_ms,
+                                           market=market))  # type: ignore[return-value]
+
+    def admin(self, cmd: str, token: str = "", bundle: str = "") -> p.AdminReply:
+        return self.request({"type": "admin", "cmd": cmd, "token": token, "bundle": bundle})  # type: ignore[return-value]
+
+    def request(self, message: Mapping[str, Any]) -> p.Reply:
+        """Send any request map (its id is set here) and return the typed reply."""
+        kind = message["type"]
+        rid, body = self._body(message)
+        attempts = 1 + (self.retries if kind in ("ping", "signal") else 0)
+        for attempt in range(attempts):
+            if attempt:  # Lazy Pirate: a fresh socket, so nothing stale waits for a dead or restarted server
+                self._sock.close()
+                self._sock = self._socket(self._ctx)
+            self._sock.send(body)
+            reply = self._await(rid, time.monotonic() + self.timeout_s)
+            if reply is not None:
+                return self._outcome(kind, rid, reply)
+        return self._outcome(kind, rid, None)
+
+    def _await(self, rid: str, until: float) -> p.Reply | None:
+        while (left := until - time.monotonic()) > 0:
+            if not self._sock.poll(int(left * 1000) + 1):
+                continue
+            reply = p.decode_reply(self._sock.recv_multipart()[-1])
+            if reply.id == rid:
+                return reply
+        return None
+
+    def close(self) -> None:
+        self._sock.close()
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client: any number of concurrent requests over one DEALER, replies routed by id."""
+
+    def __init__(self, address: str = "tcp://127.0.0.1:5555", *, timeout_s: float = 1.0, retries: int = 2,
+                 curve: ClientKeys | None = None, fallback: Literal["hold"] | None = None) -> None:
+        super().__init__(address, timeout_s, retries, curve, fallback)
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._socket(self._ctx)
+        self._waiting: dict[str, asyncio.Future[p.Reply]] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def ping(self) -> p.Pong:
+        return await self.request({"type": "ping"})  # type: ignore[return-value]
+
+    async def signal(self, instrument: str, timeframe: str, coarse: BarsLike, fine: BarsLike, *,
+                     deadline_ms: float | None = None, market: Mapping[str, Any] | None = None) -> p.SignalReply:
+        return await self.request(signal_request(instrument, timeframe, coarse, fine, deadline_ms=deadline_ms,
+                                                 market=market))  # type: ignore[return-value]
+
+    async def admin(self, cmd: str, token: str = "", bundle: str = "") -> p.AdminReply:
+        return await self.request({"type": "admin", "cmd": cmd, "token": token, "bundle": bundle})  # type: ignore[return-value]
+
+    async def request(self, message: Mapping[str, Any]) -> p.Reply:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        kind = message["type"]
+        rid, body = self._body(message)
+        attempts = 1 + (self.retries if kind in ("ping", "signal") else 0)
+        future = self._waiting[rid] = asyncio.get_running_loop().create_future()
+        try:
+            for _ in range(attempts):
+                await self._sock.send(body)
+                try:
+                    return self._outcome(kind, rid, await asyncio.wait_for(asyncio.shield(future), self.timeout_s))
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            self._waiting.pop(rid, None)
+        return self._outcome(kind, rid, None)
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                reply = p.decode_reply(frames[-1])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # not a reply of this protocol: nobody to give it to
+            future = self._waiting.get(reply.id or "")
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._sock.close()
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,150 @@
+"""The HRM as a validation Predictor (dualhrq.train.validate): walk-forward with the model, with and without
+its pattern context.
+
+Each split refits everything the inputs depend on from that split's training window alone: feature
+statistics, regime model, pattern encoder and library (the cut sits right after the split's last training
+sample), so no test window ever informs its own normalisation or retrieval. The model then trains for
+``train.steps`` steps (from the previous split's weights when validation continues), and predicts with the
+ACT loop as served.
+
+The two variants share training: ``hrm`` and ``hrm_regime_only`` (the same model with an all-zero pattern
+mask, the runtime's fail-open path) key their checkpoints by the training samples and the starting state,
+so the second finds the first's checkpoint and only predicts. Their difference on the same splits is the
+price of failing open (issue 5, item 8).
+
+Positions: the policy is replayed over the test samples from flat: BUY goes long ``quantity``, SELL short,
+HOLD keeps the position, CLOSE_LONG / CLOSE_SHORT flatten a long / short (and keep anything else).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import torch
+
+from dualhrq.config import Config
+from dualhrq.data.sources import load_dataset
+from dualhrq.data.windows import WindowDataset
+from dualhrq.errors import DataError, InferenceError
+from dualhrq.model import ACTIONS, HRM
+from dualhrq.train.act import act_inference
+from dualhrq.train.batches import TrainingSet, index_inputs, inputs_to
+from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta
+from dualhrq.train.distributed import DistContext, resolve_device
+from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
+from dualhrq.train.loop import latest_checkpoint, new_trainer, resume_trainer, run
+from dualhrq.train.metrics import Predictions
+from dualhrq.train.validate import PredictorFactory, ValidationData
+
+log = logging.getLogger(__name__)
+
+_BUY, _SELL, _CLOSE_LONG, _CLOSE_SHORT = (ACTIONS.index(a) for a in ("BUY", "SELL", "CLOSE_LONG", "CLOSE_SHORT"))
+_PREDICT_BATCH = 512
+
+
+def positions_from_actions(actions: np.ndarray, quantity: np.ndarray) -> np.ndarray:
+    """Replay actions over consecutive samples from flat (see the module docstring) -> positions in [-1, 1]."""
+    pos = np.zeros(len(actions))
+    held = 0.0
+    for i, (a, q) in enumerate(zip(actions, quantity)):
+        if a == _BUY:
+            held = float(q)
+        elif a == _SELL:
+            held = -float(q)
+        elif (a == _CLOSE_LONG and held > 0) or (a == _CLOSE_SHORT and held < 0):
+            held = 0.0
+        pos[i] = held
+    return pos
+
+
+class HRMPredictor:
+    """Fits the HRM on a split's training samples and predicts its test samples (validate's Predictor)."""
+
+    def __init__(self, cfg: Config, data: ValidationData, model_dir: Path, name: str = "hrm",
+                 patterns: bool = True) -> None:
+        if not isinstance(data.inputs, WindowDataset):
+            raise DataError("validation data: the HRM predictor needs the window dataset as `inputs` "
+                            "(dualhrq.train.validate.validation_data provides it)")
+        self.cfg, self.data, self.model_dir, self.name, self.patterns = cfg, data, model_dir, name, patterns
+        self.windows: WindowDataset = data.inputs
+        self.ctx = DistContext(0, 1, resolve_device(cfg.train.device))
+        self.model: HRM | None = None
+        self.prepared: PreparedData | None = None
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None) -> str:
+        """Train (or find the twin variant's identical run) and return the checkpoint path as the state."""
+        train_idx = np.asarray(train_idx, np.int64)
+        self.prepared = self._prepare(int(train_idx.max()))
+        key = hashlib.sha256(train_idx.tobytes() + str(resume_from).encode()).hexdigest()[:16]
+        run_dir = self.model_dir / key
+        steps = self.cfg.train.steps
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None or read_checkpoint_meta(ckpt).step < steps:
+            data = self._training_set(train_idx)
+            if ckpt is not None:  # an interrupted run of this very split: finish it
+                trainer = resume_trainer(ckpt, data, self.ctx)
+            else:
+                start = load_checkpoint(str(resume_from))[0] if resume_from else None
+                trainer = new_trainer(self.cfg, data, self.ctx, steps, model=start)
+            artifacts = self.prepared.artifacts
+            ckpt = run(trainer, steps, run_dir, extra=artifacts.to_extra(), save_files=artifacts.save_files,
+                       progress=False).checkpoint
+        self.model = load_checkpoint(ckpt, self.ctx.device)[0]
+        return str(ckpt)
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        if self.model is None or self.prepared is None:
+            raise InferenceError(f"{self.name}: predict called before fit")
+        inputs = index_inputs(self.prepared.samples.inputs, torch.as_tensor(np.asarray(test_idx, np.int64)))
+        if not self.patterns:
+            inputs = replace(inputs, pattern_mask=torch.zeros_like(inputs.pattern_mask))
+        actions, quantity, forecast = [], [], []
+        for s in range(0, inputs.batch_size, _PREDICT_BATCH):
+            part = index_inputs(inputs, slice(s, s + _PREDICT_BATCH))
+            out = act_inference(self.model, inputs_to(part, self.ctx.device), self.cfg.act).outputs
+            actions.append(out.policy_logits.argmax(-1).cpu().numpy())
+            quantity.append(out.quantity.cpu().numpy())
+            forecast.append(out.forecast_fine.cpu().numpy())
+        scale = self.prepared.artifacts.target_scale["out_b"]  # forecasts are in units of the return's std
+        a, q = np.concatenate(actions), np.concatenate(quantity)
+        return Predictions(position=positions_from_actions(a, q),
+                           forecast=np.concatenate(forecast).astype(np.float64) * scale)
+
+    # ------------------------------------------------------------ inside
+
+    def _prepare(self, last_train: int) -> PreparedData:
+        """Inputs of every sample with artifacts fitted on the bars up to sample ``last_train``.
+
+        The data and pattern modules cut their training window by ``data.train_fraction`` (of samples and of
+        bars respectively): these fractions put both cuts right after the last training sample."""
+        n = len(self.windows)
+        last = min(last_train, n - 2)  # the data module keeps at least one sample after its cut
+        n_bars = len(load_dataset(self.cfg.data.dataset).bars)
+        cfg = msgspec.structs.replace(self.cfg, data=msgspec.structs.replace(self.cfg.data,
+                                                                             train_fraction=(last + 1) / n))
+        prepared = prepare_training(cfg, library_fraction=(int(self.windows.bar_index[last]) + 1.5) / n_bars)
+        if not np.array_equal(prepared.windows.t, self.data.t):
+            raise DataError(f"{self.name}: the HRM's samples differ from the validation samples "
+                            f"({len(prepared.windows.t)} vs {len(self.data.t)}); build both from one config")
+        return prepared
+
+    def _training_set(self, idx: np.ndarray) -> TrainingSet:
+        """Inputs of the split, targets from the validation labels (permuted in the control run)."""
+        assert self.prepared is not None
+        labels = {k: np.asarray(self.data.labels[k])[idx] for k in ("out_a", "out_b", "action", "quantity")}
+        labels["regime"] = self.prepared.samples.targets.regime[idx].numpy()
+        targets = make_targets(labels, self.prepared.artifacts.target_scale, self.cfg.data.cost_bps)
+        return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(idx)), targets)
+
+
+def hrm_factories(cfg: Config, data: ValidationData, compare_fail_open: bool) -> list[PredictorFactory]:
+    """The HRM predictor, and with ``compare_fail_open`` its regime-only twin, for `dualhrq validate`."""
+    factories: list[PredictorFactory] = [lambda d, out: HRMPredictor(cfg, d, out, "hrm", patterns=True)]
+    if compare_fail_open:
+        factories.append(lambda d, out: HRMPredictor(cfg, d, out, "hrm_regime_only", patterns=False))
+    return factories

@@ -1,0 +1,156 @@
+"""Rule 201 state machine, hand-computed from the rule text in ../shared/RULES.md."""
+
+from datetime import date, time
+
+import pytest
+
+from dualhrq.compliance.sessions import NS_PER_S, next_trading_day, previous_trading_day, session_of, wall_ns
+from dualhrq.compliance.ssr import SSRState
+from dualhrq.errors import DataError
+
+MON, TUE, WED, THU, FRI = (date(2021, 3, d) for d in (1, 2, 3, 4, 5))
+NEXT_MON, NEXT_TUE = date(2021, 3, 8), date(2021, 3, 9)
+
+
+def at(day: date, hh: int, mm: int, ss: int = 0) -> int:
+    return wall_ns(day, time(hh, mm, ss))
+
+
+def state_with_close(day: date, close: float, holidays: frozenset[date] = frozenset()) -> SSRState:
+    """An SSRState whose prior close for ``day`` is ``close``."""
+    s = SSRState(holidays)
+    s.on_close(previous_trading_day(day, holidays), close)
+    return s
+
+
+@pytest.mark.parametrize(
+    "prior_close, price, triggers",
+    [
+        (20.00, 18.00, True),  # exactly -10.00%
+        (20.00, 18.01, False),  # just above
+        (20.00, 17.99, True),
+        (10.03, 9.02, True),  # threshold 9.027
+        (10.03, 9.03, False),
+        (50.00, 45.00, True),
+        (50.00, 45.01, False),
+    ],
+)
+def test_trigger_at_or_below_ninety_percent_of_prior_close(prior_close, price, triggers):
+    s = state_with_close(WED, prior_close)
+    assert s.on_trade(at(WED, 10, 0), price) is triggers
+    assert s.is_active(at(WED, 10, 0, 1)) is triggers
+
+
+@pytest.mark.parametrize(
+    "hh, mm, ss, triggers",
+    [(9, 29, 59, False), (9, 30, 0, True), (15, 59, 59, True), (16, 0, 0, False), (4, 0, 0, False)],
+)
+def test_only_regular_hours_trades_trigger(hh, mm, ss, triggers):
+    s = state_with_close(WED, 20.0)
+    assert s.on_trade(at(WED, hh, mm, ss), 17.0) is triggers
+
+
+def test_restriction_lasts_rest_of_day_and_next_trading_day():
+    s = state_with_close(WED, 20.0)
+    assert not s.is_active(at(WED, 9, 59))
+    s.on_trade(at(WED, 10, 0), 18.0)
+    assert not s.is_active(at(WED, 9, 59))  # not retroactive
+    assert s.is_active(at(WED, 10, 0))
+    assert s.is_active(at(WED, 19, 0))  # after hours of the trigger day
+    assert s.is_active(at(THU, 9, 30))
+    assert s.is_active(at(THU, 23, 59, 59))
+    assert not s.is_active(at(FRI, 0, 0))
+
+
+def test_friday_trigger_carries_over_the_weekend_to_monday():
+    s = state_with_close(FRI, 20.0)
+    s.on_trade(at(FRI, 15, 0), 17.5)
+    assert s.is_active(at(date(2021, 3, 6), 12, 0))  # Saturday
+    assert s.is_active(at(NEXT_MON, 15, 59))
+    assert not s.is_active(at(NEXT_TUE, 0, 0))
+
+
+def test_holiday_is_not_a_trading_day():
+    holidays = frozenset({NEXT_MON})
+    s = state_with_close(FRI, 20.0, holidays)
+    s.on_trade(at(FRI, 15, 0), 17.5)
+    assert s.is_active(at(NEXT_TUE, 15, 0))
+    assert not s.is_active(at(date(2021, 3, 10), 0, 0))
+
+
+def test_retrigger_on_restricted_day_extends_by_one_day():
+    s = state_with_close(MON, 20.0)
+    assert s.on_trade(at(MON, 10, 0), 18.0)
+    assert not s.on_trade(at(MON, 11, 0), 17.0)  # same day: nothing to extend
+    s.on_close(MON, 17.5)  # Tuesday's prior close; its trigger price is 15.75
+    assert not s.on_trade(at(TUE, 10, 0), 16.0)
+    assert s.on_trade(at(TUE, 14, 0), 15.75)
+    assert s.is_active(at(WED, 15, 0))
+    assert not s.is_active(at(THU, 0, 0))
+
+
+def test_without_retrigger_restriction_ends_after_next_day():
+    s = state_with_close(MON, 20.0)
+    s.on_trade(at(MON, 10, 0), 18.0)
+    s.on_close(MON, 17.5)
+    s.on_trade(at(TUE, 14, 0), 16.0)  # -8.6% of Monday's close: no new trigger
+    assert not s.is_active(at(WED, 0, 0))
+
+
+@pytest.mark.parametrize("active, price, bid, allowed", [
+    (True, 18.01, 18.00, True),  # priced above the NBB
+    (True, 18.00, 18.00, False),  # at the NBB
+    (True, 17.99, 18.00, False),
+    (False, 17.99, 18.00, True),  # no restriction: any price
+])
+def test_short_sale_must_be_priced_above_national_best_bid(active, price, bid, allowed):
+    s = state_with_close(WED, 20.0)
+    if active:
+        s.on_trade(at(WED, 10, 0), 18.0)
+    assert s.allows_short(at(WED, 10, 1), price, bid) is allowed
+
+
+def test_no_prior_close_no_trigger():
+    s = SSRState()
+    assert not s.on_trade(at(WED, 10, 0), 0.01)
+    s.on_close(WED, 20.0)  # Wednesday's own close is Thursday's prior close, not Wednesday's
+    assert not s.on_trade(at(WED, 11, 0), 0.01)
+    assert s.prior_close(THU) == 20.0
+    assert s.on_trade(at(THU, 10, 0), 18.0)
+
+
+def test_prior_close_is_latest_close_before_the_day():
+    s = SSRState()
+    s.on_close(MON, 10.0)
+    s.on_close(TUE, 30.0)
+    assert s.prior_close(TUE) == 10.0
+    assert s.prior_close(WED) == 30.0
+    s.on_close(TUE, 20.0)  # a corrected close replaces the old one
+    assert s.prior_close(WED) == 20.0
+
+
+def test_rule_not_in_force_before_its_compliance_date():
+    day = date(2010, 5, 6)  # the flash crash predates Rule 201's compliance date (2011-02-28)
+    s = state_with_close(day, 20.0)
+    assert not s.on_trade(at(day, 14, 45), 10.0)
+
+
+def test_nan_price_never_triggers():
+    s = state_with_close(WED, 20.0)
+    assert not s.on_trade(at(WED, 10, 0), float("nan"))
+
+
+@pytest.mark.parametrize("close", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_close_is_refused_naming_the_field(close):
+    with pytest.raises(DataError, match="close"):
+        SSRState().on_close(WED, close)
+
+
+def test_calendar_skips_weekends_and_holidays():
+    assert next_trading_day(FRI) == NEXT_MON
+    assert previous_trading_day(NEXT_MON) == FRI
+    assert next_trading_day(FRI, frozenset({NEXT_MON})) == NEXT_TUE
+    # a timestamp one nanosecond before midnight ET belongs to the earlier day (DST-correct)
+    assert session_of(at(date(2021, 3, 14), 0, 0) - 1).day == date(2021, 3, 13)
+    assert session_of(at(date(2021, 3, 15), 9, 30)).open_ns == at(date(2021, 3, 15), 9, 30)
+    assert at(date(2021, 3, 15), 9, 30) - at(date(2021, 3, 12), 9, 30) == (3 * 24 - 1) * 3600 * NS_PER_S

@@ -1,0 +1,183 @@
+"""The server over real ZeroMQ on loopback: replies, deadlines, shedding, admin, reload, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import pytest
+from test_runtime_helpers import CountingEngine, ServerThread, fake_host, signal_body
+
+from dualhrq.config import ServeConfig
+from dualhrq.runtime import protocol as p
+from dualhrq.runtime.client import AsyncClient, Client, RequestFailed
+from dualhrq.runtime.server import Server
+
+TOKEN = "s3cret"
+
+
+def serve_config(**over) -> ServeConfig:
+    return ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=[TOKEN], drain_timeout_s=2.0, **over)
+
+
+def server_for(tiny_config, serve=None, **host_kw) -> Server:
+    return Server(serve or serve_config(), lambda path, hooks: fake_host(tiny_config, hooks, name=path, **host_kw),
+                  "fake-1")
+
+
+def test_ping_reports_ready_model_needs_and_rules_version(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        pong = c.ping()
+    assert pong.ready and pong.model == "fake-1"
+    assert (pong.needs.coarse, pong.needs.fine) == (5, 10)
+    assert pong.rules_version
+
+
+def test_signal_reply_carries_every_field_and_stage_timings(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        body = signal_body()
+        reply = c.signal(body["instrument"], body["timeframe"], body["coarse"], body["fine"])
+    assert isinstance(reply, p.SignalReply)
+    assert reply.action in p.ACTIONS and len(reply.probs) == 5 and abs(sum(reply.probs) - 1) < 1e-6
+    assert reply.act == p.Act(1, "q")
+    assert reply.patterns == p.Patterns(0, True, "disabled")  # this host has no pattern library
+    assert reply.compliance.allowed and reply.compliance.original_action == reply.action
+    t = reply.timing_us
+    assert t.total >= t.decode + t.features + t.retrieval + t.queue + t.engine - 5 and t.engine > 0
+
+
+def test_a_bad_request_gets_its_code_field_and_id(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        body = signal_body()
+        body["fine"]["c"][3] = -1.0
+        with pytest.raises(RequestFailed) as e:
+            c.request(body)
+    assert (e.value.code, e.value.field) == ("invalid_input", "fine.c[3]")
+
+
+def test_too_few_bars_for_the_model_is_invalid_input(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        with pytest.raises(RequestFailed) as e:
+            c.request(signal_body(n_fine=9))
+    assert (e.value.code, e.value.field) == ("invalid_input", "fine")
+
+
+def test_deadline_exceeded_is_answered_when_the_deadline_passes_not_when_the_engine_finishes(tiny_config):
+    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.5), max_batch=1)
+    with ServerThread(server) as st, Client(st.address, timeout_s=5, retries=0) as c:
+        start = time.monotonic()
+        with pytest.raises(RequestFailed) as e:
+            c.request(signal_body(deadline_ms=30.0))
+        waited = time.monotonic() - start
+    assert e.value.code == "deadline_exceeded"
+    assert waited < 0.4  # generous: the point is it did not wait for the 0.5 s engine
+
+
+def test_overloaded_is_immediate_when_the_queue_is_full_and_everyone_gets_one_reply(tiny_config):
+    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.05), max_batch=1, queue_max=2)
+
+    async def burst(address):
+        async with AsyncClient(address, timeout_s=10, retries=0) as c:
+            return await asyncio.gather(*(c.request(signal_body()) for _ in range(12)), return_exceptions=True)
+
+    with ServerThread(server) as st:
+        results = asyncio.run(burst(st.address))
+    codes = [r.code if isinstance(r, RequestFailed) else r.type for r in results if not isinstance(r, p.SignalReply)]
+    ok = [r for r in results if isinstance(r, p.SignalReply)]
+    assert len(ok) + len(codes) == 12
+    assert "overloaded" in codes and ok  # some shed at once, the rest served
+    assert set(codes) == {"overloaded"}
+
+
+def test_admin_without_a_valid_token_is_unauthorized(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        for token in ("", "wrong"):
+            with pytest.raises(RequestFailed) as e:
+                c.admin("kill_switch_on", token=token)
+            assert e.value.code == "unauthorized"
+        assert c.admin("stats", token=TOKEN).ok
+
+
+def test_kill_switch_makes_every_signal_hold_within_a_second(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        body = signal_body(instrument="ZZZZZZ")  # instrument id 6: BUY wins without the switch
+        assert c.request(body).action == "BUY"
+        assert c.admin("kill_switch_on", token=TOKEN).detail == {"kill_switch": True}
+        start = time.monotonic()
+        held = c.request(body)
+        assert time.monotonic() - start < 1.0
+        assert (held.action, held.quantity) == ("HOLD", 0.0)
+        assert held.compliance == p.Compliance(False, "BUY", ["kill_switch"])
+        market = {"ts": 1_700_000_000_000_000_000, "last": 10.0, "bid": 9.99, "ask": 10.01, "prior_close": 10.0,
+                  "luld_tier": 1}
+        assert c.request({**body, "market": market}).compliance.reasons == ["kill_switch"]
+        c.admin("kill_switch_off", token=TOKEN)
+        assert c.request(body).action == "BUY"
+
+
+def test_stats_returns_counters(tiny_config):
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        c.ping()
+        c.request(signal_body())
+        stats = c.admin("stats", token=TOKEN).detail
+    assert stats["model"] == "fake-1" and stats["ready"]
+    assert stats["counters"]["dualhrq_requests_total|code=ok|type=signal"] == 1
+    assert stats["counters"]["dualhrq_requests_total|code=ok|type=ping"] == 1
+
+
+def test_reload_swaps_the_model_with_requests_in_flight_and_none_fails(tiny_config):
+    server = server_for(tiny_config, engine=None)
+
+    async def traffic(address):
+        async with AsyncClient(address, timeout_s=10, retries=0) as c:
+            async def stream():
+                return [await c.request(signal_body()) for _ in range(40)]
+
+            async def reload_midway():
+                await asyncio.sleep(0.05)
+                return await c.admin("reload", token=TOKEN, bundle="fake-2")
+
+            *streams, reload = await asyncio.gather(stream(), stream(), stream(), reload_midway())
+            return [r for s in streams for r in s], reload
+
+    with ServerThread(server) as st:
+        replies, reload = asyncio.run(traffic(st.address))
+        with Client(st.address) as c:
+            assert c.ping().model == "fake-2"
+    assert reload.ok and reload.detail["previous"] == "fake-1"
+    assert all(isinstance(r, p.SignalReply) for r in replies)  # none failed
+    assert {r.model for r in replies} == {"fake-1", "fake-2"}
+
+
+def test_stop_answers_what_is_in_flight_then_returns_zero(tiny_config):
+    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.1), max_batch=1)
+
+    async def inflight(address, st):
+        async with AsyncClient(address, timeout_s=10, retries=0) as c:
+            pending = [asyncio.create_task(c.request(signal_body())) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            server.stop()
+            return await asyncio.gather(*pending, return_exceptions=True)
+
+    st = ServerThread(server)
+    with st:
+        results = asyncio.run(inflight(st.address, st))
+    assert all(isinstance(r, p.SignalReply) for r in results)
+    assert st.exit_code == 0
+
+
+def test_replies_are_plain_msgpack_maps(tiny_config):
+    import msgpack
+    import zmq
+
+    with ServerThread(server_for(tiny_config)) as st:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.REQ)
+        s.connect(st.address)
+        s.send(msgspec.msgpack.encode({"type": "ping", "id": "x"}))
+        assert s.poll(5000)
+        reply = msgpack.unpackb(s.recv())
+        s.close(0)
+        ctx.term()
+    assert reply["type"] == "pong" and reply["id"] == "x"

@@ -1,0 +1,144 @@
+"""The seed-001 Python API and the HRM validation predictor, on a checkpoint trained by `dualhrq train`."""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dualhrq.api import HRMPolicy
+from dualhrq.config import load_config
+from dualhrq.data.sources import load_dataset
+from dualhrq.errors import DataError
+from dualhrq.model import ACTIONS
+from dualhrq.train.commands import register
+from dualhrq.train.hrm_predictor import HRMPredictor, positions_from_actions
+from dualhrq.train.inputs import InputArtifacts, prepare_training
+from dualhrq.train.loop import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "train_eurusd.yaml"
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="dualhrq")
+    register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    assert _cli("train", "--config", str(CONFIG), "--out", str(out), "--steps", "20", "--stop-at", "2",
+                "--no-progress") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(run_dir):
+    return HRMPolicy.from_checkpoint(run_dir)  # a run directory resolves to its newest checkpoint
+
+
+def _frame(bars: int, end: int | None = None) -> pd.DataFrame:
+    import backtesting.test
+
+    df = backtesting.test.EURUSD
+    return df.iloc[(end or len(df)) - bars:end or len(df)]
+
+
+def test_train_command_writes_a_checkpoint_and_a_metrics_log(run_dir):
+    assert latest_checkpoint(run_dir).name == "step_0000002"
+    rec = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["step"] == 2 and np.isfinite(rec["loss"])
+
+
+def test_act_returns_an_action_and_a_bounded_quantity_for_a_backtesting_frame(policy):
+    action, quantity = policy.act(_frame(1200), instrument="EURUSD", timeframe="1h")
+    assert action in ACTIONS
+    assert policy.config.model.quantity_min <= quantity <= policy.config.model.quantity_max
+    d = policy.decide(_frame(1200), "EURUSD", "1h")
+    assert 1 <= d.segments <= policy.config.act.max_segments and d.patterns_used > 0
+    assert abs(sum(d.probs) - 1) < 1e-5
+
+
+def test_api_inputs_equal_the_training_inputs_at_the_same_bar(run_dir, policy):
+    ckpt = latest_checkpoint(run_dir)
+    prepared = prepare_training(load_config(CONFIG), InputArtifacts.from_checkpoint(ckpt))
+    j = len(prepared.windows) - 300  # a held-out sample
+    bar = int(prepared.windows.bar_index[j])
+    bars = load_dataset("eurusd_1h").bars.slice(bar - 1199, bar + 1)  # close-stamped, ends at the sample's bar
+    inputs, as_of = policy.inputs_for(bars, "EURUSD", "1h")
+    assert as_of == prepared.windows.t[j]
+    for name in ("h_tokens", "l_tokens", "regime_features", "pattern_context", "pattern_mask", "instrument_id",
+                 "timeframe_id"):
+        torch.testing.assert_close(getattr(inputs, name)[0], getattr(prepared.samples.inputs, name)[j],
+                                   rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_unknown_instrument_acts_through_the_unknown_embedding(policy):
+    inputs, _ = policy.inputs_for(_frame(1200), "GBPUSD", "1h")
+    assert inputs.instrument_id.tolist() == [0]
+    assert policy.act(_frame(1200), "GBPUSD", "1h")[0] in ACTIONS
+
+
+def test_too_short_a_window_is_refused_with_what_it_needs(policy):
+    with pytest.raises(DataError, match="need at least"):
+        policy.act(_frame(100), "EURUSD", "1h")
+
+
+def test_a_window_of_another_timeframe_is_refused(policy):
+    with pytest.raises(DataError, match="timeframe"):
+        policy.act(_frame(1200), "EURUSD", "1d")
+
+
+# ---------------------------------------------------------------- the validation predictor
+
+
+def test_positions_replay_actions_from_flat():
+    a = np.array([ACTIONS.index(x) for x in ("HOLD", "BUY", "HOLD", "CLOSE_SHORT", "CLOSE_LONG", "SELL", "HOLD",
+                                             "CLOSE_SHORT")])
+    q = np.full(len(a), 0.5)
+    assert positions_from_actions(a, q).tolist() == [0, 0.5, 0.5, 0.5, 0, -0.5, -0.5, 0]
+
+
+def test_predictor_refits_inputs_on_the_split_and_twins_share_training(tmp_path):
+    import msgspec
+
+    from dualhrq.train.validate import load_validation_data
+
+    cfg = load_config(CONFIG)
+    cfg = msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, steps=2, batch_size=8,
+                                                                     device="cpu"))
+    data = load_validation_data(cfg)
+    train_idx, test_idx = np.arange(0, 1000), np.arange(1040, 1100)
+    hrm = HRMPredictor(cfg, data, tmp_path, "hrm", patterns=True)
+    state = hrm.fit(train_idx, None)
+    # Nothing in the library became known after the split's last training sample.
+    lib = hrm.prepared.artifacts.library
+    t_last = data.t[train_idx[-1]]
+    hits = lib.query(np.zeros((1, lib.dim), np.float32), np.iinfo(np.int64).max, 10**6)
+    assert hits.available_at[hits.valid].max() <= t_last
+    with_patterns = hrm.predict(test_idx)
+
+    twin = HRMPredictor(cfg, data, tmp_path, "hrm_regime_only", patterns=False)
+    assert twin.fit(train_idx, None) == state  # found the same checkpoint, trained nothing new
+    assert len(list(tmp_path.iterdir())) == 1
+    regime_only = twin.predict(test_idx)
+    assert len(with_patterns) == len(regime_only) == len(test_idx)
+    assert np.abs(with_patterns.position).max() <= 1
+    assert not np.array_equal(with_patterns.forecast, regime_only.forecast)  # the mask reaches the model
+
+
+@pytest.mark.slow
+def test_train_command_resumes_to_the_full_length(run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    assert _cli("train", "--config", str(CONFIG), "--out", str(out), "--resume", "--stop-at", "4",
+                "--no-progress") == 0
+    assert latest_checkpoint(out).name == "step_0000004"
