@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from dualhrq.compliance import commands as compliance
+    from dualhrq.data import commands as data
     from dualhrq.patterns import commands as patterns
 
-    return [patterns.register, compliance.register]
+    return [data.register, patterns.register, compliance.register]
 
 
 def main(argv: list[str] | None = None) -> int:

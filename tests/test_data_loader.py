@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 
 from dualhrq.data.bars import Bars, BarsError
+from dualhrq.data.commands import register
 from dualhrq.data.loader import load_ohlcv
 from dualhrq.data.sources import list_datasets, load_dataset
 from dualhrq.errors import DataError
@@ -166,10 +169,6 @@ def test_bars_slice_and_until_select_the_known_bars():
 
 
 def _run_data_command(*argv: str) -> int:
-    import argparse
-
-    from dualhrq.data.commands import register
-
     parser = argparse.ArgumentParser(prog="dualhrq")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -181,7 +180,8 @@ def test_data_show_prints_a_users_file_and_refuses_a_bad_one(tmp_path, capsys):
     assert _run_data_command("data", "show", str(path), "--rows", "2") == 0
     out = capsys.readouterr().out
     assert "mine: MINE, 1h bars" in out and "50 bars" in out and "coarse timeframe 1d: 2 closed bars" in out
-    assert out.count("\n     ") >= 4  # two first and two last bars
+    shown = [int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s+2021-", out, re.M)]
+    assert shown == [1, 2, 49, 50]  # the first two and the last two bars, numbered like data rows
     with pytest.raises(DataError, match="data row 3 .*close"):
         _run_data_command("data", "show", str(_write_csv(tmp_path, _corrupt(_frame(), 3, "Close", -2.0))))
 

@@ -3,7 +3,9 @@
 Per instrument it keeps the SSR state, the LULD reference price and limit state (all fed from the market
 snapshots it is shown) and a position. Each model action is mapped to the order it implies given that
 position, the order is checked against SSR, the LULD band and pause, and the risk limits, and a violating
-action is replaced by HOLD with the reasons kept. Quantities above a risk limit are clipped instead.
+action is replaced by HOLD with the reasons kept. Quantities above a risk limit are clipped instead, and a
+sale through zero while SSR is active is clipped to its long part (reason ``ssr``): only the short part is
+restricted.
 
 Assumptions the decisions rest on (the replay's checker shares them):
 - Orders are marketable: a buy is priced at the best offer, a sell at the best bid. A short sale at the
@@ -17,8 +19,8 @@ Assumptions the decisions rest on (the replay's checker shares them):
 - ``max_notional`` caps the position's value (|position| × order price), like ``max_position`` caps its
   size; ``max_order_quantity`` caps every order, closes included.
 
-Single-threaded: call it from one thread (one asyncio loop); it takes no locks. Each check costs a few
-microseconds (no allocation beyond the decision, one tz conversion per instrument per day).
+Single-threaded: call it from one thread (one asyncio loop); it takes no locks. A check costs microseconds:
+plain arithmetic on the instrument's state, the ET session of a timestamp computed once per day.
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ class ComplianceGate:
         """Decide what may leave for ``action``/``quantity`` given ``market``; updates the position if allowed."""
         if action not in ACTIONS:
             raise ValueError(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
+        try:
+            quantity = float(quantity)  # numpy scalars from the engine become plain floats for the reply
+        except (TypeError, ValueError):
+            raise ValueError(f"quantity: expected a number, got {quantity!r}") from None
         if not (math.isfinite(quantity) and quantity >= 0):
             raise ValueError(f"quantity: expected a finite number >= 0, got {quantity!r}")
         if position is not None and not math.isfinite(position):

@@ -28,8 +28,10 @@ _PRICE_TOLERANCE = 1e-9
 
 
 @lru_cache(maxsize=64)
-def _doubling_windows_ns(day: date) -> tuple[tuple[int, int], ...]:
-    return tuple((wall_ns(day, start), wall_ns(day, end)) for start, end in LULD.regime(day).windows)
+def _doubling(day: date) -> tuple[tuple[tuple[int, int], ...], float | None]:
+    """The doubling windows of ``day`` in ns and the regime's Tier 2 reference-price ceiling."""
+    regime = LULD.regime(day)
+    return tuple((wall_ns(day, start), wall_ns(day, end)) for start, end in regime.windows), regime.tier2_max_reference
 
 
 def bands(reference_price: float, prior_close: float, tier: int, ts: int) -> tuple[float, float]:
@@ -44,16 +46,16 @@ def bands(reference_price: float, prior_close: float, tier: int, ts: int) -> tup
         raise ValueError(f"prior_close: expected a positive finite price, got {prior_close!r}")
     if tier not in (1, 2):
         raise ValueError(f"tier: expected 1 or 2, got {tier!r}")
-    day = session_of(ts).day
+    windows, tier2_max_reference = _doubling(session_of(ts).day)
     row = LULD.band_percentage(prior_close)
     offset = reference_price * (row.tier1 if tier == 1 else row.tier2)
     if row.cap is not None:
         offset = min(offset, row.cap)
-    regime = LULD.regime(day)
-    if any(start <= ts < end for start, end in _doubling_windows_ns(day)) and (
-        tier == 1 or regime.tier2_max_reference is None or reference_price <= regime.tier2_max_reference
-    ):
-        offset *= 2
+    for start, end in windows:
+        if start <= ts < end:
+            if tier == 1 or tier2_max_reference is None or reference_price <= tier2_max_reference:
+                offset *= 2
+            break
     lower = math.ceil((reference_price - offset) * 100 - _CENT_TOLERANCE) / 100
     upper = math.floor((reference_price + offset) * 100 + _CENT_TOLERANCE) / 100
     return max(lower, 0.0), upper

@@ -20,7 +20,7 @@ import numpy as np
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.errors import ConfigurationError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.runtime.batcher import Batcher
 from dualhrq.runtime.protocol import PROTOCOL_VERSION, Signal, check_bars, wire_bars
 
@@ -66,6 +66,7 @@ class ModelHost:
     timeframe_id: Callable[[str], int]
     batcher: Batcher
     retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: the bundle has no library
+    forecast_scale: tuple[float, float] = (1.0, 1.0)  # (coarse, fine): model units -> returns
     features_inline: bool = True
     _users: int = field(default=0, init=False)
     _idle: asyncio.Event | None = field(default=None, init=False)
@@ -159,30 +160,48 @@ def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
 def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, hooks: HostHooks | None = None,
               overlay_source: str = "serve config") -> ModelHost:
     """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
-    from dualhrq.data.windows import build_sample, needs
+    from dualhrq.data.features import FeatureStats
+    from dualhrq.data.windows import DEFAULT_PATTERN_WINDOW, build_sample, needs
     from dualhrq.export.bundle import load_bundle
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
+    from dualhrq.patterns.artifacts import load_artifacts
+    from dualhrq.patterns.retriever import Retriever
     from dualhrq.runtime.engine import make_engine
 
     hooks = hooks or HostHooks()
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path, verify=True)
     cfg = overlay_config(bundle.config, overlay or {}, overlay_source)
-    serve = cfg.serve
+    if bundle.feature_stats is None:
+        raise ModelLoadError(f"{bundle_path}: the bundle has no feature statistics (exported from a checkpoint "
+                             "that `dualhrq train` did not write?); requests cannot be turned into inputs")
+    stats = FeatureStats.from_dict(bundle.feature_stats)
+    window = int(bundle.extra.get("pattern_window", DEFAULT_PATTERN_WINDOW))
+    serve, m = cfg.serve, cfg.model
     engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
                          serve.spinning)
-    stats = bundle.feature_stats
-    vocab = InstrumentVocab(bundle.instruments)
-    retriever = bundle.retriever(cfg.patterns) if bundle.patterns_dir is not None else None
+    retriever = None
+    if bundle.patterns_dir is not None:
+        library, encoder, _ = load_artifacts(bundle.patterns_dir, cfg.patterns)
+        retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
     batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
                       upstream=hooks.upstream, on_batch=hooks.on_batch)
-    coarse_n, fine_n = needs(cfg.model)
-    host = ModelHost(name=bundle.model_version, config=cfg, needs=(coarse_n, fine_n),
-                     features=lambda coarse, fine: build_sample(coarse, fine, stats, cfg.model),
-                     instrument_id=vocab.id, timeframe_id=timeframe_id, batcher=batcher, retriever=retriever)
+    host = ModelHost(name=bundle.model_version, config=cfg, needs=needs(m, window),
+                     features=lambda coarse, fine: build_sample(coarse, fine, stats, m, window),
+                     instrument_id=InstrumentVocab(bundle.instrument_vocab or []).id, timeframe_id=timeframe_id,
+                     batcher=batcher, retriever=retriever,
+                     forecast_scale=_forecast_scale(bundle.extra.get("target_scale")))
+    coarse_n, fine_n = host.needs
     hour, day = 3_600 * 10**9, 86_400 * 10**9
     end = 1_700_000_000 * 10**9
     host.warm(synthetic_bars(coarse_n, day, end - day), synthetic_bars(fine_n, hour, end))
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host
+
+
+def _forecast_scale(target_scale: dict[str, float] | None) -> tuple[float, float]:
+    """The model forecasts in units of the training returns' std; replies give returns."""
+    if not target_scale:
+        return 1.0, 1.0
+    return float(target_scale["out_a"]), float(target_scale["out_b"])

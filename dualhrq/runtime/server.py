@@ -302,7 +302,8 @@ class Server:
         return p.SignalReply(
             id=req.id, model=host.name, action=decision.action, probs=probs.tolist(),
             confidence=float(probs[best]), quantity=decision.quantity,
-            forecast=p.Forecast(float(out["forecast_coarse"]), float(out["forecast_fine"])),
+            forecast=p.Forecast(float(out["forecast_coarse"]) * host.forecast_scale[0],
+                                float(out["forecast_fine"]) * host.forecast_scale[1]),
             value=float(out["value"]), regime=p.Regime(int(regime.argmax()), regime.tolist()),
             patterns=p.Patterns(used=used, fail_open=reason is not None, reason=reason),
             act=p.Act(row.segments, "q" if row.halted_by_q else "max"),

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -49,6 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
 # Per-step sums reduced over ranks at each log interval: loss, the terms, then the ACT counters.
 _COUNTERS = ("loss", *TERMS, "steps", "halted", "halted_correct", "halted_segments", "q_halt_correct", "slots")
+SaveFiles = Callable[[Path], None]  # writes files beside a checkpoint's weights (the pattern library)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -142,9 +144,12 @@ class Trainer:
         with torch.no_grad():
             correct = policy_correct(out, y)
             q_halt_right = (out.q_logits[:, 0] >= 0) == correct
-        return StepResult(loss.item(), {k: v.item() for k, v in terms.items()}, grad_norm.item(),
-                          int(halted.sum()), int((halted & correct).sum()), int(steps[halted].sum()),
-                          int((halted & q_halt_right).sum()), len(halted))
+            # One device-to-host copy for all figures (each .item() would synchronise a GPU).
+            figures = torch.stack([loss.detach(), *terms.values(), grad_norm, halted.sum(), (halted & correct).sum(),
+                                   steps[halted].sum(), (halted & q_halt_right).sum()]).tolist()
+        n = len(terms)
+        return StepResult(figures[0], dict(zip(terms, figures[1:n + 1])), figures[n + 1],
+                          *(int(v) for v in figures[n + 2:]), len(halted))
 
     # ------------------------------------------------------------ state
 
@@ -198,7 +203,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def write_checkpoint(trainer: Trainer, out_dir: Path, extra: dict[str, Any], metrics: dict[str, Any],
-                     save_files: Any = None) -> Path:
+                     save_files: SaveFiles | None = None) -> Path:
     """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, extra files), then move ``latest`` to it
     and drop all but the newest ``train.keep_checkpoints``. ``save_files(dir)`` writes files beside the
     weights (the pattern library)."""
@@ -271,7 +276,7 @@ class RunResult:
 
 
 def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dict[str, Any] | None = None,
-        save_files: Any = None, eval_data: TrainingSet | None = None, progress: bool = True) -> RunResult:
+        save_files: SaveFiles | None = None, eval_data: TrainingSet | None = None, progress: bool = True) -> RunResult:
     """Train from ``trainer.step`` up to step ``until``, logging to ``out_dir/metrics.jsonl`` and writing a
     checkpoint every ``train.checkpoint_every`` steps and at the end (rank 0 only; no files when out_dir is None)."""
     t = trainer.cfg.train
