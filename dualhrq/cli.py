@@ -74,8 +74,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _register_core(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="the whole system end to end on the bundled data (the README's main command)")
-    d.add_argument("--out", default="runs/demo", help="where artifacts, reports and plots go")
+    from dualhrq.bench.demo import add_demo_args
+
+    d = sub.add_parser("demo", help="the whole system end to end on the bundled data (the README's main command)",
+                       description="train (tiny) -> export -> serve -> bench latency with a fail-open phase -> stop")
+    add_demo_args(d)
     d.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("params", help="parameter table per component against the budget",
@@ -131,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from dualhrq.compliance import commands as compliance
     from dualhrq.data import commands as data
+    from dualhrq.export import commands as export
     from dualhrq.patterns import commands as patterns
+    from dualhrq.train import commands as train
 
-    return [data.register, patterns.register, compliance.register]
+    return [data.register, train.register, patterns.register, export.register, compliance.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import torch
 
 from dualhrq.config import ModelConfig
 from dualhrq.errors import ModelLoadError
+from dualhrq.export.precision import to_fp16
 from dualhrq.export.segment import (INPUT_NAMES, OUTPUT_NAMES, check_segment_graph, example_feeds, export_segment,
                                     graph_files, run_torch, save_graph)
 from dualhrq.export.session import ort_session, run_session
@@ -107,3 +108,14 @@ def test_export_refuses_an_opset_below_18(exported, tmp_path):
     model, _ = exported
     with pytest.raises(ValueError, match="opset"):
         export_segment(model, tmp_path / "old.onnx", opset=17)
+
+
+@pytest.mark.slow
+def test_full_size_fp16_graph_is_under_100_mb_and_fp32_matches(full_config, tmp_path):
+    model = _model(full_config.model)
+    fp32 = export_segment(model, tmp_path / "segment_fp32.onnx")
+    fp16 = to_fp16(fp32, tmp_path / "segment_fp16.onnx")
+    assert sum(f.stat().st_size for f in graph_files(fp16)) < 100e6
+    feeds = example_feeds(full_config.model, 2)
+    got, want = run_session(ort_session(fp32), feeds), run_torch(model, feeds)
+    assert max(float(np.abs(got[n] - want[n]).max()) for n in OUTPUT_NAMES) <= 1e-4

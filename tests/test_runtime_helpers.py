@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import numpy as np
+import pytest
 
 from dualhrq.runtime.engine import Engine
 
@@ -228,3 +229,66 @@ def in_process(fn, *args):
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(fn, args)
+
+
+# ---------------------------------------------------------------- the real tiny model as a bundle
+
+
+def build_tiny_bundle(root):
+    """An untrained tiny HRM exported the way `dualhrq train` + `dualhrq export` would (feature statistics,
+    pattern library, instrument vocabulary from EURUSD hourly): ~10 s, so tests share one per session."""
+    from pathlib import Path
+
+    import torch
+
+    from dualhrq.config import load_config
+    from dualhrq.data.sources import load_dataset
+    from dualhrq.data.windows import build_dataset
+    from dualhrq.export.pipeline import ExportOptions, export_bundle
+    from dualhrq.model import HRM
+    from dualhrq.train.checkpoint import save_checkpoint
+    from dualhrq.train.inputs import fit_artifacts
+
+    root = Path(root)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml")
+    windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, None, cfg.patterns.window)
+    artifacts = fit_artifacts(cfg, windows)
+    torch.manual_seed(0)
+    save_checkpoint(root / "ckpt", HRM(cfg.model), cfg, extra=artifacts.to_extra())
+    artifacts.save_files(root / "ckpt")
+    return export_bundle(root / "ckpt", root / "bundle", ExportOptions(parity_samples=8, threads=1)).bundle
+
+
+_TINY_BUNDLE: list = []
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The tiny bundle, built once per session however many test modules import this fixture."""
+    if not _TINY_BUNDLE:
+        _TINY_BUNDLE.append(build_tiny_bundle(tmp_path_factory.mktemp("tiny")))
+    return _TINY_BUNDLE[0]
+
+
+def eurusd_history(end: int = -1, bars: int = 2000):
+    """`bars` EURUSD hourly bars ending at bar `end` (enough for every window the tiny model needs)."""
+    from dualhrq.data.sources import load_dataset
+
+    data = load_dataset("eurusd_1h").bars
+    stop = len(data) + end + 1 if end < 0 else end + 1
+    return data.slice(stop - bars, stop)
+
+
+def real_signal_body(rid: str, needs: tuple[int, int], history=None, **over) -> dict:
+    """A signal request for the last bar of `history` (default: EURUSD's last bars), carrying the coarse
+    (resampled, closed by then) and fine bars the model needs, plus two to spare."""
+    from dualhrq.data.resample import default_coarse_rule, resample
+
+    history = eurusd_history() if history is None else history
+    coarse = resample(history, default_coarse_rule("1h")).until(int(history.t[-1]))
+    coarse, fine = coarse.slice(len(coarse) - needs[0] - 2), history.slice(len(history) - needs[1] - 2)
+    body = {"type": "signal", "id": rid, "v": 1, "instrument": "EURUSD", "timeframe": "1h",
+            "coarse": {k: getattr(coarse, k).tolist() for k in "tohlcv"},
+            "fine": {k: getattr(fine, k).tolist() for k in "tohlcv"}}
+    body.update(over)
+    return body

@@ -135,7 +135,7 @@ class ComplianceGate:
 
     def __init__(self, config: ComplianceConfig | None = None, *, holidays: frozenset[date] = NO_HOLIDAYS) -> None:
         self.config = config if config is not None else ComplianceConfig()
-        self._holidays = holidays
+        self.holidays = holidays
         self._books: dict[str, _Book] = {}
         self._kill_switch = False
 
@@ -230,7 +230,7 @@ class ComplianceGate:
     def _feed(self, instrument: str, market: MarketSnapshot) -> _Book:
         book = self._books.get(instrument)
         if book is None:
-            book = self._books[instrument] = _Book(self._holidays)
+            book = self._books[instrument] = _Book(self.holidays)
         ts = market.ts
         if ts <= book.last_ts:
             return book
@@ -239,12 +239,12 @@ class ComplianceGate:
         if session.day != book.day:
             book.day = session.day
             book.prior_close = market.prior_close
-            book.ssr.on_close(previous_trading_day(session.day, self._holidays), market.prior_close)
+            book.ssr.on_close(previous_trading_day(session.day, self.holidays), market.prior_close)
             book.reference.start_day(market.prior_close)
             book.limit.reset()
         elif market.prior_close != book.prior_close:  # a corrected close: SSR must use it at once
             book.prior_close = market.prior_close
-            book.ssr.on_close(previous_trading_day(session.day, self._holidays), market.prior_close)
+            book.ssr.on_close(previous_trading_day(session.day, self.holidays), market.prior_close)
 
         book.ssr.on_trade(ts, market.last)  # it skips trades outside regular hours itself
         if not session.in_regular_hours(ts) or session.day < LULD.effective:

@@ -73,6 +73,8 @@ class Violation:
 
 @dataclass
 class ReplayReport:
+    """What a replay saw: counts, the rules' state transitions, and violations (which must be empty)."""
+
     instrument: str
     rules_version: str
     bars: int
@@ -234,40 +236,51 @@ def replay(
     if not (math.isfinite(spread_bps) and spread_bps > 0):
         raise ValueError(f"spread_bps: expected a positive number, got {spread_bps!r}")
     gate = gate if gate is not None else ComplianceGate()
-    run = _Run(gate, ViolationChecker(gate.config.risk), instrument, tier, spread_bps / 2e4)
-    run.events = sorted(events or (), key=lambda e: e.ts)
+    run = _Run(gate, instrument, tier, spread_bps / 2e4, sorted(events or (), key=lambda e: e.ts))
     if prior_close is not None:
         run.closes.set(date.min, prior_close)
-    report = ReplayReport(instrument, RULES_VERSION, len(bars), 0, 0, len(run.events), 0, {}, {}, {}, 0, 0)
     actions: Counter[str] = Counter()
     emitted: Counter[str] = Counter()
     blocked: Counter[str] = Counter()
+    warmup = held = clipped = 0
 
     for i, (start, end) in enumerate(_bar_spans(bars.t)):
         prints = _prints(bars, i, start, end)
-        close_ts = prints[-1][0]
+        close_ts, close = prints[-1]
         day = session_of(close_ts).day
         known = run.closes.before(day)
         for ts, price in prints:
             run.feed_events(until=ts)
             if known is not None and ts != close_ts:
                 run.feed(run.snapshot(ts, price, known, start))
-        run.closes.set(day, float(bars.c[i]))
+        run.closes.set(day, close)
         if known is None:
-            report.warmup_bars += 1
+            warmup += 1
             continue
         action, quantity = signal_fn(i)
-        decision = run.decide(run.snapshot(close_ts, float(bars.c[i]), known, start), action, float(quantity), i)
-        report.decisions += 1
+        decision = run.decide(run.snapshot(close_ts, close, known, start), action, quantity, i)
         actions[action] += 1
         emitted[decision.action] += 1
         blocked.update(decision.reasons)
-        report.held += not decision.allowed
-        report.clipped += decision.allowed and bool(decision.reasons)
-    report.skipped_events = run.skipped_events + len(run.events) - run.next_event  # after the last close
-    report.actions, report.emitted, report.blocked = dict(actions), dict(emitted), dict(blocked)
-    report.transitions, report.violations = run.transitions, run.violations
-    return report
+        held += not decision.allowed
+        clipped += decision.allowed and bool(decision.reasons)
+
+    return ReplayReport(
+        instrument=instrument,
+        rules_version=RULES_VERSION,
+        bars=len(bars),
+        warmup_bars=warmup,
+        decisions=len(bars) - warmup,
+        events=len(run.events),
+        skipped_events=run.skipped_events + len(run.events) - run.next_event,  # those after the last close too
+        actions=dict(actions),
+        emitted=dict(emitted),
+        blocked=dict(blocked),
+        held=held,
+        clipped=clipped,
+        transitions=run.transitions,
+        violations=run.violations,
+    )
 
 
 class _Closes:
@@ -292,13 +305,13 @@ class _Closes:
 class _Run:
     """One replay's moving parts: the gate, the checker, the current quote and what they reported."""
 
-    def __init__(self, gate: ComplianceGate, checker: ViolationChecker, instrument: str, tier: int, half_spread: float):
-        self.gate, self.checker, self.instrument, self.tier = gate, checker, instrument, tier
-        self.half_spread = half_spread
+    def __init__(self, gate: ComplianceGate, instrument: str, tier: int, half_spread: float, events: list[QuoteEvent]):
+        self.gate, self.instrument, self.tier, self.half_spread = gate, instrument, tier, half_spread
+        self.checker = ViolationChecker(gate.config.risk, gate.holidays)
+        self.events = events  # sorted by ts
+        self.next_event = 0
         self.quote: tuple[int, float, float] | None = None  # (ts, bid, ask) of the latest quote event
         self.closes = _Closes()
-        self.events: list[QuoteEvent] = []
-        self.next_event = 0
         self.skipped_events = 0
         self.transitions: list[Transition] = []
         self.violations: list[Violation] = []
@@ -332,6 +345,7 @@ class _Run:
         self._note_transitions(market.ts)
 
     def decide(self, market: MarketSnapshot, action: str, quantity: float, bar: int) -> GateDecision:
+        """The gate's decision at a bar's close, re-checked by the checker (a violation is recorded)."""
         decision = self.gate.check(self.instrument, action, quantity, market)
         self.checker.record(market)
         self._note_transitions(market.ts)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
-from dualhrq.export.segment import INPUT_NAMES, INT_INPUTS, OUTPUT_NAMES
+from dualhrq.export.segment import INPUT_NAMES, OUTPUT_NAMES
 
 if TYPE_CHECKING:
     from dualhrq.model import HRM
@@ -38,12 +38,6 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release sessions and device memory."""
-
-
-def as_feeds(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Contiguous arrays of the graph's dtypes (int64 ids, float32 everything else)."""
-    return {name: np.ascontiguousarray(inputs[name], dtype=np.int64 if name in INT_INPUTS else np.float32)
-            for name in INPUT_NAMES}
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -92,6 +86,7 @@ class OnnxEngine(Engine):
             raise ModelLoadError(f"{graph}: graph inputs {names_in} / outputs {names_out} are not the segment "
                                  f"graph's {INPUT_NAMES} / {OUTPUT_NAMES}")
         self.name, self.max_batch = backend, max_batch
+        self._dtypes = {i.name: np.int64 if i.type == "tensor(int64)" else np.float32 for i in self._session.get_inputs()}
         self._binding = self._session.io_binding()
         self._device = "cpu"
         self._out: dict[int, list[dict[str, np.ndarray]]] = {}  # batch size -> two sets of output buffers
@@ -100,6 +95,7 @@ class OnnxEngine(Engine):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         b = len(feeds["h_tokens"])
         sets = self._out.get(b)
+        feeds = {k: np.ascontiguousarray(feeds[k], self._dtypes[k]) for k in INPUT_NAMES}  # no copy when right
         try:
             if sets is None:  # first call at this batch size: learn the output shapes, then bind from now on
                 out = dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds)))

@@ -1,0 +1,91 @@
+"""Serving a real (tiny, untrained) bundle: verified and warmed at load, the same decision as the Python API."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from test_runtime_helpers import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
+
+from dualhrq.config import ServeConfig
+from dualhrq.data.windows import needs
+from dualhrq.errors import ConfigurationError, ModelLoadError
+from dualhrq.export.bundle import load_bundle
+from dualhrq.runtime import protocol as p
+from dualhrq.runtime.client import Client, RequestFailed
+from dualhrq.runtime.host import load_host
+from dualhrq.runtime.server import Server
+
+OVERLAY = {"serve": {"intra_op_threads": 1, "max_batch": 4}}
+
+
+def test_load_host_verifies_warms_and_knows_what_requests_need(tiny_bundle):
+    host = load_host(tiny_bundle, OVERLAY)
+    try:
+        bundle = load_bundle(tiny_bundle)
+        assert host.name == bundle.model_version
+        assert host.needs == needs(bundle.config.model, bundle.extra["pattern_window"])
+        assert host.retriever is not None  # the bundle carries a pattern library
+        assert host.batcher.max_batch == 4
+    finally:
+        host.close()
+
+
+def test_a_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    graph = copy / "segment_fp32.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="segment_fp32.onnx"):
+        load_host(copy, OVERLAY)
+
+
+def test_the_serve_overlay_cannot_change_the_model(tiny_bundle):
+    with pytest.raises(ConfigurationError, match="model"):
+        load_host(tiny_bundle, {"model": {"n_cycles": 3}})
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle):
+    serve = ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=["t"], drain_timeout_s=2.0)
+    server = Server(serve, lambda path, hooks: load_host(path, OVERLAY, hooks), str(tiny_bundle))
+    with ServerThread(server) as st:
+        yield st
+
+
+def test_ping_gives_the_models_needs(served, tiny_bundle):
+    with Client(served.address) as c:
+        pong = c.ping()
+    bundle = load_bundle(tiny_bundle)
+    assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.extra["pattern_window"])
+    assert pong.ready and pong.model == bundle.model_version
+
+
+def test_the_server_decides_what_the_python_api_decides(served, tiny_bundle):
+    """Same bars through the server (features -> retrieval -> ONNX -> ACT) and through HRMPolicy (PyTorch):
+    same action and segments, forecasts and probabilities within the fp32 export bound."""
+    from dualhrq.api import HRMPolicy
+
+    history = eurusd_history(end=-100)
+    with Client(served.address, timeout_s=10) as c:
+        pong = c.ping()
+        reply = c.request(real_signal_body("api", (pong.needs.coarse, pong.needs.fine), history))
+    decision = HRMPolicy.from_checkpoint(tiny_bundle.parent / "ckpt").decide(history, "EURUSD", "1h")
+    assert isinstance(reply, p.SignalReply)
+    assert reply.action == decision.action and reply.act.segments == decision.segments
+    np.testing.assert_allclose(reply.probs, decision.probs, atol=1e-4)
+    np.testing.assert_allclose([reply.forecast.coarse, reply.forecast.fine],
+                               [decision.forecast_coarse, decision.forecast_fine], rtol=1e-3, atol=1e-6)
+    assert reply.patterns.used == decision.patterns_used and not reply.patterns.fail_open
+
+
+def test_bars_the_features_cannot_use_are_invalid_input(served):
+    with Client(served.address, timeout_s=10) as c:
+        pong = c.ping()
+        body = real_signal_body("few", (pong.needs.coarse, pong.needs.fine))
+        body["fine"] = {k: v[-5:] for k, v in body["fine"].items()}
+        with pytest.raises(RequestFailed) as e:
+            c.request(body)
+    assert (e.value.code, e.value.field) == ("invalid_input", "fine")
