@@ -216,7 +216,7 @@ class ServeConfig(_Section):
     backend: Literal["onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch"] = "onnx-cpu"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: NonNegInt = 0  # 0: all cores
-    spinning: bool = True  # ORT intra-op threads spin between segments: lower latency, busier cores
+    spinning: bool = False  # ORT threads spin between runs: on a few shared cores they starve the rest
     max_batch: PosInt = 8
     max_wait_us: NonNegInt = 200
     queue_max: PosInt = 256

@@ -93,11 +93,10 @@ def test_external_data_graph_loads_by_path_and_gives_the_same_outputs(exported, 
 def test_check_refuses_a_graph_with_control_flow(tmp_path):
     cond = onnx.helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])
     out = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    branch = onnx.helper.make_graph(
-        [onnx.helper.make_node("Constant", [], ["y"], value=onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0]))],
-        "branch", [], [out])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
-                                   "g", [cond], [out])
+    one = onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])
+    branch = onnx.helper.make_graph([onnx.helper.make_node("Constant", [], ["y"], value=one)], "branch", [], [out])
+    if_node = onnx.helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    graph = onnx.helper.make_graph([if_node], "g", [cond], [out])
     path = tmp_path / "if.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(path))
     with pytest.raises(ModelLoadError, match="control-flow nodes \\['If'\\]"):

@@ -89,3 +89,14 @@ def test_bars_the_features_cannot_use_are_invalid_input(served):
         with pytest.raises(RequestFailed) as e:
             c.request(body)
     assert (e.value.code, e.value.field) == ("invalid_input", "fine")
+
+
+def test_the_shipped_serve_config_lays_over_a_bundle(tiny_bundle):
+    from pathlib import Path
+
+    from dualhrq.runtime.host import overlay_config, read_overlay
+
+    path = Path(__file__).resolve().parents[1] / "config" / "serve.yaml"
+    cfg = overlay_config(load_bundle(tiny_bundle).config, read_overlay(path), str(path))
+    assert cfg.serve.bind == "tcp://127.0.0.1:5555" and cfg.patterns.timeout_ms == 2.0
+    assert cfg.model == load_bundle(tiny_bundle).config.model

@@ -66,14 +66,14 @@ def free_port() -> int:
 
 
 def fake_sample(coarse, fine):
-    """Features stand-in: shapes the CountingEngine accepts; halts after 1 segment; as_of = newest bar."""
+    """Features stand-in: shapes the CountingEngine accepts; every row halts after 1 segment; the retrieval
+    key is the last five log closes, as_of the last fine bar."""
     from types import SimpleNamespace
 
     regime = np.zeros(20, np.float32)
     regime[0] = 1.0
     return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
-                           regime_features=regime, pattern_features=np.log(fine.c[-5:]).astype(np.float32),
-                           as_of=int(fine.t[-1]))
+                           regime_features=regime, pattern_features=np.log(fine.c[-5:]), as_of=int(fine.t[-1]))
 
 
 def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None, name="fake-1", needs=(5, 10),
@@ -292,3 +292,36 @@ def real_signal_body(rid: str, needs: tuple[int, int], history=None, **over) -> 
             "fine": {k: getattr(fine, k).tolist() for k in "tohlcv"}}
     body.update(over)
     return body
+
+
+# ---------------------------------------------------------------- the commands as a subprocess
+
+CLI_SHIM = ("import argparse, logging, sys; from dualhrq.runtime import commands; "
+            "p = argparse.ArgumentParser(); p.add_argument('-v', '--verbose', action='store_true'); "
+            "commands.register(p.add_subparsers(required=True)); a = p.parse_args(); "
+            "logging.basicConfig(level=logging.INFO); sys.exit(a.func(a))")
+
+
+def runtime_cli(*args: str) -> list[str]:
+    """argv running this package's runtime commands (serve, broker, keys) exactly as the CLI would."""
+    import sys
+
+    return [sys.executable, "-c", CLI_SHIM, *args]
+
+
+def wait_ready(address: str, timeout_s: float = 120.0, proc=None) -> dict:
+    import time
+
+    from dualhrq.runtime.client import Client, RequestTimeout
+
+    until = time.monotonic() + timeout_s
+    with Client(address, timeout_s=0.5, retries=0) as c:
+        while time.monotonic() < until:
+            assert proc is None or proc.poll() is None, "server exited before it was ready"
+            try:
+                pong = c.ping()
+                if pong.ready:
+                    return pong
+            except RequestTimeout:
+                pass
+    raise AssertionError(f"no ready server at {address} in {timeout_s} s")

@@ -83,7 +83,7 @@ def test_overloaded_is_immediate_when_the_queue_is_full_and_everyone_gets_one_re
 
     with ServerThread(server) as st:
         results = asyncio.run(burst(st.address))
-    codes = [r.code if isinstance(r, RequestFailed) else r.type for r in results if not isinstance(r, p.SignalReply)]
+    codes = [r.code if isinstance(r, RequestFailed) else repr(r) for r in results if not isinstance(r, p.SignalReply)]
     ok = [r for r in results if isinstance(r, p.SignalReply)]
     assert len(ok) + len(codes) == 12
     assert "overloaded" in codes and ok  # some shed at once, the rest served
@@ -181,3 +181,44 @@ def test_replies_are_plain_msgpack_maps(tiny_config):
         s.close(0)
         ctx.term()
     assert reply["type"] == "pong" and reply["id"] == "x"
+
+
+def test_a_reply_to_a_vanished_client_is_counted_and_never_blocks(tiny_config):
+    import zmq
+
+    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.2), max_batch=1)
+    with ServerThread(server) as st:
+        ctx = zmq.Context()
+        gone = ctx.socket(zmq.DEALER)
+        gone.setsockopt(zmq.LINGER, 0)
+        gone.connect(st.address)
+        gone.send(msgspec.msgpack.encode(signal_body("ghost")))
+        time.sleep(0.05)
+        gone.close()  # its reply will find nobody
+        ctx.term()
+        with Client(st.address, timeout_s=5) as c:
+            assert isinstance(c.request(signal_body()), p.SignalReply)  # the server carried on
+            counters = c.admin("stats", token=TOKEN).detail["counters"]
+    assert counters["dualhrq_undeliverable_replies_total"] == 1
+
+
+def test_prometheus_metrics_are_served_on_the_metrics_port(tiny_config):
+    import urllib.request
+
+    from test_runtime_helpers import free_port
+
+    port = free_port()
+    with ServerThread(server_for(tiny_config, serve_config(metrics_port=port))) as st, Client(st.address) as c:
+        c.ping()
+        c.request(signal_body())
+        with pytest.raises(RequestFailed):
+            c.request(signal_body(v=3))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in ('dualhrq_requests_total{code="ok",type="ping"} 1.0',
+                 'dualhrq_requests_total{code="ok",type="signal"} 1.0',
+                 'dualhrq_requests_total{code="unsupported_version",type="signal"} 1.0',
+                 'dualhrq_fail_open_total{reason="disabled"} 1.0',
+                 'dualhrq_stage_seconds_count{stage="engine"} 1.0',
+                 'dualhrq_batch_size_count', 'dualhrq_queue_depth', 'dualhrq_in_flight',
+                 'dualhrq_undeliverable_replies_total 0.0', 'dualhrq_ready 1.0'):
+        assert line in text, line

@@ -15,7 +15,7 @@ from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
 from dualhrq.model import ACTIONS
 from dualhrq.train.commands import register
-from dualhrq.train.hrm_predictor import HRMPredictor, positions_from_actions
+from dualhrq.train.hrm_predictor import HRMPredictor, position_from_policy
 from dualhrq.train.inputs import InputArtifacts, prepare_training
 from dualhrq.train.loop import latest_checkpoint
 
@@ -98,11 +98,11 @@ def test_a_window_of_another_timeframe_is_refused(policy):
 # ---------------------------------------------------------------- the validation predictor
 
 
-def test_positions_replay_actions_from_flat():
-    a = np.array([ACTIONS.index(x) for x in ("HOLD", "BUY", "HOLD", "CLOSE_SHORT", "CLOSE_LONG", "SELL", "HOLD",
-                                             "CLOSE_SHORT")])
-    q = np.full(len(a), 0.5)
-    assert positions_from_actions(a, q).tolist() == [0, 0.5, 0.5, 0.5, 0, -0.5, -0.5, 0]
+def test_position_is_the_probability_of_an_up_move_minus_a_down_move():
+    big = 20.0
+    logits = torch.tensor([[big, 0, 0, 0, 0], [0, 0, 0, big, 0], [0, 0, big, 0, 0], [0, 0, 0, 0, big],
+                           [0.0, 0, 0, 0, 0]])  # BUY, CLOSE_LONG, HOLD, CLOSE_SHORT, uniform
+    torch.testing.assert_close(position_from_policy(logits), torch.tensor([1.0, -1.0, 0.0, 1.0, 0.0]))
 
 
 def test_predictor_refits_inputs_on_the_split_and_twins_share_training(tmp_path):

@@ -1,0 +1,4 @@
+"""Checkpoint -> bundle: the unrolled ONNX segment (segment), its parity against PyTorch (parity, inputs),
+fp16/int8 variants (precision), a TensorRT engine (tensorrt_build), the hashed bundle the runtime loads
+(bundle: load_bundle, verify_bundle), the whole export (pipeline: export_bundle) and engine latency (latency).
+"""

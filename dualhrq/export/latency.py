@@ -2,6 +2,8 @@
 
 Side by side means interleaved: every round times each engine once, in an order that rotates per round, so
 load from other processes on a shared machine lands on all engines alike instead of on whichever ran last.
+ONNX Runtime's pools do not spin between calls here: a spinning pool would keep the cores busy while the
+next engine in the round runs, and charge its own latency to that engine.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def engine_latency_comparison(bundle: Bundle | str | Path, feeds: dict[str, np.n
     model.eval()
     engines: dict[str, Callable[[], object]] = {"torch-eager": lambda: run_torch(model, arrays)}
     for precision in precisions or b.precisions:
-        session = ort_session(b.graph_path(precision), threads)
+        session = ort_session(b.graph_path(precision), threads, spinning=False)
         engines[f"onnx-{precision}"] = lambda s=session: s.run(None, arrays)
 
     previous_threads = torch.get_num_threads()

@@ -58,7 +58,8 @@ def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
     exact: hold the candidate to the fp32 bounds (default: only when precision is "fp32").
     """
     exact = precision == "fp32" if exact is None else exact
-    errors = {name: float(np.max(np.abs(candidate[name].astype(np.float64) - reference[name]))) for name in OUTPUT_NAMES}
+    errors = {name: float(np.max(np.abs(candidate[name].astype(np.float64) - reference[name])))
+              for name in OUTPUT_NAMES}
     agreement = float(np.mean(candidate["policy_logits"].argmax(-1) == reference["policy_logits"].argmax(-1)))
     corr = {name: _correlation(reference[name], candidate[name]) for name in FORECASTS}
     failures = [f"{name}: non-finite values" for name in OUTPUT_NAMES if not np.isfinite(candidate[name]).all()]
@@ -68,7 +69,8 @@ def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
         if agreement < 1.0:
             failures.append(f"actions: {agreement:.2%} agree with PyTorch; fp32 must agree on every sample")
     else:
-        failures += [f"{name}: correlation {c:.5f} < {MIN_FORECAST_CORR}" + (" (constant output)" if np.isnan(c) else "")
+        failures += [f"{name}: correlation {c:.5f} < {MIN_FORECAST_CORR}"
+                     + (" (constant output: undefined)" if np.isnan(c) else "")
                      for name, c in corr.items() if not c >= MIN_FORECAST_CORR]
         if agreement < MIN_ACTION_AGREEMENT:
             failures.append(f"actions: {agreement:.2%} agree with fp32 < {MIN_ACTION_AGREEMENT:.0%}")
@@ -86,6 +88,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass(frozen=True)
 class CarryParity:
     segments: int
+    samples: int
     max_abs_err: list[float]  # per segment, over every output
     failures: tuple[str, ...]
 
@@ -113,4 +116,4 @@ def carry_parity(model: HRM, session: ort.InferenceSession, feeds: dict[str, np.
         failures += [f"segment {segment}: {failure}" for failure in parity.failures]
         torch_feeds.update(z_H=reference["z_H_out"], z_L=reference["z_L_out"])
         onnx_feeds.update(z_H=candidate["z_H_out"], z_L=candidate["z_L_out"])
-    return CarryParity(segments, worst, tuple(failures))
+    return CarryParity(segments, len(feeds["h_tokens"]), worst, tuple(failures))

@@ -21,7 +21,7 @@ import numpy as np
 
 from dualhrq.config import ActConfig
 from dualhrq.errors import InferenceError
-from dualhrq.runtime.act import run_act
+from dualhrq.runtime.act import ActResult, run_act
 from dualhrq.runtime.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,13 @@ class Batcher:
         except queue.Full:
             raise Overloaded(f"inference queue full ({self._queue.maxsize} waiting)") from None
         return job.future
+
+    def run_here(self, inputs: dict[str, np.ndarray]) -> ActResult:
+        """The ACT loop on the caller's thread, for offline use (replay) of a batcher never started."""
+        if self._thread.is_alive():
+            raise RuntimeError("run_here is for a batcher that was never started: the inference thread owns "
+                               "the engine")
+        return run_act(self.engine, inputs, self._initial_carry(len(inputs["h_tokens"])), self.act)
 
     def warm(self, row: dict[str, np.ndarray], rounds: int = 3) -> None:
         """Run the engine at every batch size it can be given, before start(): first calls are slow (graph

@@ -14,18 +14,19 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import msgspec
 import numpy as np
 import zmq
 import zmq.asyncio
 
+from dualhrq.data.bars import Bars
 from dualhrq.errors import HRMError
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.security import ClientKeys
 
-BarsLike = Mapping[str, Sequence[float] | np.ndarray] | Any  # {t,o,h,l,c,v} or dualhrq.data.bars.Bars
+BarsLike = Union[Mapping[str, Union[Sequence[float], np.ndarray]], Bars]  # {t,o,h,l,c,v} columns or Bars
 
 
 class RequestFailed(HRMError):
@@ -53,8 +54,9 @@ def signal_request(instrument: str, timeframe: str, coarse: BarsLike, fine: Bars
 
 
 def _wire_bars(bars: BarsLike) -> dict[str, list]:
-    get = bars.__getitem__ if isinstance(bars, Mapping) else lambda k: getattr(bars, k)
-    return {k: np.asarray(get(k)).tolist() for k in ("t", "o", "h", "l", "c", "v")}
+    if isinstance(bars, Bars):
+        return msgspec.structs.asdict(p.wire_bars(bars))
+    return {k: np.asarray(bars[k]).tolist() for k in ("t", "o", "h", "l", "c", "v")}
 
 
 def hold_reply(request_id: str, cause: str) -> p.SignalReply:

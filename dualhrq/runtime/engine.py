@@ -7,7 +7,6 @@ inference thread) calls `run`, which is also where the carry lives between ACT s
 
 from __future__ import annotations
 
-import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,8 +19,6 @@ from dualhrq.export.segment import INPUT_NAMES, OUTPUT_NAMES
 
 if TYPE_CHECKING:
     from dualhrq.model import HRM
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
 
@@ -55,7 +52,7 @@ class OnnxEngine(Engine):
     optimisation, and I/O binding into preallocated outputs (no allocation per call after the first call at
     a batch size, which the warm-up makes)."""
 
-    def __init__(self, graph: Path, backend: str = "onnx-cpu", threads: int = 0, spinning: bool = True,
+    def __init__(self, graph: Path, backend: str = "onnx-cpu", threads: int = 0, spinning: bool = False,
                  max_batch: int = 8) -> None:
         import onnxruntime as ort
 
@@ -217,7 +214,7 @@ class TensorRTEngine(Engine):
 
 
 def make_engine(bundle: Any, backend: str = "onnx-cpu", precision: str = "fp32", threads: int = 0,
-                max_batch: int = 8, spinning: bool = True) -> Engine:
+                max_batch: int = 8, spinning: bool = False) -> Engine:
     """The engine a bundle (dualhrq.export.bundle.Bundle) asks for, with a clear error when unavailable."""
     if backend not in BACKENDS:
         raise ConfigurationError(f"serve.backend: {backend!r} is not one of {', '.join(BACKENDS)}")

@@ -22,7 +22,7 @@ from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.runtime.batcher import Batcher
-from dualhrq.runtime.protocol import PROTOCOL_VERSION, Signal, check_bars, wire_bars
+from dualhrq.runtime.protocol import ACTIONS, PROTOCOL_VERSION, Signal, check_bars, wire_bars
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,30 @@ class Sample(Protocol):
     h_tokens: np.ndarray  # [T_h, F_c]
     l_tokens: np.ndarray  # [T_l, F_f]
     regime_features: np.ndarray  # [20]
-    pattern_features: np.ndarray  # [F]
-    as_of: int  # ns: the newest bar's time, the retrieval's look-ahead bound
+    pattern_features: np.ndarray  # [F]: the retrieval key
+    as_of: int  # ns: the last fine bar's close time; retrieval sees nothing known later
 
 
 @dataclass
 class Prepared:
-    """One request's graph inputs before retrieval fills pattern_context / pattern_mask."""
+    """One request's graph inputs but the pattern context (batch axis of 1), and its retrieval key."""
 
-    inputs: dict[str, np.ndarray]  # batch axis of 1
-    pattern_features: np.ndarray  # [1, F]
+    inputs: dict[str, np.ndarray]
+    key: np.ndarray  # [1, F] float32
     as_of: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    quantity: float
+    probs: list[float]  # ACTIONS order
+    confidence: float  # the chosen action's probability
+    forecast_coarse: float  # returns (the model's units times the training std)
+    forecast_fine: float
+    value: float
+    regime: int
+    regime_probs: list[float]
 
 
 @dataclass
@@ -79,12 +92,33 @@ class ModelHost:
         """A request's bars, validated (ProtocolError naming the bad field), as graph inputs. Pure numpy and
         CPU-bound: the server runs it off the event loop when `warm` found it dearer than ~0.2 ms."""
         coarse_n, fine_n = self.needs
-        s = self.features(check_bars(req.coarse, "coarse", coarse_n, req.id), check_bars(req.fine, "fine", fine_n, req.id))
+        return self.inputs_for(check_bars(req.coarse, "coarse", coarse_n, req.id),
+                               check_bars(req.fine, "fine", fine_n, req.id), req.instrument, req.timeframe)
+
+    def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
+        s = self.features(coarse, fine)
         inputs = {"h_tokens": s.h_tokens[None], "l_tokens": s.l_tokens[None],
-                  "instrument_id": np.array([self.instrument_id(req.instrument)], np.int64),
-                  "timeframe_id": np.array([self.timeframe_id(req.timeframe)], np.int64),
+                  "instrument_id": np.array([self.instrument_id(instrument)], np.int64),
+                  "timeframe_id": np.array([self.timeframe_id(timeframe)], np.int64),
                   "regime_features": s.regime_features[None].astype(np.float32)}
-        return Prepared(inputs, s.pattern_features[None], int(s.as_of))
+        return Prepared(inputs, s.pattern_features[None].astype(np.float32), int(s.as_of))
+
+    def regime_only(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pattern inputs of the regime-only path: an all-zero context behind an all-zero mask."""
+        k, p = self.pattern_shape
+        return np.zeros((1, k, p), np.float32), np.zeros((1, k), np.float32)
+
+    def decide(self, out: dict[str, np.ndarray]) -> Decision:
+        """One row's heads as the decision the reply reports (before the compliance gate)."""
+        logits = out["policy_logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        best = int(probs.argmax())
+        regime = out["regime_probs"].astype(np.float64)
+        return Decision(ACTIONS[best], float(out["quantity"]), probs.tolist(), float(probs[best]),
+                        float(out["forecast_coarse"]) * self.forecast_scale[0],
+                        float(out["forecast_fine"]) * self.forecast_scale[1], float(out["value"]),
+                        int(regime.argmax()), regime.tolist())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -100,11 +134,9 @@ class ModelHost:
         self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
         if self.retriever is not None:  # the index's first query pays for page faults and thread start-up
             for _ in range(rounds):
-                self.retriever.retrieve(prepared.pattern_features, prepared.as_of, timeout_s=5.0)
-        k, p = self.pattern_shape
-        row = {**prepared.inputs, "pattern_context": np.zeros((1, k, p), np.float32),
-               "pattern_mask": np.zeros((1, k), np.float32)}
-        self.batcher.warm(row, rounds)
+                self.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
+        context, mask = self.regime_only()
+        self.batcher.warm({**prepared.inputs, "pattern_context": context, "pattern_mask": mask}, rounds)
         log.info("warmed %s: features %.0f us (%s), engine batches 1..%d", self.name, 1e6 * float(np.median(timings)),
                  "inline" if self.features_inline else "in a thread", self.batcher.max_batch)
 
@@ -137,14 +169,29 @@ class ModelHost:
 # ---------------------------------------------------------------- from a bundle
 
 
+def read_overlay(path: str | Path) -> dict[str, Any]:
+    """A serve config file (e.g. config/serve.yaml) as raw sections, `base:` followed; validated only when
+    laid over a bundle's config (`overlay_config`), since on its own it lacks the model section."""
+    from dualhrq.config import _read_yaml  # the loader every config file goes through
+
+    return _read_yaml(Path(path))
+
+
 def overlay_config(base: Config, overlay: dict[str, Any], source: str) -> Config:
-    """The bundle's config with serve-time sections (serve, act.fixed_segments, patterns, compliance) from
-    a serve config file laid over it. The model section is the bundle's and cannot be changed."""
+    """The bundle's config with serve-time sections (serve, act, patterns, compliance) from a serve config
+    laid over it, section by section. The model section is the bundle's and cannot be changed."""
     from dualhrq.config import _merge  # the same section-wise merge `base:` files use
 
     if "model" in overlay:
         raise ConfigurationError(f"{source}: model: comes from the bundle and cannot be overridden at serve time")
     return config_from_dict(_merge(config_to_dict(base), overlay), source)
+
+
+def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str) -> Config:
+    """The config a bundle will be served with, from its manifest alone (cheap: nothing hashed or loaded)."""
+    from dualhrq.export.bundle import load_bundle
+
+    return overlay_config(load_bundle(bundle_path, verify=False).config, overlay, source)
 
 
 def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:

@@ -35,9 +35,11 @@ RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 class ProtocolError(Exception):
     """A request that earns an error reply; `field` names the offending field (dotted, with [index])."""
 
-    def __init__(self, code: ErrorCode, message: str, field: str | None = None, request_id: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None, request_id: str | None = None,
+                 kind: str | None = None):
         super().__init__(message)
         self.code, self.message, self.field, self.request_id = code, message, field, request_id
+        self.kind = kind  # the request's type when the body got far enough to tell (metrics label)
 
     def reply(self) -> ErrorReply:
         return ErrorReply(id=self.request_id, code=self.code, message=self.message, field=self.field)
@@ -253,13 +255,13 @@ def _diagnose(body: bytes) -> ProtocolError:
         version = obj.get("v")
         if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
             return ProtocolError("unsupported_version", f"protocol version {version} is not supported; "
-                                 f"this server speaks v{PROTOCOL_VERSION}", "v", rid)
+                                 f"this server speaks v{PROTOCOL_VERSION}", "v", rid, kind)
     try:
         msgspec.convert(obj, Request, strict=True)
     except msgspec.ValidationError as e:
         field, message = _readable(str(e))
-        return ProtocolError("bad_request", message, field, rid)
-    return ProtocolError("internal", "request rejected by the decoder for an unrecognised reason", None, rid)
+        return ProtocolError("bad_request", message, field, rid, kind)
+    return ProtocolError("internal", "request rejected by the decoder for an unrecognised reason", None, rid, kind)
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -286,19 +288,21 @@ def _kind(value: object) -> str:
 
 
 def _check_signal_numbers(req: Signal) -> None:
+    def fail(code: ErrorCode, message: str, field: str) -> ProtocolError:
+        return ProtocolError(code, message, field, req.id, "signal")
+
     if req.v != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported_version", f"protocol version {req.v} is not supported; this server "
-                            f"speaks v{PROTOCOL_VERSION}", "v", req.id)
+        raise fail("unsupported_version", f"protocol version {req.v} is not supported; this server speaks "
+                   f"v{PROTOCOL_VERSION}", "v")
     if req.deadline_ms is not None and not (math.isfinite(req.deadline_ms) and req.deadline_ms > 0):
-        raise ProtocolError("invalid_input", f"deadline_ms must be a finite number > 0, got {req.deadline_ms}",
-                            "deadline_ms", req.id)
+        raise fail("invalid_input", f"deadline_ms must be a finite number > 0, got {req.deadline_ms}", "deadline_ms")
     if req.market is not None:
         for name in ("last", "bid", "ask", "prior_close"):
             value = getattr(req.market, name)
             if not math.isfinite(value):
-                raise ProtocolError("invalid_input", f"{value} is not a finite number", f"market.{name}", req.id)
+                raise fail("invalid_input", f"{value} is not a finite number", f"market.{name}")
             if value <= 0:
-                raise ProtocolError("invalid_input", f"price must be > 0, got {value}", f"market.{name}", req.id)
+                raise fail("invalid_input", f"price must be > 0, got {value}", f"market.{name}")
 
 
 # ---------------------------------------------------------------- bars for the model

@@ -17,10 +17,11 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, warmed host (blocking)
 
+
+class Relay(Protocol):
+    """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus)."""
+
+    def publish(self, cmd: str, bundle: str = "") -> None: ...
+
+    async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
+
 _REPLY_REASON = {"busy": "timeout"}  # the retriever's "busy" (every worker stuck) is a timeout on the wire
 
 
@@ -46,7 +55,7 @@ class Server:
     """Serve one bundle on `serve.bind` (or, as a worker, on a broker's backend via `connect`)."""
 
     def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
-                 connect: str | None = None, control: Any | None = None) -> None:
+                 connect: str | None = None, control: Relay | None = None) -> None:
         self.serve = serve
         self.metrics = Metrics()
         self.endpoint = ""  # the bound (or connected) address once started
@@ -96,15 +105,16 @@ class Server:
         self._sock = sock
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("serving %s on %s (ready)", host.name, self.endpoint)
+        log.info("serving %s on %s (ready)", host.name, self.endpoint,
+                 extra={"event": "ready", "model": host.name, "endpoint": self.endpoint})
 
     async def run(self, handle_signals: bool = True) -> int:
         """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code."""
-        await self.start()
-        if handle_signals:
-            loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
+        if handle_signals:  # before loading, so a signal while loading also ends in a clean exit
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
+                self._loop.add_signal_handler(sig, self.stop)
+        await self.start()
         listeners = [asyncio.create_task(self._control.listen(self._apply))] if self._control else []
         await self._receive()
         log.info("stopping: no new requests; draining %d in flight", len(self._tasks))
@@ -170,7 +180,7 @@ class Server:
 
     async def _handle(self, frames: list, t0: float) -> None:
         self._in_flight += 1
-        kind, reply = "?", None
+        kind, reply = "unknown", None
         try:
             body = frames[-1] if self._copy else frames[-1].bytes
             user = None if self._copy else frames[-1].get("User-Id")
@@ -191,7 +201,7 @@ class Server:
         try:
             req = p.decode_request(body, self.serve.max_body_bytes)
         except p.ProtocolError as e:
-            return "invalid", e.reply()
+            return e.kind or "unknown", e.reply()
         kind = type(req).__struct_config__.tag
         try:
             if isinstance(req, p.Signal):
@@ -202,8 +212,8 @@ class Server:
         except p.ProtocolError as e:
             e.request_id = req.id
             return kind, e.reply()
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError:  # only the drain cancels a request: it still gets its reply
+            return kind, p.ErrorReply(id=req.id, code="internal", message="server shutting down")
         except Exception as e:  # noqa: BLE001 - reported to the client as `internal`, logged in full here
             log.exception("request %s failed", req.id)
             return kind, p.ErrorReply(id=req.id, code="internal", message=f"{type(e).__name__}: {e}")
@@ -223,17 +233,15 @@ class Server:
         if self._in_flight > self.serve.max_in_flight:
             raise p.ProtocolError("overloaded", f"more than {self.serve.max_in_flight} requests in flight")
         host = self._host
-        if host is None or not self.ready:
-            raise p.ProtocolError("overloaded", "not ready (loading or shutting down); retry")
+        if host is None:
+            raise p.ProtocolError("overloaded", "no model loaded (shutting down); retry elsewhere or later")
         deadline_ms = req.deadline_ms or self.serve.default_deadline_ms
         if not deadline_ms:
             return await self._pipeline(req, host, t0, None)
         deadline = t0 + deadline_ms / 1000.0
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + (deadline - time.perf_counter())):
-                return await self._pipeline(req, host, t0, deadline)
-        except TimeoutError:
+            return await asyncio.wait_for(self._pipeline(req, host, t0, deadline), deadline - time.perf_counter())
+        except asyncio.TimeoutError:
             raise p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}") from None
 
     async def _pipeline(self, req: p.Signal, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
@@ -247,10 +255,11 @@ class Server:
             else:
                 prepared = await asyncio.get_running_loop().run_in_executor(self._features_pool, host.prepare, req)
             t_features = time.perf_counter()
-            used, reason = await self._retrieve(host, prepared)
+            context, mask, used, reason = await self._retrieve(host, prepared)
             t_retrieval = time.perf_counter()
             try:
-                future = host.batcher.submit(prepared.inputs, deadline)
+                future = host.batcher.submit({**prepared.inputs, "pattern_context": context, "pattern_mask": mask},
+                                             deadline)
             except Overloaded as e:
                 raise p.ProtocolError("overloaded", str(e)) from None
             self._upstream -= 1
@@ -269,42 +278,29 @@ class Server:
         self.metrics.observe_stages(stages)
         return reply
 
-    async def _retrieve(self, host: ModelHost, prepared: Prepared) -> tuple[int, str | None]:
-        """Fill the pattern inputs in place; (neighbours used, fail-open reason or None)."""
-        k, dim = host.pattern_shape
+    async def _retrieve(self, host: ModelHost, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, int, str | None]:
+        """(pattern context, mask, neighbours used, fail-open reason or None). Never waits on the index longer
+        than patterns.timeout_ms: the retriever fails open (regime-only) past it."""
         reason = "disabled"
         if self._patterns_enabled and host.retriever is not None:
             timeout_s = host.config.patterns.timeout_ms / 1000.0
-            res = await host.retriever.retrieve_async(prepared.pattern_features, prepared.as_of, timeout_s)
-            reason = res.reason
-            if reason is None or reason == "empty":
-                prepared.inputs["pattern_context"] = res.pattern_context
-                prepared.inputs["pattern_mask"] = res.mask
-                if reason is None:
-                    return int(res.used[0]), None
+            found = await host.retriever.retrieve_async(prepared.key, prepared.as_of, timeout_s)
+            reason = found.reason
+            if reason is None:
+                return found.pattern_context, found.mask, int(found.used[0]), None
         self.metrics.fail_open.labels(reason).inc()
-        if "pattern_mask" not in prepared.inputs:  # regime-only: an all-zero context behind an all-zero mask
-            prepared.inputs["pattern_context"] = np.zeros((1, k, dim), np.float32)
-            prepared.inputs["pattern_mask"] = np.zeros((1, k), np.float32)
-        return 0, _REPLY_REASON.get(reason, reason)
+        context, mask = host.regime_only()
+        return context, mask, 0, _REPLY_REASON.get(reason, reason)
 
     def _signal_reply(self, req: p.Signal, host: ModelHost, row: RowResult, used: int, reason: str | None,
                       stages: dict[str, float], t0: float) -> p.SignalReply:
-        out = row.outputs
-        logits = out["policy_logits"].astype(np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        best = int(probs.argmax())
-        action, quantity = p.ACTIONS[best], float(out["quantity"])
-        decision = self._comply(req, action, quantity)
-        regime = out["regime_probs"].astype(np.float64)
+        d = host.decide(row.outputs)
+        decision = self._comply(req, d.action, d.quantity)
         us = {k: int(v * 1e6) for k, v in stages.items()}
         return p.SignalReply(
-            id=req.id, model=host.name, action=decision.action, probs=probs.tolist(),
-            confidence=float(probs[best]), quantity=decision.quantity,
-            forecast=p.Forecast(float(out["forecast_coarse"]) * host.forecast_scale[0],
-                                float(out["forecast_fine"]) * host.forecast_scale[1]),
-            value=float(out["value"]), regime=p.Regime(int(regime.argmax()), regime.tolist()),
+            id=req.id, model=host.name, action=decision.action, probs=d.probs, confidence=d.confidence,
+            quantity=decision.quantity, forecast=p.Forecast(d.forecast_coarse, d.forecast_fine), value=d.value,
+            regime=p.Regime(d.regime, d.regime_probs),
             patterns=p.Patterns(used=used, fail_open=reason is not None, reason=reason),
             act=p.Act(row.segments, "q" if row.halted_by_q else "max"),
             compliance=p.Compliance(decision.allowed, decision.original_action, list(decision.reasons)),
@@ -339,7 +335,7 @@ class Server:
             return p.AdminReply(id=req.id, cmd=req.cmd, ok=False, detail={"error": f"{type(e).__name__}: {e}"})
         if self._control is not None and req.cmd != "stats":
             self._control.publish(req.cmd, req.bundle)
-        log.info("admin %s applied", req.cmd)
+        log.info("admin %s applied", req.cmd, extra={"event": "admin", "cmd": req.cmd, "detail": detail})
         return p.AdminReply(id=req.id, cmd=req.cmd, ok=True, detail=detail)
 
     async def _apply(self, cmd: str, bundle: str = "") -> dict[str, Any]:
@@ -371,11 +367,12 @@ class Server:
     async def _retire(self, host: ModelHost) -> None:
         await host.drained()
         await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
-        log.info("retired %s", host.name)
+        log.info("retired %s", host.name, extra={"event": "retired", "model": host.name})
 
     def stats(self) -> dict[str, Any]:
         host = self._host
-        return {"model": host.name if host else "", "ready": self.ready, "uptime_s": time.monotonic() - self._started,
+        return {"model": host.name if host else "", "ready": self.ready, "pid": os.getpid(),
+                "uptime_s": time.monotonic() - self._started,
                 "patterns_enabled": self._patterns_enabled, "kill_switch": self._gate.kill_switch,
                 "in_flight": self._in_flight, "queue_depth": host.batcher.depth if host else 0,
                 "counters": self.metrics.snapshot()}

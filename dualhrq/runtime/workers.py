@@ -21,6 +21,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -36,6 +37,7 @@ import zmq
 import zmq.asyncio
 
 from dualhrq.config import CurveConfig, ServeConfig
+from dualhrq.errors import ConfigurationError
 from dualhrq.runtime.security import CurveServer
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,14 @@ class BrokerAddresses:
     backend: str  # where workers connect
     control_in: str  # workers publish relayed admin commands here (XSUB)
     control_out: str  # and subscribe to them here (XPUB)
+
+    @classmethod
+    def remote(cls, backend: str, frontend: str = "") -> BrokerAddresses:
+        """A broker on the network: backend tcp://HOST:PORT, its control bus on PORT+1 and PORT+2."""
+        host, _, port = backend.rpartition(":")
+        if not backend.startswith("tcp://") or not port.isdigit():
+            raise ConfigurationError(f"--connect/--backend: expected tcp://HOST:PORT, got {backend!r}")
+        return cls(frontend, backend, f"{host}:{int(port) + 1}", f"{host}:{int(port) + 2}")
 
     @classmethod
     def local(cls, frontend: str) -> BrokerAddresses:
@@ -152,14 +162,17 @@ class ControlBus:
 
 
 def worker_main(bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
-                verbose: bool = False) -> None:
+                verbose: bool = False, json_logs: bool = False) -> None:
     """One worker process: a Server connected to the broker's backend, with the control bus."""
     from dualhrq.compliance.gate import ComplianceGate
     from dualhrq.runtime.host import load_host, serve_settings
+    from dualhrq.runtime.logs import use_json_logs
     from dualhrq.runtime.server import Server
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: %(message)s")
+    if json_logs:
+        use_json_logs()
     cfg = serve_settings(bundle, overlay, source)
     # CURVE ends at the broker; the hop from the broker to a worker is this machine's ipc (or the operator's
     # private network for remote workers).
@@ -175,9 +188,9 @@ def worker_main(bundle: str, overlay: dict[str, Any], source: str, addresses: Br
 
 
 def start_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
-                  verbose: bool = False) -> list[mp.Process]:
+                  verbose: bool = False, json_logs: bool = False) -> list[mp.Process]:
     ctx = mp.get_context("spawn")  # never fork a process that holds ZeroMQ contexts and threads
-    procs = [ctx.Process(target=worker_main, args=(bundle, overlay, source, addresses, verbose),
+    procs = [ctx.Process(target=worker_main, args=(bundle, overlay, source, addresses, verbose, json_logs),
                          name=f"dualhrq-worker-{i}") for i in range(n)]
     for proc in procs:
         proc.start()
@@ -185,11 +198,11 @@ def start_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, add
 
 
 def run_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
-                verbose: bool = False) -> int:
+                verbose: bool = False, json_logs: bool = False) -> int:
     """The `serve --workers N` supervisor: broker + N workers; SIGTERM/SIGINT drain them all, exit 0."""
     addresses = BrokerAddresses.local(serve.bind)
     broker = Broker(addresses, serve.curve).start()
-    procs = start_workers(n, bundle, overlay, source, addresses, verbose)
+    procs = start_workers(n, bundle, overlay, source, addresses, verbose, json_logs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -208,4 +221,5 @@ def run_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, serve
             log.error("worker %d did not stop in time; killing it", proc.pid)
             proc.kill()
     broker.stop()
+    shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
     return 0 if stop.is_set() else 1

@@ -36,7 +36,7 @@ class TrainingSet:
         return self.inputs.batch_size
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> TrainingSet:
-        i = torch.as_tensor(np.asarray(idx), dtype=torch.int64)
+        i = torch.as_tensor(idx).to(torch.int64)
         return TrainingSet(index_inputs(self.inputs, i), self.targets.index(i))
 
     def to(self, device: torch.device | str) -> TrainingSet:

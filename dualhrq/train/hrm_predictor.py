@@ -12,8 +12,10 @@ mask, the runtime's fail-open path) key their checkpoints by the training sample
 so the second finds the first's checkpoint and only predicts. Their difference on the same splits is the
 price of failing open (issue 5, item 8).
 
-Positions: the policy is replayed over the test samples from flat: BUY goes long ``quantity``, SELL short,
-HOLD keeps the position, CLOSE_LONG / CLOSE_SHORT flatten a long / short (and keep anything else).
+Positions: the action labels mark a coming move beyond the cost upwards with BUY (from flat) or CLOSE_SHORT
+(from short), downwards with SELL or CLOSE_LONG, and HOLD otherwise. The position is the policy's probability
+of an up-move minus that of a down-move, in [-1, 1] (the logistic baseline's 2P - 1). Replaying the argmax
+action instead would mostly hold: HOLD is the majority label, so a calibrated policy rarely ranks it second.
 """
 
 from __future__ import annotations
@@ -43,23 +45,15 @@ from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)
 
-_BUY, _SELL, _CLOSE_LONG, _CLOSE_SHORT = (ACTIONS.index(a) for a in ("BUY", "SELL", "CLOSE_LONG", "CLOSE_SHORT"))
+_UP = [ACTIONS.index(a) for a in ("BUY", "CLOSE_SHORT")]
+_DOWN = [ACTIONS.index(a) for a in ("SELL", "CLOSE_LONG")]
 _PREDICT_BATCH = 512
 
 
-def positions_from_actions(actions: np.ndarray, quantity: np.ndarray) -> np.ndarray:
-    """Replay actions over consecutive samples from flat (see the module docstring) -> positions in [-1, 1]."""
-    pos = np.zeros(len(actions))
-    held = 0.0
-    for i, (a, q) in enumerate(zip(actions, quantity)):
-        if a == _BUY:
-            held = float(q)
-        elif a == _SELL:
-            held = -float(q)
-        elif (a == _CLOSE_LONG and held > 0) or (a == _CLOSE_SHORT and held < 0):
-            held = 0.0
-        pos[i] = held
-    return pos
+def position_from_policy(policy_logits: torch.Tensor) -> torch.Tensor:
+    """[B] P(up-move) - P(down-move) in [-1, 1] from policy logits [B, 5] (see the module docstring)."""
+    p = torch.softmax(policy_logits, dim=-1)
+    return p[:, _UP].sum(-1) - p[:, _DOWN].sum(-1)
 
 
 class HRMPredictor:
@@ -84,7 +78,9 @@ class HRMPredictor:
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None or read_checkpoint_meta(ckpt).step < steps:
+        if ckpt is not None and read_checkpoint_meta(ckpt).step >= steps:
+            log.info("%s: this split's model is trained already (%s)", self.name, ckpt)
+        else:
             data = self._training_set(train_idx)
             if ckpt is not None:  # an interrupted run of this very split: finish it
                 trainer = resume_trainer(ckpt, data, self.ctx)
@@ -103,16 +99,14 @@ class HRMPredictor:
         inputs = index_inputs(self.prepared.samples.inputs, torch.as_tensor(np.asarray(test_idx, np.int64)))
         if not self.patterns:
             inputs = replace(inputs, pattern_mask=torch.zeros_like(inputs.pattern_mask))
-        actions, quantity, forecast = [], [], []
+        position, forecast = [], []
         for s in range(0, inputs.batch_size, _PREDICT_BATCH):
             part = index_inputs(inputs, slice(s, s + _PREDICT_BATCH))
             out = act_inference(self.model, inputs_to(part, self.ctx.device), self.cfg.act).outputs
-            actions.append(out.policy_logits.argmax(-1).cpu().numpy())
-            quantity.append(out.quantity.cpu().numpy())
+            position.append(position_from_policy(out.policy_logits).cpu().numpy())
             forecast.append(out.forecast_fine.cpu().numpy())
         scale = self.prepared.artifacts.target_scale["out_b"]  # forecasts are in units of the return's std
-        a, q = np.concatenate(actions), np.concatenate(quantity)
-        return Predictions(position=positions_from_actions(a, q),
+        return Predictions(position=np.clip(np.concatenate(position).astype(np.float64), -1.0, 1.0),
                            forecast=np.concatenate(forecast).astype(np.float64) * scale)
 
     # ------------------------------------------------------------ inside

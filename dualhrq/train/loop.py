@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dualhrq.config import Config
-from dualhrq.errors import ConvergenceError, ModelLoadError
+from dualhrq.errors import ConfigurationError, ConvergenceError, ModelLoadError
 from dualhrq.model import HRM, Carry
 from dualhrq.seeding import seed_everything
 from dualhrq.train.act import SlotState, act_inference, halt_decision, q_continue_target
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
+from dualhrq.train.inputs import InputArtifacts, prepare_training
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, loss_weights, policy_correct, segment_loss
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,11 @@ class Trainer:
 def evaluate(model: HRM, cfg: Config, data: TrainingSet, batch_size: int = 256) -> dict[str, float]:
     """Held-out figures with ACT as served: policy accuracy and cross-entropy, mean segments, forecast errors."""
     model.eval()
+    device = next(model.parameters()).device
     n = len(data)
     sums = {"accuracy": 0.0, "policy_loss": 0.0, "segments": 0.0, "forecast_fine_mse": 0.0}
     for start in range(0, n, batch_size):
-        part = data.subset(torch.arange(start, min(n, start + batch_size)))
+        part = data.subset(torch.arange(start, min(n, start + batch_size))).to(device)
         res = act_inference(model, part.inputs, cfg.act)
         out, y = res.outputs, part.targets
         sums["accuracy"] += float(policy_correct(out, y).sum())
@@ -261,7 +263,7 @@ class _LogWindow:
         rec["accuracy"] = s["halted_correct"] / halted if halted else None  # of samples finished in the window
         rec["q_halt_accuracy"] = s["q_halt_correct"] / halted if halted else None
         rec["segments"] = s["halted_segments"] / halted if halted else None
-        rec["halted_per_step"] = halted / (s["steps"] / ctx.world_size)
+        rec["halted_fraction"] = halted / max(s["slots"], 1.0)  # share of slots finishing a sample per step
         rec["grad_norm"] = grad_norm
         rec["sec_per_step"] = (time.perf_counter() - self.started) / max(s["steps"] / ctx.world_size, 1.0)
         return rec
@@ -352,8 +354,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
           stop_at: int | None = None, progress: bool = True) -> RunResult:
     """`dualhrq train`: prepare the inputs, then train for ``steps`` (default train.steps), optionally stopping
     early at ``stop_at`` (a later --resume continues), under torchrun when launched by it."""
-    from dualhrq.train.inputs import InputArtifacts, prepare_training
-
     ctx = init_distributed(cfg.train.device)
     try:
         out = Path(out_dir or cfg.train.out_dir)
@@ -374,6 +374,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
             prepared = prepare_training(cfg)
             trainer = new_trainer(cfg, prepared.train, ctx, steps or cfg.train.steps)
         until = min(stop_at or trainer.total_steps, trainer.total_steps)
+        if until <= trainer.step:
+            raise ConfigurationError(f"nothing to train: the run is at step {trainer.step} and would stop at {until} "
+                                     "(raise --steps or --stop-at)")
         return run(trainer, until, out, extra=prepared.artifacts.to_extra(),
                    save_files=prepared.artifacts.save_files, eval_data=prepared.test, progress=progress)
     finally:

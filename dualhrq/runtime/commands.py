@@ -1,0 +1,129 @@
+"""`dualhrq serve`, `dualhrq broker` and `dualhrq keys generate` (wired into the CLI by dualhrq/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+SERVE_HELP = """\
+Serve a bundle to order gateways over ZeroMQ (protocol v1, docs/PROTOCOL.md).
+
+The bundle's hashes are verified and the engine is warmed at every batch size before the socket binds:
+once `ping` answers, `ready` is true and the first request pays no first-run cost. --config lays a serve
+config (e.g. config/serve.yaml: the serve, act, patterns and compliance sections) over the bundle's own;
+the model section always comes from the bundle. SIGTERM or SIGINT stops receiving, answers what is in
+flight (serve.drain_timeout_s at most) and exits 0.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="serve a bundle over ZeroMQ (protocol v1)", description=SERVE_HELP,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--bundle", required=True, help="bundle directory written by `dualhrq export`")
+    serve.add_argument("--config", default=None, help="serve config laid over the bundle's, e.g. config/serve.yaml")
+    serve.add_argument("--bind", default=None, help="client address (default serve.bind, tcp://127.0.0.1:5555; "
+                       "loopback unless you say otherwise)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="N engine processes behind a ROUTER/DEALER proxy on the same address (serve.workers)")
+    serve.add_argument("--connect", default=None, metavar="ADDR",
+                       help="run as one worker of a broker elsewhere (`dualhrq broker`): ADDR is its backend, "
+                            "e.g. tcp://broker-host:5556; the control bus is on the next two ports")
+    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this HTTP port")
+    serve.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line")
+    serve.set_defaults(func=_cmd_serve)
+
+    broker = subparsers.add_parser(
+        "broker", help="a ROUTER/DEALER broker that workers on other machines join",
+        description="Clients connect to --bind; workers (`dualhrq serve --connect tcp://THIS-HOST:PORT`) connect "
+                    "to the backend --port, and relay admin state on the next two ports. CURVE, if configured "
+                    "in --config, is applied to the client side.")
+    broker.add_argument("--bind", default="tcp://127.0.0.1:5555", help="client address")
+    broker.add_argument("--backend", default="tcp://127.0.0.1:5556",
+                        help="worker address; control bus on the next two ports")
+    broker.add_argument("--config", default=None, help="serve config (for serve.curve)")
+    broker.set_defaults(func=_cmd_broker)
+
+    keys = subparsers.add_parser("keys", help="CURVE keys for the server, gateways and admins")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="KEYS", required=True)
+    gen = keys_sub.add_parser(
+        "generate", help="write NAME.key (public) and NAME.key_secret (secret) in --out",
+        description="Generate a CURVE key pair in ZeroMQ's certificate format. Give the server its .key_secret "
+                    "(serve.curve.server_secret_key_file) and clients its .key; put each allowed client's .key in "
+                    "serve.curve.allowed_clients_dir (admins' also in admin_keys_dir).")
+    gen.add_argument("--out", required=True, help="directory for the key files")
+    gen.add_argument("--name", required=True, help="key name, e.g. server or gateway-1")
+    gen.set_defaults(func=_cmd_keys_generate)
+
+
+def _overlay(args: argparse.Namespace) -> tuple[dict, str]:
+    from dualhrq.runtime.host import read_overlay
+
+    overlay = read_overlay(args.config) if args.config else {}
+    serve = dict(overlay.get("serve") or {})
+    for flag, key in (("bind", "bind"), ("workers", "workers"), ("metrics_port", "metrics_port")):
+        if getattr(args, flag, None) is not None:
+            serve[key] = getattr(args, flag)
+    return {**overlay, "serve": serve}, args.config or "command line"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dualhrq.compliance.gate import ComplianceGate
+    from dualhrq.runtime.host import load_host, serve_settings
+    from dualhrq.runtime.logs import use_json_logs
+    from dualhrq.runtime.server import Server
+    from dualhrq.runtime.workers import BrokerAddresses, ControlBus, run_workers
+
+    if args.log_json:
+        use_json_logs()
+    # The event loop competes for the GIL with the feature and inference threads: hand it over more often
+    # than the default 5 ms so a waiting loop is never held up long.
+    sys.setswitchinterval(0.0005)
+    overlay, source = _overlay(args)
+    cfg = serve_settings(args.bundle, overlay, source)
+    if cfg.serve.workers > 1 and not args.connect:
+        return run_workers(cfg.serve.workers, args.bundle, overlay, source, cfg.serve, getattr(args, "verbose", False),
+                           args.log_json)
+    bus = None
+    if args.connect:
+        addresses = BrokerAddresses.remote(args.connect)
+        bus = ControlBus(addresses.control_in, addresses.control_out)
+    server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), args.bundle,
+                    gate=ComplianceGate(cfg.compliance), connect=args.connect, control=bus)
+    try:
+        return asyncio.run(server.run())
+    finally:
+        if bus is not None:
+            bus.close()
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dualhrq.config import CurveConfig
+    from dualhrq.runtime.host import read_overlay
+    from dualhrq.runtime.workers import Broker, BrokerAddresses
+
+    curve = CurveConfig()
+    if args.config:
+        import msgspec
+
+        curve = msgspec.convert((read_overlay(args.config).get("serve") or {}).get("curve") or {}, CurveConfig)
+    broker = Broker(BrokerAddresses.remote(args.backend, frontend=args.bind), curve).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"broker: clients on {args.bind}, workers on {args.backend}; Ctrl-C to stop", flush=True)
+    stop.wait()
+    broker.stop()
+    return 0
+
+
+def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    from dualhrq.runtime.security import generate_keys
+
+    public, secret = generate_keys(args.out, args.name)
+    print(f"public key: {public}  (give it to the other side)")
+    print(f"secret key: {secret}  (keep it; mode 0600)")
+    return 0

@@ -1,0 +1,60 @@
+"""Offline signals from a bundle for `dualhrq replay`: the serving path (features -> retrieval -> engine ->
+ACT) on historical bars, bar by bar, without a server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dualhrq.data.bars import Bars
+from dualhrq.data.resample import default_coarse_rule, resample, timeframe_name
+from dualhrq.errors import DataError
+from dualhrq.runtime.host import load_host
+
+log = logging.getLogger(__name__)
+
+RETRIEVAL_TIMEOUT_S = 5.0  # offline: wait for the index (a replay must not depend on this machine's load)
+
+
+def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str | None = None,
+                          timeframe: str | None = None) -> Callable[[int], tuple[str, float]]:
+    """i -> (action, quantity) decided at the close of fine bar i from the bars up to it, as `serve` would.
+
+    Bars without enough history before them give ("HOLD", 0.0). The coarse bars are resampled from `bars`
+    with the bundle's coarse rule (closed periods only). `instrument` defaults to the bundle's only one
+    (the shared "unknown" embedding if it has several); `timeframe` to the bars' own spacing.
+    """
+    from dualhrq.export.bundle import load_bundle
+
+    if len(bars) < 2:
+        raise DataError(f"bars: {len(bars)} bars; a replay needs a history")
+    host = load_host(bundle_path)
+    bundle = load_bundle(bundle_path, verify=False)
+    vocab = bundle.instrument_vocab or []
+    name = instrument if instrument is not None else (vocab[0] if len(vocab) == 1 else "")
+    tf = timeframe or timeframe_name(int(np.median(np.diff(bars.t))))
+    coarse_rule = str(bundle.extra.get("coarse_rule") or default_coarse_rule(tf))
+    coarse = resample(bars, coarse_rule)
+    coarse_n, fine_n = host.needs
+    log.info("replay signals from %s: instrument %r, timeframe %s, coarse %s", host.name, name, tf, coarse_rule)
+
+    def signal(i: int) -> tuple[str, float]:
+        if not 0 <= i < len(bars):
+            raise IndexError(f"bar {i} is outside the {len(bars)} bars given")
+        closed = coarse.until(int(bars.t[i]))
+        if i + 1 < fine_n or len(closed) < coarse_n:
+            return "HOLD", 0.0
+        prepared = host.inputs_for(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
+        context, mask = host.regime_only()
+        if host.retriever is not None:
+            found = host.retriever.retrieve(prepared.key, prepared.as_of, RETRIEVAL_TIMEOUT_S)
+            if found.reason is None:
+                context, mask = found.pattern_context, found.mask
+        result = host.batcher.run_here({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
+        decision = host.decide({k: v[0] for k, v in result.outputs.items()})
+        return decision.action, decision.quantity
+
+    return signal
