@@ -136,9 +136,11 @@ def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from dualhrq.data import commands as data
     from dualhrq.export import commands as export
     from dualhrq.patterns import commands as patterns
+    from dualhrq.runtime import commands as runtime
     from dualhrq.train import commands as train
 
-    return [data.register, train.register, patterns.register, export.register, compliance.register]
+    return [data.register, train.register, patterns.register, export.register, runtime.register,
+            compliance.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -284,14 +284,17 @@ def _readable(err: msgspec.ValidationError) -> tuple[str, str]:
     return path or "<root>", msg
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid onto `base` key by key, recursing into nested mappings (what `base:` files and serve
+    overlays mean by "override")."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_sections(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as raw sections, with its `base:` chain merged in; not yet validated."""
     if not path.is_file():
         raise ConfigurationError(f"{path}: config file not found")
     if path.resolve() in seen:
@@ -307,7 +310,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(base, str):
         raise ConfigurationError(f"{path}: base: expected a path string")
-    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), raw)
+    return merge_sections(read_yaml(path.parent / base, seen + (path.resolve(),)), raw)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
@@ -322,7 +325,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
 def load_config(path: str | Path) -> Config:
     """Load and validate a YAML config file (following ``base:``)."""
     p = Path(path)
-    return config_from_dict(_read_yaml(p), str(path))
+    return config_from_dict(read_yaml(p), str(path))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

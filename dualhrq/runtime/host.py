@@ -172,19 +172,19 @@ class ModelHost:
 def read_overlay(path: str | Path) -> dict[str, Any]:
     """A serve config file (e.g. config/serve.yaml) as raw sections, `base:` followed; validated only when
     laid over a bundle's config (`overlay_config`), since on its own it lacks the model section."""
-    from dualhrq.config import _read_yaml  # the loader every config file goes through
+    from dualhrq.config import read_yaml  # the loader every config file goes through
 
-    return _read_yaml(Path(path))
+    return read_yaml(Path(path))
 
 
 def overlay_config(base: Config, overlay: dict[str, Any], source: str) -> Config:
     """The bundle's config with serve-time sections (serve, act, patterns, compliance) from a serve config
     laid over it, section by section. The model section is the bundle's and cannot be changed."""
-    from dualhrq.config import _merge  # the same section-wise merge `base:` files use
+    from dualhrq.config import merge_sections  # the same section-wise merge `base:` files use
 
     if "model" in overlay:
         raise ConfigurationError(f"{source}: model: comes from the bundle and cannot be overridden at serve time")
-    return config_from_dict(_merge(config_to_dict(base), overlay), source)
+    return config_from_dict(merge_sections(config_to_dict(base), overlay), source)
 
 
 def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str) -> Config:
