@@ -10,7 +10,7 @@ import torch
 
 from dualhrq.export.inputs import parity_feeds
 from dualhrq.export.parity import FP32_MAX_ABS_ERR, carry_parity, measure_parity
-from dualhrq.export.precision import activation_matmuls, to_fp16, to_int8
+from dualhrq.export.precision import activation_matmuls, mlp_weight_matmuls, to_fp16, to_int8
 from dualhrq.export.segment import OUTPUT_NAMES, export_segment, run_torch
 from dualhrq.export.session import ort_session, run_session
 from dualhrq.model import HRM
@@ -77,13 +77,16 @@ def test_parity_check_fails_a_graph_that_drifts(setup):
     assert not reduced.passed and any("forecast_coarse: correlation" in f for f in reduced.failures)
 
 
-def test_int8_quantises_weights_only_and_reports_figures(setup, tiny_config):
+def test_int8_quantises_only_the_block_mlp_weights_and_reports_figures(setup, tiny_config):
     _, graph, feeds, reference, root = setup
     path = to_int8(graph, root / "segment_int8.onnx")
     q = onnx.load(str(path))
     weights = {t.name for t in q.graph.initializer}
     integer = [n for n in q.graph.node if n.op_type == "MatMulInteger"]
     assert integer and all(n.input[1] in weights for n in integer)  # B is a stored quantised weight
+    assert all("/mlp/" in n.name for n in integer)
+    assert len(integer) == len(mlp_weight_matmuls(onnx.load(str(graph))))
+    assert not mlp_weight_matmuls(q)  # none left in float
     # Attention's two activation products per block stay float MatMuls: 2 per block application.
     m = tiny_config.model
     blocks = m.l_module.num_layers * m.n_cycles * m.t_steps + m.h_module.num_layers * m.n_cycles

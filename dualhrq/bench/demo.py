@@ -54,7 +54,10 @@ def run_demo(args: argparse.Namespace) -> int:
     _done(t0)
 
     t0 = _step("3/5 exporting the unrolled ONNX segment (fp32 and int8, parity-checked) into a hashed bundle")
-    if rc := cli(["export", "--checkpoint", str(latest), "--out", str(bundle), "--int8"]):
+    rc = cli(["export", "--checkpoint", str(latest), "--out", str(bundle), "--int8"])
+    if rc == 1 and (bundle / "manifest.json").is_file():
+        print("(int8 missed its parity bound and was left out: the demo serves the fp32 graph)")
+    elif rc:
         return rc
     if rc := cli(["bundle", "verify", str(bundle)]):
         return rc

@@ -16,6 +16,8 @@ dualhrq.train.checkpoint, ``train_state.pt``, and the pattern library in ``patte
 
 from __future__ import annotations
 
+import sys
+
 import json
 import logging
 import math
@@ -289,7 +291,7 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=until, initial=trainer.step, desc="train", unit="step", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # readable CI logs
     window = _LogWindow()
     acc_num = acc_den = 0
     loss_ema: float | None = None

@@ -328,7 +328,8 @@ def run_validation(
 
     preds: dict[str, list[Predictions]] = {}
     per_split: dict[str, list[Metrics]] = {}
-    with tqdm(total=total, desc="validate", unit="split", disable=not progress) as bar:
+    with tqdm(total=total, desc="validate", unit="split", disable=not progress,
+              mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
         for factory in predictors:
             predictor = factory(data, out / "models")
             if predictor.name in preds:
