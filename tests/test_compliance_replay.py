@@ -211,3 +211,13 @@ def test_cli_bundle_without_runtime_signals_is_a_clear_error(crash_files, monkey
     monkeypatch.setitem(sys.modules, "dualhrq.runtime.signals", None)  # import raises ImportError
     with pytest.raises(ConfigurationError, match="--bundle.*--policy"):
         _cli("--data", str(crash_files / "crash.csv"), "--bundle", "B")
+
+
+def test_cli_bundle_of_another_timeframe_names_bundle_and_data(crash_files, monkeypatch):
+    def signal_fn_from_bundle(bundle_path, bars):  # noqa: ANN001, ANN202
+        raise ConfigurationError("data.coarse_rule: '1d' is not longer than the fine bars")
+
+    monkeypatch.setitem(sys.modules, "dualhrq.runtime.signals",
+                        types.SimpleNamespace(signal_fn_from_bundle=signal_fn_from_bundle))
+    with pytest.raises(ConfigurationError, match=r"--bundle B cannot produce signals for these --data bars.*'1d'"):
+        _cli("--data", str(crash_files / "crash.csv"), "--bundle", "B")

@@ -82,4 +82,10 @@ def _bundle_signals(bundle: str, bars: Bars) -> SignalFn:
             f"--bundle: this install cannot produce signals from a bundle (dualhrq.runtime.signals."
             f"signal_fn_from_bundle is missing: {e}); use --policy momentum|random"
         ) from None
-    return signal_fn_from_bundle(bundle, bars)
+    try:
+        return signal_fn_from_bundle(bundle, bars)
+    except ConfigurationError as e:
+        # e.g. an hourly bundle (coarse rule 1d) given daily bars: the bare message names a config key the
+        # user of replay never set, so say which two inputs disagree.
+        raise ConfigurationError(f"--bundle {bundle} cannot produce signals for these --data bars "
+                                 f"(a bundle serves the bar timeframe it was trained on): {e}") from None
