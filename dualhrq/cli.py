@@ -93,6 +93,8 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    from dualhrq.bench.engine import HELP as ENGINE_HELP
+    from dualhrq.bench.engine import add_engine_args, run_engine_bench
     from dualhrq.bench.latency import HELP, add_latency_args, run_latency_bench
     from dualhrq.patterns.commands import add_index_bench_args, run_index_bench
 
@@ -100,6 +102,11 @@ def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_latency_args(p)
     p.set_defaults(func=run_latency_bench)
+    p = bench_sub.add_parser("engine", help="one segment through PyTorch eager, ONNX Runtime fp32/int8/fp16 and "
+                             "TensorRT side by side on real inputs", description=ENGINE_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_engine_args(p)
+    p.set_defaults(func=run_engine_bench)
     p = bench_sub.add_parser("index", help="pattern index recall against brute force and query latency")
     add_index_bench_args(p)
     p.set_defaults(func=run_index_bench)

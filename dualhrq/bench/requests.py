@@ -17,16 +17,18 @@ def bars_to_wire(bars: Bars) -> dict[str, list]:
             "c": bars.c.tolist(), "v": bars.v.tolist()}
 
 
-@dataclass
-class SignalRequestFactory:
-    """`factory(i, id)` -> the i-th request body (a dict), cycling through `pool` distinct real windows."""
+@dataclass(frozen=True)
+class RealWindows:
+    """Request-sized (coarse, fine) windows of one bundled dataset, each as of some fine bar's close."""
 
     instrument: str
     timeframe: str
-    windows: list[tuple[dict, dict]]  # (coarse, fine) in wire form
+    windows: list[tuple[Bars, Bars]]
 
     @classmethod
-    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> SignalRequestFactory:
+    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> RealWindows:
+        """`pool` windows at random fine bars (without replacement), each holding `needs["coarse"]` closed
+        coarse bars and `needs["fine"]` fine bars, as a gateway would send them."""
         ds = load_dataset(name)
         fine = ds.bars
         coarse = resample(fine, default_coarse_rule(ds.timeframe))
@@ -39,8 +41,23 @@ class SignalRequestFactory:
         windows = []
         for i in rng.choice(ends, size=min(pool, len(ends)), replace=False):
             k = int(visible[i])
-            windows.append((bars_to_wire(coarse.slice(k - n_c, k)), bars_to_wire(fine.slice(i - n_f + 1, i + 1))))
+            windows.append((coarse.slice(k - n_c, k), fine.slice(i - n_f + 1, i + 1)))
         return cls(ds.instrument, ds.timeframe, windows)
+
+
+@dataclass
+class SignalRequestFactory:
+    """`factory(i, id)` -> the i-th request body (a dict), cycling through `pool` distinct real windows."""
+
+    instrument: str
+    timeframe: str
+    windows: list[tuple[dict, dict]]  # (coarse, fine) in wire form
+
+    @classmethod
+    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> SignalRequestFactory:
+        real = RealWindows.from_dataset(name, needs, pool, seed)
+        return cls(real.instrument, real.timeframe,
+                   [(bars_to_wire(coarse), bars_to_wire(fine)) for coarse, fine in real.windows])
 
     def __call__(self, i: int, request_id: str) -> dict:
         coarse, fine = self.windows[i % len(self.windows)]

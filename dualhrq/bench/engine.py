@@ -1,0 +1,214 @@
+"""`dualhrq bench engine`: one HRM segment through every engine a bundle can run, side by side on real inputs.
+
+Side by side means interleaved: every round times each engine once on the same feeds, in an order that
+rotates per round, so load from other processes on a shared machine lands on all engines alike instead of on
+whichever ran last. The feeds are what the server would feed: real windows of a bundled dataset through the
+runtime's own feature path and pattern retrieval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from dualhrq.bench.machine import machine_description
+from dualhrq.bench.report import percentiles_ms, plot_latencies
+from dualhrq.bench.requests import RealWindows
+from dualhrq.errors import HRMError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+EAGER = "torch-eager"
+
+HELP = """\
+Time one segment (N x T as exported, batch 1 by default) through PyTorch eager, ONNX Runtime CPU for every
+graph precision in the bundle (fp32, int8, fp16), ONNX Runtime CUDA where its provider is installed with a
+GPU, and TensorRT where the bundle has an engine and `tensorrt` imports. Rounds are interleaved so every
+engine sees the same machine load; each gets --threads intra-op threads and ONNX Runtime pools do not spin
+(a spinning pool would burn the cores the next engine in the round needs).
+
+Inputs are real: windows of a bundled dataset (default: the one the model was trained on) turned into graph
+inputs by the runtime's feature path, with pattern context from the bundle's library. Reported per engine:
+p50/p90/p95/p99/max, the ratio of eager's p50 and p95 to the engine's (x faster), and the parity figures the
+export measured (from the manifest). A request runs between act.min_segments and act.max_segments segments.
+"""
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, metavar="B", help="bundle directory written by `dualhrq export`")
+    p.add_argument("--runs", type=int, default=200, metavar="N", help="timed rounds (default 200)")
+    p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed rounds first (default 20)")
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="intra-op threads per engine (default 2)")
+    p.add_argument("--batch", type=int, default=1, metavar="B", help="rows per call (default 1)")
+    p.add_argument("--dataset", metavar="NAME", help="bundled dataset of the input windows (default: the "
+                   "training dataset in the bundle's config)")
+    p.add_argument("--windows", type=int, default=64, metavar="N", help="distinct real windows cycled (default 64)")
+    p.add_argument("--engines", metavar="LIST",
+                   help="comma-separated subset, e.g. torch-eager,onnx-fp32,onnx-int8 (default: all available)")
+    p.add_argument("--json", metavar="F", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per engine")
+
+
+@dataclass
+class EngineRun:
+    name: str
+    run: Callable[[dict[str, np.ndarray]], Any]
+    close: Callable[[], None]
+    parity: dict[str, Any] | None  # the export's figures against PyTorch fp32, if it measured them
+
+
+def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tuple[list[dict], str]:
+    """Graph feeds (batch rows each, zero carry) from real windows through the runtime's input path."""
+    from dualhrq.runtime.host import load_host
+
+    host = load_host(bundle.root, overlay={"serve": {"intra_op_threads": 1, "spinning": False}})
+    try:
+        name = dataset or host.config.data.dataset
+        coarse_n, fine_n = host.needs
+        real = RealWindows.from_dataset(name, {"coarse": coarse_n, "fine": fine_n}, pool=windows * batch)
+        rows = []
+        for coarse, fine in real.windows:
+            prepared = host.inputs_for(coarse, fine, real.instrument, real.timeframe)
+            context, mask = host.regime_only()
+            if host.retriever is not None:
+                found = host.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
+                if not found.fail_open:
+                    context, mask = found.pattern_context, found.mask
+            rows.append({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
+    finally:
+        host.close()
+    feeds = []
+    for i in range(0, len(rows) - batch + 1, batch):
+        group = rows[i:i + batch]
+        feed = {k: np.concatenate([r[k] for r in group]) for k in group[0]}
+        feed["z_H"], feed["z_L"] = bundle.initial_carry(batch)
+        feeds.append(feed)
+    return feeds, f"{name}: {len(real.windows)} real windows ({real.instrument} {real.timeframe}), batch {batch}"
+
+
+def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[EngineRun], dict[str, str]]:
+    """Every engine this machine can run for `bundle`, and why the others were skipped."""
+    import onnxruntime as ort
+    import torch
+
+    from dualhrq.runtime.engine import make_engine
+
+    torch.set_num_threads(threads)
+    precisions = bundle.manifest["precisions"]
+    runs, skipped = [], {}
+
+    def add(name: str, backend: str, precision: str, parity: dict | None) -> None:
+        try:
+            engine = make_engine(bundle, backend, precision, threads, max_batch=batch, spinning=False)
+        except (ModelLoadError, HRMError, ImportError) as e:
+            skipped[name] = str(e)
+            return
+        runs.append(EngineRun(name, engine.run, engine.close, parity))
+
+    add(EAGER, "torch", "fp32", None)
+    for precision in bundle.precisions:
+        add(f"onnx-{precision}", "onnx-cpu", precision, precisions[precision].get("parity"))
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        for precision in bundle.precisions:
+            if precision != "int8":  # dynamic int8 is a CPU-only graph
+                add(f"onnx-cuda-{precision}", "onnx-cuda", precision, precisions[precision].get("parity"))
+    else:
+        skipped["onnx-cuda"] = "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
+    trt = bundle.manifest.get("tensorrt", {})
+    if trt.get("built"):
+        add("tensorrt", "tensorrt", "fp16", trt.get("parity"))
+    else:
+        skipped["tensorrt"] = trt.get("reason") or "the bundle has no TensorRT engine (export with --tensorrt)"
+    return runs, skipped
+
+
+def time_interleaved(engines: list[EngineRun], feeds: list[dict], runs: int, warmup: int,
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """Milliseconds per call per engine; round r feeds every engine feeds[r % len(feeds)], in rotated order."""
+    if runs < 1 or warmup < 0:
+        raise HRMError(f"--runs must be >= 1 and --warmup >= 0, got runs={runs}, warmup={warmup}")
+    times: dict[str, list[float]] = {e.name: [] for e in engines}
+    for r in tqdm(range(warmup + runs), desc="rounds", unit="round", disable=not progress, leave=False):
+        feed = feeds[r % len(feeds)]
+        shift = r % len(engines)
+        for e in engines[shift:] + engines[:shift]:
+            t0 = time.perf_counter()
+            e.run(feed)
+            if r >= warmup:
+                times[e.name].append(time.perf_counter() - t0)
+    return {name: np.asarray(t) * 1e3 for name, t in times.items()}
+
+
+def summarize_engines(times: dict[str, np.ndarray], engines: list[EngineRun]) -> dict[str, dict[str, Any]]:
+    """Percentiles per engine and how many times faster than PyTorch eager at p50 and p95."""
+    out = {e.name: {"latency_ms": percentiles_ms(times[e.name]), "mean_ms": float(times[e.name].mean()),
+                    "parity": e.parity} for e in engines}
+    eager = out.get(EAGER)
+    for s in out.values():
+        s["speedup_vs_eager"] = ({q: eager["latency_ms"][q] / s["latency_ms"][q] for q in ("p50", "p95")}
+                                 if eager else None)
+    return out
+
+
+def format_engines(summary: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'engine':<18}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'x eager p50':>13}"
+             f"{'x eager p95':>13}   parity vs PyTorch fp32"]
+    for name, s in summary.items():
+        lat, speed, parity = s["latency_ms"], s["speedup_vs_eager"], s["parity"]
+        ratio = (f"{speed['p50']:>13.2f}{speed['p95']:>13.2f}" if speed else f"{'-':>13}{'-':>13}")
+        par = "reference" if name == EAGER else (
+            f"max|err| {max(parity['max_abs_err'].values()):.1e}, actions {parity['action_agreement']:.1%}, "
+            f"corr {parity['forecast_corr']['forecast_coarse']:.5f}/{parity['forecast_corr']['forecast_fine']:.5f}"
+            if parity else "not measured")
+        lines.append(f"{name:<18}{lat['p50']:>9.2f}{lat['p95']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}{ratio}   {par}")
+    return "\n".join(lines)
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    from dualhrq.export.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, verify=True)
+    m = bundle.config.model
+    feeds, source = real_feeds(bundle, args.dataset, args.windows, args.batch)
+    engines, skipped = available_engines(bundle, args.threads, args.batch)
+    if args.engines:
+        wanted = [w.strip() for w in args.engines.split(",") if w.strip()]
+        unknown = [w for w in wanted if w not in {e.name for e in engines}]
+        if unknown:
+            raise HRMError(f"--engines: {', '.join(unknown)} not available here (available: "
+                           f"{', '.join(e.name for e in engines)}; skipped: {', '.join(skipped) or 'none'})")
+        engines = [e for e in engines if e.name in wanted]
+    try:
+        print(f"bundle {bundle.root}: {bundle.manifest['model_version']}, {bundle.manifest['param_count']:,} "
+              f"parameters, N={m.n_cycles} T={m.t_steps}, T_h={m.coarse_len} T_l={m.fine_len}")
+        print(f"inputs: {source}\nmachine: {machine_description()}; {args.threads} threads per engine")
+        print(f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ...", flush=True)
+        times = time_interleaved(engines, feeds, args.runs, args.warmup)
+    finally:
+        for e in engines:
+            e.close()
+    summary = summarize_engines(times, engines)
+    print(format_engines(summary))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "bundle": str(bundle.root), "model_version": bundle.manifest["model_version"],
+            "param_count": bundle.manifest["param_count"], "n_cycles": m.n_cycles, "t_steps": m.t_steps,
+            "batch": args.batch, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
+            "inputs": source, "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+            "engines": summary, "skipped": skipped}, indent=2))
+        print(f"json: {args.json}")
+    if args.plot:
+        plot_latencies(times, args.plot, f"one segment, batch {args.batch}: {bundle.manifest['model_version']}")
+        print(f"plot: {args.plot}")
+    return 0
