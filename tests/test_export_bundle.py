@@ -15,16 +15,18 @@ from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export import parity as parity_module
 from dualhrq.export.bundle import load_bundle, verify_bundle
 from dualhrq.export.commands import register
+from dualhrq.export.contract import INPUT_NAMES, OUTPUT_NAMES
 from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.parity import ParityError
 from dualhrq.export.pipeline import ExportOptions, export_bundle
-from dualhrq.export.segment import INPUT_NAMES, OUTPUT_NAMES, example_feeds
+from dualhrq.export.segment import example_feeds
 from dualhrq.model import HRM
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 from dualhrq.patterns.regimes import fit_regimes
-from dualhrq.train.checkpoint import WEIGHTS_FILE, save_checkpoint, sha256_file
+from dualhrq.hashing import sha256_file
+from dualhrq.train.checkpoint import WEIGHTS_FILE, save_checkpoint
 
 FEATURE_STATS = {"coarse": {"mean": [0.0], "std": [1.0]}}  # opaque to the bundle: carried as given
 OPTIONS = ExportOptions(fp16=True, int8=True, force=True, carry_segments=2)

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 
+from dualhrq.export.contract import OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.inputs import parity_feeds
 from dualhrq.export.parity import FP32_MAX_ABS_ERR, carry_parity, measure_parity
 from dualhrq.export.precision import activation_matmuls, mlp_weight_matmuls, to_fp16, to_int8
-from dualhrq.export.segment import OUTPUT_NAMES, export_segment, run_torch
-from dualhrq.export.session import ort_session, run_session
+from dualhrq.export.segment import export_segment, run_torch
 from dualhrq.model import HRM
 from dualhrq.train.checkpoint import save_checkpoint
 

@@ -14,9 +14,10 @@ import torch
 from dualhrq.errors import ModelLoadError
 from dualhrq.export.bundle import load_bundle
 from dualhrq.export.commands import register
+from dualhrq.export.contract import INPUT_NAMES
 from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.pipeline import ExportOptions, export_bundle
-from dualhrq.export.segment import INPUT_NAMES, example_feeds, export_segment
+from dualhrq.export.segment import example_feeds, export_segment
 from dualhrq.export.tensorrt_build import build_engine, tensorrt_unavailable_reason
 from dualhrq.model import HRM
 from dualhrq.train.checkpoint import save_checkpoint

@@ -3,6 +3,7 @@ import torch
 
 from dualhrq.model import ACTIONS, HRM, ModelInputs
 from dualhrq.model.diagnostics import convergence_diagnostics
+from dualhrq.model.vocab import UNKNOWN_ID, InstrumentVocab
 from dualhrq.seeding import seed_everything
 
 
@@ -77,6 +78,13 @@ def test_grow_instruments_keeps_existing_rows(tiny_config):
     x = ModelInputs.random(m.cfg, 2)
     x.instrument_id[:] = old.shape[0] + 5
     m(x, m.initial_carry(2))  # new ids are usable at once
+
+
+def test_a_new_instrument_gets_the_next_row_and_known_ones_keep_theirs():
+    vocab = InstrumentVocab(["AAPL", "MSFT"])
+    assert (vocab.id("AAPL"), vocab.id("MSFT"), vocab.id("TSLA")) == (1, 2, UNKNOWN_ID)
+    assert vocab.add("TSLA") == 3 and vocab.add("AAPL") == 1  # adding a known name changes nothing
+    assert len(vocab) == 4 and vocab.names() == ["AAPL", "MSFT", "TSLA"]  # 4 rows: the unknown row first
 
 
 def test_same_seed_gives_bit_identical_outputs(tiny_config):

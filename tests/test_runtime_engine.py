@@ -10,11 +10,13 @@ import torch
 from test_runtime_helpers import CountingEngine, row_inputs, zero_carry
 
 from dualhrq.config import ActConfig
-from dualhrq.model import ACTIONS, HRM, ModelInputs
+from dualhrq.errors import ConfigurationError
+from dualhrq.export.contract import OUTPUT_NAMES, zero_carry as graph_carry
+from dualhrq.export.segment import example_feeds
+from dualhrq.model import ACTIONS, HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
-from dualhrq.errors import ConfigurationError
-from dualhrq.runtime.engine import INPUT_NAMES, OUTPUT_NAMES, OnnxEngine, TensorRTEngine, TorchEngine
+from dualhrq.runtime.engine import OnnxEngine, TensorRTEngine, TorchEngine
 from dualhrq.runtime.protocol import ACTIONS as WIRE_ACTIONS
 
 
@@ -58,16 +60,18 @@ def tiny_engine(tiny_config):
 
 
 def _model_feeds(cfg, b, seed=0):
-    x = ModelInputs.random(cfg.model, b, seed=seed)
-    feeds = {k: getattr(x, k).numpy() for k in INPUT_NAMES[:7]}
+    """The non-carry graph inputs of b random rows."""
+    feeds = example_feeds(cfg.model, b, seed=seed)
+    del feeds["z_H"], feeds["z_L"]
     return feeds
 
 
+def _carry(cfg, b):
+    return graph_carry(cfg.model, b)
+
+
 def test_torch_engine_returns_every_graph_output_with_the_batch_first(tiny_config, tiny_engine):
-    m = tiny_config.model
-    feeds = _model_feeds(tiny_config, 3)
-    feeds["z_H"] = np.zeros((3, m.coarse_len, m.h_module.hidden_dim), np.float32)
-    feeds["z_L"] = np.zeros((3, m.fine_len, m.l_module.hidden_dim), np.float32)
+    feeds = example_feeds(tiny_config.model, 3)
     out = tiny_engine.run(feeds)
     assert set(out) == set(OUTPUT_NAMES)
     assert out["policy_logits"].shape == (3, 5) and out["q_logits"].shape == (3, 2)
@@ -77,17 +81,11 @@ def test_torch_engine_returns_every_graph_output_with_the_batch_first(tiny_confi
 
 def test_batched_act_gives_each_row_what_it_gets_alone(tiny_config, tiny_engine):
     """Rows leave the batch at different segments; the carry of those still running must stay theirs."""
-    m = tiny_config.model
     act = ActConfig(min_segments=1, max_segments=3)
-
-    def carry(b):
-        return (np.zeros((b, m.coarse_len, m.h_module.hidden_dim), np.float32),
-                np.zeros((b, m.fine_len, m.l_module.hidden_dim), np.float32))
-
     feeds = _model_feeds(tiny_config, 4, seed=3)
-    together = run_act(tiny_engine, feeds, carry(4), act)
+    together = run_act(tiny_engine, feeds, _carry(tiny_config, 4), act)
     for i in range(4):
-        alone = run_act(tiny_engine, {k: v[i:i + 1] for k, v in feeds.items()}, carry(1), act)
+        alone = run_act(tiny_engine, {k: v[i:i + 1] for k, v in feeds.items()}, _carry(tiny_config, 1), act)
         assert alone.segments[0] == together.segments[i]
         for k, v in alone.outputs.items():
             np.testing.assert_allclose(v[0], together.outputs[k][i], rtol=1e-4, atol=1e-5)
@@ -177,12 +175,6 @@ def tiny_graph(tmp_path_factory, tiny_engine):
     return export_segment(tiny_engine.graph.model, tmp_path_factory.mktemp("graph") / "segment.onnx")
 
 
-def _carry(cfg, b):
-    m = cfg.model
-    return (np.zeros((b, m.coarse_len, m.h_module.hidden_dim), np.float32),
-            np.zeros((b, m.fine_len, m.l_module.hidden_dim), np.float32))
-
-
 def test_onnx_engine_matches_torch_on_first_and_bound_calls(tiny_config, tiny_engine, tiny_graph):
     """The first call at a batch size runs plainly, later ones through I/O binding into reused buffers."""
     onnx_engine = OnnxEngine(tiny_graph, threads=1)
@@ -224,3 +216,15 @@ def test_tensorrt_without_tensorrt_is_a_clear_configuration_error(tmp_path):
         pass
     with pytest.raises(ConfigurationError, match="tensorrt"):
         TensorRTEngine(tmp_path / "engine.plan")
+
+
+def test_the_serving_path_imports_without_torch():
+    """Serving must start without PyTorch: the graph contract, bundle, ONNX engine, ACT loop and the id
+    vocabularies never import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dualhrq.runtime.engine, dualhrq.runtime.act, dualhrq.runtime.host, dualhrq.export.contract, "
+            "dualhrq.export.bundle, dualhrq.model.vocab; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -28,7 +28,8 @@ import numpy as np
 
 from dualhrq.config import Config, config_from_dict
 from dualhrq.errors import ConfigurationError, ModelLoadError
-from dualhrq.train.checkpoint import sha256_file
+from dualhrq.export.contract import zero_carry
+from dualhrq.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,7 @@ class Bundle:
 
     def initial_carry(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(z_H, z_L) float32 zeros: the carry a request's first segment starts from."""
-        m = self.config.model
-        return (np.zeros((batch_size, m.coarse_len, m.h_module.hidden_dim), np.float32),
-                np.zeros((batch_size, m.fine_len, m.l_module.hidden_dim), np.float32))
+        return zero_carry(self.config.model, batch_size)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:

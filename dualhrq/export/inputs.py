@@ -16,7 +16,7 @@ import numpy as np
 from dualhrq.config import Config
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.export.segment import initial_carry
+from dualhrq.export.contract import zero_carry
 from dualhrq.model.vocab import timeframe_id
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.inputs import InputArtifacts, fit_artifacts
@@ -54,13 +54,14 @@ def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> Parity
     context, mask = artifacts.pattern_context(windows.pattern_features[rows], windows.t[rows], cfg.model)
     context[1::2], mask[1::2] = 0.0, 0.0
     n = len(rows)
+    z_H, z_L = zero_carry(cfg.model, n)
     feeds = {
         "h_tokens": windows.h_tokens[rows], "l_tokens": windows.l_tokens[rows],
         "instrument_id": np.full(n, artifacts.instruments.id(windows.instrument), np.int64),
         "timeframe_id": np.full(n, timeframe_id(windows.timeframe), np.int64),
         "regime_features": windows.regime_features[rows],
         "pattern_context": context.astype(np.float32), "pattern_mask": mask.astype(np.float32),
-        **initial_carry(cfg.model, n),
+        "z_H": z_H, "z_L": z_L,
     }
     origin = "the checkpoint's input artifacts" if has_artifacts else "input artifacts fitted on the training window"
     source = (f"{cfg.data.dataset}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "

@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from dualhrq.errors import InferenceError
-from dualhrq.export.segment import OUTPUT_NAMES, run_torch
-from dualhrq.export.session import run_session
+from dualhrq.export.contract import OUTPUT_NAMES, next_carry, run_session
+from dualhrq.export.segment import run_torch
 from dualhrq.model import HRM
 
 FP32_MAX_ABS_ERR = 1e-4
@@ -114,6 +114,6 @@ def carry_parity(model: HRM, session: ort.InferenceSession, feeds: dict[str, np.
         parity = measure_parity(reference, candidate, "fp32")
         worst.append(max(parity.max_abs_err.values()))
         failures += [f"segment {segment}: {failure}" for failure in parity.failures]
-        torch_feeds.update(z_H=reference["z_H_out"], z_L=reference["z_L_out"])
-        onnx_feeds.update(z_H=candidate["z_H_out"], z_L=candidate["z_L_out"])
+        torch_feeds.update(next_carry(reference))
+        onnx_feeds.update(next_carry(candidate))
     return CarryParity(segments, len(feeds["h_tokens"]), worst, tuple(failures))

@@ -27,14 +27,15 @@ from dualhrq.config import config_to_dict
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import (GRAPH_FILES, MANIFEST, PATTERNS_DIR, PLAN_FILE, WEIGHTS_FILE, load_bundle,
                                    write_manifest)
+from dualhrq.export.contract import ort_session, run_session
 from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
 from dualhrq.export.precision import FP16_CPU_NOTE, to_fp16, to_int8
 from dualhrq.export.segment import MIN_OPSET, check_segment_graph, export_segment, graph_files, run_torch
-from dualhrq.export.session import as_feeds, ort_session, run_session
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
 from dualhrq.patterns.artifacts import load_artifacts
-from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE as CHECKPOINT_WEIGHTS, load_checkpoint, sha256_file
+from dualhrq.hashing import sha256_file
+from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE as CHECKPOINT_WEIGHTS, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +230,8 @@ def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.nda
                         timing_cache=options.timing_cache, progress=progress)
     engine = TensorRTEngine(plan, options.max_batch)
     try:
-        arrays = as_feeds(feeds.feeds)
-        n = len(arrays["h_tokens"])
-        chunks = [engine.run({k: v[i:i + options.max_batch] for k, v in arrays.items()})
+        n = len(feeds.feeds["h_tokens"])
+        chunks = [engine.run({k: v[i:i + options.max_batch] for k, v in feeds.feeds.items()})
                   for i in range(0, n, options.max_batch)]
     finally:
         engine.close()

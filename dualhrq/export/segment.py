@@ -1,16 +1,16 @@
 """One HRM segment as a flat-signature module, and its export to a static, unrolled ONNX graph.
 
-The graph is the serving contract: the runtime feeds INPUT_NAMES and reads OUTPUT_NAMES, nothing else. The
-N cycles x T steps of `HRM.forward` are Python loops, so tracing unrolls them: the graph has no control flow,
-and N and T are fixed for its lifetime (they are written into the graph's metadata and the bundle manifest;
-changing them means exporting again).
+The graph is the serving contract (dualhrq.export.contract): the runtime feeds INPUT_NAMES and reads
+OUTPUT_NAMES, nothing else. The N cycles x T steps of `HRM.forward` are Python loops, so tracing unrolls
+them: the graph has no control flow, and N and T are fixed for its lifetime (they are written into the
+graph's metadata and the bundle manifest; changing them means exporting again).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,11 @@ from torch import nn
 
 from dualhrq.config import ModelConfig
 from dualhrq.errors import ModelLoadError
+from dualhrq.export.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, zero_carry
 from dualhrq.model import ACTIONS, HRM, Carry, ModelInputs
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES: tuple[str, ...] = ("h_tokens", "l_tokens", "instrument_id", "timeframe_id", "regime_features",
-                                "pattern_context", "pattern_mask", "z_H", "z_L")
-OUTPUT_NAMES: tuple[str, ...] = ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse",
-                                 "forecast_fine", "regime_probs", "z_H_out", "z_L_out")
-INT_INPUTS: tuple[str, ...] = ("instrument_id", "timeframe_id")
-BATCH_AXIS = "batch"
 MIN_OPSET = 18
 CONTROL_FLOW_OPS = frozenset({"Loop", "Scan", "If"})
 # A protobuf message cannot exceed 2 GiB; above this the weights go to a side file (ONNX external data).
@@ -55,6 +50,13 @@ class SegmentGraph(nn.Module):
         return (out.policy_logits, out.quantity, out.value, out.q_logits, out.forecast_coarse, out.forecast_fine,
                 regime_probs, carry.z_H, carry.z_L)
 
+    @torch.inference_mode()
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One segment on numpy feeds (converted as for the graph), every output by name: what a session on
+        the exported graph returns. The arrays share memory with this call's fresh output tensors."""
+        outs = self(*(torch.from_numpy(a) for a in as_feeds(feeds).values()))
+        return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs)}
+
 
 def example_feeds(cfg: ModelConfig, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Synthetic feeds of the graph's shapes and dtypes, with the zero initial carry.
@@ -62,23 +64,13 @@ def example_feeds(cfg: ModelConfig, batch_size: int, seed: int = 0) -> dict[str,
     For tracing and shape checks only: parity figures use real-data feeds (dualhrq.export.inputs).
     """
     x = ModelInputs.random(cfg, batch_size, seed)
-    feeds = {name: getattr(x, name).numpy() for name in INPUT_NAMES[:7]}
-    feeds.update(initial_carry(cfg, batch_size))
-    return feeds
+    z_H, z_L = zero_carry(cfg, batch_size)
+    return {**{f.name: getattr(x, f.name).numpy() for f in fields(x)}, "z_H": z_H, "z_L": z_L}
 
 
-def initial_carry(cfg: ModelConfig, batch_size: int) -> dict[str, np.ndarray]:
-    """The zero carry a request starts from (as HRM.initial_carry), as graph feeds."""
-    return {"z_H": np.zeros((batch_size, cfg.coarse_len, cfg.h_module.hidden_dim), np.float32),
-            "z_L": np.zeros((batch_size, cfg.fine_len, cfg.l_module.hidden_dim), np.float32)}
-
-
-@torch.inference_mode()
 def run_torch(model: HRM, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The PyTorch eval-mode reference for the graph: the same feeds, the same output names."""
-    graph = SegmentGraph(model.eval())
-    outs = graph(*(torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in INPUT_NAMES))
-    return {name: t.numpy().copy() for name, t in zip(OUTPUT_NAMES, outs)}
+    return SegmentGraph(model.eval()).run(feeds)
 
 
 def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
@@ -94,7 +86,7 @@ def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     feeds = example_feeds(cfg, batch_size=2)  # batch 2, so no size-1 broadcast can be baked in
-    args = tuple(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)
+    args = tuple(torch.from_numpy(a) for a in as_feeds(feeds).values())
     with warnings.catch_warnings():
         # The TorchScript exporter (dynamo=False) is deprecated but unrolls Python loops by plain tracing, in
         # about a second, where the dynamo exporter takes ten times longer for the same graph. Its only tracer

@@ -15,10 +15,6 @@ class ConvergenceReport:
     l_deltas: list[list[float]]
     h_norms: list[float]  # [cycle]: mean over batch of ||z_H|| after the cycle's H update
 
-    def converging(self) -> bool:
-        """True when, in every cycle, the L-state moves less on its last step than on its first."""
-        return all(c[-1] < c[0] for c in self.l_deltas if len(c) > 1)
-
 
 @torch.no_grad()
 def convergence_diagnostics(model: HRM, batch: ModelInputs, carry: Carry | None = None) -> ConvergenceReport:

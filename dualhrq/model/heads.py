@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+from dualhrq.model.vocab import ACTIONS
 
 
 class Heads(nn.Module):

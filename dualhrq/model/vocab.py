@@ -1,8 +1,12 @@
-"""Ids for instruments and timeframes. Id 0 is always "unknown", so an unseen name never fails a request."""
+"""Ids for instruments, timeframes and actions. Instrument and timeframe id 0 is always "unknown", so an unseen
+name never fails a request. Free of torch: serving imports it."""
 
 from __future__ import annotations
 
 UNKNOWN_ID = 0
+
+# The policy head's output order: the index order of policy_logits, action labels and replies.
+ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
 
 # Fixed, so every checkpoint agrees on them; new timeframes are appended, never reordered.
 TIMEFRAMES: tuple[str, ...] = ("<unknown>", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")

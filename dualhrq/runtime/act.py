@@ -1,21 +1,42 @@
 """ACT at serve time: run segments on a batch until each row halts, feeding the carry back in.
 
-A row halts once q_halt > q_continue after `act.min_segments`, or at `act.max_segments`; with
-`act.fixed_segments > 0` every row runs exactly that many (predictable latency). Halted rows leave the
-batch, so later segments run only on the rows still thinking. Runs on the inference thread only.
+The halting rule (`halts`) is defined here once, for numpy arrays and torch tensors alike: this loop, the
+PyTorch inference loop and the training loop (dualhrq.train.act) all decide with it. A row halts once
+q_halt > q_continue after a minimum count of segments, or at a maximum count; with `act.fixed_segments > 0`
+every row runs exactly that many (predictable latency). Halted rows leave the batch, so later segments run
+only on the rows still thinking. Runs on the inference thread only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dualhrq.config import ActConfig
-from dualhrq.runtime.engine import Engine
+from dualhrq.export.contract import HEADS, next_carry
 
-CARRY = (("z_H", "z_H_out"), ("z_L", "z_L_out"))
-HEADS = ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse", "forecast_fine", "regime_probs")
+if TYPE_CHECKING:
+    from dualhrq.runtime.engine import Engine
+
+
+def halts(q_logits: Any, segments: Any, minimum: Any, limit: int) -> tuple[Any, Any]:
+    """(stop, by_q), each [B] bool, after a row's `segments`-th segment (an int, or one count per row).
+
+    by_q: q_halt > q_continue with at least `minimum` segments run (an int, or one per row); stop: by_q, or
+    `limit` segments reached. Works on numpy arrays and torch tensors alike: one rule for serving and training.
+    """
+    by_q = (q_logits[:, 0] > q_logits[:, 1]) & (segments >= minimum)
+    return by_q | (segments >= limit), by_q
+
+
+def inference_bounds(act: ActConfig) -> tuple[int, int]:
+    """(minimum, limit) for `halts` at inference: act.min_segments to act.max_segments, or exactly
+    act.fixed_segments, where a minimum above the limit keeps Q from ever halting a row (reported as "max")."""
+    if act.fixed_segments:
+        return act.fixed_segments + 1, act.fixed_segments
+    return act.min_segments, act.max_segments
 
 
 @dataclass
@@ -35,16 +56,10 @@ def run_act(engine: Engine, inputs: dict[str, np.ndarray], carry: tuple[np.ndarr
     final: dict[str, np.ndarray] = {}
     feeds = dict(inputs)
     feeds["z_H"], feeds["z_L"] = carry
-    limit = act.fixed_segments or act.max_segments
+    minimum, limit = inference_bounds(act)
     for seg in range(1, limit + 1):
         out = engine.run(feeds)
-        if act.fixed_segments:
-            by_q = np.zeros(len(rows), dtype=bool)
-            stop = np.full(len(rows), seg == limit)
-        else:
-            q = out["q_logits"]
-            by_q = (q[:, 0] > q[:, 1]) & (seg >= act.min_segments)
-            stop = by_q | (seg == limit)
+        stop, by_q = halts(out["q_logits"], seg, minimum, limit)
         if not final:
             final = {k: np.empty((b, *out[k].shape[1:]), dtype=out[k].dtype) for k in HEADS}
         done = rows[stop]
@@ -54,8 +69,7 @@ def run_act(engine: Engine, inputs: dict[str, np.ndarray], carry: tuple[np.ndarr
         halted_by_q[done] = by_q[stop]
         if stop.all():
             break
-        for name_in, name_out in CARRY:  # the engine keeps these buffers intact for one more call
-            feeds[name_in] = out[name_out]
+        feeds.update(next_carry(out))  # the engine keeps these buffers intact for one more call
         if stop.any():
             go = ~stop
             rows = rows[go]

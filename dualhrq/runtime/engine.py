@@ -7,7 +7,6 @@ inference thread) calls `run`, which is also where the carry lives between ACT s
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
-from dualhrq.export.segment import INPUT_NAMES, OUTPUT_NAMES
+from dualhrq.export.contract import OUTPUT_NAMES, as_feeds, ort_session
 
 if TYPE_CHECKING:
     from dualhrq.model import HRM
@@ -40,50 +39,15 @@ class Engine(ABC):
 # ---------------------------------------------------------------- ONNX Runtime
 
 
-_PROVIDERS = {
-    "onnx-cpu": ["CPUExecutionProvider"],
-    "onnx-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "onnx-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-
-
 class OnnxEngine(Engine):
-    """ONNX Runtime with serving settings: fixed thread counts, sequential execution, every graph
-    optimisation, and I/O binding into preallocated outputs (no allocation per call after the first call at
-    a batch size, which the warm-up makes)."""
+    """ONNX Runtime with the serving settings (dualhrq.export.contract.ort_session) and I/O binding into
+    preallocated outputs (no allocation per call after the first call at a batch size, which the warm-up
+    makes)."""
 
     def __init__(self, graph: Path, backend: str = "onnx-cpu", threads: int = 0, spinning: bool = False,
                  max_batch: int = 8) -> None:
-        import onnxruntime as ort
-
-        if backend not in _PROVIDERS:
-            raise ConfigurationError(f"serve.backend: {backend!r} is not an ONNX Runtime backend")
-        wanted = _PROVIDERS[backend]
-        available = ort.get_available_providers()
-        if wanted[0] not in available:
-            raise ConfigurationError(f"serve.backend: {backend} needs ONNX Runtime's {wanted[0]}, which this "
-                                     f"install lacks (available: {', '.join(available)}); install onnxruntime-gpu "
-                                     "on a CUDA machine or use onnx-cpu")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1  # sequential execution: a second pool would only add wake-ups
-        # Spinning keeps the pool's threads hot between the segments of one request (lower latency); off, they
-        # sleep at once, which is kinder to cores shared with other processes.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(str(graph), sess_options=opts, providers=wanted)
-        except Exception as e:  # ORT raises its own untyped errors for bad or missing files
-            raise ModelLoadError(f"cannot load ONNX graph {graph}: {e}") from e
-        names_in = tuple(i.name for i in self._session.get_inputs())
-        names_out = tuple(o.name for o in self._session.get_outputs())
-        if set(names_in) != set(INPUT_NAMES) or set(names_out) != set(OUTPUT_NAMES):
-            raise ModelLoadError(f"{graph}: graph inputs {names_in} / outputs {names_out} are not the segment "
-                                 f"graph's {INPUT_NAMES} / {OUTPUT_NAMES}")
+        self._session = ort_session(graph, threads, spinning, backend)
         self.name, self.max_batch = backend, max_batch
-        self._dtypes = {i.name: np.int64 if i.type == "tensor(int64)" else np.float32 for i in self._session.get_inputs()}
         self._binding = self._session.io_binding()
         self._device = "cpu"
         self._out: dict[int, list[dict[str, np.ndarray]]] = {}  # batch size -> two sets of output buffers
@@ -92,7 +56,7 @@ class OnnxEngine(Engine):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         b = len(feeds["h_tokens"])
         sets = self._out.get(b)
-        feeds = {k: np.ascontiguousarray(feeds[k], self._dtypes[k]) for k in INPUT_NAMES}  # no copy when right
+        feeds = as_feeds(feeds)
         try:
             if sets is None:  # first call at this batch size: learn the output shapes, then bind from now on
                 out = dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds)))
@@ -134,15 +98,10 @@ class TorchEngine(Engine):
         self.name, self.max_batch = name, max_batch
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in INPUT_NAMES]
         try:
-            with torch.inference_mode():
-                outs = self.graph(*args)
+            return self.graph.run(feeds)
         except Exception as e:
             raise InferenceError(f"{self.name}: segment failed: {e}") from e
-        return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs)}
 
 
 # ---------------------------------------------------------------- native TensorRT
@@ -183,10 +142,11 @@ class TensorRTEngine(Engine):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch, ctx = self._torch, self._context
         keep = []  # device tensors must outlive the asynchronous execution
+        arrays = as_feeds(feeds)
         try:
             with torch.cuda.stream(self._stream):
-                for name in INPUT_NAMES:
-                    dev = torch.from_numpy(feeds[name]).to("cuda", self._dtypes[name], non_blocking=True)
+                for name, array in arrays.items():
+                    dev = torch.from_numpy(array).to("cuda", self._dtypes[name], non_blocking=True)
                     keep.append(dev)
                     ctx.set_input_shape(name, tuple(dev.shape))
                     ctx.set_tensor_address(name, dev.data_ptr())

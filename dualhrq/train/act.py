@@ -10,7 +10,8 @@ and q_continue from the next segment, bootstrapped without a target network or r
 reference: sigmoid(q_halt') at the last segment, otherwise sigmoid(max(q_halt', q_continue')).
 
 Inference (``act_inference``) halts the same way without exploration, or runs exactly
-``act.fixed_segments`` when that is set, like the runtime's ACT loop over exported engines.
+``act.fixed_segments`` when that is set, like the runtime's ACT loop over exported engines. Both phases
+decide with the one halting rule, dualhrq.runtime.act.halts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from dualhrq.config import ActConfig
 from dualhrq.model import HRM, Carry, ModelInputs, ModelOutputs
+from dualhrq.runtime.act import halts, inference_bounds
 
 
 @dataclass
@@ -64,10 +66,8 @@ def halt_decision(q_logits: torch.Tensor, steps: torch.Tensor, act: ActConfig,
                   explore_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(halted [B], is_last [B]) after a training segment; ``steps`` counts it, ``explore_min`` is 0 for slots
     that do not explore this step."""
-    is_last = steps >= act.max_segments
-    q_says_halt = q_logits[:, 0] > q_logits[:, 1]
-    minimum = torch.clamp(explore_min, min=act.min_segments)
-    return is_last | (q_says_halt & (steps >= minimum)), is_last
+    halted, _ = halts(q_logits, steps, torch.clamp(explore_min, min=act.min_segments), act.max_segments)
+    return halted, steps >= act.max_segments
 
 
 def q_continue_target(next_q_logits: torch.Tensor, is_last: torch.Tensor) -> torch.Tensor:
@@ -91,18 +91,15 @@ def act_inference(model: HRM, inputs: ModelInputs, act: ActConfig, carry: Carry 
     b = inputs.batch_size
     device = inputs.h_tokens.device
     carry = carry or model.initial_carry(b, device)
-    limit = act.fixed_segments or act.max_segments
+    minimum, limit = inference_bounds(act)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     segments = torch.zeros(b, dtype=torch.int64, device=device)
     by_q = torch.zeros(b, dtype=torch.bool, device=device)
     final: dict[str, torch.Tensor] = {}
     for seg in range(1, limit + 1):
         carry, out = model(inputs, carry)
-        if act.fixed_segments:
-            q_halt = torch.zeros(b, dtype=torch.bool, device=device)
-        else:
-            q_halt = (out.q_logits[:, 0] > out.q_logits[:, 1]) & (seg >= act.min_segments)
-        stop = ~done & (q_halt | (seg == limit))
+        stop, q_halt = halts(out.q_logits, seg, minimum, limit)
+        stop = stop & ~done
         for f in fields(out):
             value = getattr(out, f.name)
             final[f.name] = value.clone() if f.name not in final else torch.where(

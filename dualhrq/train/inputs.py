@@ -31,6 +31,7 @@ from dualhrq.model import ModelInputs
 from dualhrq.model.vocab import InstrumentVocab, timeframe_id
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
 from dualhrq.patterns.build import build_library
+from dualhrq.patterns.context import pattern_context
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 from dualhrq.patterns.regimes import RegimeModel
@@ -81,8 +82,8 @@ class InputArtifacts:
     def pattern_context(self, pattern_features: np.ndarray, as_of: np.ndarray,
                         model_cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
         """(context [N, K, P], mask [N, K]) from the library as of each row's time."""
-        hits = self.library.query(self.encoder.encode(pattern_features), as_of, model_cfg.pattern_k)
-        return self.library.context(hits, model_cfg.pattern_dim, model_cfg.pattern_k)
+        return pattern_context(self.library, self.encoder, pattern_features, as_of, model_cfg.pattern_dim,
+                               model_cfg.pattern_k)
 
 
 @dataclass

@@ -16,17 +16,16 @@ dualhrq.train.checkpoint, ``train_state.pt``, and the pattern library in ``patte
 
 from __future__ import annotations
 
-import sys
-
 import json
 import logging
 import math
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
