@@ -16,10 +16,9 @@ import numpy as np
 from dualhrq.config import Config
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.export.contract import zero_carry
-from dualhrq.model.vocab import timeframe_id
+from dualhrq.export.contract import as_feeds, zero_carry
 from dualhrq.train.checkpoint import read_checkpoint_meta
-from dualhrq.train.inputs import InputArtifacts, fit_artifacts
+from dualhrq.train.inputs import InputArtifacts, fit_artifacts, window_inputs
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +50,10 @@ def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> Parity
         artifacts = fit_artifacts(cfg, windows)
     test = windows.test
     rows = test[np.unique(np.linspace(0, len(test) - 1, min(samples, len(test))).round().astype(np.int64))]
-    context, mask = artifacts.pattern_context(windows.pattern_features[rows], windows.t[rows], cfg.model)
-    context[1::2], mask[1::2] = 0.0, 0.0
     n = len(rows)
     z_H, z_L = zero_carry(cfg.model, n)
-    feeds = {
-        "h_tokens": windows.h_tokens[rows], "l_tokens": windows.l_tokens[rows],
-        "instrument_id": np.full(n, artifacts.instruments.id(windows.instrument), np.int64),
-        "timeframe_id": np.full(n, timeframe_id(windows.timeframe), np.int64),
-        "regime_features": windows.regime_features[rows],
-        "pattern_context": context.astype(np.float32), "pattern_mask": mask.astype(np.float32),
-        "z_H": z_H, "z_L": z_L,
-    }
+    feeds = as_feeds({**window_inputs(windows, artifacts, cfg.model, rows), "z_H": z_H, "z_L": z_L})
+    feeds["pattern_context"][1::2], feeds["pattern_mask"][1::2] = 0.0, 0.0
     origin = "the checkpoint's input artifacts" if has_artifacts else "input artifacts fitted on the training window"
     source = (f"{cfg.data.dataset}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "
               f"every other one regime-only; {origin}")

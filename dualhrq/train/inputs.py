@@ -107,15 +107,22 @@ def regime_labels(windows: WindowDataset, fine: Bars, regimes: RegimeModel) -> n
     return regimes.predict(raw[windows.bar_index])
 
 
+def window_inputs(windows: WindowDataset, artifacts: InputArtifacts, model_cfg: ModelConfig,
+                  rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model's inputs (by graph input name, without the carry) of the samples ``rows`` (default: all, as
+    views), with pattern context as of each sample's own time."""
+    sel = slice(None) if rows is None else rows
+    context, mask = artifacts.pattern_context(windows.pattern_features[sel], windows.t[sel], model_cfg)
+    n = len(context)
+    return {"h_tokens": windows.h_tokens[sel], "l_tokens": windows.l_tokens[sel],
+            "instrument_id": np.full(n, artifacts.instruments.id(windows.instrument), np.int64),
+            "timeframe_id": np.full(n, timeframe_id(windows.timeframe), np.int64),
+            "regime_features": windows.regime_features[sel], "pattern_context": context, "pattern_mask": mask}
+
+
 def sample_inputs(windows: WindowDataset, artifacts: InputArtifacts, model_cfg: ModelConfig) -> ModelInputs:
-    context, mask = artifacts.pattern_context(windows.pattern_features, windows.t, model_cfg)
-    n = len(windows)
-    return ModelInputs(
-        h_tokens=torch.from_numpy(windows.h_tokens), l_tokens=torch.from_numpy(windows.l_tokens),
-        instrument_id=torch.full((n,), artifacts.instruments.id(windows.instrument), dtype=torch.int64),
-        timeframe_id=torch.full((n,), timeframe_id(windows.timeframe), dtype=torch.int64),
-        regime_features=torch.from_numpy(windows.regime_features),
-        pattern_context=torch.from_numpy(context), pattern_mask=torch.from_numpy(mask))
+    """Every sample's model inputs, as tensors sharing memory with the windows' arrays."""
+    return ModelInputs(**{k: torch.from_numpy(v) for k, v in window_inputs(windows, artifacts, model_cfg).items()})
 
 
 def make_targets(labels: dict[str, np.ndarray], target_scale: dict[str, float], cost_bps: float) -> Targets:
