@@ -12,8 +12,10 @@ from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, CLIP, PATTERN_SUMMA
                                    REGIME_WARMUP, ColumnStats, FeatureStats, bar_features, bipower_variation,
                                    luld_band_distance, luld_half_width, pattern_features, realized_variance,
                                    regime_features, tsrv)
-from dualhrq.data.resample import resample
+from dualhrq.data.resample import default_coarse_rule, resample, visible_counts
+from dualhrq.data.sources import load_dataset
 from dualhrq.data.synthetic import random_bars
+from dualhrq.data.windows import needs
 from dualhrq.errors import ModelLoadError
 
 # ---------------------------------------------------------------- estimators vs known truth
@@ -92,6 +94,36 @@ def test_changing_bars_after_i_leaves_every_feature_row_up_to_i_unchanged(seed):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x[: i + 1], y[: i + 1])
         assert not np.array_equal(x[i + 1 :], y[i + 1 :])  # the perturbation did reach the features
+
+
+@pytest.mark.parametrize("dataset", ["eurusd_1h", "sp500_1d"])
+def test_serving_rows_equal_training_rows_bit_for_bit_on_real_windows(tiny_config, dataset):
+    """One feature path: the rows serving computes from a request's few bars (`last=`, the runtime's single
+    window) are the rows training computes over the whole history, exactly, on hundreds of real windows."""
+    data = load_dataset(dataset)
+    fine_all = data.bars
+    coarse_all = resample(fine_all, default_coarse_rule(data.timeframe))
+    m, window = tiny_config.model, tiny_config.patterns.window
+    n_coarse, n_fine = needs(m, window)
+    full = {"coarse": bar_features(coarse_all), "fine": bar_features(fine_all),
+            "regime": regime_features(fine_all, coarse_all), "pattern": pattern_features(fine_all, window)}
+    known = visible_counts(coarse_all.t, fine_all.t)
+    ends = np.flatnonzero((np.arange(len(fine_all)) >= n_fine - 1) & (known >= n_coarse))
+    for i in np.random.default_rng(0).choice(ends, 150, replace=False):
+        k = int(known[i])
+        fine, coarse = fine_all.slice(i + 1 - n_fine, i + 1), coarse_all.slice(k - n_coarse, k)
+        served = {"coarse": bar_features(coarse, last=m.coarse_len), "fine": bar_features(fine, last=m.fine_len),
+                  "regime": regime_features(fine, coarse, last=1), "pattern": pattern_features(fine, window, last=1)}
+        trained = {"coarse": full["coarse"][k - m.coarse_len:k], "fine": full["fine"][i + 1 - m.fine_len:i + 1],
+                   "regime": full["regime"][i:i + 1], "pattern": full["pattern"][i:i + 1]}
+        for group, rows in served.items():
+            assert np.isfinite(rows).all(), (group, i)
+            np.testing.assert_array_equal(rows, trained[group], err_msg=f"{dataset} {group} at bar {i}")
+
+
+def test_asking_for_no_rows_is_refused():
+    with pytest.raises(ValueError, match="last: must be >= 1"):
+        bar_features(random_bars(50), last=0)
 
 
 def test_degenerate_flat_windows_give_finite_features():

@@ -137,6 +137,28 @@ def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
 
 
 
+def test_a_lookup_begun_early_searches_while_the_caller_works_and_its_wait_counts_from_collection(features):
+    """`begin` gives the index a head start: a search slower than the timeout still serves a caller that
+    worked longer than the search; a caller that collects too early waits only the timeout, then fails open."""
+    r = make_retriever(features, msgspec.structs.replace(CFG, fault=FaultConfig(delay_ms=100)))
+    lookup = r.begin(features[:1], as_of=10**9)
+    time.sleep(0.1 + EPSILON_S)  # the caller's own work (the runtime builds the tokens here)
+    t0 = time.monotonic()
+    assert lookup.result(timeout_s=0.01).reason is None
+    assert time.monotonic() - t0 < 0.01 + EPSILON_S
+
+    async def collect_early() -> tuple[object, float]:
+        pending = r.begin(features[:1], as_of=10**9)
+        t0 = time.monotonic()
+        found = await pending.result_async(timeout_s=0.02)
+        return found, time.monotonic() - t0
+
+    early, waited = asyncio.run(collect_early())
+    assert_fail_open(early, "timeout", 1)
+    assert waited < 0.02 + EPSILON_S
+    r.close()
+
+
 def test_a_query_stuck_for_good_does_not_keep_the_process_from_exiting():
     script = """
 import numpy as np

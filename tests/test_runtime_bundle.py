@@ -91,6 +91,37 @@ def test_bars_the_features_cannot_use_are_invalid_input(served):
     assert (e.value.code, e.value.field) == ("invalid_input", "fine")
 
 
+def test_coarse_bars_not_closed_by_the_last_fine_bar_do_not_count_towards_needs(served):
+    with Client(served.address, timeout_s=10) as c:
+        pong = c.ping()
+        needs_ = (pong.needs.coarse, pong.needs.fine)
+        body = real_signal_body("early", needs_, eurusd_history(end=-24 * 30))  # fine bars end 30 days earlier
+        body["coarse"] = real_signal_body("late", needs_)["coarse"]  # ... than most of these coarse bars
+        with pytest.raises(RequestFailed) as e:
+            c.request(body)
+    assert (e.value.code, e.value.field) == ("invalid_input", "coarse")
+    assert "closed by the last fine bar" in str(e.value)
+
+
+def test_a_signals_bars_are_validated_once_each(served, monkeypatch):
+    from dualhrq.data.bars import Bars
+
+    checked = []
+    validate = Bars.validate
+    monkeypatch.setattr(Bars, "validate", lambda self, where="": checked.append(len(self)) or validate(self, where))
+    with Client(served.address, timeout_s=10) as c:
+        pong = c.ping()
+        reply = c.request(real_signal_body("once", (pong.needs.coarse, pong.needs.fine)))
+    assert isinstance(reply, p.SignalReply)
+    assert sorted(checked) == sorted([pong.needs.coarse + 2, pong.needs.fine + 2])  # the two series, once
+
+
+def test_the_pattern_window_cannot_change_at_serve_time(tiny_bundle):
+    window = load_bundle(tiny_bundle).extra["pattern_window"]
+    with pytest.raises(ConfigurationError, match=f"patterns.window: {window + 4}, but .* trained with {window}"):
+        load_host(tiny_bundle, {"patterns": {"window": window + 4}})
+
+
 def test_the_shipped_serve_config_lays_over_a_bundle(tiny_bundle):
     from pathlib import Path
 

@@ -24,7 +24,7 @@ PATTERNS = PatternsConfig(m=8, ef_construction=32, ef=16, max_elements=1000, emb
 
 
 def make_retriever() -> Retriever:
-    feats = np.random.default_rng(0).normal(size=(300, 5))  # fake_sample's 5 pattern features
+    feats = np.random.default_rng(0).normal(size=(300, 5))  # FakeFeatures' 5 pattern features
     encoder = PatternEncoder(2).fit(feats)
     library = PatternLibrary(2, PATTERNS, outcome_scale=0.01)
     t = np.arange(200, dtype=np.int64)

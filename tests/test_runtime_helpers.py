@@ -65,15 +65,27 @@ def free_port() -> int:
 # ---------------------------------------------------------------- a host and a server for the server tests
 
 
-def fake_sample(coarse, fine):
-    """Features stand-in: shapes the CountingEngine accepts; every row halts after 1 segment; the retrieval
-    key is the last five log closes, as_of the last fine bar."""
-    from types import SimpleNamespace
+class FakeFeatures:
+    """Features stand-in (the steps of dualhrq.data.windows.SampleBuilder): shapes the CountingEngine
+    accepts; every row halts after 1 segment; the retrieval key is the last five log closes, as_of the last
+    fine bar."""
 
-    regime = np.zeros(20, np.float32)
-    regime[0] = 1.0
-    return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
-                           regime_features=regime, pattern_features=np.log(fine.c[-5:]), as_of=int(fine.t[-1]))
+    def bars(self, coarse, fine, *, validated=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(coarse=coarse, fine=fine, as_of=int(fine.t[-1]))
+
+    def pattern_features(self, bars):
+        return np.log(bars.fine.c[-5:])
+
+    def sample(self, bars, pattern=None):
+        from types import SimpleNamespace
+
+        regime = np.zeros(20, np.float32)
+        regime[0] = 1.0
+        return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
+                               regime_features=regime, pattern_features=self.pattern_features(bars)
+                               if pattern is None else pattern, as_of=bars.as_of)
 
 
 def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None, name="fake-1", needs=(5, 10),
@@ -90,7 +102,7 @@ def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None,
     engine = engine or CountingEngine()
     kw = {"max_batch": 8, "max_wait_us": 200, "queue_max": 64, **batcher_kw}
     batcher = Batcher(engine, cfg.act, zero_carry, upstream=hooks.upstream, on_batch=hooks.on_batch, **kw)
-    host = ModelHost(name=name, config=cfg, needs=needs, features=fake_sample, instrument_id=len,
+    host = ModelHost(name=name, config=cfg, needs=needs, features=FakeFeatures(), instrument_id=len,
                      timeframe_id=lambda tf: 1, batcher=batcher, retriever=retriever)
     host.warm(*_warm_bars(needs), rounds=1)
     return host

@@ -28,61 +28,147 @@ _EPS = 1e-12  # keeps log-ratios finite for windows without movement or without 
 
 
 # ---------------------------------------------------------------- rolling helpers
+# Training computes every row of a long history; serving computes the newest rows of the ~70 bars a request
+# carries, where numpy's fixed cost per call, not the arithmetic, is the price. So the feature functions
+# take ``last`` (compute only that many trailing rows), work on per-bar series and reduce many series'
+# windows in one call (`_stacked_windows`), and use bare ufuncs rather than the wrappers (np.diff, np.std,
+# np.select, ...) that spend longer checking arguments than computing on arrays this small. A window's sum
+# is the same pairwise sum of the same contiguous values however many rows or series are reduced with it,
+# so every row comes out bit for bit the same whichever rows are computed (a test holds serving to that).
 
 
-def _windows(x: np.ndarray, w: int) -> np.ndarray:
-    """[n] -> [n, w], row i holding x[i-w+1 .. i] (a strided view: never write to it); rows without w values
-    of history are NaN. Built directly rather than with sliding_window_view, whose checks cost more than
-    the maths on the short series a request carries."""
-    padded = np.concatenate([np.full(w - 1, np.nan), np.asarray(x, np.float64)])
-    return np.ndarray((len(x), w), np.float64, padded, strides=(8, 8))
+def _f64(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float64 array (no copy when it already is one): the window views read its memory."""
+    return np.ascontiguousarray(x, np.float64)
 
 
-def _lag(x: np.ndarray, k: int) -> np.ndarray:
-    """x shifted k places later; the first k values are NaN."""
-    out = np.full(len(x), np.nan)
-    out[k:] = x[: max(len(x) - k, 0)]
+def _rows(n: int, last: int | None) -> int:
+    """How many trailing rows of an n-bar series to compute: all (None) or the last ``last``."""
+    if last is None:
+        return n
+    if last < 1:
+        raise ValueError(f"last: must be >= 1 (rows to compute), got {last}")
+    return min(last, n)
+
+
+def _stacked_windows(w: int, m: int, *series: np.ndarray) -> np.ndarray:
+    """[len(series), m, w]: for each series (same length n), the window of w values ending at each of its last
+    m rows, oldest first, NaN where a window reaches before the series starts. A strided view over one fresh
+    buffer (never write to it), so a single reduction serves every series."""
+    n = len(series[0])
+    first = n - m - w + 1  # the earliest value any of the windows reads
+    pad = max(-first, 0)
+    buf = np.empty((len(series), pad + n - max(first, 0)))
+    buf[:, :pad] = np.nan
+    for row, s in zip(buf, series):
+        row[pad:] = s[max(first, 0):]
+    return np.ndarray((len(series), m, w), np.float64, buf, strides=(buf.strides[0], 8, 8))
+
+
+def _windows(x: np.ndarray, w: int, rows: int | None = None) -> np.ndarray:
+    """[rows, w]: the windows of one series (see `_stacked_windows`); rows default to every row."""
+    return _stacked_windows(w, len(x) if rows is None else rows, x)[0]
+
+
+def _sums(windows: np.ndarray) -> np.ndarray:
+    """Sum over the last axis (np.sum's result without its wrapper)."""
+    return np.add.reduce(windows, axis=-1)
+
+
+def _mean(windows: np.ndarray) -> np.ndarray:
+    """Mean over the last axis, computed as np.mean does (sum, then divide by the count)."""
+    return np.add.reduce(windows, axis=-1) / windows.shape[-1]
+
+
+def _lag(x: np.ndarray, k: int, rows: int | None = None) -> np.ndarray:
+    """The last ``rows`` values (default: all) of x shifted k places later; NaN before the series starts."""
+    n = len(x)
+    m = n if rows is None else rows
+    lo = n - m - k  # index into x of the first row's value
+    if lo >= 0:
+        return x[lo:lo + m]
+    out = np.full(m, np.nan)
+    if m + lo > 0:
+        out[-lo:] = x[:m + lo]
     return out
+
+
+def _diff(x: np.ndarray) -> np.ndarray:
+    """d[i] = x[i] - x[i-1], d[0] NaN (np.diff with a NaN prepended, without its overhead)."""
+    d = np.empty(len(x))
+    d[:1] = np.nan
+    np.subtract(x[1:], x[:-1], out=d[1:])
+    return d
 
 
 def _ratio(a: np.ndarray, b: np.ndarray, fill: float) -> np.ndarray:
     """a / b for a denominator b >= 0; ``fill`` where b == 0 (a flat window); NaN where a or b is NaN."""
+    zero = b == 0
+    if not np.count_nonzero(zero):  # the usual case: a plain division
+        return a / b
     out = np.full(np.broadcast_shapes(np.shape(a), np.shape(b)), fill)
-    return np.divide(a, b, out=out, where=(b != 0) | np.isnan(a))  # NaN / 0 is a quiet NaN: no warning
+    return np.divide(a, b, out=out, where=~zero | np.isnan(a))  # NaN / 0 is a quiet NaN: no warning
+
+
+def _zscore(last: np.ndarray, mean: np.ndarray, sum_sq_dev: np.ndarray, w: int) -> np.ndarray:
+    """Z-score of a window's last value from its mean and its sum of squared deviations (0 for a constant
+    window); the std is np.std's (population), computed the way numpy computes it."""
+    return _ratio(last - mean, np.sqrt(sum_sq_dev / w), 0.0)
 
 
 def _zscore_last(win: np.ndarray) -> np.ndarray:
-    """Z-score of each window's last value within the window (0 for a constant window)."""
-    return _ratio(win[:, -1] - win.mean(axis=1), win.std(axis=1), 0.0)
+    """Z-score of each window's last value within the window [..., w] (0 for a constant window)."""
+    mean = _mean(win)
+    d = win - mean[..., None]
+    return _zscore(win[..., -1], mean, _sums(d * d), win.shape[-1])
 
 
 def _at(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """x[idx] with NaN where idx < 0 (nothing known yet)."""
-    out = np.full(idx.shape, np.nan)
     ok = idx >= 0
+    if np.count_nonzero(ok) == len(idx):
+        return x[idx]
+    out = np.full(idx.shape, np.nan)
     out[ok] = x[idx[ok]]
     return out
 
 
+def _products(x: np.ndarray) -> np.ndarray:
+    """p[i] = x[i] * x[i-1] (p[0] NaN): the adjacent products that bipower variation and autocorrelation sum."""
+    p = np.empty(len(x))
+    p[:1] = np.nan
+    np.multiply(x[1:], x[:-1], out=p[1:])
+    return p
+
+
 def log_returns(close: np.ndarray) -> np.ndarray:
     """r[i] = log(c[i] / c[i-1]); r[0] is NaN."""
-    return np.diff(np.log(close), prepend=np.nan)
+    return _diff(np.log(close))
 
 
 # ---------------------------------------------------------------- estimators (reduce over the last axis)
+# Each is a reduction and a formula on its sums; the rolling features reduce many windows at once and apply
+# the same formulas (the `_from_sums` helpers) to the sums.
 
 
 def realized_variance(r: np.ndarray) -> np.ndarray:
     """RV = sum of squared returns."""
-    return np.sum(r * r, axis=-1)
+    return _sums(r * r)
 
 
 def bipower_variation(r: np.ndarray) -> np.ndarray:
     """BPV = mu1^-2 * n/(n-1) * sum |r_i||r_{i-1}| (Barndorff-Nielsen & Shephard 2004): integrated variance
     without the jumps, since a single jump enters only products with its small neighbours."""
-    n = r.shape[-1]
     a = np.abs(r)
-    return (n / (n - 1)) * np.sum(a[..., 1:] * a[..., :-1], axis=-1) / MU1**2
+    return _bipower_from_sums(_sums(a[..., 1:] * a[..., :-1]), r.shape[-1])
+
+
+def _bipower_from_sums(sum_abs_products: np.ndarray, n: int) -> np.ndarray:
+    return (n / (n - 1)) * sum_abs_products / MU1**2
+
+
+def _tsrv_k(n: int) -> int:
+    return max(2, round(n ** (2 / 3)))
 
 
 def tsrv(log_price: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -95,29 +181,41 @@ def tsrv(log_price: np.ndarray, k: int | None = None) -> np.ndarray:
     noisy windows TSRV can come out negative.
     """
     n = log_price.shape[-1] - 1
-    k = max(2, round(n ** (2 / 3))) if k is None else k
+    k = _tsrv_k(n) if k is None else k
     if not 2 <= k < n:
         raise ValueError(f"tsrv: k must be in [2, {n - 1}] for {n} returns, got {k}")
-    rv_all = np.sum(np.diff(log_price, axis=-1) ** 2, axis=-1)
-    rv_slow = np.sum((log_price[..., k:] - log_price[..., :-k]) ** 2, axis=-1) / k
+    rv_all = realized_variance(log_price[..., 1:] - log_price[..., :-1])
+    return _tsrv_from_sums(rv_all, realized_variance(log_price[..., k:] - log_price[..., :-k]), n, k)
+
+
+def _tsrv_from_sums(rv_all: np.ndarray, sum_slow_sq: np.ndarray, n: int, k: int) -> np.ndarray:
+    """TSRV from the all-returns RV and the sum of squared K-spaced returns over n returns."""
     nbar = (n - k + 1) / k
-    return (rv_slow - (nbar / n) * rv_all) / (1 - nbar / n)
+    return (sum_slow_sq / k - (nbar / n) * rv_all) / (1 - nbar / n)
 
 
 def realized_vol(close: np.ndarray, window: int) -> np.ndarray:
     """sqrt(RV) of the last ``window`` returns at each bar (NaN until there are that many)."""
-    return np.sqrt(realized_variance(_windows(log_returns(close), window)))
+    return np.sqrt(realized_variance(_windows(log_returns(_f64(close)), window)))
 
 
 def parkinson_variance(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Range-based variance: sum of log(h/l)^2 / (4 ln 2)."""
-    return np.sum(np.log(high / low) ** 2, axis=-1) / (4 * math.log(2))
+    return _parkinson_from_sums(realized_variance(np.log(high / low)))
+
+
+def _parkinson_from_sums(sum_sq_log_range: np.ndarray) -> np.ndarray:
+    return sum_sq_log_range / (4 * math.log(2))
 
 
 def log_amihud(abs_returns: np.ndarray, dollar_volume: np.ndarray) -> np.ndarray:
     """log Amihud illiquidity, sum|r| / sum(price * volume) over the window: a ratio of sums, not a mean of
     per-bar ratios, because zero-volume bars (common in FX tick volume) make the per-bar ratio infinite."""
-    return np.log((np.sum(abs_returns, axis=-1) + _EPS) / (np.sum(dollar_volume, axis=-1) + _EPS))
+    return _amihud_from_sums(_sums(abs_returns), _sums(dollar_volume))
+
+
+def _amihud_from_sums(sum_abs_returns: np.ndarray, sum_dollar_volume: np.ndarray) -> np.ndarray:
+    return np.log((sum_abs_returns + _EPS) / (sum_dollar_volume + _EPS))
 
 
 # ---------------------------------------------------------------- market rules as features
@@ -135,11 +233,12 @@ def luld_half_width(reference: np.ndarray, prior_close: np.ndarray, tier: int = 
     applied: the feature measures the base band."""
     if tier not in (1, 2):
         raise ValueError(f"tier: must be 1 or 2, got {tier}")
-    rows = (LULD.above_high, LULD.middle, LULD.below_low)
-    picks = [prior_close > LULD.high_price, prior_close >= LULD.low_price]
-    pct = np.select(picks, [r.tier1 if tier == 1 else r.tier2 for r in rows[:2]],
-                    rows[2].tier1 if tier == 1 else rows[2].tier2)
-    cap = np.select(picks, [r.cap or np.inf for r in rows[:2]], rows[2].cap or np.inf)
+    high, mid, low = LULD.above_high, LULD.middle, LULD.below_low
+    above, within = prior_close > LULD.high_price, prior_close >= LULD.low_price
+    # Nested where: the first row that matches wins (np.select's rule, without its overhead).
+    pct = np.where(above, high.tier1 if tier == 1 else high.tier2,
+                   np.where(within, mid.tier1 if tier == 1 else mid.tier2, low.tier1 if tier == 1 else low.tier2))
+    cap = np.where(above, high.cap or np.inf, np.where(within, mid.cap or np.inf, low.cap or np.inf))
     return np.where(np.isnan(prior_close), np.nan, np.minimum(reference * pct, cap))
 
 
@@ -152,6 +251,9 @@ def luld_band_distance(price: np.ndarray, reference: np.ndarray, prior_close: np
 
 
 # ---------------------------------------------------------------- per-bar features (one per timeframe)
+#
+# Every feature function takes ``last``: None computes a row per bar (training, over a whole history);
+# ``last=m`` only the last m rows (serving). The rows are the same either way.
 
 BAR_WINDOW = 20
 BAR_FEATURES: tuple[str, ...] = (
@@ -175,33 +277,43 @@ BAR_FEATURES: tuple[str, ...] = (
 BAR_WARMUP = BAR_WINDOW  # rows before this index lack history (NaN)
 
 
-def bar_features(bars: Bars) -> np.ndarray:
-    """[n, len(BAR_FEATURES)] float64; rows before BAR_WARMUP are NaN."""
-    o, h, l, c, v = bars.o, bars.h, bars.l, bars.c, bars.v
+def bar_features(bars: Bars, last: int | None = None) -> np.ndarray:
+    """[n, len(BAR_FEATURES)] float64 (or its last ``last`` rows); rows before BAR_WARMUP are NaN."""
+    o, h, l, c, v = _f64(bars.o), _f64(bars.h), _f64(bars.l), _f64(bars.c), _f64(bars.v)  # noqa: E741
     w = BAR_WINDOW
+    n = len(c)
+    m = _rows(n, last)
     lc = np.log(c)
-    r = log_returns(c)
-    rw = _windows(r, w)
-    rv = realized_vol(c, w)
-    cols = [
-        r,
-        np.log(o) - _lag(lc, 1),
-        np.log(c / o),
-        np.log(h / l),
-        np.log(h / np.maximum(o, c)),
-        np.log(np.minimum(o, c) / l),
-        _zscore_last(_windows(np.log1p(v), w)),
-        lc - _lag(lc, 5),
-        lc - _lag(lc, 20),
-        _zscore_last(_windows(lc, w)),
-        rv,
-        np.sqrt(bipower_variation(rw)),
-        np.sqrt(parkinson_variance(_windows(h, w), _windows(l, w))),
-        _ratio(r, rv / math.sqrt(w), 0.0),
-        log_amihud(np.abs(rw), _windows(c * v, w)),
-        _ratio(c - l, h - l, 0.5),
-    ]
-    return np.stack(cols, axis=1)
+    r = _diff(lc)
+    a = np.abs(r)
+    log_range = np.log(h / l)
+    lv = np.log1p(v)
+    win = _stacked_windows(w, m, r * r, log_range * log_range, a, c * v, lc, lv)
+    s = _sums(win)  # rv, Parkinson, Amihud numerator and denominator, then the sums the z-scores centre on
+    mean = s[4:] / w
+    dev = win[4:] - mean[..., None]
+    volume_z, meanrev_z = _zscore(win[4:, :, -1], mean, _sums(dev * dev), w)[::-1]
+    rv = np.sqrt(s[0])
+    tail = slice(n - m, n)
+    ot, ht, lt, ct, lct, rt = o[tail], h[tail], l[tail], c[tail], lc[tail], r[tail]
+    out = np.empty((m, len(BAR_FEATURES)))
+    out[:, 0] = rt
+    out[:, 1] = np.log(ot) - _lag(lc, 1, m)
+    out[:, 2] = np.log(ct / ot)
+    out[:, 3] = log_range[tail]
+    out[:, 4] = np.log(ht / np.maximum(ot, ct))
+    out[:, 5] = np.log(np.minimum(ot, ct) / lt)
+    out[:, 6] = volume_z
+    out[:, 7] = lct - _lag(lc, 5, m)
+    out[:, 8] = lct - _lag(lc, 20, m)
+    out[:, 9] = meanrev_z
+    out[:, 10] = rv
+    out[:, 11] = np.sqrt(_bipower_from_sums(_sums(_windows(_products(a), w - 1, m)), w))
+    out[:, 12] = np.sqrt(_parkinson_from_sums(s[1]))
+    out[:, 13] = _ratio(rt, rv / math.sqrt(w), 0.0)
+    out[:, 14] = _amihud_from_sums(s[2], s[3])
+    out[:, 15] = _ratio(ct - lt, ht - lt, 0.5)
+    return out
 
 
 # ---------------------------------------------------------------- regime features (20 per fine bar)
@@ -234,68 +346,91 @@ REGIME_WARMUP = REGIME_WINDOW  # fine rows before this index are NaN
 REGIME_COARSE_WARMUP = REGIME_COARSE_WINDOW + 1  # coarse bars needed: the window's returns need one more close
 
 
-def _moments(rw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = rw - rw.mean(axis=1, keepdims=True)
-    m2 = np.mean(d**2, axis=1)
-    return _ratio(np.mean(d**3, axis=1), m2**1.5, 0.0), _ratio(np.mean(d**4, axis=1), m2**2, 3.0) - 3.0
-
-
-def regime_features(fine: Bars, coarse: Bars) -> np.ndarray:
-    """[len(fine), 20] float64 (REGIME_FEATURES), each row from the fine window ending there and the coarse
-    bars visible then. Rule 201's "day" is the coarse period here: exact for intraday fine bars with daily
-    coarse ones, a weekly analogue for daily -> weekly. Same-period lows are looked for within the fine window."""
+def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.ndarray:
+    """[len(fine), 20] float64 (REGIME_FEATURES; or its last ``last`` rows), each row from the fine window
+    ending there and the coarse bars visible then. Rule 201's "day" is the coarse period here: exact for
+    intraday fine bars with daily coarse ones, a weekly analogue for daily -> weekly. Same-period lows are
+    looked for within the fine window."""
     w, q, wc = REGIME_WINDOW, REGIME_WINDOW // 4, REGIME_COARSE_WINDOW
-    c = fine.c
+    h, l, c, v = _f64(fine.h), _f64(fine.l), _f64(fine.c), _f64(fine.v)  # noqa: E741
+    n = len(c)
+    m = _rows(n, last)
+    tail = slice(n - m, n)
+    ct = c[tail]
     lc = np.log(c)
-    r = log_returns(c)
-    rw = _windows(r, w)
-    rv = realized_variance(rw)
-    bpv = bipower_variation(rw)
-    ts = tsrv(_windows(lc, w + 1))
+    r = _diff(lc)
+    r2 = r * r
+    a = np.abs(r)
+    log_range = np.log(h / l)
+    lv = np.log1p(v)
+    k_slow = _tsrv_k(w)
+    slow = lc - _lag(lc, k_slow)  # the K-spaced returns whose squares TSRV's slow scale sums
+
+    win = _stacked_windows(w, m, r, r2, a, c * v, log_range * log_range, lv)
+    rw, lvw = win[0], win[5]
+    s = _sums(win)  # sum r, RV, sum |r|, dollar volume, Parkinson, log volume
+    rv, mean_r, mean_lv = s[1], s[0] / w, s[5] / w
+    # Second pass over the same windows: the central moments of the returns, the deviations of log volume.
+    d = rw - mean_r[:, None]
+    dl = lvw - mean_lv[:, None]
+    central = np.empty((4, m, w))
+    np.square(d, out=central[0])
+    np.power(d, 3, out=central[1])
+    np.power(d, 4, out=central[2])
+    np.multiply(dl, dl, out=central[3])
+    m2, m3, m4 = _mean(central[:3])
+    adjacent = _sums(_stacked_windows(w - 1, m, _products(r), _products(a)))  # autocorrelation, bipower
+    quarter = _sums(_stacked_windows(q, m, r2, lv))  # the window's last quarter: RV, log volume
+    ts = _tsrv_from_sums(rv, _sums(_windows(slow * slow, w + 1 - k_slow, m)), w, k_slow)
+    bpv = _bipower_from_sums(adjacent[1], w)
     rv_vol = np.sqrt(rv)
-    skew, kurt = _moments(rw)
-    lv = _windows(np.log1p(fine.v), w)
 
     # Coarse side: per coarse bar, then read at the last coarse bar visible at each fine bar.
-    k = visible_counts(coarse.t, fine.t)
-    last = k - 1
-    cc = coarse.c
-    cr = log_returns(cc)
-    coarse_trig = np.concatenate([[np.nan], ssr_triggered(coarse.l[1:], cc[:-1]).astype(float)])
-    coarse_low = np.min(_windows(coarse.l, wc), axis=1)
-    coarse_high = np.max(_windows(coarse.h, wc), axis=1)
-    prior_close = _at(cc, last)
-    low_range = _at(coarse_low, last)
+    k = visible_counts(coarse.t, fine.t)  # every fine bar's: the same-period test looks back a whole window
+    k_tail = k[tail]
+    last_coarse = k_tail - 1
+    cc, cl, ch = _f64(coarse.c), _f64(coarse.l), _f64(coarse.h)
+    lcc = np.log(cc)
+    coarse_trig = np.empty(len(cc))
+    coarse_trig[:1] = np.nan
+    coarse_trig[1:] = ssr_triggered(cl[1:], cc[:-1])
+    # Coarse windows only from the earliest coarse bar a computed row reads (serving: the last one).
+    c_rows = len(cc) - max(int(last_coarse.min()), 0) if len(last_coarse) and len(cc) else len(cc)
+    at = last_coarse - (len(cc) - c_rows)  # index into those rows (< 0: no coarse bar known yet)
+    coarse_low = np.minimum.reduce(_windows(cl, wc, c_rows), axis=1)
+    coarse_high = np.maximum.reduce(_windows(ch, wc, c_rows), axis=1)
+    coarse_vol = np.sqrt(_sums(_windows(_diff(lcc) ** 2, wc, c_rows)))
+    prior_close = _at(cc, last_coarse)
+    low_range = _at(coarse_low, at)
+    trig = _at(coarse_trig, last_coarse)
     # Lows since the last coarse close: fine bars in the window that saw the same coarse bars as bar i.
-    same_period = _windows(k.astype(float), w) == k[:, None]
-    period_low = np.where(same_period, _windows(fine.l, w), np.inf).min(axis=1)
-    ssr = np.maximum(ssr_triggered(period_low, prior_close), _at(coarse_trig, last))
-    ssr[np.isnan(prior_close) | np.isnan(_at(coarse_trig, last))] = np.nan
+    same_period = _windows(k.astype(np.float64), w, m) == k_tail[:, None]
+    period_low = np.minimum.reduce(np.where(same_period, _windows(l, w, m), np.inf), axis=1)
+    ssr = np.maximum(ssr_triggered(period_low, prior_close), trig)
+    ssr[np.isnan(prior_close) | np.isnan(trig)] = np.nan
 
-    cols = [
-        rv_vol,
-        np.sqrt(np.maximum(ts, 0.0)),
-        np.sqrt(bpv),
-        np.clip(1.0 - _ratio(bpv, rv, 1.0), 0.0, 1.0),
-        np.sqrt(_ratio(realized_variance(rw[:, -q:]) / q, rv / w, 1.0)),
-        np.sqrt(parkinson_variance(_windows(fine.h, w), _windows(fine.l, w))),
-        _ratio(lc - _lag(lc, w), rv_vol, 0.0),
-        _ratio(np.abs(np.sum(rw, axis=1)), np.sum(np.abs(rw), axis=1), 0.0),
-        _ratio(np.sum(rw[:, 1:] * rw[:, :-1], axis=1), rv, 0.0),
-        skew,
-        kurt,
-        log_amihud(np.abs(rw), _windows(c * fine.v, w)),
-        _zscore_last(lv),
-        lv[:, -q:].mean(axis=1) - lv.mean(axis=1),
-        ssr,
-        np.log(c / prior_close),
-        luld_band_distance(c, _lag(c, 1), prior_close),
-        _at(np.log(cc) - _lag(np.log(cc), wc), last),
-        _at(np.sqrt(realized_variance(_windows(cr, wc))), last),
-        _ratio(c - low_range, _at(coarse_high, last) - low_range, 0.5),
-    ]
-    out = np.stack(cols, axis=1)
-    out[:REGIME_WARMUP] = np.nan  # the fine window's first rows see part of it only
+    out = np.empty((m, len(REGIME_FEATURES)))
+    out[:, 0] = rv_vol
+    out[:, 1] = np.sqrt(np.maximum(ts, 0.0))
+    out[:, 2] = np.sqrt(bpv)
+    out[:, 3] = np.minimum(np.maximum(1.0 - _ratio(bpv, rv, 1.0), 0.0), 1.0)
+    out[:, 4] = np.sqrt(_ratio(quarter[0] / q, rv / w, 1.0))
+    out[:, 5] = np.sqrt(_parkinson_from_sums(s[4]))
+    out[:, 6] = _ratio(lc[tail] - _lag(lc, w, m), rv_vol, 0.0)
+    out[:, 7] = _ratio(np.abs(s[0]), s[2], 0.0)
+    out[:, 8] = _ratio(adjacent[0], rv, 0.0)
+    out[:, 9] = _ratio(m3, m2**1.5, 0.0)
+    out[:, 10] = _ratio(m4, m2**2, 3.0) - 3.0
+    out[:, 11] = _amihud_from_sums(s[2], s[3])
+    out[:, 12] = _zscore(lvw[:, -1], mean_lv, _sums(central[3]), w)
+    out[:, 13] = quarter[1] / q - mean_lv
+    out[:, 14] = ssr
+    out[:, 15] = np.log(ct / prior_close)
+    out[:, 16] = luld_band_distance(ct, _lag(c, 1, m), prior_close)
+    out[:, 17] = _at(lcc - _lag(lcc, wc), last_coarse)
+    out[:, 18] = _at(coarse_vol, at)
+    out[:, 19] = _ratio(ct - low_range, _at(coarse_high, at) - low_range, 0.5)
+    out[:max(REGIME_WARMUP - (n - m), 0)] = np.nan  # the fine window's first rows see part of it only
     return out
 
 
@@ -310,26 +445,30 @@ PATTERN_SUMMARY: tuple[str, ...] = (
 )
 
 
-def pattern_features(fine: Bars, window: int) -> np.ndarray:
-    """[n, window + 5]: the last ``window`` log returns divided by the window's per-bar RMS return (oldest
-    first; scale-free, so shapes match across instruments and volatility regimes), then PATTERN_SUMMARY.
-    Rows before index ``window`` are NaN."""
+def pattern_features(fine: Bars, window: int, last: int | None = None) -> np.ndarray:
+    """[n, window + 5] (or its last ``last`` rows): the last ``window`` log returns divided by the window's
+    per-bar RMS return (oldest first; scale-free, so shapes match across instruments and volatility regimes),
+    then PATTERN_SUMMARY. Rows before index ``window`` are NaN."""
     if window < 4:
         raise ConfigurationError(f"patterns.window: must be >= 4, got {window}")
-    rw = _windows(log_returns(fine.c), window)
-    vol = np.sqrt(np.mean(rw * rw, axis=1))
-    scaled = _ratio(rw, vol[:, None], 0.0)
+    c = _f64(fine.c)
+    m = _rows(len(c), last)
+    r = log_returns(c)
+    win = _stacked_windows(window, m, r, np.log1p(_f64(fine.v)))
+    rw, lvw = win[0], win[1]
+    vol = np.sqrt(_mean(rw * rw))
+    out = np.empty((m, window + 5))
+    scaled = out[:, :window]
+    scaled[...] = _ratio(rw, vol[:, None], 0.0)
     root = math.sqrt(window)
-    cum = np.cumsum(scaled, axis=1)
+    cum = np.add.accumulate(scaled, axis=1)  # np.cumsum
     peak = np.maximum.accumulate(np.maximum(cum, 0.0), axis=1)
-    summary = [
-        np.log(np.maximum(vol, 1e-12)),
-        cum[:, -1] / root,
-        np.max(peak - cum, axis=1) / root,
-        np.sqrt(np.mean(scaled[:, -(window // 4):] ** 2, axis=1)),
-        _zscore_last(_windows(np.log1p(fine.v), window)),
-    ]
-    return np.concatenate([scaled, np.stack(summary, axis=1)], axis=1)
+    out[:, window] = np.log(np.maximum(vol, 1e-12))
+    out[:, window + 1] = cum[:, -1] / root
+    out[:, window + 2] = np.maximum.reduce(peak - cum, axis=1) / root
+    out[:, window + 3] = np.sqrt(_mean(scaled[:, -(window // 4):] ** 2))
+    out[:, window + 4] = _zscore_last(lvw)
+    return out
 
 
 def pattern_feature_names(window: int) -> tuple[str, ...]:
@@ -363,7 +502,11 @@ class ColumnStats:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(x - mean) / std, clipped to +-CLIP, float32; NaN stays NaN."""
-        return np.clip((x - self.mean) / self.std, -CLIP, CLIP).astype(np.float32)
+        z = (x - self.mean) / self.std
+        # np.clip's result, without its wrapper's cost (a request normalises three small groups)
+        np.maximum(z, -CLIP, out=z)
+        np.minimum(z, CLIP, out=z)
+        return z.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "mean": self.mean.tolist(), "std": self.std.tolist()}

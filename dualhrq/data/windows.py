@@ -1,5 +1,6 @@
 """Tokenisation: bars -> model inputs. `build_sample` makes one from the most recent bars (what the runtime
-calls per request); `build_dataset` makes all of them over a history at once (what training uses).
+does per request, through `SampleBuilder`'s steps); `build_dataset` makes all of them over a history at once
+(what training uses).
 
 Both read the same feature matrices (`dualhrq.data.features`) and normalise them with the same statistics;
 since each feature row depends on a fixed number of bars ending at it, sample i of `build_dataset` equals
@@ -61,30 +62,76 @@ def _complete(name: str, x: np.ndarray) -> None:
         raise DataError(f"{name}: incomplete features (NaN) despite enough bars")
 
 
+@dataclass(frozen=True)
+class SampleBars:
+    """The bars one sample is built from: the last needs() of each series, the coarse ones closed by as_of."""
+
+    coarse: Bars
+    fine: Bars
+    as_of: int  # ns: the last fine bar's close time
+
+
+@dataclass(frozen=True)
+class SampleBuilder:
+    """`build_sample` for one model, also in steps: `bars` (check and trim), `pattern_features` (the
+    retrieval key) and `sample` (the rest). The runtime starts the pattern lookup between the second and the
+    third, so the index searches while the tokens are built. Only the rows a sample holds are computed."""
+
+    stats: FeatureStats
+    model: ModelConfig
+    pattern_window: int = DEFAULT_PATTERN_WINDOW
+
+    def __post_init__(self) -> None:
+        _check_widths(self.model)
+
+    @property
+    def needs(self) -> tuple[int, int]:
+        return needs(self.model, self.pattern_window)
+
+    def bars(self, coarse: Bars, fine: Bars, *, validated: bool = False) -> SampleBars:
+        """The bars the sample at the last fine bar reads. Coarse bars not closed by then (t > the last fine
+        t, e.g. a period still forming) are ignored. Raises BarsError/DataError for bad or too few bars;
+        ``validated``: the caller has already run both series through Bars.validate (the runtime does, while
+        decoding, to name the wire field), so it is not run twice."""
+        if not validated:
+            fine.validate("fine")
+            coarse.validate("coarse")
+        if len(fine) == 0:
+            raise DataError("fine: no bars")
+        as_of = int(fine.t[-1])
+        coarse = coarse.until(as_of)
+        n_coarse, n_fine = self.needs
+        if len(fine) < n_fine:
+            raise DataError(f"fine: {len(fine)} bars, need at least {n_fine}")
+        if len(coarse) < n_coarse:
+            raise DataError(f"coarse: {len(coarse)} bars closed by the last fine bar, need at least {n_coarse}")
+        return SampleBars(coarse.slice(len(coarse) - n_coarse), fine.slice(len(fine) - n_fine), as_of)
+
+    def pattern_features(self, bars: SampleBars) -> np.ndarray:
+        """float32 [pattern_window + 5]: the pattern features of the last fine bar (the retrieval key)."""
+        pattern = pattern_features(bars.fine, self.pattern_window, last=1)[0].astype(np.float32)
+        _complete("pattern", pattern)
+        return pattern
+
+    def sample(self, bars: SampleBars, pattern: np.ndarray | None = None) -> Sample:
+        """The model input; ``pattern``: `pattern_features` of the same bars when already computed."""
+        m = self.model
+        h = self.stats.coarse.apply(bar_features(bars.coarse, last=m.coarse_len))
+        l = self.stats.fine.apply(bar_features(bars.fine, last=m.fine_len))  # noqa: E741
+        regime = self.stats.regime.apply(regime_features(bars.fine, bars.coarse, last=1)[0])
+        for name, x in (("coarse", h), ("fine", l), ("regime", regime)):
+            _complete(name, x)
+        return Sample(h, l, regime, self.pattern_features(bars) if pattern is None else pattern, bars.as_of)
+
+    def __call__(self, coarse: Bars, fine: Bars) -> Sample:
+        return self.sample(self.bars(coarse, fine))
+
+
 def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: ModelConfig,
                  pattern_window: int = DEFAULT_PATTERN_WINDOW) -> Sample:
     """The model input at the last fine bar. Coarse bars not closed by then (t > the last fine t, e.g. a
     period still forming) are ignored. Raises BarsError/DataError for bad or too few bars."""
-    _check_widths(model_cfg)
-    fine.validate("fine")
-    coarse.validate("coarse")
-    if len(fine) == 0:
-        raise DataError("fine: no bars")
-    as_of = int(fine.t[-1])
-    coarse = coarse.until(as_of)
-    n_coarse, n_fine = needs(model_cfg, pattern_window)
-    if len(fine) < n_fine:
-        raise DataError(f"fine: {len(fine)} bars, need at least {n_fine}")
-    if len(coarse) < n_coarse:
-        raise DataError(f"coarse: {len(coarse)} bars closed by the last fine bar, need at least {n_coarse}")
-    fine, coarse = fine.slice(len(fine) - n_fine), coarse.slice(len(coarse) - n_coarse)
-    h = stats.coarse.apply(bar_features(coarse)[-model_cfg.coarse_len:])
-    l = stats.fine.apply(bar_features(fine)[-model_cfg.fine_len:])  # noqa: E741
-    regime = stats.regime.apply(regime_features(fine, coarse)[-1])
-    pattern = pattern_features(fine, pattern_window)[-1].astype(np.float32)
-    for name, x in (("coarse", h), ("fine", l), ("regime", regime), ("pattern", pattern)):
-        _complete(name, x)
-    return Sample(h, l, regime, pattern, as_of)
+    return SampleBuilder(stats, model_cfg, pattern_window)(coarse, fine)
 
 
 @dataclass(frozen=True)

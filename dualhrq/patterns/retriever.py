@@ -20,6 +20,11 @@ probability ``error_rate``, inside the worker, exactly where a slow or broken in
 
 asyncio: ``retrieve_async`` awaits the same worker future with ``asyncio.wait`` and a timeout, so the event loop
 is never blocked and an overrunning query is abandoned (not cancelled) exactly as in ``retrieve``.
+
+Overlap: ``begin`` starts a retrieval and returns a ``Lookup`` at once; the caller works meanwhile (the runtime
+builds the model's tokens) and collects the result later, waiting at most the timeout from then on, so the
+search gets a head start and the wait keeps its bound. A result ready by then is taken without a round trip
+through the event loop.
 """
 
 from __future__ import annotations
@@ -101,30 +106,18 @@ class Retriever:
     def retrieve(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
                  timeout_s: float | None = None) -> RetrievalResult:
         """Pattern context for B queries, or a fail-open result, within ``timeout_s`` (default cfg.timeout_ms)."""
-        deadline = time.monotonic() + self._timeout(timeout_s)
-        batch = self._batch_size(pattern_features)
-        started = self._submit(pattern_features, as_of, batch)
-        if isinstance(started, RetrievalResult):
-            return started
-        try:
-            return started.result(timeout=max(0.0, deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            return self._fail_open(batch, "timeout")
+        return self.begin(pattern_features, as_of).result(timeout_s)
 
     async def retrieve_async(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
                              timeout_s: float | None = None) -> RetrievalResult:
         """``retrieve`` for asyncio: the loop keeps running while the worker queries."""
-        deadline = time.monotonic() + self._timeout(timeout_s)
+        return await self.begin(pattern_features, as_of).result_async(timeout_s)
+
+    def begin(self, pattern_features: np.ndarray, as_of: int | np.ndarray) -> Lookup:
+        """Start a retrieval and return at once. The caller does other work meanwhile (the runtime builds the
+        model's tokens), then collects the result, waiting at most the timeout from then on."""
         batch = self._batch_size(pattern_features)
-        started = self._submit(pattern_features, as_of, batch)
-        if isinstance(started, RetrievalResult):
-            return started
-        waiter = asyncio.wrap_future(started)
-        done, _ = await asyncio.wait({waiter}, timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
-            waiter.cancel()  # detaches the loop from the abandoned worker; the query itself runs on
-            return self._fail_open(batch, "timeout")
-        return waiter.result()
+        return Lookup(self, self._submit(pattern_features, as_of, batch), batch)
 
     # ------------------------------------------------------------ inside
 
@@ -172,6 +165,40 @@ class Retriever:
         return RetrievalResult(pattern_context=np.zeros((batch, self.k, self.pattern_dim), np.float32),
                                mask=np.zeros((batch, self.k), np.float32), reason=reason,
                                used=np.zeros(batch, np.int64))
+
+
+class Lookup:
+    """A retrieval under way (`Retriever.begin`): collect it once with `result` or `result_async`."""
+
+    def __init__(self, retriever: Retriever, started: concurrent.futures.Future[RetrievalResult] | RetrievalResult,
+                 batch: int) -> None:
+        self._retriever, self._started, self._batch = retriever, started, batch
+
+    def result(self, timeout_s: float | None = None) -> RetrievalResult:
+        """The result, waiting at most ``timeout_s`` (default cfg.timeout_ms); past it, a fail-open ``timeout``."""
+        timeout = self._retriever._timeout(timeout_s)
+        started = self._started
+        if isinstance(started, RetrievalResult):
+            return started
+        try:
+            return started.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            return self._retriever._fail_open(self._batch, "timeout")
+
+    async def result_async(self, timeout_s: float | None = None) -> RetrievalResult:
+        """``result`` without blocking the loop: an overrunning query is abandoned (not cancelled)."""
+        timeout = self._retriever._timeout(timeout_s)
+        started = self._started
+        if isinstance(started, RetrievalResult):
+            return started
+        if started.done():  # finished while the caller worked: no round trip through the loop
+            return started.result()
+        waiter = asyncio.wrap_future(started)
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        if not done:
+            waiter.cancel()  # detaches the loop from the abandoned worker; the query itself runs on
+            return self._retriever._fail_open(self._batch, "timeout")
+        return waiter.result()
 
 
 class _DaemonPool:

@@ -20,9 +20,9 @@ import numpy as np
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.errors import ConfigurationError, ModelLoadError
+from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.runtime.batcher import Batcher
-from dualhrq.runtime.protocol import ACTIONS, PROTOCOL_VERSION, Signal, check_bars, wire_bars
+from dualhrq.runtime.protocol import ACTIONS, PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ class Sample(Protocol):
     regime_features: np.ndarray  # [20]
     pattern_features: np.ndarray  # [F]: the retrieval key
     as_of: int  # ns: the last fine bar's close time; retrieval sees nothing known later
+
+
+class Window(Protocol):
+    """A request's bars as the features read them (dualhrq.data.windows.SampleBars)."""
+
+    as_of: int  # ns: the last fine bar's close time
+
+
+class Features(Protocol):
+    """How a request's bars become a model input, in the steps the runtime overlaps with retrieval: what
+    dualhrq.data.windows.SampleBuilder does for a bundle."""
+
+    def bars(self, coarse: Bars, fine: Bars, *, validated: bool = False) -> Window: ...
+
+    def pattern_features(self, bars: Any) -> np.ndarray: ...  # [F]: the retrieval key
+
+    def sample(self, bars: Any, pattern: np.ndarray | None = None) -> Sample: ...
 
 
 @dataclass
@@ -74,7 +91,7 @@ class ModelHost:
     name: str  # model version, as replies report it
     config: Config  # the bundle's config with the serve-time overlay applied
     needs: tuple[int, int]  # minimum (coarse, fine) bars per request
-    features: Callable[[Bars, Bars], Sample]
+    features: Features
     instrument_id: Callable[[str], int]
     timeframe_id: Callable[[str], int]
     batcher: Batcher
@@ -88,20 +105,41 @@ class ModelHost:
     def pattern_shape(self) -> tuple[int, int]:
         return self.config.model.pattern_k, self.config.model.pattern_dim
 
-    def prepare(self, req: Signal) -> Prepared:
-        """A request's bars, validated (ProtocolError naming the bad field), as graph inputs. Pure numpy and
-        CPU-bound: the server runs it off the event loop when `warm` found it dearer than ~0.2 ms."""
+    def window(self, req: Signal) -> Window:
+        """A request's bars, validated once (ProtocolError naming the bad field), trimmed to what the sample
+        reads. Cheap next to the features: it runs on the event loop."""
         coarse_n, fine_n = self.needs
-        return self.inputs_for(check_bars(req.coarse, "coarse", coarse_n, req.id),
-                               check_bars(req.fine, "fine", fine_n, req.id), req.instrument, req.timeframe)
+        coarse = check_bars(req.coarse, "coarse", coarse_n, req.id)
+        fine = check_bars(req.fine, "fine", fine_n, req.id)
+        try:
+            return self.features.bars(coarse, fine, validated=True)
+        except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
+            raise ProtocolError("invalid_input", str(e), "coarse", req.id) from None
 
-    def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
-        s = self.features(coarse, fine)
+    def key(self, bars: Window) -> np.ndarray:
+        """The retrieval key [1, F] float32 of a window: its pattern features, computed before the rest of
+        the features so that retrieval can start first."""
+        return np.asarray(self.features.pattern_features(bars), np.float32)[None]
+
+    def inputs(self, bars: Window, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
+        """The graph inputs but the pattern context. Pure numpy and CPU-bound: the server runs it off the
+        event loop when `warm` found it dearer than ~0.2 ms."""
+        s = self.features.sample(bars, key[0])
         inputs = {"h_tokens": s.h_tokens[None], "l_tokens": s.l_tokens[None],
                   "instrument_id": np.array([self.instrument_id(instrument)], np.int64),
                   "timeframe_id": np.array([self.timeframe_id(timeframe)], np.int64),
-                  "regime_features": s.regime_features[None].astype(np.float32)}
-        return Prepared(inputs, s.pattern_features[None].astype(np.float32), int(s.as_of))
+                  "regime_features": np.asarray(s.regime_features, np.float32)[None]}
+        return Prepared(inputs, key, int(s.as_of))
+
+    def prepare(self, req: Signal) -> Prepared:
+        """`window`, `key` and `inputs` in one go (the server interleaves them with retrieval instead)."""
+        bars = self.window(req)
+        return self.inputs(bars, self.key(bars), req.instrument, req.timeframe)
+
+    def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
+        """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""
+        bars = self.features.bars(coarse, fine)
+        return self.inputs(bars, self.key(bars), instrument, timeframe)
 
     def regime_only(self) -> tuple[np.ndarray, np.ndarray]:
         """The pattern inputs of the regime-only path: an all-zero context behind an all-zero mask."""
@@ -126,10 +164,11 @@ class ModelHost:
         """Before serving: decide where features run, and run the engine at every batch size it will see."""
         req = Signal(id="warm-up", v=PROTOCOL_VERSION, instrument="warm-up", timeframe="1h", coarse=wire_bars(coarse),
                      fine=wire_bars(fine))
+        bars = self.window(req)
         timings = []
-        for _ in range(5):
+        for _ in range(5):  # what runs inline or in a thread: the features, not the validation
             t = time.perf_counter()
-            prepared = self.prepare(req)
+            prepared = self.inputs(bars, self.key(bars), req.instrument, req.timeframe)
             timings.append(time.perf_counter() - t)
         self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
         if self.retriever is not None:  # the index's first query pays for page faults and thread start-up
@@ -208,7 +247,7 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
               overlay_source: str = "serve config") -> ModelHost:
     """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
     from dualhrq.data.features import FeatureStats
-    from dualhrq.data.windows import DEFAULT_PATTERN_WINDOW, build_sample, needs
+    from dualhrq.data.windows import SampleBuilder
     from dualhrq.export.bundle import load_bundle
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
     from dualhrq.patterns.artifacts import load_artifacts
@@ -223,7 +262,11 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         raise ModelLoadError(f"{bundle_path}: the bundle has no feature statistics (exported from a checkpoint "
                              "that `dualhrq train` did not write?); requests cannot be turned into inputs")
     stats = FeatureStats.from_dict(bundle.feature_stats)
-    window = int(bundle.extra.get("pattern_window", DEFAULT_PATTERN_WINDOW))
+    window = cfg.patterns.window  # what training built the samples and the pattern library with
+    built = bundle.extra.get("pattern_window")
+    if built is not None and int(built) != window:
+        raise ConfigurationError(f"patterns.window: {window}, but {bundle_path} was trained with {built}; the "
+                                 "window is part of the model's inputs and cannot change at serve time")
     serve, m = cfg.serve, cfg.model
     engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
                          serve.spinning)
@@ -233,8 +276,8 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
     batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
                       upstream=hooks.upstream, on_batch=hooks.on_batch)
-    host = ModelHost(name=bundle.model_version, config=cfg, needs=needs(m, window),
-                     features=lambda coarse, fine: build_sample(coarse, fine, stats, m, window),
+    features = SampleBuilder(stats, m, window)
+    host = ModelHost(name=bundle.model_version, config=cfg, needs=features.needs, features=features,
                      instrument_id=InstrumentVocab(bundle.instrument_vocab or []).id, timeframe_id=timeframe_id,
                      batcher=batcher, retriever=retriever,
                      forecast_scale=_forecast_scale(bundle.extra.get("target_scale")))

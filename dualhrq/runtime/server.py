@@ -7,7 +7,8 @@ thread behind the batcher's bounded queue. Replies leave with ROUTER_MANDATORY a
 ZeroMQ cannot deliver (peer gone, its queue full) is counted and dropped, never waited on.
 
 Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) -> compliance gate -> reply,
-with `timing_us` for each stage. A deadline (`deadline_ms` from receipt) answers `deadline_exceeded` the
+with `timing_us` for each stage. Retrieval starts as soon as its key (the pattern features) is known and
+searches while the other features are computed; its stage is the wait left after them. A deadline (`deadline_ms` from receipt) answers `deadline_exceeded` the
 moment it passes, whatever stage the request is in.
 """
 
@@ -21,7 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import zmq
@@ -32,9 +33,12 @@ from dualhrq.compliance.rules import RULES_VERSION
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
-from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
+from dualhrq.runtime.host import HostHooks, ModelHost
 from dualhrq.runtime.metrics import Metrics
 from dualhrq.runtime.security import CurveServer
+
+if TYPE_CHECKING:
+    from dualhrq.patterns.retriever import Lookup
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +171,9 @@ class Server:
                 task = asyncio.create_task(self._handle(frames, time.perf_counter()))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                # Let the request start (up to its first wait) before this loop looks for the next message
+                # and re-arms its poll: that bookkeeping would otherwise sit on every request's critical path.
+                await asyncio.sleep(0)
 
     def _send(self, envelope: list, body: bytes) -> None:
         assert self._sock is not None
@@ -249,21 +256,28 @@ class Server:
         self._upstream += 1
         queued = False
         try:
+            bars = host.window(req)  # the one validation of the bars
             t_decode = time.perf_counter()
+            # Retrieval needs only the pattern features: start it first, so that the index searches (on its
+            # pool, without the GIL) while the rest of the features are computed here.
+            key = host.key(bars)
+            lookup = self._lookup(host, key, bars.as_of)
             if host.features_inline:
-                prepared = host.prepare(req)
+                prepared = host.inputs(bars, key, req.instrument, req.timeframe)
             else:
-                prepared = await asyncio.get_running_loop().run_in_executor(self._features_pool, host.prepare, req)
+                prepared = await asyncio.get_running_loop().run_in_executor(
+                    self._features_pool, host.inputs, bars, key, req.instrument, req.timeframe)
             t_features = time.perf_counter()
-            context, mask, used, reason = await self._retrieve(host, prepared)
+            context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()
+            # Not upstream any more before it is queued: the inference thread must not wait for this one.
+            self._upstream -= 1
+            queued = True
             try:
                 future = host.batcher.submit({**prepared.inputs, "pattern_context": context, "pattern_mask": mask},
                                              deadline)
             except Overloaded as e:
                 raise p.ProtocolError("overloaded", str(e)) from None
-            self._upstream -= 1
-            queued = True
             try:
                 row = await future
             except Expired:
@@ -278,13 +292,20 @@ class Server:
         self.metrics.observe_stages(stages)
         return reply
 
-    async def _retrieve(self, host: ModelHost, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, int, str | None]:
+    def _lookup(self, host: ModelHost, key: np.ndarray, as_of: int) -> Lookup | None:
+        """Start the pattern lookup (None: patterns are off)."""
+        if not (self._patterns_enabled and host.retriever is not None):
+            return None
+        return host.retriever.begin(key, as_of)
+
+    async def _retrieved(self, host: ModelHost,
+                         lookup: Lookup | None) -> tuple[np.ndarray, np.ndarray, int, str | None]:
         """(pattern context, mask, neighbours used, fail-open reason or None). Never waits on the index longer
-        than patterns.timeout_ms: the retriever fails open (regime-only) past it."""
+        than patterns.timeout_ms: the retriever fails open (regime-only) past it. The `retrieval` stage is
+        this wait, not the whole search, which started before the features."""
         reason = "disabled"
-        if self._patterns_enabled and host.retriever is not None:
-            timeout_s = host.config.patterns.timeout_ms / 1000.0
-            found = await host.retriever.retrieve_async(prepared.key, prepared.as_of, timeout_s)
+        if lookup is not None:
+            found = await lookup.result_async(host.config.patterns.timeout_ms / 1000.0)
             reason = found.reason
             if reason is None:
                 return found.pattern_context, found.mask, int(found.used[0]), None
