@@ -8,8 +8,8 @@ ZeroMQ cannot deliver (peer gone, its queue full) is counted and dropped, never 
 
 Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) -> compliance gate -> reply,
 with `timing_us` for each stage. Retrieval starts as soon as its key (the pattern features) is known and
-searches while the other features are computed; its stage is the wait left after them. A deadline (`deadline_ms` from receipt) answers `deadline_exceeded` the
-moment it passes, whatever stage the request is in.
+searches while the other features are computed; its stage is the wait left after them. A deadline
+(`deadline_ms` from receipt) answers `deadline_exceeded` the moment it passes, whatever stage the request is in.
 """
 
 from __future__ import annotations
@@ -258,8 +258,9 @@ class Server:
         try:
             bars = host.window(req)  # the one validation of the bars
             t_decode = time.perf_counter()
-            # Retrieval needs only the pattern features: start it first, so that the index searches (on its
-            # pool, without the GIL) while the rest of the features are computed here.
+            # Retrieval needs only the pattern features: start it first, so that its worker wakes up and searches
+            # while the rest of the features are computed here (hnswlib and numpy's larger steps let go of the
+            # GIL), and the wait after them is short or nil.
             key = host.key(bars)
             lookup = self._lookup(host, key, bars.as_of)
             if host.features_inline:
