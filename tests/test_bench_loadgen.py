@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from dualhrq.bench.loadgen import run_load
-from dualhrq.bench.report import percentiles_ms, summarize
+from dualhrq.bench.report import format_summary, percentiles_ms, summarize
 
 
 def fake_server(address_holder, stop, stall_at=None, stall_s=0.0, error_every=0):
@@ -57,7 +57,11 @@ def test_closed_loop_gets_one_sample_per_request(server):
     s = summarize(run)
     assert s["requests"] == 200 and s["replies_by_kind"] == {"signal": 200}
     assert s["fail_open_rate"] == pytest.approx(0.5, abs=0.01)
-    assert s["server_stage_mean_us"]["engine"] == 100.0
+    assert s["server_stage_mean_us"]["engine"] == 100.0 == s["server_stage_p95_us"]["engine"]
+    assert s["engine_ms"]["p95"] == pytest.approx(0.1)
+    # what the runtime adds: each request's latency less the engine's 0.1 ms
+    assert s["overhead_ms"]["p50"] == pytest.approx(s["latency_ms"]["p50"] - 0.1, abs=0.05)
+    assert "end-to-end p95 minus engine p95" in format_summary("x", s)
 
 
 @pytest.mark.parametrize("server", [{"error_every": 5}], indirect=True)

@@ -26,8 +26,10 @@ def summarize(run: RunResult) -> dict[str, Any]:
     """All figures of one phase. Percentiles cover every request (errors and timeouts included)."""
     lat = np.array([s.latency_ms for s in run.samples])
     signals = [s for s in run.samples if s.kind == "signal"]
-    stages = {st: float(np.mean([s.timing_us.get(st, np.nan) for s in signals])) if signals else float("nan")
-              for st in STAGES}
+    stages = {st: np.array([s.timing_us.get(st, np.nan) for s in signals], dtype=float) for st in STAGES}
+    engine_ms = stages["engine"] / 1e3
+    # What the runtime adds to the engine's own time, per request: everything but the engine, on the wire too.
+    overhead_ms = np.array([s.latency_ms for s in signals]) - engine_ms if signals else np.array([])
     reasons = Counter(s.fail_reason for s in signals if s.fail_open)
     return {
         "mode": run.mode,
@@ -37,8 +39,15 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "replies_by_kind": dict(Counter(s.kind for s in run.samples)),
         "fail_open_rate": (sum(s.fail_open for s in signals) / len(signals)) if signals else 0.0,
         "fail_open_reasons": {str(k): v for k, v in reasons.items()},
-        "server_stage_mean_us": stages,
+        "server_stage_mean_us": {st: _nan_stat(np.nanmean, v) for st, v in stages.items()},
+        "server_stage_p95_us": {st: _nan_stat(lambda x: np.nanpercentile(x, 95), v) for st, v in stages.items()},
+        "engine_ms": percentiles_ms(engine_ms[np.isfinite(engine_ms)]) if signals else percentiles_ms(np.array([])),
+        "overhead_ms": percentiles_ms(overhead_ms[np.isfinite(overhead_ms)]),
     }
+
+
+def _nan_stat(stat: Any, values: np.ndarray) -> float:
+    return float(stat(values)) if np.isfinite(values).any() else float("nan")
 
 
 def format_summary(name: str, s: dict[str, Any]) -> str:
@@ -49,7 +58,11 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
              f"  fail-open rate: {s['fail_open_rate']:.1%}"
              + (f" ({', '.join(f'{k} {v}' for k, v in s['fail_open_reasons'].items())})"
                 if s["fail_open_reasons"] else ""),
-             "  server stages (mean us): " + "  ".join(f"{k} {v:.0f}" for k, v in s["server_stage_mean_us"].items())]
+             "  server stages (mean us): " + "  ".join(f"{k} {v:.0f}" for k, v in s["server_stage_mean_us"].items()),
+             "  server stages (p95 us):  " + "  ".join(f"{k} {v:.0f}" for k, v in s["server_stage_p95_us"].items()),
+             f"  engine p95 {s['engine_ms']['p95']:.3f} ms (server side, all ACT segments); end-to-end p95 minus "
+             f"engine p95: {lat['p95'] - s['engine_ms']['p95']:.3f} ms; runtime overhead per request p95 "
+             f"{s['overhead_ms']['p95']:.3f} ms"]
     return "\n".join(lines)
 
 
