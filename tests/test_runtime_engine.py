@@ -17,16 +17,11 @@ from dualhrq.model import ACTIONS, HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
 from dualhrq.runtime.engine import OnnxEngine, TensorRTEngine, TorchEngine
-from dualhrq.runtime.protocol import ACTIONS as WIRE_ACTIONS
 
 
 def _rows(wants: list[float]) -> dict[str, np.ndarray]:
     parts = [row_inputs(1, w, instrument=i) for i, w in enumerate(wants)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def test_wire_action_order_is_the_models_policy_order():
-    assert WIRE_ACTIONS == ACTIONS
 
 
 def test_act_stops_each_row_when_q_halt_wins_after_the_minimum():

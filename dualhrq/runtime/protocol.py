@@ -16,12 +16,11 @@ import msgspec
 
 from dualhrq.data import bars as data_bars
 from dualhrq.errors import DataError
+from dualhrq.model.vocab import ACTIONS
 
 PROTOCOL_VERSION = 1
 
-# The wire order of `probs` and the index order of the graph's policy_logits (same as dualhrq.model.ACTIONS;
-# a test keeps them equal). Kept here so the client needs no torch.
-ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+# ACTIONS is the wire order of `probs` and the index order of the graph's policy_logits (torch-free module).
 
 ErrorCode = Literal["bad_request", "invalid_input", "unsupported_version", "unknown_type", "deadline_exceeded",
                     "overloaded", "unauthorized", "internal"]
