@@ -125,3 +125,21 @@ def test_the_async_client_times_out_and_falls_back():
         reply = asyncio.run(go(peer.address))
         time.sleep(0.1)
     assert reply.action == "HOLD" and len(peer.bodies) == 2
+
+
+class _NoPeerClient(Client):
+    """A client whose DEALER refuses to queue without a connected peer, as after a rejected CURVE handshake."""
+
+    def _socket(self, ctx):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(self.address)
+        return sock
+
+
+@pytest.mark.timeout(30)
+def test_a_send_that_cannot_be_queued_times_out_instead_of_hanging():
+    with _NoPeerClient(f"tcp://127.0.0.1:{free_port()}", timeout_s=0.2, retries=1) as c:
+        with pytest.raises(RequestTimeout):
+            c.ping()

@@ -131,11 +131,23 @@ class Client(_Base):
             if attempt:  # Lazy Pirate: a fresh socket, so nothing stale waits for a dead or restarted server
                 self._sock.close()
                 self._sock = self._socket(self._ctx)
-            self._sock.send(body)
-            reply = self._await(rid, time.monotonic() + self.timeout_s)
+            until = time.monotonic() + self.timeout_s
+            reply = self._await(rid, until) if self._send(body, until) else None
             if reply is not None:
                 return self._outcome(kind, rid, reply)
         return self._outcome(kind, rid, None)
+
+    def _send(self, body: bytes, until: float) -> bool:
+        """Queue the request unless the socket cannot take it before `until`: a DEALER blocks a send while it
+        has no peer (e.g. the server refused our CURVE key and dropped the connection), and a gateway must
+        get its timeout, not a hang."""
+        if not self._sock.poll(max(0, int((until - time.monotonic()) * 1000)) + 1, zmq.POLLOUT):
+            return False
+        try:
+            self._sock.send(body, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def _await(self, rid: str, until: float) -> p.Reply | None:
         while (left := until - time.monotonic()) > 0:
@@ -188,14 +200,18 @@ class AsyncClient(_Base):
         future = self._waiting[rid] = asyncio.get_running_loop().create_future()
         try:
             for _ in range(attempts):
-                await self._sock.send(body)
-                try:
-                    return self._outcome(kind, rid, await asyncio.wait_for(asyncio.shield(future), self.timeout_s))
+                try:  # the send is inside the timeout: a DEALER without a peer would block it indefinitely
+                    return self._outcome(kind, rid, await asyncio.wait_for(self._exchange(body, future),
+                                                                           self.timeout_s))
                 except asyncio.TimeoutError:
                     continue
         finally:
             self._waiting.pop(rid, None)
         return self._outcome(kind, rid, None)
+
+    async def _exchange(self, body: bytes, future: asyncio.Future[p.Reply]) -> p.Reply:
+        await self._sock.send(body)
+        return await asyncio.shield(future)
 
     async def _read(self) -> None:
         while True:
