@@ -93,12 +93,13 @@ def _lag(x: np.ndarray, k: int, rows: int | None = None) -> np.ndarray:
     return out
 
 
-def _diff(x: np.ndarray) -> np.ndarray:
-    """d[i] = x[i] - x[i-1], d[0] NaN (np.diff with a NaN prepended, without its overhead)."""
-    d = np.empty(len(x))
-    d[:1] = np.nan
-    np.subtract(x[1:], x[:-1], out=d[1:])
-    return d
+def _with_previous(op: np.ufunc, x: np.ndarray) -> np.ndarray:
+    """out[i] = op(x[i], x[i-1]), out[0] NaN, without np.diff's overhead: differences (np.subtract) and the
+    adjacent products that bipower variation and autocorrelation sum (np.multiply)."""
+    out = np.empty(len(x))
+    out[:1] = np.nan
+    op(x[1:], x[:-1], out=out[1:])
+    return out
 
 
 def _ratio(a: np.ndarray, b: np.ndarray, fill: float) -> np.ndarray:
@@ -133,17 +134,9 @@ def _at(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _products(x: np.ndarray) -> np.ndarray:
-    """p[i] = x[i] * x[i-1] (p[0] NaN): the adjacent products that bipower variation and autocorrelation sum."""
-    p = np.empty(len(x))
-    p[:1] = np.nan
-    np.multiply(x[1:], x[:-1], out=p[1:])
-    return p
-
-
 def log_returns(close: np.ndarray) -> np.ndarray:
     """r[i] = log(c[i] / c[i-1]); r[0] is NaN."""
-    return _diff(np.log(close))
+    return _with_previous(np.subtract, np.log(close))
 
 
 # ---------------------------------------------------------------- estimators (reduce over the last axis)
@@ -284,7 +277,7 @@ def bar_features(bars: Bars, last: int | None = None) -> np.ndarray:
     n = len(c)
     m = _rows(n, last)
     lc = np.log(c)
-    r = _diff(lc)
+    r = _with_previous(np.subtract, lc)
     a = np.abs(r)
     log_range = np.log(h / l)
     lv = np.log1p(v)
@@ -308,7 +301,7 @@ def bar_features(bars: Bars, last: int | None = None) -> np.ndarray:
     out[:, 8] = lct - _lag(lc, 20, m)
     out[:, 9] = meanrev_z
     out[:, 10] = rv
-    out[:, 11] = np.sqrt(_bipower_from_sums(_sums(_windows(_products(a), w - 1, m)), w))
+    out[:, 11] = np.sqrt(_bipower_from_sums(_sums(_windows(_with_previous(np.multiply, a), w - 1, m)), w))
     out[:, 12] = np.sqrt(_parkinson_from_sums(s[1]))
     out[:, 13] = _ratio(rt, rv / math.sqrt(w), 0.0)
     out[:, 14] = _amihud_from_sums(s[2], s[3])
@@ -358,7 +351,7 @@ def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.nda
     tail = slice(n - m, n)
     ct = c[tail]
     lc = np.log(c)
-    r = _diff(lc)
+    r = _with_previous(np.subtract, lc)
     r2 = r * r
     a = np.abs(r)
     log_range = np.log(h / l)
@@ -379,7 +372,8 @@ def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.nda
     np.power(d, 4, out=central[2])
     np.multiply(dl, dl, out=central[3])
     m2, m3, m4 = _mean(central[:3])
-    adjacent = _sums(_stacked_windows(w - 1, m, _products(r), _products(a)))  # autocorrelation, bipower
+    # adjacent products of returns (autocorrelation) and of absolute returns (bipower variation)
+    adjacent = _sums(_stacked_windows(w - 1, m, _with_previous(np.multiply, r), _with_previous(np.multiply, a)))
     quarter = _sums(_stacked_windows(q, m, r2, lv))  # the window's last quarter: RV, log volume
     ts = _tsrv_from_sums(rv, _sums(_windows(slow * slow, w + 1 - k_slow, m)), w, k_slow)
     bpv = _bipower_from_sums(adjacent[1], w)
@@ -399,7 +393,7 @@ def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.nda
     at = last_coarse - (len(cc) - c_rows)  # index into those rows (< 0: no coarse bar known yet)
     coarse_low = np.minimum.reduce(_windows(cl, wc, c_rows), axis=1)
     coarse_high = np.maximum.reduce(_windows(ch, wc, c_rows), axis=1)
-    coarse_vol = np.sqrt(_sums(_windows(_diff(lcc) ** 2, wc, c_rows)))
+    coarse_vol = np.sqrt(_sums(_windows(_with_previous(np.subtract, lcc) ** 2, wc, c_rows)))
     prior_close = _at(cc, last_coarse)
     low_range = _at(coarse_low, at)
     trig = _at(coarse_trig, last_coarse)
