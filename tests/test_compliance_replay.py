@@ -1,7 +1,6 @@
 """Replay: bars and quotes through the gate with the independent checker, over a hand-built crash day (every
 rule fires at a time computed by hand) and over real GOOG daily bars; reports, event files and the CLI."""
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from subcommand import run_subcommand
 
 from dualhrq.compliance import commands
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, implied_order
@@ -167,10 +168,7 @@ def test_bad_quote_events_are_refused_naming_the_field(tmp_path, body, message):
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers())
-    args = parser.parse_args(["replay", *argv])
-    return args.func(args)
+    return run_subcommand(commands.register, "replay", *argv)
 
 
 @pytest.fixture

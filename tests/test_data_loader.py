@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from subcommand import run_subcommand
 
 from dualhrq.data.bars import Bars, BarsError
 from dualhrq.data.commands import register
@@ -169,10 +170,7 @@ def test_bars_slice_and_until_select_the_known_bars():
 
 
 def _run_data_command(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dualhrq")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_subcommand(register, *argv)
 
 
 def test_data_show_prints_a_users_file_and_refuses_a_bad_one(tmp_path, capsys):

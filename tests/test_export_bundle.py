@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+
+from subcommand import run_subcommand
 
 from dualhrq.config import Config
 from dualhrq.errors import ConfigurationError, ModelLoadError
@@ -141,10 +142,7 @@ def test_missing_or_extra_files_are_refused(copy):
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dualhrq")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_subcommand(register, *argv)
 
 
 def test_bundle_verify_command_reports_and_sets_the_exit_status(copy, capsys):

@@ -3,13 +3,14 @@ machines), the API sequence against a stand-in module, and the bundle written wi
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 
 import onnx
 import pytest
 import torch
+
+from subcommand import run_subcommand
 
 from dualhrq.errors import ModelLoadError
 from dualhrq.export.bundle import load_bundle
@@ -48,11 +49,8 @@ def test_engine_builds_and_holds_its_parity_bound_on_a_gpu(checkpoint, tiny_conf
 def test_without_tensorrt_export_says_why_and_writes_the_rest(checkpoint, tmp_path, capsys):
     if tensorrt_unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are present: the engine is built instead")
-    parser = argparse.ArgumentParser(prog="dualhrq")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), "--tensorrt",
-                              "--parity-samples", "8", "--carry-segments", "1"])
-    assert args.func(args) == 0
+    assert run_subcommand(register, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"),
+                          "--tensorrt", "--parity-samples", "8", "--carry-segments", "1") == 0
     out = capsys.readouterr().out
     assert "TensorRT engine not built" in out and "the rest of the bundle is written" in out
     bundle = load_bundle(tmp_path / "b")

@@ -1,8 +1,9 @@
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from subcommand import run_subcommand
 
 from dualhrq.config import load_config
 from dualhrq.data.sources import load_dataset
@@ -23,10 +24,7 @@ def goog_config(tmp_path_factory) -> Path:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dualhrq")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_subcommand(register, *argv)
 
 
 @pytest.fixture(scope="module")

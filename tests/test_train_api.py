@@ -1,6 +1,5 @@
 """The seed-001 Python API and the HRM validation predictor, on a checkpoint trained by `dualhrq train`."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -8,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from subcommand import run_subcommand
 
 from dualhrq.api import HRMPolicy
 from dualhrq.config import load_config
@@ -24,10 +25,7 @@ CONFIG = ROOT / "config" / "train_eurusd.yaml"
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dualhrq")
-    register(parser.add_subparsers())
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    return run_subcommand(register, *argv)
 
 
 @pytest.fixture(scope="module")
