@@ -87,7 +87,8 @@ def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tu
     mode = {"rate": args.rate} if args.rate else {"concurrency": args.concurrency or 1}
     if args.warmup:
         run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
-    bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False)
+    bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # readable CI logs
     run = run_load(address, factory, args.requests, timeout_s=args.timeout_s,
                    progress=lambda k: bar.update(k - bar.n), **mode)
     bar.close()
