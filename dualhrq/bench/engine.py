@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,8 @@ def time_interleaved(engines: list[EngineRun], feeds: list[dict], runs: int, war
     if runs < 1 or warmup < 0:
         raise HRMError(f"--runs must be >= 1 and --warmup >= 0, got runs={runs}, warmup={warmup}")
     times: dict[str, list[float]] = {e.name: [] for e in engines}
-    for r in tqdm(range(warmup + runs), desc="rounds", unit="round", disable=not progress, leave=False):
+    for r in tqdm(range(warmup + runs), desc="rounds", unit="round", disable=not progress, leave=False,
+                  mininterval=0.1 if sys.stderr.isatty() else 10.0):
         feed = feeds[r % len(feeds)]
         shift = r % len(engines)
         for e in engines[shift:] + engines[:shift]:

@@ -35,8 +35,8 @@ from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, sessi
 from dualhrq.compliance.ssr import SSRState
 from dualhrq.config import ComplianceConfig, RiskConfig
 from dualhrq.errors import DataError
+from dualhrq.model.vocab import ACTIONS
 
-ACTIONS = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
 REASONS = ("ssr", "luld_band", "luld_pause", "risk_limit", "kill_switch")
 LULD_OFF = "off"  # LULD state outside regular hours or before the plan existed
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualhrq.compliance.gate import ACTIONS
 from dualhrq.compliance.replay import SignalFn
 from dualhrq.data.bars import Bars
+from dualhrq.model.vocab import ACTIONS
 
 POLICIES = ("momentum", "random")
 

@@ -30,7 +30,7 @@ import numpy as np
 from dualhrq.data.bars import Bars
 from dualhrq.data.features import BAR_WINDOW, realized_vol
 from dualhrq.errors import ConfigurationError
-from dualhrq.runtime.protocol import ACTIONS  # the torch-free copy of the model's action order
+from dualhrq.model.vocab import ACTIONS
 
 BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT = (ACTIONS.index(a) for a in
                                             ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT"))
