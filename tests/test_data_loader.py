@@ -162,6 +162,33 @@ def test_malformed_wire_bars_are_refused(change, expect):
         Bars.from_columns(d)
 
 
+@pytest.mark.parametrize("field", list("ohlcv"))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 5.0, 0.5])
+@pytest.mark.parametrize("row", [0, 2, 4])
+def test_any_single_bad_value_is_caught_in_any_row(field, value, row):
+    # The clean-series shortcut must never let through what the row-by-row checks refuse.
+    d = _wire()
+    d[field][row] = value
+    bars = Bars(np.array(d["t"], np.int64), *(np.array(d[k], np.float64) for k in "ohlcv"))
+    o, h, l, c, v = (getattr(bars, k)[row] for k in "ohlcv")  # noqa: E741
+    bad = (not all(np.isfinite([o, h, l, c, v])) or min(o, h, l, c) <= 0 or v < 0 or h < max(o, c)
+           or l > min(o, c))
+    if not bad:
+        assert bars.validate() is bars
+        return
+    with pytest.raises(BarsError) as e:
+        bars.validate("fine")
+    assert e.value.row == row
+
+
+@pytest.mark.parametrize("t", [[1, 2, 2, 4, 5], [1, 2, 3, 5, 4], [5, 2, 3, 4, 6]])
+def test_a_time_not_after_its_predecessor_is_caught(t):
+    d = _wire()
+    d["t"] = t
+    with pytest.raises(BarsError, match="timestamp: must be after the previous row's"):
+        Bars.from_columns(d)
+
+
 def test_bars_slice_and_until_select_the_known_bars():
     bars = Bars.from_columns(_wire(6))
     assert len(bars.slice(2)) == 4 and bars.slice(1, 3).t.tolist() == [2 * HOUR, 3 * HOUR]

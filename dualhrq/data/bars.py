@@ -80,6 +80,9 @@ class Bars:
             if a.ndim != 1 or len(a) != n:
                 raise DataError(f"{where or 'bars'}: {COLUMN_NAMES[f.name]}: expected a 1-D array of {n} values, "
                                 f"got shape {a.shape}")
+        if _clean(self):
+            return self
+        # Something is wrong: only now search every check for the first bad row (the message names it).
         checks: list[tuple[str, np.ndarray, str]] = []
         for k in "ohlc":
             a = getattr(self, k)
@@ -99,6 +102,20 @@ class Bars:
             value = getattr(self, field)[row]
             raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if field == "t" else value, where)
         return self
+
+
+def _clean(bars: Bars) -> bool:
+    """Whether every row passes `Bars.validate`'s checks, in whole-column reductions: the per-row search for
+    the first bad row is paid only by bad input. A NaN anywhere makes a column's min and max NaN, which fails
+    both comparisons, and an infinity fails one of them, so min/max bound each column as the row checks do."""
+    if len(bars.t) == 0:
+        return True
+    o, h, l, c, v = bars.o, bars.h, bars.l, bars.c, bars.v  # noqa: E741
+    with np.errstate(invalid="ignore"):
+        return bool(all(a.min() > 0 and a.max() < np.inf for a in (o, h, l, c))
+                    and v.min() >= 0 and v.max() < np.inf
+                    and (h >= np.maximum(o, c)).all() and (l <= np.minimum(o, c)).all()
+                    and (np.diff(bars.t) > 0).all())  # np.diff, as the row check: the same verdict on overflow
 
 
 @dataclass(frozen=True)
