@@ -137,9 +137,9 @@ def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
 
 
 
-def test_a_lookup_begun_early_searches_while_the_caller_works_and_its_timeout_counts_from_begin(features):
-    """`begin` gives the index a head start: a finished search serves a caller that worked longer than the
-    timeout; one still running when the timeout since `begin` has passed fails open without a further wait."""
+def test_a_lookup_begun_early_searches_while_the_caller_works_and_its_wait_counts_from_collection(features):
+    """`begin` gives the index a head start: a search slower than the timeout still serves a caller that
+    worked longer than the search; a caller that collects too early waits only the timeout, then fails open."""
     r = make_retriever(features, msgspec.structs.replace(CFG, fault=FaultConfig(delay_ms=100)))
     lookup = r.begin(features[:1], as_of=10**9)
     time.sleep(0.1 + EPSILON_S)  # the caller's own work (the runtime builds the tokens here)
@@ -156,12 +156,6 @@ def test_a_lookup_begun_early_searches_while_the_caller_works_and_its_timeout_co
     early, waited = asyncio.run(collect_early())
     assert_fail_open(early, "timeout", 1)
     assert waited < 0.02 + EPSILON_S
-
-    late = r.begin(features[:1], as_of=10**9)
-    time.sleep(0.03)  # the caller worked past the 20 ms timeout; the 100 ms search is still running
-    t0 = time.monotonic()
-    assert_fail_open(late.result(timeout_s=0.02), "timeout", 1)
-    assert time.monotonic() - t0 < EPSILON_S
     r.close()
 
 

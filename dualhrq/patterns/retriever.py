@@ -115,8 +115,7 @@ class Retriever:
 
     def begin(self, pattern_features: np.ndarray, as_of: int | np.ndarray) -> Lookup:
         """Start a retrieval and return at once. The caller does other work meanwhile (the runtime builds the
-        model's tokens), then collects the result. The timeout counts from here, so the work done meanwhile is
-        not added to it: a request never spends longer than the timeout on the index, even when it fails open."""
+        model's tokens), then collects the result, waiting at most the timeout from then on."""
         batch = self._batch_size(pattern_features)
         return Lookup(self, self._submit(pattern_features, as_of, batch), batch)
 
@@ -174,15 +173,10 @@ class Lookup:
     def __init__(self, retriever: Retriever, started: concurrent.futures.Future[RetrievalResult] | RetrievalResult,
                  batch: int) -> None:
         self._retriever, self._started, self._batch = retriever, started, batch
-        self._began = time.monotonic()
-
-    def _left(self, timeout_s: float | None) -> float:
-        return max(0.0, self._began + self._retriever._timeout(timeout_s) - time.monotonic())
 
     def result(self, timeout_s: float | None = None) -> RetrievalResult:
-        """The result if it comes within ``timeout_s`` (default cfg.timeout_ms) of `begin`; else a fail-open
-        ``timeout``."""
-        timeout = self._left(timeout_s)
+        """The result, waiting at most ``timeout_s`` (default cfg.timeout_ms); past it, a fail-open ``timeout``."""
+        timeout = self._retriever._timeout(timeout_s)
         started = self._started
         if isinstance(started, RetrievalResult):
             return started
@@ -193,7 +187,7 @@ class Lookup:
 
     async def result_async(self, timeout_s: float | None = None) -> RetrievalResult:
         """``result`` without blocking the loop: an overrunning query is abandoned (not cancelled)."""
-        timeout = self._left(timeout_s)
+        timeout = self._retriever._timeout(timeout_s)
         started = self._started
         if isinstance(started, RetrievalResult):
             return started
