@@ -178,3 +178,20 @@ print(r.retrieve(x[:1], as_of=1, timeout_s=0.01).reason)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "timeout"
+
+
+def test_after_timeouts_in_a_row_lookups_fail_open_at_once_until_a_pause_has_passed(features):
+    r = make_retriever(features, msgspec.structs.replace(CFG, pool_size=4, fault=FaultConfig(delay_ms=200)))
+    r.TRIP_PAUSE_S = 0.3
+    for _ in range(r.TRIP_AFTER):
+        assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "timeout", 1)
+    t0 = time.monotonic()
+    assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "tripped", 1)
+    assert time.monotonic() - t0 < 0.01  # no wait at all while tripped
+    r.set_fault(delay_ms=0, error_rate=0)  # the index recovers
+    time.sleep(r.TRIP_PAUSE_S + 0.25)  # the pause, and the abandoned 200 ms queries, are over
+    assert r.retrieve(features[:1], as_of=10**9, timeout_s=1.0).reason is None
+    r.set_fault(delay_ms=200, error_rate=0)
+    assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "timeout", 1)  # a success reset it
+    assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "timeout", 1)
+    r.close()

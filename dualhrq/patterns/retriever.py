@@ -50,7 +50,7 @@ from dualhrq.patterns.library import PatternLibrary
 
 log = logging.getLogger(__name__)
 
-REASONS = ("timeout", "busy", "error", "empty", "disabled")
+REASONS = ("timeout", "busy", "tripped", "error", "empty", "disabled")
 
 
 class InjectedFault(HRMError):
@@ -70,7 +70,14 @@ class RetrievalResult:
 
 
 class Retriever:
-    """Encode pattern features, query the library as of a time, and return the model's pattern context."""
+    """Encode pattern features, query the library as of a time, and return the model's pattern context.
+
+    After TRIP_AFTER lookups in a row time out, lookups fail open at once (``tripped``) for TRIP_PAUSE_S, then
+    one is let through again: while the index is slow, a request pays nothing for it instead of the timeout.
+    """
+
+    TRIP_AFTER = 3
+    TRIP_PAUSE_S = 2.0  # probes stay a small share of requests even at low rates (1 in 30 at 15 req/s)
 
     def __init__(self, library: PatternLibrary, encoder: PatternEncoder, cfg: PatternsConfig, pattern_dim: int,
                  k: int, seed: int = 0) -> None:
@@ -86,6 +93,8 @@ class Retriever:
         self._rng = random.Random(seed)
         self._free_workers = threading.BoundedSemaphore(cfg.pool_size)
         self._pool = _DaemonPool(cfg.pool_size, "patterns")
+        self._timeouts_in_row = 0
+        self._tripped_until = 0.0  # time.monotonic(); lookups before it fail open at once
 
     def set_fault(self, delay_ms: float, error_rate: float) -> None:
         """Fault drill: every query sleeps ``delay_ms`` and raises with probability ``error_rate`` (0, 0: off)."""
@@ -138,6 +147,8 @@ class Retriever:
         """A running worker's future, or an immediate fail-open result (disabled, busy)."""
         if not self.enabled:
             return self._fail_open(batch, "disabled")
+        if time.monotonic() < self._tripped_until:
+            return self._fail_open(batch, "tripped")
         if not self._free_workers.acquire(blocking=False):
             return self._fail_open(batch, "busy")
         future = self._pool.submit(self._work, pattern_features, as_of, batch)
@@ -161,6 +172,18 @@ class Retriever:
         used = mask.sum(axis=1).astype(np.int64)
         return RetrievalResult(context, mask, None if used.any() else "empty", used)
 
+    def _timed_out(self, batch: int) -> RetrievalResult:
+        # Races between threads here only shift when the breaker trips by one lookup: no lock needed.
+        self._timeouts_in_row += 1
+        if self._timeouts_in_row >= self.TRIP_AFTER:
+            self._tripped_until = time.monotonic() + self.TRIP_PAUSE_S
+            self._timeouts_in_row = self.TRIP_AFTER - 1  # after the pause, one more timeout trips it again
+        return self._fail_open(batch, "timeout")
+
+    def _answered(self, result: RetrievalResult) -> RetrievalResult:
+        self._timeouts_in_row = 0
+        return result
+
     def _fail_open(self, batch: int, reason: str) -> RetrievalResult:
         return RetrievalResult(pattern_context=np.zeros((batch, self.k, self.pattern_dim), np.float32),
                                mask=np.zeros((batch, self.k), np.float32), reason=reason,
@@ -181,9 +204,9 @@ class Lookup:
         if isinstance(started, RetrievalResult):
             return started
         try:
-            return started.result(timeout=timeout)
+            return self._retriever._answered(started.result(timeout=timeout))
         except concurrent.futures.TimeoutError:
-            return self._retriever._fail_open(self._batch, "timeout")
+            return self._retriever._timed_out(self._batch)
 
     async def result_async(self, timeout_s: float | None = None) -> RetrievalResult:
         """``result`` without blocking the loop: an overrunning query is abandoned (not cancelled)."""
@@ -192,13 +215,13 @@ class Lookup:
         if isinstance(started, RetrievalResult):
             return started
         if started.done():  # finished while the caller worked: no round trip through the loop
-            return started.result()
+            return self._retriever._answered(started.result())
         waiter = asyncio.wrap_future(started)
         done, _ = await asyncio.wait({waiter}, timeout=timeout)
         if not done:
             waiter.cancel()  # detaches the loop from the abandoned worker; the query itself runs on
-            return self._retriever._fail_open(self._batch, "timeout")
-        return waiter.result()
+            return self._retriever._timed_out(self._batch)
+        return self._retriever._answered(waiter.result())
 
 
 class _DaemonPool:

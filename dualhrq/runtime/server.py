@@ -53,7 +53,8 @@ class Relay(Protocol):
 
     async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
 
-_REPLY_REASON = {"busy": "timeout"}  # the retriever's "busy" (every worker stuck) is a timeout on the wire
+# The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
+_REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
 
 
 class Server:
