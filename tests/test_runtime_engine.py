@@ -13,7 +13,7 @@ from dualhrq.config import ActConfig
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.contract import OUTPUT_NAMES, zero_carry as graph_carry
 from dualhrq.export.segment import example_feeds
-from dualhrq.model import ACTIONS, HRM
+from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
 from dualhrq.runtime.engine import OnnxEngine, TensorRTEngine, TorchEngine

@@ -16,7 +16,7 @@ import msgspec
 
 from dualhrq.data import bars as data_bars
 from dualhrq.errors import DataError
-from dualhrq.model.vocab import ACTIONS
+from dualhrq.model.vocab import ACTIONS  # noqa: F401 - also the wire order of `probs`, re-exported here
 
 PROTOCOL_VERSION = 1
 

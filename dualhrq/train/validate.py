@@ -11,7 +11,6 @@ Models plug in through the small ``Predictor`` interface; ``PredictorFactory`` b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -26,13 +25,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dualhrq.config import Config, ValidateConfig, load_config
+from dualhrq.config import Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.errors import DataError, HRMError, InferenceError
+from dualhrq.errors import DataError, InferenceError
 from dualhrq.train import leakage
 from dualhrq.train.baselines import BuyAndHold, LogisticDirection, MomentumSign, RidgeForecast
 from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
@@ -455,64 +454,6 @@ def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons:
 # ---------------------------------------------------------------- the command
 
 
-def add_validate_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `dualhrq validate`."""
-    parser.add_argument("--config", required=True, help="YAML config; its validate section sets the splits")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's validate.out_dir)")
-    parser.add_argument(
-        "--compare-fail-open",
-        action="store_true",
-        help="also validate the HRM with its pattern context masked (regime-only) and compare on the same splits",
-    )
-    parser.add_argument(
-        "--candidate",
-        default="hrm",
-        help="the predictor tested against all the others by SPA and the Reality Check (default: hrm)",
-    )
-    parser.add_argument("--fresh", action="store_true", help="ignore splits an earlier run saved; start over")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 DataLoader = Callable[[Config], ValidationData]
 # Given the config, the data and whether to add the regime-only variant: the HRM's predictor factories.
 HRMFactories = Callable[[Config, ValidationData, bool], list[PredictorFactory]]
-
-
-def run_validate_command(
-    args: argparse.Namespace, *, load_data: DataLoader = load_validation_data, hrm: HRMFactories | None = None
-) -> int:
-    """`dualhrq validate`: exit 0 on a clean run, 2 when leakage is found, 1 on a configuration or data error.
-
-    The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
-    says so. ``load_data`` defaults to the config's dataset.
-    """
-    try:
-        cfg = load_config(args.config)
-        data = load_data(cfg)
-        factories = baseline_factories(cfg.validate)
-        comparisons: list[tuple[str, str]] = []
-        if hrm is None:
-            print("no HRM predictor is wired in: validating the baselines only")
-            if args.compare_fail_open:
-                print("--compare-fail-open compares two HRM variants: skipped")
-        else:
-            factories = hrm(cfg, data, args.compare_fail_open) + factories
-            if args.compare_fail_open:
-                comparisons.append(("hrm", "hrm_regime_only"))
-        out = Path(args.out or cfg.validate.out_dir)
-        result = run_validation(
-            cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
-            progress=not args.no_progress,
-        )
-    except HRMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for p, m in result.overall.items():
-        print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
-    print(result.verdict())
-    print(f"report: {out / 'report.md'}")
-    if result.leak_found:
-        for f in result.leakage.findings:
-            print(f"LEAK {f.check}: {f.subject}: {f.detail}")
-        return 2
-    return 0
