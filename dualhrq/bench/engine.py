@@ -78,11 +78,7 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
         rows = []
         for coarse, fine in real.windows:
             prepared = host.inputs_for(coarse, fine, real.instrument, real.timeframe)
-            context, mask = host.regime_only()
-            if host.retriever is not None:
-                found = host.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
-                if not found.fail_open:
-                    context, mask = found.pattern_context, found.mask
+            context, mask = host.pattern_inputs(prepared, timeout_s=5.0)
             rows.append({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
     finally:
         host.close()
@@ -177,7 +173,7 @@ def format_engines(summary: dict[str, dict[str, Any]]) -> str:
 def run_engine_bench(args: argparse.Namespace) -> int:
     from dualhrq.export.bundle import load_bundle
 
-    bundle = load_bundle(args.bundle, verify=True)
+    bundle = load_bundle(args.bundle, verify=False)  # real_feeds' load_host re-hashes every file before any timing
     m = bundle.config.model
     feeds, source = real_feeds(bundle, args.dataset, args.windows, args.batch)
     engines, skipped = available_engines(bundle, args.threads, args.batch)

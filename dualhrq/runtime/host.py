@@ -146,6 +146,16 @@ class ModelHost:
         k, p = self.pattern_shape
         return np.zeros((1, k, p), np.float32), np.zeros((1, k), np.float32)
 
+    def pattern_inputs(self, prepared: Prepared, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(pattern context, mask) for a prepared request, blocking up to `timeout_s` on the index; the
+        regime-only inputs when it fails open or the bundle has no library. For offline callers (replay, the
+        engine bench): the server waits for retrieval asynchronously instead."""
+        if self.retriever is not None:
+            found = self.retriever.retrieve(prepared.key, prepared.as_of, timeout_s)
+            if not found.fail_open:
+                return found.pattern_context, found.mask
+        return self.regime_only()
+
     def decide(self, out: dict[str, np.ndarray]) -> Decision:
         """One row's heads as the decision the reply reports (before the compliance gate)."""
         logits = out["policy_logits"].astype(np.float64)

@@ -48,11 +48,7 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
         if i + 1 < fine_n or len(closed) < coarse_n:
             return "HOLD", 0.0
         prepared = host.inputs_for(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
-        context, mask = host.regime_only()
-        if host.retriever is not None:
-            found = host.retriever.retrieve(prepared.key, prepared.as_of, RETRIEVAL_TIMEOUT_S)
-            if found.reason is None:
-                context, mask = found.pattern_context, found.mask
+        context, mask = host.pattern_inputs(prepared, RETRIEVAL_TIMEOUT_S)
         result = host.batcher.run_here({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
         decision = host.decide({k: v[0] for k, v in result.outputs.items()})
         return decision.action, decision.quantity
