@@ -130,6 +130,10 @@ def test_predictor_refits_inputs_on_the_split_and_twins_share_training(tmp_path)
     assert np.abs(with_patterns.position).max() <= 1
     assert not np.array_equal(with_patterns.forecast, regime_only.forecast)  # the mask reaches the model
 
+    changed = msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, lr=cfg.train.lr / 2))
+    assert HRMPredictor(changed, data, tmp_path, "hrm").fit(train_idx, None) != state  # no stale model reused
+    assert len(list(tmp_path.iterdir())) == 2
+
 
 @pytest.mark.slow
 def test_train_command_resumes_to_the_full_length(run_dir, tmp_path):

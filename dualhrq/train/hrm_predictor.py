@@ -21,6 +21,7 @@ action instead would mostly hold: HOLD is the majority label, so a calibrated po
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,7 @@ import msgspec
 import numpy as np
 import torch
 
-from dualhrq.config import Config
+from dualhrq.config import Config, config_to_dict
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import WindowDataset
 from dualhrq.errors import DataError, InferenceError
@@ -74,7 +75,10 @@ class HRMPredictor:
         """Train (or find the twin variant's identical run) and return the checkpoint path as the state."""
         train_idx = np.asarray(train_idx, np.int64)
         self.prepared = self._prepare(int(train_idx.max()))
-        key = hashlib.sha256(train_idx.tobytes() + str(resume_from).encode()).hexdigest()[:16]
+        # Same data, config, split and starting point: the same run (the regime-only twin finds the first
+        # variant's model); anything else changed trains afresh instead of reusing a stale model.
+        setup = json.dumps(config_to_dict(self.cfg), sort_keys=True) + self.data.fingerprint() + str(resume_from)
+        key = hashlib.sha256(train_idx.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
         ckpt = latest_checkpoint(run_dir)
