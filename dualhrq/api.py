@@ -34,7 +34,7 @@ from dualhrq.train.act import act_inference
 from dualhrq.train.batches import inputs_to
 from dualhrq.train.checkpoint import load_checkpoint
 from dualhrq.train.inputs import InputArtifacts
-from dualhrq.train.loop import LATEST_FILE, latest_checkpoint
+from dualhrq.train.loop import latest_checkpoint
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ class HRMPolicy:
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> HRMPolicy:
         """A checkpoint directory, or a training run directory (its newest checkpoint)."""
-        d = Path(directory)
-        if (d / LATEST_FILE).is_file():
-            d = latest_checkpoint(d) or d
+        d = latest_checkpoint(directory) or Path(directory)
         model, meta = load_checkpoint(d, device)
         return cls(model, meta.config, InputArtifacts.from_checkpoint(d))
 

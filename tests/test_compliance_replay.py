@@ -205,12 +205,6 @@ def test_cli_bundle_uses_the_runtime_signal_function(crash_files, monkeypatch):
     assert seen == {"bundle": "B", "bars": 90}
 
 
-def test_cli_bundle_without_runtime_signals_is_a_clear_error(crash_files, monkeypatch):
-    monkeypatch.setitem(sys.modules, "dualhrq.runtime.signals", None)  # import raises ImportError
-    with pytest.raises(ConfigurationError, match="--bundle.*--policy"):
-        _cli("--data", str(crash_files / "crash.csv"), "--bundle", "B")
-
-
 def test_cli_bundle_of_another_timeframe_names_bundle_and_data(crash_files, monkeypatch):
     def signal_fn_from_bundle(bundle_path, bars):  # noqa: ANN001, ANN202
         raise ConfigurationError("data.coarse_rule: '1d' is not longer than the fine bars")

@@ -11,7 +11,7 @@ import torch
 from dualhrq.export.contract import OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.inputs import parity_feeds
 from dualhrq.export.parity import FP32_MAX_ABS_ERR, carry_parity, measure_parity
-from dualhrq.export.precision import activation_matmuls, mlp_weight_matmuls, to_fp16, to_int8
+from dualhrq.export.precision import mlp_weight_matmuls, to_fp16, to_int8
 from dualhrq.export.segment import export_segment, run_torch
 from dualhrq.model import HRM
 from dualhrq.train.checkpoint import save_checkpoint
@@ -28,6 +28,12 @@ def setup(tiny_config, tmp_path_factory):
     graph = export_segment(model, root / "segment_fp32.onnx")
     return model, graph, feeds, run_torch(model, feeds.feeds), root
 
+
+
+def activation_matmuls(proto: onnx.ModelProto) -> list[str]:
+    """MatMuls whose second input is not a weight (attention's QK^T and AV): int8 must leave them in float."""
+    weights = {t.name for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
 
 def test_parity_inputs_are_held_out_real_windows_with_both_pattern_paths(setup, tiny_config):
     _, _, feeds, _, _ = setup

@@ -35,6 +35,7 @@ def _done(t0: float) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from dualhrq.cli import main as cli
+    from dualhrq.train.loop import latest_checkpoint
 
     out = Path(args.out)
     run_dir, bundle = out / "train", out / "bundle"
@@ -50,7 +51,9 @@ def run_demo(args: argparse.Namespace) -> int:
                "from the training window)")
     if rc := cli(["train", "--config", args.config, "--out", str(run_dir), "--steps", str(args.steps)]):
         return rc
-    latest = run_dir / "checkpoints" / (run_dir / "latest").read_text().strip()
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise HRMError(f"training wrote no checkpoint into {run_dir}")
     _done(t0)
 
     t0 = _step("3/5 exporting the unrolled ONNX segment (fp32 and int8, parity-checked) into a hashed bundle")

@@ -75,13 +75,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _bundle_signals(bundle: str, bars: Bars) -> SignalFn:
-    try:
-        from dualhrq.runtime.signals import signal_fn_from_bundle
-    except ImportError as e:
-        raise ConfigurationError(
-            f"--bundle: this install cannot produce signals from a bundle (dualhrq.runtime.signals."
-            f"signal_fn_from_bundle is missing: {e}); use --policy momentum|random"
-        ) from None
+    from dualhrq.runtime.signals import signal_fn_from_bundle  # the serving stack loads only for --bundle
+
     try:
         return signal_fn_from_bundle(bundle, bars)
     except ConfigurationError as e:

@@ -35,16 +35,6 @@ def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None)
     return save_graph(proto, dst, external_data)
 
 
-def activation_matmuls(proto: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul nodes whose second input is not a weight: attention's QK^T and AV.
-
-    Those multiply two activations; dynamic quantisation of them would quantise attention scores and values
-    per call with one scale each, which is where int8 attention loses most accuracy. They are never quantised.
-    """
-    weights = {t.name for t in proto.graph.initializer}
-    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
-
-
 def mlp_weight_matmuls(proto: onnx.ModelProto) -> list[str]:
     """Names of the weight MatMuls inside the H and L blocks' SwiGLU MLPs: the ones int8 quantises.
 
