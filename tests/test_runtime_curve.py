@@ -81,3 +81,10 @@ def test_half_configured_curve_is_a_clear_error(keys):
         CurveServer(CurveConfig(server_secret_key_file=str(made["server"][1])))
     with pytest.raises(ConfigurationError, match="server_secret_key_file"):
         CurveServer(CurveConfig(allowed_clients_dir="/tmp"))
+
+
+def test_a_worker_connected_to_a_broker_drops_curve_since_the_broker_holds_the_keys(keys):
+    _, curve = keys
+    serve = ServeConfig(bind="tcp://127.0.0.1:*", curve=curve)
+    assert Server(serve, lambda path, hooks: None, "b")._curve.enabled
+    assert not Server(serve, lambda path, hooks: None, "b", connect="tcp://127.0.0.1:1")._curve.enabled

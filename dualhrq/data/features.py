@@ -192,19 +192,8 @@ def realized_vol(close: np.ndarray, window: int) -> np.ndarray:
     return np.sqrt(realized_variance(_windows(log_returns(_f64(close)), window)))
 
 
-def parkinson_variance(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Range-based variance: sum of log(h/l)^2 / (4 ln 2)."""
-    return _parkinson_from_sums(realized_variance(np.log(high / low)))
-
-
 def _parkinson_from_sums(sum_sq_log_range: np.ndarray) -> np.ndarray:
     return sum_sq_log_range / (4 * math.log(2))
-
-
-def log_amihud(abs_returns: np.ndarray, dollar_volume: np.ndarray) -> np.ndarray:
-    """log Amihud illiquidity, sum|r| / sum(price * volume) over the window: a ratio of sums, not a mean of
-    per-bar ratios, because zero-volume bars (common in FX tick volume) make the per-bar ratio infinite."""
-    return _amihud_from_sums(_sums(abs_returns), _sums(dollar_volume))
 
 
 def _amihud_from_sums(sum_abs_returns: np.ndarray, sum_dollar_volume: np.ndarray) -> np.ndarray:
@@ -463,11 +452,6 @@ def pattern_features(fine: Bars, window: int, last: int | None = None) -> np.nda
     out[:, window + 3] = np.sqrt(_mean(scaled[:, -(window // 4):] ** 2))
     out[:, window + 4] = _zscore_last(lvw)
     return out
-
-
-def pattern_feature_names(window: int) -> tuple[str, ...]:
-    """Column names of `pattern_features` (reports, feature tables)."""
-    return tuple(f"r{j}" for j in range(window)) + PATTERN_SUMMARY
 
 
 # ---------------------------------------------------------------- normalisation

@@ -49,7 +49,7 @@ EXACT_UNFILTERED_MAX = 256
 _EXACT_FRACTION = 0.1
 _OVERFETCH = 2.0  # graph candidates fetched per needed hit, beyond the share that fails the time filter
 _OUTCOME_CLIP = 8.0  # context outcomes in units of outcome_scale: one crash day must not dominate the pooling
-_FORMAT = 1
+_FORMAT = 2  # 2: instrument codes count from 1, 0 is padding
 _FILES = ("index.bin", "meta.npz", "library.json")
 _META = ("label", "alive", "embedding", "instrument", "window_start", "window_end", "available_at", "expires_at",
          "outcome", "regime", "quality")  # per-row arrays, each kept as attribute "_" + name

@@ -131,11 +131,6 @@ class ModelHost:
                   "regime_features": np.asarray(s.regime_features, np.float32)[None]}
         return Prepared(inputs, key, int(s.as_of))
 
-    def prepare(self, req: Signal) -> Prepared:
-        """`window`, `key` and `inputs` in one go (the server interleaves them with retrieval instead)."""
-        bars = self.window(req)
-        return self.inputs(bars, self.key(bars), req.instrument, req.timeframe)
-
     def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
         """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""
         bars = self.features.bars(coarse, fine)

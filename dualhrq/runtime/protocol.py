@@ -314,7 +314,7 @@ def check_bars(wire: Bars, name: str, minimum: int, request_id: str) -> data_bar
         raise ProtocolError("invalid_input", f"{len(wire)} bars, the model needs at least {minimum}", name,
                             request_id)
     try:
-        return data_bars.Bars.from_columns(msgspec.structs.asdict(wire))
+        return data_bars.Bars.from_columns(msgspec.structs.asdict(wire), name)
     except data_bars.BarsError as e:
         raise ProtocolError("invalid_input", str(e), f"{name}.{e.field}[{e.row}]", request_id) from None
     except DataError as e:

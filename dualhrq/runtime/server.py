@@ -31,7 +31,7 @@ import zmq.asyncio
 
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.compliance.rules import RULES_VERSION
-from dualhrq.config import ServeConfig
+from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost
@@ -70,7 +70,9 @@ class Server:
         self._gate = gate if gate is not None else ComplianceGate()
         self._connect = connect
         self._control = control  # workers: relays state-changing admin commands to the sibling workers
-        self._curve = CurveServer(serve.curve)
+        # CURVE ends at the client-facing socket: a worker connected to a broker's backend speaks plain ZMTP
+        # to it (the broker holds the keys), or the handshake would never complete and no request arrive.
+        self._curve = CurveServer(CurveConfig() if connect else serve.curve)
         self._host: ModelHost | None = None
         self._patterns_enabled = True
         self._upstream = 0  # signals past decode and not yet queued: the batcher's hint to wait for more

@@ -174,9 +174,9 @@ def worker_main(bundle: str, overlay: dict[str, Any], source: str, addresses: Br
     if json_logs:
         use_json_logs()
     cfg = serve_settings(bundle, overlay, source)
-    # CURVE ends at the broker; the hop from the broker to a worker is this machine's ipc (or the operator's
-    # private network for remote workers).
-    serve = msgspec.structs.replace(cfg.serve, curve=CurveConfig(), metrics_port=0)
+    # CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to a worker is
+    # this machine's ipc (or the operator's private network for remote workers).
+    serve = msgspec.structs.replace(cfg.serve, metrics_port=0)
     bus = ControlBus(addresses.control_in, addresses.control_out)
     server = Server(serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
                     gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus)
