@@ -24,6 +24,7 @@ import torch
 
 from dualhrq.config import Config
 from dualhrq.data.bars import Bars
+from dualhrq.data.features import PositionRule
 from dualhrq.data.loader import bars_from_frame
 from dualhrq.data.resample import resample
 from dualhrq.data.windows import build_sample
@@ -34,7 +35,7 @@ from dualhrq.train.act import act_inference
 from dualhrq.train.batches import inputs_to
 from dualhrq.train.checkpoint import load_checkpoint
 from dualhrq.train.inputs import InputArtifacts
-from dualhrq.train.loop import latest_checkpoint
+from dualhrq.train.loop import best_checkpoint
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ class HRMPolicy:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> HRMPolicy:
-        """A checkpoint directory, or a training run directory (its newest checkpoint)."""
-        d = latest_checkpoint(directory) or Path(directory)
+        """A checkpoint directory, or a training run directory (its best checkpoint: the lowest validation
+        cross-entropy, else the newest)."""
+        d = best_checkpoint(directory) or Path(directory)
         model, meta = load_checkpoint(d, device)
         return cls(model, meta.config, InputArtifacts.from_checkpoint(d))
 
@@ -80,12 +82,14 @@ class HRMPolicy:
                timestamps: Literal["open", "close"] = "open") -> Decision:
         """The full decision. DataFrame timestamps mark bar opens by default (data vendors' and backtesting.py's
         convention); pass ``timestamps="close"`` for close-stamped frames. Bars are close-stamped already."""
-        inputs, as_of = self.inputs_for(observation_window, instrument, timeframe, timestamps)
+        inputs, as_of, state = self.inputs_for(observation_window, instrument, timeframe, timestamps)
         res = act_inference(self.model, inputs_to(inputs, self.device), self.config.act)
-        out, scale = res.outputs, self.artifacts.target_scale
+        out, scale, rule = res.outputs, self.artifacts.target_scale, self.artifacts.decision_rule
         probs = torch.softmax(out.policy_logits[0], dim=-1)
+        logits = out.policy_logits.double().cpu().numpy()
+        action = int(probs.argmax()) if rule is None else int(rule.choose(logits, np.array([state]))[0])
         return Decision(
-            action=ACTIONS[int(probs.argmax())], quantity=float(out.quantity[0]),
+            action=ACTIONS[action], quantity=float(out.quantity[0]),
             probs=tuple(float(p) for p in probs),
             forecast_coarse=float(out.forecast_coarse[0]) * scale["out_a"],
             forecast_fine=float(out.forecast_fine[0]) * scale["out_b"],
@@ -94,11 +98,13 @@ class HRMPolicy:
             as_of=as_of)
 
     def inputs_for(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
-                   timestamps: Literal["open", "close"] = "open") -> tuple[ModelInputs, int]:
-        """(the model's inputs for the window's last bar [batch of 1], that bar's close time in ns)."""
+                   timestamps: Literal["open", "close"] = "open") -> tuple[ModelInputs, int, int]:
+        """(the model's inputs for the window's last bar [batch of 1], that bar's close time in ns, the label
+        rule's position state there)."""
         fine = self._fine_bars(observation_window, timeframe, timestamps)
         m, a = self.config.model, self.artifacts
-        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, a.pattern_window)
+        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, PositionRule.from_config(self.config.data),
+                              a.pattern_window)
         context, mask = a.pattern_context(sample.pattern_features[None], np.array([sample.as_of]), m)
         inputs = ModelInputs(
             h_tokens=torch.from_numpy(sample.h_tokens)[None], l_tokens=torch.from_numpy(sample.l_tokens)[None],
@@ -106,7 +112,7 @@ class HRMPolicy:
             timeframe_id=torch.tensor([timeframe_id(timeframe)]),
             regime_features=torch.from_numpy(sample.regime_features)[None],
             pattern_context=torch.from_numpy(context), pattern_mask=torch.from_numpy(mask))
-        return inputs, sample.as_of
+        return inputs, sample.as_of, sample.state
 
     @staticmethod
     def _fine_bars(window: pd.DataFrame | Bars, timeframe: str, timestamps: Literal["open", "close"]) -> Bars:

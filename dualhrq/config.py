@@ -47,7 +47,7 @@ class ModelConfig(_Section):
     coarse_len: PosInt = 20  # T_h: coarse bars per sample (H tokens)
     fine_len: PosInt = 48  # T_l: fine bars per sample (L tokens)
     coarse_features: PosInt = 16  # width of one H token (set by dualhrq.data.features)
-    fine_features: PosInt = 16  # width of one L token
+    fine_features: PosInt = 18  # width of one L token (dualhrq.data.features.FINE_FEATURES)
     regime_features: PosInt = 20
     num_regimes: Annotated[int, msgspec.Meta(ge=2, le=32)] = 5
     pattern_dim: PosInt = 32  # P: width of one retrieved pattern context vector
@@ -59,6 +59,9 @@ class ModelConfig(_Section):
     regime_hidden: PosInt = 64
     fusion_hidden: PosInt = 192
     head_hidden: PosInt = 128
+    # What every head reads of a level's tokens: the newest ("last"), their mean, or both side by side.
+    # A mean alone blurs which bar is newest, and the decision is about the newest bar.
+    readout: Literal["last", "mean", "last+mean"] = "last+mean"
     quantity_min: float = 0.0
     quantity_max: float = 1.0
     norm_eps: PosFloat = 1e-5
@@ -129,7 +132,12 @@ class TrainConfig(_Section):
     checkpoint_every: PosInt = 100
     keep_checkpoints: PosInt = 3  # older step directories are removed
     log_every: PosInt = 10
-    eval_samples: NonNegInt = 512  # held-out samples scored at each checkpoint; 0 turns evaluation off
+    evaluate: bool = True  # score the whole validation slice and held-out tail at each checkpoint
+    val_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15  # tail of the training window, purged
+    # from the rest, that picks the best checkpoint and fits the decision rule (never the held-out tail)
+    keep_best: bool = True  # `best` points at the checkpoint with the lowest validation cross-entropy
+    class_weights: Literal["none", "sqrt", "inverse"] = "none"  # policy CE weights from label frequencies
+    grad_norm_every: NonNegInt = 100  # log each loss term's gradient norm every this many steps (0: never)
     out_dir: str = "runs/train"
     pattern_dropout: Prob = 0.25  # drop the whole pattern context so the regime-only path stays calibrated
     device: Literal["auto", "cpu", "cuda"] = "auto"

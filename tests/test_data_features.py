@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, CLIP, PATTERN_SUMMARY, REGIME_FEATURES,
+from dualhrq.data.features import (BAR_FEATURES, PositionRule, fine_features, BAR_WARMUP, CLIP, PATTERN_SUMMARY, REGIME_FEATURES,
                                    REGIME_WARMUP, ColumnStats, FeatureStats, bar_features, bipower_variation,
                                    luld_band_distance, luld_half_width, pattern_features, realized_variance,
                                    regime_features, tsrv)
@@ -104,15 +104,16 @@ def test_serving_rows_equal_training_rows_bit_for_bit_on_real_windows(tiny_confi
     fine_all = data.bars
     coarse_all = resample(fine_all, default_coarse_rule(data.timeframe))
     m, window = tiny_config.model, tiny_config.patterns.window
-    n_coarse, n_fine = needs(m, window)
-    full = {"coarse": bar_features(coarse_all), "fine": bar_features(fine_all),
+    rule = PositionRule.from_config(tiny_config.data)
+    n_coarse, n_fine = needs(m, window, rule)
+    full = {"coarse": bar_features(coarse_all), "fine": fine_features(fine_all, rule),
             "regime": regime_features(fine_all, coarse_all), "pattern": pattern_features(fine_all, window)}
     known = visible_counts(coarse_all.t, fine_all.t)
     ends = np.flatnonzero((np.arange(len(fine_all)) >= n_fine - 1) & (known >= n_coarse))
     for i in np.random.default_rng(0).choice(ends, 150, replace=False):
         k = int(known[i])
         fine, coarse = fine_all.slice(i + 1 - n_fine, i + 1), coarse_all.slice(k - n_coarse, k)
-        served = {"coarse": bar_features(coarse, last=m.coarse_len), "fine": bar_features(fine, last=m.fine_len),
+        served = {"coarse": bar_features(coarse, last=m.coarse_len), "fine": fine_features(fine, rule, last=m.fine_len),
                   "regime": regime_features(fine, coarse, last=1), "pattern": pattern_features(fine, window, last=1)}
         trained = {"coarse": full["coarse"][k - m.coarse_len:k], "fine": full["fine"][i + 1 - m.fine_len:i + 1],
                    "regime": full["regime"][i:i + 1], "pattern": full["pattern"][i:i + 1]}
@@ -184,7 +185,7 @@ def test_ssr_state_lasts_the_trigger_period_and_the_next_one():
 def test_feature_stats_standardise_and_clip_and_ignore_incomplete_rows():
     rows = np.random.default_rng(0).normal(3.0, 2.0, (500, 2))
     rows[0] = np.nan
-    stats = ColumnStats.fit(("a", "b"), np.column_stack([rows, np.full(500, 7.0)]))
+    stats = ColumnStats.fit(("a", "b", "c"), np.column_stack([rows, np.full(500, 7.0)]))
     z = stats.apply(np.column_stack([rows[1:], np.full(499, 7.0)]))
     assert z.dtype == np.float32
     np.testing.assert_allclose(z[:, :2].mean(axis=0), 0, atol=1e-6)
@@ -196,7 +197,7 @@ def test_feature_stats_standardise_and_clip_and_ignore_incomplete_rows():
 def _stats() -> FeatureStats:
     fine = random_bars(800)
     coarse = resample(fine, "1d")
-    return FeatureStats.fit(bar_features(coarse), bar_features(fine), regime_features(fine, coarse))
+    return FeatureStats.fit(bar_features(coarse), fine_features(fine, PositionRule()), regime_features(fine, coarse))
 
 
 def test_feature_stats_survive_a_json_round_trip():

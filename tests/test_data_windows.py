@@ -10,7 +10,7 @@ import pytest
 
 from dualhrq.config import DataConfig
 from dualhrq.data.bars import Bars, BarsError, Dataset
-from dualhrq.data.features import BAR_FEATURES, REGIME_FEATURES
+from dualhrq.data.features import BAR_FEATURES, FINE_FEATURES, REGIME_FEATURES, PositionRule
 from dualhrq.data.resample import DAY_NS, default_coarse_rule, parse_rule, resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.synthetic import random_bars
@@ -71,13 +71,13 @@ def test_shipped_configs_declare_the_feature_widths_the_code_computes(tiny_confi
     for cfg in (tiny_config, full_config):
         m = cfg.model
         assert (m.coarse_features, m.fine_features, m.regime_features) == (
-            len(BAR_FEATURES), len(BAR_FEATURES), len(REGIME_FEATURES))
+            len(BAR_FEATURES), len(FINE_FEATURES), len(REGIME_FEATURES))
 
 
 def test_needs_covers_the_token_windows_plus_warm_up(tiny_config):
     coarse, fine = needs(tiny_config.model)
     assert coarse >= tiny_config.model.coarse_len and fine >= tiny_config.model.fine_len
-    assert (coarse, fine) == (40, 68)
+    assert (coarse, fine) == (40, 69)  # fine: 48 tokens + 20 bars of volatility + the label horizon (1)
 
 
 def test_dataset_arrays_have_the_model_shapes(tiny_config, synthetic):
@@ -116,7 +116,8 @@ def test_dataset_rows_equal_serving_samples_bit_for_bit(tiny_config):
     coarse = resample(eurusd.bars, ds.coarse_rule)
     rng = np.random.default_rng(0)
     for s in [0, len(ds) - 1, *rng.integers(0, len(ds), 8)]:
-        sample = build_sample(coarse, eurusd.bars.slice(0, ds.bar_index[s] + 1), ds.stats, tiny_config.model)
+        sample = build_sample(coarse, eurusd.bars.slice(0, ds.bar_index[s] + 1), ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
         assert sample.as_of == ds.t[s]
         np.testing.assert_array_equal(sample.h_tokens, ds.h_tokens[s])
         np.testing.assert_array_equal(sample.l_tokens, ds.l_tokens[s])
@@ -158,8 +159,10 @@ def test_serving_ignores_coarse_bars_not_closed_yet(tiny_config, synthetic):
     closed = resample(fine, "1d")
     forming = resample(synthetic.bars, "1d")  # includes the day that is still open at the last fine bar
     assert forming.t[-1] > fine.t[-1]
-    a = build_sample(closed, fine, ds.stats, tiny_config.model)
-    b = build_sample(forming, fine, ds.stats, tiny_config.model)
+    a = build_sample(closed, fine, ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
+    b = build_sample(forming, fine, ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
     np.testing.assert_array_equal(a.h_tokens, b.h_tokens)
     np.testing.assert_array_equal(a.regime_features, b.regime_features)
 
@@ -169,9 +172,11 @@ def test_too_few_bars_are_refused_with_the_count_needed(tiny_config, synthetic):
     coarse_need, fine_need = needs(tiny_config.model)
     bars = synthetic.bars
     with pytest.raises(DataError, match=f"fine: {fine_need - 1} bars, need at least {fine_need}"):
-        build_sample(resample(bars, "1d"), bars.slice(len(bars) - fine_need + 1), ds.stats, tiny_config.model)
+        build_sample(resample(bars, "1d"), bars.slice(len(bars) - fine_need + 1), ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
     with pytest.raises(DataError, match=f"need at least {coarse_need}"):
-        build_sample(resample(bars, "1d").slice(0, 10), bars, ds.stats, tiny_config.model)
+        build_sample(resample(bars, "1d").slice(0, 10), bars, ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
 
 
 def test_bad_request_bars_are_refused_naming_the_series(tiny_config, synthetic):
@@ -179,7 +184,8 @@ def test_bad_request_bars_are_refused_naming_the_series(tiny_config, synthetic):
     bars = synthetic.bars
     bad = dataclasses.replace(bars, c=np.where(np.arange(len(bars)) == 5, -1.0, bars.c))
     with pytest.raises(BarsError, match="fine: row 5: close: must be > 0"):
-        build_sample(resample(bars, "1d"), bad, ds.stats, tiny_config.model)
+        build_sample(resample(bars, "1d"), bad, ds.stats, tiny_config.model,
+                         PositionRule.from_config(tiny_config.data))
 
 
 def test_feature_widths_in_the_config_must_match_the_code(tiny_config, synthetic):

@@ -69,7 +69,7 @@ def test_api_inputs_equal_the_training_inputs_at_the_same_bar(run_dir, policy):
     j = len(prepared.windows) - 300  # a held-out sample
     bar = int(prepared.windows.bar_index[j])
     bars = load_dataset("eurusd_1h").bars.slice(bar - 1199, bar + 1)  # close-stamped, ends at the sample's bar
-    inputs, as_of = policy.inputs_for(bars, "EURUSD", "1h")
+    inputs, as_of, _ = policy.inputs_for(bars, "EURUSD", "1h")
     assert as_of == prepared.windows.t[j]
     for name in ("h_tokens", "l_tokens", "regime_features", "pattern_context", "pattern_mask", "instrument_id",
                  "timeframe_id"):
@@ -78,7 +78,7 @@ def test_api_inputs_equal_the_training_inputs_at_the_same_bar(run_dir, policy):
 
 
 def test_unknown_instrument_acts_through_the_unknown_embedding(policy):
-    inputs, _ = policy.inputs_for(_frame(1200), "GBPUSD", "1h")
+    inputs, _, _ = policy.inputs_for(_frame(1200), "GBPUSD", "1h")
     assert inputs.instrument_id.tolist() == [0]
     assert policy.act(_frame(1200), "GBPUSD", "1h")[0] in ACTIONS
 

@@ -34,7 +34,8 @@ def _data(cfg: Config, n: int = 64) -> TrainingSet:
     targets = Targets(action=torch.randint(0, 5, (n,), generator=g), quantity=torch.rand(n, generator=g),
                       out_a=torch.randn(n, generator=g), out_b=torch.randn(n, generator=g),
                       action_return=torch.randn(n, generator=g), cost=torch.full((n,), 0.05),
-                      regime=torch.randint(0, cfg.model.num_regimes, (n,), generator=g))
+                      regime=torch.randint(0, cfg.model.num_regimes, (n,), generator=g),
+                      state=torch.randint(0, 3, (n,), generator=g))
     return TrainingSet(ModelInputs.random(cfg.model, n, seed=3), targets)
 
 

@@ -18,7 +18,7 @@ from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.distributed import DistContext
 from dualhrq.train.inputs import InputArtifacts, prepare_training
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, Targets, loss_weights, segment_loss
-from dualhrq.train.loop import (STATE_FILE, latest_checkpoint, load_train_state, lr_factor, new_trainer,
+from dualhrq.train.loop import (STATE_FILE, EvalSets, latest_checkpoint, load_train_state, lr_factor, new_trainer,
                                 resume_trainer, run)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ CPU = DistContext(0, 1, torch.device("cpu"))
 
 def _config(**train: object) -> Config:
     cfg = load_config(ROOT / "config" / "train_eurusd.yaml")
-    quick = {"device": "cpu", "batch_size": 16, "checkpoint_every": 1000, "log_every": 1000, "eval_samples": 64}
+    quick = {"device": "cpu", "batch_size": 16, "checkpoint_every": 1000, "log_every": 1000}
     return msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, **{**quick, **train}))
 
 
@@ -83,12 +83,14 @@ def test_checkpoint_carries_the_artifacts_that_rebuild_the_training_inputs(prepa
     cfg = _config()
     trainer = new_trainer(cfg, prepared.train, CPU, total_steps=2)
     result = run(trainer, 2, tmp_path, extra=prepared.artifacts.to_extra(),
-                 save_files=prepared.artifacts.save_files, eval_data=prepared.test, progress=False)
+                 save_files=prepared.artifacts.save_files,
+                 eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
     ckpt = result.checkpoint
     meta = json.loads((ckpt / "checkpoint.json").read_text())
     assert {"feature_stats", "regimes", "pattern_encoder", "instruments", "target_scale"} <= set(meta["extra"])
     assert meta["extra"]["instruments"] == ["EURUSD"]
-    assert "eval_accuracy" in meta["metrics"]
+    assert {"val_cross_entropy", "test_cross_entropy", "test_state_ce", "test_non_hold_share"} <= set(meta["metrics"])
+    assert (tmp_path / "best").read_text() == ckpt.name
     assert load_train_state(ckpt)["step"] == 2  # loads with weights_only=True
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["step"] == 2 and math.isfinite(lines[0]["loss"])
@@ -148,7 +150,8 @@ def _targets(action: list[int]) -> Targets:
     b = len(action)
     z = torch.zeros(b)
     return Targets(action=torch.tensor(action), quantity=z, out_a=z, out_b=z, action_return=torch.ones(b),
-                   cost=torch.full((b,), 0.25), regime=torch.zeros(b, dtype=torch.int64))
+                   cost=torch.full((b,), 0.25), regime=torch.zeros(b, dtype=torch.int64),
+                   state=torch.zeros(b, dtype=torch.int64))
 
 
 def test_q_halt_target_is_whether_the_segment_policy_is_correct():
@@ -160,8 +163,11 @@ def test_q_halt_target_is_whether_the_segment_policy_is_correct():
     expected_continue = F.binary_cross_entropy_with_logits(q[:, 1], torch.tensor([0.2, 0.9]))
     torch.testing.assert_close(terms["q_halt"], expected_halt)
     torch.testing.assert_close(terms["q_continue"], expected_continue)
-    # The value head regresses what the chosen action realises: BUY +1 - cost, SELL -1 - cost.
-    torch.testing.assert_close(terms["value"], F.huber_loss(torch.zeros(2), torch.tensor([0.75, -1.25])))
+    # The value head regresses what the policy earns in expectation: from flat, BUY +1 - cost/2 (one unit of
+    # exposure changes; the round trip costs 0.25), SELL -1 - cost/2, the others nothing.
+    p = policy.softmax(dim=-1)
+    expected = p[:, 0] * 0.875 + p[:, 1] * -1.125
+    torch.testing.assert_close(terms["value"], F.huber_loss(torch.zeros(2), expected))
 
 
 def test_halted_slots_admit_fresh_samples_with_a_zero_carry():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import DataError
-from dualhrq.train.baselines import BuyAndHold, LogisticDirection, MomentumSign, RidgeForecast
+from dualhrq.train.baselines import (BuyAndHold, LogisticDirection, MomentumSign, MultinomialActions, OneBarReversal,
+                                    RidgeForecast, StateOnly)
 
 
 def test_momentum_sums_only_returns_that_ended_by_the_sample():
@@ -51,3 +52,37 @@ def test_logistic_refuses_a_one_sided_training_window():
     x = np.ones((10, 1))
     with pytest.raises(DataError, match="same direction"):
         LogisticDirection(x, np.full(10, 0.01), c=1.0).fit(np.arange(10))
+
+
+def test_reversal_bets_against_the_last_return_known_at_the_sample():
+    returns = np.array([0.01, -0.02, 0.0, 0.03])
+    pred = OneBarReversal(returns).predict(np.arange(4))
+    np.testing.assert_array_equal(pred.position, [0.0, -1.0, 1.0, 0.0])  # never returns[i] itself
+
+
+def test_state_only_predicts_each_state_by_its_training_label_frequencies():
+    # BUY=0, SELL=1, HOLD=2, CLOSE_LONG=3, CLOSE_SHORT=4; states FLAT=0, LONG=1, SHORT=2
+    states = np.array([0, 0, 0, 1, 1, 2, 2, 0, 1, 2])
+    actions = np.array([0, 0, 2, 3, 3, 4, 2, 1, 2, 2])
+    b = StateOnly(states, actions)
+    b.fit(np.arange(7))  # the last three samples are the test window: their labels are never read
+    pred = b.predict(np.arange(7, 10))
+    # Add-one smoothing. Flat: BUY 3/8, SELL 1/8, CLOSE_SHORT 1/8, CLOSE_LONG 1/8. Long: CLOSE_LONG 3/7
+    # against 1/7 for each other action. Short: CLOSE_SHORT and HOLD 2/7 each, the rest 1/7.
+    np.testing.assert_allclose(pred.position, [(3 + 1 - 1 - 1) / 8, (1 + 1 - 1 - 3) / 7, (1 + 2 - 1 - 1) / 7])
+    changed = actions.copy()
+    changed[7:] = 0
+    c = StateOnly(states, changed)
+    c.fit(np.arange(7))
+    np.testing.assert_array_equal(c.predict(np.arange(7, 10)).position, pred.position)
+
+
+def test_multinomial_learns_a_separable_action_and_reports_a_signed_position():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    actions = np.where(x[:, 0] > 0.5, 0, np.where(x[:, 0] < -0.5, 1, 2))  # BUY, SELL, else HOLD
+    m = MultinomialActions(x, np.zeros(600, np.int64), actions, c=1.0)
+    m.fit(np.arange(400))
+    pred = m.predict(np.arange(400, 600))
+    assert np.all(np.abs(pred.position) <= 1)
+    assert np.corrcoef(pred.position, x[400:, 0])[0, 1] > 0.9

@@ -46,8 +46,10 @@ def synthetic(leak: bool = False) -> ValidationData:
     x = probe.features_upto(len(b))
     idx = np.flatnonzero(np.isfinite(x[:-1]).all(axis=1))
     t, close = b.index.as_unit("ns").asi8, b["close"].to_numpy()
-    return ValidationData(name="synthetic hourly", t=t[idx], t_known=t[idx + 1],
-                          returns=np.log(close[idx + 1] / close[idx]), features=x[idx], probe=probe)
+    returns = np.log(close[idx + 1] / close[idx])
+    action = np.where(returns > 0, 0, 1)  # BUY before an up-bar, SELL before a down-bar, all from flat
+    return ValidationData(name="synthetic hourly", t=t[idx], t_known=t[idx + 1], returns=returns, features=x[idx],
+                          labels={"action": action}, states=np.zeros(len(idx), np.int64), probe=probe)
 
 
 def config(tiny_config: Config, **overrides) -> Config:
@@ -98,7 +100,8 @@ def test_report_has_every_section_and_says_when_the_hrm_does_not_beat_the_baseli
     for needle in ("## Leakage checks", "## Per split", "SPA consistent", "Reality Check", "## Deflated Sharpe Ratio",
                    "## hrm against hrm_regime_only on the same splits", "does NOT beat", "equity.png"):
         assert needle in md
-    assert set(result.spa) == {"buy_and_hold", "momentum", "ridge", "logistic"}  # the regime-only path is no baseline
+    assert set(result.spa) == {"buy_and_hold", "momentum", "reversal", "ridge", "logistic", "state_only",
+                               "multinomial"}  # the regime-only path is no baseline
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["verdict"] == result.verdict()
     assert len(report["splits"]) == 3 and len(report["per_split"]["ridge"]) == 3

@@ -1,8 +1,9 @@
 """`dualhrq demo`: the whole system on the bundled data, in a few minutes on a laptop-class CPU.
 
-train (tiny config, EURUSD hourly) -> export (verified ONNX bundle with its pattern library) -> serve (a real
-ZeroMQ server in a subprocess) -> bench (latency over the socket, then the index fault drill) -> stop.
-Each step is the same CLI command a user would type; the demo only chains them and says where things went.
+train (tiny config, EURUSD hourly; held-out figures against the baselines) -> export the best checkpoint
+(verified ONNX bundle with its pattern library and decision rule) -> serve held-out windows and count the
+served actions -> bench (latency over the socket, then the index fault drill) -> stop. Each step is the same
+CLI command a user would type; the demo only chains them and says where things went.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ TRAIN_CONFIG = "config/train_eurusd.yaml"
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where checkpoints, the bundle, reports and plots go")
     p.add_argument("--config", default=TRAIN_CONFIG, help=f"training config (default {TRAIN_CONFIG})")
-    p.add_argument("--steps", type=int, default=150, help="training steps (default 150: a couple of minutes)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the config's train.steps; the best checkpoint by validation "
+                        "cross-entropy is exported)")
     p.add_argument("--requests", type=int, default=400, help="measured requests per bench phase (default 400)")
+    p.add_argument("--held-out", type=int, default=300, metavar="N",
+                   help="held-out windows sent to the server to count its served actions (default 300)")
 
 
 def _step(title: str) -> float:
@@ -35,29 +40,32 @@ def _done(t0: float) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from dualhrq.cli import main as cli
-    from dualhrq.train.loop import latest_checkpoint
+    from dualhrq.train.checkpoint import read_checkpoint_meta
+    from dualhrq.train.loop import best_checkpoint
 
     out = Path(args.out)
     run_dir, bundle = out / "train", out / "bundle"
     bench_json, bench_plot = out / "bench_latency.json", out / "bench_latency.png"
     t_start = time.perf_counter()
 
-    t0 = _step("1/5 bundled real data")
+    t0 = _step("1/6 bundled real data")
     if rc := cli(["data", "list"]):
         return rc
     _done(t0)
 
-    t0 = _step(f"2/5 training the tiny HRM ({args.config}, {args.steps} steps; builds the pattern library "
-               "from the training window)")
-    if rc := cli(["train", "--config", args.config, "--out", str(run_dir), "--steps", str(args.steps)]):
+    steps = [] if args.steps is None else ["--steps", str(args.steps)]
+    t0 = _step(f"2/6 training the tiny HRM ({args.config}; builds the pattern library from the training window, "
+               "keeps the checkpoint with the best validation cross-entropy)")
+    if rc := cli(["train", "--config", args.config, "--out", str(run_dir), *steps]):
         return rc
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
+    best = best_checkpoint(run_dir)
+    if best is None:
         raise HRMError(f"training wrote no checkpoint into {run_dir}")
     _done(t0)
 
-    t0 = _step("3/5 exporting the unrolled ONNX segment (fp32 and int8, parity-checked) into a hashed bundle")
-    rc = cli(["export", "--checkpoint", str(latest), "--out", str(bundle), "--int8"])
+    t0 = _step("3/6 exporting the best checkpoint's unrolled ONNX segment (fp32 and int8, parity-checked) into a "
+               "hashed bundle")
+    rc = cli(["export", "--checkpoint", str(best), "--out", str(bundle), "--int8"])
     if rc == 1 and (bundle / "manifest.json").is_file():
         print("(int8 missed its parity bound and was left out: the demo serves the fp32 graph)")
     elif rc:
@@ -66,14 +74,32 @@ def run_demo(args: argparse.Namespace) -> int:
         return rc
     _done(t0)
 
-    t0 = _step("4/5 serving it over ZeroMQ and measuring latency (1 in flight), then with the index drill on")
+    meta = read_checkpoint_meta(best)
+    t0 = _step(f"4/6 serving {args.held_out} held-out EURUSD windows and counting the served actions")
+    served = served_actions(bundle, meta.config.data.dataset, meta.config.data.train_fraction, args.held_out)
+    print("served: " + ", ".join(f"{a} {n}" for a, n in served.items()))
+    _done(t0)
+
+    t0 = _step("5/6 serving it over ZeroMQ and measuring latency (1 in flight), then with the index drill on")
     rc = cli(["bench", "latency", "--bundle", str(bundle), "--requests", str(args.requests), "--concurrency", "1",
               "--fail-open", "--json", str(bench_json), "--plot", str(bench_plot)])
     if rc:
         return rc
     _done(t0)
 
-    _step("5/5 summary")
+    _step("6/6 summary")
+    m = meta.metrics
+    n_served = sum(served.values())
+    non_hold = 1 - served.get("HOLD", 0) / max(n_served, 1)
+    print(f"model (held-out tail, {m.get('test_samples')} samples, best checkpoint {best.name}):")
+    print(f"  cross-entropy {m.get('test_cross_entropy', float('nan')):.4f}  frequency-only "
+          f"{m.get('test_frequency_ce', float('nan')):.4f}  state-only {m.get('test_state_ce', float('nan')):.4f}")
+    print(f"  balanced accuracy {m.get('test_balanced_accuracy', float('nan')):.3f}  macro-F1 "
+          f"{m.get('test_macro_f1', float('nan')):.3f}  IC of the position {m.get('test_position_ic', float('nan')):+.3f} "
+          f"[{m.get('test_position_ic_low', float('nan')):+.3f}, {m.get('test_position_ic_high', float('nan')):+.3f}]")
+    print(f"  served over ZeroMQ on {n_served} held-out windows: {100 * non_hold:.1f}% not HOLD")
+    if m.get("test_input_independent"):
+        print("  WARNING: the model looks input-independent (see the training summary above)")
     report = json.loads(bench_json.read_text())
     for phase, s in report.items():
         lat = s["latency_ms"]
@@ -81,7 +107,28 @@ def run_demo(args: argparse.Namespace) -> int:
               f"fail-open {s['fail_open_rate']:.0%}  replies {s['replies_by_kind']}")
     if report.get("normal", {}).get("replies_by_kind", {}).get("signal", 0) == 0:
         raise HRMError("the server answered no signal request successfully")
-    print(f"\ncheckpoint: {latest}\nbundle:     {bundle}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
+    print(f"\ncheckpoint: {best}\nbundle:     {bundle}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
           f"bench:      {bench_json}\nplot:       {bench_plot}")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def served_actions(bundle: Path, dataset: str, train_fraction: float, n: int) -> dict[str, int]:
+    """Actions a served bundle replies for ``n`` windows of the dataset's held-out tail (after the training
+    window), counted by action."""
+    from collections import Counter
+
+    from dualhrq.bench.requests import RealWindows
+    from dualhrq.bench.server_process import ServerProcess
+    from dualhrq.runtime.client import Client
+
+    with ServerProcess(bundle) as server:
+        needs = server.pong["needs"] if server.pong else {}
+        windows = RealWindows.from_dataset(dataset, needs, pool=n, seed=1, after_fraction=train_fraction)
+        client = Client(server.address, timeout_s=10.0)
+        try:
+            counts = Counter(client.signal(windows.instrument, windows.timeframe, coarse, fine).action
+                             for coarse, fine in windows.windows)
+        finally:
+            client.close()
+    return dict(sorted(counts.items()))

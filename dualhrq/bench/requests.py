@@ -26,15 +26,18 @@ class RealWindows:
     windows: list[tuple[Bars, Bars]]
 
     @classmethod
-    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> RealWindows:
+    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0,
+                     after_fraction: float = 0.0) -> RealWindows:
         """`pool` windows at random fine bars (without replacement), each holding `needs["coarse"]` closed
-        coarse bars and `needs["fine"]` fine bars, as a gateway would send them."""
+        coarse bars and `needs["fine"]` fine bars, as a gateway would send them; with ``after_fraction`` only
+        windows ending in the last 1 - after_fraction of the bars (the held-out tail of training)."""
         ds = load_dataset(name)
         fine = ds.bars
         coarse = resample(fine, default_coarse_rule(ds.timeframe))
         n_c, n_f = int(needs["coarse"]), int(needs["fine"])
         visible = np.searchsorted(coarse.t, fine.t, side="right")  # coarse bars known at each fine bar
-        ends = np.flatnonzero((visible >= n_c) & (np.arange(len(fine)) >= n_f - 1))
+        i = np.arange(len(fine))
+        ends = np.flatnonzero((visible >= n_c) & (i >= n_f - 1) & (i >= after_fraction * len(fine)))
         if len(ends) == 0:
             raise DataError(f"{name}: too short for requests needing {n_c} coarse and {n_f} fine bars")
         rng = np.random.default_rng(seed)

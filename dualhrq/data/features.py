@@ -454,6 +454,80 @@ def pattern_features(fine: Bars, window: int, last: int | None = None) -> np.nda
     return out
 
 
+# ---------------------------------------------------------------- the label rule's position state
+# The action labels (dualhrq.data.labels) depend on the position a holder of the rule has: the one the same
+# rule opened a horizon ago. It is a function of past bars only, so the model gets it as two fine-token
+# columns instead of having to re-derive it from returns and volatilities.
+
+FLAT, LONG, SHORT = 0, 1, 2
+UNKNOWN_STATE = -1  # not enough history for the rule's threshold a horizon ago
+POSITION_FEATURES: tuple[str, ...] = ("state_long", "state_short")  # 1.0 while the label rule holds that side
+
+
+@dataclass(frozen=True)
+class PositionRule:
+    """The label rule's thresholds: a move must pay the round-trip cost and clear ``vol_threshold`` horizon
+    volatilities, theta_i = cost + k * sigma_i * sqrt(h) (sigma_i the per-bar realized volatility of the
+    BAR_WINDOW returns up to i). The state at i is long if log(c[i] / c[i-h]) > theta_{i-h}, short if it is
+    below -theta_{i-h}, else flat: exactly the forward return the rule saw a horizon ago."""
+
+    horizon: int = 1
+    cost_bps: float = 1.0
+    vol_threshold: float = 0.5
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> PositionRule:
+        """From a DataConfig (label_horizon, cost_bps, action_vol_threshold)."""
+        return cls(data_cfg.label_horizon, data_cfg.cost_bps, data_cfg.action_vol_threshold)
+
+    @property
+    def warmup(self) -> int:
+        """Rows before this index have no state (the threshold a horizon ago needs BAR_WINDOW returns)."""
+        return BAR_WINDOW + self.horizon
+
+    def sigma(self, close: np.ndarray) -> np.ndarray:
+        """[n] the volatility expected over the horizon at each bar (NaN until BAR_WINDOW returns exist)."""
+        return realized_vol(close, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(self.horizon)
+
+    def theta(self, close: np.ndarray) -> np.ndarray:
+        """[n] the threshold a move must clear at each bar (NaN until BAR_WINDOW returns exist)."""
+        return self.cost_bps * 1e-4 + self.vol_threshold * self.sigma(close)
+
+    def states(self, close: np.ndarray, last: int | None = None) -> np.ndarray:
+        """[n] (or the last ``last``) int64 FLAT/LONG/SHORT, UNKNOWN_STATE without enough history. Each row
+        reads the bars from i - warmup to i only, so it is the same over a whole history or a short tail."""
+        c = _f64(close)
+        n, h = len(c), self.horizon
+        m = _rows(n, last)
+        c = c[max(0, n - m - self.warmup):]  # only the bars the rows read
+        lc = np.log(c)
+        theta = self.theta(c)
+        back, then = np.full(len(c), np.nan), np.full(len(c), np.nan)
+        back[h:] = lc[h:] - lc[:-h]
+        then[h:] = theta[:-h]
+        state = np.full(len(c), FLAT, np.int64)
+        state[back > then] = LONG
+        state[back < -then] = SHORT
+        state[~(np.isfinite(back) & np.isfinite(then))] = UNKNOWN_STATE
+        return state[len(c) - m:]
+
+
+def position_features(close: np.ndarray, rule: PositionRule, last: int | None = None) -> np.ndarray:
+    """[n, 2] float64 (POSITION_FEATURES, or the last ``last`` rows); NaN where the state is unknown."""
+    state = rule.states(close, last)
+    out = np.stack([state == LONG, state == SHORT], axis=1).astype(np.float64)
+    out[state == UNKNOWN_STATE] = np.nan
+    return out
+
+
+FINE_FEATURES: tuple[str, ...] = BAR_FEATURES + POSITION_FEATURES  # what every fine token holds
+
+
+def fine_features(bars: Bars, rule: PositionRule, last: int | None = None) -> np.ndarray:
+    """[n, len(FINE_FEATURES)] float64: the bar features and the label rule's position state of each bar."""
+    return np.concatenate([bar_features(bars, last), position_features(bars.c, rule, last)], axis=1)
+
+
 # ---------------------------------------------------------------- normalisation
 
 
@@ -471,6 +545,9 @@ class ColumnStats:
     @classmethod
     def fit(cls, names: Sequence[str], rows: np.ndarray) -> ColumnStats:
         """Fit on the complete (all-finite) rows; a constant column gets std 1 so it normalises to 0."""
+        if rows.ndim != 2 or rows.shape[1] != len(names):
+            raise DataError(f"cannot fit feature statistics ({names[0]}, ...): rows of shape {rows.shape}, "
+                            f"expected {len(names)} columns")
         rows = rows[np.isfinite(rows).all(axis=1)]
         if len(rows) < 2:
             raise DataError(f"cannot fit feature statistics ({names[0]}, ...): only {len(rows)} complete rows "
@@ -518,7 +595,7 @@ class FeatureStats:
     @classmethod
     def fit(cls, coarse_rows: np.ndarray, fine_rows: np.ndarray, regime_rows: np.ndarray) -> FeatureStats:
         """Fit from raw feature rows of the TRAINING window only (incomplete rows are skipped)."""
-        return cls(ColumnStats.fit(BAR_FEATURES, coarse_rows), ColumnStats.fit(BAR_FEATURES, fine_rows),
+        return cls(ColumnStats.fit(BAR_FEATURES, coarse_rows), ColumnStats.fit(FINE_FEATURES, fine_rows),
                    ColumnStats.fit(REGIME_FEATURES, regime_rows))
 
     def to_dict(self) -> dict[str, Any]:
@@ -529,5 +606,5 @@ class FeatureStats:
         if not isinstance(d, dict) or set(d) != {"coarse", "fine", "regime"}:
             raise ModelLoadError("feature_stats: expected a mapping with keys coarse, fine, regime")
         return cls(ColumnStats.from_dict(d["coarse"], BAR_FEATURES, "coarse"),
-                   ColumnStats.from_dict(d["fine"], BAR_FEATURES, "fine"),
+                   ColumnStats.from_dict(d["fine"], FINE_FEATURES, "fine"),
                    ColumnStats.from_dict(d["regime"], REGIME_FEATURES, "regime"))

@@ -22,13 +22,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import BAR_WINDOW, realized_vol
+from dualhrq.data.features import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
 from dualhrq.errors import ConfigurationError
 from dualhrq.model.vocab import ACTIONS
 
@@ -47,6 +46,7 @@ class Labels:
     quantity: np.ndarray  # float64 in [0, 1)
     t_known: np.ndarray  # int64: when every label of the row is known (0 where not valid)
     valid: np.ndarray  # bool
+    state: np.ndarray  # int64 the label rule's position state (dualhrq.data.features.PositionRule)
 
 
 def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float, vol_threshold: float) -> Labels:
@@ -66,30 +66,27 @@ def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float
     has_a = j < n
     out_a = np.full(n, np.nan)
     out_a[has_a] = lc[j[has_a]] - lc[has_a]
-    back = np.full(n, np.nan)
-    back[horizon:] = lc[horizon:] - lc[:-horizon]
 
     cost = cost_bps * 1e-4
-    sigma = realized_vol(fine.c, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(horizon)
+    rule = PositionRule(horizon, cost_bps, vol_threshold)
+    sigma = rule.sigma(fine.c)
     theta = cost + vol_threshold * sigma
-    theta_then = np.full(n, np.nan)
-    theta_then[horizon:] = theta[:-horizon]
-    long, short = back > theta_then, back < -theta_then
-    flat = ~long & ~short
+    state = rule.states(fine.c)
+    flat = state == FLAT
     action = np.full(n, HOLD, dtype=np.int64)
     action[flat & (out_b > theta)] = BUY
     action[flat & (out_b < -theta)] = SELL
-    action[long & (out_b < -theta)] = CLOSE_LONG
-    action[short & (out_b > theta)] = CLOSE_SHORT
+    action[(state == LONG) & (out_b < -theta)] = CLOSE_LONG
+    action[(state == SHORT) & (out_b > theta)] = CLOSE_SHORT
 
     edge = np.maximum(np.abs(out_b) - cost, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         quantity = np.where(edge > 0, np.tanh(edge / sigma), 0.0)  # sigma 0 with an edge: full size
 
-    valid = has_a & has_b & np.isfinite(back) & np.isfinite(theta_then) & np.isfinite(sigma)
+    valid = has_a & has_b & (state != UNKNOWN_STATE) & np.isfinite(sigma)
     t_known = np.zeros(n, dtype=np.int64)
     t_known[valid] = np.maximum(fine.t[ahead[valid]], fine.t[j[valid]])
     action[~valid] = UNKNOWN
     for a in (out_a, out_b, quantity):
         a[~valid] = np.nan
-    return Labels(out_a, out_b, action, quantity, t_known, valid)
+    return Labels(out_a, out_b, action, quantity, t_known, valid, state)

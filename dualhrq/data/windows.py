@@ -20,9 +20,9 @@ import numpy as np
 
 from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, REGIME_COARSE_WARMUP, REGIME_FEATURES,
-                                   REGIME_WARMUP, FeatureStats, bar_features, pattern_features,
-                                   regime_features)
+from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, FINE_FEATURES, REGIME_COARSE_WARMUP,
+                                   REGIME_FEATURES, REGIME_WARMUP, FeatureStats, PositionRule, bar_features,
+                                   fine_features, pattern_features, regime_features)
 from dualhrq.data.labels import make_labels
 from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
 from dualhrq.errors import ConfigurationError, DataError
@@ -32,17 +32,18 @@ DEFAULT_PATTERN_WINDOW = PatternsConfig().window
 
 
 def _check_widths(model_cfg: ModelConfig) -> None:
-    for key, width in (("coarse_features", len(BAR_FEATURES)), ("fine_features", len(BAR_FEATURES)),
+    for key, width in (("coarse_features", len(BAR_FEATURES)), ("fine_features", len(FINE_FEATURES)),
                        ("regime_features", len(REGIME_FEATURES))):
         if getattr(model_cfg, key) != width:
             raise ConfigurationError(f"model.{key}: is {getattr(model_cfg, key)}, but dualhrq.data computes "
                                      f"{width} features per row")
 
 
-def needs(model_cfg: ModelConfig, pattern_window: int = DEFAULT_PATTERN_WINDOW) -> tuple[int, int]:
+def needs(model_cfg: ModelConfig, pattern_window: int = DEFAULT_PATTERN_WINDOW,
+          position: PositionRule = PositionRule()) -> tuple[int, int]:
     """(coarse bars, fine bars) a request must carry: the token windows plus the features' warm-up."""
     coarse = max(model_cfg.coarse_len + BAR_WARMUP, REGIME_COARSE_WARMUP)
-    fine = max(model_cfg.fine_len + BAR_WARMUP, REGIME_WARMUP + 1, pattern_window + 1)
+    fine = max(model_cfg.fine_len + max(BAR_WARMUP, position.warmup), REGIME_WARMUP + 1, pattern_window + 1)
     return coarse, fine
 
 
@@ -55,6 +56,7 @@ class Sample:
     regime_features: np.ndarray  # float32 [20]
     pattern_features: np.ndarray  # float32 [pattern_window + 5], not normalised (scale-free already)
     as_of: int  # ns: the last fine bar's close time
+    state: int  # the label rule's position state at the last fine bar (FLAT, LONG, SHORT)
 
 
 def _complete(name: str, x: np.ndarray) -> None:
@@ -79,6 +81,7 @@ class SampleBuilder:
 
     stats: FeatureStats
     model: ModelConfig
+    position: PositionRule
     pattern_window: int = DEFAULT_PATTERN_WINDOW
 
     def __post_init__(self) -> None:
@@ -86,7 +89,7 @@ class SampleBuilder:
 
     @property
     def needs(self) -> tuple[int, int]:
-        return needs(self.model, self.pattern_window)
+        return needs(self.model, self.pattern_window, self.position)
 
     def bars(self, coarse: Bars, fine: Bars, *, validated: bool = False) -> SampleBars:
         """The bars the sample at the last fine bar reads. Coarse bars not closed by then (t > the last fine
@@ -117,21 +120,23 @@ class SampleBuilder:
         """The model input; ``pattern``: `pattern_features` of the same bars when already computed."""
         m = self.model
         h = self.stats.coarse.apply(bar_features(bars.coarse, last=m.coarse_len))
-        l = self.stats.fine.apply(bar_features(bars.fine, last=m.fine_len))  # noqa: E741
+        raw_fine = fine_features(bars.fine, self.position, last=m.fine_len)
+        l = self.stats.fine.apply(raw_fine)  # noqa: E741
         regime = self.stats.regime.apply(regime_features(bars.fine, bars.coarse, last=1)[0])
         for name, x in (("coarse", h), ("fine", l), ("regime", regime)):
             _complete(name, x)
-        return Sample(h, l, regime, self.pattern_features(bars) if pattern is None else pattern, bars.as_of)
+        state = int(self.position.states(bars.fine.c, last=1)[0])
+        return Sample(h, l, regime, self.pattern_features(bars) if pattern is None else pattern, bars.as_of, state)
 
     def __call__(self, coarse: Bars, fine: Bars) -> Sample:
         return self.sample(self.bars(coarse, fine))
 
 
-def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: ModelConfig,
+def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: ModelConfig, position: PositionRule,
                  pattern_window: int = DEFAULT_PATTERN_WINDOW) -> Sample:
     """The model input at the last fine bar. Coarse bars not closed by then (t > the last fine t, e.g. a
     period still forming) are ignored. Raises BarsError/DataError for bad or too few bars."""
-    return SampleBuilder(stats, model_cfg, pattern_window)(coarse, fine)
+    return SampleBuilder(stats, model_cfg, position, pattern_window)(coarse, fine)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class WindowDataset:
     out_b: np.ndarray  # float32 [N] next fine-bar return
     action: np.ndarray  # int64 [N] index into ACTIONS
     quantity: np.ndarray  # float32 [N] in [0, 1)
+    state: np.ndarray  # int64 [N] the label rule's position state at the sample (= Sample.state)
     t: np.ndarray  # int64 [N] sample time (= Sample.as_of)
     t_known: np.ndarray  # int64 [N] when all of the sample's labels are known
     bar_index: np.ndarray  # int64 [N] the fine bar each sample ends at
@@ -168,13 +174,14 @@ def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig
     fine = dataset.bars
     rule = data_cfg.coarse_rule or default_coarse_rule(dataset.timeframe)
     coarse = resample(fine, rule)
-    coarse_x, fine_x = bar_features(coarse), bar_features(fine)
+    position = PositionRule.from_config(data_cfg)
+    coarse_x, fine_x = bar_features(coarse), fine_features(fine, position)
     regime_x = regime_features(fine, coarse)
     pattern_x = pattern_features(fine, pattern_window)
     labels = make_labels(fine, parse_rule(rule).ns, data_cfg.label_horizon, data_cfg.cost_bps,
                          data_cfg.action_vol_threshold)
 
-    n_coarse, n_fine = needs(model_cfg, pattern_window)
+    n_coarse, n_fine = needs(model_cfg, pattern_window, position)
     k = visible_counts(coarse.t, fine.t)
     idx = np.flatnonzero((np.arange(len(fine)) >= n_fine - 1) & (k >= n_coarse) & labels.valid)
     n = len(idx)
@@ -198,5 +205,5 @@ def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig
         h_tokens=h_tokens, l_tokens=l_tokens, regime_features=stats.regime.apply(regime_x[idx]),
         pattern_features=pattern_x[idx].astype(np.float32),
         out_a=labels.out_a[idx].astype(np.float32), out_b=labels.out_b[idx].astype(np.float32),
-        action=labels.action[idx], quantity=labels.quantity[idx].astype(np.float32),
+        action=labels.action[idx], quantity=labels.quantity[idx].astype(np.float32), state=labels.state[idx],
         t=t, t_known=t_known, bar_index=idx, train=train, test=test, stats=stats)

@@ -1,4 +1,4 @@
-"""Output heads read from the pooled recurrent states after a segment.
+"""Output heads read from the recurrent states after a segment, through a recency-aware readout.
 
 Policy, quantity and value see both levels; the Q-head (halt, continue) and the coarse forecast read the slow
 H state; the fine forecast reads the fast L state.
@@ -12,7 +12,24 @@ from torch import nn
 from dualhrq.model.vocab import ACTIONS
 
 
+READOUT_WIDTH = {"last": 1, "mean": 1, "last+mean": 2}  # readout width in multiples of the level's width
+
+
+def readout(z: torch.Tensor, mode: str) -> torch.Tensor:
+    """z [B, S, D] (tokens oldest first) -> [B, READOUT_WIDTH[mode] * D]: the newest token, the mean, or both."""
+    match mode:
+        case "last":
+            return z[:, -1]
+        case "mean":
+            return z.mean(dim=1)
+        case "last+mean":
+            return torch.cat([z[:, -1], z.mean(dim=1)], dim=-1)
+    raise ValueError(f"model.readout: unknown mode {mode!r} (known: {', '.join(READOUT_WIDTH)})")
+
+
 class Heads(nn.Module):
+    """h_dim, l_dim: the widths of the two levels' readouts (not of their tokens)."""
+
     def __init__(self, h_dim: int, l_dim: int, hidden: int, quantity_min: float, quantity_max: float) -> None:
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(h_dim + l_dim, hidden), nn.SiLU())
@@ -28,7 +45,7 @@ class Heads(nn.Module):
         nn.init.constant_(self.q.bias, -5.0)
 
     def forward(self, h_pooled: torch.Tensor, l_pooled: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h_pooled [B, D_h], l_pooled [B, D_l] -> dict of head outputs ([B, 5], [B], [B], [B, 2], [B], [B])."""
+        """h_pooled [B, h_dim], l_pooled [B, l_dim] (readouts) -> head outputs ([B, 5], [B], [B], [B, 2], [B], [B])."""
         x = self.trunk(torch.cat([h_pooled, l_pooled], dim=-1))
         span = self.quantity_max - self.quantity_min
         return {

@@ -2,11 +2,13 @@
 
 Reference: sapientinc/HRM models/hrm/hrm_act_v1.py. Differences: the two levels run on different sequences
 (coarse bars for H, fine bars for L) and widths, so each level injects a projected mean-pooled state of the
-other instead of adding states token by token; market context conditions the L tokens through FiLM.
+other instead of adding states token by token; market context conditions the L tokens through FiLM; the heads
+read the newest token of each level beside (or instead of) the mean (model.readout).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import msgspec
@@ -15,7 +17,7 @@ from torch import nn
 
 from dualhrq.config import ModelConfig
 from dualhrq.model.conditioning import Conditioning
-from dualhrq.model.heads import Heads
+from dualhrq.model.heads import READOUT_WIDTH, Heads, readout
 from dualhrq.model.layers import ReasoningModule
 
 
@@ -84,13 +86,17 @@ class InputNetwork(nn.Module):
         self.l_proj = nn.Linear(cfg.fine_features, d_l)
         self.h_ctx = nn.Linear(ctx_dim, d_h, bias=False)
         self.l_ctx = nn.Linear(ctx_dim, d_l, bias=False)
-        self.h_pos = nn.Parameter(torch.randn(cfg.coarse_len, d_h) * 0.02)
-        self.l_pos = nn.Parameter(torch.randn(cfg.fine_len, d_l) * 0.02)
+        # NOTE: positions as the reference HRM scales its embeddings: stored at std 1/sqrt(D), used times
+        # sqrt(D), so each position is as large as a token's features (std ~0.6) and moves as fast under Adam.
+        # At std 0.02 the blocks could barely tell the newest bar from the oldest.
+        self.h_pos_scale, self.l_pos_scale = math.sqrt(d_h), math.sqrt(d_l)
+        self.h_pos = nn.Parameter(torch.randn(cfg.coarse_len, d_h) / self.h_pos_scale)
+        self.l_pos = nn.Parameter(torch.randn(cfg.fine_len, d_l) / self.l_pos_scale)
 
     def forward(self, x: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = torch.cat([self.instrument(x.instrument_id), self.timeframe(x.timeframe_id)], dim=-1)  # [B, 96]
-        h = self.h_proj(x.h_tokens) + self.h_pos + self.h_ctx(ctx).unsqueeze(1)  # [B, T_h, D_h]
-        l = self.l_proj(x.l_tokens) + self.l_pos + self.l_ctx(ctx).unsqueeze(1)  # [B, T_l, D_l]
+        h = self.h_proj(x.h_tokens) + self.h_pos_scale * self.h_pos + self.h_ctx(ctx).unsqueeze(1)  # [B, T_h, D_h]
+        l = self.l_proj(x.l_tokens) + self.l_pos_scale * self.l_pos + self.l_ctx(ctx).unsqueeze(1)  # [B, T_l, D_l]
         return h, l
 
 
@@ -109,7 +115,9 @@ class HRM(nn.Module):
         # Cross-level injection: each level sees the other's mean-pooled state, projected to its width.
         self.h_to_l = nn.Linear(h.hidden_dim, l.hidden_dim, bias=False)
         self.l_to_h = nn.Linear(l.hidden_dim, h.hidden_dim, bias=False)
-        self.heads = Heads(h.hidden_dim, l.hidden_dim, cfg.head_hidden, cfg.quantity_min, cfg.quantity_max)
+        width = READOUT_WIDTH[cfg.readout]
+        self.heads = Heads(width * h.hidden_dim, width * l.hidden_dim, cfg.head_hidden, cfg.quantity_min,
+                           cfg.quantity_max)
 
     def initial_carry(self, batch_size: int, device: torch.device | str = "cpu") -> Carry:
         c = self.cfg
@@ -139,7 +147,7 @@ class HRM(nn.Module):
                     z_H = self.h_step(z_H, z_L, x_H)
         z_L = self.l_step(z_L, z_H, x_L)
         z_H = self.h_step(z_H, z_L, x_H)
-        out = self.heads(z_H.mean(dim=1), z_L.mean(dim=1))
+        out = self.heads(readout(z_H, self.cfg.readout), readout(z_L, self.cfg.readout))
         return Carry(z_H, z_L), ModelOutputs(regime_logits=regime_logits, **out)
 
     def grow_instruments(self, new_vocab: int) -> None:

@@ -8,6 +8,17 @@ UNKNOWN_ID = 0
 # The policy head's output order: the index order of policy_logits, action labels and replies.
 ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
 
+# The position each action leaves, by the position state before it (rows FLAT, LONG, SHORT of
+# dualhrq.data.features; columns ACTIONS): BUY means "be long", SELL "be short", HOLD keeps what is held, a
+# CLOSE flattens its own side and is a no-op otherwise. The value target and the served decision rule both
+# price actions with it.
+EXPOSURE_AFTER: tuple[tuple[float, ...], ...] = (
+    (1.0, -1.0, 0.0, 0.0, 0.0),  # flat
+    (1.0, -1.0, 1.0, 0.0, 1.0),  # long
+    (1.0, -1.0, -1.0, -1.0, 0.0),  # short
+)
+STATE_EXPOSURE: tuple[float, ...] = (0.0, 1.0, -1.0)  # what FLAT, LONG, SHORT hold
+
 # Fixed, so every checkpoint agrees on them; new timeframes are appended, never reordered.
 TIMEFRAMES: tuple[str, ...] = ("<unknown>", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
 

@@ -21,6 +21,7 @@ import numpy as np
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
+from dualhrq.model.decision import DecisionRule, softmax
 from dualhrq.runtime.batcher import Batcher
 from dualhrq.runtime.protocol import ACTIONS, PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
 
@@ -37,6 +38,7 @@ class Sample(Protocol):
     regime_features: np.ndarray  # [20]
     pattern_features: np.ndarray  # [F]: the retrieval key
     as_of: int  # ns: the last fine bar's close time; retrieval sees nothing known later
+    state: int  # the label rule's position state at the last fine bar: what the decision rule prices from
 
 
 class Window(Protocol):
@@ -63,6 +65,7 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     key: np.ndarray  # [1, F] float32
     as_of: int
+    state: int  # the label rule's position state (dualhrq.data.features.FLAT, LONG, SHORT)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class ModelHost:
     batcher: Batcher
     retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: the bundle has no library
     forecast_scale: tuple[float, float] = (1.0, 1.0)  # (coarse, fine): model units -> returns
+    rule: DecisionRule | None = None  # the bundle's fitted decision rule; None: the argmax (older bundles)
     features_inline: bool = True
     _users: int = field(default=0, init=False)
     _idle: asyncio.Event | None = field(default=None, init=False)
@@ -129,7 +133,7 @@ class ModelHost:
                   "instrument_id": np.array([self.instrument_id(instrument)], np.int64),
                   "timeframe_id": np.array([self.timeframe_id(timeframe)], np.int64),
                   "regime_features": np.asarray(s.regime_features, np.float32)[None]}
-        return Prepared(inputs, key, int(s.as_of))
+        return Prepared(inputs, key, int(s.as_of), int(s.state))
 
     def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
         """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""
@@ -151,12 +155,15 @@ class ModelHost:
                 return found.pattern_context, found.mask
         return self.regime_only()
 
-    def decide(self, out: dict[str, np.ndarray]) -> Decision:
-        """One row's heads as the decision the reply reports (before the compliance gate)."""
+    def decide(self, out: dict[str, np.ndarray], state: int) -> Decision:
+        """One row's heads as the decision the reply reports (before the compliance gate): the action from the
+        bundle's decision rule in the request's position state; ``probs`` stay the model's own."""
         logits = out["policy_logits"].astype(np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        best = int(probs.argmax())
+        probs = softmax(logits)
+        if self.rule is None:
+            best = int(probs.argmax())
+        else:
+            best = int(self.rule.choose(logits[None], np.array([state]))[0])
         regime = out["regime_probs"].astype(np.float64)
         return Decision(ACTIONS[best], float(out["quantity"]), probs.tolist(), float(probs[best]),
                         float(out["forecast_coarse"]) * self.forecast_scale[0],
@@ -251,7 +258,7 @@ def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
 def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, hooks: HostHooks | None = None,
               overlay_source: str = "serve config") -> ModelHost:
     """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
-    from dualhrq.data.features import FeatureStats
+    from dualhrq.data.features import FeatureStats, PositionRule
     from dualhrq.data.windows import SampleBuilder
     from dualhrq.export.bundle import load_bundle
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
@@ -281,11 +288,12 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
     batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
                       upstream=hooks.upstream, on_batch=hooks.on_batch)
-    features = SampleBuilder(stats, m, window)
+    features = SampleBuilder(stats, m, PositionRule.from_config(cfg.data), window)
     host = ModelHost(name=bundle.model_version, config=cfg, needs=features.needs, features=features,
                      instrument_id=InstrumentVocab(bundle.instrument_vocab or []).id, timeframe_id=timeframe_id,
                      batcher=batcher, retriever=retriever,
-                     forecast_scale=_forecast_scale(bundle.extra.get("target_scale")))
+                     forecast_scale=_forecast_scale(bundle.extra.get("target_scale")),
+                     rule=_decision_rule(bundle.extra.get("decision_rule"), bundle_path))
     coarse_n, fine_n = host.needs
     hour, day = 3_600 * 10**9, 86_400 * 10**9
     end = 1_700_000_000 * 10**9
@@ -293,6 +301,14 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host
+
+
+def _decision_rule(fitted: object, bundle_path: str | Path) -> DecisionRule | None:
+    if fitted is None:
+        log.warning("%s has no decision rule (trained before rules were fitted): serving the policy's argmax",
+                    bundle_path)
+        return None
+    return DecisionRule.from_builtins(fitted, str(bundle_path))
 
 
 def _forecast_scale(target_scale: dict[str, float] | None) -> tuple[float, float]:

@@ -295,7 +295,7 @@ class Server:
             host.release()
         stages = {"decode": t_decode - t0, "features": t_features - t_decode, "retrieval": t_retrieval - t_features,
                   "queue": row.queue_s, "engine": row.engine_s}
-        reply = self._signal_reply(req, host, row, used, reason, stages, t0)
+        reply = self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
         self.metrics.observe_stages(stages)
         return reply
 
@@ -320,9 +320,9 @@ class Server:
         context, mask = host.regime_only()
         return context, mask, 0, _REPLY_REASON.get(reason, reason)
 
-    def _signal_reply(self, req: p.Signal, host: ModelHost, row: RowResult, used: int, reason: str | None,
-                      stages: dict[str, float], t0: float) -> p.SignalReply:
-        d = host.decide(row.outputs)
+    def _signal_reply(self, req: p.Signal, host: ModelHost, row: RowResult, state: int, used: int,
+                      reason: str | None, stages: dict[str, float], t0: float) -> p.SignalReply:
+        d = host.decide(row.outputs, state)
         decision = self._comply(req, d.action, d.quantity)
         us = {k: int(v * 1e6) for k, v in stages.items()}
         return p.SignalReply(

@@ -50,7 +50,7 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
         prepared = host.inputs_for(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
         context, mask = host.pattern_inputs(prepared, RETRIEVAL_TIMEOUT_S)
         result = host.batcher.run_here({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
-        decision = host.decide({k: v[0] for k, v in result.outputs.items()})
+        decision = host.decide({k: v[0] for k, v in result.outputs.items()}, prepared.state)
         return decision.action, decision.quantity
 
     return signal

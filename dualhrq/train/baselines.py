@@ -1,4 +1,6 @@
-"""Simple strategies the HRM must beat on the same splits: buy-and-hold, momentum sign, ridge and logistic.
+"""Simple strategies the HRM must beat on the same splits: buy-and-hold, momentum sign, one-bar reversal, ridge,
+logistic on the direction, the label frequencies per position state, and a multinomial logistic on the five
+action labels (the last two are what the HRM's policy head does, without the network).
 
 Each one implements the validation's Predictor interface (``name``, ``fit(train_idx, resume_from)``,
 ``predict(test_idx)``) over arrays of the whole dataset, and sees at each sample only what is known then.
@@ -13,7 +15,17 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dualhrq.errors import DataError
+from dualhrq.model.vocab import ACTIONS
 from dualhrq.train.metrics import Predictions
+
+_UP = [ACTIONS.index(a) for a in ("BUY", "CLOSE_SHORT")]  # labels of a coming up-move (dualhrq.data.labels)
+_DOWN = [ACTIONS.index(a) for a in ("SELL", "CLOSE_LONG")]
+N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.data.features.PositionRule)
+
+
+def _position(probs: np.ndarray) -> np.ndarray:
+    """P(up-move) - P(down-move) from probabilities over ACTIONS [n, 5], as the HRM's position."""
+    return probs[:, _UP].sum(axis=1) - probs[:, _DOWN].sum(axis=1)
 
 
 class BuyAndHold:
@@ -49,6 +61,43 @@ class MomentumSign:
     def predict(self, test_idx: np.ndarray) -> Predictions:
         s = self.signal[test_idx]
         return Predictions(position=np.sign(s), forecast=s)
+
+
+class OneBarReversal:
+    """Short after an up-bar, long after a down-bar: minus the sign of the last return before the sample."""
+
+    name = "reversal"
+
+    def __init__(self, returns: np.ndarray) -> None:
+        self.signal = -np.concatenate([[0.0], returns[:-1]])
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        """Nothing to learn: the rule is fixed."""
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        s = self.signal[test_idx]
+        return Predictions(position=np.sign(s), forecast=s)
+
+
+class StateOnly:
+    """The action labels' frequencies per position state of the training window (add-one smoothed): what the
+    label rule's state alone predicts. The states come from the bars, the labels from the (maybe permuted)
+    training targets."""
+
+    name = "state_only"
+
+    def __init__(self, states: np.ndarray, actions: np.ndarray) -> None:
+        self.states, self.actions = np.asarray(states, np.int64), np.asarray(actions, np.int64)
+        self.probs = np.full((N_STATES, len(ACTIONS)), 1.0 / len(ACTIONS))
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        s, a = self.states[train_idx], self.actions[train_idx]
+        counts = np.stack([np.bincount(a[s == k], minlength=len(ACTIONS)) + 1.0 for k in range(N_STATES)])
+        self.probs = counts / counts.sum(axis=1, keepdims=True)
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        position = _position(self.probs[self.states[test_idx]])
+        return Predictions(position=position, forecast=position)
 
 
 class _LinearBaseline:
@@ -102,3 +151,30 @@ class LogisticDirection(_LinearBaseline):
     def predict(self, test_idx: np.ndarray) -> Predictions:
         score = 2 * self._fitted().predict_proba(self.features[test_idx])[:, 1] - 1
         return Predictions(position=score, forecast=score)
+
+
+class MultinomialActions(_LinearBaseline):
+    """Multinomial logistic regression of the five action labels on the features and the one-hot position
+    state; position = P(up-move) - P(down-move), also its score."""
+
+    name = "multinomial"
+
+    def __init__(self, features: np.ndarray, states: np.ndarray, actions: np.ndarray, c: float) -> None:
+        onehot = np.eye(N_STATES)[np.asarray(states, np.int64)]
+        super().__init__(np.concatenate([features, onehot], axis=1), np.zeros(len(features)))
+        self.actions, self.c = np.asarray(actions, np.int64), c
+        self.classes: np.ndarray = np.arange(len(ACTIONS))
+
+    def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
+        y = self.actions[train_idx]
+        if len(np.unique(y)) < 2:
+            raise DataError("multinomial baseline: every training label in this split is the same action")
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.c, max_iter=1000))
+        self.model.fit(self.features[train_idx], y)
+        self.classes = self.model.classes_
+
+    def predict(self, test_idx: np.ndarray) -> Predictions:
+        probs = np.zeros((len(test_idx), len(ACTIONS)))
+        probs[:, self.classes] = self._fitted().predict_proba(self.features[test_idx])
+        position = _position(probs)
+        return Predictions(position=position, forecast=position)

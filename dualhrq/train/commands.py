@@ -31,10 +31,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     last = result.history[-1] if result.history else {}
-    acc, seg = last.get("accuracy"), last.get("segments")
-    print(f"trained to step {result.step}: loss {last.get('loss', float('nan')):.4f}, "
-          f"accuracy {'-' if acc is None else f'{acc:.3f}'}, mean segments {'-' if seg is None else f'{seg:.2f}'}")
+    acc, seg = last.get("train_accuracy"), last.get("segments")
+    print(f"trained to step {result.step}: training loss {last.get('loss', float('nan')):.4f}, training accuracy "
+          f"(last log window) {'-' if acc is None else f'{acc:.3f}'}, mean segments {'-' if seg is None else f'{seg:.2f}'}")
     print(f"checkpoint: {result.checkpoint}")
+    if result.best is not None and result.best_val is not None and result.best_test is not None:
+        print(f"best checkpoint (lowest validation CE {result.best_val.cross_entropy:.4f}): {result.best}")
+        print("held-out tail, best checkpoint:")
+        for line in result.best_test.lines():
+            print(f"  {line}")
+        for warning in result.best_test.warnings:
+            print(f"  WARNING: {warning}")
     print(f"metrics log: {result.out_dir / 'metrics.jsonl'}")
     return 0
 

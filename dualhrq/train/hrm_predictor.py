@@ -136,6 +136,7 @@ class HRMPredictor:
         assert self.prepared is not None
         labels = {k: np.asarray(self.data.labels[k])[idx] for k in ("out_a", "out_b", "action", "quantity")}
         labels["regime"] = self.prepared.samples.targets.regime[idx].numpy()
+        labels["state"] = self.prepared.samples.targets.state[idx].numpy()
         targets = make_targets(labels, self.prepared.artifacts.target_scale, self.cfg.data.cost_bps)
         return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(idx)), targets)
 

@@ -28,6 +28,7 @@ from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import WindowDataset, build_dataset
 from dualhrq.errors import ModelLoadError
 from dualhrq.model import ModelInputs
+from dualhrq.model.decision import DecisionRule
 from dualhrq.model.vocab import InstrumentVocab, timeframe_id
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
 from dualhrq.patterns.build import build_library
@@ -38,6 +39,7 @@ from dualhrq.patterns.regimes import RegimeModel
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.losses import Targets
+from dualhrq.train.splits import purge
 
 PATTERNS_DIR = "patterns"
 
@@ -54,6 +56,8 @@ class InputArtifacts:
     target_scale: dict[str, float]  # training std of out_a and out_b: model forecasts are in these units
     coarse_rule: str
     pattern_window: int
+    # Fitted on the validation slice after training (dualhrq.model.decision), per checkpoint: None before.
+    decision_rule: DecisionRule | None = None
 
     def to_extra(self) -> dict[str, Any]:
         return {"feature_stats": self.stats.to_dict(), "regimes": self.regimes.to_dict(),
@@ -74,7 +78,8 @@ class InputArtifacts:
             return cls(FeatureStats.from_dict(extra["feature_stats"]), regimes, encoder, library,
                        InstrumentVocab(list(extra["instruments"])),
                        {k: float(v) for k, v in extra["target_scale"].items()}, str(extra["coarse_rule"]),
-                       int(extra["pattern_window"]))
+                       int(extra["pattern_window"]),
+                       DecisionRule.from_builtins(extra["decision_rule"], str(d)) if "decision_rule" in extra else None)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"{d}: checkpoint lacks the input artifacts training writes ({e!r}); "
                                  "was it written by `dualhrq train`?") from None
@@ -91,10 +96,26 @@ class PreparedData:
     windows: WindowDataset
     artifacts: InputArtifacts
     samples: TrainingSet  # every sample, in time order (windows' indexing)
+    val_fraction: float = 0.0  # the tail of the training window kept out of training for model selection
+
+    @property
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) sample indices: the validation slice is the last ``val_fraction`` of the
+        training window, and the training samples whose labels reach into it are purged."""
+        train = self.windows.train
+        n_val = int(round(len(train) * self.val_fraction))
+        if n_val == 0:
+            return train, train[:0]
+        val = train[len(train) - n_val:]
+        return purge(train[:len(train) - n_val], val, self.windows.t, self.windows.t_known, 0, 0), val
 
     @property
     def train(self) -> TrainingSet:
-        return self.samples.subset(self.windows.train)
+        return self.samples.subset(self.split[0])
+
+    @property
+    def val(self) -> TrainingSet:
+        return self.samples.subset(self.split[1])
 
     @property
     def test(self) -> TrainingSet:
@@ -126,7 +147,7 @@ def sample_inputs(windows: WindowDataset, artifacts: InputArtifacts, model_cfg: 
 
 
 def make_targets(labels: dict[str, np.ndarray], target_scale: dict[str, float], cost_bps: float) -> Targets:
-    """Targets from per-sample labels (out_a, out_b, action, quantity, regime). The action label and the value
+    """Targets from per-sample labels (out_a, out_b, action, quantity, regime, state). The action label and the value
     head's realised return both refer to out_b, the forward return over data.label_horizon fine bars."""
     def f32(x: np.ndarray, scale: float = 1.0) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x, np.float64) / scale).float()
@@ -136,12 +157,13 @@ def make_targets(labels: dict[str, np.ndarray], target_scale: dict[str, float], 
     return Targets(action=torch.from_numpy(np.asarray(labels["action"], np.int64)), quantity=f32(labels["quantity"]),
                    out_a=f32(labels["out_a"], target_scale["out_a"]), out_b=f32(labels["out_b"], sb),
                    action_return=f32(labels["out_b"], sb), cost=torch.full((n,), cost_bps * 1e-4 / sb),
-                   regime=torch.from_numpy(np.asarray(labels["regime"], np.int64)))
+                   regime=torch.from_numpy(np.asarray(labels["regime"], np.int64)),
+                   state=torch.from_numpy(np.asarray(labels["state"], np.int64)))
 
 
 def window_labels(windows: WindowDataset, regimes: np.ndarray) -> dict[str, np.ndarray]:
     return {"out_a": windows.out_a, "out_b": windows.out_b, "action": windows.action,
-            "quantity": windows.quantity, "regime": regimes}
+            "quantity": windows.quantity, "regime": regimes, "state": windows.state}
 
 
 def fit_artifacts(cfg: Config, windows: WindowDataset, library_fraction: float | None = None) -> InputArtifacts:
@@ -168,4 +190,4 @@ def prepare_training(cfg: Config, artifacts: InputArtifacts | None = None,
     labels = window_labels(windows, regime_labels(windows, dataset.bars, artifacts.regimes))
     samples = TrainingSet(sample_inputs(windows, artifacts, cfg.model),
                           make_targets(labels, artifacts.target_scale, cfg.data.cost_bps))
-    return PreparedData(windows, artifacts, samples)
+    return PreparedData(windows, artifacts, samples, cfg.train.val_fraction)

@@ -10,8 +10,12 @@ and samples from ``train_state.pt``, and every random draw of a step is keyed on
 and a run stopped at k and resumed to 2k therefore end with identical weights.
 
 Layout of ``out_dir``: ``metrics.jsonl`` (one JSON line per log interval and per evaluation), ``latest`` (name
-of the newest checkpoint) and ``checkpoints/step_NNNNNNN/`` (model.safetensors + checkpoint.json from
-dualhrq.train.checkpoint, ``train_state.pt``, and the pattern library in ``patterns/``).
+of the newest checkpoint), ``best`` (the checkpoint with the lowest cross-entropy on the validation slice) and
+``checkpoints/step_NNNNNNN/`` (model.safetensors + checkpoint.json from dualhrq.train.checkpoint,
+``train_state.pt``, and the pattern library in ``patterns/``).
+
+Evaluation (dualhrq.train.evaluation) scores the WHOLE validation slice (the purged tail of the training
+window: it picks the best checkpoint) and the whole held-out tail (reported, never used to choose anything).
 """
 
 from __future__ import annotations
@@ -29,25 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from dualhrq.config import Config
+from dualhrq.config import ActConfig, Config
 from dualhrq.errors import ConfigurationError, ConvergenceError, ModelLoadError
 from dualhrq.model import HRM, Carry
 from dualhrq.seeding import seed_everything
-from dualhrq.train.act import SlotState, act_inference, halt_decision, q_continue_target
+from dualhrq.train.act import SlotState, halt_decision, q_continue_target
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
+from dualhrq.model.decision import DecisionRule, fit_rule
+from dualhrq.train.evaluation import HeldOut, LabelBaselines, predict, score, warn_if_collapsed
 from dualhrq.train.inputs import InputArtifacts, prepare_training
-from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, loss_weights, policy_correct, segment_loss
+from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_terms, loss_weights, policy_correct
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
+BEST_FILE = "best"
 METRICS_FILE = "metrics.jsonl"
 TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
 # Per-step sums reduced over ranks at each log interval: loss, the terms, then the ACT counters.
@@ -91,6 +98,7 @@ class StepResult:
     halted_segments: int
     q_halt_correct: int
     slots: int
+    term_grad_norms: dict[str, float] = field(default_factory=dict)  # weighted, on steps that measure them
 
 
 @dataclass
@@ -115,6 +123,8 @@ class Trainer:
         self.shard = self.ctx.shard(t.batch_size)
         self.slots = SlotState.start(self.model, self.shard.stop - self.shard.start, self.ctx.device)
         self.weights = loss_weights(t)
+        weights = class_weights(self.data.targets.action, t.class_weights)
+        self.policy_weights = None if weights is None else weights.to(self.ctx.device)
 
     # ------------------------------------------------------------ one step
 
@@ -131,7 +141,11 @@ class Trainer:
             # The next segment from the new carry, only for its Q values (reference: no target network).
             _, nxt = self.model(x, carry.detach())
             target = q_continue_target(nxt.q_logits, is_last)
-        loss, terms = segment_loss(out, y, target, self.weights)
+        attached = loss_terms(out, y, target, self.policy_weights)
+        loss = sum(self.weights[k] * v for k, v in attached.items())
+        terms = {k: v.detach() for k, v in attached.items()}
+        every = t.grad_norm_every
+        term_norms = self.term_grad_norms(attached) if every and self.step % every == 0 else {}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -151,7 +165,17 @@ class Trainer:
                                    steps[halted].sum(), (halted & q_halt_right).sum()]).tolist()
         n = len(terms)
         return StepResult(figures[0], dict(zip(terms, figures[1:n + 1])), figures[n + 1],
-                          *(int(v) for v in figures[n + 2:]), len(halted))
+                          *(int(v) for v in figures[n + 2:]), len(halted), term_norms)
+
+    def term_grad_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each weighted loss term's gradient norm over all parameters (this rank's, before clipping): which
+        term the shared backbone actually follows."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norms = {}
+        for k, v in terms.items():
+            grads = torch.autograd.grad(self.weights[k] * v, params, retain_graph=True, allow_unused=True)
+            norms[k] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        return norms
 
     # ------------------------------------------------------------ state
 
@@ -175,23 +199,32 @@ class Trainer:
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def evaluate(model: HRM, cfg: Config, data: TrainingSet, batch_size: int = 256) -> dict[str, float]:
-    """Held-out figures with ACT as served: policy accuracy and cross-entropy, mean segments, forecast errors."""
-    model.eval()
-    device = next(model.parameters()).device
-    n = len(data)
-    sums = {"accuracy": 0.0, "policy_loss": 0.0, "segments": 0.0, "forecast_fine_mse": 0.0}
-    for start in range(0, n, batch_size):
-        part = data.subset(torch.arange(start, min(n, start + batch_size))).to(device)
-        res = act_inference(model, part.inputs, cfg.act)
-        out, y = res.outputs, part.targets
-        sums["accuracy"] += float(policy_correct(out, y).sum())
-        sums["policy_loss"] += float(F.cross_entropy(out.policy_logits, y.action, reduction="sum"))
-        sums["segments"] += float(res.segments.sum())
-        sums["forecast_fine_mse"] += float(((out.forecast_fine - y.out_b) ** 2).sum())
-    model.train()
-    return {f"eval_{k}": v / max(n, 1) for k, v in sums.items()}
+@dataclass
+class EvalSets:
+    """What each evaluation scores: the validation slice (model selection) and the held-out tail (report)."""
+
+    val: TrainingSet
+    test: TrainingSet
+    baselines: LabelBaselines  # label frequencies of the training samples, overall and per position state
+    train_labels: tuple[np.ndarray, np.ndarray, np.ndarray]  # (action, state, forward return) of training
+
+    @classmethod
+    def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet) -> EvalSets:
+        y = train.targets
+        return cls(val, test, LabelBaselines.fit(y.action.numpy(), y.state.numpy()), _labels(train))
+
+    def rule_and_reports(self, model: HRM, act: ActConfig) -> tuple[DecisionRule, HeldOut, HeldOut]:
+        """The decision rule fitted on the validation slice, and both slices' figures under it."""
+        val_out, test_out = predict(model, act, self.val), predict(model, act, self.test)
+        rule = fit_rule(self.train_labels, val_out["policy_logits"].numpy(), _labels(self.val),
+                        float(self.val.targets.cost[0]), f"validation slice: {len(self.val)} samples")
+        return (rule, score(val_out, self.val, self.baselines, rule),
+                score(test_out, self.test, self.baselines, rule))
+
+
+def _labels(data: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = data.targets
+    return y.action.numpy(), y.state.numpy(), y.action_return.double().numpy()
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -199,29 +232,46 @@ def evaluate(model: HRM, cfg: Config, data: TrainingSet, batch_size: int = 256) 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run directory, or None."""
-    pointer = Path(out_dir) / LATEST_FILE
+    return _pointed(Path(out_dir), LATEST_FILE)
+
+
+def best_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint with the lowest validation cross-entropy (else the newest), or None."""
+    return _pointed(Path(out_dir), BEST_FILE) or latest_checkpoint(out_dir)
+
+
+def _pointed(out_dir: Path, pointer_name: str) -> Path | None:
+    pointer = out_dir / pointer_name
     if not pointer.is_file():
         return None
-    return Path(out_dir) / "checkpoints" / pointer.read_text().strip()
+    return out_dir / "checkpoints" / pointer.read_text().strip()
+
+
+def _point(out_dir: Path, pointer_name: str, target: Path) -> None:
+    tmp = out_dir / (pointer_name + ".tmp")
+    tmp.write_text(target.name)
+    tmp.replace(out_dir / pointer_name)  # the pointer moves only once the checkpoint is complete
 
 
 def write_checkpoint(trainer: Trainer, out_dir: Path, extra: dict[str, Any], metrics: dict[str, Any],
-                     save_files: SaveFiles | None = None) -> Path:
-    """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, extra files), then move ``latest`` to it
-    and drop all but the newest ``train.keep_checkpoints``. ``save_files(dir)`` writes files beside the
-    weights (the pattern library)."""
+                     save_files: SaveFiles | None = None, is_best: bool = False) -> Path:
+    """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, extra files), then move ``latest`` (and
+    with ``is_best`` ``best``) to it and drop all but the newest ``train.keep_checkpoints`` and the best.
+    ``save_files(dir)`` writes files beside the weights (the pattern library)."""
     root = out_dir / "checkpoints"
     d = root / f"step_{trainer.step:07d}"
     save_checkpoint(d, trainer.model, trainer.cfg, trainer.step, metrics, extra)
     torch.save(trainer.state_dict(), d / STATE_FILE)
     if save_files is not None:
         save_files(d)
-    tmp = out_dir / (LATEST_FILE + ".tmp")
-    tmp.write_text(d.name)
-    tmp.replace(out_dir / LATEST_FILE)  # the pointer moves only once the checkpoint is complete
+    _point(out_dir, LATEST_FILE, d)
+    if is_best:
+        _point(out_dir, BEST_FILE, d)
+    best = _pointed(out_dir, BEST_FILE)
     for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))[
             :-trainer.cfg.train.keep_checkpoints]:
-        shutil.rmtree(old)
+        if best is None or old.name != best.name:
+            shutil.rmtree(old)
     return d
 
 
@@ -243,6 +293,7 @@ class _LogWindow:
 
     def __init__(self) -> None:
         self.sums = dict.fromkeys(_COUNTERS, 0.0)
+        self.term_norms: dict[str, float] = {}  # the latest measured in the window (rank 0's)
         self.started = time.perf_counter()
 
     def add(self, r: StepResult) -> None:
@@ -253,6 +304,7 @@ class _LogWindow:
         s["steps"] += 1
         for k in ("halted", "halted_correct", "halted_segments", "q_halt_correct", "slots"):
             s[k] += getattr(r, k)
+        self.term_norms = r.term_grad_norms or self.term_norms
 
     def record(self, ctx: DistContext, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
         vec = ctx.sum(torch.tensor([self.sums[k] for k in _COUNTERS], dtype=torch.float64))
@@ -261,11 +313,13 @@ class _LogWindow:
         rec: dict[str, Any] = {"step": step, "lr": lr, "loss": s["loss"] / n}
         rec.update({k: s[k] / n for k in TERMS})
         halted = s["halted"]
-        rec["accuracy"] = s["halted_correct"] / halted if halted else None  # of samples finished in the window
+        # Of the training samples finished in the window: a training figure, never a held-out one.
+        rec["train_accuracy"] = s["halted_correct"] / halted if halted else None
         rec["q_halt_accuracy"] = s["q_halt_correct"] / halted if halted else None
         rec["segments"] = s["halted_segments"] / halted if halted else None
         rec["halted_fraction"] = halted / max(s["slots"], 1.0)  # share of slots finishing a sample per step
         rec["grad_norm"] = grad_norm
+        rec.update({f"grad_norm_{k}": v for k, v in self.term_norms.items()})
         rec["sec_per_step"] = (time.perf_counter() - self.started) / max(s["steps"] / ctx.world_size, 1.0)
         return rec
 
@@ -274,19 +328,26 @@ class _LogWindow:
 class RunResult:
     out_dir: Path
     step: int
-    checkpoint: Path | None
+    checkpoint: Path | None  # the last written
     history: list[dict[str, Any]]
+    best: Path | None = None  # lowest validation cross-entropy (None without evaluation)
+    best_val: HeldOut | None = None  # the best checkpoint's figures on the validation slice
+    best_test: HeldOut | None = None  # and on the held-out tail
 
 
 def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dict[str, Any] | None = None,
-        save_files: SaveFiles | None = None, eval_data: TrainingSet | None = None, progress: bool = True) -> RunResult:
+        save_files: SaveFiles | None = None, eval_sets: EvalSets | None = None, progress: bool = True) -> RunResult:
     """Train from ``trainer.step`` up to step ``until``, logging to ``out_dir/metrics.jsonl`` and writing a
-    checkpoint every ``train.checkpoint_every`` steps and at the end (rank 0 only; no files when out_dir is None)."""
+    checkpoint every ``train.checkpoint_every`` steps and at the end (rank 0 only; no files when out_dir is
+    None). With ``eval_sets`` each checkpoint is scored on the whole validation slice and held-out tail, and
+    ``best`` follows the lowest validation cross-entropy."""
     t = trainer.cfg.train
     ctx = trainer.ctx
     main = ctx.is_main and out_dir is not None
     history: list[dict[str, Any]] = []
     checkpoint: Path | None = None
+    result = RunResult(out_dir or Path(), trainer.step, None, history)
+    best_ce = _best_so_far(out_dir) if out_dir is not None else math.inf
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=until, initial=trainer.step, desc="train", unit="step", disable=not (progress and ctx.is_main),
@@ -311,15 +372,35 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                 window, acc_num, acc_den = _LogWindow(), 0, 0
             if main and (trainer.step % t.checkpoint_every == 0 or last):
                 metrics = dict(history[-1]) if history else {}
-                if eval_data is not None and t.eval_samples:
-                    scores = evaluate(trainer.model, trainer.cfg,
-                                      eval_data.subset(torch.arange(min(t.eval_samples, len(eval_data)))))
+                is_best, reports, ckpt_extra = False, None, dict(extra or {})
+                if eval_sets is not None and t.evaluate and len(eval_sets.val) and len(eval_sets.test):
+                    rule, *reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
+                    ckpt_extra["decision_rule"] = rule.to_builtins()
+                    scores = {**reports[0].to_dict("val_"), **reports[1].to_dict("test_")}
                     metrics.update(scores)
-                    _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, **scores})
-                checkpoint = write_checkpoint(trainer, out_dir, extra or {}, metrics, save_files)
+                    _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, "eval": True, **scores})
+                    is_best = t.keep_best and reports[0].cross_entropy < best_ce
+                    bar.write(f"step {trainer.step}: validation CE {reports[0].cross_entropy:.4f} (state-only "
+                              f"{reports[0].state_ce:.4f}), non-HOLD {100 * reports[0].non_hold_share:.1f}%"
+                              + ("  [best]" if is_best else ""))
+                checkpoint = write_checkpoint(trainer, out_dir, ckpt_extra, metrics, save_files, is_best)
+                if is_best and reports is not None:
+                    best_ce = reports[0].cross_entropy
+                    result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
     finally:
         bar.close()
-    return RunResult(out_dir or Path(), trainer.step, checkpoint, history)
+    result.step, result.checkpoint = trainer.step, checkpoint
+    if result.best_test is not None:
+        warn_if_collapsed(result.best_test, f"held-out tail, best checkpoint {result.best.name}")
+    return result
+
+
+def _best_so_far(out_dir: Path) -> float:
+    """The validation CE of the run's current best checkpoint (a resumed run keeps improving on it)."""
+    best = _pointed(out_dir, BEST_FILE)
+    if best is None or not best.is_dir():
+        return math.inf
+    return float(read_checkpoint_meta(best).metrics.get("val_cross_entropy", math.inf))
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -379,6 +460,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
             raise ConfigurationError(f"nothing to train: the run is at step {trainer.step} and would stop at {until} "
                                      "(raise --steps or --stop-at)")
         return run(trainer, until, out, extra=prepared.artifacts.to_extra(),
-                   save_files=prepared.artifacts.save_files, eval_data=prepared.test, progress=progress)
+                   save_files=prepared.artifacts.save_files,
+                   eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=progress)
     finally:
         shutdown(ctx)

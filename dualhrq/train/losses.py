@@ -4,9 +4,10 @@ Terms (names are the keys of ``train.loss_weights``; missing keys take DEFAULT_L
 
 - ``policy``: cross-entropy of the policy logits on the action label.
 - ``quantity``: squared error of the bounded quantity head on the volatility-scaled quantity target.
-- ``value``: Huber loss of the value head on the realised forward return of the action the policy takes now
-  (BUY long, SELL short, the others flat, net of the round-trip cost), so the value head is a critic of the
-  policy as it is, not of the labels.
+- ``value``: Huber loss of the value head on what the policy as it is would earn over the label's horizon:
+  the expectation under its (detached) probabilities of exposure-after-the-action x forward return minus the
+  cost of changing exposure, from the label rule's position state (vocab.EXPOSURE_AFTER). A HOLD while long
+  earns the return, so the target varies even while the policy mostly holds.
 - ``forecast_coarse`` / ``forecast_fine``: Huber loss of the outA / outB forecasts on the next coarse-period and
   next fine-bar returns, in units of their training standard deviation (raw returns are ~1e-3: unscaled they
   would contribute nothing; Huber because returns are fat-tailed and one crash bar must not own a batch).
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from dualhrq.config import TrainConfig
 from dualhrq.errors import ConfigurationError
 from dualhrq.model import ModelOutputs
+from dualhrq.model.vocab import ACTIONS, EXPOSURE_AFTER, STATE_EXPOSURE
 
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "policy": 1.0,
@@ -40,8 +42,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "q_continue": 0.5,
 }
 
-# Position each action leaves the account in, from flat: what the value head's realised return is made of.
-ACTION_EXPOSURE = (1.0, -1.0, 0.0, 0.0, 0.0)  # BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT (heads.ACTIONS order)
+CLASS_WEIGHTS = ("none", "sqrt", "inverse")  # train.class_weights: policy CE weights from label frequencies
 
 
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
@@ -64,6 +65,7 @@ class Targets:
     action_return: torch.Tensor  # [B] forward return over the action label's horizon / its scale
     cost: torch.Tensor  # [B] round-trip cost in the same units as action_return
     regime: torch.Tensor  # [B] int64 regime label
+    state: torch.Tensor  # [B] int64 the label rule's position state (FLAT, LONG, SHORT)
 
     def index(self, idx: torch.Tensor) -> Targets:
         return Targets(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
@@ -77,21 +79,51 @@ def policy_correct(out: ModelOutputs, targets: Targets) -> torch.Tensor:
     return out.policy_logits.argmax(dim=-1) == targets.action
 
 
-def realised_action_return(policy_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """[B] what the policy's current choice would have earned: exposure x forward return - cost if it trades."""
-    exposure = torch.tensor(ACTION_EXPOSURE, dtype=targets.action_return.dtype,
-                            device=policy_logits.device)[policy_logits.argmax(dim=-1)]
-    return exposure * targets.action_return - exposure.abs() * targets.cost
+def action_returns(targets: Targets) -> torch.Tensor:
+    """[B, 5] what each action would earn from the sample's position state: exposure after it x forward return
+    - the cost of the exposure it changes (a round trip costs ``cost``, so one unit of change costs half)."""
+    dtype, dev = targets.action_return.dtype, targets.action_return.device
+    after = torch.tensor(EXPOSURE_AFTER, dtype=dtype, device=dev)[targets.state]  # [B, 5]
+    before = torch.tensor(STATE_EXPOSURE, dtype=dtype, device=dev)[targets.state]  # [B]
+    change = (after - before.unsqueeze(1)).abs()
+    return after * targets.action_return.unsqueeze(1) - change * (targets.cost / 2).unsqueeze(1)
+
+
+def expected_policy_return(policy_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """[B] the value target: what the policy as it is would earn, in expectation over its probabilities."""
+    return (policy_logits.softmax(dim=-1) * action_returns(targets)).sum(dim=-1)
+
+
+def class_weights(actions: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """[5] policy CE weights from the training labels' frequencies: none, 1/sqrt(freq) or 1/freq, scaled to
+    mean 1 over the labels (so the loss keeps its size); None for "none"."""
+    if mode not in CLASS_WEIGHTS:
+        raise ConfigurationError(f"train.class_weights: {mode!r} is not one of {', '.join(CLASS_WEIGHTS)}")
+    if mode == "none":
+        return None
+    freq = torch.bincount(actions, minlength=len(ACTIONS)).double().clamp(min=1) / len(actions)
+    w = freq.rsqrt() if mode == "sqrt" else 1.0 / freq
+    return (w / (w * freq).sum()).float()
 
 
 def segment_loss(out: ModelOutputs, targets: Targets, q_continue_target: torch.Tensor,
-                 weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(weighted total, {term: unweighted detached value}) for one segment's outputs."""
+                 weights: dict[str, float], policy_weights: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted total, {term: unweighted value}) for one segment's outputs; ``policy_weights`` [5] weigh the
+    policy cross-entropy per class (`class_weights`)."""
+    terms = loss_terms(out, targets, q_continue_target, policy_weights)
+    total = sum(weights[k] * v for k, v in terms.items())
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def loss_terms(out: ModelOutputs, targets: Targets, q_continue_target: torch.Tensor,
+               policy_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every term, unweighted and attached to the graph (the per-term gradient norms differentiate them)."""
     with torch.no_grad():
         correct = policy_correct(out, targets)
-        value_target = realised_action_return(out.policy_logits, targets)
-    terms = {
-        "policy": F.cross_entropy(out.policy_logits, targets.action),
+        value_target = expected_policy_return(out.policy_logits, targets)
+    return {
+        "policy": F.cross_entropy(out.policy_logits, targets.action, weight=policy_weights),
         "quantity": F.mse_loss(out.quantity, targets.quantity),
         "value": F.huber_loss(out.value, value_target),
         "forecast_coarse": F.huber_loss(out.forecast_coarse, targets.out_a),
@@ -100,5 +132,3 @@ def segment_loss(out: ModelOutputs, targets: Targets, q_continue_target: torch.T
         "q_halt": F.binary_cross_entropy_with_logits(out.q_logits[:, 0], correct.to(out.q_logits.dtype)),
         "q_continue": F.binary_cross_entropy_with_logits(out.q_logits[:, 1], q_continue_target),
     }
-    total = sum(weights[k] * v for k, v in terms.items())
-    return total, {k: v.detach() for k, v in terms.items()}

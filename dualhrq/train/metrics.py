@@ -7,6 +7,7 @@ change pays ``cost_bps`` basis points, including the first entry from flat.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -57,6 +58,8 @@ class Metrics:
     n: int
     hit_rate: float
     ic: float  # Spearman rank correlation of forecast and realised return
+    ic_low: float  # its 95% interval (independent samples assumed: overlapping labels make it too narrow)
+    ic_high: float
     sharpe: float  # annualised, after costs
     annual_return: float  # mean log return per year, after costs
     max_drawdown: float  # largest peak-to-trough loss, as a fraction of the peak
@@ -99,6 +102,14 @@ def information_coefficient(forecast: np.ndarray, returns: np.ndarray) -> float:
     return float(spearmanr(forecast, returns).statistic)
 
 
+def ic_interval(ic: float, n: int) -> tuple[float, float]:
+    """95% interval of a Spearman rank correlation from n samples: Fisher z with Fieller's 1.06 factor."""
+    if not math.isfinite(ic) or n < 4:
+        return float("nan"), float("nan")
+    z, half = math.atanh(max(min(ic, 0.999999), -0.999999)), 1.96 * 1.06 / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
 def sharpe_ratio(net: np.ndarray, periods: float) -> float:
     """Annualised Sharpe ratio of per-sample returns (zero risk-free rate); NaN for a riskless series."""
     sd = net.std(ddof=1) if len(net) > 1 else 0.0
@@ -117,10 +128,13 @@ def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, 
         raise DataError(f"returns {returns.shape} and predictions {pred.position.shape} differ in length")
     net = strategy_returns(pred.position, returns, cost_bps)
     traded = trades(pred.position)
+    ic = information_coefficient(pred.forecast, returns)
     return Metrics(
         n=len(returns),
         hit_rate=hit_rate(pred.position, returns),
-        ic=information_coefficient(pred.forecast, returns),
+        ic=ic,
+        ic_low=ic_interval(ic, len(returns))[0],
+        ic_high=ic_interval(ic, len(returns))[1],
         sharpe=sharpe_ratio(net, periods),
         annual_return=float(net.mean() * periods) if len(net) else float("nan"),
         max_drawdown=max_drawdown(net),

@@ -22,7 +22,7 @@ from dualhrq.train.metrics import Metrics  # noqa: E402
 from dualhrq.train.statistics import DSRResult, SPAResult  # noqa: E402
 
 SIGNIFICANCE = 0.05  # SPA consistent p-value below which an edge counts as real
-_METRIC_COLUMNS = ("hit_rate", "ic", "sharpe", "annual_return", "max_drawdown", "turnover")
+_METRIC_COLUMNS = ("hit_rate", "ic", "ic_low", "ic_high", "sharpe", "annual_return", "max_drawdown", "turnover")
 
 
 @dataclass(frozen=True)

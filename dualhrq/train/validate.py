@@ -33,7 +33,8 @@ from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
 from dualhrq.errors import DataError, InferenceError
 from dualhrq.train import leakage
-from dualhrq.train.baselines import BuyAndHold, LogisticDirection, MomentumSign, RidgeForecast
+from dualhrq.train.baselines import (BuyAndHold, LogisticDirection, MomentumSign, MultinomialActions, OneBarReversal,
+                                    RidgeForecast, StateOnly)
 from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
 from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.train.splits import CPCV, Split, check_label_times, splits_from_config
@@ -61,6 +62,7 @@ class ValidationData:
     features: np.ndarray
     feature_names: tuple[str, ...] = ()
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    states: np.ndarray | None = None  # the label rule's position state per sample, from the bars (not permuted)
     inputs: object = None
     probe: leakage.FeatureProbe | None = None
 
@@ -119,12 +121,17 @@ PredictorFactory = Callable[[ValidationData, Path], Predictor]
 
 
 def baseline_factories(cfg: ValidateConfig) -> list[PredictorFactory]:
-    """Buy-and-hold, momentum sign, ridge and logistic, with the config's fixed settings."""
+    """Buy-and-hold, momentum sign, one-bar reversal, ridge, logistic, state-only and the multinomial logistic
+    on the actions, with the config's fixed settings. The position states come from the bars (``states``),
+    the action labels from the (maybe permuted) labels."""
     return [
         lambda d, _: BuyAndHold(d.returns),
         lambda d, _: MomentumSign(d.returns, cfg.momentum_lookback),
+        lambda d, _: OneBarReversal(d.returns),
         lambda d, _: RidgeForecast(d.features, d.returns, cfg.ridge_alpha),
         lambda d, _: LogisticDirection(d.features, d.returns, cfg.logistic_c),
+        lambda d, _: StateOnly(d.states, d.labels["action"]),
+        lambda d, _: MultinomialActions(d.features, d.states, d.labels["action"], cfg.logistic_c),
     ]
 
 
@@ -164,6 +171,7 @@ def validation_data(cfg: Config, dataset: Dataset) -> ValidationData:
         features=rows,
         feature_names=tuple(names),
         labels={"out_a": windows.out_a, "out_b": windows.out_b, "action": windows.action, "quantity": windows.quantity},
+        states=windows.state,
         inputs=windows,
         probe=probe,
     )
