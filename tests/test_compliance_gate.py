@@ -256,3 +256,22 @@ def test_no_gated_output_ever_violates_a_rule(prior_close, tier, start, steps):
         if not decision.allowed:
             assert (decision.action, decision.quantity) == ("HOLD", 0.0)
         assert g.position("X") == pytest.approx(checker.position, abs=1e-9)
+
+
+def test_a_sale_cut_to_a_tiny_long_under_ssr_sells_exactly_the_long():
+    """Found by the property above: qty - short_qty rounded a hair above a 5e-05 long and sold short 1e-16."""
+    risk = RiskConfig(max_position=2.0, max_order_quantity=1.5, max_notional=100.0)
+    g, checker = ComplianceGate(ComplianceConfig(risk=risk)), ViolationChecker(risk)
+    ts = at(9, 29, 54)  # the sale is the first regular-hours print: it triggers Rule 201 and sets the LULD reference
+    steps = [(0.6, None, 0), (0.53, None, 0), (0.47, "BUY", 5e-05), (0.42, None, 0), (0.37, None, 0),
+             (0.33, None, 0), (0.29, "SELL", 2.0)]
+    for i, (price, action, qty) in enumerate(steps):
+        market = MarketSnapshot(ts + i * S, price, price - 0.01, price + 0.01, 0.6, 1)
+        if action is None:
+            g.observe("X", market)
+            checker.record(market)
+            continue
+        decision = g.check("X", action, qty, market)
+        checker.record(market)
+        assert checker.verify(market, decision) == []
+    assert decision.quantity == 5e-05 and "ssr" in decision.reasons and g.position("X") == 0.0

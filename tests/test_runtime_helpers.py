@@ -85,7 +85,7 @@ class FakeFeatures:
         regime[0] = 1.0
         return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
                                regime_features=regime, pattern_features=self.pattern_features(bars)
-                               if pattern is None else pattern, as_of=bars.as_of)
+                               if pattern is None else pattern, as_of=bars.as_of, state=0)
 
 
 def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None, name="fake-1", needs=(5, 10),

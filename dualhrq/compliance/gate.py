@@ -188,7 +188,9 @@ class ComplianceGate:
             short_qty = qty - max(current, 0.0)
             if short_qty > 0 and not book.ssr.allows_short(market.ts, price, market.bid):
                 reasons.append("ssr")
-                qty -= short_qty  # the long part of a sale is not restricted
+                # The long part of a sale is not restricted. Taken as the position itself, not qty - short_qty:
+                # that difference can round a hair above the position and sell short by 1e-16.
+                qty = max(current, 0.0)
                 held = qty <= 0
         if book.luld_state != LULD_OFF and book.band is not None:
             lower, upper = book.band
