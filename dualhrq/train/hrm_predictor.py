@@ -4,8 +4,9 @@ its pattern context.
 Each split refits everything the inputs depend on from that split's training window alone: feature
 statistics, regime model, pattern encoder and library (the cut sits right after the split's last training
 sample), so no test window ever informs its own normalisation or retrieval. The model then trains for
-``train.steps`` steps (from the previous split's weights when validation continues), and predicts with the
-ACT loop as served.
+``train.steps`` steps (from the previous split's weights when validation continues), keeps the checkpoint
+with the best cross-entropy on the purged tail of the split's training window, and predicts with the ACT
+loop as served.
 
 The two variants share training: ``hrm`` and ``hrm_regime_only`` (the same model with an all-zero pattern
 mask, the runtime's fail-open path) key their checkpoints by the training samples and the starting state,
@@ -40,8 +41,9 @@ from dualhrq.train.batches import TrainingSet, index_inputs, inputs_to
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta
 from dualhrq.train.distributed import DistContext, resolve_device
 from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
-from dualhrq.train.loop import latest_checkpoint, new_trainer, resume_trainer, run
+from dualhrq.train.loop import EvalSets, best_checkpoint, latest_checkpoint, new_trainer, resume_trainer, run
 from dualhrq.train.metrics import Predictions
+from dualhrq.train.splits import purge
 from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)
@@ -85,17 +87,31 @@ class HRMPredictor:
         if ckpt is not None and read_checkpoint_meta(ckpt).step >= steps:
             log.info("%s: this split's model is trained already (%s)", self.name, ckpt)
         else:
-            data = self._training_set(train_idx)
+            fit_idx, val_idx = self._validation_slice(train_idx)
+            data, val = self._training_set(fit_idx), self._training_set(val_idx)
             if ckpt is not None:  # an interrupted run of this very split: finish it
                 trainer = resume_trainer(ckpt, data, self.ctx)
             else:
                 start = load_checkpoint(str(resume_from))[0] if resume_from else None
                 trainer = new_trainer(self.cfg, data, self.ctx, steps, model=start)
             artifacts = self.prepared.artifacts
-            ckpt = run(trainer, steps, run_dir, extra=artifacts.to_extra(), save_files=artifacts.save_files,
-                       progress=False).checkpoint
+            # As `dualhrq train` does: the checkpoint with the best CE on the purged tail of the split's own
+            # training window is the split's model (its test window is never looked at).
+            run(trainer, steps, run_dir, extra=artifacts.to_extra(), save_files=artifacts.save_files,
+                eval_sets=EvalSets.of(data, val, val) if len(val) else None, progress=False)
+        ckpt = best_checkpoint(run_dir)
         self.model = load_checkpoint(ckpt, self.ctx.device)[0]
         return str(ckpt)
+
+    def _validation_slice(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, validation) indices: the last train.val_fraction of the split's training samples, and the
+        rest purged of labels that reach into it."""
+        n_val = int(round(len(train_idx) * self.cfg.train.val_fraction))
+        if n_val == 0:
+            return train_idx, train_idx[:0]
+        val = train_idx[len(train_idx) - n_val:]
+        w = self.windows
+        return purge(train_idx[:len(train_idx) - n_val], val, w.t, w.t_known, 0, 0), val
 
     def predict(self, test_idx: np.ndarray) -> Predictions:
         if self.model is None or self.prepared is None:
