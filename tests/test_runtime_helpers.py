@@ -258,6 +258,7 @@ def build_tiny_bundle(root):
     from dualhrq.data.windows import build_dataset
     from dualhrq.export.pipeline import ExportOptions, export_bundle
     from dualhrq.model import HRM
+    from dualhrq.model.decision import DecisionRule, class_returns
     from dualhrq.train.checkpoint import save_checkpoint
     from dualhrq.train.inputs import fit_artifacts
 
@@ -265,8 +266,15 @@ def build_tiny_bundle(root):
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml")
     windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, None, cfg.patterns.window)
     artifacts = fit_artifacts(cfg, windows)
+    # A decision rule that trades at any edge, so the served path and the API both go through it (an
+    # untrained policy is near uniform: from long the down-labels' returns make CLOSE_LONG pay).
+    train = windows.train
+    scale = artifacts.target_scale["out_b"]
+    rule = DecisionRule(1.0, class_returns(windows.action[train], windows.state[train], windows.out_b[train] / scale),
+                        cfg.data.cost_bps * 1e-4 / scale, 0.0, "test fixture", 0.0, 0.0)
     torch.manual_seed(0)
-    save_checkpoint(root / "ckpt", HRM(cfg.model), cfg, extra=artifacts.to_extra())
+    save_checkpoint(root / "ckpt", HRM(cfg.model), cfg,
+                    extra={**artifacts.to_extra(), "decision_rule": rule.to_builtins()})
     artifacts.save_files(root / "ckpt")
     return export_bundle(root / "ckpt", root / "bundle", ExportOptions(parity_samples=8, threads=1)).bundle
 

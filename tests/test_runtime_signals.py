@@ -31,6 +31,20 @@ def test_a_signal_is_what_the_python_api_decides_on_the_same_bars(tiny_bundle, h
         assert (action, round(quantity, 4)) == (want.action, round(want.quantity, 4))
 
 
+def test_served_actions_come_from_the_bundles_decision_rule_not_the_argmax(tiny_bundle, history):
+    """The fixture's rule trades at any edge: from a long state an untrained, near-uniform policy closes."""
+    from dualhrq.api import HRMPolicy
+
+    signal = signal_fn_from_bundle(tiny_bundle, history)
+    policy = HRMPolicy.from_checkpoint(tiny_bundle.parent / "ckpt")
+    differs = 0
+    for i in range(len(history) - 60, len(history)):
+        want = policy.decide(history.slice(0, i + 1), "EURUSD", "1h")
+        assert signal(i)[0] == want.action
+        differs += want.action != ACTIONS[max(range(len(ACTIONS)), key=want.probs.__getitem__)]
+    assert differs > 0
+
+
 def test_an_index_outside_the_bars_is_an_error(tiny_bundle, history):
     with pytest.raises(IndexError):
         signal_fn_from_bundle(tiny_bundle, history)(len(history))

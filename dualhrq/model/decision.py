@@ -129,6 +129,8 @@ def fit_rule(train: tuple[np.ndarray, np.ndarray, np.ndarray], val_logits: np.nd
     for edge in MIN_EDGES:
         chosen = _decide(gains, edge * cost)
         results.append((float(realised_gain(chosen, states, returns, cost).mean()), float(np.mean(chosen != HOLD))))
-    best = int(np.argmax([g for g, _ in results]))  # the first (smallest edge) among equals
+    gains_by_edge = np.array([g for g, _ in results])
+    best = len(results) - 1 - int(np.argmax(gains_by_edge[::-1]))  # the widest margin among equals: no trades
+    # on validation (gain 0) means "never trade", not the widest margin that happened to trade nothing
     return msgspec.structs.replace(rule, min_edge=MIN_EDGES[best], validation_gain=results[best][0],
                                    validation_trade_share=results[best][1])

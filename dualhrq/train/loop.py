@@ -333,6 +333,7 @@ class RunResult:
     best: Path | None = None  # lowest validation cross-entropy (None without evaluation)
     best_val: HeldOut | None = None  # the best checkpoint's figures on the validation slice
     best_test: HeldOut | None = None  # and on the held-out tail
+    best_rule: DecisionRule | None = None  # the decision rule fitted for the best checkpoint
 
 
 def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dict[str, Any] | None = None,
@@ -387,6 +388,7 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                 if is_best and reports is not None:
                     best_ce = reports[0].cross_entropy
                     result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
+                    result.best_rule = rule
     finally:
         bar.close()
     result.step, result.checkpoint = trainer.step, checkpoint
