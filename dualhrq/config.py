@@ -136,6 +136,7 @@ class TrainConfig(_Section):
     val_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15  # tail of the training window, purged
     # from the rest, that picks the best checkpoint and fits the decision rule (never the held-out tail)
     keep_best: bool = True  # `best` points at the checkpoint with the lowest validation cross-entropy
+    patience: NonNegInt = 4  # stop after this many evaluations without a better validation CE (0: never)
     class_weights: Literal["none", "sqrt", "inverse"] = "none"  # policy CE weights from label frequencies
     grad_norm_every: NonNegInt = 100  # log each loss term's gradient norm every this many steps (0: never)
     out_dir: str = "runs/train"

@@ -93,7 +93,7 @@ def test_checkpoint_carries_the_artifacts_that_rebuild_the_training_inputs(prepa
     assert {"feature_stats", "regimes", "pattern_encoder", "instruments", "target_scale"} <= set(meta["extra"])
     assert meta["extra"]["instruments"] == ["EURUSD"]
     assert {"val_cross_entropy", "test_cross_entropy", "test_state_ce", "test_non_hold_share"} <= set(meta["metrics"])
-    assert (tmp_path / "best").read_text() == ckpt.name
+    assert (tmp_path / "best").read_text() == ckpt.name and (tmp_path / "finished").read_text() == "2\n"
     assert load_train_state(ckpt)["step"] == 2  # loads with weights_only=True
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["step"] == 2 and math.isfinite(lines[0]["loss"])

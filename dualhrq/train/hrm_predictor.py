@@ -41,7 +41,8 @@ from dualhrq.train.batches import TrainingSet, index_inputs, inputs_to
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta
 from dualhrq.train.distributed import DistContext, resolve_device
 from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
-from dualhrq.train.loop import EvalSets, best_checkpoint, latest_checkpoint, new_trainer, resume_trainer, run
+from dualhrq.train.loop import (EvalSets, best_checkpoint, finished_at, latest_checkpoint, new_trainer,
+                                resume_trainer, run)
 from dualhrq.train.metrics import Predictions
 from dualhrq.train.splits import purge
 from dualhrq.train.validate import PredictorFactory, ValidationData
@@ -84,7 +85,7 @@ class HRMPredictor:
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None and read_checkpoint_meta(ckpt).step >= steps:
+        if ckpt is not None and (finished_at(run_dir) is not None or read_checkpoint_meta(ckpt).step >= steps):
             log.info("%s: this split's model is trained already (%s)", self.name, ckpt)
         else:
             fit_idx, val_idx = self._validation_slice(train_idx)

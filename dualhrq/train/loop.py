@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
 BEST_FILE = "best"
+FINISHED_FILE = "finished"  # the step a run stopped at, written when it ends (at its last step or early)
 METRICS_FILE = "metrics.jsonl"
 TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
 # Per-step sums reduced over ranks at each log interval: loss, the terms, then the ACT counters.
@@ -235,6 +236,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return _pointed(Path(out_dir), LATEST_FILE)
 
 
+def finished_at(out_dir: str | Path) -> int | None:
+    """The step a run directory's last run ended at (its schedule's end, or an early stop), or None."""
+    path = Path(out_dir) / FINISHED_FILE
+    return int(path.read_text()) if path.is_file() else None
+
+
 def best_checkpoint(out_dir: str | Path) -> Path | None:
     """The checkpoint with the lowest validation cross-entropy (else the newest), or None."""
     return _pointed(Path(out_dir), BEST_FILE) or latest_checkpoint(out_dir)
@@ -349,6 +356,7 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
     checkpoint: Path | None = None
     result = RunResult(out_dir or Path(), trainer.step, None, history)
     best_ce = _best_so_far(out_dir) if out_dir is not None else math.inf
+    stale = 0  # evaluations since the best
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=until, initial=trainer.step, desc="train", unit="step", disable=not (progress and ctx.is_main),
@@ -389,9 +397,17 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                     best_ce = reports[0].cross_entropy
                     result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
                     result.best_rule = rule
+                stale = 0 if is_best or reports is None else stale + 1
+                # One process only: the other ranks of a data-parallel run do not evaluate, so they cannot stop.
+                if t.patience and stale >= t.patience and not last and ctx.world_size == 1:
+                    bar.write(f"step {trainer.step}: no better validation CE in {stale} evaluations; stopping "
+                              f"early (train.patience), best is {result.best.name if result.best else '-'}")
+                    break
     finally:
         bar.close()
     result.step, result.checkpoint = trainer.step, checkpoint
+    if main and checkpoint is not None:
+        (out_dir / FINISHED_FILE).write_text(f"{trainer.step}\n")
     if result.best_test is not None:
         warn_if_collapsed(result.best_test, f"held-out tail, best checkpoint {result.best.name}")
     return result
