@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "build a TensorRT engine where TensorRT and a GPU exist, and write a hashed bundle. Exit "
                     "status 1 when a requested variant missed its bound and was not written.")
     p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
-                   help="checkpoint directory (model.safetensors + checkpoint.json)")
+                   help="checkpoint directory (model.safetensors + checkpoint.json), or a training run directory: "
+                        "its best checkpoint (lowest validation cross-entropy)")
     p.add_argument("--out", required=True, type=Path, metavar="BUNDLE",
                    help="bundle directory to write; a previous bundle there is replaced")
     p.add_argument("--fp16", action="store_true",
@@ -68,7 +69,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset, max_batch=args.max_batch, parity_samples=args.parity_samples,
         carry_segments=args.carry_segments, threads=args.threads, external_data=True if args.external_data else None,
         timing_cache=args.timing_cache or args.out.parent / "tensorrt_timing.cache", workspace_mb=args.workspace_mb)
-    result = export_bundle(args.checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
+    from dualhrq.train.loop import best_checkpoint
+
+    checkpoint = args.checkpoint
+    if not (checkpoint / "checkpoint.json").is_file() and best_checkpoint(checkpoint) is not None:
+        checkpoint = best_checkpoint(checkpoint)
+        print(f"exporting {checkpoint} (the run's best checkpoint)", flush=True)
+    result = export_bundle(checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
     _print_summary(result)
     wanted = [p for p, flag in (("fp16", args.fp16), ("int8", args.int8)) if flag]
     missing = [p for p in wanted if not result.manifest["precisions"][p]["file"]]

@@ -3,6 +3,8 @@ name never fails a request. Free of torch: serving imports it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 UNKNOWN_ID = 0
 
 # The policy head's output order: the index order of policy_logits, action labels and replies.
@@ -18,6 +20,16 @@ EXPOSURE_AFTER: tuple[tuple[float, ...], ...] = (
     (1.0, -1.0, -1.0, -1.0, 0.0),  # short
 )
 STATE_EXPOSURE: tuple[float, ...] = (0.0, 1.0, -1.0)  # what FLAT, LONG, SHORT hold
+# The action labels mark a coming move beyond the cost: upwards BUY (from flat) or CLOSE_SHORT (from short),
+# downwards SELL or CLOSE_LONG (dualhrq.data.labels).
+UP_MOVE = [ACTIONS.index("BUY"), ACTIONS.index("CLOSE_SHORT")]
+DOWN_MOVE = [ACTIONS.index("SELL"), ACTIONS.index("CLOSE_LONG")]
+
+
+def position_from_probs(probs: Any) -> Any:
+    """[B] P(up-move) - P(down-move) in [-1, 1] from probabilities over ACTIONS [B, 5] (numpy or torch): the
+    signed position that validation scores and the ICs rank."""
+    return probs[:, UP_MOVE].sum(-1) - probs[:, DOWN_MOVE].sum(-1)
 
 # Fixed, so every checkpoint agrees on them; new timeframes are appended, never reordered.
 TIMEFRAMES: tuple[str, ...] = ("<unknown>", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")

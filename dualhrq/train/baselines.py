@@ -15,17 +15,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dualhrq.errors import DataError
-from dualhrq.model.vocab import ACTIONS
+from dualhrq.model.vocab import ACTIONS, position_from_probs
 from dualhrq.train.metrics import Predictions
 
-_UP = [ACTIONS.index(a) for a in ("BUY", "CLOSE_SHORT")]  # labels of a coming up-move (dualhrq.data.labels)
-_DOWN = [ACTIONS.index(a) for a in ("SELL", "CLOSE_LONG")]
 N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.data.features.PositionRule)
-
-
-def _position(probs: np.ndarray) -> np.ndarray:
-    """P(up-move) - P(down-move) from probabilities over ACTIONS [n, 5], as the HRM's position."""
-    return probs[:, _UP].sum(axis=1) - probs[:, _DOWN].sum(axis=1)
 
 
 class BuyAndHold:
@@ -96,7 +89,7 @@ class StateOnly:
         self.probs = counts / counts.sum(axis=1, keepdims=True)
 
     def predict(self, test_idx: np.ndarray) -> Predictions:
-        position = _position(self.probs[self.states[test_idx]])
+        position = position_from_probs(self.probs[self.states[test_idx]])
         return Predictions(position=position, forecast=position)
 
 
@@ -176,5 +169,5 @@ class MultinomialActions(_LinearBaseline):
     def predict(self, test_idx: np.ndarray) -> Predictions:
         probs = np.zeros((len(test_idx), len(ACTIONS)))
         probs[:, self.classes] = self._fitted().predict_proba(self.features[test_idx])
-        position = _position(probs)
+        position = position_from_probs(probs)
         return Predictions(position=position, forecast=position)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from dualhrq.config import ActConfig
 from dualhrq.model import ACTIONS, HRM
 from dualhrq.model.decision import DecisionRule
+from dualhrq.model.vocab import position_from_probs
 from dualhrq.train.act import act_inference
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.metrics import ic_interval, information_coefficient
@@ -27,17 +28,9 @@ from dualhrq.train.metrics import ic_interval, information_coefficient
 log = logging.getLogger(__name__)
 
 HOLD = ACTIONS.index("HOLD")
-_UP = [ACTIONS.index(a) for a in ("BUY", "CLOSE_SHORT")]
-_DOWN = [ACTIONS.index(a) for a in ("SELL", "CLOSE_LONG")]
 N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.data.features)
 COLLAPSE_CE_MARGIN = 0.01  # CE this close to frequency-only: the model ignores its input
 COLLAPSE_MIN_NON_HOLD = 0.01  # fewer non-HOLD predictions than this: the policy is a constant
-
-
-def position_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    """[B] P(up-move) - P(down-move) in [-1, 1]: BUY or CLOSE_SHORT mark a coming up-move, SELL or CLOSE_LONG
-    a down-move (dualhrq.data.labels)."""
-    return probs[:, _UP].sum(-1) - probs[:, _DOWN].sum(-1)
 
 
 @dataclass(frozen=True)

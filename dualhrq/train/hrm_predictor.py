@@ -35,7 +35,8 @@ from dualhrq.config import Config, config_to_dict
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import WindowDataset
 from dualhrq.errors import DataError, InferenceError
-from dualhrq.model import ACTIONS, HRM
+from dualhrq.model import HRM
+from dualhrq.model.vocab import position_from_probs
 from dualhrq.train.act import act_inference
 from dualhrq.train.batches import TrainingSet, index_inputs, inputs_to
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta
@@ -49,15 +50,12 @@ from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)
 
-_UP = [ACTIONS.index(a) for a in ("BUY", "CLOSE_SHORT")]
-_DOWN = [ACTIONS.index(a) for a in ("SELL", "CLOSE_LONG")]
 _PREDICT_BATCH = 512
 
 
 def position_from_policy(policy_logits: torch.Tensor) -> torch.Tensor:
     """[B] P(up-move) - P(down-move) in [-1, 1] from policy logits [B, 5] (see the module docstring)."""
-    p = torch.softmax(policy_logits, dim=-1)
-    return p[:, _UP].sum(-1) - p[:, _DOWN].sum(-1)
+    return position_from_probs(torch.softmax(policy_logits, dim=-1))
 
 
 class HRMPredictor:

@@ -371,7 +371,9 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
             loss_ema = r.loss if loss_ema is None else 0.9 * loss_ema + 0.1 * r.loss
             acc_num, acc_den = acc_num + r.halted_correct, acc_den + r.halted
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.4f}", acc=f"{acc_num / acc_den:.3f}" if acc_den else "-")
+            # refresh=False: the bar redraws at its own mininterval (a forced redraw per step floods CI logs)
+            bar.set_postfix(loss=f"{loss_ema:.4f}", train_acc=f"{acc_num / acc_den:.3f}" if acc_den else "-",
+                            refresh=False)
             last = trainer.step == until
             if trainer.step % t.log_every == 0 or last:
                 rec = window.record(ctx, trainer.step, trainer.scheduler.get_last_lr()[0], r.grad_norm)
