@@ -67,6 +67,17 @@ def _cmd_bench_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_list(args: argparse.Namespace) -> int:
+    from dualhrq.config import read_yaml, shipped_configs
+
+    for path in shipped_configs():
+        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        sections = ", ".join(read_yaml(path))
+        print(f"{path.stem:<20} {sections:<45} {first}")
+    print(f"\n(in {shipped_configs()[0].parent}; pass a name or a path to --config)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dualhrq.bench.demo import run_demo
 
@@ -81,10 +92,15 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
     add_demo_args(d)
     d.set_defaults(func=_cmd_demo)
 
+    c = sub.add_parser("config", help="the shipped configs (--config takes their names from any directory)")
+    c_sub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c_sub.add_parser("list", help="name, sections and purpose of every shipped config").set_defaults(
+        func=_cmd_config_list)
+
     p = sub.add_parser("params", help="parameter table per component against the budget",
                        description="Instantiate the model from a config and count its parameters per component "
                                    "against the caps in the config's `budget` section.")
-    p.add_argument("--config", required=True, help="model config YAML, e.g. config/hrm_27m.yaml")
+    p.add_argument("--config", required=True, help="model config: a YAML path or a shipped name, e.g. hrm_27m")
     p.add_argument("--strict", action="store_true", help="exit 1 naming each component outside its cap")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--diagnose", action="store_true",
@@ -115,7 +131,7 @@ def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("forward", help="PyTorch eager forward latency of one segment",
                              description="Median and p95 of one segment's forward pass on this CPU, after warm-up.")
-    p.add_argument("--config", default="config/hrm_27m.yaml")
+    p.add_argument("--config", default="hrm_27m", help="model config: a YAML path or a shipped name")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)

@@ -1,7 +1,9 @@
 """Typed configuration: one msgspec Struct per YAML section, loaded with clear, path-naming errors.
 
 A YAML file may start from another with ``base: other.yaml`` (path relative to the file); its keys are
-merged over the base's, section by section. Unknown keys, wrong types and out-of-range values are refused
+merged over the base's, section by section. The shipped configs are package data (``dualhrq/configs``): a
+``--config`` that is not a file is looked up there by name (``train_eurusd`` or ``train_eurusd.yaml``), so
+an installed ``dualhrq`` finds them from any directory. Unknown keys, wrong types and out-of-range values are refused
 with ``<file>: <section.key.path>: <what was expected>``.
 """
 
@@ -302,8 +304,32 @@ def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML config file as raw sections, with its `base:` chain merged in; not yet validated."""
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[Path]:
+    """The configs that come with the package, by name."""
+    return sorted(SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: the path itself when it is a file, else the shipped config of that name."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.parent == Path("."):
+        for candidate in (SHIPPED_CONFIGS / p.name, SHIPPED_CONFIGS / f"{p.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(c.stem for c in shipped_configs())
+    raise ConfigurationError(f"{path}: config file not found (not a file, nor a shipped config: {names}; "
+                             "`dualhrq config list` shows them)")
+
+
+def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file (a path, or a shipped config's name) as raw sections, with its `base:` chain merged
+    in; not yet validated."""
+    path = resolve_config(path) if not seen else Path(path)
     if not path.is_file():
         raise ConfigurationError(f"{path}: config file not found")
     if path.resolve() in seen:

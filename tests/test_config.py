@@ -59,3 +59,13 @@ def test_base_file_is_merged_under_the_overrides(tmp_path):
 
 def test_round_trip_through_plain_dict(tiny_config):
     assert config_from_dict(config_to_dict(tiny_config)) == tiny_config
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from dualhrq.config import SHIPPED_CONFIGS
+
+    monkeypatch.chdir(tmp_path)  # nothing named config/ here
+    assert load_config("train_eurusd") == load_config("train_eurusd.yaml") == load_config(
+        SHIPPED_CONFIGS / "train_eurusd.yaml")
+    with pytest.raises(ConfigurationError, match="nor a shipped config: hrm_27m, hrm_tiny"):
+        load_config("train_nowhere")

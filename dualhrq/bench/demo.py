@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dualhrq.errors import HRMError
 
-TRAIN_CONFIG = "config/train_eurusd.yaml"
+TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any directory
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "OUT/metrics.jsonl, OUT/checkpoints/step_N/ (weights, config, input artifacts, pattern "
                     "library, optimizer state) and OUT/latest. Data-parallel: torchrun --nproc_per_node N "
                     "-m dualhrq train ... (gloo on CPU, NCCL on CUDA).")
-    p.add_argument("--config", required=True, help="training config YAML, e.g. config/train_eurusd.yaml")
+    p.add_argument("--config", required=True, help="training config: a YAML path or a shipped name (`dualhrq config list`), e.g. train_eurusd")
     p.add_argument("--out", default=None, help="run directory (default: the config's train.out_dir)")
     p.add_argument("--steps", type=_positive, default=None,
                    help="total steps of the run, the schedule's length (default: train.steps)")
