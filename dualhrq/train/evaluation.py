@@ -95,7 +95,7 @@ class HeldOut:
     def warnings(self) -> list[str]:
         out = []
         if self.cross_entropy > self.frequency_ce - COLLAPSE_CE_MARGIN:
-            out.append(f"held-out cross-entropy {self.cross_entropy:.4f} is within {COLLAPSE_CE_MARGIN} of predicting "
+            out.append(f"held-out cross-entropy {self.cross_entropy:.4f} is not {COLLAPSE_CE_MARGIN} below predicting "
                        f"the label frequencies ({self.frequency_ce:.4f}): the model ignores its input")
         if self.non_hold_share < COLLAPSE_MIN_NON_HOLD:
             out.append(f"only {100 * self.non_hold_share:.2f}% of held-out predictions are not HOLD: the policy is "
