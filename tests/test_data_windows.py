@@ -75,7 +75,7 @@ def test_shipped_configs_declare_the_feature_widths_the_code_computes(tiny_confi
 
 
 def test_needs_covers_the_token_windows_plus_warm_up(tiny_config):
-    coarse, fine = needs(tiny_config.model)
+    coarse, fine = needs(tiny_config.model, tiny_config.patterns.window, PositionRule.from_config(tiny_config.data))
     assert coarse >= tiny_config.model.coarse_len and fine >= tiny_config.model.fine_len
     assert (coarse, fine) == (40, 69)  # fine: 48 tokens + 20 bars of volatility + the label horizon (1)
 
@@ -117,12 +117,13 @@ def test_dataset_rows_equal_serving_samples_bit_for_bit(tiny_config):
     rng = np.random.default_rng(0)
     for s in [0, len(ds) - 1, *rng.integers(0, len(ds), 8)]:
         sample = build_sample(coarse, eurusd.bars.slice(0, ds.bar_index[s] + 1), ds.stats, tiny_config.model,
-                         PositionRule.from_config(tiny_config.data))
+                              PositionRule.from_config(tiny_config.data))
         assert sample.as_of == ds.t[s]
         np.testing.assert_array_equal(sample.h_tokens, ds.h_tokens[s])
         np.testing.assert_array_equal(sample.l_tokens, ds.l_tokens[s])
         np.testing.assert_array_equal(sample.regime_features, ds.regime_features[s])
         np.testing.assert_array_equal(sample.pattern_features, ds.pattern_features[s])
+        assert sample.state == ds.state[s]  # the decision rule's state is the label rule's, bar for bar
 
 
 def _perturb_from(bars: Bars, start: int, seed: int) -> Bars:
@@ -169,7 +170,8 @@ def test_serving_ignores_coarse_bars_not_closed_yet(tiny_config, synthetic):
 
 def test_too_few_bars_are_refused_with_the_count_needed(tiny_config, synthetic):
     ds = build_dataset(synthetic, tiny_config.model, tiny_config.data)
-    coarse_need, fine_need = needs(tiny_config.model)
+    coarse_need, fine_need = needs(tiny_config.model, tiny_config.patterns.window,
+                                   PositionRule.from_config(tiny_config.data))
     bars = synthetic.bars
     with pytest.raises(DataError, match=f"fine: {fine_need - 1} bars, need at least {fine_need}"):
         build_sample(resample(bars, "1d"), bars.slice(len(bars) - fine_need + 1), ds.stats, tiny_config.model,

@@ -9,6 +9,7 @@ import pytest
 from test_runtime_helpers import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
 
 from dualhrq.config import ServeConfig
+from dualhrq.data.features import PositionRule
 from dualhrq.data.windows import needs
 from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.bundle import load_bundle
@@ -25,7 +26,8 @@ def test_load_host_verifies_warms_and_knows_what_requests_need(tiny_bundle):
     try:
         bundle = load_bundle(tiny_bundle)
         assert host.name == bundle.model_version
-        assert host.needs == needs(bundle.config.model, bundle.extra["pattern_window"])
+        assert host.needs == needs(bundle.config.model, bundle.extra["pattern_window"],
+                                   PositionRule.from_config(bundle.config.data))
         assert host.retriever is not None  # the bundle carries a pattern library
         assert host.batcher.max_batch == 4
     finally:
@@ -59,7 +61,8 @@ def test_ping_gives_the_models_needs(served, tiny_bundle):
     with Client(served.address) as c:
         pong = c.ping()
     bundle = load_bundle(tiny_bundle)
-    assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.extra["pattern_window"])
+    assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.extra["pattern_window"],
+                                                            PositionRule.from_config(bundle.config.data))
     assert pong.ready and pong.model == bundle.model_version
 
 

@@ -143,3 +143,33 @@ def test_fitted_rule_picks_its_margin_on_validation_and_round_trips_through_json
     assert never.validation_trade_share == 0.0 and never.choose(noise, val[1]).tolist() == [HOLD] * len(noise)
     for r in (rule, _rule(math.inf)):  # JSON has no inf: "never trade" travels as null
         assert DecisionRule.from_builtins(r.to_builtins(), "test") == r
+
+
+def test_rank_ic_interval_has_fiellers_width():
+    iv = Interval.rank_ic(np.arange(103.0), np.random.default_rng(5).normal(size=103))
+    z = math.atanh(iv.value)
+    assert math.atanh(iv.high) - z == pytest.approx(1.96 * math.sqrt(1.06 / 100))
+    assert z - math.atanh(iv.low) == pytest.approx(1.96 * math.sqrt(1.06 / 100))
+
+
+def test_fitted_margin_is_the_best_of_the_grid_on_validation():
+    from dualhrq.model.decision import MIN_EDGES, _decide
+
+    train, val = _labelled(seed=6), _labelled(seed=7)
+    logits = _informed_logits(*val, noise=1.5)
+    rule = fit_rule(train, logits, val, cost=0.3, fitted_on="validation slice")
+    gains = rule.gains(logits, val[1])
+    by_edge = {e: realised_gain(_decide(gains, e * 0.3), val[1], val[2], 0.3).mean() for e in MIN_EDGES}
+    assert by_edge[rule.min_edge] == pytest.approx(max(by_edge.values()))
+    assert rule.min_edge > 0  # with this much noise trading at any edge loses to a stricter margin
+
+
+def test_a_rule_with_a_bad_field_is_refused_by_name():
+    from dualhrq.errors import ModelLoadError
+
+    good = _rule(0.5).to_builtins()
+    for field, value in (("cost", -1.0), ("temperature", 0.0), ("min_edge", float("nan"))):
+        with pytest.raises(ModelLoadError, match=f"decision_rule.{field}"):
+            DecisionRule.from_builtins({**good, field: value}, "bundle")
+    with pytest.raises(ModelLoadError, match="decision_rule.class_returns"):
+        DecisionRule.from_builtins({**good, "class_returns": [[0.0] * 5] * 2}, "bundle")

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from dualhrq.config import Config
 from dualhrq.errors import HRMError
 
 TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any directory
@@ -75,8 +76,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _done(t0)
 
     meta = read_checkpoint_meta(best)
-    t0 = _step(f"4/6 serving {args.held_out} held-out EURUSD windows and counting the served actions")
-    served = served_actions(bundle, meta.config.data.dataset, meta.config.data.train_fraction, args.held_out)
+    t0 = _step(f"4/6 serving {args.held_out} held-out {meta.config.data.dataset} windows and counting the served "
+               "actions")
+    served = served_actions(bundle, meta.config, args.held_out)
     print("served: " + ", ".join(f"{a} {n}" for a, n in served.items()))
     _done(t0)
 
@@ -113,18 +115,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def served_actions(bundle: Path, dataset: str, train_fraction: float, n: int) -> dict[str, int]:
-    """Actions a served bundle replies for ``n`` windows of the dataset's held-out tail (after the training
-    window), counted by action."""
+def served_actions(bundle: Path, cfg: Config, n: int) -> dict[str, int]:
+    """Actions a served bundle replies for ``n`` windows of the training dataset's held-out tail (from its
+    first test sample on: the validation slice that fitted the decision rule lies before it), by action."""
     from collections import Counter
 
     from dualhrq.bench.requests import RealWindows
     from dualhrq.bench.server_process import ServerProcess
+    from dualhrq.data.sources import load_dataset
+    from dualhrq.data.windows import build_dataset
     from dualhrq.runtime.client import Client
 
+    samples = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, pattern_window=cfg.patterns.window)
+    first_test = int(samples.t[samples.test[0]])
     with ServerProcess(bundle) as server:
         needs = server.pong["needs"] if server.pong else {}
-        windows = RealWindows.from_dataset(dataset, needs, pool=n, seed=1, after_fraction=train_fraction)
+        windows = RealWindows.from_dataset(cfg.data.dataset, needs, pool=n, seed=1, from_ns=first_test)
         client = Client(server.address, timeout_s=10.0)
         try:
             counts = Counter(client.signal(windows.instrument, windows.timeframe, coarse, fine).action

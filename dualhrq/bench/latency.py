@@ -18,6 +18,7 @@ from dualhrq.bench.loadgen import RunResult, run_load
 from dualhrq.bench.report import format_summary, plot_latencies, summarize
 from dualhrq.bench.requests import SignalRequestFactory
 from dualhrq.bench.server_process import ServerProcess, ping
+from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
 
 HELP = """\
@@ -62,11 +63,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
 
 def _drill_config(base: str | None, delay_ms: float, tmp: Path) -> Path:
     """A serve config that starts from `base` and turns the index fault drill on."""
-    over: dict[str, Any] = {"patterns": {"fault": {"delay_ms": delay_ms}}}
-    if base:
-        over["base"] = str(Path(base).resolve())
-    else:
-        over["base"] = str((Path(__file__).resolve().parents[2] / "config" / "serve.yaml"))
+    over: dict[str, Any] = {"patterns": {"fault": {"delay_ms": delay_ms}},
+                            "base": str(resolve_config(base or "serve").resolve())}
     path = tmp / "serve_fail_open.yaml"
     path.write_text(yaml.safe_dump(over))
     return path

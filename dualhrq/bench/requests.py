@@ -27,17 +27,18 @@ class RealWindows:
 
     @classmethod
     def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0,
-                     after_fraction: float = 0.0) -> RealWindows:
+                     from_ns: int | None = None) -> RealWindows:
         """`pool` windows at random fine bars (without replacement), each holding `needs["coarse"]` closed
-        coarse bars and `needs["fine"]` fine bars, as a gateway would send them; with ``after_fraction`` only
-        windows ending in the last 1 - after_fraction of the bars (the held-out tail of training)."""
+        coarse bars and `needs["fine"]` fine bars, as a gateway would send them; with ``from_ns`` only windows
+        ending at or after that time (e.g. the first held-out sample's)."""
         ds = load_dataset(name)
         fine = ds.bars
         coarse = resample(fine, default_coarse_rule(ds.timeframe))
         n_c, n_f = int(needs["coarse"]), int(needs["fine"])
         visible = np.searchsorted(coarse.t, fine.t, side="right")  # coarse bars known at each fine bar
         i = np.arange(len(fine))
-        ends = np.flatnonzero((visible >= n_c) & (i >= n_f - 1) & (i >= after_fraction * len(fine)))
+        late = np.ones(len(fine), bool) if from_ns is None else fine.t >= from_ns
+        ends = np.flatnonzero((visible >= n_c) & (i >= n_f - 1) & late)
         if len(ends) == 0:
             raise DataError(f"{name}: too short for requests needing {n_c} coarse and {n_f} fine bars")
         rng = np.random.default_rng(seed)

@@ -69,8 +69,7 @@ def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float
 
     cost = cost_bps * 1e-4
     rule = PositionRule(horizon, cost_bps, vol_threshold)
-    sigma = rule.sigma(fine.c)
-    theta = cost + vol_threshold * sigma
+    sigma, theta = rule.sigma(fine.c), rule.theta(fine.c)
     state = rule.states(fine.c)
     flat = state == FLAT
     action = np.full(n, HOLD, dtype=np.int64)

@@ -39,8 +39,7 @@ def _check_widths(model_cfg: ModelConfig) -> None:
                                      f"{width} features per row")
 
 
-def needs(model_cfg: ModelConfig, pattern_window: int = DEFAULT_PATTERN_WINDOW,
-          position: PositionRule = PositionRule()) -> tuple[int, int]:
+def needs(model_cfg: ModelConfig, pattern_window: int, position: PositionRule) -> tuple[int, int]:
     """(coarse bars, fine bars) a request must carry: the token windows plus the features' warm-up."""
     coarse = max(model_cfg.coarse_len + BAR_WARMUP, REGIME_COARSE_WARMUP)
     fine = max(model_cfg.fine_len + max(BAR_WARMUP, position.warmup), REGIME_WARMUP + 1, pattern_window + 1)

@@ -81,9 +81,14 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         except msgspec.ValidationError as e:
             raise ModelLoadError(f"{source}: decision_rule: {e}") from None
         shape = np.shape(rule.class_returns)
-        if shape != (len(ALLOWED), len(ACTIONS)) or not rule.temperature > 0:
-            raise ModelLoadError(f"{source}: decision_rule: class_returns must be [{len(ALLOWED)}][{len(ACTIONS)}] "
-                                 f"(got {list(shape)}) and temperature > 0")
+        if shape != (len(ALLOWED), len(ACTIONS)) or not np.isfinite(rule.class_returns).all():
+            raise ModelLoadError(f"{source}: decision_rule.class_returns: expected [{len(ALLOWED)}][{len(ACTIONS)}] "
+                                 f"finite numbers, got shape {list(shape)}")
+        for name in ("temperature", "cost", "min_edge"):
+            value = getattr(rule, name)
+            if math.isnan(value) or value < 0 or (name == "temperature" and not 0 < value < math.inf):
+                raise ModelLoadError(f"{source}: decision_rule.{name}: expected a number >= 0"
+                                     f"{' and finite, > 0' if name == 'temperature' else ''}, got {value}")
         return rule
 
 

@@ -288,7 +288,8 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
     batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
                       upstream=hooks.upstream, on_batch=hooks.on_batch)
-    features = SampleBuilder(stats, m, PositionRule.from_config(cfg.data), window)
+    # The training run's label rule, never an overlay's: the state columns are part of the model's inputs.
+    features = SampleBuilder(stats, m, PositionRule.from_config(bundle.config.data), window)
     host = ModelHost(name=bundle.model_version, config=cfg, needs=features.needs, features=features,
                      instrument_id=InstrumentVocab(bundle.instrument_vocab or []).id, timeframe_id=timeframe_id,
                      batcher=batcher, retriever=retriever,
@@ -305,7 +306,7 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
 
 def _decision_rule(fitted: object, bundle_path: str | Path) -> DecisionRule | None:
     if fitted is None:
-        log.warning("%s has no decision rule (trained before rules were fitted): serving the policy's argmax",
+        log.warning("%s has no decision rule (trained without a validation slice): serving the policy's argmax",
                     bundle_path)
         return None
     return DecisionRule.from_builtins(fitted, str(bundle_path))

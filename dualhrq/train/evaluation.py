@@ -35,7 +35,7 @@ COLLAPSE_MIN_NON_HOLD = 0.01  # fewer non-HOLD predictions than this: the policy
 
 @dataclass(frozen=True)
 class Interval:
-    """A rank IC with its 95% interval (Fisher z, with Fieller's 1.06 factor for Spearman's rho)."""
+    """A rank IC with its 95% interval (Fisher z, with Fieller's variance for Spearman's rho)."""
 
     value: float
     low: float

@@ -45,7 +45,7 @@ from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
 from dualhrq.train.loop import (EvalSets, best_checkpoint, finished_at, latest_checkpoint, new_trainer,
                                 resume_trainer, run)
 from dualhrq.train.metrics import Predictions
-from dualhrq.train.splits import purge
+from dualhrq.train.splits import validation_slice
 from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,13 @@ class HRMPredictor:
             # As `dualhrq train` does: the checkpoint with the best CE on the purged tail of the split's own
             # training window is the split's model (its test window is never looked at).
             run(trainer, steps, run_dir, extra=artifacts.to_extra(), save_files=artifacts.save_files,
-                eval_sets=EvalSets.of(data, val, val) if len(val) else None, progress=False)
+                eval_sets=EvalSets.of(data, val, None) if len(val) else None, progress=False)
         ckpt = best_checkpoint(run_dir)
         self.model = load_checkpoint(ckpt, self.ctx.device)[0]
         return str(ckpt)
 
     def _validation_slice(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(fit, validation) indices: the last train.val_fraction of the split's training samples, and the
-        rest purged of labels that reach into it."""
-        n_val = int(round(len(train_idx) * self.cfg.train.val_fraction))
-        if n_val == 0:
-            return train_idx, train_idx[:0]
-        val = train_idx[len(train_idx) - n_val:]
-        w = self.windows
-        return purge(train_idx[:len(train_idx) - n_val], val, w.t, w.t_known, 0, 0), val
+        return validation_slice(train_idx, self.windows.t, self.windows.t_known, self.cfg.train.val_fraction)
 
     def predict(self, test_idx: np.ndarray) -> Predictions:
         if self.model is None or self.prepared is None:

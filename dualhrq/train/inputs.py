@@ -39,7 +39,7 @@ from dualhrq.patterns.regimes import RegimeModel
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.losses import Targets
-from dualhrq.train.splits import purge
+from dualhrq.train.splits import validation_slice
 
 PATTERNS_DIR = "patterns"
 
@@ -102,12 +102,8 @@ class PreparedData:
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """(training, validation) sample indices: the validation slice is the last ``val_fraction`` of the
         training window, and the training samples whose labels reach into it are purged."""
-        train = self.windows.train
-        n_val = int(round(len(train) * self.val_fraction))
-        if n_val == 0:
-            return train, train[:0]
-        val = train[len(train) - n_val:]
-        return purge(train[:len(train) - n_val], val, self.windows.t, self.windows.t_known, 0, 0), val
+        w = self.windows
+        return validation_slice(w.train, w.t, w.t_known, self.val_fraction)
 
     @property
     def train(self) -> TrainingSet:

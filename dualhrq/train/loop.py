@@ -205,22 +205,22 @@ class EvalSets:
     """What each evaluation scores: the validation slice (model selection) and the held-out tail (report)."""
 
     val: TrainingSet
-    test: TrainingSet
+    test: TrainingSet | None  # None: nothing held out beyond the validation slice (a validation split)
     baselines: LabelBaselines  # label frequencies of the training samples, overall and per position state
     train_labels: tuple[np.ndarray, np.ndarray, np.ndarray]  # (action, state, forward return) of training
 
     @classmethod
-    def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet) -> EvalSets:
+    def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet | None) -> EvalSets:
         y = train.targets
         return cls(val, test, LabelBaselines.fit(y.action.numpy(), y.state.numpy()), _labels(train))
 
-    def rule_and_reports(self, model: HRM, act: ActConfig) -> tuple[DecisionRule, HeldOut, HeldOut]:
+    def rule_and_reports(self, model: HRM, act: ActConfig) -> tuple[DecisionRule, HeldOut, HeldOut | None]:
         """The decision rule fitted on the validation slice, and both slices' figures under it."""
-        val_out, test_out = predict(model, act, self.val), predict(model, act, self.test)
+        val_out = predict(model, act, self.val)
         rule = fit_rule(self.train_labels, val_out["policy_logits"].numpy(), _labels(self.val),
                         float(self.val.targets.cost[0]), f"validation slice: {len(self.val)} samples")
-        return (rule, score(val_out, self.val, self.baselines, rule),
-                score(test_out, self.test, self.baselines, rule))
+        test = None if self.test is None else score(predict(model, act, self.test), self.test, self.baselines, rule)
+        return rule, score(val_out, self.val, self.baselines, rule), test
 
 
 def _labels(data: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -383,23 +383,25 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                 window, acc_num, acc_den = _LogWindow(), 0, 0
             if main and (trainer.step % t.checkpoint_every == 0 or last):
                 metrics = dict(history[-1]) if history else {}
-                is_best, reports, ckpt_extra = False, None, dict(extra or {})
-                if eval_sets is not None and t.evaluate and len(eval_sets.val) and len(eval_sets.test):
+                is_best, improved, reports, ckpt_extra = False, False, None, dict(extra or {})
+                if eval_sets is not None and t.evaluate and len(eval_sets.val):
                     rule, *reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
                     ckpt_extra["decision_rule"] = rule.to_builtins()
-                    scores = {**reports[0].to_dict("val_"), **reports[1].to_dict("test_")}
+                    scores = {**reports[0].to_dict("val_"), **(reports[1].to_dict("test_") if reports[1] else {})}
                     metrics.update(scores)
                     _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, "eval": True, **scores})
-                    is_best = t.keep_best and reports[0].cross_entropy < best_ce
+                    improved = reports[0].cross_entropy < best_ce
+                    is_best = t.keep_best and improved
                     bar.write(f"step {trainer.step}: validation CE {reports[0].cross_entropy:.4f} (state-only "
                               f"{reports[0].state_ce:.4f}), non-HOLD {100 * reports[0].non_hold_share:.1f}%"
                               + ("  [best]" if is_best else ""))
                 checkpoint = write_checkpoint(trainer, out_dir, ckpt_extra, metrics, save_files, is_best)
-                if is_best and reports is not None:
+                if improved and reports is not None:
                     best_ce = reports[0].cross_entropy
-                    result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
-                    result.best_rule = rule
-                stale = 0 if is_best or reports is None else stale + 1
+                    if is_best:
+                        result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
+                        result.best_rule = rule
+                stale = 0 if improved or reports is None else stale + 1
                 # One process only: the other ranks of a data-parallel run do not evaluate, so they cannot stop.
                 if t.patience and stale >= t.patience and not last and ctx.world_size == 1:
                     bar.write(f"step {trainer.step}: no better validation CE in {stale} evaluations; stopping "

@@ -103,10 +103,11 @@ def information_coefficient(forecast: np.ndarray, returns: np.ndarray) -> float:
 
 
 def ic_interval(ic: float, n: int) -> tuple[float, float]:
-    """95% interval of a Spearman rank correlation from n samples: Fisher z with Fieller's 1.06 factor."""
+    """95% interval of a Spearman rank correlation from n samples: Fisher z, with Fieller's variance
+    1.06 / (n - 3)."""
     if not math.isfinite(ic) or n < 4:
         return float("nan"), float("nan")
-    z, half = math.atanh(max(min(ic, 0.999999), -0.999999)), 1.96 * 1.06 / math.sqrt(n - 3)
+    z, half = math.atanh(max(min(ic, 0.999999), -0.999999)), 1.96 * math.sqrt(1.06 / (n - 3))
     return math.tanh(z - half), math.tanh(z + half)
 
 
@@ -129,12 +130,13 @@ def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, 
     net = strategy_returns(pred.position, returns, cost_bps)
     traded = trades(pred.position)
     ic = information_coefficient(pred.forecast, returns)
+    ic_low, ic_high = ic_interval(ic, len(returns))
     return Metrics(
         n=len(returns),
         hit_rate=hit_rate(pred.position, returns),
         ic=ic,
-        ic_low=ic_interval(ic, len(returns))[0],
-        ic_high=ic_interval(ic, len(returns))[1],
+        ic_low=ic_low,
+        ic_high=ic_high,
         sharpe=sharpe_ratio(net, periods),
         annual_return=float(net.mean() * periods) if len(net) else float("nan"),
         max_drawdown=max_drawdown(net),

@@ -82,6 +82,17 @@ def purge(
     return candidates[keep[candidates]]
 
 
+def validation_slice(train: np.ndarray, t: np.ndarray, t_known: np.ndarray,
+                     fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices of a training window: the validation slice is its last ``fraction`` of
+    samples, and the fit samples whose labels reach into it are purged."""
+    n_val = int(round(len(train) * fraction))
+    if n_val == 0:
+        return train, train[:0]
+    val = train[len(train) - n_val:]
+    return purge(train[:len(train) - n_val], val, t, t_known, 0, 0), val
+
+
 def walk_forward_splits(
     t: np.ndarray,
     t_known: np.ndarray,

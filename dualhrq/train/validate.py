@@ -81,6 +81,8 @@ class ValidationData:
         for key, y in self.labels.items():
             if len(y) != n:
                 raise DataError(f"labels.{key}: {len(y)} rows for {n} samples")
+        if self.states is not None and (self.states.shape != (n,) or not np.isin(self.states, (0, 1, 2)).all()):
+            raise DataError(f"states: expected {n} position states in 0..2 (flat, long, short)")
 
     def __len__(self) -> int:
         return len(self.t)
@@ -130,9 +132,17 @@ def baseline_factories(cfg: ValidateConfig) -> list[PredictorFactory]:
         lambda d, _: OneBarReversal(d.returns),
         lambda d, _: RidgeForecast(d.features, d.returns, cfg.ridge_alpha),
         lambda d, _: LogisticDirection(d.features, d.returns, cfg.logistic_c),
-        lambda d, _: StateOnly(d.states, d.labels["action"]),
-        lambda d, _: MultinomialActions(d.features, d.states, d.labels["action"], cfg.logistic_c),
+        lambda d, _: StateOnly(*_states_and_actions(d)),
+        lambda d, _: MultinomialActions(d.features, *_states_and_actions(d), cfg.logistic_c),
     ]
+
+
+def _states_and_actions(data: ValidationData) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of the label baselines; validation data without them cannot run those baselines."""
+    if data.states is None or "action" not in data.labels:
+        raise DataError(f"{data.name}: the state-only and multinomial baselines need `states` and `labels.action` "
+                        "(dualhrq.train.validate.validation_data provides both)")
+    return data.states, np.asarray(data.labels["action"])
 
 
 def bar_feature_rows(fine: Bars, coarse_rule: str, pattern_window: int) -> np.ndarray:
