@@ -255,3 +255,16 @@ def test_non_finite_inputs_stop_training_with_a_convergence_error(prepared):
 def test_train_configs_load(name):
     cfg = load_config(ROOT / "config" / name)
     assert cfg.train.steps > 0 and cfg.data.dataset
+
+
+def test_without_keep_best_training_still_runs_on_while_validation_improves(prepared, tmp_path):
+    """Patience counts evaluations without a better validation CE, whether or not `best` is kept."""
+    cfg = _config(keep_best=False, patience=1, checkpoint_every=2)
+    trainer = new_trainer(cfg, prepared.train, CPU, total_steps=6)
+    result = run(trainer, 6, tmp_path, extra=prepared.artifacts.to_extra(), save_files=prepared.artifacts.save_files,
+                 eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
+    ces = [json.loads(s)["val_cross_entropy"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if '"eval": true' in s]
+    assert ces == sorted(ces, reverse=True), ces  # improving at every evaluation this early ...
+    assert result.step == 6 and len(ces) == 3  # ... so nothing stopped it
+    assert not (tmp_path / "best").exists() and result.best is None
