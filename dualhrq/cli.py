@@ -81,7 +81,7 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dualhrq.bench.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, main)
 
 
 def _register_core(sub: argparse._SubParsersAction) -> None:

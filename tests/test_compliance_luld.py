@@ -6,7 +6,7 @@ from datetime import date, time
 import pytest
 
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
-from dualhrq.compliance.rules import LULD, RULES_VERSION, SSR
+from dualhrq.data.market_rules import LULD, RULES_VERSION, SSR
 from dualhrq.compliance.sessions import NS_PER_S, wall_ns
 
 AFTER = date(2021, 3, 3)  # Amendment 18 in force

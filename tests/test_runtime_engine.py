@@ -16,7 +16,7 @@ from dualhrq.export.segment import example_feeds
 from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
-from dualhrq.runtime.engine import OnnxEngine, TensorRTEngine, TorchEngine
+from dualhrq.export.engines import OnnxEngine, TensorRTEngine, TorchEngine
 
 
 def _rows(wants: list[float]) -> dict[str, np.ndarray]:
@@ -219,7 +219,7 @@ def test_the_serving_path_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dualhrq.runtime.engine, dualhrq.runtime.act, dualhrq.runtime.host, dualhrq.export.contract, "
+    code = ("import sys, dualhrq.export.engines, dualhrq.runtime.act, dualhrq.runtime.host, dualhrq.export.contract, "
             "dualhrq.export.bundle, dualhrq.model.vocab; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

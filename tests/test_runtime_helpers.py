@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from dualhrq.runtime.engine import Engine
+from dualhrq.export.engines import Engine
 
 
 class CountingEngine(Engine):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dualhrq.config import Config
@@ -39,8 +40,9 @@ def _done(t0: float) -> None:
     print(f"--- {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from dualhrq.cli import main as cli
+def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
+    """The demo's steps, each one the command a user would type, run through ``cli`` (dualhrq.cli.main: the
+    entry point hands itself in, so bench never imports the layer above it)."""
     from dualhrq.train.checkpoint import read_checkpoint_meta
     from dualhrq.train.loop import best_checkpoint
 

@@ -96,7 +96,7 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
     import onnxruntime as ort
     import torch
 
-    from dualhrq.runtime.engine import make_engine
+    from dualhrq.export.engines import make_engine
 
     torch.set_num_threads(threads)
     precisions = bundle.manifest["precisions"]

@@ -17,7 +17,7 @@ from datetime import date, timedelta
 
 from dualhrq.compliance.gate import GateDecision, MarketSnapshot
 from dualhrq.compliance.luld import bands
-from dualhrq.compliance.rules import LULD, SSR
+from dualhrq.data.market_rules import LULD, SSR
 from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
 from dualhrq.compliance.ssr import TRIGGER_TOLERANCE
 from dualhrq.config import RiskConfig

@@ -16,7 +16,7 @@ from collections import deque
 from datetime import date
 from functools import lru_cache
 
-from dualhrq.compliance.rules import LULD
+from dualhrq.data.market_rules import LULD
 from dualhrq.compliance.sessions import session_of, wall_ns
 
 _UNITS_PER_DOLLAR = 1_000_000_000  # trade prices are summed as integer nano-dollars

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
-from dualhrq.compliance.rules import MARKET_TZ, REGULAR_CLOSE, REGULAR_OPEN
+from dualhrq.data.market_rules import MARKET_TZ, REGULAR_CLOSE, REGULAR_OPEN
 
 NS_PER_S = 1_000_000_000
 NO_HOLIDAYS: frozenset[date] = frozenset()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from datetime import date
 
-from dualhrq.compliance.rules import SSR
+from dualhrq.data.market_rules import SSR
 from dualhrq.compliance.sessions import NO_HOLIDAYS, next_trading_day, session_for_day, session_of
 from dualhrq.errors import DataError
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dualhrq.compliance.rules import LULD, SSR
+from dualhrq.data.market_rules import LULD, SSR
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import visible_counts
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
@@ -201,7 +201,7 @@ def _amihud_from_sums(sum_abs_returns: np.ndarray, sum_dollar_volume: np.ndarray
 
 
 # ---------------------------------------------------------------- market rules as features
-# The thresholds come from the compliance gate's rule tables (dualhrq.compliance.rules), read vectorised.
+# The thresholds come from the compliance gate's rule tables (dualhrq.data.market_rules), read vectorised.
 
 
 def ssr_triggered(price: np.ndarray, prior_close: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, FINE_FEATURES, REGI
 from dualhrq.data.labels import make_labels
 from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
 from dualhrq.errors import ConfigurationError, DataError
-from dualhrq.train.splits import purge
+from dualhrq.data.splits import purge
 
 DEFAULT_PATTERN_WINDOW = PatternsConfig().window
 

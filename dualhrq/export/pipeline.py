@@ -224,7 +224,7 @@ def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.nda
         return {"reason": reason}
     import tensorrt as trt
 
-    from dualhrq.runtime.engine import TensorRTEngine
+    from dualhrq.export.engines import TensorRTEngine
 
     plan = build_engine(fp32, staging / PLAN_FILE, options.max_batch, fp16=True, workspace_mb=options.workspace_mb,
                         timing_cache=options.timing_cache, progress=progress)

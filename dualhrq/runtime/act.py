@@ -1,7 +1,7 @@
 """ACT at serve time: run segments on a batch until each row halts, feeding the carry back in.
 
-The halting rule (`halts`) is defined here once, for numpy arrays and torch tensors alike: this loop, the
-PyTorch inference loop and the training loop (dualhrq.train.act) all decide with it. A row halts once
+The halting rule (dualhrq.model.halting.halts) is defined once, for numpy arrays and torch tensors alike: this
+loop, the PyTorch inference loop and the training loop (dualhrq.train.act) all decide with it. A row halts once
 q_halt > q_continue after a minimum count of segments, or at a maximum count; with `act.fixed_segments > 0`
 every row runs exactly that many (predictable latency). Halted rows leave the batch, so later segments run
 only on the rows still thinking. Runs on the inference thread only.
@@ -16,27 +16,10 @@ import numpy as np
 
 from dualhrq.config import ActConfig
 from dualhrq.export.contract import HEADS, next_carry
+from dualhrq.model.halting import halts, inference_bounds
 
 if TYPE_CHECKING:
-    from dualhrq.runtime.engine import Engine
-
-
-def halts(q_logits: Any, segments: Any, minimum: Any, limit: int) -> tuple[Any, Any]:
-    """(stop, by_q), each [B] bool, after a row's `segments`-th segment (an int, or one count per row).
-
-    by_q: q_halt > q_continue with at least `minimum` segments run (an int, or one per row); stop: by_q, or
-    `limit` segments reached. Works on numpy arrays and torch tensors alike: one rule for serving and training.
-    """
-    by_q = (q_logits[:, 0] > q_logits[:, 1]) & (segments >= minimum)
-    return by_q | (segments >= limit), by_q
-
-
-def inference_bounds(act: ActConfig) -> tuple[int, int]:
-    """(minimum, limit) for `halts` at inference: act.min_segments to act.max_segments, or exactly
-    act.fixed_segments, where a minimum above the limit keeps Q from ever halting a row (reported as "max")."""
-    if act.fixed_segments:
-        return act.fixed_segments + 1, act.fixed_segments
-    return act.min_segments, act.max_segments
+    from dualhrq.export.engines import Engine
 
 
 @dataclass

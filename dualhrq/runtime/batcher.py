@@ -22,7 +22,7 @@ import numpy as np
 from dualhrq.config import ActConfig
 from dualhrq.errors import InferenceError
 from dualhrq.runtime.act import ActResult, run_act
-from dualhrq.runtime.engine import Engine
+from dualhrq.export.engines import Engine
 
 log = logging.getLogger(__name__)
 

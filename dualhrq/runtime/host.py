@@ -264,7 +264,7 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
     from dualhrq.patterns.artifacts import load_artifacts
     from dualhrq.patterns.retriever import Retriever
-    from dualhrq.runtime.engine import make_engine
+    from dualhrq.export.engines import make_engine
 
     hooks = hooks or HostHooks()
     t0 = time.perf_counter()

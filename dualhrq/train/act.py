@@ -11,7 +11,7 @@ reference: sigmoid(q_halt') at the last segment, otherwise sigmoid(max(q_halt', 
 
 Inference (``act_inference``) halts the same way without exploration, or runs exactly
 ``act.fixed_segments`` when that is set, like the runtime's ACT loop over exported engines. Both phases
-decide with the one halting rule, dualhrq.runtime.act.halts.
+decide with the one halting rule, dualhrq.model.halting.halts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from dualhrq.config import ActConfig
 from dualhrq.model import HRM, Carry, ModelInputs, ModelOutputs
-from dualhrq.runtime.act import halts, inference_bounds
+from dualhrq.model.halting import halts, inference_bounds
 
 
 @dataclass

@@ -45,7 +45,7 @@ from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
 from dualhrq.train.loop import (EvalSets, best_checkpoint, finished_at, latest_checkpoint, new_trainer,
                                 resume_trainer, run)
 from dualhrq.train.metrics import Predictions
-from dualhrq.train.splits import validation_slice
+from dualhrq.data.splits import validation_slice
 from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from dualhrq.patterns.regimes import RegimeModel
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.losses import Targets
-from dualhrq.train.splits import validation_slice
+from dualhrq.data.splits import validation_slice
 
 PATTERNS_DIR = "patterns"
 

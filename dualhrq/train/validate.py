@@ -37,7 +37,7 @@ from dualhrq.train.baselines import (BuyAndHold, LogisticDirection, MomentumSign
                                     RidgeForecast, StateOnly)
 from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
 from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
-from dualhrq.train.splits import CPCV, Split, check_label_times, splits_from_config
+from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.train.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 
 log = logging.getLogger(__name__)
