@@ -21,6 +21,7 @@ demo: setup
 	$(DUALHRQ) demo
 
 test: setup
+	$(VENV)/bin/ruff check dualhrq tests
 	$(DUALHRQ) params --config config/hrm_27m.yaml --strict
 	$(PY) -m pytest
 

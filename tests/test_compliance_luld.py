@@ -6,8 +6,8 @@ from datetime import date, time
 import pytest
 
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
-from dualhrq.data.market_rules import LULD, RULES_VERSION, SSR
 from dualhrq.compliance.sessions import NS_PER_S, wall_ns
+from dualhrq.data.market_rules import LULD, RULES_VERSION, SSR
 
 AFTER = date(2021, 3, 3)  # Amendment 18 in force
 BEFORE = date(2019, 3, 6)  # the old doubling regime

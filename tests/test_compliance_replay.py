@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from subcommand import run_subcommand
 
 from dualhrq.compliance import commands

@@ -8,10 +8,26 @@ import numpy as np
 import pytest
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import (BAR_FEATURES, PositionRule, fine_features, BAR_WARMUP, CLIP, PATTERN_SUMMARY, REGIME_FEATURES,
-                                   REGIME_WARMUP, ColumnStats, FeatureStats, bar_features, bipower_variation,
-                                   luld_band_distance, luld_half_width, pattern_features, realized_variance,
-                                   regime_features, tsrv)
+from dualhrq.data.features import (
+    BAR_FEATURES,
+    BAR_WARMUP,
+    CLIP,
+    PATTERN_SUMMARY,
+    REGIME_FEATURES,
+    REGIME_WARMUP,
+    ColumnStats,
+    FeatureStats,
+    PositionRule,
+    bar_features,
+    bipower_variation,
+    fine_features,
+    luld_band_distance,
+    luld_half_width,
+    pattern_features,
+    realized_variance,
+    regime_features,
+    tsrv,
+)
 from dualhrq.data.resample import default_coarse_rule, resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.synthetic import random_bars

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from subcommand import run_subcommand
 
 from dualhrq.data.bars import Bars, BarsError

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from subcommand import run_subcommand
 
 from dualhrq.config import Config
@@ -21,12 +20,12 @@ from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.parity import ParityError
 from dualhrq.export.pipeline import ExportOptions, export_bundle
 from dualhrq.export.segment import example_feeds
+from dualhrq.hashing import sha256_file
 from dualhrq.model import HRM
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 from dualhrq.patterns.regimes import fit_regimes
-from dualhrq.hashing import sha256_file
 from dualhrq.train.checkpoint import WEIGHTS_FILE, save_checkpoint
 
 FEATURE_STATS = {"coarse": {"mean": [0.0], "std": [1.0]}}  # opaque to the bundle: carried as given

@@ -13,8 +13,14 @@ from dualhrq.config import ModelConfig
 from dualhrq.errors import ModelLoadError
 from dualhrq.export.contract import INPUT_NAMES, OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.precision import to_fp16
-from dualhrq.export.segment import (check_segment_graph, example_feeds, export_segment, graph_files, run_torch,
-                                    save_graph)
+from dualhrq.export.segment import (
+    check_segment_graph,
+    example_feeds,
+    export_segment,
+    graph_files,
+    run_torch,
+    save_graph,
+)
 from dualhrq.model import HRM
 
 

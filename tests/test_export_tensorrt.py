@@ -9,7 +9,6 @@ import types
 import onnx
 import pytest
 import torch
-
 from subcommand import run_subcommand
 
 from dualhrq.errors import ModelLoadError

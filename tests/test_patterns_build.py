@@ -2,7 +2,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from subcommand import run_subcommand
 
 from dualhrq.config import load_config

@@ -11,12 +11,13 @@ from test_runtime_helpers import CountingEngine, row_inputs, zero_carry
 
 from dualhrq.config import ActConfig
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.contract import OUTPUT_NAMES, zero_carry as graph_carry
+from dualhrq.export.contract import OUTPUT_NAMES
+from dualhrq.export.contract import zero_carry as graph_carry
+from dualhrq.export.engines import OnnxEngine, TensorRTEngine, TorchEngine
 from dualhrq.export.segment import example_feeds
 from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
-from dualhrq.export.engines import OnnxEngine, TensorRTEngine, TorchEngine
 
 
 def _rows(wants: list[float]) -> dict[str, np.ndarray]:

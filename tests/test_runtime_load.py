@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+
 import msgpack
-import pytest
 import numpy as np
+import pytest
 from test_runtime_helpers import CountingEngine, ServerThread, fake_host, hammer, in_process, signal_body
 
 from dualhrq.config import ServeConfig

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from subcommand import run_subcommand
 
 from dualhrq.api import HRMPolicy

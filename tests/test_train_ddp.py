@@ -14,8 +14,8 @@ from dualhrq.config import Config, load_config
 from dualhrq.model import ModelInputs
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown
-from dualhrq.train.losses import Targets
 from dualhrq.train.loop import new_trainer, run
+from dualhrq.train.losses import Targets
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4

@@ -17,9 +17,17 @@ from dualhrq.train.act import SlotState, act_inference, halt_decision, q_continu
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.distributed import DistContext
 from dualhrq.train.inputs import InputArtifacts, prepare_training
+from dualhrq.train.loop import (
+    STATE_FILE,
+    EvalSets,
+    latest_checkpoint,
+    load_train_state,
+    lr_factor,
+    new_trainer,
+    resume_trainer,
+    run,
+)
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, Targets, loss_weights, segment_loss
-from dualhrq.train.loop import (STATE_FILE, EvalSets, latest_checkpoint, load_train_state, lr_factor, new_trainer,
-                                resume_trainer, run)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistContext(0, 1, torch.device("cpu"))

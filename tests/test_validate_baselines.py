@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import DataError
-from dualhrq.train.baselines import (BuyAndHold, LogisticDirection, MomentumSign, MultinomialActions, OneBarReversal,
-                                    RidgeForecast, StateOnly)
+from dualhrq.train.baselines import (
+    BuyAndHold,
+    LogisticDirection,
+    MomentumSign,
+    MultinomialActions,
+    OneBarReversal,
+    RidgeForecast,
+    StateOnly,
+)
 
 
 def test_momentum_sums_only_returns_that_ended_by_the_sample():

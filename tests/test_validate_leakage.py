@@ -6,8 +6,13 @@ import pytest
 
 from dualhrq.errors import DataError
 from dualhrq.train.baselines import RidgeForecast
-from dualhrq.train.leakage import (FeatureProbe, LeakageReport, future_correlation, permuted_label_finding,
-                                   truncation_check)
+from dualhrq.train.leakage import (
+    FeatureProbe,
+    LeakageReport,
+    future_correlation,
+    permuted_label_finding,
+    truncation_check,
+)
 
 LAGS = (1, 5, 10, 20)
 

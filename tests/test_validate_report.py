@@ -11,9 +11,9 @@ import yaml
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars, Dataset
+from dualhrq.train.commands import add_validate_args, run_validate_command
 from dualhrq.train.leakage import FeatureProbe, truncation_check
 from dualhrq.train.metrics import Predictions
-from dualhrq.train.commands import add_validate_args, run_validate_command
 from dualhrq.train.validate import ValidationData, baseline_factories, run_validation, validation_data
 
 TINY = Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml"

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.data.splits import cpcv_paths, cpcv_splits, walk_forward_splits
+from dualhrq.errors import ConfigurationError, DataError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

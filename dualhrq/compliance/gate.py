@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
-from dualhrq.data.market_rules import LULD
 from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
 from dualhrq.compliance.ssr import SSRState
 from dualhrq.config import ComplianceConfig, RiskConfig
+from dualhrq.data.market_rules import LULD
 from dualhrq.errors import DataError
 from dualhrq.model.vocab import ACTIONS
 

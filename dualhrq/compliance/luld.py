@@ -16,8 +16,8 @@ from collections import deque
 from datetime import date
 from functools import lru_cache
 
-from dualhrq.data.market_rules import LULD
 from dualhrq.compliance.sessions import session_of, wall_ns
+from dualhrq.data.market_rules import LULD
 
 _UNITS_PER_DOLLAR = 1_000_000_000  # trade prices are summed as integer nano-dollars
 # Relative tolerance for "moves at least 1%": keeps 50.00 → 50.50 a move despite binary rounding.

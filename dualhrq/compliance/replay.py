@@ -33,9 +33,9 @@ import numpy as np
 from dualhrq.compliance.checker import ViolationChecker
 from dualhrq.compliance.gate import LULD_OFF, REASONS, ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.compliance.luld import NORMAL
-from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
 from dualhrq.compliance.sessions import NS_PER_S, session_for_day, session_of
 from dualhrq.data.bars import Bars
+from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
 from dualhrq.errors import DataError
 
 SignalFn = Callable[[int], tuple[str, float]]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from datetime import date
 
-from dualhrq.data.market_rules import SSR
 from dualhrq.compliance.sessions import NO_HOLIDAYS, next_trading_day, session_for_day, session_of
+from dualhrq.data.market_rules import SSR
 from dualhrq.errors import DataError
 
 # Relative tolerance on the trigger price: absorbs binary rounding of decimal prices (18.00 vs 0.9 × 20.00)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dualhrq.data.market_rules import LULD, SSR
 from dualhrq.data.bars import Bars
+from dualhrq.data.market_rules import LULD, SSR
 from dualhrq.data.resample import visible_counts
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 

@@ -20,13 +20,24 @@ import numpy as np
 
 from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.data.features import (BAR_FEATURES, BAR_WARMUP, FINE_FEATURES, REGIME_COARSE_WARMUP,
-                                   REGIME_FEATURES, REGIME_WARMUP, FeatureStats, PositionRule, bar_features,
-                                   fine_features, pattern_features, regime_features)
+from dualhrq.data.features import (
+    BAR_FEATURES,
+    BAR_WARMUP,
+    FINE_FEATURES,
+    REGIME_COARSE_WARMUP,
+    REGIME_FEATURES,
+    REGIME_WARMUP,
+    FeatureStats,
+    PositionRule,
+    bar_features,
+    fine_features,
+    pattern_features,
+    regime_features,
+)
 from dualhrq.data.labels import make_labels
 from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
-from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.data.splits import purge
+from dualhrq.errors import ConfigurationError, DataError
 
 DEFAULT_PATTERN_WINDOW = PatternsConfig().window
 

@@ -25,17 +25,25 @@ import torch
 
 from dualhrq.config import config_to_dict
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.bundle import (GRAPH_FILES, MANIFEST, PATTERNS_DIR, PLAN_FILE, WEIGHTS_FILE, load_bundle,
-                                   write_manifest)
+from dualhrq.export.bundle import (
+    GRAPH_FILES,
+    MANIFEST,
+    PATTERNS_DIR,
+    PLAN_FILE,
+    WEIGHTS_FILE,
+    load_bundle,
+    write_manifest,
+)
 from dualhrq.export.contract import ort_session, run_session
 from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
 from dualhrq.export.precision import FP16_CPU_NOTE, to_fp16, to_int8
 from dualhrq.export.segment import MIN_OPSET, check_segment_graph, export_segment, graph_files, run_torch
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
-from dualhrq.patterns.artifacts import load_artifacts
 from dualhrq.hashing import sha256_file
-from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE as CHECKPOINT_WEIGHTS, load_checkpoint
+from dualhrq.patterns.artifacts import load_artifacts
+from dualhrq.train.checkpoint import META_FILE, load_checkpoint
+from dualhrq.train.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from torch import nn
 
 from dualhrq.model.vocab import ACTIONS
 
-
 READOUT_WIDTH = {"last": 1, "mean": 1, "last+mean": 2}  # readout width in multiples of the level's width
 
 

@@ -10,7 +10,7 @@ only on the rows still thinking. Runs on the inference thread only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from dualhrq.config import ActConfig
 from dualhrq.errors import InferenceError
-from dualhrq.runtime.act import ActResult, run_act
 from dualhrq.export.engines import Engine
+from dualhrq.runtime.act import ActResult, run_act
 
 log = logging.getLogger(__name__)
 

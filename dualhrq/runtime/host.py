@@ -261,10 +261,10 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     from dualhrq.data.features import FeatureStats, PositionRule
     from dualhrq.data.windows import SampleBuilder
     from dualhrq.export.bundle import load_bundle
+    from dualhrq.export.engines import make_engine
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
     from dualhrq.patterns.artifacts import load_artifacts
     from dualhrq.patterns.retriever import Retriever
-    from dualhrq.export.engines import make_engine
 
     hooks = hooks or HostHooks()
     t0 = time.perf_counter()

@@ -30,8 +30,8 @@ import zmq
 import zmq.asyncio
 
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
-from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.config import CurveConfig, ServeConfig
+from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost

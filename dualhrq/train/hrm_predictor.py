@@ -33,6 +33,7 @@ import torch
 
 from dualhrq.config import Config, config_to_dict
 from dualhrq.data.sources import load_dataset
+from dualhrq.data.splits import validation_slice
 from dualhrq.data.windows import WindowDataset
 from dualhrq.errors import DataError, InferenceError
 from dualhrq.model import HRM
@@ -42,10 +43,16 @@ from dualhrq.train.batches import TrainingSet, index_inputs, inputs_to
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta
 from dualhrq.train.distributed import DistContext, resolve_device
 from dualhrq.train.inputs import PreparedData, make_targets, prepare_training
-from dualhrq.train.loop import (EvalSets, best_checkpoint, finished_at, latest_checkpoint, new_trainer,
-                                resume_trainer, run)
+from dualhrq.train.loop import (
+    EvalSets,
+    best_checkpoint,
+    finished_at,
+    latest_checkpoint,
+    new_trainer,
+    resume_trainer,
+    run,
+)
 from dualhrq.train.metrics import Predictions
-from dualhrq.data.splits import validation_slice
 from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from dualhrq.data.bars import Bars
 from dualhrq.data.features import FeatureStats, regime_features
 from dualhrq.data.resample import resample
 from dualhrq.data.sources import load_dataset
+from dualhrq.data.splits import validation_slice
 from dualhrq.data.windows import WindowDataset, build_dataset
 from dualhrq.errors import ModelLoadError
 from dualhrq.model import ModelInputs
@@ -39,7 +40,6 @@ from dualhrq.patterns.regimes import RegimeModel
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.losses import Targets
-from dualhrq.data.splits import validation_slice
 
 PATTERNS_DIR = "patterns"
 

@@ -40,12 +40,12 @@ from tqdm import tqdm
 from dualhrq.config import ActConfig, Config
 from dualhrq.errors import ConfigurationError, ConvergenceError, ModelLoadError
 from dualhrq.model import HRM, Carry
+from dualhrq.model.decision import DecisionRule, fit_rule
 from dualhrq.seeding import seed_everything
 from dualhrq.train.act import SlotState, halt_decision, q_continue_target
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
-from dualhrq.model.decision import DecisionRule, fit_rule
 from dualhrq.train.evaluation import HeldOut, LabelBaselines, predict, score, warn_if_collapsed
 from dualhrq.train.inputs import InputArtifacts, prepare_training
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_terms, loss_weights, policy_correct

@@ -30,14 +30,21 @@ from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
+from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.data.windows import build_dataset
 from dualhrq.errors import DataError, InferenceError
 from dualhrq.train import leakage
-from dualhrq.train.baselines import (BuyAndHold, LogisticDirection, MomentumSign, MultinomialActions, OneBarReversal,
-                                    RidgeForecast, StateOnly)
+from dualhrq.train.baselines import (
+    BuyAndHold,
+    LogisticDirection,
+    MomentumSign,
+    MultinomialActions,
+    OneBarReversal,
+    RidgeForecast,
+    StateOnly,
+)
 from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
 from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
-from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.train.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 
 log = logging.getLogger(__name__)
