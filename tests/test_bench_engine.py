@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_runtime_helpers import tiny_bundle  # noqa: F401
+from runtime_fixtures import tiny_bundle  # noqa: F401
 
 from dualhrq.bench.engine import EAGER, EngineRun, summarize_engines, time_interleaved
 from dualhrq.cli import main as cli

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_runtime_helpers import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
+from runtime_fixtures import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
 
 from dualhrq.config import ServeConfig
 from dualhrq.data.features import PositionRule

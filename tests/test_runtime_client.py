@@ -10,7 +10,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from test_runtime_helpers import ServerThread, fake_host, free_port, signal_body
+from runtime_fixtures import ServerThread, fake_host, free_port, signal_body
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p

@@ -8,7 +8,7 @@ import math
 import msgpack
 import pytest
 import zmq
-from test_runtime_helpers import CountingEngine, ServerThread, fake_host, real_signal_body, signal_body, tiny_bundle  # noqa: F401
+from runtime_fixtures import CountingEngine, ServerThread, fake_host, real_signal_body, signal_body, tiny_bundle  # noqa: F401
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime.host import load_host

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_runtime_helpers import ServerThread, fake_host
+from runtime_fixtures import ServerThread, fake_host
 
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.errors import ConfigurationError

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-from test_runtime_helpers import CountingEngine, row_inputs, zero_carry
+from runtime_fixtures import CountingEngine, row_inputs, zero_carry
 
 from dualhrq.config import ActConfig
 from dualhrq.errors import ConfigurationError

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from test_runtime_helpers import CountingEngine, ServerThread, fake_host, signal_body
+from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_body
 
 from dualhrq.config import PatternsConfig, ServeConfig
 from dualhrq.patterns.encoder import PatternEncoder

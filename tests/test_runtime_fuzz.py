@@ -9,7 +9,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_runtime_helpers import ServerThread, fake_host, signal_body
+from runtime_fixtures import ServerThread, fake_host, signal_body
 
 from dualhrq.config import ServeConfig, load_config
 from dualhrq.runtime import protocol as p

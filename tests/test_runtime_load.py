@@ -7,7 +7,7 @@ import asyncio
 import msgpack
 import numpy as np
 import pytest
-from test_runtime_helpers import CountingEngine, ServerThread, fake_host, hammer, in_process, signal_body
+from runtime_fixtures import CountingEngine, ServerThread, fake_host, hammer, in_process, signal_body
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime.server import Server

@@ -7,7 +7,7 @@ import time
 
 import msgspec
 import pytest
-from test_runtime_helpers import CountingEngine, ServerThread, fake_host, signal_body
+from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_body
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
@@ -205,7 +205,7 @@ def test_a_reply_to_a_vanished_client_is_counted_and_never_blocks(tiny_config):
 def test_prometheus_metrics_are_served_on_the_metrics_port(tiny_config):
     import urllib.request
 
-    from test_runtime_helpers import free_port
+    from runtime_fixtures import free_port
 
     port = free_port()
     with ServerThread(server_for(tiny_config, serve_config(metrics_port=port))) as st, Client(st.address) as c:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_runtime_helpers import eurusd_history, tiny_bundle  # noqa: F401
+from runtime_fixtures import eurusd_history, tiny_bundle  # noqa: F401
 
 from dualhrq.runtime.protocol import ACTIONS
 from dualhrq.runtime.signals import signal_fn_from_bundle

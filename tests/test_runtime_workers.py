@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_runtime_helpers import free_port, real_signal_body, tiny_bundle, wait_ready  # noqa: F401
+from runtime_fixtures import free_port, real_signal_body, tiny_bundle, wait_ready  # noqa: F401
 
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import AsyncClient, Client, RequestTimeout
