@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable
 
-from dualhrq.errors import HRMError
+from dualhrq.errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HRMError
 
 log = logging.getLogger("dualhrq")
 
@@ -141,7 +142,7 @@ def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualhrq", description="DualHRQ: train, export, serve and benchmark "
-                                     "the Hierarchical Reasoning Model on market data.")
+                                     "the Hierarchical Reasoning Model on market data.", epilog=EXIT_CODES_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_core(sub)
@@ -175,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HRMError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `dualhrq ... | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
 
 
 if __name__ == "__main__":

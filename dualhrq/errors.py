@@ -1,9 +1,18 @@
-"""The error hierarchy used across the package (seed 001's API reference).
+"""The error hierarchy used across the package, and the exit codes every command shares.
 
 Catch ``HRMError`` to handle anything DualHRQ raises on purpose; the subclasses say which stage failed.
 """
 
 from __future__ import annotations
+
+# The one exit-code table of `dualhrq` (shown in `dualhrq --help`).
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the command ran and a check it exists for failed: parity, budget, leakage, hashes, ...
+EXIT_ERROR = 2  # bad input or an error: a config, data or bundle that cannot be used (an HRMError)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CODES_HELP = ("exit status: 0 ok; 1 a check failed (parity, parameter budget, leakage, bundle hashes, "
+                   "compliance violations, a missed SLO); 2 bad input or an error, named on stderr; "
+                   "130 interrupted")
 
 
 class HRMError(Exception):

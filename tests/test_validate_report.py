@@ -219,7 +219,7 @@ def test_command_exits_zero_on_clean_data_and_says_it_ran_baselines_only(tmp_pat
 
 def test_command_exits_non_zero_on_a_planted_leak(tmp_path, capsys):
     code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: synthetic(leak=True))
-    assert code == 2
+    assert code == 1  # a check failed (the exit-code table in dualhrq.errors)
     out = capsys.readouterr().out
     assert "Leakage was found" in out
     assert "LEAK future_correlation: feature_3" in out
@@ -240,7 +240,7 @@ def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
 def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     args = command_args(tmp_path)
     Path(args.config).write_text(yaml.safe_dump({"base": str(TINY), "validate": {"test_bars": 0}}))
-    assert run_validate_command(args, load_data=lambda cfg: None) == 1
+    assert run_validate_command(args, load_data=lambda cfg: None) == 2  # bad input
     assert "validate.test_bars" in capsys.readouterr().err
 
 

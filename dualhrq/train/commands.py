@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dualhrq.config import load_config
-from dualhrq.errors import HRMError
+from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
     from dualhrq.train.validate import DataLoader, HRMFactories
@@ -110,7 +110,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
 def run_validate_command(
     args: argparse.Namespace, *, load_data: DataLoader | None = None, hrm: HRMFactories | None = None
 ) -> int:
-    """`dualhrq validate`: exit 0 on a clean run, 2 when leakage is found, 1 on a configuration or data error.
+    """`dualhrq validate`: exit 0 on a clean run, 1 when leakage is found (a check failed), 2 on a configuration
+    or data error (the CLI's exit-code table).
 
     The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
     says so. ``load_data`` defaults to the config's dataset.
@@ -138,7 +139,7 @@ def run_validate_command(
         )
     except HRMError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     for p, m in result.overall.items():
         print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
     print(result.verdict())
@@ -146,5 +147,5 @@ def run_validate_command(
     if result.leak_found:
         for f in result.leakage.findings:
             print(f"LEAK {f.check}: {f.subject}: {f.detail}")
-        return 2
+        return EXIT_CHECK_FAILED
     return 0
