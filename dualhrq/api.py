@@ -103,8 +103,8 @@ class HRMPolicy:
         rule's position state there)."""
         fine = self._fine_bars(observation_window, timeframe, timestamps)
         m, a = self.config.model, self.artifacts
-        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, PositionRule.from_config(self.config.data),
-                              a.pattern_window)
+        position = PositionRule.from_config(self.config.data)
+        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, position, a.pattern_window)
         context, mask = a.pattern_context(sample.pattern_features[None], np.array([sample.as_of]), m)
         inputs = ModelInputs(
             h_tokens=torch.from_numpy(sample.h_tokens)[None], l_tokens=torch.from_numpy(sample.l_tokens)[None],

@@ -520,6 +520,13 @@ def position_features(close: np.ndarray, rule: PositionRule, last: int | None = 
     return out
 
 
+def state_of(position_columns: np.ndarray) -> int:
+    """The state a `position_features` row encodes (FLAT, LONG, SHORT): serving reads it off the columns it
+    has computed anyway instead of computing the state again."""
+    long, short = position_columns
+    return LONG if long == 1.0 else SHORT if short == 1.0 else FLAT
+
+
 FINE_FEATURES: tuple[str, ...] = BAR_FEATURES + POSITION_FEATURES  # what every fine token holds
 
 

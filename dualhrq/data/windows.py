@@ -33,6 +33,7 @@ from dualhrq.data.features import (
     fine_features,
     pattern_features,
     regime_features,
+    state_of,
 )
 from dualhrq.data.labels import make_labels
 from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
@@ -135,7 +136,7 @@ class SampleBuilder:
         regime = self.stats.regime.apply(regime_features(bars.fine, bars.coarse, last=1)[0])
         for name, x in (("coarse", h), ("fine", l), ("regime", regime)):
             _complete(name, x)
-        state = int(self.position.states(bars.fine.c, last=1)[0])
+        state = state_of(raw_fine[-1, len(BAR_FEATURES):])
         return Sample(h, l, regime, self.pattern_features(bars) if pattern is None else pattern, bars.as_of, state)
 
     def __call__(self, coarse: Bars, fine: Bars) -> Sample:

@@ -48,7 +48,7 @@ from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
 from dualhrq.train.evaluation import HeldOut, LabelBaselines, predict, score, warn_if_collapsed
 from dualhrq.train.inputs import InputArtifacts, prepare_training
-from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_terms, loss_weights, policy_correct
+from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_weights, policy_correct, segment_loss
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,7 @@ class Trainer:
             # The next segment from the new carry, only for its Q values (reference: no target network).
             _, nxt = self.model(x, carry.detach())
             target = q_continue_target(nxt.q_logits, is_last)
-        attached = loss_terms(out, y, target, self.policy_weights)
-        loss = sum(self.weights[k] * v for k, v in attached.items())
+        loss, attached = segment_loss(out, y, target, self.weights, self.policy_weights)
         terms = {k: v.detach() for k, v in attached.items()}
         every = t.grad_norm_every
         term_norms = self.term_grad_norms(attached) if every and self.step % every == 0 else {}
@@ -392,9 +391,9 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                     _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, "eval": True, **scores})
                     improved = reports[0].cross_entropy < best_ce
                     is_best = t.keep_best and improved
-                    bar.write(f"step {trainer.step}: validation CE {reports[0].cross_entropy:.4f} (state-only "
-                              f"{reports[0].state_ce:.4f}), non-HOLD {100 * reports[0].non_hold_share:.1f}%"
-                              + ("  [best]" if is_best else ""))
+                    log.info("step %d: validation CE %.4f (state-only %.4f), non-HOLD %.1f%%%s", trainer.step,
+                             reports[0].cross_entropy, reports[0].state_ce, 100 * reports[0].non_hold_share,
+                             "  [best]" if is_best else "")
                 checkpoint = write_checkpoint(trainer, out_dir, ckpt_extra, metrics, save_files, is_best)
                 if improved and reports is not None:
                     best_ce = reports[0].cross_entropy
@@ -404,8 +403,8 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                 stale = 0 if improved or reports is None else stale + 1
                 # One process only: the other ranks of a data-parallel run do not evaluate, so they cannot stop.
                 if t.patience and stale >= t.patience and not last and ctx.world_size == 1:
-                    bar.write(f"step {trainer.step}: no better validation CE in {stale} evaluations; stopping "
-                              f"early (train.patience), best is {result.best.name if result.best else '-'}")
+                    log.info("step %d: no better validation CE in %d evaluations; stopping early (train.patience), "
+                             "best is %s", trainer.step, stale, result.best.name if result.best else "-")
                     break
     finally:
         bar.close()

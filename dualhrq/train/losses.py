@@ -110,15 +110,14 @@ def segment_loss(out: ModelOutputs, targets: Targets, q_continue_target: torch.T
                  weights: dict[str, float], policy_weights: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted total, {term: unweighted value}) for one segment's outputs; ``policy_weights`` [5] weigh the
-    policy cross-entropy per class (`class_weights`)."""
-    terms = loss_terms(out, targets, q_continue_target, policy_weights)
-    total = sum(weights[k] * v for k, v in terms.items())
-    return total, {k: v.detach() for k, v in terms.items()}
+    policy cross-entropy per class (`class_weights`). The terms stay attached to the graph, so the per-term
+    gradient norms can differentiate them; detach them to log."""
+    terms = _terms(out, targets, q_continue_target, policy_weights)
+    return sum(weights[k] * v for k, v in terms.items()), terms
 
 
-def loss_terms(out: ModelOutputs, targets: Targets, q_continue_target: torch.Tensor,
-               policy_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Every term, unweighted and attached to the graph (the per-term gradient norms differentiate them)."""
+def _terms(out: ModelOutputs, targets: Targets, q_continue_target: torch.Tensor,
+           policy_weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         correct = policy_correct(out, targets)
         value_target = expected_policy_return(out.policy_logits, targets)
