@@ -24,11 +24,11 @@ import torch
 
 from dualhrq.config import Config
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import PositionRule
 from dualhrq.data.loader import bars_from_frame
 from dualhrq.data.resample import resample
 from dualhrq.data.windows import build_sample
 from dualhrq.errors import DataError
+from dualhrq.features import PositionRule
 from dualhrq.model import ACTIONS, HRM, ModelInputs
 from dualhrq.model.vocab import timeframe_id
 from dualhrq.train.act import act_inference

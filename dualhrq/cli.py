@@ -158,12 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from dualhrq.compliance import commands as compliance
     from dualhrq.data import commands as data
+    from dualhrq.evaluate import commands as evaluate
     from dualhrq.export import commands as export
     from dualhrq.patterns import commands as patterns
     from dualhrq.runtime import commands as runtime
     from dualhrq.train import commands as train
 
-    return [data.register, train.register, patterns.register, export.register, runtime.register,
+    return [data.register, train.register, evaluate.register, patterns.register, export.register, runtime.register,
             compliance.register]
 
 

@@ -48,8 +48,8 @@ class ModelConfig(_Section):
     t_steps: PosInt = 2  # T: L steps per H update
     coarse_len: PosInt = 20  # T_h: coarse bars per sample (H tokens)
     fine_len: PosInt = 48  # T_l: fine bars per sample (L tokens)
-    coarse_features: PosInt = 16  # width of one H token (set by dualhrq.data.features)
-    fine_features: PosInt = 18  # width of one L token (dualhrq.data.features.FINE_FEATURES)
+    coarse_features: PosInt = 16  # width of one H token (set by dualhrq.features)
+    fine_features: PosInt = 18  # width of one L token (dualhrq.features.FINE_FEATURES)
     regime_features: PosInt = 20
     num_regimes: Annotated[int, msgspec.Meta(ge=2, le=32)] = 5
     pattern_dim: PosInt = 32  # P: width of one retrieved pattern context vector
@@ -175,7 +175,7 @@ class PatternsConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    """Walk-forward / CPCV validation (dualhrq.train.validate). Windows count samples (one per fine bar).
+    """Walk-forward / CPCV validation (dualhrq.evaluate.validate). Windows count samples (one per fine bar).
 
     The defaults are the seed's daily ones (252/21/21/14/7 days); hourly configs override them. Every model
     setting here is fixed before a run: nothing is tuned on the test windows.

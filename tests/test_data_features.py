@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import (
+from dualhrq.data.resample import default_coarse_rule, resample, visible_counts
+from dualhrq.data.sources import load_dataset
+from dualhrq.data.synthetic import random_bars
+from dualhrq.data.windows import needs
+from dualhrq.errors import ModelLoadError
+from dualhrq.features import (
     BAR_FEATURES,
     BAR_WARMUP,
     CLIP,
@@ -28,11 +33,6 @@ from dualhrq.data.features import (
     regime_features,
     tsrv,
 )
-from dualhrq.data.resample import default_coarse_rule, resample, visible_counts
-from dualhrq.data.sources import load_dataset
-from dualhrq.data.synthetic import random_bars
-from dualhrq.data.windows import needs
-from dualhrq.errors import ModelLoadError
 
 # ---------------------------------------------------------------- estimators vs known truth
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import BAR_WINDOW
 from dualhrq.data.labels import BUY, CLOSE_LONG, CLOSE_SHORT, HOLD, SELL, UNKNOWN, make_labels
 from dualhrq.data.synthetic import random_bars
 from dualhrq.errors import ConfigurationError
+from dualhrq.features import BAR_WINDOW
 from dualhrq.runtime.protocol import ACTIONS
 
 HOUR = 3600 * 10**9

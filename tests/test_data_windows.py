@@ -10,12 +10,12 @@ import pytest
 
 from dualhrq.config import DataConfig
 from dualhrq.data.bars import Bars, BarsError, Dataset
-from dualhrq.data.features import BAR_FEATURES, FINE_FEATURES, REGIME_FEATURES, PositionRule
 from dualhrq.data.resample import DAY_NS, default_coarse_rule, parse_rule, resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.synthetic import random_bars
 from dualhrq.data.windows import build_dataset, build_sample, needs
 from dualhrq.errors import ConfigurationError, DataError
+from dualhrq.features import BAR_FEATURES, FINE_FEATURES, REGIME_FEATURES, PositionRule
 
 HOUR = 3600 * 10**9
 

@@ -11,11 +11,11 @@ import torch
 from subcommand import run_subcommand
 
 from dualhrq.config import Config
+from dualhrq.contract import INPUT_NAMES, OUTPUT_NAMES
 from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export import parity as parity_module
 from dualhrq.export.bundle import load_bundle, verify_bundle
 from dualhrq.export.commands import register
-from dualhrq.export.contract import INPUT_NAMES, OUTPUT_NAMES
 from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.parity import ParityError
 from dualhrq.export.pipeline import ExportOptions, export_bundle

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dualhrq.config import ModelConfig
+from dualhrq.contract import INPUT_NAMES, OUTPUT_NAMES, ort_session, run_session
 from dualhrq.errors import ModelLoadError
-from dualhrq.export.contract import INPUT_NAMES, OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.precision import to_fp16
 from dualhrq.export.segment import (
     check_segment_graph,

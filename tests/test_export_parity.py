@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from dualhrq.export.contract import OUTPUT_NAMES, ort_session, run_session
+from dualhrq.contract import OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.inputs import parity_feeds
 from dualhrq.export.parity import FP32_MAX_ABS_ERR, carry_parity, measure_parity
 from dualhrq.export.precision import mlp_weight_matmuls, to_fp16, to_int8

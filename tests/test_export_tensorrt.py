@@ -11,10 +11,10 @@ import pytest
 import torch
 from subcommand import run_subcommand
 
+from dualhrq.contract import INPUT_NAMES
 from dualhrq.errors import ModelLoadError
 from dualhrq.export.bundle import load_bundle
 from dualhrq.export.commands import register
-from dualhrq.export.contract import INPUT_NAMES
 from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.pipeline import ExportOptions, export_bundle
 from dualhrq.export.segment import example_feeds, export_segment

@@ -1,7 +1,7 @@
 """Dependencies point one way: a module imports only from its own layer or the layers below it.
 
-Layers, bottom up: the foundation (config, errors, hashing, seeding); data, model, patterns; train, export;
-runtime, compliance, bench, api; cli. Every import counts, including those inside functions (a lazy import is
+Layers, bottom up: the foundation (config, contract, errors, hashing, seeding); data, features, inputs, model,
+patterns; train, evaluate, export; runtime, compliance, bench, api; cli. Every import counts, including those inside functions (a lazy import is
 still a dependency).
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dualhrq"
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"config", "errors", "hashing", "seeding"}),
-    frozenset({"data", "model", "patterns"}),
-    frozenset({"train", "export"}),
+    frozenset({"config", "errors", "hashing", "seeding", "contract"}),
+    frozenset({"data", "features", "inputs", "model", "patterns"}),
+    frozenset({"train", "evaluate", "export"}),
     frozenset({"runtime", "compliance", "bench", "api"}),
     frozenset({"cli", "__main__", "__init__"}),
 )
@@ -60,7 +60,7 @@ def test_a_planted_back_edge_is_caught(tmp_path):
     root = tmp_path / "dualhrq"
     for unit, source in (("data", "from dualhrq.config import load_config\n"),
                          ("model", "def f():\n    from dualhrq.runtime.host import load_host\n"),
-                         ("runtime", "import dualhrq.export.contract\n")):
+                         ("runtime", "import dualhrq.contract\n")):
         (root / unit).mkdir(parents=True)
         (root / unit / "m.py").write_text(source)
     assert back_edges(root) == ["model/m.py:2: model -> runtime"]

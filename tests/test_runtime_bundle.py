@@ -9,10 +9,10 @@ import pytest
 from runtime_fixtures import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
 
 from dualhrq.config import ServeConfig
-from dualhrq.data.features import PositionRule
 from dualhrq.data.windows import needs
 from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.bundle import load_bundle
+from dualhrq.features import PositionRule
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import Client, RequestFailed
 from dualhrq.runtime.host import load_host

@@ -10,9 +10,9 @@ import torch
 from runtime_fixtures import CountingEngine, row_inputs, zero_carry
 
 from dualhrq.config import ActConfig
+from dualhrq.contract import OUTPUT_NAMES
+from dualhrq.contract import zero_carry as graph_carry
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.contract import OUTPUT_NAMES
-from dualhrq.export.contract import zero_carry as graph_carry
 from dualhrq.export.engines import OnnxEngine, TensorRTEngine, TorchEngine
 from dualhrq.export.segment import example_feeds
 from dualhrq.model import HRM
@@ -220,7 +220,7 @@ def test_the_serving_path_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dualhrq.export.engines, dualhrq.runtime.act, dualhrq.runtime.host, dualhrq.export.contract, "
+    code = ("import sys, dualhrq.export.engines, dualhrq.runtime.act, dualhrq.runtime.host, dualhrq.contract, "
             "dualhrq.export.bundle, dualhrq.model.vocab; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -13,9 +13,9 @@ from dualhrq.api import HRMPolicy
 from dualhrq.config import load_config
 from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
+from dualhrq.evaluate.hrm_predictor import HRMPredictor, position_from_policy
 from dualhrq.model import ACTIONS
 from dualhrq.train.commands import register
-from dualhrq.train.hrm_predictor import HRMPredictor, position_from_policy
 from dualhrq.train.inputs import InputArtifacts, prepare_training
 from dualhrq.train.loop import latest_checkpoint
 
@@ -105,7 +105,7 @@ def test_position_is_the_probability_of_an_up_move_minus_a_down_move():
 def test_predictor_refits_inputs_on_the_split_and_twins_share_training(tmp_path):
     import msgspec
 
-    from dualhrq.train.validate import load_validation_data
+    from dualhrq.evaluate.validate import load_validation_data
 
     cfg = load_config(CONFIG)
     cfg = msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, steps=2, batch_size=8,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import DataError
-from dualhrq.train.baselines import (
+from dualhrq.evaluate.baselines import (
     BuyAndHold,
     LogisticDirection,
     MomentumSign,

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from dualhrq.errors import DataError
-from dualhrq.train.baselines import RidgeForecast
-from dualhrq.train.leakage import (
+from dualhrq.evaluate.baselines import RidgeForecast
+from dualhrq.evaluate.leakage import (
     FeatureProbe,
     LeakageReport,
     future_correlation,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import InferenceError
-from dualhrq.train.metrics import (
+from dualhrq.evaluate.metrics import (
     Predictions,
     compute_metrics,
     hit_rate,

@@ -11,10 +11,10 @@ import yaml
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.train.commands import add_validate_args, run_validate_command
-from dualhrq.train.leakage import FeatureProbe, truncation_check
-from dualhrq.train.metrics import Predictions
-from dualhrq.train.validate import ValidationData, baseline_factories, run_validation, validation_data
+from dualhrq.evaluate.commands import add_validate_args, run_validate_command
+from dualhrq.evaluate.leakage import FeatureProbe, truncation_check
+from dualhrq.evaluate.metrics import Predictions
+from dualhrq.evaluate.validate import ValidationData, baseline_factories, run_validation, validation_data
 
 TINY = Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml"
 VALIDATE = {

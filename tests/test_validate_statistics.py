@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import DataError
-from dualhrq.train.statistics import (
+from dualhrq.evaluate.statistics import (
     deflated_sharpe_ratio,
     expected_max_sharpe,
     probabilistic_sharpe_ratio,

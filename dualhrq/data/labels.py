@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
 from dualhrq.errors import ConfigurationError
+from dualhrq.features import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
 from dualhrq.model.vocab import ACTIONS
 
 BUY, SELL, HOLD, CLOSE_LONG, CLOSE_SHORT = (ACTIONS.index(a) for a in
@@ -46,7 +46,7 @@ class Labels:
     quantity: np.ndarray  # float64 in [0, 1)
     t_known: np.ndarray  # int64: when every label of the row is known (0 where not valid)
     valid: np.ndarray  # bool
-    state: np.ndarray  # int64 the label rule's position state (dualhrq.data.features.PositionRule)
+    state: np.ndarray  # int64 the label rule's position state (dualhrq.features.PositionRule)
 
 
 def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float, vol_threshold: float) -> Labels:

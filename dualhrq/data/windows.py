@@ -2,7 +2,7 @@
 does per request, through `SampleBuilder`'s steps); `build_dataset` makes all of them over a history at once
 (what training uses).
 
-Both read the same feature matrices (`dualhrq.data.features`) and normalise them with the same statistics;
+Both read the same feature matrices (`dualhrq.features`) and normalise them with the same statistics;
 since each feature row depends on a fixed number of bars ending at it, sample i of `build_dataset` equals
 `build_sample` on the bars known at sample i. A test holds them to that.
 
@@ -20,7 +20,11 @@ import numpy as np
 
 from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.data.features import (
+from dualhrq.data.labels import make_labels
+from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
+from dualhrq.data.splits import purge
+from dualhrq.errors import ConfigurationError, DataError
+from dualhrq.features import (
     BAR_FEATURES,
     BAR_WARMUP,
     FINE_FEATURES,
@@ -35,10 +39,6 @@ from dualhrq.data.features import (
     regime_features,
     state_of,
 )
-from dualhrq.data.labels import make_labels
-from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
-from dualhrq.data.splits import purge
-from dualhrq.errors import ConfigurationError, DataError
 
 DEFAULT_PATTERN_WINDOW = PatternsConfig().window
 

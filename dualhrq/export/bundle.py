@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from dualhrq.config import Config, config_from_dict
+from dualhrq.contract import zero_carry
 from dualhrq.errors import ConfigurationError, ModelLoadError
-from dualhrq.export.contract import zero_carry
 from dualhrq.hashing import sha256_file
 
 log = logging.getLogger(__name__)

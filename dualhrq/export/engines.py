@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dualhrq.contract import OUTPUT_NAMES, as_feeds, ort_session
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
-from dualhrq.export.contract import OUTPUT_NAMES, as_feeds, ort_session
 
 if TYPE_CHECKING:
     from dualhrq.model import HRM
@@ -40,7 +40,7 @@ class Engine(ABC):
 
 
 class OnnxEngine(Engine):
-    """ONNX Runtime with the serving settings (dualhrq.export.contract.ort_session) and I/O binding into
+    """ONNX Runtime with the serving settings (dualhrq.contract.ort_session) and I/O binding into
     preallocated outputs (no allocation per call after the first call at a batch size, which the warm-up
     makes)."""
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from dualhrq.config import Config
+from dualhrq.contract import as_feeds, zero_carry
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.export.contract import as_feeds, zero_carry
 from dualhrq.train.checkpoint import read_checkpoint_meta
 from dualhrq.train.inputs import InputArtifacts, fit_artifacts, window_inputs
 

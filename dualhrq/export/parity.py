@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from dualhrq.contract import OUTPUT_NAMES, next_carry, run_session
 from dualhrq.errors import InferenceError
-from dualhrq.export.contract import OUTPUT_NAMES, next_carry, run_session
 from dualhrq.export.segment import run_torch
 from dualhrq.model import HRM
 

@@ -24,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 from dualhrq.config import config_to_dict
+from dualhrq.contract import ort_session, run_session
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import (
     GRAPH_FILES,
@@ -34,7 +35,6 @@ from dualhrq.export.bundle import (
     load_bundle,
     write_manifest,
 )
-from dualhrq.export.contract import ort_session, run_session
 from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
 from dualhrq.export.precision import FP16_CPU_NOTE, to_fp16, to_int8

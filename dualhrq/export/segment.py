@@ -1,6 +1,6 @@
 """One HRM segment as a flat-signature module, and its export to a static, unrolled ONNX graph.
 
-The graph is the serving contract (dualhrq.export.contract): the runtime feeds INPUT_NAMES and reads
+The graph is the serving contract (dualhrq.contract): the runtime feeds INPUT_NAMES and reads
 OUTPUT_NAMES, nothing else. The N cycles x T steps of `HRM.forward` are Python loops, so tracing unrolls
 them: the graph has no control flow, and N and T are fixed for its lifetime (they are written into the
 graph's metadata and the bundle manifest; changing them means exporting again).
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from dualhrq.config import ModelConfig
+from dualhrq.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, zero_carry
 from dualhrq.errors import ModelLoadError
-from dualhrq.export.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, zero_carry
 from dualhrq.model import ACTIONS, HRM, Carry, ModelInputs
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ UNKNOWN_ID = 0
 ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
 
 # The position each action leaves, by the position state before it (rows FLAT, LONG, SHORT of
-# dualhrq.data.features; columns ACTIONS): BUY means "be long", SELL "be short", HOLD keeps what is held, a
+# dualhrq.features; columns ACTIONS): BUY means "be long", SELL "be short", HOLD keeps what is held, a
 # CLOSE flattens its own side and is a no-op otherwise. The value target and the served decision rule both
 # price actions with it.
 EXPOSURE_AFTER: tuple[tuple[float, ...], ...] = (

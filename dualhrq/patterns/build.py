@@ -17,10 +17,10 @@ import numpy as np
 
 from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import log_returns, pattern_features, regime_features
 from dualhrq.data.resample import default_coarse_rule, resample
 from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
+from dualhrq.features import log_returns, pattern_features, regime_features
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 from dualhrq.patterns.regimes import RegimeModel, fit_regimes

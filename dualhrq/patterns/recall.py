@@ -18,9 +18,9 @@ import msgspec
 import numpy as np
 
 from dualhrq.config import PatternsConfig
-from dualhrq.data.features import pattern_features
 from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
+from dualhrq.features import pattern_features
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import EXACT_MAX, PatternLibrary, exact_knn
 

@@ -64,7 +64,7 @@ def fit_regimes(regime_features: np.ndarray, n_regimes: int, seed: int, vol: np.
     """Fit R regimes on training-window regime features [n, F]; deterministic for a given seed.
 
     ``vol`` (realised volatility per row) only orders the regimes; by default the first regime feature, which
-    ``dualhrq.data.features.regime_features`` puts there.
+    ``dualhrq.features.regime_features`` puts there.
     """
     x = finite_matrix(regime_features, "regime_features")
     if not 2 <= n_regimes <= 32:

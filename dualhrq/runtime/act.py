@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dualhrq.config import ActConfig
-from dualhrq.export.contract import HEADS, next_carry
+from dualhrq.contract import HEADS, next_carry
 from dualhrq.model.halting import halts, inference_bounds
 
 if TYPE_CHECKING:

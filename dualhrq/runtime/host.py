@@ -65,7 +65,7 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     key: np.ndarray  # [1, F] float32
     as_of: int
-    state: int  # the label rule's position state (dualhrq.data.features.FLAT, LONG, SHORT)
+    state: int  # the label rule's position state (dualhrq.features.FLAT, LONG, SHORT)
 
 
 @dataclass(frozen=True)
@@ -258,10 +258,10 @@ def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
 def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, hooks: HostHooks | None = None,
               overlay_source: str = "serve config") -> ModelHost:
     """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
-    from dualhrq.data.features import FeatureStats, PositionRule
     from dualhrq.data.windows import SampleBuilder
     from dualhrq.export.bundle import load_bundle
     from dualhrq.export.engines import make_engine
+    from dualhrq.features import FeatureStats, PositionRule
     from dualhrq.model.vocab import InstrumentVocab, timeframe_id
     from dualhrq.patterns.artifacts import load_artifacts
     from dualhrq.patterns.retriever import Retriever

@@ -1,18 +1,11 @@
-"""`dualhrq train` and `dualhrq validate`: the command-line face of dualhrq.train."""
+"""`dualhrq train`: the command-line face of dualhrq.train."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dualhrq.config import load_config
-from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
-
-if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
-    from dualhrq.train.validate import DataLoader, HRMFactories
 
 
 def _positive(text: str) -> int:
@@ -55,12 +48,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from dualhrq.train.hrm_predictor import hrm_factories
-
-    return run_validate_command(args, hrm=hrm_factories)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train the HRM on real bars (deep supervision, ACT), with checkpoints and --resume",
@@ -78,74 +65,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop after this step (a checkpoint is written); --resume continues later")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
-
-
-    v = subparsers.add_parser(
-        "validate", help="walk-forward / CPCV validation of the HRM against baselines, with leakage checks",
-        description="Fit and test the HRM and simple baselines on identical purged splits, check for leakage, "
-                    "and write a report with SPA, Reality Check and Deflated Sharpe Ratio. "
-                    "--compare-fail-open adds the HRM with its pattern context masked (regime-only).")
-    add_validate_args(v)
-    v.set_defaults(func=_cmd_validate)
-
-
-def add_validate_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `dualhrq validate`."""
-    parser.add_argument("--config", required=True, help="YAML config; its validate section sets the splits")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's validate.out_dir)")
-    parser.add_argument(
-        "--compare-fail-open",
-        action="store_true",
-        help="also validate the HRM with its pattern context masked (regime-only) and compare on the same splits",
-    )
-    parser.add_argument(
-        "--candidate",
-        default="hrm",
-        help="the predictor tested against all the others by SPA and the Reality Check (default: hrm)",
-    )
-    parser.add_argument("--fresh", action="store_true", help="ignore splits an earlier run saved; start over")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_validate_command(
-    args: argparse.Namespace, *, load_data: DataLoader | None = None, hrm: HRMFactories | None = None
-) -> int:
-    """`dualhrq validate`: exit 0 on a clean run, 1 when leakage is found (a check failed), 2 on a configuration
-    or data error (the CLI's exit-code table).
-
-    The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
-    says so. ``load_data`` defaults to the config's dataset.
-    """
-    from dualhrq.train.validate import baseline_factories, load_validation_data, run_validation
-
-    load_data = load_data or load_validation_data
-    try:
-        cfg = load_config(args.config)
-        data = load_data(cfg)
-        factories = baseline_factories(cfg.validate)
-        comparisons: list[tuple[str, str]] = []
-        if hrm is None:
-            print("no HRM predictor is wired in: validating the baselines only")
-            if args.compare_fail_open:
-                print("--compare-fail-open compares two HRM variants: skipped")
-        else:
-            factories = hrm(cfg, data, args.compare_fail_open) + factories
-            if args.compare_fail_open:
-                comparisons.append(("hrm", "hrm_regime_only"))
-        out = Path(args.out or cfg.validate.out_dir)
-        result = run_validation(
-            cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
-            progress=not args.no_progress,
-        )
-    except HRMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    for p, m in result.overall.items():
-        print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
-    print(result.verdict())
-    print(f"report: {out / 'report.md'}")
-    if result.leak_found:
-        for f in result.leakage.findings:
-            print(f"LEAK {f.check}: {f.subject}: {f.detail}")
-        return EXIT_CHECK_FAILED
-    return 0

@@ -22,12 +22,12 @@ import torch
 
 from dualhrq.config import Config, ModelConfig
 from dualhrq.data.bars import Bars
-from dualhrq.data.features import FeatureStats, regime_features
 from dualhrq.data.resample import resample
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import validation_slice
 from dualhrq.data.windows import WindowDataset, build_dataset
 from dualhrq.errors import ModelLoadError
+from dualhrq.features import FeatureStats, regime_features
 from dualhrq.model import ModelInputs
 from dualhrq.model.decision import DecisionRule
 from dualhrq.model.vocab import InstrumentVocab, timeframe_id

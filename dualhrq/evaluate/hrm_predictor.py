@@ -1,4 +1,4 @@
-"""The HRM as a validation Predictor (dualhrq.train.validate): walk-forward with the model, with and without
+"""The HRM as a validation Predictor (dualhrq.evaluate.validate): walk-forward with the model, with and without
 its pattern context.
 
 Each split refits everything the inputs depend on from that split's training window alone: feature
@@ -36,6 +36,8 @@ from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import validation_slice
 from dualhrq.data.windows import WindowDataset
 from dualhrq.errors import DataError, InferenceError
+from dualhrq.evaluate.metrics import Predictions
+from dualhrq.evaluate.validate import PredictorFactory, ValidationData
 from dualhrq.model import HRM
 from dualhrq.model.vocab import position_from_probs
 from dualhrq.train.act import act_inference
@@ -52,8 +54,6 @@ from dualhrq.train.loop import (
     resume_trainer,
     run,
 )
-from dualhrq.train.metrics import Predictions
-from dualhrq.train.validate import PredictorFactory, ValidationData
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class HRMPredictor:
                  patterns: bool = True) -> None:
         if not isinstance(data.inputs, WindowDataset):
             raise DataError("validation data: the HRM predictor needs the window dataset as `inputs` "
-                            "(dualhrq.train.validate.validation_data provides it)")
+                            "(dualhrq.evaluate.validate.validation_data provides it)")
         self.cfg, self.data, self.model_dir, self.name, self.patterns = cfg, data, model_dir, name, patterns
         self.windows: WindowDataset = data.inputs
         self.ctx = DistContext(0, 1, resolve_device(cfg.train.device))

@@ -27,14 +27,13 @@ from tqdm import tqdm
 
 from dualhrq.config import Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.data.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.data.windows import build_dataset
 from dualhrq.errors import DataError, InferenceError
-from dualhrq.train import leakage
-from dualhrq.train.baselines import (
+from dualhrq.evaluate import leakage
+from dualhrq.evaluate.baselines import (
     BuyAndHold,
     LogisticDirection,
     MomentumSign,
@@ -43,9 +42,10 @@ from dualhrq.train.baselines import (
     RidgeForecast,
     StateOnly,
 )
-from dualhrq.train.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
-from dualhrq.train.report import Comparison, SplitInfo, ValidationResult, write_report
-from dualhrq.train.statistics import SPAResult, deflated_sharpe_ratio, spa_test
+from dualhrq.evaluate.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
+from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
+from dualhrq.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _states_and_actions(data: ValidationData) -> tuple[np.ndarray, np.ndarray]:
     """The inputs of the label baselines; validation data without them cannot run those baselines."""
     if data.states is None or "action" not in data.labels:
         raise DataError(f"{data.name}: the state-only and multinomial baselines need `states` and `labels.action` "
-                        "(dualhrq.train.validate.validation_data provides both)")
+                        "(dualhrq.evaluate.validate.validation_data provides both)")
     return data.states, np.asarray(data.labels["action"])
 
 

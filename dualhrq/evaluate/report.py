@@ -17,9 +17,9 @@ matplotlib.use("Agg")  # headless: reports are written on servers without a disp
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dualhrq.train.leakage import LeakageReport  # noqa: E402
-from dualhrq.train.metrics import Metrics  # noqa: E402
-from dualhrq.train.statistics import DSRResult, SPAResult  # noqa: E402
+from dualhrq.evaluate.leakage import LeakageReport  # noqa: E402
+from dualhrq.evaluate.metrics import Metrics  # noqa: E402
+from dualhrq.evaluate.statistics import DSRResult, SPAResult  # noqa: E402
 
 SIGNIFICANCE = 0.05  # SPA consistent p-value below which an edge counts as real
 _METRIC_COLUMNS = ("hit_rate", "ic", "ic_low", "ic_high", "sharpe", "annual_return", "max_drawdown", "turnover")

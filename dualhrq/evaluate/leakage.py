@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from dualhrq.errors import DataError
-from dualhrq.train.metrics import information_coefficient
+from dualhrq.evaluate.metrics import information_coefficient
 
 # |ρ| of pure noise over m samples has standard deviation ≈ 1/√m; a flag must clear this many of them too,
 # so that short samples do not raise false alarms.

@@ -15,10 +15,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dualhrq.errors import DataError
+from dualhrq.evaluate.metrics import Predictions
 from dualhrq.model.vocab import ACTIONS, position_from_probs
-from dualhrq.train.metrics import Predictions
 
-N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.data.features.PositionRule)
+N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.features.PositionRule)
 
 
 class BuyAndHold:
