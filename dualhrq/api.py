@@ -6,10 +6,10 @@
 
 ``bars`` holds the recent fine OHLCV bars, oldest first: a pandas DataFrame (a DatetimeIndex or a
 ``timestamp`` column, plus open/high/low/close/volume in any letter case, e.g. backtesting.py's
-``self.data.df`` inside ``Strategy.next``) or ``dualhrq.data.bars.Bars``. The inputs are built by the same
-code as in training and serving (dualhrq.data.windows.build_sample with the checkpoint's feature statistics,
-the pattern library as of the last bar), and the ACT loop runs segments until q_halt > q_continue after
-``act.min_segments``, or ``act.max_segments``.
+``self.data.df`` inside ``Strategy.next``) or ``dualhrq.data.bars.Bars``. The inputs are built by the
+checkpoint's InputPipeline, as in training and serving (its feature statistics, the pattern library as of the
+last bar), and the ACT loop runs segments until q_halt > q_continue after ``act.min_segments``, or
+``act.max_segments``.
 """
 
 from __future__ import annotations
@@ -26,29 +26,21 @@ from dualhrq.config import Config
 from dualhrq.data.bars import Bars
 from dualhrq.data.loader import bars_from_frame
 from dualhrq.data.resample import resample
-from dualhrq.data.windows import build_sample
 from dualhrq.errors import DataError
-from dualhrq.features import PositionRule
-from dualhrq.model import ACTIONS, HRM, ModelInputs
-from dualhrq.model.vocab import timeframe_id
+from dualhrq.inputs import InputPipeline
+from dualhrq.model import HRM, ModelInputs
+from dualhrq.model.decision import Decision
 from dualhrq.train.act import act_inference
 from dualhrq.train.batches import inputs_to
 from dualhrq.train.checkpoint import load_checkpoint
-from dualhrq.train.inputs import InputArtifacts
 from dualhrq.train.loop import best_checkpoint
 
 
 @dataclass(frozen=True)
-class Decision:
-    """Everything one call decided; ``act`` returns its first two fields."""
+class PolicyDecision(Decision):
+    """Everything one call decided: the Decision the server would report, and how the ACT loop got there;
+    ``act`` returns its action and quantity."""
 
-    action: str  # one of ACTIONS
-    quantity: float  # in [model.quantity_min, model.quantity_max]
-    probs: tuple[float, ...]  # policy probabilities in ACTIONS order
-    forecast_coarse: float  # next coarse-period log return (outA)
-    forecast_fine: float  # next fine-bar log return (outB)
-    value: float  # expected realised return of the action, in units of the fine return's training std
-    regime: int
     segments: int
     halted: Literal["q", "max"]
     patterns_used: int  # neighbours found in the library as of the last bar (0: regime-only)
@@ -56,12 +48,12 @@ class Decision:
 
 
 class HRMPolicy:
-    """A checkpoint's model with the artifacts that turn bars into its inputs."""
+    """A checkpoint's model with the input pipeline that turns bars into its inputs."""
 
-    def __init__(self, model: HRM, config: Config, artifacts: InputArtifacts) -> None:
+    def __init__(self, model: HRM, config: Config, inputs: InputPipeline) -> None:
         self.model = model.eval()
         self.config = config
-        self.artifacts = artifacts
+        self.inputs = inputs
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -70,7 +62,7 @@ class HRMPolicy:
         cross-entropy, else the newest)."""
         d = best_checkpoint(directory) or Path(directory)
         model, meta = load_checkpoint(d, device)
-        return cls(model, meta.config, InputArtifacts.from_checkpoint(d))
+        return cls(model, meta.config, InputPipeline.load(d, meta.config))
 
     def act(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str) -> tuple[str, float]:
         """(action, quantity) for the bar after the window's last one."""
@@ -79,40 +71,32 @@ class HRMPolicy:
 
     @torch.no_grad()
     def decide(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
-               timestamps: Literal["open", "close"] = "open") -> Decision:
+               timestamps: Literal["open", "close"] = "open") -> PolicyDecision:
         """The full decision. DataFrame timestamps mark bar opens by default (data vendors' and backtesting.py's
         convention); pass ``timestamps="close"`` for close-stamped frames. Bars are close-stamped already."""
         inputs, as_of, state = self.inputs_for(observation_window, instrument, timeframe, timestamps)
         res = act_inference(self.model, inputs_to(inputs, self.device), self.config.act)
-        out, scale, rule = res.outputs, self.artifacts.target_scale, self.artifacts.decision_rule
-        probs = torch.softmax(out.policy_logits[0], dim=-1)
-        logits = out.policy_logits.double().cpu().numpy()
-        action = int(probs.argmax()) if rule is None else int(rule.choose(logits, np.array([state]))[0])
-        return Decision(
-            action=ACTIONS[action], quantity=float(out.quantity[0]),
-            probs=tuple(float(p) for p in probs),
-            forecast_coarse=float(out.forecast_coarse[0]) * scale["out_a"],
-            forecast_fine=float(out.forecast_fine[0]) * scale["out_b"],
-            value=float(out.value[0]), regime=int(out.regime_logits[0].argmax()), segments=int(res.segments[0]),
-            halted="q" if bool(res.halted_by_q[0]) else "max", patterns_used=int(inputs.pattern_mask.sum()),
-            as_of=as_of)
+        out = res.outputs
+        heads = {"policy_logits": out.policy_logits[0], "quantity": out.quantity[0], "value": out.value[0],
+                 "forecast_coarse": out.forecast_coarse[0], "forecast_fine": out.forecast_fine[0],
+                 "regime_probs": torch.softmax(out.regime_logits[0], dim=-1)}
+        decision = self.inputs.decide({k: v.double().cpu().numpy() for k, v in heads.items()}, state)
+        return PolicyDecision(**vars(decision), segments=int(res.segments[0]),
+                              halted="q" if bool(res.halted_by_q[0]) else "max",
+                              patterns_used=int(inputs.pattern_mask.sum()), as_of=as_of)
 
     def inputs_for(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
                    timestamps: Literal["open", "close"] = "open") -> tuple[ModelInputs, int, int]:
         """(the model's inputs for the window's last bar [batch of 1], that bar's close time in ns, the label
         rule's position state there)."""
         fine = self._fine_bars(observation_window, timeframe, timestamps)
-        m, a = self.config.model, self.artifacts
-        position = PositionRule.from_config(self.config.data)
-        sample = build_sample(resample(fine, a.coarse_rule), fine, a.stats, m, position, a.pattern_window)
-        context, mask = a.pattern_context(sample.pattern_features[None], np.array([sample.as_of]), m)
-        inputs = ModelInputs(
-            h_tokens=torch.from_numpy(sample.h_tokens)[None], l_tokens=torch.from_numpy(sample.l_tokens)[None],
-            instrument_id=torch.tensor([a.instruments.id(instrument)]),
-            timeframe_id=torch.tensor([timeframe_id(timeframe)]),
-            regime_features=torch.from_numpy(sample.regime_features)[None],
-            pattern_context=torch.from_numpy(context), pattern_mask=torch.from_numpy(mask))
-        return inputs, sample.as_of, sample.state
+        p = self.inputs
+        bars = p.window(resample(fine, p.artifacts.coarse_rule), fine)
+        key = p.key(bars)
+        sample = p.sample(bars, key)
+        context, mask = p.context(key, np.array([sample.as_of]))
+        feeds = {**p.graph_inputs(sample, instrument, timeframe), "pattern_context": context, "pattern_mask": mask}
+        return ModelInputs(**{k: torch.from_numpy(v) for k, v in feeds.items()}), sample.as_of, sample.state
 
     @staticmethod
     def _fine_bars(window: pd.DataFrame | Bars, timeframe: str, timestamps: Literal["open", "close"]) -> Bars:

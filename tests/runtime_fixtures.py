@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dualhrq.export.engines import Engine
+from dualhrq.model.vocab import ACTIONS
 
 
 class CountingEngine(Engine):
@@ -65,27 +66,49 @@ def free_port() -> int:
 # ---------------------------------------------------------------- a host and a server for the server tests
 
 
-class FakeFeatures:
-    """Features stand-in (the steps of dualhrq.data.windows.SampleBuilder): shapes the CountingEngine
-    accepts; every row halts after 1 segment; the retrieval key is the last five log closes, as_of the last
-    fine bar."""
+class FakeInputs:
+    """InputPipeline stand-in (its per-request steps): shapes the CountingEngine accepts; every row halts
+    after 1 segment; the retrieval key is the last five log closes, as_of the last fine bar; the decision is
+    the policy's argmax."""
 
-    def bars(self, coarse, fine, *, validated=False):
+    pattern_shape = (2, 8)
+
+    def __init__(self, needs):
+        self.needs = needs
+
+    def window(self, coarse, fine, *, validated=False):
         from types import SimpleNamespace
 
         return SimpleNamespace(coarse=coarse, fine=fine, as_of=int(fine.t[-1]))
 
-    def pattern_features(self, bars):
-        return np.log(bars.fine.c[-5:])
+    def key(self, bars):
+        return np.log(bars.fine.c[-5:])[None]
 
-    def sample(self, bars, pattern=None):
+    def sample(self, bars, key=None):
         from types import SimpleNamespace
 
         regime = np.zeros(20, np.float32)
         regime[0] = 1.0
         return SimpleNamespace(h_tokens=np.zeros((4, 3), np.float32), l_tokens=np.zeros((6, 3), np.float32),
-                               regime_features=regime, pattern_features=self.pattern_features(bars)
-                               if pattern is None else pattern, as_of=bars.as_of, state=0)
+                               regime_features=regime, as_of=bars.as_of, state=0)
+
+    def graph_inputs(self, sample, instrument, timeframe):
+        return {"h_tokens": sample.h_tokens[None], "l_tokens": sample.l_tokens[None],
+                "instrument_id": np.array([len(instrument)], np.int64), "timeframe_id": np.array([1], np.int64),
+                "regime_features": sample.regime_features[None]}
+
+    def regime_only(self, n=1):
+        return np.zeros((n, 2, 8), np.float32), np.zeros((n, 2), np.float32)
+
+    def decide(self, heads, state):
+        from dualhrq.model.decision import Decision, softmax
+
+        probs = softmax(heads["policy_logits"])
+        regime = np.asarray(heads["regime_probs"], np.float64)
+        best = int(probs.argmax())
+        return Decision(ACTIONS[best], float(heads["quantity"]), probs.tolist(), float(probs[best]),
+                        float(heads["forecast_coarse"]), float(heads["forecast_fine"]), float(heads["value"]),
+                        int(regime.argmax()), regime.tolist())
 
 
 def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None, name="fake-1", needs=(5, 10),
@@ -102,8 +125,7 @@ def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None,
     engine = engine or CountingEngine()
     kw = {"max_batch": 8, "max_wait_us": 200, "queue_max": 64, **batcher_kw}
     batcher = Batcher(engine, cfg.act, zero_carry, upstream=hooks.upstream, on_batch=hooks.on_batch, **kw)
-    host = ModelHost(name=name, config=cfg, needs=needs, features=FakeFeatures(), instrument_id=len,
-                     timeframe_id=lambda tf: 1, batcher=batcher, retriever=retriever)
+    host = ModelHost(name=name, config=cfg, inputs=FakeInputs(needs), batcher=batcher, retriever=retriever)
     host.warm(*_warm_bars(needs), rounds=1)
     return host
 
@@ -257,25 +279,24 @@ def build_tiny_bundle(root):
     from dualhrq.data.sources import load_dataset
     from dualhrq.data.windows import build_dataset
     from dualhrq.export.pipeline import ExportOptions, export_bundle
+    from dualhrq.inputs import InputPipeline
     from dualhrq.model import HRM
     from dualhrq.model.decision import DecisionRule, class_returns
     from dualhrq.train.checkpoint import save_checkpoint
-    from dualhrq.train.inputs import fit_artifacts
 
     root = Path(root)
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "hrm_tiny.yaml")
     windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, None, cfg.patterns.window)
-    artifacts = fit_artifacts(cfg, windows)
+    inputs = InputPipeline.fit(cfg, windows)
     # A decision rule that trades at any edge, so the served path and the API both go through it (an
     # untrained policy is near uniform: from long the down-labels' returns make CLOSE_LONG pay).
     train = windows.train
-    scale = artifacts.target_scale["out_b"]
+    scale = inputs.artifacts.target_scale.out_b
     rule = DecisionRule(1.0, class_returns(windows.action[train], windows.state[train], windows.out_b[train] / scale),
                         cfg.data.cost_bps * 1e-4 / scale, 0.0, "test fixture", 0.0, 0.0)
     torch.manual_seed(0)
-    save_checkpoint(root / "ckpt", HRM(cfg.model), cfg,
-                    extra={**artifacts.to_extra(), "decision_rule": rule.to_builtins()})
-    artifacts.save_files(root / "ckpt")
+    save_checkpoint(root / "ckpt", HRM(cfg.model), cfg)
+    inputs.with_rule(rule).save(root / "ckpt")
     return export_bundle(root / "ckpt", root / "bundle", ExportOptions(parity_samples=8, threads=1)).bundle
 
 

@@ -12,14 +12,14 @@ from dualhrq.train.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, s
 def saved(tmp_path, tiny_config):
     torch.manual_seed(0)
     m = HRM(tiny_config.model).eval()
-    save_checkpoint(tmp_path / "ck", m, tiny_config, step=12, metrics={"loss": 1.5}, extra={"stats": [1, 2]})
+    save_checkpoint(tmp_path / "ck", m, tiny_config, step=12, metrics={"loss": 1.5}, val_cross_entropy=0.75)
     return m, tmp_path / "ck"
 
 
 def test_round_trip_is_bit_exact(saved, tiny_config):
     m, d = saved
     loaded, meta = load_checkpoint(d)
-    assert meta.step == 12 and meta.metrics == {"loss": 1.5} and meta.extra == {"stats": [1, 2]}
+    assert meta.step == 12 and meta.metrics == {"loss": 1.5} and meta.val_cross_entropy == 0.75
     x = ModelInputs.random(tiny_config.model, 2)
     a, b = m(x, m.initial_carry(2))[1], loaded(x, loaded.initial_carry(2))[1]
     for name in ("policy_logits", "quantity", "value", "q_logits", "forecast_coarse", "forecast_fine"):
@@ -63,5 +63,25 @@ def test_config_weight_mismatch_is_refused(saved):
 def test_garbage_metadata_is_refused(saved):
     _, d = saved
     (d / META_FILE).write_text("{not json")
-    with pytest.raises(ModelLoadError, match="corrupted JSON"):
+    with pytest.raises(ModelLoadError, match="checkpoint.json: not a CheckpointMeta JSON file"):
+        load_checkpoint(d)
+
+
+def test_metadata_of_another_format_is_refused_with_its_format_number(saved):
+    _, d = saved
+    meta = json.loads((d / META_FILE).read_text())
+    (d / META_FILE).write_text(json.dumps({**meta, "format_version": 1, "extra": {}}))
+    with pytest.raises(ModelLoadError, match="format 1, this version of dualhrq reads format 2; .* retrain"):
+        load_checkpoint(d)
+
+
+def test_a_metadata_field_of_the_wrong_type_is_named(saved):
+    _, d = saved
+    meta = json.loads((d / META_FILE).read_text())
+    (d / META_FILE).write_text(json.dumps({**meta, "step": "twelve"}))
+    with pytest.raises(ModelLoadError, match=r"\$\.step"):
+        load_checkpoint(d)
+    meta["config"]["model"]["h_module"]["hidden_dim"] = -1
+    (d / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"\$\.config\.model\.h_module\.hidden_dim"):
         load_checkpoint(d)

@@ -20,15 +20,26 @@ from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.parity import ParityError
 from dualhrq.export.pipeline import ExportOptions, export_bundle
 from dualhrq.export.segment import example_feeds
+from dualhrq.features import BAR_FEATURES, FINE_FEATURES, REGIME_FEATURES, ColumnStats, FeatureStats
 from dualhrq.hashing import sha256_file
+from dualhrq.inputs import Artifacts
+from dualhrq.inputs.artifacts import TargetScale
 from dualhrq.model import HRM
-from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
+from dualhrq.patterns.artifacts import save_artifacts
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 from dualhrq.patterns.regimes import fit_regimes
 from dualhrq.train.checkpoint import WEIGHTS_FILE, save_checkpoint
 
-FEATURE_STATS = {"coarse": {"mean": [0.0], "std": [1.0]}}  # opaque to the bundle: carried as given
+
+def _artifacts(cfg: Config) -> Artifacts:
+    def column(names):
+        return ColumnStats(tuple(names), np.zeros(len(names)), np.ones(len(names)))
+
+    stats = FeatureStats(column(BAR_FEATURES), column(FINE_FEATURES), column(REGIME_FEATURES))
+    return Artifacts.of(stats, ["EURUSD"], TargetScale(0.01, 0.002), "1D", cfg.patterns.window)
+
+
 OPTIONS = ExportOptions(fp16=True, int8=True, force=True, carry_segments=2)
 
 
@@ -47,9 +58,8 @@ def _save_patterns(directory, cfg: Config) -> None:
 def checkpoint(tiny_config, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("bundle") / "ckpt"
     torch.manual_seed(0)
-    save_checkpoint(ckpt, HRM(tiny_config.model), tiny_config, step=7,
-                    extra={"feature_stats": FEATURE_STATS, "instruments": ["EURUSD"], "pattern_library": "patterns",
-                           "target_scale": {"out_a": 0.01, "out_b": 0.002}})
+    save_checkpoint(ckpt, HRM(tiny_config.model), tiny_config, step=7)
+    _artifacts(tiny_config).save(ckpt)
     _save_patterns(ckpt / "patterns", tiny_config)
     return ckpt
 
@@ -87,13 +97,12 @@ def test_manifest_records_what_the_bundle_holds(bundle, checkpoint, tiny_config)
     assert m["created_at"].endswith("+00:00")
     assert m["source_checkpoint"]["weights_sha256"] == sha256_file(checkpoint / WEIGHTS_FILE)
     assert m["source_checkpoint"]["step"] == 7 and m["model_version"].startswith("hrm-step7-")
-    assert m["feature_stats"] == FEATURE_STATS and m["instrument_vocab"] == ["EURUSD"]
-    assert m["extra"]["target_scale"] == {"out_a": 0.01, "out_b": 0.002}
+    assert m["inputs"] is True and m["format_version"] == 2
     assert m["config"]["model"]["h_module"]["hidden_dim"] == tiny_config.model.h_module.hidden_dim
     on_disk = sorted(p.relative_to(bundle.bundle).as_posix() for p in bundle.bundle.rglob("*")
                      if p.is_file() and p.name != "manifest.json")
     assert sorted(m["files"]) == on_disk
-    assert {"segment_fp32.onnx", "segment_fp16.onnx", "segment_int8.onnx", "weights.safetensors",
+    assert {"segment_fp32.onnx", "segment_fp16.onnx", "segment_int8.onnx", "weights.safetensors", "inputs.json",
             "patterns/encoder.json", "patterns/library/index.bin"} <= set(on_disk)
     for name, entry in m["files"].items():
         assert entry["sha256"] == sha256_file(bundle.bundle / name)
@@ -103,15 +112,15 @@ def test_loaded_bundle_gives_graphs_carry_weights_and_patterns(bundle, tiny_conf
     b = load_bundle(bundle.bundle)
     assert b.precisions == ("fp32", "fp16", "int8")
     assert b.graph_path("int8").is_file() and b.config.model == tiny_config.model
-    assert (b.n_cycles, b.t_steps) == (tiny_config.model.n_cycles, tiny_config.model.t_steps)
+    assert (b.manifest.n_cycles, b.manifest.t_steps) == (tiny_config.model.n_cycles, tiny_config.model.t_steps)
     z_h, z_l = b.initial_carry(3)
     m = tiny_config.model
     assert z_h.shape == (3, m.coarse_len, m.h_module.hidden_dim) and z_l.shape == (3, m.fine_len, m.l_module.hidden_dim)
     assert z_h.dtype == np.float32 and not z_h.any()
     HRM(b.config.model).load_state_dict(b.state_dict())  # strict: every weight is there
-    assert b.feature_stats == FEATURE_STATS and b.instrument_vocab == ["EURUSD"]
-    library, _, _ = load_artifacts(b.patterns_dir, b.config.patterns)
-    assert len(library) == 120
+    inputs = b.inputs()
+    assert inputs.artifacts == _artifacts(tiny_config) and inputs.instruments.names() == ["EURUSD"]
+    assert len(inputs.library) == 120
     with pytest.raises(ConfigurationError, match="precision"):
         b.graph_path("int4")
 
@@ -157,8 +166,8 @@ def test_bundle_verify_command_reports_and_sets_the_exit_status(copy, capsys):
 def test_a_variant_missing_its_bound_is_dropped_unless_forced(checkpoint, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr(parity_module, "MIN_FORECAST_CORR", 1.01)  # no reduced precision can pass this
     dropped = export_bundle(checkpoint, tmp_path / "b", ExportOptions(fp16=True), feeds=_feeds(tiny_config))
-    entry = dropped.manifest["precisions"]["fp16"]
-    assert entry["file"] is None and not entry["passed"] and not entry["forced"]
+    entry = dropped.manifest.precisions["fp16"]
+    assert entry.file is None and not entry.passed and not entry.forced
     assert not (dropped.bundle / "segment_fp16.onnx").exists()
     assert any("fp16 missed its parity bound" in w for w in dropped.warnings)
     b = load_bundle(dropped.bundle)
@@ -167,9 +176,9 @@ def test_a_variant_missing_its_bound_is_dropped_unless_forced(checkpoint, tiny_c
         b.graph_path("fp16")
 
     kept = export_bundle(checkpoint, tmp_path / "b", ExportOptions(fp16=True, force=True), feeds=_feeds(tiny_config))
-    entry = kept.manifest["precisions"]["fp16"]
-    assert entry["file"] == "segment_fp16.onnx" and not entry["passed"] and entry["forced"]
-    assert entry["parity"]["failures"] and load_bundle(kept.bundle).precisions == ("fp32", "fp16")
+    entry = kept.manifest.precisions["fp16"]
+    assert entry.file == "segment_fp16.onnx" and not entry.passed and entry.forced
+    assert entry.parity["failures"] and load_bundle(kept.bundle).precisions == ("fp32", "fp16")
 
 
 def test_fp32_miss_aborts_and_leaves_no_bundle(checkpoint, tiny_config, tmp_path, monkeypatch):
@@ -191,3 +200,32 @@ def test_corrupted_pattern_library_is_refused_before_packing(checkpoint, tiny_co
     (patterns / "library" / "index.bin").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="index.bin"):
         export_bundle(checkpoint, tmp_path / "b", ExportOptions(patterns=patterns), feeds=_feeds(tiny_config))
+
+
+def test_a_bundle_of_another_format_is_refused_with_its_format_number(copy):
+    manifest = copy / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "format_version": 1, "extra": {}}))
+    with pytest.raises(ModelLoadError, match="format 1, this version of dualhrq reads format 2; re-export"):
+        load_bundle(copy, verify=False)
+
+
+def test_a_manifest_field_of_the_wrong_type_is_named(copy):
+    manifest = copy / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["precisions"]["fp32"]["passed"] = "yes"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError, match=r"Expected `bool`, got `str` - at `\$\.precisions\[...\]\.passed`"):
+        load_bundle(copy, verify=False)
+    m["precisions"]["fp32"]["passed"] = True
+    manifest.write_text(json.dumps({**m, "surprise": 1}))
+    with pytest.raises(ModelLoadError, match="surprise"):
+        load_bundle(copy, verify=False)
+
+
+def test_input_artifacts_with_a_bad_field_are_refused_by_name(copy):
+    inputs = copy / "inputs.json"
+    a = json.loads(inputs.read_text())
+    inputs.write_text(json.dumps({**a, "target_scale": {"out_a": "wide", "out_b": 1.0}}))
+    with pytest.raises(ModelLoadError, match=r"inputs.json: .*\$\.target_scale\.out_a"):
+        load_bundle(copy, verify=False).inputs()

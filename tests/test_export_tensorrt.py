@@ -40,8 +40,8 @@ def test_engine_builds_and_holds_its_parity_bound_on_a_gpu(checkpoint, tiny_conf
     feeds = ParityFeeds(example_feeds(tiny_config.model, 16), "synthetic")
     result = export_bundle(checkpoint, tmp_path / "b", ExportOptions(tensorrt=True, max_batch=4,
                                                                      timing_cache=tmp_path / "timing.cache"), feeds)
-    trt = result.manifest["tensorrt"]
-    assert trt["built"] and trt["passed"], trt
+    trt = result.manifest.tensorrt
+    assert trt.built and trt.passed, trt
     assert load_bundle(result.bundle).tensorrt_plan_path().is_file() and (tmp_path / "timing.cache").is_file()
 
 
@@ -53,9 +53,9 @@ def test_without_tensorrt_export_says_why_and_writes_the_rest(checkpoint, tmp_pa
     out = capsys.readouterr().out
     assert "TensorRT engine not built" in out and "the rest of the bundle is written" in out
     bundle = load_bundle(tmp_path / "b")
-    assert bundle.manifest["tensorrt"]["built"] is False
-    assert "tensorrt" in bundle.manifest["tensorrt"]["reason"] and not bundle.tensorrt_plan_path().exists()
-    assert bundle.precisions == ("fp32",) and "held-out" in bundle.manifest["parity_inputs"]["source"]
+    assert bundle.manifest.tensorrt.built is False
+    assert "tensorrt" in bundle.manifest.tensorrt.reason and not bundle.tensorrt_plan_path().exists()
+    assert bundle.precisions == ("fp32",) and "held-out" in bundle.manifest.parity_inputs.source
 
 
 class _FakeTensorRT:

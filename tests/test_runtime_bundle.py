@@ -26,7 +26,7 @@ def test_load_host_verifies_warms_and_knows_what_requests_need(tiny_bundle):
     try:
         bundle = load_bundle(tiny_bundle)
         assert host.name == bundle.model_version
-        assert host.needs == needs(bundle.config.model, bundle.extra["pattern_window"],
+        assert host.needs == needs(bundle.config.model, bundle.inputs().artifacts.pattern_window,
                                    PositionRule.from_config(bundle.config.data))
         assert host.retriever is not None  # the bundle carries a pattern library
         assert host.batcher.max_batch == 4
@@ -61,7 +61,7 @@ def test_ping_gives_the_models_needs(served, tiny_bundle):
     with Client(served.address) as c:
         pong = c.ping()
     bundle = load_bundle(tiny_bundle)
-    assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.extra["pattern_window"],
+    assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.inputs().artifacts.pattern_window,
                                                             PositionRule.from_config(bundle.config.data))
     assert pong.ready and pong.model == bundle.model_version
 
@@ -120,7 +120,7 @@ def test_a_signals_bars_are_validated_once_each(served, monkeypatch):
 
 
 def test_the_pattern_window_cannot_change_at_serve_time(tiny_bundle):
-    window = load_bundle(tiny_bundle).extra["pattern_window"]
+    window = load_bundle(tiny_bundle).inputs().artifacts.pattern_window
     with pytest.raises(ConfigurationError, match=f"patterns.window: {window + 4}, but .* trained with {window}"):
         load_host(tiny_bundle, {"patterns": {"window": window + 4}})
 

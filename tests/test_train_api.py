@@ -14,9 +14,10 @@ from dualhrq.config import load_config
 from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
 from dualhrq.evaluate.hrm_predictor import HRMPredictor, position_from_policy
+from dualhrq.inputs import InputPipeline
 from dualhrq.model import ACTIONS
 from dualhrq.train.commands import register
-from dualhrq.train.inputs import InputArtifacts, prepare_training
+from dualhrq.train.inputs import prepare_training
 from dualhrq.train.loop import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_act_returns_an_action_and_a_bounded_quantity_for_a_backtesting_frame(po
 
 def test_api_inputs_equal_the_training_inputs_at_the_same_bar(run_dir, policy):
     ckpt = latest_checkpoint(run_dir)
-    prepared = prepare_training(load_config(CONFIG), InputArtifacts.from_checkpoint(ckpt))
+    prepared = prepare_training(load_config(CONFIG), InputPipeline.load(ckpt, load_config(CONFIG)))
     j = len(prepared.windows) - 300  # a held-out sample
     bar = int(prepared.windows.bar_index[j])
     bars = load_dataset("eurusd_1h").bars.slice(bar - 1199, bar + 1)  # close-stamped, ends at the sample's bar
@@ -115,7 +116,7 @@ def test_predictor_refits_inputs_on_the_split_and_twins_share_training(tmp_path)
     hrm = HRMPredictor(cfg, data, tmp_path, "hrm", patterns=True)
     state = hrm.fit(train_idx, None)
     # Nothing in the library became known after the split's last training sample.
-    lib = hrm.prepared.artifacts.library
+    lib = hrm.prepared.inputs.library
     t_last = data.t[train_idx[-1]]
     hits = lib.query(np.zeros((1, lib.dim), np.float32), np.iinfo(np.int64).max, 10**6)
     assert hits.available_at[hits.valid].max() <= t_last

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from dualhrq.config import Config, load_config
 from dualhrq.errors import ConfigurationError, ConvergenceError
+from dualhrq.inputs import InputPipeline
 from dualhrq.model import Carry, ModelInputs, ModelOutputs
 from dualhrq.train.act import SlotState, act_inference, halt_decision, q_continue_target
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.distributed import DistContext
-from dualhrq.train.inputs import InputArtifacts, prepare_training
+from dualhrq.train.inputs import prepare_training
 from dualhrq.train.loop import (
     STATE_FILE,
     EvalSets,
@@ -93,28 +94,29 @@ def test_resume_continues_bit_exactly(prepared, tmp_path):
 def test_checkpoint_carries_the_artifacts_that_rebuild_the_training_inputs(prepared, tmp_path):
     cfg = _config()
     trainer = new_trainer(cfg, prepared.train, CPU, total_steps=2)
-    result = run(trainer, 2, tmp_path, extra=prepared.artifacts.to_extra(),
-                 save_files=prepared.artifacts.save_files,
+    result = run(trainer, 2, tmp_path, inputs=prepared.inputs,
                  eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
     ckpt = result.checkpoint
     meta = json.loads((ckpt / "checkpoint.json").read_text())
-    assert {"feature_stats", "regimes", "pattern_encoder", "instruments", "target_scale"} <= set(meta["extra"])
-    assert meta["extra"]["instruments"] == ["EURUSD"]
+    artifacts = json.loads((ckpt / "inputs.json").read_text())
+    assert {"feature_stats", "instruments", "target_scale", "decision_rule"} <= set(artifacts)
+    assert artifacts["instruments"] == ["EURUSD"] and (ckpt / "patterns" / "regimes.json").is_file()
+    assert meta["val_cross_entropy"] == meta["metrics"]["val_cross_entropy"]
     assert {"val_cross_entropy", "test_cross_entropy", "test_state_ce", "test_non_hold_share"} <= set(meta["metrics"])
     assert (tmp_path / "best").read_text() == ckpt.name and (tmp_path / "finished").read_text() == "2\n"
     assert load_train_state(ckpt)["step"] == 2  # loads with weights_only=True
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["step"] == 2 and math.isfinite(lines[0]["loss"])
 
-    rebuilt = prepare_training(cfg, InputArtifacts.from_checkpoint(ckpt))
+    rebuilt = prepare_training(cfg, InputPipeline.load(ckpt, cfg))
     for name in ("h_tokens", "l_tokens", "regime_features", "pattern_context", "pattern_mask", "instrument_id"):
         assert torch.equal(getattr(rebuilt.samples.inputs, name), getattr(prepared.samples.inputs, name)), name
     assert torch.equal(rebuilt.samples.targets.regime, prepared.samples.targets.regime)
 
 
 def test_pattern_context_never_comes_from_the_future(prepared):
-    w, lib = prepared.windows, prepared.artifacts.library
-    hits = lib.query(prepared.artifacts.encoder.encode(w.pattern_features[:50]), w.t[:50], 4)
+    w, lib = prepared.windows, prepared.inputs.library
+    hits = lib.query(prepared.inputs.encoder.encode(w.pattern_features[:50]), w.t[:50], 4)
     assert (hits.available_at[hits.valid] <= w.t[:50, None].repeat(4, 1)[hits.valid]).all()
     assert prepared.samples.inputs.pattern_mask.sum() > 0
 
@@ -269,7 +271,7 @@ def test_without_keep_best_training_still_runs_on_while_validation_improves(prep
     """Patience counts evaluations without a better validation CE, whether or not `best` is kept."""
     cfg = _config(keep_best=False, patience=1, checkpoint_every=2)
     trainer = new_trainer(cfg, prepared.train, CPU, total_steps=6)
-    result = run(trainer, 6, tmp_path, extra=prepared.artifacts.to_extra(), save_files=prepared.artifacts.save_files,
+    result = run(trainer, 6, tmp_path, inputs=prepared.inputs,
                  eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
     ces = [json.loads(s)["val_cross_entropy"] for s in (tmp_path / "metrics.jsonl").read_text().splitlines()
            if '"eval": true' in s]

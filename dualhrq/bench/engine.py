@@ -77,7 +77,7 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
         real = RealWindows.from_dataset(name, {"coarse": coarse_n, "fine": fine_n}, pool=windows * batch)
         rows = []
         for coarse, fine in real.windows:
-            prepared = host.inputs_for(coarse, fine, real.instrument, real.timeframe)
+            prepared = host.prepare_bars(coarse, fine, real.instrument, real.timeframe)
             context, mask = host.pattern_inputs(prepared, timeout_s=5.0)
             rows.append({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
     finally:
@@ -99,7 +99,7 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
     from dualhrq.export.engines import make_engine
 
     torch.set_num_threads(threads)
-    precisions = bundle.manifest["precisions"]
+    precisions = bundle.manifest.precisions
     runs, skipped = [], {}
 
     def add(name: str, backend: str, precision: str, parity: dict | None) -> None:
@@ -112,18 +112,18 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
 
     add(EAGER, "torch", "fp32", None)
     for precision in bundle.precisions:
-        add(f"onnx-{precision}", "onnx-cpu", precision, precisions[precision].get("parity"))
+        add(f"onnx-{precision}", "onnx-cpu", precision, precisions[precision].parity)
     if "CUDAExecutionProvider" in ort.get_available_providers():
         for precision in bundle.precisions:
             if precision != "int8":  # dynamic int8 is a CPU-only graph
-                add(f"onnx-cuda-{precision}", "onnx-cuda", precision, precisions[precision].get("parity"))
+                add(f"onnx-cuda-{precision}", "onnx-cuda", precision, precisions[precision].parity)
     else:
         skipped["onnx-cuda"] = "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
-    trt = bundle.manifest.get("tensorrt", {})
-    if trt.get("built"):
-        add("tensorrt", "tensorrt", "fp16", trt.get("parity"))
+    trt = bundle.manifest.tensorrt
+    if trt.built:
+        add("tensorrt", "tensorrt", "fp16", trt.parity)
     else:
-        skipped["tensorrt"] = trt.get("reason") or "the bundle has no TensorRT engine (export with --tensorrt)"
+        skipped["tensorrt"] = trt.reason or "the bundle has no TensorRT engine (export with --tensorrt)"
     return runs, skipped
 
 
@@ -185,7 +185,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
                            f"{', '.join(e.name for e in engines)}; skipped: {', '.join(skipped) or 'none'})")
         engines = [e for e in engines if e.name in wanted]
     try:
-        print(f"bundle {bundle.root}: {bundle.manifest['model_version']}, {bundle.manifest['param_count']:,} "
+        print(f"bundle {bundle.root}: {bundle.manifest.model_version}, {bundle.manifest.param_count:,} "
               f"parameters, N={m.n_cycles} T={m.t_steps}, T_h={m.coarse_len} T_l={m.fine_len}")
         print(f"inputs: {source}\nmachine: {machine_description()}; {args.threads} threads per engine")
         print(f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ...", flush=True)
@@ -200,13 +200,13 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "bundle": str(bundle.root), "model_version": bundle.manifest["model_version"],
-            "param_count": bundle.manifest["param_count"], "n_cycles": m.n_cycles, "t_steps": m.t_steps,
+            "bundle": str(bundle.root), "model_version": bundle.manifest.model_version,
+            "param_count": bundle.manifest.param_count, "n_cycles": m.n_cycles, "t_steps": m.t_steps,
             "batch": args.batch, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
             "inputs": source, "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
             "engines": summary, "skipped": skipped}, indent=2))
         print(f"json: {args.json}")
     if args.plot:
-        plot_latencies(times, args.plot, f"one segment, batch {args.batch}: {bundle.manifest['model_version']}")
+        plot_latencies(times, args.plot, f"one segment, batch {args.batch}: {bundle.manifest.model_version}")
         print(f"plot: {args.plot}")
     return 0

@@ -100,10 +100,9 @@ class HRMPredictor:
             else:
                 start = load_checkpoint(str(resume_from))[0] if resume_from else None
                 trainer = new_trainer(self.cfg, data, self.ctx, steps, model=start)
-            artifacts = self.prepared.artifacts
             # As `dualhrq train` does: the checkpoint with the best CE on the purged tail of the split's own
             # training window is the split's model (its test window is never looked at).
-            run(trainer, steps, run_dir, extra=artifacts.to_extra(), save_files=artifacts.save_files,
+            run(trainer, steps, run_dir, inputs=self.prepared.inputs,
                 eval_sets=EvalSets.of(data, val, None) if len(val) else None, progress=False)
         ckpt = best_checkpoint(run_dir)
         self.model = load_checkpoint(ckpt, self.ctx.device)[0]
@@ -124,14 +123,14 @@ class HRMPredictor:
             out = act_inference(self.model, inputs_to(part, self.ctx.device), self.cfg.act).outputs
             position.append(position_from_policy(out.policy_logits).cpu().numpy())
             forecast.append(out.forecast_fine.cpu().numpy())
-        scale = self.prepared.artifacts.target_scale["out_b"]  # forecasts are in units of the return's std
+        scale = self.prepared.inputs.artifacts.target_scale.out_b  # forecasts are in units of the return's std
         return Predictions(position=np.clip(np.concatenate(position).astype(np.float64), -1.0, 1.0),
                            forecast=np.concatenate(forecast).astype(np.float64) * scale)
 
     # ------------------------------------------------------------ inside
 
     def _prepare(self, last_train: int) -> PreparedData:
-        """Inputs of every sample with artifacts fitted on the bars up to sample ``last_train``.
+        """Inputs of every sample with an input pipeline fitted on the bars up to sample ``last_train``.
 
         The data and pattern modules cut their training window by ``data.train_fraction`` (of samples and of
         bars respectively): these fractions put both cuts right after the last training sample."""
@@ -152,7 +151,7 @@ class HRMPredictor:
         labels = {k: np.asarray(self.data.labels[k])[idx] for k in ("out_a", "out_b", "action", "quantity")}
         labels["regime"] = self.prepared.samples.targets.regime[idx].numpy()
         labels["state"] = self.prepared.samples.targets.state[idx].numpy()
-        targets = make_targets(labels, self.prepared.artifacts.target_scale, self.cfg.data.cost_bps)
+        targets = make_targets(labels, self.prepared.inputs.artifacts.target_scale, self.cfg.data.cost_bps)
         return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(idx)), targets)
 
 

@@ -78,31 +78,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export_bundle(checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
     _print_summary(result)
     wanted = [p for p, flag in (("fp16", args.fp16), ("int8", args.int8)) if flag]
-    missing = [p for p in wanted if not result.manifest["precisions"][p]["file"]]
+    missing = [p for p in wanted if not result.manifest.precisions[p].file]
     return 1 if missing else 0
 
 
 def _print_summary(result: ExportResult) -> None:
     m = result.manifest
-    print(f"\nbundle {result.bundle}: {m['model_version']}, {m['param_count']:,} parameters, "
-          f"N={m['n_cycles']} T={m['t_steps']}, exported in {result.seconds:.1f} s")
+    print(f"\nbundle {result.bundle}: {m.model_version}, {m.param_count:,} parameters, "
+          f"N={m.n_cycles} T={m.t_steps}, exported in {result.seconds:.1f} s")
     print(f"\n{'file':<40}{'size':>12}")
-    for name, entry in m["files"].items():
-        print(f"{name:<40}{_size(entry['bytes']):>12}")
+    for name, entry in m.files.items():
+        print(f"{name:<40}{_size(entry.bytes):>12}")
     print(f"\n{'variant':<10}{'file':<22}{'parity':<10}{'max|err|':>10}{'actions':>10}{'corr coarse':>13}"
           f"{'corr fine':>11}")
-    variants = dict(m["precisions"])
-    if m["tensorrt"].get("parity"):
-        variants["tensorrt"] = m["tensorrt"]
-    for name, entry in variants.items():
-        p = entry["parity"]
-        status = "passed" if entry["passed"] else ("forced" if entry["forced"] else "MISSED")
-        print(f"{name:<10}{entry['file'] or '(not written)':<22}{status:<10}{max(p['max_abs_err'].values()):>10.2e}"
+    rows = [(name, v.file, v.passed, v.forced, v.parity) for name, v in m.precisions.items()]
+    trt = m.tensorrt
+    if trt.parity:
+        rows.append(("tensorrt", trt.file, bool(trt.passed), bool(trt.forced), trt.parity))
+    for name, file, passed, forced, p in rows:
+        status = "passed" if passed else ("forced" if forced else "MISSED")
+        print(f"{name:<10}{file or '(not written)':<22}{status:<10}{max(p['max_abs_err'].values()):>10.2e}"
               f"{p['action_agreement']:>10.1%}{p['forecast_corr']['forecast_coarse']:>13.5f}"
               f"{p['forecast_corr']['forecast_fine']:>11.5f}")
-    if not m["tensorrt"]["built"] and m["tensorrt"].get("reason"):
-        print(f"tensorrt  not built: {m['tensorrt']['reason']}")
-    print(f"parity inputs: {m['parity_inputs']['source']}")
+    if not trt.built and trt.reason:
+        print(f"tensorrt  not built: {trt.reason}")
+    print(f"parity inputs: {m.parity_inputs.source}")
     for warning in result.warnings:
         print(f"warning: {warning}")
 
@@ -122,5 +122,5 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 1
     bundle = load_bundle(args.bundle, verify=False)  # just verified; this reads and checks the config
     print(f"{args.bundle}: OK, {len(report.checks)} files match the manifest; {bundle.model_version}, "
-          f"precisions {', '.join(bundle.precisions)}, N={bundle.n_cycles} T={bundle.t_steps}")
+          f"precisions {', '.join(bundle.precisions)}, N={bundle.manifest.n_cycles} T={bundle.manifest.t_steps}")
     return 0

@@ -17,8 +17,9 @@ from dualhrq.config import Config
 from dualhrq.contract import as_feeds, zero_carry
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.train.checkpoint import read_checkpoint_meta
-from dualhrq.train.inputs import InputArtifacts, fit_artifacts, window_inputs
+from dualhrq.errors import ConfigurationError
+from dualhrq.inputs import InputPipeline
+from dualhrq.inputs.artifacts import ARTIFACTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +33,27 @@ class ParityFeeds:
 def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> ParityFeeds:
     """`samples` windows spread evenly over the held-out tail of `config.data.dataset`.
 
-    Uses the checkpoint's input artifacts (feature statistics, pattern library, instrument vocabulary) when
-    it has them; a checkpoint without them (e.g. untrained weights saved directly) gets artifacts fitted on
-    the training window here, which is what `dualhrq train` would have fitted. Every other window takes the
+    Uses the checkpoint's input pipeline (feature statistics, pattern library, instrument vocabulary) when
+    it has one; a checkpoint without (e.g. untrained weights saved directly) gets one fitted on the training
+    window here, which is what `dualhrq train` would have fitted. Every other window takes the
     regime-only path (pattern mask all zero), as a request does when retrieval fails open, so both paths
     through the graph are checked.
     """
     if samples < 2:
-        raise ValueError(f"samples: need at least 2 parity samples for a correlation, got {samples}")
+        raise ConfigurationError(f"samples: need at least 2 parity samples for a correlation, got {samples}")
     cfg = config
-    has_artifacts = "pattern_library" in read_checkpoint_meta(checkpoint).extra
-    artifacts = InputArtifacts.from_checkpoint(checkpoint) if has_artifacts else None
-    windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data,
-                            artifacts.stats if artifacts else None, cfg.patterns.window)
-    if artifacts is None:
+    has_artifacts = (Path(checkpoint) / ARTIFACTS_FILE).is_file()
+    inputs = InputPipeline.load(checkpoint, cfg) if has_artifacts else None
+    windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, inputs.stats if inputs else None,
+                            cfg.patterns.window)
+    if inputs is None:
         log.info("checkpoint has no input artifacts: fitting them on the training window of %s", cfg.data.dataset)
-        artifacts = fit_artifacts(cfg, windows)
+        inputs = InputPipeline.fit(cfg, windows)
     test = windows.test
     rows = test[np.unique(np.linspace(0, len(test) - 1, min(samples, len(test))).round().astype(np.int64))]
     n = len(rows)
     z_H, z_L = zero_carry(cfg.model, n)
-    feeds = as_feeds({**window_inputs(windows, artifacts, cfg.model, rows), "z_H": z_H, "z_L": z_L})
+    feeds = as_feeds({**inputs.dataset_inputs(windows, rows), "z_H": z_H, "z_L": z_L})
     feeds["pattern_context"][1::2], feeds["pattern_mask"][1::2] = 0.0, 0.0
     origin = "the checkpoint's input artifacts" if has_artifacts else "input artifacts fitted on the training window"
     source = (f"{cfg.data.dataset}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "

@@ -18,29 +18,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
-from dualhrq.config import config_to_dict
 from dualhrq.contract import ort_session, run_session
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.bundle import (
-    GRAPH_FILES,
+from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
+from dualhrq.export.inputs import ParityFeeds, parity_feeds
+from dualhrq.export.manifest import (
+    FORMAT_VERSION,
     MANIFEST,
-    PATTERNS_DIR,
-    PLAN_FILE,
-    WEIGHTS_FILE,
-    load_bundle,
+    ActSummary,
+    GraphSummary,
+    Manifest,
+    ParityInputs,
+    SourceCheckpoint,
+    TensorRT,
+    Variant,
     write_manifest,
 )
-from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
 from dualhrq.export.precision import FP16_CPU_NOTE, to_fp16, to_int8
 from dualhrq.export.segment import MIN_OPSET, check_segment_graph, export_segment, graph_files, run_torch
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
 from dualhrq.hashing import sha256_file
+from dualhrq.inputs.artifacts import ARTIFACTS_FILE, PATTERNS_DIR
 from dualhrq.patterns.artifacts import load_artifacts
 from dualhrq.train.checkpoint import META_FILE, load_checkpoint
 from dualhrq.train.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
@@ -73,7 +78,7 @@ class ExportOptions:
 @dataclass
 class ExportResult:
     bundle: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     seconds: float
     warnings: list[str] = field(default_factory=list)
 
@@ -98,7 +103,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         with steps("loading the checkpoint"):
             model, meta = load_checkpoint(checkpoint)
             config = meta.config
-            patterns = _patterns_source(options.patterns, checkpoint, meta.extra)
+            patterns = _patterns_source(options.patterns, checkpoint)
             if patterns is not None:
                 load_artifacts(patterns, config.patterns)  # refuse a corrupted library before packing it
         with steps("building parity inputs from real data"):
@@ -106,7 +111,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             reference = run_torch(model, feeds.feeds)
             progress(f"  {len(reference['policy_logits'])} samples: {feeds.source}")
 
-        precisions: dict[str, Any] = {}
+        precisions: dict[str, Variant] = {}
         with steps("exporting the fp32 segment graph"):
             fp32 = export_segment(model, staging / GRAPH_FILES["fp32"], options.opset, options.external_data)
             summary = check_segment_graph(fp32)
@@ -120,11 +125,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             if not (parity.passed and carry.passed) and not options.force:
                 raise ParityError("the fp32 graph does not reproduce PyTorch: "
                                   + "; ".join(parity.failures + carry.failures))
-            precisions["fp32"] = _judge(parity, fp32, options.force, progress, warnings)
-            precisions["fp32"]["carry"] = carry.to_dict()
+            precisions["fp32"] = msgspec.structs.replace(_judge(parity, fp32, options.force, progress, warnings),
+                                                         carry=carry.to_dict())
             if not carry.passed:
                 _miss("fp32 carry", list(carry.failures), options.force, warnings)
-                precisions["fp32"].update(passed=False, forced=True)
+                precisions["fp32"] = msgspec.structs.replace(precisions["fp32"], passed=False, forced=True)
 
         for precision, convert, flag in (("fp16", to_fp16, options.fp16), ("int8", to_int8, options.int8)):
             if not flag:
@@ -133,43 +138,37 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
                 path = convert(fp32, staging / GRAPH_FILES[precision])
                 parity = measure_parity(reference, run_session(ort_session(path, options.threads), feeds.feeds),
                                         precision)
-                precisions[precision] = _judge(parity, path, options.force, progress, warnings)
-                if precision == "fp16":
-                    precisions[precision]["note"] = FP16_CPU_NOTE
+                precisions[precision] = msgspec.structs.replace(
+                    _judge(parity, path, options.force, progress, warnings),
+                    note=FP16_CPU_NOTE if precision == "fp16" else None)
 
-        tensorrt: dict[str, Any] = {"built": False, "requested": options.tensorrt}
+        tensorrt = TensorRT(built=False, requested=options.tensorrt)
         if options.tensorrt or options.fp16:
             with steps("building the TensorRT engine"):
-                tensorrt.update(_tensorrt(model, fp32, staging, reference, feeds, options, progress, warnings))
+                tensorrt = _tensorrt(model, fp32, staging, reference, feeds, options, progress, warnings)
 
         with steps("writing the bundle"):
             shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
+            has_inputs = (checkpoint / ARTIFACTS_FILE).is_file()
+            if has_inputs:
+                shutil.copyfile(checkpoint / ARTIFACTS_FILE, staging / ARTIFACTS_FILE)
             if patterns is not None:
                 shutil.copytree(patterns, staging / PATTERNS_DIR)
-            extra = dict(meta.extra)
             weights_sha = sha256_file(checkpoint / CHECKPOINT_WEIGHTS)
-            manifest = write_manifest(staging, {
-                "model_version": f"hrm-step{meta.step}-{weights_sha[:12]}",
-                "config": config_to_dict(config),
-                "param_count": sum(p.numel() for p in model.parameters()),
-                "n_cycles": config.model.n_cycles, "t_steps": config.model.t_steps,
-                "act": {"min_segments": config.act.min_segments, "max_segments": config.act.max_segments,
-                        "fixed_segments": config.act.fixed_segments},
-                "graph": {"opset": summary.opset, "node_count": summary.node_count, "inputs": summary.inputs,
-                          "outputs": summary.outputs, "batch_axis": summary.inputs[0]["shape"][0]},
-                "precisions": precisions,
-                "tensorrt": tensorrt,
-                "parity_inputs": {"source": feeds.source, "samples": int(len(reference["policy_logits"]))},
-                "versions": _versions(),
-                "source_checkpoint": {"path": str(checkpoint.resolve()), "step": meta.step,
-                                      "weights_sha256": weights_sha,
-                                      "metadata_sha256": sha256_file(checkpoint / META_FILE)},
-                "feature_stats": extra.pop("feature_stats", None),
-                "instrument_vocab": extra.pop("instruments", None),
-                "extra": extra,
-                "patterns": PATTERNS_DIR if patterns is not None else None,
-                "weights": WEIGHTS_FILE,
-            })
+            act = config.act
+            manifest = write_manifest(staging, Manifest(
+                format_version=FORMAT_VERSION, model_version=f"hrm-step{meta.step}-{weights_sha[:12]}",
+                config=config, param_count=sum(p.numel() for p in model.parameters()),
+                n_cycles=config.model.n_cycles, t_steps=config.model.t_steps,
+                act=ActSummary(act.min_segments, act.max_segments, act.fixed_segments),
+                graph=GraphSummary(summary.opset, summary.node_count, summary.inputs, summary.outputs,
+                                   summary.inputs[0]["shape"][0]),
+                precisions=precisions, tensorrt=tensorrt,
+                parity_inputs=ParityInputs(feeds.source, int(len(reference["policy_logits"]))),
+                versions=_versions(),
+                source_checkpoint=SourceCheckpoint(str(checkpoint.resolve()), meta.step, weights_sha,
+                                                   sha256_file(checkpoint / META_FILE)),
+                inputs=has_inputs and patterns is not None, weights=WEIGHTS_FILE))
             load_bundle(staging)  # what serve will do: re-hash everything, read the config back
             _swap_into_place(staging, out)
     except BaseException:
@@ -191,28 +190,27 @@ def _check_options(options: ExportOptions, out: Path) -> None:
         raise ConfigurationError(f"--out: {out} exists and is not a bundle; refusing to replace it")
 
 
-def _patterns_source(given: Path | None, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
+def _patterns_source(given: Path | None, checkpoint: Path) -> Path | None:
     if given is not None:
         if not Path(given).is_dir():
             raise ConfigurationError(f"--patterns: {given} is not a directory")
         return Path(given)
-    own = extra.get("pattern_library")
-    return checkpoint / own if own and (checkpoint / own).is_dir() else None
+    own = checkpoint / PATTERNS_DIR
+    return own if own.is_dir() else None
 
 
-def _judge(parity: Parity, path: Path, force: bool, progress: Progress, warnings: list[str]) -> dict[str, Any]:
+def _judge(parity: Parity, path: Path, force: bool, progress: Progress, warnings: list[str]) -> Variant:
     """The manifest entry of one variant; deletes its file when it missed its bound and is not forced."""
     verdict = "passed" if parity.passed else ("MISSED, kept by --force" if force else "MISSED, not written")
     progress(f"  {parity.precision}: {parity.summary()}: {verdict}")
-    entry = {"file": path.name, "passed": parity.passed, "forced": not parity.passed and force,
-             "parity": parity.to_dict(), "measured_with": f"onnxruntime {ort.__version__} CPUExecutionProvider"}
+    written = parity.passed or force
     if not parity.passed:
         _miss(parity.precision, list(parity.failures), force, warnings)
         if not force:
             for file in graph_files(path):
                 file.unlink()
-            entry["file"] = None
-    return entry
+    return Variant(path.name if written else None, parity.passed, not parity.passed and force, parity.to_dict(),
+                   f"onnxruntime {ort.__version__} CPUExecutionProvider")
 
 
 def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> None:
@@ -222,14 +220,14 @@ def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> N
 
 
 def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.ndarray], feeds: ParityFeeds,
-              options: ExportOptions, progress: Progress, warnings: list[str]) -> dict[str, Any]:
+              options: ExportOptions, progress: Progress, warnings: list[str]) -> TensorRT:
     reason = tensorrt_unavailable_reason()
     if reason:
         note = f"TensorRT engine not built: {reason}; the rest of the bundle is written"
         progress(f"  {note}")
         if options.tensorrt:  # asked for explicitly: worth a warning; implied by --fp16: only a note
             warnings.append(note)
-        return {"reason": reason}
+        return TensorRT(built=False, requested=options.tensorrt, reason=reason)
     import tensorrt as trt
 
     from dualhrq.export.engines import TensorRTEngine
@@ -246,10 +244,9 @@ def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.nda
     outputs = {name: np.concatenate([c[name] for c in chunks]) for name in reference}
     parity = measure_parity(reference, outputs, "tensorrt", exact=False)
     entry = _judge(parity, plan, options.force, progress, warnings)
-    entry["measured_with"] = f"tensorrt {trt.__version__}"
-    return {"built": entry["file"] is not None, "file": entry["file"], "max_batch": options.max_batch,
-            "fp16": True, "tensorrt_version": trt.__version__, "passed": entry["passed"],
-            "forced": entry["forced"], "parity": entry["parity"]}
+    return TensorRT(built=entry.file is not None, requested=options.tensorrt, file=entry.file,
+                    max_batch=options.max_batch, fp16=True, tensorrt_version=trt.__version__, passed=entry.passed,
+                    forced=entry.forced, parity=entry.parity)
 
 
 def _versions() -> dict[str, str]:
@@ -257,7 +254,7 @@ def _versions() -> dict[str, str]:
         dualhrq = importlib.metadata.version("dualhrq")
     except importlib.metadata.PackageNotFoundError:
         dualhrq = "unknown (not installed)"
-    return {"dualhrq": dualhrq, "python": platform.python_version(), "torch": torch.__version__,
+    return {"dualhrq": dualhrq, "python": platform.python_version(), "torch": str(torch.__version__),
             "onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__}
 
 

@@ -18,6 +18,7 @@ cost. The held-out tail is never used. Free of torch: the server decides with it
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -29,10 +30,25 @@ ALLOWED: tuple[tuple[int, ...], ...] = tuple(
     tuple(ACTIONS.index(a) for a in names)
     for names in (("BUY", "SELL", "HOLD"), ("HOLD", "CLOSE_LONG"), ("HOLD", "CLOSE_SHORT")))  # FLAT, LONG, SHORT
 TEMPERATURES = tuple(float(t) for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)))
-MIN_EDGES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, math.inf)
+MIN_EDGES: tuple[float | None, ...] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, None)
 _AFTER = np.asarray(EXPOSURE_AFTER)  # [3, 5]
 _BEFORE = np.asarray(STATE_EXPOSURE)  # [3]
 _MASK = np.array([[a in allowed for a in range(len(ACTIONS))] for allowed in ALLOWED])  # [3, 5]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one sample's heads decided (before the compliance gate)."""
+
+    action: str  # one of ACTIONS
+    quantity: float  # in [model.quantity_min, model.quantity_max]
+    probs: list[float]  # the policy's probabilities, ACTIONS order
+    confidence: float  # the chosen action's probability
+    forecast_coarse: float  # next coarse-period log return
+    forecast_fine: float  # log return over the label horizon of fine bars
+    value: float  # expected realised return of the action, in units of the fine return's training std
+    regime: int
+    regime_probs: list[float]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -47,10 +63,27 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     temperature: float
     class_returns: list[list[float]]  # [state][action]: mean forward return of training labels
     cost: float  # round trip
-    min_edge: float  # in multiples of the cost; inf never trades
+    min_edge: float | None  # in multiples of the cost; None: never trades
     fitted_on: str  # which samples the temperature and min_edge came from, in words
     validation_gain: float  # mean gain per sample over always-HOLD on those samples, at min_edge
     validation_trade_share: float  # share of those samples it did not HOLD
+
+    def __post_init__(self) -> None:  # a stored rule is checked as it is decoded; the error names the field
+        shape = np.shape(self.class_returns)
+        if shape != (len(ALLOWED), len(ACTIONS)) or not np.isfinite(self.class_returns).all():
+            raise ValueError(f"class_returns: expected [{len(ALLOWED)}][{len(ACTIONS)}] finite numbers, got shape "
+                             f"{list(shape)}")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature: expected a finite number > 0, got {self.temperature}")
+        for name in ("cost", "min_edge"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < math.inf:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+
+    @property
+    def margin(self) -> float:
+        """How far the best action's gain must beat HOLD's (inf: never)."""
+        return math.inf if self.min_edge is None else self.min_edge * self.cost
 
     def gains(self, logits: np.ndarray, state: np.ndarray) -> np.ndarray:
         """[B, 5] expected gain of each action (-inf where the state does not allow it)."""
@@ -63,33 +96,7 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def choose(self, logits: np.ndarray, state: np.ndarray) -> np.ndarray:
         """[B] int64 action indices for policy logits [B, 5] in position states [B]."""
-        return _decide(self.gains(logits, state), self.min_edge * self.cost)
-
-    def to_builtins(self) -> dict[str, object]:
-        d = msgspec.to_builtins(self)
-        d["min_edge"] = None if math.isinf(self.min_edge) else self.min_edge  # JSON has no inf
-        return d
-
-    @classmethod
-    def from_builtins(cls, d: object, source: str) -> DecisionRule:
-        from dualhrq.errors import ModelLoadError
-
-        try:
-            if isinstance(d, dict) and d.get("min_edge", 0.0) is None:
-                d = {**d, "min_edge": math.inf}
-            rule = msgspec.convert(d, cls)
-        except msgspec.ValidationError as e:
-            raise ModelLoadError(f"{source}: decision_rule: {e}") from None
-        shape = np.shape(rule.class_returns)
-        if shape != (len(ALLOWED), len(ACTIONS)) or not np.isfinite(rule.class_returns).all():
-            raise ModelLoadError(f"{source}: decision_rule.class_returns: expected [{len(ALLOWED)}][{len(ACTIONS)}] "
-                                 f"finite numbers, got shape {list(shape)}")
-        for name in ("temperature", "cost", "min_edge"):
-            value = getattr(rule, name)
-            if math.isnan(value) or value < 0 or (name == "temperature" and not 0 < value < math.inf):
-                raise ModelLoadError(f"{source}: decision_rule.{name}: expected a number >= 0"
-                                     f"{' and finite, > 0' if name == 'temperature' else ''}, got {value}")
-        return rule
+        return _decide(self.gains(logits, state), self.margin)
 
 
 def _decide(gains: np.ndarray, margin: float) -> np.ndarray:
@@ -132,7 +139,7 @@ def fit_rule(train: tuple[np.ndarray, np.ndarray, np.ndarray], val_logits: np.nd
     gains = rule.gains(val_logits, states)
     results = []
     for edge in MIN_EDGES:
-        chosen = _decide(gains, edge * cost)
+        chosen = _decide(gains, math.inf if edge is None else edge * cost)
         results.append((float(realised_gain(chosen, states, returns, cost).mean()), float(np.mean(chosen != HOLD))))
     gains_by_edge = np.array([g for g, _ in results])
     best = len(results) - 1 - int(np.argmax(gains_by_edge[::-1]))  # the widest margin among equals: no trades

@@ -1,4 +1,4 @@
-"""A loaded model as the server hosts it: bundle config, features, pattern retriever, engine and its batcher.
+"""A loaded model as the server hosts it: bundle config, input pipeline, pattern retriever, engine and batcher.
 
 `reload` swaps one ModelHost for another. Requests hold the host they started with (`acquire`/`release`), so
 the old one keeps answering them and is closed only once the last has left: no request fails in a swap.
@@ -14,48 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
-from dualhrq.model.decision import DecisionRule, softmax
+from dualhrq.data.windows import SampleBars
+from dualhrq.errors import ConfigurationError, DataError
+from dualhrq.inputs import InputPipeline
+from dualhrq.model.decision import Decision
 from dualhrq.runtime.batcher import Batcher
-from dualhrq.runtime.protocol import ACTIONS, PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
+from dualhrq.runtime.protocol import PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
 
 log = logging.getLogger(__name__)
 
 FEATURES_INLINE_MAX_S = 200e-6  # features cheaper than this run on the event loop; dearer ones in a thread
-
-
-class Sample(Protocol):
-    """What dualhrq.data.windows.build_sample returns for one window (the fields the runtime reads)."""
-
-    h_tokens: np.ndarray  # [T_h, F_c]
-    l_tokens: np.ndarray  # [T_l, F_f]
-    regime_features: np.ndarray  # [20]
-    pattern_features: np.ndarray  # [F]: the retrieval key
-    as_of: int  # ns: the last fine bar's close time; retrieval sees nothing known later
-    state: int  # the label rule's position state at the last fine bar: what the decision rule prices from
-
-
-class Window(Protocol):
-    """A request's bars as the features read them (dualhrq.data.windows.SampleBars)."""
-
-    as_of: int  # ns: the last fine bar's close time
-
-
-class Features(Protocol):
-    """How a request's bars become a model input, in the steps the runtime overlaps with retrieval: what
-    dualhrq.data.windows.SampleBuilder does for a bundle."""
-
-    def bars(self, coarse: Bars, fine: Bars, *, validated: bool = False) -> Window: ...
-
-    def pattern_features(self, bars: Any) -> np.ndarray: ...  # [F]: the retrieval key
-
-    def sample(self, bars: Any, pattern: np.ndarray | None = None) -> Sample: ...
 
 
 @dataclass
@@ -66,19 +40,6 @@ class Prepared:
     key: np.ndarray  # [1, F] float32
     as_of: int
     state: int  # the label rule's position state (dualhrq.features.FLAT, LONG, SHORT)
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str
-    quantity: float
-    probs: list[float]  # ACTIONS order
-    confidence: float  # the chosen action's probability
-    forecast_coarse: float  # returns (the model's units times the training std)
-    forecast_fine: float
-    value: float
-    regime: int
-    regime_probs: list[float]
 
 
 @dataclass
@@ -93,57 +54,47 @@ class HostHooks:
 class ModelHost:
     name: str  # model version, as replies report it
     config: Config  # the bundle's config with the serve-time overlay applied
-    needs: tuple[int, int]  # minimum (coarse, fine) bars per request
-    features: Features
-    instrument_id: Callable[[str], int]
-    timeframe_id: Callable[[str], int]
+    inputs: InputPipeline  # bars -> graph inputs as training made them; heads -> decision
     batcher: Batcher
-    retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: the bundle has no library
-    forecast_scale: tuple[float, float] = (1.0, 1.0)  # (coarse, fine): model units -> returns
-    rule: DecisionRule | None = None  # the bundle's fitted decision rule; None: the argmax (older bundles)
+    retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: regime-only
     features_inline: bool = True
     _users: int = field(default=0, init=False)
     _idle: asyncio.Event | None = field(default=None, init=False)
 
     @property
-    def pattern_shape(self) -> tuple[int, int]:
-        return self.config.model.pattern_k, self.config.model.pattern_dim
+    def needs(self) -> tuple[int, int]:
+        """Minimum (coarse, fine) bars per request."""
+        return self.inputs.needs
 
-    def window(self, req: Signal) -> Window:
+    def window(self, req: Signal) -> SampleBars:
         """A request's bars, validated once (ProtocolError naming the bad field), trimmed to what the sample
         reads. Cheap next to the features: it runs on the event loop."""
         coarse_n, fine_n = self.needs
         coarse = check_bars(req.coarse, "coarse", coarse_n, req.id)
         fine = check_bars(req.fine, "fine", fine_n, req.id)
         try:
-            return self.features.bars(coarse, fine, validated=True)
+            return self.inputs.window(coarse, fine, validated=True)
         except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
             raise ProtocolError("invalid_input", str(e), "coarse", req.id) from None
 
-    def key(self, bars: Window) -> np.ndarray:
-        """The retrieval key [1, F] float32 of a window: its pattern features, computed before the rest of
-        the features so that retrieval can start first."""
-        return np.asarray(self.features.pattern_features(bars), np.float32)[None]
+    def key(self, bars: SampleBars) -> np.ndarray:
+        """The retrieval key [1, F] float32 of a window, computed before the rest of the features so that
+        retrieval can start first."""
+        return self.inputs.key(bars)
 
-    def inputs(self, bars: Window, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
+    def prepare(self, bars: SampleBars, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
         """The graph inputs but the pattern context. Pure numpy and CPU-bound: the server runs it off the
         event loop when `warm` found it dearer than ~0.2 ms."""
-        s = self.features.sample(bars, key[0])
-        inputs = {"h_tokens": s.h_tokens[None], "l_tokens": s.l_tokens[None],
-                  "instrument_id": np.array([self.instrument_id(instrument)], np.int64),
-                  "timeframe_id": np.array([self.timeframe_id(timeframe)], np.int64),
-                  "regime_features": np.asarray(s.regime_features, np.float32)[None]}
-        return Prepared(inputs, key, int(s.as_of), int(s.state))
+        s = self.inputs.sample(bars, key)
+        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, int(s.as_of), int(s.state))
 
-    def inputs_for(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
+    def prepare_bars(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
         """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""
-        bars = self.features.bars(coarse, fine)
-        return self.inputs(bars, self.key(bars), instrument, timeframe)
+        bars = self.inputs.window(coarse, fine)
+        return self.prepare(bars, self.key(bars), instrument, timeframe)
 
     def regime_only(self) -> tuple[np.ndarray, np.ndarray]:
-        """The pattern inputs of the regime-only path: an all-zero context behind an all-zero mask."""
-        k, p = self.pattern_shape
-        return np.zeros((1, k, p), np.float32), np.zeros((1, k), np.float32)
+        return self.inputs.regime_only()
 
     def pattern_inputs(self, prepared: Prepared, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         """(pattern context, mask) for a prepared request, blocking up to `timeout_s` on the index; the
@@ -156,19 +107,8 @@ class ModelHost:
         return self.regime_only()
 
     def decide(self, out: dict[str, np.ndarray], state: int) -> Decision:
-        """One row's heads as the decision the reply reports (before the compliance gate): the action from the
-        bundle's decision rule in the request's position state; ``probs`` stay the model's own."""
-        logits = out["policy_logits"].astype(np.float64)
-        probs = softmax(logits)
-        if self.rule is None:
-            best = int(probs.argmax())
-        else:
-            best = int(self.rule.choose(logits[None], np.array([state]))[0])
-        regime = out["regime_probs"].astype(np.float64)
-        return Decision(ACTIONS[best], float(out["quantity"]), probs.tolist(), float(probs[best]),
-                        float(out["forecast_coarse"]) * self.forecast_scale[0],
-                        float(out["forecast_fine"]) * self.forecast_scale[1], float(out["value"]),
-                        int(regime.argmax()), regime.tolist())
+        """One row's heads as the decision the reply reports (before the compliance gate)."""
+        return self.inputs.decide(out, state)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -180,7 +120,7 @@ class ModelHost:
         timings = []
         for _ in range(5):  # what runs inline or in a thread: the features, not the validation
             t = time.perf_counter()
-            prepared = self.inputs(bars, self.key(bars), req.instrument, req.timeframe)
+            prepared = self.prepare(bars, self.key(bars), req.instrument, req.timeframe)
             timings.append(time.perf_counter() - t)
         self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
         if self.retriever is not None:  # the index's first query pays for page faults and thread start-up
@@ -258,43 +198,29 @@ def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
 def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, hooks: HostHooks | None = None,
               overlay_source: str = "serve config") -> ModelHost:
     """Verify and load a bundle, build its engine, retriever and batcher, and warm them (blocking)."""
-    from dualhrq.data.windows import SampleBuilder
     from dualhrq.export.bundle import load_bundle
     from dualhrq.export.engines import make_engine
-    from dualhrq.features import FeatureStats, PositionRule
-    from dualhrq.model.vocab import InstrumentVocab, timeframe_id
-    from dualhrq.patterns.artifacts import load_artifacts
     from dualhrq.patterns.retriever import Retriever
 
     hooks = hooks or HostHooks()
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path, verify=True)
     cfg = overlay_config(bundle.config, overlay or {}, overlay_source)
-    if bundle.feature_stats is None:
-        raise ModelLoadError(f"{bundle_path}: the bundle has no feature statistics (exported from a checkpoint "
-                             "that `dualhrq train` did not write?); requests cannot be turned into inputs")
-    stats = FeatureStats.from_dict(bundle.feature_stats)
-    window = cfg.patterns.window  # what training built the samples and the pattern library with
-    built = bundle.extra.get("pattern_window")
-    if built is not None and int(built) != window:
-        raise ConfigurationError(f"patterns.window: {window}, but {bundle_path} was trained with {built}; the "
-                                 "window is part of the model's inputs and cannot change at serve time")
+    inputs = bundle.inputs(cfg)
+    built = inputs.artifacts.pattern_window
+    if cfg.patterns.window != built:
+        raise ConfigurationError(f"patterns.window: {cfg.patterns.window}, but {bundle_path} was trained with "
+                                 f"{built}; the window is part of the model's inputs and cannot change at serve time")
+    if inputs.rule is None:
+        log.warning("%s has no decision rule (trained without a validation slice): serving the policy's argmax",
+                    bundle_path)
     serve, m = cfg.serve, cfg.model
     engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
                          serve.spinning)
-    retriever = None
-    if bundle.patterns_dir is not None:
-        library, encoder, _ = load_artifacts(bundle.patterns_dir, cfg.patterns)
-        retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
+    retriever = Retriever(inputs.library, inputs.encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
     batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
                       upstream=hooks.upstream, on_batch=hooks.on_batch)
-    # The training run's label rule, never an overlay's: the state columns are part of the model's inputs.
-    features = SampleBuilder(stats, m, PositionRule.from_config(bundle.config.data), window)
-    host = ModelHost(name=bundle.model_version, config=cfg, needs=features.needs, features=features,
-                     instrument_id=InstrumentVocab(bundle.instrument_vocab or []).id, timeframe_id=timeframe_id,
-                     batcher=batcher, retriever=retriever,
-                     forecast_scale=_forecast_scale(bundle.extra.get("target_scale")),
-                     rule=_decision_rule(bundle.extra.get("decision_rule"), bundle_path))
+    host = ModelHost(name=bundle.model_version, config=cfg, inputs=inputs, batcher=batcher, retriever=retriever)
     coarse_n, fine_n = host.needs
     hour, day = 3_600 * 10**9, 86_400 * 10**9
     end = 1_700_000_000 * 10**9
@@ -302,18 +228,3 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host
-
-
-def _decision_rule(fitted: object, bundle_path: str | Path) -> DecisionRule | None:
-    if fitted is None:
-        log.warning("%s has no decision rule (trained without a validation slice): serving the policy's argmax",
-                    bundle_path)
-        return None
-    return DecisionRule.from_builtins(fitted, str(bundle_path))
-
-
-def _forecast_scale(target_scale: dict[str, float] | None) -> tuple[float, float]:
-    """The model forecasts in units of the training returns' std; replies give returns."""
-    if not target_scale:
-        return 1.0, 1.0
-    return float(target_scale["out_a"]), float(target_scale["out_b"])

@@ -270,10 +270,10 @@ class Server:
             # Alone in flight, nothing waits on the loop, so the hand-off to a thread and back is pure cost
             # (~0.5 ms measured at 1 in flight); with company, dear features leave the loop to the others.
             if host.features_inline or self._in_flight == 1:
-                prepared = host.inputs(bars, key, req.instrument, req.timeframe)
+                prepared = host.prepare(bars, key, req.instrument, req.timeframe)
             else:
                 prepared = await asyncio.get_running_loop().run_in_executor(
-                    self._features_pool, host.inputs, bars, key, req.instrument, req.timeframe)
+                    self._features_pool, host.prepare, bars, key, req.instrument, req.timeframe)
             t_features = time.perf_counter()
             context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.resample import default_coarse_rule, resample, timeframe_name
+from dualhrq.data.resample import resample, timeframe_name
 from dualhrq.errors import DataError
 from dualhrq.runtime.host import load_host
 
@@ -27,16 +27,13 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
     with the bundle's coarse rule (closed periods only). `instrument` defaults to the bundle's only one
     (the shared "unknown" embedding if it has several); `timeframe` to the bars' own spacing.
     """
-    from dualhrq.export.bundle import load_bundle
-
     if len(bars) < 2:
         raise DataError(f"bars: {len(bars)} bars; a replay needs a history")
     host = load_host(bundle_path)
-    bundle = load_bundle(bundle_path, verify=False)
-    vocab = bundle.instrument_vocab or []
+    vocab = host.inputs.artifacts.instruments
     name = instrument if instrument is not None else (vocab[0] if len(vocab) == 1 else "")
     tf = timeframe or timeframe_name(int(np.median(np.diff(bars.t))))
-    coarse_rule = str(bundle.extra.get("coarse_rule") or default_coarse_rule(tf))
+    coarse_rule = host.inputs.artifacts.coarse_rule
     coarse = resample(bars, coarse_rule)
     coarse_n, fine_n = host.needs
     log.info("replay signals from %s: instrument %r, timeframe %s, coarse %s", host.name, name, tf, coarse_rule)
@@ -47,7 +44,7 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
         closed = coarse.until(int(bars.t[i]))
         if i + 1 < fine_n or len(closed) < coarse_n:
             return "HOLD", 0.0
-        prepared = host.inputs_for(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
+        prepared = host.prepare_bars(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
         context, mask = host.pattern_inputs(prepared, RETRIEVAL_TIMEOUT_S)
         result = host.batcher.run_here({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
         decision = host.decide({k: v[0] for k, v in result.outputs.items()}, prepared.state)

@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors weights + a JSON sidecar holding everything needed to rebuild the model.
+"""Checkpoints: safetensors weights + a JSON sidecar (CheckpointMeta) holding everything needed to rebuild the
+model; the input pipeline's files (dualhrq.inputs) beside them.
 
 Loading never unpickles: weights come from safetensors, the rest from JSON, and the weights' SHA-256 in the
 sidecar catches a corrupted or swapped weights file.
@@ -6,9 +7,6 @@ sidecar catches a corrupted or swapped weights file.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,69 +14,47 @@ import msgspec
 import safetensors.torch
 import torch
 
-from dualhrq.config import Config, config_from_dict, config_to_dict
-from dualhrq.errors import ConfigurationError, ModelLoadError
+from dualhrq.config import Config
+from dualhrq.errors import ModelLoadError
 from dualhrq.hashing import sha256_file
 from dualhrq.model import HRM
+from dualhrq.persisted import read_record, write_record
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input artifacts in inputs.json, not in an untyped "extra"
 
 
-@dataclass
-class CheckpointMeta:
+class CheckpointMeta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format_version: int
     config: Config
-    step: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # feature stats, vocabularies, data window, ...
-    weights_sha256: str = ""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint under the real name
+    step: int
+    param_count: int
+    weights_sha256: str
+    val_cross_entropy: float | None = None  # what `best` is chosen by; None: not evaluated
+    metrics: dict[str, Any] = {}  # the training log's record at this step, for people
 
 
 def save_checkpoint(directory: str | Path, model: HRM, config: Config, step: int = 0,
-                    metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                    metrics: dict[str, Any] | None = None, val_cross_entropy: float | None = None) -> Path:
     """Write `model.safetensors` and `checkpoint.json` into `directory` (created if needed)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(d / WEIGHTS_FILE, safetensors.torch.save(state))
+    weights = safetensors.torch.save(state)
+    tmp = d / (WEIGHTS_FILE + ".tmp")
+    tmp.write_bytes(weights)
+    tmp.replace(d / WEIGHTS_FILE)  # a crash mid-write never leaves a half checkpoint under the real name
     config = msgspec.structs.replace(config, model=model.cfg)  # the model's own config wins (vocab growth)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "config": config_to_dict(config),
-        "step": step,
-        "metrics": metrics or {},
-        "extra": extra or {},
-        "param_count": sum(p.numel() for p in model.parameters()),
-        "weights_sha256": sha256_file(d / WEIGHTS_FILE),
-    }
-    _atomic_write(d / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    write_record(d / META_FILE, CheckpointMeta(FORMAT_VERSION, config, step, sum(p.numel() for p in model.parameters()),
+                                               sha256_file(d / WEIGHTS_FILE), val_cross_entropy, metrics or {}))
     return d
 
 
 def read_checkpoint_meta(directory: str | Path) -> CheckpointMeta:
     """Read and validate the JSON sidecar only (cheap; no weights)."""
-    d = Path(directory)
-    meta_path = d / META_FILE
-    if not meta_path.is_file():
-        raise ModelLoadError(f"{d}: missing {META_FILE}")
-    try:
-        raw = json.loads(meta_path.read_text())
-        config = config_from_dict(raw["config"], str(meta_path))
-        return CheckpointMeta(config, int(raw.get("step", 0)), raw.get("metrics", {}), raw.get("extra", {}),
-                              str(raw["weights_sha256"]))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{meta_path}: corrupted JSON: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelLoadError(f"{meta_path}: malformed checkpoint metadata: {e}") from None
-    except ConfigurationError as e:
-        raise ModelLoadError(f"{meta_path}: config does not validate: {e}") from None
+    return read_record(Path(directory) / META_FILE, CheckpointMeta, FORMAT_VERSION,
+                       "it was written by another version of dualhrq: retrain with this one")
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[HRM, CheckpointMeta]:

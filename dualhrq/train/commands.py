@@ -37,7 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"  WARNING: {warning}")
         rule = result.best_rule
         if rule is not None:
-            edge = "never trades" if rule.min_edge == float("inf") else f"trades past {rule.min_edge:g} x the cost"
+            edge = "never trades" if rule.min_edge is None else f"trades past {rule.min_edge:g} x the cost"
             print(f"decision rule (fitted on the {rule.fitted_on}): temperature {rule.temperature:.2f}, {edge}; "
                   f"there it traded {100 * rule.validation_trade_share:.1f}% of bars for "
                   f"{rule.validation_gain:+.4f} return std per bar over always holding")

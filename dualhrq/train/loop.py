@@ -26,7 +26,6 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from dualhrq.config import ActConfig, Config
 from dualhrq.errors import ConfigurationError, ConvergenceError, ModelLoadError
+from dualhrq.inputs import InputPipeline
 from dualhrq.model import HRM, Carry
 from dualhrq.model.decision import DecisionRule, fit_rule
 from dualhrq.seeding import seed_everything
@@ -47,7 +47,7 @@ from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
 from dualhrq.train.evaluation import HeldOut, LabelBaselines, predict, score, warn_if_collapsed
-from dualhrq.train.inputs import InputArtifacts, prepare_training
+from dualhrq.train.inputs import prepare_training
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_weights, policy_correct, segment_loss
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ METRICS_FILE = "metrics.jsonl"
 TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
 # Per-step sums reduced over ranks at each log interval: loss, the terms, then the ACT counters.
 _COUNTERS = ("loss", *TERMS, "steps", "halted", "halted_correct", "halted_segments", "q_halt_correct", "slots")
-SaveFiles = Callable[[Path], None]  # writes files beside a checkpoint's weights (the pattern library)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -259,17 +258,16 @@ def _point(out_dir: Path, pointer_name: str, target: Path) -> None:
     tmp.replace(out_dir / pointer_name)  # the pointer moves only once the checkpoint is complete
 
 
-def write_checkpoint(trainer: Trainer, out_dir: Path, extra: dict[str, Any], metrics: dict[str, Any],
-                     save_files: SaveFiles | None = None, is_best: bool = False) -> Path:
-    """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, extra files), then move ``latest`` (and
-    with ``is_best`` ``best``) to it and drop all but the newest ``train.keep_checkpoints`` and the best.
-    ``save_files(dir)`` writes files beside the weights (the pattern library)."""
+def write_checkpoint(trainer: Trainer, out_dir: Path, metrics: dict[str, Any], inputs: InputPipeline | None = None,
+                     val_cross_entropy: float | None = None, is_best: bool = False) -> Path:
+    """Write checkpoints/step_NNNNNNN (weights, JSON, train_state.pt, the input pipeline), then move ``latest``
+    (and with ``is_best`` ``best``) to it and drop all but the newest ``train.keep_checkpoints`` and the best."""
     root = out_dir / "checkpoints"
     d = root / f"step_{trainer.step:07d}"
-    save_checkpoint(d, trainer.model, trainer.cfg, trainer.step, metrics, extra)
+    save_checkpoint(d, trainer.model, trainer.cfg, trainer.step, metrics, val_cross_entropy)
     torch.save(trainer.state_dict(), d / STATE_FILE)
-    if save_files is not None:
-        save_files(d)
+    if inputs is not None:
+        inputs.save(d)
     _point(out_dir, LATEST_FILE, d)
     if is_best:
         _point(out_dir, BEST_FILE, d)
@@ -342,8 +340,8 @@ class RunResult:
     best_rule: DecisionRule | None = None  # the decision rule fitted for the best checkpoint
 
 
-def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dict[str, Any] | None = None,
-        save_files: SaveFiles | None = None, eval_sets: EvalSets | None = None, progress: bool = True) -> RunResult:
+def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, inputs: InputPipeline | None = None,
+        eval_sets: EvalSets | None = None, progress: bool = True) -> RunResult:
     """Train from ``trainer.step`` up to step ``until``, logging to ``out_dir/metrics.jsonl`` and writing a
     checkpoint every ``train.checkpoint_every`` steps and at the end (rank 0 only; no files when out_dir is
     None). With ``eval_sets`` each checkpoint is scored on the whole validation slice and held-out tail, and
@@ -382,10 +380,11 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                 window, acc_num, acc_den = _LogWindow(), 0, 0
             if main and (trainer.step % t.checkpoint_every == 0 or last):
                 metrics = dict(history[-1]) if history else {}
-                is_best, improved, reports, ckpt_extra = False, False, None, dict(extra or {})
+                is_best, improved, reports, ckpt_inputs, val_ce = False, False, None, inputs, None
                 if eval_sets is not None and t.evaluate and len(eval_sets.val):
                     rule, *reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
-                    ckpt_extra["decision_rule"] = rule.to_builtins()
+                    ckpt_inputs = inputs.with_rule(rule) if inputs is not None else None
+                    val_ce = reports[0].cross_entropy
                     scores = {**reports[0].to_dict("val_"), **(reports[1].to_dict("test_") if reports[1] else {})}
                     metrics.update(scores)
                     _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, "eval": True, **scores})
@@ -394,7 +393,7 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, extra: dic
                     log.info("step %d: validation CE %.4f (state-only %.4f), non-HOLD %.1f%%%s", trainer.step,
                              reports[0].cross_entropy, reports[0].state_ce, 100 * reports[0].non_hold_share,
                              "  [best]" if is_best else "")
-                checkpoint = write_checkpoint(trainer, out_dir, ckpt_extra, metrics, save_files, is_best)
+                checkpoint = write_checkpoint(trainer, out_dir, metrics, ckpt_inputs, val_ce, is_best)
                 if improved and reports is not None:
                     best_ce = reports[0].cross_entropy
                     if is_best:
@@ -421,7 +420,8 @@ def _best_so_far(out_dir: Path) -> float:
     best = _pointed(out_dir, BEST_FILE)
     if best is None or not best.is_dir():
         return math.inf
-    return float(read_checkpoint_meta(best).metrics.get("val_cross_entropy", math.inf))
+    ce = read_checkpoint_meta(best).val_cross_entropy
+    return math.inf if ce is None else ce
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -469,8 +469,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
             if changed:
                 log.warning("resuming with the checkpoint's config; the given config differs in %s",
                             ", ".join(changed))
-            artifacts = InputArtifacts.from_checkpoint(latest)
-            prepared = prepare_training(meta_cfg, artifacts)
+            prepared = prepare_training(meta_cfg, InputPipeline.load(latest, meta_cfg))
             trainer = resume_trainer(latest, prepared.train, ctx, steps)
             log.info("resumed %s at step %d of %d", latest, trainer.step, trainer.total_steps)
         else:
@@ -480,8 +479,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
         if until <= trainer.step:
             raise ConfigurationError(f"nothing to train: the run is at step {trainer.step} and would stop at {until} "
                                      "(raise --steps or --stop-at)")
-        return run(trainer, until, out, extra=prepared.artifacts.to_extra(),
-                   save_files=prepared.artifacts.save_files,
-                   eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=progress)
+        return run(trainer, until, out, inputs=prepared.inputs, eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=progress)
     finally:
         shutdown(ctx)
