@@ -17,7 +17,7 @@ from torch import nn
 
 from dualhrq.config import ModelConfig
 from dualhrq.model.conditioning import Conditioning
-from dualhrq.model.heads import READOUT_WIDTH, Heads, readout
+from dualhrq.model.heads import Heads, readout
 from dualhrq.model.layers import ReasoningModule
 
 
@@ -108,16 +108,13 @@ class HRM(nn.Module):
         self.cfg = cfg
         h, l = cfg.h_module, cfg.l_module
         self.input = InputNetwork(cfg)
-        self.conditioning = Conditioning(cfg.regime_features, cfg.regime_hidden, cfg.num_regimes,
-                                         cfg.pattern_dim, cfg.fusion_hidden, l.hidden_dim)
-        self.h_module = ReasoningModule(h.hidden_dim, h.num_layers, h.num_heads, h.ffn_dim, cfg.norm_eps)
-        self.l_module = ReasoningModule(l.hidden_dim, l.num_layers, l.num_heads, l.ffn_dim, cfg.norm_eps)
+        self.conditioning = Conditioning(cfg)
+        self.h_module = ReasoningModule(h, cfg.norm_eps)
+        self.l_module = ReasoningModule(l, cfg.norm_eps)
         # Cross-level injection: each level sees the other's mean-pooled state, projected to its width.
         self.h_to_l = nn.Linear(h.hidden_dim, l.hidden_dim, bias=False)
         self.l_to_h = nn.Linear(l.hidden_dim, h.hidden_dim, bias=False)
-        width = READOUT_WIDTH[cfg.readout]
-        self.heads = Heads(width * h.hidden_dim, width * l.hidden_dim, cfg.head_hidden, cfg.quantity_min,
-                           cfg.quantity_max)
+        self.heads = Heads(cfg)
 
     def initial_carry(self, batch_size: int, device: torch.device | str = "cpu") -> Carry:
         c = self.cfg

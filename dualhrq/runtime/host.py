@@ -280,14 +280,12 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         raise ConfigurationError(f"patterns.window: {window}, but {bundle_path} was trained with {built}; the "
                                  "window is part of the model's inputs and cannot change at serve time")
     serve, m = cfg.serve, cfg.model
-    engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
-                         serve.spinning)
+    engine = make_engine(bundle, serve)
     retriever = None
     if bundle.patterns_dir is not None:
         library, encoder, _ = load_artifacts(bundle.patterns_dir, cfg.patterns)
         retriever = Retriever(library, encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
-    batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
-                      upstream=hooks.upstream, on_batch=hooks.on_batch)
+    batcher = Batcher(engine, cfg.act, serve, bundle.initial_carry, upstream=hooks.upstream, on_batch=hooks.on_batch)
     # The training run's label rule, never an overlay's: the state columns are part of the model's inputs.
     features = SampleBuilder(stats, m, PositionRule.from_config(bundle.config.data), window)
     host = ModelHost(name=bundle.model_version, config=cfg, needs=features.needs, features=features,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from dualhrq.config import ActConfig, TrainConfig
 from dualhrq.model import ModelInputs
 from dualhrq.train.losses import Targets
 
@@ -64,13 +65,23 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(key))
 
 
-def draw_slots(seed: int, step: int, n_samples: int, global_batch: int, shard: slice, max_segments: int,
-               exploration_prob: float, pattern_dropout: float) -> SlotDraws:
-    """Draws for the global batch at ``step``, sliced to this rank's ``shard`` of slots.
+def draw_slots(train: TrainConfig, act: ActConfig, step: int, n_samples: int, shard: slice,
+               *legacy: float) -> SlotDraws:
+    """Draws for the global batch (``train.batch_size`` slots) at ``step``, sliced to this rank's ``shard``.
 
-    Samples are drawn uniformly with replacement. Exploration (reference HRM): with probability
-    ``exploration_prob`` a slot must run at least a random 2..max_segments segments before Q may halt it.
+    Samples are drawn uniformly with replacement from ``n_samples``. Exploration (reference HRM): with
+    probability ``act.exploration_prob`` a slot must run at least a random 2..act.max_segments segments before
+    Q may halt it; with probability ``train.pattern_dropout`` an admitted sample trains without patterns.
+    Keyed on ``train.seed`` and ``step``.
     """
+    if legacy:  # TRANSITIONAL: the old positional call in train/loop.py; delete once that call passes (t, act, ...)
+        return _draw(train, act, step, n_samples, shard, *legacy)  # type: ignore[arg-type]
+    return _draw(train.seed, step, n_samples, train.batch_size, shard, act.max_segments, act.exploration_prob,
+                 train.pattern_dropout)
+
+
+def _draw(seed: int, step: int, n_samples: int, global_batch: int, shard: slice, max_segments: int,
+          exploration_prob: float, pattern_dropout: float) -> SlotDraws:
     g = step_generator(seed, step)
     sample = torch.randint(0, n_samples, (global_batch,), generator=g)
     explore = torch.rand(global_batch, generator=g) < exploration_prob
