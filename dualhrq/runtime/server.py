@@ -35,7 +35,7 @@ from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost
-from dualhrq.runtime.metrics import Metrics
+from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Server:
     def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
                  connect: str | None = None, control: Relay | None = None) -> None:
         self.serve = serve
-        self.metrics = Metrics()
+        self.metrics = ServerMetrics()
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
         self._loader, self._bundle = loader, bundle
