@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
+from dualhrq.errors import ConfigurationError
+
 
 @dataclass
 class RequestTiming:
@@ -57,9 +59,11 @@ def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, 
     without a reply after `timeout_s` counts as kind "timeout" with latency = timeout.
     """
     if (rate is None) == (concurrency is None):
-        raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
-    if rate is not None and rate <= 0 or concurrency is not None and concurrency < 1:
-        raise ValueError("rate must be > 0 and concurrency >= 1")
+        raise ConfigurationError("rate, concurrency: give exactly one of rate (open loop) or concurrency (closed loop)")
+    if rate is not None and rate <= 0:
+        raise ConfigurationError(f"rate: must be > 0 requests per second, got {rate}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigurationError(f"concurrency: must be >= 1, got {concurrency}")
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

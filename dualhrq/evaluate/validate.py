@@ -31,7 +31,7 @@ from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.data.windows import build_dataset
-from dualhrq.errors import DataError, InferenceError
+from dualhrq.errors import ConfigurationError, DataError, InferenceError
 from dualhrq.evaluate import leakage
 from dualhrq.evaluate.baselines import (
     BuyAndHold,
@@ -357,7 +357,7 @@ def run_validation(
         for factory in predictors:
             predictor = factory(data, out / "models")
             if predictor.name in preds:
-                raise ValueError(f"two predictors are named {predictor.name!r}")
+                raise ConfigurationError(f"predictors: two are named {predictor.name!r}")
             bar.set_postfix_str(predictor.name)
             scored = _run_splits(
                 predictor, data, splits, cfg, out / "splits" / predictor.name,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dualhrq.config import ModelConfig
+from dualhrq.errors import ConfigurationError
 from dualhrq.model.conditioning import Conditioning
 from dualhrq.model.heads import Heads, readout
 from dualhrq.model.layers import ReasoningModule
@@ -151,7 +152,8 @@ class HRM(nn.Module):
         """Enlarge the instrument vocabulary to `new_vocab` rows, keeping every existing row and weight."""
         old = self.input.instrument
         if new_vocab <= old.num_embeddings:
-            raise ValueError(f"new_vocab ({new_vocab}) must exceed the current size ({old.num_embeddings})")
+            raise ConfigurationError(f"new_vocab: must exceed the current model.instrument_vocab "
+                                     f"({old.num_embeddings}), got {new_vocab}")
         grown = nn.Embedding(new_vocab, old.embedding_dim).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
             # New rows start as the "unknown" row: a new instrument behaves as unknown until it is trained.
