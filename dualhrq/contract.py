@@ -55,7 +55,7 @@ def as_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     arrays already right pass through without a copy."""
     missing = [name for name in INPUT_NAMES if name not in feeds]
     if missing:
-        raise ValueError(f"feeds: missing graph inputs {missing}")
+        raise InferenceError(f"feeds: missing graph inputs {missing}")
     return {name: np.ascontiguousarray(feeds[name], dtype) for name, dtype in _DTYPES.items()}
 
 

@@ -123,8 +123,8 @@ def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None,
     cfg = msgspec.structs.replace(config, model=msgspec.structs.replace(config.model, pattern_k=2, pattern_dim=8),
                                   patterns=patterns or config.patterns)
     engine = engine or CountingEngine()
-    kw = {"max_batch": 8, "max_wait_us": 200, "queue_max": 64, **batcher_kw}
-    batcher = Batcher(engine, cfg.act, zero_carry, upstream=hooks.upstream, on_batch=hooks.on_batch, **kw)
+    serve = msgspec.structs.replace(cfg.serve, **{"max_batch": 8, "max_wait_us": 200, "queue_max": 64, **batcher_kw})
+    batcher = Batcher(engine, cfg.act, serve, zero_carry, upstream=hooks.upstream, on_batch=hooks.on_batch)
     host = ModelHost(name=name, config=cfg, inputs=FakeInputs(needs), batcher=batcher, retriever=retriever)
     host.warm(*_warm_bars(needs), rounds=1)
     return host

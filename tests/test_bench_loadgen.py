@@ -10,6 +10,7 @@ import zmq
 
 from dualhrq.bench.loadgen import run_load
 from dualhrq.bench.report import format_summary, percentiles_ms, summarize
+from dualhrq.errors import ConfigurationError
 
 
 def fake_server(address_holder, stop, stall_at=None, stall_s=0.0, error_every=0):
@@ -92,7 +93,7 @@ def test_unanswered_requests_count_as_timeouts():
 
 
 def test_rate_and_concurrency_are_exclusive():
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ConfigurationError, match="exactly one"):
         run_load("tcp://127.0.0.1:1", req, 1, rate=1.0, concurrency=1)
 
 

@@ -188,7 +188,7 @@ def test_disabled_gate_passes_actions_through():
     ("BUY", 1.0, float("inf"), "position"),
 ])
 def test_bad_decision_input_is_refused_naming_the_field(action, quantity, position, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(DataError, match=field):
         gate().check("X", action, quantity, snap(at(10, 0)), position=position)
 
 

@@ -8,6 +8,7 @@ import pytest
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
 from dualhrq.compliance.sessions import NS_PER_S, wall_ns
 from dualhrq.data.market_rules import LULD, RULES_VERSION, SSR
+from dualhrq.errors import DataError
 
 AFTER = date(2021, 3, 3)  # Amendment 18 in force
 BEFORE = date(2019, 3, 6)  # the old doubling regime
@@ -74,7 +75,7 @@ def test_bands_match_the_rule_text(reference, prior_close, tier, ts, expected):
     ],
 )
 def test_bands_refuse_bad_input_naming_it(args, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(DataError, match=field):
         bands(*args)
 
 

@@ -136,7 +136,7 @@ def test_first_day_only_provides_the_prior_close_without_one_given():
 
 def test_replay_refuses_bad_input():
     bars, _ = crash_day()
-    with pytest.raises(ValueError, match="tier"):
+    with pytest.raises(ConfigurationError, match="tier"):
         replay(bars, short_then_cover, tier=3)
     with pytest.raises(DataError, match="close"):
         replay({"t": [1, 2], "o": [1.0, 1.0], "h": [1.0, 1.0], "l": [1.0, 1.0], "c": [1.0, -1.0], "v": [0, 0]},

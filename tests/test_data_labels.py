@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
+from dualhrq.config import DataConfig
 from dualhrq.data.bars import Bars
 from dualhrq.data.labels import BUY, CLOSE_LONG, CLOSE_SHORT, HOLD, SELL, UNKNOWN, make_labels
 from dualhrq.data.synthetic import random_bars
@@ -29,7 +31,7 @@ def test_action_classes_follow_the_wire_order():
 
 def test_forward_returns_and_the_time_they_become_known():
     fine = random_bars(24 * 4)
-    lab = make_labels(fine, DAY, horizon=2, cost_bps=1.0, vol_threshold=0.5)
+    lab = make_labels(fine, DAY, DataConfig(label_horizon=2, cost_bps=1.0, action_vol_threshold=0.5))
     lc = np.log(fine.c)
     i = 30
     assert lab.out_b[i] == pytest.approx(lc[i + 2] - lc[i])
@@ -43,7 +45,7 @@ def test_coarse_label_skips_a_gap_to_the_first_bar_a_period_later():
     fine = random_bars(24 * 4)
     gapped = Bars(np.where(np.arange(len(fine)) >= 40, fine.t + 2 * DAY, fine.t), fine.o, fine.h, fine.l,
                   fine.c, fine.v)  # a weekend-like gap after bar 39
-    lab = make_labels(gapped, DAY, horizon=1, cost_bps=1.0, vol_threshold=0.5)
+    lab = make_labels(gapped, DAY, DataConfig(label_horizon=1, cost_bps=1.0, action_vol_threshold=0.5))
     assert lab.t_known[30] == gapped.t[40]  # the first bar at least a day later is just after the gap
     assert lab.out_a[30] == pytest.approx(np.log(gapped.c[40] / gapped.c[30]))
 
@@ -52,7 +54,8 @@ def test_each_action_follows_from_the_trailing_and_forward_moves():
     # Flat history (volatility 0, so the threshold is the cost alone), then hand-made 1% moves.
     moves = [0, 0.01, 0.01, -0.01, 0, -0.01, 0.01, 0.01, 0, 0, 0]
     c = 100 * np.exp(np.concatenate([np.zeros(BAR_WINDOW + 2), np.cumsum(moves)]))
-    lab = make_labels(_bars_from_closes(c), 3 * HOUR, horizon=1, cost_bps=1.0, vol_threshold=0.0)
+    lab = make_labels(_bars_from_closes(c), 3 * HOUR, DataConfig(label_horizon=1, cost_bps=1.0,
+                                                                action_vol_threshold=0.0))
     start = BAR_WINDOW + 2  # the bar before the first move: trailing 0, forward +1%
     expect = [BUY,  # flat, next +1%
               HOLD,  # long (+1% behind), next +1%: keep it
@@ -67,7 +70,7 @@ def test_each_action_follows_from_the_trailing_and_forward_moves():
 
 def test_quantity_is_zero_inside_the_cost_and_grows_with_the_move():
     fine = random_bars(500, seed=3)
-    lab = make_labels(fine, DAY, horizon=1, cost_bps=5.0, vol_threshold=0.5)
+    lab = make_labels(fine, DAY, DataConfig(label_horizon=1, cost_bps=5.0, action_vol_threshold=0.5))
     q, f = lab.quantity[lab.valid], np.abs(lab.out_b[lab.valid])
     assert ((q >= 0) & (q < 1)).all()
     assert (q[f <= 5e-4] == 0).all() and (q[f > 5e-4] > 0).all()
@@ -77,14 +80,13 @@ def test_quantity_is_zero_inside_the_cost_and_grows_with_the_move():
 
 def test_a_higher_volatility_threshold_asks_for_fewer_actions():
     fine = random_bars(600, seed=4)
-    active = [np.isin(make_labels(fine, DAY, 1, 1.0, k).action, [BUY, SELL, CLOSE_LONG, CLOSE_SHORT]).sum()
+    active = [np.isin(make_labels(fine, DAY, DataConfig(action_vol_threshold=k)).action,
+                      [BUY, SELL, CLOSE_LONG, CLOSE_SHORT]).sum()
               for k in (0.0, 0.5, 1.0, 2.0)]
     assert active == sorted(active, reverse=True) and active[-1] < active[0] / 2
 
 
-@pytest.mark.parametrize("kwargs, field", [({"horizon": 0}, "label_horizon"), ({"cost_bps": -1.0}, "cost_bps"),
-                                           ({"vol_threshold": -0.1}, "action_vol_threshold")])
-def test_bad_label_settings_are_refused_by_name(kwargs, field):
-    args = {"horizon": 1, "cost_bps": 1.0, "vol_threshold": 0.5} | kwargs
+@pytest.mark.parametrize("field, value", [("label_horizon", 0), ("cost_bps", -1.0), ("action_vol_threshold", -0.1)])
+def test_bad_label_settings_are_refused_by_name(field, value):
     with pytest.raises(ConfigurationError, match=f"data.{field}"):
-        make_labels(random_bars(50), DAY, **args)
+        make_labels(random_bars(50), DAY, msgspec.structs.replace(DataConfig(), **{field: value}))

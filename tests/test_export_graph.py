@@ -11,7 +11,7 @@ import torch
 
 from dualhrq.config import ModelConfig
 from dualhrq.contract import INPUT_NAMES, OUTPUT_NAMES, ort_session, run_session
-from dualhrq.errors import ModelLoadError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.precision import to_fp16
 from dualhrq.export.segment import (
     check_segment_graph,
@@ -111,7 +111,7 @@ def test_check_refuses_a_graph_with_control_flow(tmp_path):
 
 def test_export_refuses_an_opset_below_18(exported, tmp_path):
     model, _ = exported
-    with pytest.raises(ValueError, match="opset"):
+    with pytest.raises(ConfigurationError, match="opset"):
         export_segment(model, tmp_path / "old.onnx", opset=17)
 
 

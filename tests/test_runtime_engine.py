@@ -9,7 +9,7 @@ import pytest
 import torch
 from runtime_fixtures import CountingEngine, row_inputs, zero_carry
 
-from dualhrq.config import ActConfig
+from dualhrq.config import ActConfig, ServeConfig
 from dualhrq.contract import OUTPUT_NAMES
 from dualhrq.contract import zero_carry as graph_carry
 from dualhrq.errors import ConfigurationError
@@ -87,8 +87,9 @@ def test_batched_act_gives_each_row_what_it_gets_alone(tiny_config, tiny_engine)
             np.testing.assert_allclose(v[0], together.outputs[k][i], rtol=1e-4, atol=1e-5)
 
 
-def _batcher(engine, **kw):
-    return Batcher(engine, ActConfig(min_segments=1, max_segments=4), zero_carry, **kw)
+def _batcher(engine, upstream=lambda: 0, **serve):
+    return Batcher(engine, ActConfig(min_segments=1, max_segments=4), ServeConfig(**serve), zero_carry,
+                   upstream=upstream)
 
 
 def test_batcher_answers_every_row_with_its_own_result():

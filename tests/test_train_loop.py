@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualhrq.config import Config, load_config
+from dualhrq.config import ActConfig, Config, TrainConfig, load_config
 from dualhrq.errors import ConfigurationError, ConvergenceError
 from dualhrq.inputs import InputPipeline
 from dualhrq.model import Carry, ModelInputs, ModelOutputs
@@ -229,10 +229,14 @@ def test_pattern_dropout_zeroes_the_whole_mask_of_dropped_samples(prepared):
 
 
 def test_draws_drop_patterns_at_the_configured_rate_and_shard_the_global_batch():
-    rates = [draw_slots(0, s, 100, 64, slice(0, 64), 3, 0.1, 0.25).drop_patterns.float().mean() for s in range(200)]
+    train = TrainConfig(seed=0, batch_size=64, pattern_dropout=0.25)
+    act = ActConfig(max_segments=3, exploration_prob=0.1)
+    rates = [draw_slots(train, act, s, 100, slice(0, 64)).drop_patterns.float().mean() for s in range(200)]
     assert abs(float(torch.stack(rates).mean()) - 0.25) < 0.02
-    whole = draw_slots(5, 7, 100, 8, slice(0, 8), 3, 0.5, 0.25)
-    half = draw_slots(5, 7, 100, 8, slice(4, 8), 3, 0.5, 0.25)
+    train = TrainConfig(seed=5, batch_size=8, pattern_dropout=0.25)
+    act = ActConfig(max_segments=3, exploration_prob=0.5)
+    whole = draw_slots(train, act, 7, 100, slice(0, 8))
+    half = draw_slots(train, act, 7, 100, slice(4, 8))
     assert torch.equal(whole.sample[4:], half.sample) and torch.equal(whole.explore_min[4:], half.explore_min)
 
 

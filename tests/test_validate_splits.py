@@ -7,9 +7,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from dualhrq.config import ValidateConfig
 from dualhrq.data.splits import cpcv_paths, cpcv_splits, walk_forward_splits
 from dualhrq.errors import ConfigurationError, DataError
 
+ONE = ValidateConfig(train_bars=1, test_bars=1, step_bars=1, purge_bars=0, embargo_bars=0)
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -33,6 +35,11 @@ def overlaps(t, t_known, train, test):
 
 def blocks(test):
     return np.split(test, np.flatnonzero(np.diff(test) != 1) + 1)
+
+
+def _cpcv(n_groups, k_test, purge_bars, embargo_bars):
+    return ValidateConfig(scheme="cpcv", cpcv_groups=n_groups, cpcv_test_groups=k_test, purge_bars=purge_bars,
+                          embargo_bars=embargo_bars)
 
 
 def assert_gaps(train, test, purge_bars, embargo_bars):
@@ -62,8 +69,9 @@ def test_walk_forward_splits_never_overlap_labels_and_cover_their_windows(
     assume(train_bars + purge_bars + test_bars <= n)
     try:
         splits = walk_forward_splits(
-            t, t_known, train_bars=train_bars, test_bars=test_bars, step_bars=step,
-            purge_bars=purge_bars, embargo_bars=embargo_bars, anchored=anchored,
+            ValidateConfig(train_bars=train_bars, test_bars=test_bars, step_bars=step,
+                           purge_bars=purge_bars, embargo_bars=embargo_bars, anchored=anchored),
+            t, t_known,
         )
     except ConfigurationError:
         assume(False)  # labels so long that a split has nothing left to train on: refused, not invented
@@ -96,7 +104,7 @@ def test_cpcv_counts_purge_and_paths(data, n_groups, k_frac, purge_bars, embargo
     t, t_known = data
     k = 1 + int(k_frac * (n_groups - 2))
     try:
-        cv = cpcv_splits(t, t_known, n_groups=n_groups, k_test=k, purge_bars=purge_bars, embargo_bars=embargo_bars)
+        cv = cpcv_splits(_cpcv(n_groups, k, purge_bars, embargo_bars), t, t_known)
     except ConfigurationError:
         assume(False)
     phi = comb(n_groups - 1, k - 1)
@@ -121,14 +129,14 @@ def test_cpcv_counts_for_the_textbook_case():
     assert len(paths) == 5
     assert all(len(p) == 6 for p in paths)
     t = np.arange(60, dtype=np.int64)
-    cv = cpcv_splits(t, t + 2, n_groups=6, k_test=2, purge_bars=0, embargo_bars=0)
+    cv = cpcv_splits(_cpcv(6, 2, 0, 0), t, t + 2)
     assert len(cv.splits) == 15
 
 
 def test_cpcv_purges_training_labels_that_reach_into_the_test_group():
     t = np.arange(30, dtype=np.int64)
     t_known = t + 3  # each label needs the next 3 samples
-    cv = cpcv_splits(t, t_known, n_groups=3, k_test=1, purge_bars=0, embargo_bars=2)
+    cv = cpcv_splits(_cpcv(3, 1, 0, 2), t, t_known)
     middle = next(s for s in cv.splits if s.test_groups == (1,))
     # Test is 10..19, its labels end at 22: samples 7..9 have labels ending inside it, 20..22 start before its
     # labels end (and 20..21 are embargoed as well); training resumes at 23.
@@ -138,13 +146,14 @@ def test_cpcv_purges_training_labels_that_reach_into_the_test_group():
 def test_walk_forward_refuses_too_little_data_naming_the_sizes():
     t = np.arange(50, dtype=np.int64)
     with pytest.raises(ConfigurationError, match="train_bars"):
-        walk_forward_splits(t, t + 1, train_bars=40, test_bars=10, step_bars=10, purge_bars=5, embargo_bars=0)
+        walk_forward_splits(ValidateConfig(train_bars=40, test_bars=10, step_bars=10, purge_bars=5, embargo_bars=0),
+                            t, t + 1)
 
 
 def test_unsorted_times_or_labels_known_too_early_are_refused():
     t = np.array([0, 2, 1, 3], dtype=np.int64)
     with pytest.raises(DataError, match="strictly increasing"):
-        walk_forward_splits(t, t + 1, train_bars=1, test_bars=1, step_bars=1, purge_bars=0, embargo_bars=0)
+        walk_forward_splits(ONE, t, t + 1)
     t = np.arange(4, dtype=np.int64)
     with pytest.raises(DataError, match="t_known"):
-        walk_forward_splits(t, t - 1, train_bars=1, test_bars=1, step_bars=1, purge_bars=0, embargo_bars=0)
+        walk_forward_splits(ONE, t, t - 1)

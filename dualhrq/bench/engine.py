@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms, plot_latencies
 from dualhrq.bench.requests import RealWindows
+from dualhrq.config import ServeConfig
 from dualhrq.errors import HRMError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
 
     def add(name: str, backend: str, precision: str, parity: dict | None) -> None:
         try:
-            engine = make_engine(bundle, backend, precision, threads, max_batch=batch, spinning=False)
+            engine = make_engine(bundle, ServeConfig(backend=backend, precision=precision, intra_op_threads=threads,
+                                                     max_batch=batch, spinning=False))
         except (ModelLoadError, HRMError, ImportError) as e:
             skipped[name] = str(e)
             return

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from dualhrq.bench.loadgen import RunResult, run_load
+from dualhrq.bench.loadgen import LoadResult, run_load
 from dualhrq.bench.report import format_summary, plot_latencies, summarize
 from dualhrq.bench.requests import SignalRequestFactory
 from dualhrq.bench.server_process import ServerProcess, ping
@@ -77,7 +77,7 @@ def _admin(address: str, cmd: str, token: str) -> dict:
         return c.admin(cmd, token)
 
 
-def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tuple[RunResult, dict]:
+def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tuple[LoadResult, dict]:
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
@@ -97,7 +97,7 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise HRMError("--requests must be >= 1")
     quiet = args.p95 or args.p99
-    phases: dict[str, tuple[RunResult, dict]] = {}
+    phases: dict[str, tuple[LoadResult, dict]] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if args.bundle:

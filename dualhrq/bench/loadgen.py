@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
+from dualhrq.errors import ConfigurationError
+
 
 @dataclass
-class Sample:
+class RequestTiming:
     latency_ms: float  # from the scheduled (open loop) or actual (closed loop) send time to the reply
     kind: str  # "signal", or the error code, or "timeout"
     fail_open: bool = False
@@ -28,8 +30,8 @@ class Sample:
 
 
 @dataclass
-class RunResult:
-    samples: list[Sample]
+class LoadResult:
+    samples: list[RequestTiming]
     wall_s: float
     mode: str
 
@@ -38,28 +40,30 @@ class RunResult:
         return len(self.samples) / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _parse(body: bytes, due: float, now: float) -> Sample:
+def _parse(body: bytes, due: float, now: float) -> RequestTiming:
     reply = msgpack.unpackb(body, raw=False)
     kind = reply.get("type", "?")
     if kind == "error":
         kind = reply.get("code", "error")
     patterns = reply.get("patterns") or {}
-    return Sample((now - due) * 1e3, kind, bool(patterns.get("fail_open")), patterns.get("reason"),
+    return RequestTiming((now - due) * 1e3, kind, bool(patterns.get("fail_open")), patterns.get("reason"),
                   reply.get("timing_us") or {})
 
 
 def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, rate: float | None = None,
              concurrency: int | None = None, timeout_s: float = 5.0, curve: Sequence[bytes] | None = None,
-             progress: Callable[[int], None] | None = None) -> RunResult:
-    """Send `n` requests built by `make_request(i, id)` and collect one Sample per request.
+             progress: Callable[[int], None] | None = None) -> LoadResult:
+    """Send `n` requests built by `make_request(i, id)` and collect one RequestTiming per request.
 
     Exactly one of `rate` (open loop, requests/s) and `concurrency` (closed loop) must be given. A request
     without a reply after `timeout_s` counts as kind "timeout" with latency = timeout.
     """
     if (rate is None) == (concurrency is None):
-        raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
-    if rate is not None and rate <= 0 or concurrency is not None and concurrency < 1:
-        raise ValueError("rate must be > 0 and concurrency >= 1")
+        raise ConfigurationError("rate, concurrency: give exactly one of rate (open loop) or concurrency (closed loop)")
+    if rate is not None and rate <= 0:
+        raise ConfigurationError(f"rate: must be > 0 requests per second, got {rate}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigurationError(f"concurrency: must be >= 1, got {concurrency}")
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -73,7 +77,7 @@ def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, 
     # Encode everything up front so the timed loop only does socket work.
     bodies = [msgpack.packb(make_request(i, f"{prefix}-{i}"), use_bin_type=True) for i in range(n)]
     pending: dict[str, float] = {}  # id -> time the latency is measured from
-    samples: list[Sample] = []
+    samples: list[RequestTiming] = []
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     sent = 0
@@ -118,10 +122,10 @@ def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, 
             for rid, due in list(pending.items()):
                 if now - due > timeout_s:
                     del pending[rid]
-                    samples.append(Sample(timeout_s * 1e3, "timeout"))
+                    samples.append(RequestTiming(timeout_s * 1e3, "timeout"))
                     if concurrency is not None and sent < n:
                         send(sent, time.perf_counter())
                         sent += 1
     finally:
         sock.close(0)
-    return RunResult(samples, time.perf_counter() - t0, "open" if rate is not None else "closed")
+    return LoadResult(samples, time.perf_counter() - t0, "open" if rate is not None else "closed")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dualhrq.bench.loadgen import RunResult
+from dualhrq.bench.loadgen import LoadResult
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 STAGES = ("decode", "features", "retrieval", "queue", "engine", "total")
@@ -22,7 +22,7 @@ def percentiles_ms(latencies_ms: np.ndarray) -> dict[str, float]:
     return out
 
 
-def summarize(run: RunResult) -> dict[str, Any]:
+def summarize(run: LoadResult) -> dict[str, Any]:
     """All figures of one phase. Percentiles cover every request (errors and timeouts included)."""
     lat = np.array([s.latency_ms for s in run.samples])
     signals = [s for s in run.samples if s.kind == "signal"]

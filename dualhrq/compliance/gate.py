@@ -161,15 +161,15 @@ class ComplianceGate:
     ) -> GateDecision:
         """Decide what may leave for ``action``/``quantity`` given ``market``; updates the position if allowed."""
         if action not in ACTIONS:
-            raise ValueError(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
+            raise DataError(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
         try:
             quantity = float(quantity)  # numpy scalars from the engine become plain floats for the reply
         except (TypeError, ValueError):
-            raise ValueError(f"quantity: expected a number, got {quantity!r}") from None
+            raise DataError(f"quantity: expected a number, got {quantity!r}") from None
         if not (math.isfinite(quantity) and quantity >= 0):
-            raise ValueError(f"quantity: expected a finite number >= 0, got {quantity!r}")
+            raise DataError(f"quantity: expected a finite number >= 0, got {quantity!r}")
         if position is not None and not math.isfinite(position):
-            raise ValueError(f"position: expected a finite number, got {position!r}")
+            raise DataError(f"position: expected a finite number, got {position!r}")
         if self._kill_switch:
             return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
         if not self.config.enabled:

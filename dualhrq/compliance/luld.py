@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from dualhrq.compliance.sessions import session_of, wall_ns
 from dualhrq.data.market_rules import LULD
+from dualhrq.errors import DataError
 
 _UNITS_PER_DOLLAR = 1_000_000_000  # trade prices are summed as integer nano-dollars
 # Relative tolerance for "moves at least 1%": keeps 50.00 → 50.50 a move despite binary rounding.
@@ -42,11 +43,11 @@ def bands(reference_price: float, prior_close: float, tier: int, ts: int) -> tup
     doubles (Tier 2 after 2020-02-24 only at a reference price at or below $3.00). Rounded inward to the cent.
     """
     if not (math.isfinite(reference_price) and reference_price > 0):
-        raise ValueError(f"reference_price: expected a positive finite price, got {reference_price!r}")
+        raise DataError(f"reference_price: expected a positive finite price, got {reference_price!r}")
     if not (math.isfinite(prior_close) and prior_close > 0):
-        raise ValueError(f"prior_close: expected a positive finite price, got {prior_close!r}")
+        raise DataError(f"prior_close: expected a positive finite price, got {prior_close!r}")
     if tier not in (1, 2):
-        raise ValueError(f"tier: expected 1 or 2, got {tier!r}")
+        raise DataError(f"tier: expected 1 or 2, got {tier!r}")
     windows, tier2_max_reference = _doubling(session_of(ts).day)
     row = LULD.band_percentage(prior_close)
     offset = reference_price * (row.tier1 if tier == 1 else row.tier2)

@@ -11,6 +11,7 @@ import numpy as np
 
 from dualhrq.compliance.replay import SignalFn
 from dualhrq.data.bars import Bars
+from dualhrq.errors import ConfigurationError
 from dualhrq.model.vocab import ACTIONS
 
 POLICIES = ("momentum", "random")
@@ -18,7 +19,7 @@ POLICIES = ("momentum", "random")
 
 def momentum_policy(bars: Bars, lookback: int = 5, quantity: float = 1.0) -> SignalFn:
     if lookback < 1:
-        raise ValueError(f"lookback: expected >= 1, got {lookback}")
+        raise ConfigurationError(f"lookback: expected >= 1, got {lookback}")
     close = bars.c
 
     def signal(i: int) -> tuple[str, float]:
@@ -46,4 +47,4 @@ def policy(name: str, bars: Bars, seed: int = 0) -> SignalFn:
         return momentum_policy(bars)
     if name == "random":
         return random_policy(bars, seed)
-    raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {name!r}")
+    raise ConfigurationError(f"policy: expected one of {', '.join(POLICIES)}, got {name!r}")

@@ -36,7 +36,7 @@ from dualhrq.compliance.luld import NORMAL
 from dualhrq.compliance.sessions import NS_PER_S, session_for_day, session_of
 from dualhrq.data.bars import Bars
 from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
-from dualhrq.errors import DataError
+from dualhrq.errors import ConfigurationError, DataError
 
 SignalFn = Callable[[int], tuple[str, float]]
 
@@ -230,11 +230,11 @@ def replay(
     if len(bars) == 0:
         raise DataError("bars: empty")
     if tier not in (1, 2):
-        raise ValueError(f"tier: expected 1 or 2, got {tier!r}")
+        raise ConfigurationError(f"tier: expected 1 or 2, got {tier!r}")
     if prior_close is not None and not (math.isfinite(prior_close) and prior_close > 0):
-        raise ValueError(f"prior_close: expected a positive finite price, got {prior_close!r}")
+        raise ConfigurationError(f"prior_close: expected a positive finite price, got {prior_close!r}")
     if not (math.isfinite(spread_bps) and spread_bps > 0):
-        raise ValueError(f"spread_bps: expected a positive number, got {spread_bps!r}")
+        raise ConfigurationError(f"spread_bps: expected a positive number, got {spread_bps!r}")
     gate = gate if gate is not None else ComplianceGate()
     run = _Run(gate, instrument, tier, spread_bps / 2e4, sorted(events or (), key=lambda e: e.ts))
     if prior_close is not None:

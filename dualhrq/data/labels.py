@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dualhrq.config import DataConfig
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError
 from dualhrq.features import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
@@ -49,12 +50,13 @@ class Labels:
     state: np.ndarray  # int64 the label rule's position state (dualhrq.features.PositionRule)
 
 
-def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float, vol_threshold: float) -> Labels:
-    """Labels of every fine bar (see the module docstring)."""
-    for name, value, low in (("label_horizon", horizon, 1), ("cost_bps", cost_bps, 0),
-                             ("action_vol_threshold", vol_threshold, 0)):
-        if value < low:
-            raise ConfigurationError(f"data.{name}: must be >= {low}, got {value}")
+def make_labels(fine: Bars, coarse_period_ns: int, data: DataConfig) -> Labels:
+    """Labels of every fine bar (see the module docstring), by data.label_horizon, cost_bps and
+    action_vol_threshold."""
+    horizon, cost_bps = data.label_horizon, data.cost_bps
+    for name, low in (("label_horizon", 1), ("cost_bps", 0), ("action_vol_threshold", 0)):
+        if getattr(data, name) < low:
+            raise ConfigurationError(f"data.{name}: must be >= {low}, got {getattr(data, name)}")
     n = len(fine)
     lc = np.log(fine.c)
     i = np.arange(n)
@@ -68,7 +70,7 @@ def make_labels(fine: Bars, coarse_period_ns: int, horizon: int, cost_bps: float
     out_a[has_a] = lc[j[has_a]] - lc[has_a]
 
     cost = cost_bps * 1e-4
-    rule = PositionRule(horizon, cost_bps, vol_threshold)
+    rule = PositionRule.from_config(data)
     sigma, theta = rule.sigma(fine.c), rule.theta(fine.c)
     state = rule.states(fine.c)
     flat = state == FLAT

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import date, time
 from zoneinfo import ZoneInfo
 
+from dualhrq.errors import DataError
+
 RULES_VERSION = "us-equities-2020.02.24"  # named after the newest regime in the tables (Amendment 18)
 
 MARKET_TZ = ZoneInfo("America/New_York")
@@ -83,9 +85,9 @@ class LULDRules:
         return self.below_low
 
     def regime(self, day: date) -> DoublingRegime:
-        """The doubling regime in force on ``day``; raises ValueError before the plan existed."""
+        """The doubling regime in force on ``day``; raises DataError before the plan existed."""
         if day < self.effective:
-            raise ValueError(f"ts: {day} is before the LULD plan took effect ({self.effective})")
+            raise DataError(f"ts: {day} is before the LULD plan took effect ({self.effective})")
         current = self.regimes[0]
         for regime in self.regimes[1:]:
             if day >= regime.effective:

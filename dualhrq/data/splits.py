@@ -93,22 +93,15 @@ def validation_slice(train: np.ndarray, t: np.ndarray, t_known: np.ndarray,
     return purge(train[:len(train) - n_val], val, t, t_known, 0, 0), val
 
 
-def walk_forward_splits(
-    t: np.ndarray,
-    t_known: np.ndarray,
-    *,
-    train_bars: int,
-    test_bars: int,
-    step_bars: int,
-    purge_bars: int,
-    embargo_bars: int,
-    anchored: bool = False,
-) -> list[Split]:
-    """Test windows of ``test_bars`` every ``step_bars``, each trained on the ``train_bars`` before its purge gap.
+def walk_forward_splits(cfg: ValidateConfig, t: np.ndarray, t_known: np.ndarray) -> list[Split]:
+    """Test windows of ``cfg.test_bars`` every ``cfg.step_bars``, each trained on the ``cfg.train_bars`` before
+    its purge gap (``cfg.purge_bars``), with ``cfg.embargo_bars`` after each test window kept out.
 
-    Anchored splits train on everything from the first sample instead of a rolling window. The last window
-    must fit whole: a partial test window would be scored on fewer samples than the others claim.
+    Anchored splits (``cfg.anchored``) train on everything from the first sample instead of a rolling window.
+    The last window must fit whole: a partial test window would be scored on fewer samples than the others claim.
     """
+    train_bars, test_bars, step_bars = cfg.train_bars, cfg.test_bars, cfg.step_bars
+    purge_bars, embargo_bars, anchored = cfg.purge_bars, cfg.embargo_bars, cfg.anchored
     check_label_times(t, t_known)
     n = len(t)
     first_test = train_bars + purge_bars
@@ -140,16 +133,10 @@ def cpcv_paths(n_groups: int, k_test: int) -> list[list[int]]:
     return [[appearances[g][p] for g in range(n_groups)] for p in range(n_paths)]
 
 
-def cpcv_splits(
-    t: np.ndarray,
-    t_known: np.ndarray,
-    *,
-    n_groups: int,
-    k_test: int,
-    purge_bars: int,
-    embargo_bars: int,
-) -> CPCV:
-    """All C(N, k) ways to test on k of N contiguous groups and train on the purged, embargoed rest."""
+def cpcv_splits(cfg: ValidateConfig, t: np.ndarray, t_known: np.ndarray) -> CPCV:
+    """All C(N, k) ways to test on k of N contiguous groups and train on the purged, embargoed rest
+    (N = ``cfg.cpcv_groups``, k = ``cfg.cpcv_test_groups``, gaps ``cfg.purge_bars`` and ``cfg.embargo_bars``)."""
+    n_groups, k_test, purge_bars, embargo_bars = cfg.cpcv_groups, cfg.cpcv_test_groups, cfg.purge_bars, cfg.embargo_bars
     check_label_times(t, t_known)
     if not 1 <= k_test < n_groups:
         raise ConfigurationError(f"validate: cpcv_test_groups must be in 1..cpcv_groups-1, got {k_test} of {n_groups}")
@@ -170,21 +157,5 @@ def cpcv_splits(
 def splits_from_config(cfg: ValidateConfig, t: np.ndarray, t_known: np.ndarray) -> list[Split] | CPCV:
     """The splits that ``cfg.scheme`` asks for."""
     if cfg.scheme == "cpcv":
-        return cpcv_splits(
-            t,
-            t_known,
-            n_groups=cfg.cpcv_groups,
-            k_test=cfg.cpcv_test_groups,
-            purge_bars=cfg.purge_bars,
-            embargo_bars=cfg.embargo_bars,
-        )
-    return walk_forward_splits(
-        t,
-        t_known,
-        train_bars=cfg.train_bars,
-        test_bars=cfg.test_bars,
-        step_bars=cfg.step_bars,
-        purge_bars=cfg.purge_bars,
-        embargo_bars=cfg.embargo_bars,
-        anchored=cfg.anchored,
-    )
+        return cpcv_splits(cfg, t, t_known)
+    return walk_forward_splits(cfg, t, t_known)

@@ -10,6 +10,7 @@ import numpy as np
 
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import parse_rule
+from dualhrq.errors import ConfigurationError
 
 START_NS = 1_499_990_400 * 10**9  # 2017-07-14 00:00 UTC: a fixed midnight, so bar k*24 closes day k exactly
 
@@ -18,7 +19,7 @@ def random_bars(n: int, timeframe: str = "1h", seed: int = 0, vol: float = 0.002
                 start_ns: int = START_NS) -> Bars:
     """``n`` contiguous bars of ``timeframe`` (close-stamped, no gaps), log returns ~ N(0, vol^2)."""
     if n < 1:
-        raise ValueError(f"n: must be >= 1, got {n}")
+        raise ConfigurationError(f"n: must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
     step = parse_rule(timeframe).ns
     c = price * np.exp(np.cumsum(rng.normal(0.0, vol, n)))

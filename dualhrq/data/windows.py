@@ -189,8 +189,7 @@ def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig
     coarse_x, fine_x = bar_features(coarse), fine_features(fine, position)
     regime_x = regime_features(fine, coarse)
     pattern_x = pattern_features(fine, pattern_window)
-    labels = make_labels(fine, parse_rule(rule).ns, data_cfg.label_horizon, data_cfg.cost_bps,
-                         data_cfg.action_vol_threshold)
+    labels = make_labels(fine, parse_rule(rule).ns, data_cfg)
 
     n_coarse, n_fine = needs(model_cfg, pattern_window, position)
     k = visible_counts(coarse.t, fine.t)

@@ -52,7 +52,7 @@ class Predictions:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class StrategyMetrics:
     """Scores of one out-of-sample series. NaN marks an undefined score (no trades, a constant forecast)."""
 
     n: int
@@ -123,7 +123,7 @@ def max_drawdown(net: np.ndarray) -> float:
     return float(1.0 - np.exp(-(np.maximum.accumulate(equity) - equity).max()))
 
 
-def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, periods: float) -> Metrics:
+def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, periods: float) -> StrategyMetrics:
     """All scores of one out-of-sample series; ``returns`` are the realised returns of the same samples."""
     if returns.shape != pred.position.shape:
         raise DataError(f"returns {returns.shape} and predictions {pred.position.shape} differ in length")
@@ -131,7 +131,7 @@ def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, 
     traded = trades(pred.position)
     ic = information_coefficient(pred.forecast, returns)
     ic_low, ic_high = ic_interval(ic, len(returns))
-    return Metrics(
+    return StrategyMetrics(
         n=len(returns),
         hit_rate=hit_rate(pred.position, returns),
         ic=ic,

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dualhrq.evaluate.leakage import LeakageReport  # noqa: E402
-from dualhrq.evaluate.metrics import Metrics  # noqa: E402
+from dualhrq.evaluate.metrics import StrategyMetrics  # noqa: E402
 from dualhrq.evaluate.statistics import DSRResult, SPAResult  # noqa: E402
 
 SIGNIFICANCE = 0.05  # SPA consistent p-value below which an edge counts as real
@@ -53,8 +53,8 @@ class ValidationResult:
     settings: dict[str, Any]
     candidate: str  # the predictor the statistics test against the others (the HRM)
     splits: list[SplitInfo]
-    per_split: dict[str, list[Metrics]]
-    overall: dict[str, Metrics]
+    per_split: dict[str, list[StrategyMetrics]]
+    overall: dict[str, StrategyMetrics]
     oos_time: np.ndarray  # ns timestamps of the concatenated out-of-sample series
     net_returns: dict[str, np.ndarray]  # per predictor, aligned with oos_time
     leakage: LeakageReport
@@ -145,7 +145,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _metric_row(m: Metrics) -> list[str]:
+def _metric_row(m: StrategyMetrics) -> list[str]:
     return [_fmt(getattr(m, c)) for c in _METRIC_COLUMNS]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from arch.bootstrap import SPA, RealityCheck
 from scipy.stats import kurtosis, norm, skew
 
-from dualhrq.errors import DataError
+from dualhrq.errors import ConfigurationError, DataError
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -88,7 +88,7 @@ def spa_test(
 def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
     """E[max SR] of ``n_trials`` independent skill-less strategies whose Sharpe ratios have this variance."""
     if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+        raise ConfigurationError(f"n_trials: must be >= 1, got {n_trials}")
     if n_trials == 1:
         return 0.0
     return math.sqrt(sharpe_variance) * (
@@ -99,7 +99,7 @@ def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
 def probabilistic_sharpe_ratio(sharpe: float, sr0: float, n: int, skewness: float, pearson_kurtosis: float) -> float:
     """P(true SR > sr0) given an observed per-sample SR over n samples with this skew and kurtosis."""
     if n < 2:
-        raise ValueError(f"need at least 2 samples, got {n}")
+        raise DataError(f"n: need at least 2 samples, got {n}")
     denom = 1 - skewness * sharpe + (pearson_kurtosis - 1) / 4 * sharpe**2
     if denom <= 0:
         raise DataError("probabilistic_sharpe_ratio: skew/kurtosis leave no positive variance of the Sharpe estimate")

@@ -31,7 +31,7 @@ from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
 from dualhrq.data.windows import build_dataset
-from dualhrq.errors import DataError, InferenceError
+from dualhrq.errors import ConfigurationError, DataError, InferenceError
 from dualhrq.evaluate import leakage
 from dualhrq.evaluate.baselines import (
     BuyAndHold,
@@ -42,7 +42,7 @@ from dualhrq.evaluate.baselines import (
     RidgeForecast,
     StateOnly,
 )
-from dualhrq.evaluate.metrics import Metrics, Predictions, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, strategy_returns
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 from dualhrq.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
@@ -251,11 +251,11 @@ def _run_splits(
     cfg: Config,
     out_dir: Path,
     *,
-    score: Callable[[Predictions, np.ndarray], Metrics],
+    score: Callable[[Predictions, np.ndarray], StrategyMetrics],
     resume: bool,
     continue_states: bool,
     bar: tqdm,
-) -> list[tuple[Predictions, Metrics]]:
+) -> list[tuple[Predictions, StrategyMetrics]]:
     """Fit, predict and score every split, or load what an earlier run of the same splits already saved.
     Loaded splits are scored again: scoring settings may have changed since (they are not in the fingerprint)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,17 +347,17 @@ def run_validation(
     permuted = data.permuted(vcfg.seed) if control_splits else None
     total = len(predictors) * (len(splits) + len(control_splits))
 
-    def score(pred: Predictions, returns: np.ndarray) -> Metrics:
+    def score(pred: Predictions, returns: np.ndarray) -> StrategyMetrics:
         return compute_metrics(pred, returns, cost_bps=cost_bps, periods=periods)
 
     preds: dict[str, list[Predictions]] = {}
-    per_split: dict[str, list[Metrics]] = {}
+    per_split: dict[str, list[StrategyMetrics]] = {}
     with tqdm(total=total, desc="validate", unit="split", disable=not progress,
               mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
         for factory in predictors:
             predictor = factory(data, out / "models")
             if predictor.name in preds:
-                raise ValueError(f"two predictors are named {predictor.name!r}")
+                raise ConfigurationError(f"predictors: two are named {predictor.name!r}")
             bar.set_postfix_str(predictor.name)
             scored = _run_splits(
                 predictor, data, splits, cfg, out / "splits" / predictor.name,

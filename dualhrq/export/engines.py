@@ -17,6 +17,7 @@ from dualhrq.contract import OUTPUT_NAMES, as_feeds, ort_session
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
 
 if TYPE_CHECKING:
+    from dualhrq.config import ServeConfig
     from dualhrq.model import HRM
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
@@ -173,17 +174,19 @@ class TensorRTEngine(Engine):
 # ---------------------------------------------------------------- from a bundle
 
 
-def make_engine(bundle: Any, backend: str = "onnx-cpu", precision: str = "fp32", threads: int = 0,
-                max_batch: int = 8, spinning: bool = False) -> Engine:
-    """The engine a bundle (dualhrq.export.bundle.Bundle) asks for, with a clear error when unavailable."""
+def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
+    """The engine ``serve`` asks for from a bundle (dualhrq.export.bundle.Bundle), with a clear error when
+    unavailable. Reads serve.backend, precision, intra_op_threads, spinning and max_batch."""
+    backend = serve.backend
     if backend not in BACKENDS:
         raise ConfigurationError(f"serve.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "tensorrt":
-        return TensorRTEngine(bundle.tensorrt_plan_path(), max_batch)
+        return TensorRTEngine(bundle.tensorrt_plan_path(), serve.max_batch)
     if backend == "torch":
         from dualhrq.model import HRM
 
         model = HRM(bundle.config.model)
         model.load_state_dict(bundle.state_dict())
-        return TorchEngine(model, max_batch)
-    return OnnxEngine(bundle.graph_path(precision), backend, threads, spinning, max_batch)
+        return TorchEngine(model, serve.max_batch)
+    return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
+                      serve.max_batch)

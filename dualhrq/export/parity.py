@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dualhrq.contract import OUTPUT_NAMES, next_carry, run_session
-from dualhrq.errors import InferenceError
+from dualhrq.errors import ConfigurationError, InferenceError
 from dualhrq.export.segment import run_torch
 from dualhrq.model import HRM
 
@@ -105,7 +105,7 @@ def carry_parity(model: HRM, session: ort.InferenceSession, feeds: dict[str, np.
     """Run `segments` segments through PyTorch and through the graph, each feeding back its OWN carry, and
     hold every segment to the fp32 bounds: drift that compounds over an ACT loop shows up here."""
     if segments < 1:
-        raise ValueError(f"segments: must be >= 1, got {segments}")
+        raise ConfigurationError(f"segments: must be >= 1, got {segments}")
     torch_feeds, onnx_feeds = dict(feeds), dict(feeds)
     worst: list[float] = []
     failures: list[str] = []

@@ -21,7 +21,7 @@ from torch import nn
 
 from dualhrq.config import ModelConfig
 from dualhrq.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, zero_carry
-from dualhrq.errors import ModelLoadError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.model import ACTIONS, HRM, Carry, ModelInputs
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
     False forces it. ONNX Runtime finds the side file by itself when loading by path.
     """
     if opset < MIN_OPSET:
-        raise ValueError(f"opset: {opset} is below the minimum {MIN_OPSET}")
+        raise ConfigurationError(f"opset: {opset} is below the minimum {MIN_OPSET}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg

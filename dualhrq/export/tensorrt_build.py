@@ -49,7 +49,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, max_batch: int, *
     if reason:
         raise ConfigurationError(f"cannot build a TensorRT engine: {reason}")
     if not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: must be within 1..max_batch ({max_batch}), got {opt_batch}")
+        raise ConfigurationError(f"opt_batch: must be within 1..max_batch ({max_batch}), got {opt_batch}")
     import tensorrt as trt
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualhrq.config import ModelConfig
+
 
 class RegimeClassifier(nn.Module):
     """Regime features [B, F_r] -> regime logits [B, R] (trained on unsupervised regime labels)."""
@@ -60,12 +62,14 @@ class FiLM(nn.Module):
 
 
 class Conditioning(nn.Module):
-    def __init__(self, regime_in: int, regime_hidden: int, num_regimes: int, pattern_dim: int,
-                 fusion_hidden: int, target_dim: int) -> None:
+    """Reads model.regime_features, regime_hidden, num_regimes, pattern_dim, fusion_hidden and the width of
+    the L tokens it conditions (model.l_module.hidden_dim)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.regime = RegimeClassifier(regime_in, regime_hidden, num_regimes)
-        self.patterns = PatternPooling(pattern_dim)
-        self.film = FiLM(num_regimes, pattern_dim, fusion_hidden, target_dim)
+        self.regime = RegimeClassifier(cfg.regime_features, cfg.regime_hidden, cfg.num_regimes)
+        self.patterns = PatternPooling(cfg.pattern_dim)
+        self.film = FiLM(cfg.num_regimes, cfg.pattern_dim, cfg.fusion_hidden, cfg.l_module.hidden_dim)
 
     def forward(self, l_tokens: torch.Tensor, regime_features: torch.Tensor, pattern_context: torch.Tensor,
                 pattern_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

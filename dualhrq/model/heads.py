@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dualhrq.config import ModelConfig
+from dualhrq.errors import ConfigurationError
 from dualhrq.model.vocab import ACTIONS
 
 READOUT_WIDTH = {"last": 1, "mean": 1, "last+mean": 2}  # readout width in multiples of the level's width
@@ -23,14 +25,19 @@ def readout(z: torch.Tensor, mode: str) -> torch.Tensor:
             return z.mean(dim=1)
         case "last+mean":
             return torch.cat([z[:, -1], z.mean(dim=1)], dim=-1)
-    raise ValueError(f"model.readout: unknown mode {mode!r} (known: {', '.join(READOUT_WIDTH)})")
+    raise ConfigurationError(f"model.readout: unknown mode {mode!r} (known: {', '.join(READOUT_WIDTH)})")
 
 
 class Heads(nn.Module):
-    """h_dim, l_dim: the widths of the two levels' readouts (not of their tokens)."""
+    """Reads model.readout and the two levels' widths (the readouts' widths follow), model.head_hidden and the
+    quantity range (model.quantity_min, quantity_max)."""
 
-    def __init__(self, h_dim: int, l_dim: int, hidden: int, quantity_min: float, quantity_max: float) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.readout not in READOUT_WIDTH:
+            raise ConfigurationError(f"model.readout: unknown mode {cfg.readout!r} (known: {', '.join(READOUT_WIDTH)})")
+        width = READOUT_WIDTH[cfg.readout]
+        h_dim, l_dim, hidden = width * cfg.h_module.hidden_dim, width * cfg.l_module.hidden_dim, cfg.head_hidden
         self.trunk = nn.Sequential(nn.Linear(h_dim + l_dim, hidden), nn.SiLU())
         self.policy = nn.Linear(hidden, len(ACTIONS))
         self.quantity = nn.Linear(hidden, 1)
@@ -38,7 +45,7 @@ class Heads(nn.Module):
         self.q = nn.Linear(h_dim, 2)
         self.forecast_coarse = nn.Linear(h_dim, 1)
         self.forecast_fine = nn.Linear(l_dim, 1)
-        self.quantity_min, self.quantity_max = quantity_min, quantity_max
+        self.quantity_min, self.quantity_max = cfg.quantity_min, cfg.quantity_max
         # As in the reference HRM: Q starts strongly negative so early training halts only when told to.
         nn.init.zeros_(self.q.weight)
         nn.init.constant_(self.q.bias, -5.0)

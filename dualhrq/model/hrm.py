@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from dualhrq.config import ModelConfig
+from dualhrq.errors import ConfigurationError
 from dualhrq.model.conditioning import Conditioning
-from dualhrq.model.heads import READOUT_WIDTH, Heads, readout
+from dualhrq.model.heads import Heads, readout
 from dualhrq.model.layers import ReasoningModule
 
 
@@ -108,16 +109,13 @@ class HRM(nn.Module):
         self.cfg = cfg
         h, l = cfg.h_module, cfg.l_module
         self.input = InputNetwork(cfg)
-        self.conditioning = Conditioning(cfg.regime_features, cfg.regime_hidden, cfg.num_regimes,
-                                         cfg.pattern_dim, cfg.fusion_hidden, l.hidden_dim)
-        self.h_module = ReasoningModule(h.hidden_dim, h.num_layers, h.num_heads, h.ffn_dim, cfg.norm_eps)
-        self.l_module = ReasoningModule(l.hidden_dim, l.num_layers, l.num_heads, l.ffn_dim, cfg.norm_eps)
+        self.conditioning = Conditioning(cfg)
+        self.h_module = ReasoningModule(h, cfg.norm_eps)
+        self.l_module = ReasoningModule(l, cfg.norm_eps)
         # Cross-level injection: each level sees the other's mean-pooled state, projected to its width.
         self.h_to_l = nn.Linear(h.hidden_dim, l.hidden_dim, bias=False)
         self.l_to_h = nn.Linear(l.hidden_dim, h.hidden_dim, bias=False)
-        width = READOUT_WIDTH[cfg.readout]
-        self.heads = Heads(width * h.hidden_dim, width * l.hidden_dim, cfg.head_hidden, cfg.quantity_min,
-                           cfg.quantity_max)
+        self.heads = Heads(cfg)
 
     def initial_carry(self, batch_size: int, device: torch.device | str = "cpu") -> Carry:
         c = self.cfg
@@ -154,7 +152,8 @@ class HRM(nn.Module):
         """Enlarge the instrument vocabulary to `new_vocab` rows, keeping every existing row and weight."""
         old = self.input.instrument
         if new_vocab <= old.num_embeddings:
-            raise ValueError(f"new_vocab ({new_vocab}) must exceed the current size ({old.num_embeddings})")
+            raise ConfigurationError(f"new_vocab: must exceed the current model.instrument_vocab "
+                                     f"({old.num_embeddings}), got {new_vocab}")
         grown = nn.Embedding(new_vocab, old.embedding_dim).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
             # New rows start as the "unknown" row: a new instrument behaves as unknown until it is trained.

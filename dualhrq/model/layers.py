@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualhrq.config import ModuleConfig
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
@@ -73,9 +75,10 @@ class Block(nn.Module):
 class ReasoningModule(nn.Module):
     """A stack of blocks that updates a recurrent state given an injection (reference: HRM ReasoningModule)."""
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, eps: float) -> None:
+    def __init__(self, module: ModuleConfig, eps: float) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Block(dim, num_heads, ffn_dim, eps) for _ in range(num_layers))
+        self.layers = nn.ModuleList(Block(module.hidden_dim, module.num_heads, module.ffn_dim, eps)
+                                    for _ in range(module.num_layers))
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
         x = state + injection

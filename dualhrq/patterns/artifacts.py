@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from dualhrq.config import PatternsConfig
-from dualhrq.errors import ModelLoadError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.patterns.checksums import verify_checksums, write_checksums
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
@@ -28,7 +28,8 @@ _JSON_FILES = ("encoder.json", "regimes.json")
 def save_artifacts(directory: str | Path, library: PatternLibrary, encoder: PatternEncoder,
                    regimes: RegimeModel) -> Path:
     if encoder.embed_dim != library.dim:
-        raise ValueError(f"encoder embeds to {encoder.embed_dim} dims but the library holds {library.dim}")
+        raise ConfigurationError(f"patterns.embed_dim: the encoder embeds to {encoder.embed_dim} dims but the library "
+                                 f"holds {library.dim}")
     out = Path(directory)
     library.save(out / "library")
     (out / "encoder.json").write_text(json.dumps(encoder.to_dict()))

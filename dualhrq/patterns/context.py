@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dualhrq.errors import ConfigurationError
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
 
@@ -27,6 +28,6 @@ def drop_patterns(context: np.ndarray, mask: np.ndarray, rate: float,
     """Copies with the whole context of each sample blanked (context and mask 0) with probability ``rate``:
     exactly what the runtime sends when it fails open."""
     if not 0 <= rate <= 1:
-        raise ValueError(f"train.pattern_dropout: must be in [0, 1], got {rate}")
+        raise ConfigurationError(f"train.pattern_dropout: must be in [0, 1], got {rate}")
     keep = (rng.random(len(mask)) >= rate).astype(mask.dtype)
     return context * keep[:, None, None], mask * keep[:, None]

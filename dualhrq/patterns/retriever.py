@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from dualhrq.config import PatternsConfig
-from dualhrq.errors import DataError, HRMError
+from dualhrq.errors import ConfigurationError, DataError, HRMError, ModelLoadError
 from dualhrq.patterns.context import pattern_context
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import PatternLibrary
@@ -82,7 +82,8 @@ class Retriever:
     def __init__(self, library: PatternLibrary, encoder: PatternEncoder, cfg: PatternsConfig, pattern_dim: int,
                  k: int, seed: int = 0) -> None:
         if encoder.embed_dim != library.dim:
-            raise ValueError(f"encoder embeds to {encoder.embed_dim} dims but the library holds {library.dim}")
+            raise ModelLoadError(f"patterns.embed_dim: the encoder embeds to {encoder.embed_dim} dims but the library "
+                                 f"holds {library.dim}")
         self.library = library
         self.encoder = encoder
         self.cfg = cfg
@@ -99,9 +100,9 @@ class Retriever:
     def set_fault(self, delay_ms: float, error_rate: float) -> None:
         """Fault drill: every query sleeps ``delay_ms`` and raises with probability ``error_rate`` (0, 0: off)."""
         if delay_ms < 0:
-            raise ValueError(f"patterns.fault.delay_ms: must be >= 0, got {delay_ms}")
+            raise ConfigurationError(f"patterns.fault.delay_ms: must be >= 0, got {delay_ms}")
         if not 0 <= error_rate <= 1:
-            raise ValueError(f"patterns.fault.error_rate: must be in [0, 1], got {error_rate}")
+            raise ConfigurationError(f"patterns.fault.error_rate: must be in [0, 1], got {error_rate}")
         self._delay_s = delay_ms / 1000.0
         self._error_rate = error_rate
 
@@ -133,7 +134,7 @@ class Retriever:
     def _timeout(self, timeout_s: float | None) -> float:
         t = self.cfg.timeout_ms / 1000.0 if timeout_s is None else timeout_s
         if not t > 0:
-            raise ValueError(f"timeout_s: must be > 0, got {t}")
+            raise ConfigurationError(f"timeout_s: must be > 0, got {t}")
         return t
 
     def _batch_size(self, pattern_features: np.ndarray) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dualhrq.config import ActConfig
+from dualhrq.config import ActConfig, ServeConfig
 from dualhrq.errors import InferenceError
 from dualhrq.export.engines import Engine
 from dualhrq.runtime.act import ActResult, run_act
@@ -55,17 +55,19 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, act: ActConfig, initial_carry: Callable[[int], tuple[np.ndarray, np.ndarray]],
-                 max_batch: int = 8, max_wait_us: int = 200, queue_max: int = 256,
+    """Reads ``act`` (the ACT loop) and ``serve.max_batch``, ``serve.max_wait_us``, ``serve.queue_max``."""
+
+    def __init__(self, engine: Engine, act: ActConfig, serve: ServeConfig,
+                 initial_carry: Callable[[int], tuple[np.ndarray, np.ndarray]], *,
                  upstream: Callable[[], int] = lambda: 0,
                  on_batch: Callable[[int, float], None] = lambda size, seconds: None) -> None:
         self.engine, self.act = engine, act
-        self.max_batch = min(max_batch, engine.max_batch)
-        self.max_wait_s = max_wait_us / 1e6
+        self.max_batch = min(serve.max_batch, engine.max_batch)
+        self.max_wait_s = serve.max_wait_us / 1e6
         self._initial_carry = initial_carry
         self._upstream = upstream
         self._on_batch = on_batch
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=serve.queue_max)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"inference-{engine.name}", daemon=True)
 

@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from dualhrq.data.bars import Bars
-from dualhrq.errors import HRMError
+from dualhrq.errors import ConfigurationError, HRMError
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.security import ClientKeys
 
@@ -72,9 +72,11 @@ class _Base:
     def __init__(self, address: str, timeout_s: float, retries: int, curve: ClientKeys | None,
                  fallback: Literal["hold"] | None) -> None:
         if fallback not in (None, "hold"):
-            raise ValueError(f"fallback: expected None or 'hold', got {fallback!r}")
-        if timeout_s <= 0 or retries < 0:
-            raise ValueError("timeout_s must be > 0 and retries >= 0")
+            raise ConfigurationError(f"fallback: expected None or 'hold', got {fallback!r}")
+        if timeout_s <= 0:
+            raise ConfigurationError(f"timeout_s: must be > 0, got {timeout_s}")
+        if retries < 0:
+            raise ConfigurationError(f"retries: must be >= 0, got {retries}")
         self.address, self.timeout_s, self.retries = address, timeout_s, retries
         self.curve, self.fallback = curve, fallback
 

@@ -82,8 +82,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overlay, source = _overlay(args)
     cfg = serve_settings(args.bundle, overlay, source)
     if cfg.serve.workers > 1 and not args.connect:
-        return run_workers(cfg.serve.workers, args.bundle, overlay, source, cfg.serve, getattr(args, "verbose", False),
-                           args.log_json)
+        return run_workers(args.bundle, overlay, source, cfg.serve, getattr(args, "verbose", False), args.log_json)
     bus = None
     if args.connect:
         addresses = BrokerAddresses.remote(args.connect)

@@ -215,11 +215,9 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
         log.warning("%s has no decision rule (trained without a validation slice): serving the policy's argmax",
                     bundle_path)
     serve, m = cfg.serve, cfg.model
-    engine = make_engine(bundle, serve.backend, serve.precision, serve.intra_op_threads, serve.max_batch,
-                         serve.spinning)
+    engine = make_engine(bundle, serve)
     retriever = Retriever(inputs.library, inputs.encoder, cfg.patterns, m.pattern_dim, m.pattern_k)
-    batcher = Batcher(engine, cfg.act, bundle.initial_carry, serve.max_batch, serve.max_wait_us, serve.queue_max,
-                      upstream=hooks.upstream, on_batch=hooks.on_batch)
+    batcher = Batcher(engine, cfg.act, serve, bundle.initial_carry, upstream=hooks.upstream, on_batch=hooks.on_batch)
     host = ModelHost(name=bundle.model_version, config=cfg, inputs=inputs, batcher=batcher, retriever=retriever)
     coarse_n, fine_n = host.needs
     hour, day = 3_600 * 10**9, 86_400 * 10**9

@@ -51,7 +51,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class Bars(_Strict):
+class WireBars(_Strict):
     """One timeframe's bars, oldest first; `t` in ns since the epoch."""
 
     t: list[int]
@@ -83,8 +83,8 @@ class Signal(_Strict, tag_field="type", tag="signal"):
     v: int
     instrument: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     timeframe: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
-    coarse: Bars
-    fine: Bars
+    coarse: WireBars
+    fine: WireBars
     deadline_ms: float | None = None
     market: Market | None = None
 
@@ -307,7 +307,7 @@ def _check_signal_numbers(req: Signal) -> None:
 # ---------------------------------------------------------------- bars for the model
 
 
-def check_bars(wire: Bars, name: str, minimum: int, request_id: str) -> data_bars.Bars:
+def check_bars(wire: WireBars, name: str, minimum: int, request_id: str) -> data_bars.Bars:
     """A signal's `coarse` or `fine` as validated numpy bars, with the checks every data entry point shares
     (dualhrq.data.bars); anything unusable is invalid_input naming e.g. ``fine.c[12]``."""
     if len(wire) < minimum:
@@ -321,6 +321,6 @@ def check_bars(wire: Bars, name: str, minimum: int, request_id: str) -> data_bar
         raise ProtocolError("invalid_input", str(e), name, request_id) from None
 
 
-def wire_bars(bars: data_bars.Bars) -> Bars:
+def wire_bars(bars: data_bars.Bars) -> WireBars:
     """numpy bars as the wire struct (clients, warm-up requests)."""
-    return Bars(*(getattr(bars, k).tolist() for k in ("t", "o", "h", "l", "c", "v")))
+    return WireBars(*(getattr(bars, k).tolist() for k in ("t", "o", "h", "l", "c", "v")))

@@ -32,10 +32,11 @@ import zmq.asyncio
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
+from dualhrq.errors import DataError
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost
-from dualhrq.runtime.metrics import Metrics
+from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Server:
     def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
                  connect: str | None = None, control: Relay | None = None) -> None:
         self.serve = serve
-        self.metrics = Metrics()
+        self.metrics = ServerMetrics()
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
         self._loader, self._bundle = loader, bundle
@@ -378,7 +379,7 @@ class Server:
             return {"kill_switch": self._gate.kill_switch}
         if cmd == "reload":
             return await self._reload(bundle or self._bundle)
-        raise ValueError(f"cmd: unknown admin command {cmd!r}")
+        raise DataError(f"cmd: unknown admin command {cmd!r}")
 
     async def _reload(self, bundle: str) -> dict[str, Any]:
         """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done."""

@@ -40,7 +40,7 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
 
     def signal(i: int) -> tuple[str, float]:
         if not 0 <= i < len(bars):
-            raise IndexError(f"bar {i} is outside the {len(bars)} bars given")
+            raise DataError(f"bar {i} is outside the {len(bars)} bars given")
         closed = coarse.until(int(bars.t[i]))
         if i + 1 < fine_n or len(closed) < coarse_n:
             return "HOLD", 0.0

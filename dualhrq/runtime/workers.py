@@ -197,12 +197,12 @@ def start_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, add
     return procs
 
 
-def run_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
+def run_workers(bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
                 verbose: bool = False, json_logs: bool = False) -> int:
-    """The `serve --workers N` supervisor: broker + N workers; SIGTERM/SIGINT drain them all, exit 0."""
+    """The `serve --workers N` supervisor: broker + serve.workers workers; SIGTERM/SIGINT drain them all, exit 0."""
     addresses = BrokerAddresses.local(serve.bind)
     broker = Broker(addresses, serve.curve).start()
-    procs = start_workers(n, bundle, overlay, source, addresses, verbose, json_logs)
+    procs = start_workers(serve.workers, bundle, overlay, source, addresses, verbose, json_logs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

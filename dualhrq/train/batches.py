@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from dualhrq.config import ActConfig, TrainConfig
 from dualhrq.model import ModelInputs
 from dualhrq.train.losses import Targets
 
@@ -64,19 +65,21 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(key))
 
 
-def draw_slots(seed: int, step: int, n_samples: int, global_batch: int, shard: slice, max_segments: int,
-               exploration_prob: float, pattern_dropout: float) -> SlotDraws:
-    """Draws for the global batch at ``step``, sliced to this rank's ``shard`` of slots.
+def draw_slots(train: TrainConfig, act: ActConfig, step: int, n_samples: int, shard: slice) -> SlotDraws:
+    """Draws for the global batch (``train.batch_size`` slots) at ``step``, sliced to this rank's ``shard``.
 
-    Samples are drawn uniformly with replacement. Exploration (reference HRM): with probability
-    ``exploration_prob`` a slot must run at least a random 2..max_segments segments before Q may halt it.
+    Samples are drawn uniformly with replacement from ``n_samples``. Exploration (reference HRM): with
+    probability ``act.exploration_prob`` a slot must run at least a random 2..act.max_segments segments before
+    Q may halt it; with probability ``train.pattern_dropout`` an admitted sample trains without patterns.
+    Keyed on ``train.seed`` and ``step``.
     """
-    g = step_generator(seed, step)
-    sample = torch.randint(0, n_samples, (global_batch,), generator=g)
-    explore = torch.rand(global_batch, generator=g) < exploration_prob
-    if max_segments >= 2:
-        minimum = torch.randint(2, max_segments + 1, (global_batch,), generator=g)
+    g = step_generator(train.seed, step)
+    n = train.batch_size
+    sample = torch.randint(0, n_samples, (n,), generator=g)
+    explore = torch.rand(n, generator=g) < act.exploration_prob
+    if act.max_segments >= 2:
+        minimum = torch.randint(2, act.max_segments + 1, (n,), generator=g)
     else:
-        minimum = torch.zeros(global_batch, dtype=torch.int64)
-    drop = torch.rand(global_batch, generator=g) < pattern_dropout
+        minimum = torch.zeros(n, dtype=torch.int64)
+    drop = torch.rand(n, generator=g) < train.pattern_dropout
     return SlotDraws(sample[shard], (explore * minimum)[shard], drop[shard])

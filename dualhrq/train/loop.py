@@ -130,8 +130,7 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         t, act, dev = self.cfg.train, self.cfg.act, self.ctx.device
-        draws = draw_slots(t.seed, self.step, len(self.data), t.batch_size, self.shard, act.max_segments,
-                           act.exploration_prob, t.pattern_dropout)
+        draws = draw_slots(t, act, self.step, len(self.data), self.shard)
         slots = self.slots.admit(draws.sample.to(dev), draws.drop_patterns.to(dev))
         x, y = self.data.batch(slots.sample, slots.drop_patterns)
         carry, out = self.ddp(x, slots.carry)

@@ -1,0 +1,58 @@
+"""One error policy: bad arguments, options and data raise HRMError subclasses naming the field (so `dualhrq`
+prints `error: ...` and exits 2), never a bare ValueError."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import msgspec
+import numpy as np
+import pytest
+
+from dualhrq.bench.loadgen import run_load
+from dualhrq.compliance.policies import momentum_policy, policy
+from dualhrq.contract import as_feeds
+from dualhrq.data.market_rules import LULD
+from dualhrq.data.synthetic import random_bars
+from dualhrq.errors import ConfigurationError, DataError, HRMError, InferenceError
+from dualhrq.evaluate.statistics import expected_max_sharpe, probabilistic_sharpe_ratio
+from dualhrq.model import HRM
+from dualhrq.model.heads import Heads, readout
+from dualhrq.patterns.context import drop_patterns
+from dualhrq.runtime.client import Client
+
+
+def _request(i, request_id):
+    return b""
+
+
+@pytest.mark.parametrize("call, error, field", [
+    (lambda: run_load("tcp://127.0.0.1:1", _request, 1, rate=0.0), ConfigurationError, "rate"),
+    (lambda: run_load("tcp://127.0.0.1:1", _request, 1, concurrency=0), ConfigurationError, "concurrency"),
+    (lambda: Client("tcp://127.0.0.1:1", timeout_s=0), ConfigurationError, "timeout_s"),
+    (lambda: Client("tcp://127.0.0.1:1", retries=-1), ConfigurationError, "retries"),
+    (lambda: Client("tcp://127.0.0.1:1", fallback="sell"), ConfigurationError, "fallback"),
+    (lambda: momentum_policy(random_bars(10), lookback=0), ConfigurationError, "lookback"),
+    (lambda: policy("oracle", random_bars(10)), ConfigurationError, "policy"),
+    (lambda: random_bars(0), ConfigurationError, "n"),
+    (lambda: expected_max_sharpe(0, 1.0), ConfigurationError, "n_trials"),
+    (lambda: probabilistic_sharpe_ratio(0.1, 0.0, 1, 0.0, 3.0), DataError, "at least 2 samples"),
+    (lambda: drop_patterns(np.zeros((2, 1, 1)), np.ones((2, 1)), 1.5, np.random.default_rng(0)),
+     ConfigurationError, "train.pattern_dropout"),
+    (lambda: LULD.regime(date(2012, 1, 3)), DataError, "before the LULD plan"),
+    (lambda: as_feeds({}), InferenceError, "missing graph inputs"),
+])
+def test_bad_arguments_raise_the_hrm_error_naming_the_field(call, error, field):
+    with pytest.raises(error, match=field) as info:
+        call()
+    assert isinstance(info.value, HRMError) and not isinstance(info.value, ValueError)
+
+
+def test_model_settings_outside_the_validated_config_are_configuration_errors(tiny_config):
+    with pytest.raises(ConfigurationError, match="model.readout"):
+        Heads(msgspec.structs.replace(tiny_config.model, readout="first"))
+    with pytest.raises(ConfigurationError, match="model.readout"):
+        readout(np.zeros((1, 2, 3)), "first")
+    model = HRM(tiny_config.model)
+    with pytest.raises(ConfigurationError, match="model.instrument_vocab"):
+        model.grow_instruments(tiny_config.model.instrument_vocab)
