@@ -12,7 +12,7 @@ from dualhrq.data.resample import default_coarse_rule, resample, visible_counts
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.synthetic import random_bars
 from dualhrq.data.windows import needs
-from dualhrq.errors import ModelLoadError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.features import (
     BAR_FEATURES,
     BAR_WARMUP,
@@ -56,7 +56,7 @@ def test_tsrv_recovers_integrated_variance_where_rv_is_biased_by_noise(seed):
 def test_tsrv_is_unbiased_without_noise_and_rejects_bad_k():
     x = _brownian_log_prices(20_000, 1e-4, 3)
     assert tsrv(x, 2) == pytest.approx(1e-4, rel=0.05)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ConfigurationError, match="k must be"):
         tsrv(x, k=1)
 
 
@@ -139,7 +139,7 @@ def test_serving_rows_equal_training_rows_bit_for_bit_on_real_windows(tiny_confi
 
 
 def test_asking_for_no_rows_is_refused():
-    with pytest.raises(ValueError, match="last: must be >= 1"):
+    with pytest.raises(ConfigurationError, match="last: must be >= 1"):
         bar_features(random_bars(50), last=0)
 
 

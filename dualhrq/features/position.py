@@ -1,0 +1,90 @@
+"""The label rule's position state as features: the side a holder of the rule is on at each bar.
+
+The action labels (dualhrq.data.labels) depend on the position a holder of the rule has: the one the same rule
+opened a horizon ago. It is a function of past bars only, so the model gets it as fine-token columns instead of
+having to re-derive it from returns and volatilities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dualhrq.features.bar import BAR_WINDOW
+from dualhrq.features.estimators import realized_vol
+from dualhrq.features.rolling import f64, tail_rows
+
+FLAT, LONG, SHORT = 0, 1, 2
+UNKNOWN_STATE = -1  # not enough history for the rule's threshold a horizon ago
+
+# column name -> the state it is 1.0 in (0.0 in the others; flat is the row without a 1.0)
+POSITION_SIDES: dict[str, int] = {"state_long": LONG, "state_short": SHORT}
+POSITION_FEATURES: tuple[str, ...] = tuple(POSITION_SIDES)
+
+
+@dataclass(frozen=True)
+class PositionRule:
+    """The label rule's thresholds: a move must pay the round-trip cost and clear ``vol_threshold`` horizon
+    volatilities, theta_i = cost + k * sigma_i * sqrt(h) (sigma_i the per-bar realized volatility of the
+    BAR_WINDOW returns up to i). The state at i is long if log(c[i] / c[i-h]) > theta_{i-h}, short if it is
+    below -theta_{i-h}, else flat: exactly the forward return the rule saw a horizon ago."""
+
+    horizon: int = 1
+    cost_bps: float = 1.0
+    vol_threshold: float = 0.5
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> PositionRule:
+        """From a DataConfig (label_horizon, cost_bps, action_vol_threshold)."""
+        return cls(data_cfg.label_horizon, data_cfg.cost_bps, data_cfg.action_vol_threshold)
+
+    @property
+    def warmup(self) -> int:
+        """Rows before this index have no state (the threshold a horizon ago needs BAR_WINDOW returns)."""
+        return BAR_WINDOW + self.horizon
+
+    def sigma(self, close: np.ndarray) -> np.ndarray:
+        """[n] the volatility expected over the horizon at each bar (NaN until BAR_WINDOW returns exist)."""
+        return realized_vol(close, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(self.horizon)
+
+    def theta(self, close: np.ndarray) -> np.ndarray:
+        """[n] the threshold a move must clear at each bar (NaN until BAR_WINDOW returns exist)."""
+        return self.cost_bps * 1e-4 + self.vol_threshold * self.sigma(close)
+
+    def states(self, close: np.ndarray, last: int | None = None) -> np.ndarray:
+        """[n] (or the last ``last``) int64 FLAT/LONG/SHORT, UNKNOWN_STATE without enough history. Each row
+        reads the bars from i - warmup to i only, so it is the same over a whole history or a short tail."""
+        c = f64(close)
+        n, h = len(c), self.horizon
+        m = tail_rows(n, last)
+        c = c[max(0, n - m - self.warmup):]  # only the bars the rows read
+        lc = np.log(c)
+        theta = self.theta(c)
+        back, then = np.full(len(c), np.nan), np.full(len(c), np.nan)
+        back[h:] = lc[h:] - lc[:-h]
+        then[h:] = theta[:-h]
+        state = np.full(len(c), FLAT, np.int64)
+        state[back > then] = LONG
+        state[back < -then] = SHORT
+        state[~(np.isfinite(back) & np.isfinite(then))] = UNKNOWN_STATE
+        return state[len(c) - m:]
+
+
+def position_features(close: np.ndarray, rule: PositionRule, last: int | None = None) -> np.ndarray:
+    """[n, len(POSITION_FEATURES)] float64 (or the last ``last`` rows); NaN where the state is unknown."""
+    state = rule.states(close, last)
+    out = np.stack([state == side for side in POSITION_SIDES.values()], axis=1).astype(np.float64)
+    out[state == UNKNOWN_STATE] = np.nan
+    return out
+
+
+def state_of(position_columns: np.ndarray) -> int:
+    """The state a `position_features` row encodes (FLAT, LONG, SHORT): serving reads it off the columns it
+    has computed anyway instead of computing the state again."""
+    for flag, side in zip(position_columns, POSITION_SIDES.values(), strict=True):
+        if flag == 1.0:
+            return side
+    return FLAT
