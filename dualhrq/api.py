@@ -1,4 +1,4 @@
-"""Seed 001's Python API: a trained HRM as a trading policy for backtests and notebooks.
+"""The Python API: a trained HRM as a trading policy for backtests and notebooks.
 
     from dualhrq.api import HRMPolicy
     policy = HRMPolicy.from_checkpoint("runs/train_eurusd")      # a run directory or one checkpoint

@@ -1,4 +1,4 @@
-"""Rule 201 state machine, hand-computed from the rule text in ../shared/RULES.md."""
+"""Rule 201 state machine, hand-computed from the rule's text."""
 
 from datetime import date, time
 

@@ -1,6 +1,6 @@
 """The US-equities rule tables the compliance gate enforces: frozen data, one version, dated regimes.
 
-Written from ../shared/RULES.md (SEC Rule 201 and the LULD plan with its Amendment 18). Every threshold lives
+Written from SEC Rule 201 and the LULD plan with its Amendment 18. Every threshold lives
 here exactly once; the rule engines (ssr.py, luld.py) and the replay's independent checker read it, so a
 change of rules is a change of this file and of ``RULES_VERSION``, which the runtime reports in ``ping``.
 
@@ -52,7 +52,7 @@ class DoublingRegime:
 
     ``tier2_max_reference``: Tier 2 stocks double only when the reference price is at or below it (None:
     every stock doubles). Sources differ on which price this $3.00 test reads; we follow the reference
-    price, as RULES.md says.
+    price, as the plan's text reads.
     """
 
     effective: date

@@ -1,6 +1,6 @@
 """Leakage checks run in every validation; each one covers a different path by which the future gets in.
 
-- Future correlation (seed 000's test at lags 1/5/10/20): a feature or a model output known at sample i is
+- Future correlation (at lags 1/5/10/20): a feature or a model output known at sample i is
   rank-correlated with the return realised ``lag`` samples ahead (lag 1 is the sample's own next return).
   Real market features reach |ρ| of a few hundredths; beyond ``max_corr`` it is the label, not skill.
   Catches features that contain the label, centred windows and shifts the wrong way.

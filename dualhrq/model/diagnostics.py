@@ -1,4 +1,4 @@
-"""Convergence diagnostics (seed 001's get_convergence_diagnostics): does the L-state settle within a cycle?"""
+"""Convergence diagnostics: does the L-state settle within a cycle?"""
 
 from __future__ import annotations
 

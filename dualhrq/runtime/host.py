@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from dualhrq.inputs import InputPipeline
 from dualhrq.model.decision import Decision
 from dualhrq.runtime.batcher import Batcher
 from dualhrq.runtime.protocol import PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
+
+if TYPE_CHECKING:  # the retriever (hnswlib) loads with the bundle, not with this module
+    from dualhrq.patterns.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class ModelHost:
     config: Config  # the bundle's config with the serve-time overlay applied
     inputs: InputPipeline  # bars -> graph inputs as training made them; heads -> decision
     batcher: Batcher
-    retriever: Any | None = None  # dualhrq.patterns.retriever.Retriever; None: regime-only
+    retriever: Retriever | None = None  # None: regime-only
     features_inline: bool = True
     _users: int = field(default=0, init=False)
     _idle: asyncio.Event | None = field(default=None, init=False)
