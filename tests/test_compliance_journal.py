@@ -177,6 +177,20 @@ def test_a_bad_state_path_is_a_configuration_error(tmp_path, kind):
         ComplianceGate(config(path))
 
 
+def test_a_decision_the_store_cannot_record_is_never_returned(store, monkeypatch):
+    monkeypatch.setattr("dualhrq.compliance.journal.BUSY_TIMEOUT_MS", 50)
+    gate = ComplianceGate(config(store, max_position=1.0, max_order_quantity=1.0))
+    gate.observe("X", snap(at(10, 0)))
+    holder = sqlite3.connect(store, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        gate.check("X", "BUY", 1.0, snap(at(10, 1)))
+    holder.execute("COMMIT")
+    holder.close()
+    assert gate.position("X") == 0.0  # the BUY that could not be recorded did not count as filled
+    assert gate.check("X", "BUY", 1.0, snap(at(10, 2))).quantity == 1.0
+
+
 def test_without_a_state_path_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     gate = ComplianceGate(config(None))
