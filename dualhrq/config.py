@@ -254,6 +254,10 @@ class ComplianceConfig(_Section):
 
     enabled: bool = True
     risk: RiskConfig = RiskConfig()
+    # SQLite file the per-instrument state (SSR, LULD, positions) is written through to before each reply, so it
+    # survives a restart; workers share it. None: in memory only (lost when the process ends).
+    state_path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    state_sync: Literal["normal", "full"] = "normal"  # SQLite synchronous: full also survives power loss
 
 
 # ---------------------------------------------------------------- the whole file

@@ -36,6 +36,11 @@ def test_valid_requests_decode_to_their_types():
     req = decode_request(msgpack.packb(signal(deadline_ms=5, market={
         "ts": 1, "last": 10.0, "bid": 9.9, "ask": 10.1, "prior_close": 10.0, "luld_tier": 1})), MAX)
     assert isinstance(req, Signal) and req.deadline_ms == 5.0 and req.market.luld_tier == 1
+    assert (req.market.position, req.market.ssr_active) == (None, False)  # the v1 additions are optional
+    req = decode_request(msgpack.packb(signal(market={
+        "ts": 1, "last": 10.0, "bid": 9.9, "ask": 10.1, "prior_close": 10.0, "luld_tier": 2, "position": -3,
+        "ssr_active": True})), MAX)
+    assert (req.market.position, req.market.ssr_active) == (-3.0, True)
     admin = decode_request(msgpack.packb({"type": "admin", "id": "a", "cmd": "stats", "token": "t"}), MAX)
     assert isinstance(admin, Admin) and admin.cmd == "stats"
 
@@ -98,6 +103,8 @@ def test_another_protocol_version_is_unsupported_version(body):
      "market.bid"),
     ({"market": {"ts": 1, "last": 0.0, "bid": 1.0, "ask": 1.0, "prior_close": 1.0, "luld_tier": 2}},
      "market.last"),
+    ({"market": {"ts": 1, "last": 1.0, "bid": 1.0, "ask": 1.0, "prior_close": 1.0, "luld_tier": 2,
+                 "position": math.nan}}, "market.position"),
 ])
 def test_unusable_numbers_are_invalid_input(over, field):
     err = error_of(msgpack.packb(signal(**over)))

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_body
 
+from dualhrq.compliance.gate import ComplianceGate
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import AsyncClient, Client, RequestFailed
@@ -114,6 +115,24 @@ def test_kill_switch_makes_every_signal_hold_within_a_second(tiny_config):
         assert c.request({**body, "market": market}).compliance.reasons == ["kill_switch"]
         c.admin("kill_switch_off", token=TOKEN)
         assert c.request(body).action == "BUY"
+
+
+class RecordingGate(ComplianceGate):
+    def check(self, instrument, action, quantity, market, position=None):  # noqa: ANN001, ANN201
+        self.seen = (market, position)
+        return super().check(instrument, action, quantity, market, position)
+
+
+def test_market_position_and_ssr_indicator_reach_the_gate(tiny_config):
+    gate = RecordingGate()
+    server = Server(serve_config(), lambda path, hooks: fake_host(tiny_config, hooks, name=path), "fake-1", gate=gate)
+    market = {"ts": 1_700_000_000_000_000_000, "last": 10.0, "bid": 9.99, "ask": 10.01, "prior_close": 10.0,
+              "luld_tier": 1}
+    with ServerThread(server) as st, Client(st.address) as c:
+        c.request({**signal_body(), "market": market})
+        assert (gate.seen[0].ssr_active, gate.seen[1]) == (False, None)
+        c.request({**signal_body(), "market": {**market, "position": 2.5, "ssr_active": True}})
+        assert (gate.seen[0].ssr_active, gate.seen[1]) == (True, 2.5)
 
 
 def test_stats_returns_counters(tiny_config):

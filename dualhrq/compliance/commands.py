@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    import msgspec
+
     from dualhrq.compliance.gate import ComplianceGate
     from dualhrq.compliance.policies import policy
     from dualhrq.compliance.replay import load_quote_events, replay
@@ -59,6 +61,7 @@ def run_replay(args: argparse.Namespace) -> int:
     else:
         signal_fn = policy(args.policy, bars, args.seed)
     config = load_config(args.config).compliance if args.config else ComplianceConfig()
+    config = msgspec.structs.replace(config, state_path=None)  # history must never touch the live state store
     events = load_quote_events(args.events) if args.events else None
     report = replay(bars, signal_fn, events, ComplianceGate(config), instrument=args.instrument or dataset.instrument,
                     tier=args.tier, prior_close=args.prior_close)

@@ -15,20 +15,32 @@ Assumptions the decisions rest on (the replay's checker shares them):
 - CLOSE_LONG / CLOSE_SHORT close the whole position (the model's quantity is ignored); with nothing to
   close they keep their action with quantity 0.
 - The position is the gate's own simulation (every allowed order fills in full) unless the caller passes
-  ``position``, which then replaces it before the decision.
+  ``position`` (the wire's ``market.position``), which then replaces it before the decision.
+- ``market.ssr_active`` true (the feed's restriction indicator) holds SSR whatever the trades seen implied,
+  to the end of that day at least: a restriction only ever ends with a day.
 - ``max_notional`` caps the position's value (|position| × order price), like ``max_position`` caps its
   size; ``max_order_quantity`` caps every order, closes included.
 
-Single-threaded: call it from one thread (one asyncio loop); it takes no locks. A check costs microseconds:
-plain arithmetic on the instrument's state, the ET session of a timestamp computed once per day.
+Durability: with a StateJournal (``compliance.state_path``) every decision reads the instrument's row and
+writes the changed state back in one transaction committed before the decision is returned, so a gate that
+starts, or takes an instrument over from a dead worker, resumes exactly where the last decision left it. A
+cached book is reused only while the row's version is the one this gate wrote; otherwise it is read again.
+Without a journal the state lives in memory only.
+
+Single-threaded: call it from one thread (one asyncio loop); it takes no locks. A check costs microseconds
+in memory (plain arithmetic on the instrument's state, the ET session of a timestamp computed once per day),
+plus one short SQLite transaction with a journal.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 
+from dualhrq.compliance.journal import FORMAT_VERSION, BookState, StateJournal
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
 from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
 from dualhrq.compliance.ssr import SSRState
@@ -45,7 +57,8 @@ _FLAT = 1e-12  # positions this close to zero are zero (repeated float buys and 
 
 @dataclass(frozen=True, slots=True)
 class MarketSnapshot:
-    """The market at decision time: PROTOCOL.md's ``market`` (ts is int ns since epoch UTC)."""
+    """The market at decision time: the wire's ``market`` (ts is int ns since epoch UTC) without ``position``,
+    which is the caller's, not the market's (``ComplianceGate.check(position=...)``)."""
 
     ts: int
     last: float
@@ -53,6 +66,7 @@ class MarketSnapshot:
     ask: float
     prior_close: float
     luld_tier: int
+    ssr_active: bool = False  # the feed's short-sale-restriction indicator
 
     def __post_init__(self) -> None:
         if not isinstance(self.ts, int) or isinstance(self.ts, bool):
@@ -63,6 +77,8 @@ class MarketSnapshot:
                 raise DataError(f"market.{name}: expected a positive finite price, got {value!r}")
         if self.luld_tier not in (1, 2):
             raise DataError(f"market.luld_tier: expected 1 or 2, got {self.luld_tier!r}")
+        if not isinstance(self.ssr_active, bool):
+            raise DataError(f"market.ssr_active: expected a boolean, got {self.ssr_active!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +108,8 @@ class InstrumentStatus:
 class _Book:
     """Everything the gate remembers about one instrument."""
 
-    __slots__ = ("ssr", "reference", "limit", "position", "day", "prior_close", "last_ts", "luld_state", "band")
+    __slots__ = ("ssr", "reference", "limit", "position", "day", "prior_close", "last_ts", "luld_state", "band",
+                 "version")
 
     def __init__(self, holidays: frozenset[date]) -> None:
         self.ssr = SSRState(holidays)
@@ -104,6 +121,24 @@ class _Book:
         self.last_ts = -1
         self.luld_state = LULD_OFF
         self.band: tuple[float, float] | None = None
+        self.version = 0  # of the journal row this book was read from or last written as; 0: none yet
+
+    @classmethod
+    def restore(cls, state: BookState, version: int, holidays: frozenset[date]) -> _Book:
+        book = cls(holidays)
+        book.ssr = SSRState.restore(state.ssr, holidays)
+        book.reference = ReferencePriceTracker.restore(state.reference)
+        book.limit = LimitStateMachine.restore(state.limit)
+        book.position, book.day, book.prior_close = state.position, state.day, state.prior_close
+        book.last_ts, book.luld_state, book.band = state.last_ts, state.luld_state, state.band
+        book.version = version
+        return book
+
+    def state(self) -> BookState:
+        return BookState(format_version=FORMAT_VERSION, position=self.position, day=self.day,
+                         prior_close=self.prior_close, last_ts=self.last_ts, luld_state=self.luld_state,
+                         band=self.band, ssr=self.ssr.snapshot(), reference=self.reference.snapshot(),
+                         limit=self.limit.snapshot())
 
 
 def implied_order(action: str, quantity: float, position: float) -> tuple[int, float]:
@@ -133,11 +168,22 @@ def risk_capacity(side: int, quantity: float, position: float, price: float, ris
 class ComplianceGate:
     """SSR, LULD and risk checks on model actions, with per-instrument state (see the module docstring)."""
 
-    def __init__(self, config: ComplianceConfig | None = None, *, holidays: frozenset[date] = NO_HOLIDAYS) -> None:
+    def __init__(self, config: ComplianceConfig | None = None, *, holidays: frozenset[date] = NO_HOLIDAYS,
+                 journal: StateJournal | None = None) -> None:
+        """``journal``: the store to write through to; by default the one ``config.state_path`` names, and
+        none (state in memory only) when that is unset."""
         self.config = config if config is not None else ComplianceConfig()
         self.holidays = holidays
+        if journal is None and self.config.state_path is not None:
+            journal = StateJournal(self.config.state_path, self.config.state_sync)
+        self._journal = journal
         self._books: dict[str, _Book] = {}
         self._kill_switch = False
+
+    def close(self) -> None:
+        """Close the journal (every decision is already committed: this only releases the file)."""
+        if self._journal is not None:
+            self._journal.close()
 
     @property
     def kill_switch(self) -> bool:
@@ -149,7 +195,8 @@ class ComplianceGate:
 
     def observe(self, instrument: str, market: MarketSnapshot) -> None:
         """Feed a market snapshot (a trade and a quote) without deciding anything."""
-        self._feed(instrument, market)
+        with self._held(instrument) as book:
+            self._feed(book, market)
 
     def check(
         self,
@@ -174,7 +221,12 @@ class ComplianceGate:
             return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
         if not self.config.enabled:
             return GateDecision(action, quantity, True, action, [])
-        book = self._feed(instrument, market)
+        with self._held(instrument) as book:
+            self._feed(book, market)
+            return self._decide(book, action, quantity, market, position)
+
+    def _decide(self, book: _Book, action: str, quantity: float, market: MarketSnapshot,
+                position: float | None) -> GateDecision:
         current = book.position if position is None else position
         side, qty = implied_order(action, quantity, current)
         if side == 0 or qty == 0:
@@ -213,12 +265,12 @@ class ComplianceGate:
         return GateDecision(action, qty, True, action, reasons)
 
     def position(self, instrument: str) -> float:
-        book = self._books.get(instrument)
+        book = self._current(instrument)
         return book.position if book is not None else 0.0
 
     def status(self, instrument: str, ts: int) -> InstrumentStatus:
         """The instrument's state at ``ts`` as last fed (a limit state times out and a pause ends by ``ts``)."""
-        book = self._books.get(instrument)
+        book = self._current(instrument)
         if book is None:
             return InstrumentStatus(0.0, False, LULD_OFF, None, None, None)
         luld_state = book.luld_state
@@ -229,13 +281,50 @@ class ComplianceGate:
             book.position, book.ssr.is_active(ts), luld_state, lower, upper, book.reference.reference
         )
 
-    def _feed(self, instrument: str, market: MarketSnapshot) -> _Book:
+    def _current(self, instrument: str) -> _Book | None:
+        """The instrument's book as the journal has it now (the cached one while it is current), or None."""
         book = self._books.get(instrument)
-        if book is None:
-            book = self._books[instrument] = _Book(self.holidays)
+        if self._journal is None:
+            return book
+        known = book.version if book is not None else 0
+        version, state = self._journal.read(instrument, known)
+        if state is not None:
+            book = self._books[instrument] = _Book.restore(state, version, self.holidays)
+        elif version != known:  # the row is gone although this gate wrote it: refuse to start from nothing
+            raise DataError(f"{self._journal.path}: instrument {instrument!r}: its state row (version {known}) "
+                            "disappeared from the store")
+        return book
+
+    @contextmanager
+    def _held(self, instrument: str) -> Iterator[_Book]:
+        """The instrument's book for one change; with a journal, read and written back in one transaction,
+        committed before the block's result reaches the caller."""
+        if self._journal is None:
+            book = self._books.get(instrument)
+            if book is None:
+                book = self._books[instrument] = _Book(self.holidays)
+            yield book
+            return
+        try:
+            with self._journal.exclusive():
+                book = self._current(instrument)
+                if book is None:
+                    book = self._books[instrument] = _Book(self.holidays)
+                yield book
+                book.version += 1
+                self._journal.write(instrument, book.version, book.state())
+        except BaseException:
+            # The transaction rolled back: the book in memory may hold changes the store does not, so the next
+            # decision reads the store again rather than trust it.
+            self._books.pop(instrument, None)
+            raise
+
+    def _feed(self, book: _Book, market: MarketSnapshot) -> None:
+        if market.ssr_active:
+            book.ssr.hold(market.ts)
         ts = market.ts
         if ts <= book.last_ts:
-            return book
+            return
         book.last_ts = ts
         session = session_of(ts)
         if session.day != book.day:
@@ -251,7 +340,7 @@ class ComplianceGate:
         book.ssr.on_trade(ts, market.last)  # it skips trades outside regular hours itself
         if not session.in_regular_hours(ts) or session.day < LULD.effective:
             book.luld_state, book.band = LULD_OFF, None
-            return book
+            return
         before = book.luld_state
         state = book.limit.advance(ts)
         if state != PAUSED:  # no trades print during a pause: the reference price stands still
@@ -262,4 +351,3 @@ class ComplianceGate:
         assert reference is not None  # start_day() set the prior close as the fallback
         book.band = bands(reference, book.prior_close, market.luld_tier, ts)
         book.luld_state = book.limit.on_quote(ts, market.bid, market.ask, *book.band)
-        return book

@@ -15,6 +15,9 @@ import math
 from collections import deque
 from datetime import date
 from functools import lru_cache
+from typing import Literal
+
+import msgspec
 
 from dualhrq.compliance.sessions import session_of, wall_ns
 from dualhrq.data.market_rules import LULD
@@ -63,6 +66,14 @@ def bands(reference_price: float, prior_close: float, tier: int, ts: int) -> tup
     return max(lower, 0.0), upper
 
 
+class ReferenceSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a ReferencePriceTracker needs to resume: the 5-minute window as (ts, nano-dollars) pairs."""
+
+    window: list[tuple[int, int]]
+    reference: float | None
+    fallback: float | None
+
+
 class ReferencePriceTracker:
     """The LULD reference price of one instrument through one trading day.
 
@@ -78,6 +89,17 @@ class ReferencePriceTracker:
         self._sum = 0  # exact integer sum: a float running sum drifts as trades enter and leave
         self._reference: float | None = None
         self._fallback: float | None = None
+
+    @classmethod
+    def restore(cls, snapshot: ReferenceSnapshot) -> ReferencePriceTracker:
+        tracker = cls()
+        tracker._window.extend(snapshot.window)
+        tracker._sum = sum(units for _, units in snapshot.window)
+        tracker._reference, tracker._fallback = snapshot.reference, snapshot.fallback
+        return tracker
+
+    def snapshot(self) -> ReferenceSnapshot:
+        return ReferenceSnapshot(window=list(self._window), reference=self._reference, fallback=self._fallback)
 
     @property
     def reference(self) -> float | None:
@@ -116,6 +138,15 @@ class ReferencePriceTracker:
 
 
 NORMAL, LIMIT, PAUSED = "normal", "limit", "paused"
+LimitState = Literal["normal", "limit", "paused"]
+
+
+class LimitSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a LimitStateMachine needs to resume."""
+
+    state: LimitState
+    since: int
+    resume: int
 
 
 class LimitStateMachine:
@@ -132,6 +163,15 @@ class LimitStateMachine:
         self._state = NORMAL
         self._since = 0  # LIMIT: when the limit state began
         self._resume = 0  # PAUSED: when trading resumes
+
+    @classmethod
+    def restore(cls, snapshot: LimitSnapshot) -> LimitStateMachine:
+        machine = cls()
+        machine._state, machine._since, machine._resume = snapshot.state, snapshot.since, snapshot.resume
+        return machine
+
+    def snapshot(self) -> LimitSnapshot:
+        return LimitSnapshot(state=self._state, since=self._since, resume=self._resume)
 
     def reset(self) -> None:
         self._state = NORMAL

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from datetime import date
 
+import msgspec
+
 from dualhrq.compliance.sessions import NO_HOLIDAYS, next_trading_day, session_for_day, session_of
 from dualhrq.data.market_rules import SSR
 from dualhrq.errors import DataError
@@ -20,6 +22,14 @@ from dualhrq.errors import DataError
 # Relative tolerance on the trigger price: absorbs binary rounding of decimal prices (18.00 vs 0.9 × 20.00)
 # while staying far below any tick, so "exactly -10.00%" triggers and one cent above does not.
 TRIGGER_TOLERANCE = 1e-9
+
+
+class SSRSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What an SSRState needs to resume where it stopped (the cached trigger price is derived again)."""
+
+    closes: list[tuple[date, float]]
+    active_from: int
+    active_until: int
 
 
 class SSRState:
@@ -32,6 +42,16 @@ class SSRState:
         self._trigger_price: float | None = None
         self._active_from = 0  # the restriction covers [_active_from, _active_until), ns
         self._active_until = 0
+
+    @classmethod
+    def restore(cls, snapshot: SSRSnapshot, holidays: frozenset[date] = NO_HOLIDAYS) -> SSRState:
+        state = cls(holidays)
+        state._closes = sorted(snapshot.closes)[-2:]
+        state._active_from, state._active_until = snapshot.active_from, snapshot.active_until
+        return state
+
+    def snapshot(self) -> SSRSnapshot:
+        return SSRSnapshot(closes=list(self._closes), active_from=self._active_from, active_until=self._active_until)
 
     def on_close(self, day: date, close: float) -> None:
         """Record the official close of ``day``; it is the prior close of the next trading day."""
@@ -64,6 +84,16 @@ class SSRState:
             return True
         self._active_from, self._active_until = ts, until
         return True
+
+    def hold(self, ts: int) -> None:
+        """The feed says the restriction is in force at ``ts``. A restriction ends only at the end of a day, so
+        it holds at least to the end of ``ts``'s day, whatever the trades seen so far implied."""
+        end = session_of(ts).end_ns
+        if ts >= self._active_until:  # no restriction now or later: a new one
+            self._active_from, self._active_until = ts, end
+        else:  # one in force, or (for a snapshot older than the latest) one starting later: widen it
+            self._active_from = min(self._active_from, ts)
+            self._active_until = max(self._active_until, end)
 
     def is_active(self, ts: int) -> bool:
         return self._active_from <= ts < self._active_until

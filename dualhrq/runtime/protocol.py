@@ -72,6 +72,8 @@ class Market(_Strict):
     ask: float
     prior_close: float
     luld_tier: Literal[1, 2]
+    position: float | None = None  # the caller's position (long > 0); authoritative over the gate's simulation
+    ssr_active: bool = False  # the feed's short-sale-restriction indicator
 
 
 class Ping(_Strict, tag_field="type", tag="ping"):
@@ -302,6 +304,8 @@ def _check_signal_numbers(req: Signal) -> None:
                 raise fail("invalid_input", f"{value} is not a finite number", f"market.{name}")
             if value <= 0:
                 raise fail("invalid_input", f"price must be > 0, got {value}", f"market.{name}")
+        if req.market.position is not None and not math.isfinite(req.market.position):
+            raise fail("invalid_input", f"{req.market.position} is not a finite number", "market.position")
 
 
 # ---------------------------------------------------------------- bars for the model

@@ -340,7 +340,8 @@ class Server:
         if req.market is not None:
             m = req.market
             return self._gate.check(req.instrument, action, quantity,
-                                    MarketSnapshot(m.ts, m.last, m.bid, m.ask, m.prior_close, m.luld_tier))
+                                    MarketSnapshot(m.ts, m.last, m.bid, m.ask, m.prior_close, m.luld_tier,
+                                                   m.ssr_active), position=m.position)
         if self._gate.kill_switch:
             return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
         return GateDecision(action, quantity, True, action, [])
