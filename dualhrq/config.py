@@ -241,7 +241,7 @@ class ServeConfig(_Section):
 
 
 class RiskConfig(_Section):
-    """Seed 001's risk limits, in the units of the model's quantity head (dualhrq.compliance.gate)."""
+    """Risk limits, in the units of the model's quantity head (dualhrq.compliance.gate)."""
 
     max_position: PosFloat = 1.0  # |position| after any order that increases it
     max_order_quantity: PosFloat = 1.0  # every order, closes included

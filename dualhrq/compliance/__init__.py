@@ -1,6 +1,5 @@
-"""Market-rule compliance for model signals (../shared/RULES.md).
+"""Market-rule compliance for model signals (SEC Rule 201, the LULD plan, risk limits).
 
-- rules.py     the frozen, versioned rule tables (RULES_VERSION, SSR, LULD)
 - sessions.py  ET trading days and regular hours for int-ns timestamps
 - ssr.py       SEC Rule 201 state machine (SSRState)
 - luld.py      LULD bands, reference price, limit state and trading pause
@@ -9,4 +8,6 @@
 - checker.py   an independent re-check of emitted decisions (used by replay)
 - replay.py    historical bars through the gate, with a report; policies.py: built-in signal sources
 - commands.py  the `dualhrq replay` command
+
+The rule tables themselves (RULES_VERSION, SSR, LULD) are data: dualhrq.data.market_rules.
 """

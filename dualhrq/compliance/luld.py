@@ -1,10 +1,10 @@
 """The Limit Up-Limit Down plan: price bands, the reference price, and limit-state / trading-pause transitions.
 
-Penny rounding (the plan text does not settle it, RULES.md asks us to choose): bands are rounded *inward*,
+Penny rounding (the plan text does not settle it, so we choose): bands are rounded *inward*,
 the lower band up and the upper band down to the cent. Quotes and trades are in whole cents, so the
 inward-rounded band is exactly the set of prices at which trading may happen; a price the gate lets
 through is inside the unrounded band too (for sub-dollar stocks quoted in hundredths of a cent the inward
-band is slightly stricter than the plan). The RULES.md worked example comes out the same either way
+band is slightly stricter than the plan). The plan's worked example comes out the same either way
 (48.089 → 48.09, 53.151 → 53.15). A lower band at or below zero (sub-$0.75 stocks in a doubling window)
 is reported as 0.0: there is no lower limit then.
 """
