@@ -37,7 +37,7 @@ def _artifacts(cfg: Config) -> Artifacts:
         return ColumnStats(tuple(names), np.zeros(len(names)), np.ones(len(names)))
 
     stats = FeatureStats(column(BAR_FEATURES), column(FINE_FEATURES), column(REGIME_FEATURES))
-    return Artifacts.of(stats, ["EURUSD"], TargetScale(0.01, 0.002), "1D", cfg.patterns.window)
+    return Artifacts.of(stats, ["EURUSD"], TargetScale(0.01, 0.002), "1h", "1d", cfg.patterns.window)
 
 
 OPTIONS = ExportOptions(fp16=True, int8=True, force=True, carry_segments=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from runtime_fixtures import eurusd_history, tiny_bundle  # noqa: F401
 
+from dualhrq.data.bars import Bars
 from dualhrq.errors import DataError
 from dualhrq.runtime.protocol import ACTIONS
 from dualhrq.runtime.signals import signal_fn_from_bundle
@@ -49,3 +50,9 @@ def test_served_actions_come_from_the_bundles_decision_rule_not_the_argmax(tiny_
 def test_an_index_outside_the_bars_is_an_error(tiny_bundle, history):
     with pytest.raises(DataError, match="outside"):
         signal_fn_from_bundle(tiny_bundle, history)(len(history))
+
+
+def test_bars_of_another_timeframe_than_the_bundles_are_refused(tiny_bundle, history):
+    daily = Bars(*(getattr(history, k)[::24] for k in "tohlcv"))
+    with pytest.raises(DataError, match="timeframe: the bars are 1d bars, but .* trained on 1h bars"):
+        signal_fn_from_bundle(tiny_bundle, daily)

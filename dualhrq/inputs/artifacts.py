@@ -53,15 +53,16 @@ class Artifacts(_Record):
     feature_stats: StatsRecord
     instruments: list[str]  # the instrument vocabulary, id order (id 0, "unknown", not listed)
     target_scale: TargetScale
+    timeframe: str  # the fine bars' spacing the model was trained on, e.g. "1h"
     coarse_rule: str  # the coarse bars' resampling rule
     pattern_window: int  # fine bars per pattern: part of the inputs, fixed at training
     decision_rule: DecisionRule | None = None  # fitted per checkpoint after training; None before
 
     @classmethod
-    def of(cls, stats: FeatureStats, instruments: list[str], target_scale: TargetScale, coarse_rule: str,
-           pattern_window: int) -> Artifacts:
+    def of(cls, stats: FeatureStats, instruments: list[str], target_scale: TargetScale, timeframe: str,
+           coarse_rule: str, pattern_window: int) -> Artifacts:
         return cls(FORMAT_VERSION, msgspec.convert(stats.to_dict(), StatsRecord), list(instruments), target_scale,
-                   coarse_rule, pattern_window)
+                   timeframe, coarse_rule, pattern_window)
 
     def stats(self) -> FeatureStats:
         return FeatureStats.from_dict(msgspec.to_builtins(self.feature_stats))

@@ -65,7 +65,8 @@ class InputPipeline:
         library, encoder, regimes = build_library(cfg.data.dataset, cfg.model, cfg.patterns, data_cfg, cfg.train.seed)
         train = windows.train
         scale = TargetScale(*(float(np.std(getattr(windows, k)[train])) or 1.0 for k in ("out_a", "out_b")))
-        artifacts = Artifacts.of(windows.stats, [windows.instrument], scale, windows.coarse_rule, cfg.patterns.window)
+        artifacts = Artifacts.of(windows.stats, [windows.instrument], scale, windows.timeframe, windows.coarse_rule,
+                                 cfg.patterns.window)
         return cls.of(cfg, artifacts, library, encoder, regimes)
 
     @classmethod

@@ -25,7 +25,8 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
 
     Bars without enough history before them give ("HOLD", 0.0). The coarse bars are resampled from `bars`
     with the bundle's coarse rule (closed periods only). `instrument` defaults to the bundle's only one
-    (the shared "unknown" embedding if it has several); `timeframe` to the bars' own spacing.
+    (the shared "unknown" embedding if it has several); `timeframe` to the bars' own spacing, which must be
+    the one the bundle was trained on.
     """
     if len(bars) < 2:
         raise DataError(f"bars: {len(bars)} bars; a replay needs a history")
@@ -33,6 +34,9 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
     vocab = host.inputs.artifacts.instruments
     name = instrument if instrument is not None else (vocab[0] if len(vocab) == 1 else "")
     tf = timeframe or timeframe_name(int(np.median(np.diff(bars.t))))
+    trained = host.inputs.artifacts.timeframe
+    if tf.lower() != trained.lower():
+        raise DataError(f"timeframe: the bars are {tf} bars, but {bundle_path} was trained on {trained} bars")
     coarse_rule = host.inputs.artifacts.coarse_rule
     coarse = resample(bars, coarse_rule)
     coarse_n, fine_n = host.needs
