@@ -222,3 +222,41 @@ def test_a_body_the_broker_cannot_read_is_still_forwarded_and_answered(broker):
     gw.close()
     err = p.decode_reply(msgpack.packb(reply))
     assert isinstance(err, p.ErrorReply) and err.id is None and err.code == "internal"
+
+
+def test_real_workers_report_the_live_count_leave_when_stopping_and_re_register_after_a_broker_restart(
+        tiny_config):
+    from runtime_fixtures import ServerThread, fake_host, signal_body
+
+    from dualhrq.config import ServeConfig
+    from dualhrq.runtime.client import Client
+    from dualhrq.runtime.server import Server
+
+    addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
+    serve = ServeConfig(drain_timeout_s=1.0)
+
+    def worker(slot: str) -> ServerThread:
+        return ServerThread(Server(serve, lambda path, hooks: fake_host(tiny_config, hooks), "b",
+                                   connect=addresses.backend, slot=slot))
+
+    b = Broker(addresses).start()
+    try:
+        second = worker("b")
+        with worker("a"):
+            second.__enter__()
+            _until(lambda: b.live == 2)
+            with Client(addresses.frontend, timeout_s=5, retries=0) as c:
+                _until(lambda: c.ping().workers == 2)
+                assert isinstance(c.request(signal_body("s1")), p.SignalReply)
+            b.stop()
+            b = Broker(addresses).start()  # a new broker on the same addresses: the workers find it by themselves
+            _until(lambda: b.live == 2)
+            with Client(addresses.frontend, timeout_s=5, retries=0) as c:
+                assert isinstance(c.request(signal_body("s2")), p.SignalReply)
+            second.__exit__(None, None, None)  # a draining worker tells the broker to send it nothing new
+            _until(lambda: b.live == 1)
+            with Client(addresses.frontend, timeout_s=5, retries=0) as c:
+                _until(lambda: c.ping().workers == 1)
+    finally:
+        b.stop()
+        shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
