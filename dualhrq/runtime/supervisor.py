@@ -25,6 +25,7 @@ from typing import Any
 from dualhrq.config import ServeConfig
 from dualhrq.runtime.broker import Broker
 from dualhrq.runtime.workers import BrokerAddresses, worker_main
+from dualhrq.runtime.workers_http import serve_http, worker_port
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +104,27 @@ def start_worker(slot: str, bundle: str, overlay: dict[str, Any], source: str, a
 
 def run_workers(bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
                 verbose: bool = False, json_logs: bool = False) -> int:
-    """The supervisor: broker + serve.workers workers; SIGTERM/SIGINT drain them all and exit 0."""
+    """The supervisor: broker + serve.workers workers, and with serve.metrics_port one HTTP endpoint for them
+    all (dualhrq.runtime.workers_http); SIGTERM/SIGINT drain them all and exit 0."""
     addresses = BrokerAddresses.local(serve.bind)
     broker = Broker(addresses, serve.curve).start()
+    ports = {f"w{i}": worker_port(serve.metrics_port, i) if serve.metrics_port else 0 for i in range(serve.workers)}
+    stop_http = serve_http(serve.metrics_port, ports, lambda: broker.live) if serve.metrics_port else None
+
+    def spawn(slot: str) -> mp.process.BaseProcess:
+        own = {**overlay, "serve": {**(overlay.get("serve") or {}), "metrics_port": ports[slot]}}
+        return start_worker(slot, bundle, own, source, addresses, verbose, json_logs)
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    supervisor = Supervisor([f"w{i}" for i in range(serve.workers)],
-                            lambda slot: start_worker(slot, bundle, overlay, source, addresses, verbose, json_logs),
-                            broker.lost)
+    supervisor = Supervisor(list(ports), spawn, broker.lost)
     why = supervisor.watch(stop)
     if why:
         log.error("%s", why)
     supervisor.stop(serve.drain_timeout_s + 10)
     broker.stop()  # answers whatever a worker left unanswered
+    if stop_http is not None:
+        stop_http()
     shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
     return 1 if why else 0

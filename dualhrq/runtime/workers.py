@@ -111,9 +111,8 @@ def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, ad
     cfg = serve_settings(bundle, overlay, source)
     # CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to a worker is
     # this machine's ipc (or the operator's private network for remote workers).
-    serve = msgspec.structs.replace(cfg.serve, metrics_port=0)
     bus = ControlBus(addresses.control_in, addresses.control_out)
-    server = Server(serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
+    server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
                     gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus, slot=slot)
     try:
         code = asyncio.run(server.run())
