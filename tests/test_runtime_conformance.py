@@ -87,7 +87,8 @@ def real(tiny_bundle):
 def test_ping(real, style):
     address, needs, _ = real
     reply = talk(address, msgpack.packb({"type": "ping", "id": "p-1"}), style)
-    assert set(reply) == {"type", "id", "model", "ready", "uptime_s", "needs", "rules_version"}
+    assert set(reply) == {"type", "id", "model", "ready", "uptime_s", "needs", "rules_version", "workers"}
+    assert reply["workers"] == 1  # one process: itself
     assert reply["type"] == "pong" and reply["id"] == "p-1" and reply["ready"] is True
     assert is_num(reply["uptime_s"]) and set(reply["needs"]) == {"coarse", "fine"}
     assert (reply["needs"]["coarse"], reply["needs"]["fine"]) == needs

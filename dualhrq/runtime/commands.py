@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--bind", default=None, help="client address (default serve.bind, tcp://127.0.0.1:5555; "
                        "loopback unless you say otherwise)")
     serve.add_argument("--workers", type=int, default=None,
-                       help="N engine processes behind a ROUTER/DEALER proxy on the same address (serve.workers)")
+                       help="N engine processes behind a broker on the same address (serve.workers); each request "
+                            "of an instrument goes to the same worker, a worker that dies is restarted")
     serve.add_argument("--connect", default=None, metavar="ADDR",
                        help="run as one worker of a broker elsewhere (`dualhrq broker`): ADDR is its backend, "
                             "e.g. tcp://broker-host:5556; the control bus is on the next two ports")
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_cmd_serve)
 
     broker = subparsers.add_parser(
-        "broker", help="a ROUTER/DEALER broker that workers on other machines join",
+        "broker", help="a broker that workers on other machines join",
         description="Clients connect to --bind; workers (`dualhrq serve --connect tcp://THIS-HOST:PORT`) connect "
                     "to the backend --port, and relay admin state on the next two ports. CURVE, if configured "
                     "in --config, is applied to the client side.")
@@ -72,7 +73,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dualhrq.runtime.host import load_host, serve_settings
     from dualhrq.runtime.logs import use_json_logs
     from dualhrq.runtime.server import Server
-    from dualhrq.runtime.workers import BrokerAddresses, ControlBus, run_workers
+    from dualhrq.runtime.supervisor import run_workers
+    from dualhrq.runtime.workers import BrokerAddresses, ControlBus
 
     if args.log_json:
         use_json_logs()
@@ -101,8 +103,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     import threading
 
     from dualhrq.config import CurveConfig
+    from dualhrq.runtime.broker import Broker
     from dualhrq.runtime.host import read_overlay
-    from dualhrq.runtime.workers import Broker, BrokerAddresses
+    from dualhrq.runtime.workers import BrokerAddresses
 
     curve = CurveConfig()
     if args.config:

@@ -120,6 +120,7 @@ class Pong(_Reply, tag_field="type", tag="pong"):
     uptime_s: float
     needs: Needs
     rules_version: str  # extra field (documented): the compliance rule table the gate enforces
+    workers: int = 1  # engine workers alive behind this address
 
 
 class Forecast(_Reply):

@@ -21,6 +21,7 @@ import hmac
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,6 +35,7 @@ from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.errors import DataError
 from dualhrq.runtime import protocol as p
+from dualhrq.runtime.backend import BrokerLink
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost
 from dualhrq.runtime.metrics import ServerMetrics
@@ -59,17 +61,18 @@ _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
 
 
 class Server:
-    """Serve one bundle on `serve.bind` (or, as a worker, on a broker's backend via `connect`)."""
+    """Serve one bundle on `serve.bind` (or, as a worker, on a broker's backend via `connect`, registered as
+    `slot`: by default this host and process)."""
 
     def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
-                 connect: str | None = None, control: Relay | None = None) -> None:
+                 connect: str | None = None, control: Relay | None = None, slot: str = "") -> None:
         self.serve = serve
         self.metrics = ServerMetrics()
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
         self._loader, self._bundle = loader, bundle
         self._gate = gate if gate is not None else ComplianceGate()
-        self._connect = connect
+        self._link = BrokerLink(connect, slot or f"{socket.gethostname()}-{os.getpid()}") if connect else None
         self._control = control  # workers: relays state-changing admin commands to the sibling workers
         # CURVE ends at the client-facing socket: a worker connected to a broker's backend speaks plain ZMTP
         # to it (the broker holds the keys), or the handshake would never complete and no request arrive.
@@ -101,13 +104,15 @@ class Server:
         if self.serve.metrics_port:
             self.metrics.serve_http(self.serve.metrics_port)
         self._ctx = zmq.asyncio.Context()
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A worker's one peer is the broker: a DEALER, whose replies carry the broker's tags back unchanged.
+        sock = self._ctx.socket(zmq.DEALER if self._link else zmq.ROUTER)
+        if not self._link:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, int(self.serve.drain_timeout_s * 1000))
         self._curve.secure(self._ctx, sock)
-        if self._connect:
-            sock.connect(self._connect)
-            self.endpoint = self._connect
+        if self._link:
+            self._link.attach(sock)
+            self.endpoint = self._link.address
         else:
             sock.bind(self.serve.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -125,6 +130,8 @@ class Server:
                 self._loop.add_signal_handler(sig, self.stop)
         await self.start()
         listeners = [asyncio.create_task(self._control.listen(self._apply))] if self._control else []
+        if self._link:
+            listeners.append(asyncio.create_task(self._link.run()))
         await self._receive()
         log.info("stopping: no new requests; draining %d in flight", len(self._tasks))
         await self._drain()
@@ -141,6 +148,8 @@ class Server:
 
     async def _drain(self) -> None:
         self.ready = False
+        if self._link:
+            self._link.leave()
         self.metrics.ready.set(0)
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.serve.drain_timeout_s)
@@ -173,6 +182,8 @@ class Server:
                     frames = await sock.recv_multipart(zmq.NOBLOCK, copy=self._copy)
                 except zmq.Again:
                     break
+                if self._link and self._link.control(frames):
+                    continue
                 task = asyncio.create_task(self._handle(frames, time.perf_counter()))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -237,7 +248,11 @@ class Server:
         coarse, fine = host.needs if host else (0, 0)
         return p.Pong(id=req.id, model=host.name if host else "", ready=self.ready and host is not None,
                       uptime_s=round(time.monotonic() - self._started, 3), needs=p.Needs(coarse, fine),
-                      rules_version=RULES_VERSION)
+                      rules_version=RULES_VERSION, workers=self._workers())
+
+    def _workers(self) -> int:
+        """Engine workers alive: this one alone, or as many as the broker last announced."""
+        return self._link.workers if self._link else 1
 
     # ------------------------------------------------------------ signal
 
@@ -402,6 +417,7 @@ class Server:
     def stats(self) -> dict[str, Any]:
         host = self._host
         return {"model": host.name if host else "", "ready": self.ready, "pid": os.getpid(),
+                "workers": self._workers(),
                 "uptime_s": time.monotonic() - self._started,
                 "patterns_enabled": self._patterns_enabled, "kill_switch": self._gate.kill_switch,
                 "in_flight": self._in_flight, "queue_depth": host.batcher.depth if host else 0,

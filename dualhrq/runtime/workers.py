@@ -1,13 +1,9 @@
-"""Scale-out: N engine processes behind ZeroMQ's own ROUTER/DEALER proxy on one client address.
+"""Scale-out: N engine processes behind one broker (dualhrq.runtime.broker) on one client address.
 
-    clients --(REQ/DEALER)--> ROUTER [serve.bind]  ==zmq.proxy==  DEALER [backend] <--connect-- worker 1..N
-
-Each worker is a full `Server` (its own engine, batcher, retriever, event loop) whose ROUTER *connects* to
-the broker's backend instead of binding; the proxy keeps every envelope frame, so replies find their way back.
-A worker can run on another machine: `dualhrq serve --connect tcp://broker:PORT` (and `dualhrq broker` runs a
-broker alone). The DEALER hands requests round-robin to the workers that are connected: a dead worker's pipe
-goes away with its connection, so the others keep serving, and the requests it held are simply never answered
-(the client's timeout and retry cover them).
+Each worker is a full `Server` (its own engine, batcher, retriever, event loop) whose socket *connects* to the
+broker's backend instead of binding (dualhrq.runtime.backend). A worker can run on another machine: `dualhrq
+serve --connect tcp://broker:PORT` (and `dualhrq broker` runs a broker alone); the local ones are started and
+restarted by dualhrq.runtime.supervisor.
 
 Admin state (kill switch, patterns on/off, reload) must hold for every worker, but an admin request reaches
 only one. So the worker that applies it relays it on a control bus (PUB/SUB through an XSUB/XPUB proxy in the
@@ -19,13 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing as mp
 import os
-import shutil
-import signal
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,9 +27,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.errors import ConfigurationError
-from dualhrq.runtime.security import CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -63,60 +52,6 @@ class BrokerAddresses:
         """Backend and control bus on ipc:// endpoints in a fresh private directory."""
         d = Path(tempfile.mkdtemp(prefix="dualhrq-broker-"))
         return cls(frontend, f"ipc://{d}/backend", f"ipc://{d}/control-in", f"ipc://{d}/control-out")
-
-
-class Broker:
-    """The ROUTER/DEALER proxy and the control-bus XSUB/XPUB proxy, each on its own thread."""
-
-    def __init__(self, addresses: BrokerAddresses, curve: CurveConfig = CurveConfig()) -> None:
-        self.addresses = addresses
-        self._ctx = zmq.Context()
-        self._curve = CurveServer(curve)
-        self._threads: list[threading.Thread] = []
-        self._controls: list[str] = []
-
-    def start(self) -> Broker:
-        a = self.addresses
-        front = self._ctx.socket(zmq.ROUTER)
-        self._curve.secure(self._ctx, front)
-        front.bind(a.frontend)
-        back = self._ctx.socket(zmq.DEALER)
-        back.bind(a.backend)
-        xsub = self._ctx.socket(zmq.XSUB)
-        xsub.bind(a.control_in)
-        xpub = self._ctx.socket(zmq.XPUB)
-        xpub.bind(a.control_out)
-        for name, pair in (("requests", (front, back)), ("control", (xsub, xpub))):
-            steer = f"inproc://steer-{name}-{uuid.uuid4().hex}"
-            control = self._ctx.socket(zmq.PAIR)
-            control.bind(steer)
-            thread = threading.Thread(target=self._proxy, args=(*pair, control), name=f"broker-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            self._controls.append(steer)
-        log.info("broker: clients on %s, workers on %s", a.frontend, a.backend)
-        return self
-
-    @staticmethod
-    def _proxy(a: zmq.Socket, b: zmq.Socket, control: zmq.Socket) -> None:
-        try:
-            zmq.proxy_steerable(a, b, None, control)
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            for s in (a, b, control):
-                s.close(linger=0)
-
-    def stop(self) -> None:
-        for steer in self._controls:
-            s = self._ctx.socket(zmq.PAIR)
-            s.connect(steer)
-            s.send(b"TERMINATE")
-            s.close(linger=100)
-        for t in self._threads:
-            t.join(5)
-        self._curve.stop()
-        self._ctx.term()
 
 
 class ControlBus:
@@ -161,65 +96,26 @@ class ControlBus:
 # ---------------------------------------------------------------- worker processes
 
 
-def worker_main(bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
+def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
                 verbose: bool = False, json_logs: bool = False) -> None:
-    """One worker process: a Server connected to the broker's backend, with the control bus."""
+    """One worker process: a Server connected to the broker's backend as `slot`, with the control bus."""
     from dualhrq.compliance.gate import ComplianceGate
     from dualhrq.runtime.host import load_host, serve_settings
     from dualhrq.runtime.logs import use_json_logs
     from dualhrq.runtime.server import Server
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s worker-{slot}-{os.getpid()} %(name)s: %(message)s")
     if json_logs:
         use_json_logs()
     cfg = serve_settings(bundle, overlay, source)
     # CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to a worker is
     # this machine's ipc (or the operator's private network for remote workers).
-    serve = msgspec.structs.replace(cfg.serve, metrics_port=0)
     bus = ControlBus(addresses.control_in, addresses.control_out)
-    server = Server(serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
-                    gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus)
+    server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
+                    gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus, slot=slot)
     try:
         code = asyncio.run(server.run())
     finally:
         bus.close()
     raise SystemExit(code)
-
-
-def start_workers(n: int, bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
-                  verbose: bool = False, json_logs: bool = False) -> list[mp.Process]:
-    ctx = mp.get_context("spawn")  # never fork a process that holds ZeroMQ contexts and threads
-    procs = [ctx.Process(target=worker_main, args=(bundle, overlay, source, addresses, verbose, json_logs),
-                         name=f"dualhrq-worker-{i}") for i in range(n)]
-    for proc in procs:
-        proc.start()
-    return procs
-
-
-def run_workers(bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
-                verbose: bool = False, json_logs: bool = False) -> int:
-    """The `serve --workers N` supervisor: broker + serve.workers workers; SIGTERM/SIGINT drain them all, exit 0."""
-    addresses = BrokerAddresses.local(serve.bind)
-    broker = Broker(addresses, serve.curve).start()
-    procs = start_workers(serve.workers, bundle, overlay, source, addresses, verbose, json_logs)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        dead = [p for p in procs if not p.is_alive()]
-        if len(dead) == len(procs):
-            log.error("every worker has exited; stopping")
-            break
-    for proc in procs:
-        if proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)  # each drains its in-flight requests
-    deadline = time.monotonic() + serve.drain_timeout_s + 10
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            log.error("worker %d did not stop in time; killing it", proc.pid)
-            proc.kill()
-    broker.stop()
-    shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
-    return 0 if stop.is_set() else 1
