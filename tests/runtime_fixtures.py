@@ -72,6 +72,7 @@ class FakeInputs:
     the policy's argmax."""
 
     pattern_shape = (2, 8)
+    timeframe, coarse_rule = "1h", "1d"
 
     def __init__(self, needs):
         self.needs = needs

@@ -64,6 +64,21 @@ def test_ping_gives_the_models_needs(served, tiny_bundle):
     assert (pong.needs.coarse, pong.needs.fine) == needs(bundle.config.model, bundle.inputs().artifacts.pattern_window,
                                                             PositionRule.from_config(bundle.config.data))
     assert pong.ready and pong.model == bundle.model_version
+    assert (pong.timeframe, pong.coarse_rule) == ("1h", "1d")
+
+
+def test_bars_of_another_timeframe_are_refused_naming_it(served):
+    from runtime_fixtures import wire_bars
+
+    with Client(served.address) as c:
+        pong = c.ping()
+        day = 86_400_000_000_000
+        daily = wire_bars(pong.needs.fine + 5, step=day)
+        coarse = wire_bars(pong.needs.coarse + 5, step=7 * day, end=1_700_000_000_000_000_000 - day)
+        for timeframe, field in (("1d", "timeframe"), ("1h", "fine.t")):
+            with pytest.raises(RequestFailed) as e:
+                c.signal("EURUSD", timeframe, coarse, daily)
+            assert e.value.code == "invalid_input" and e.value.field == field, e.value
 
 
 def test_the_server_decides_what_the_python_api_decides(served, tiny_bundle):

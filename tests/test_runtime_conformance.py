@@ -87,8 +87,10 @@ def real(tiny_bundle):
 def test_ping(real, style):
     address, needs, _ = real
     reply = talk(address, msgpack.packb({"type": "ping", "id": "p-1"}), style)
-    assert set(reply) == {"type", "id", "model", "ready", "uptime_s", "needs", "rules_version", "workers"}
+    assert set(reply) == {"type", "id", "model", "ready", "uptime_s", "needs", "rules_version", "workers",
+                          "timeframe", "coarse_rule"}
     assert reply["workers"] == 1  # one process: itself
+    assert (reply["timeframe"], reply["coarse_rule"]) == ("1h", "1d")  # the tiny bundle: EURUSD hourly
     assert reply["type"] == "pong" and reply["id"] == "p-1" and reply["ready"] is True
     assert is_num(reply["uptime_s"]) and set(reply["needs"]) == {"coarse", "fine"}
     assert (reply["needs"]["coarse"], reply["needs"]["fine"]) == needs

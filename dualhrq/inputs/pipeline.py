@@ -91,6 +91,15 @@ class InputPipeline:
         return self.artifacts.decision_rule
 
     @property
+    def timeframe(self) -> str:
+        """The fine bars' spacing the model was trained on, e.g. "1h"."""
+        return self.artifacts.timeframe
+
+    @property
+    def coarse_rule(self) -> str:
+        return self.artifacts.coarse_rule
+
+    @property
     def needs(self) -> tuple[int, int]:
         """(coarse, fine) bars a request must carry."""
         return self.builder.needs

@@ -20,6 +20,7 @@ import numpy as np
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
+from dualhrq.data.resample import parse_rule, timeframe_name
 from dualhrq.data.windows import SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
@@ -72,9 +73,17 @@ class ModelHost:
     def window(self, req: Signal) -> SampleBars:
         """A request's bars, validated once (ProtocolError naming the bad field), trimmed to what the sample
         reads. Cheap next to the features: it runs on the event loop."""
+        trained = self.inputs.timeframe
+        if req.timeframe.lower() != trained.lower():
+            raise ProtocolError("invalid_input", f"{req.timeframe!r}, but the model was trained on {trained} bars",
+                                "timeframe", req.id)
         coarse_n, fine_n = self.needs
         coarse = check_bars(req.coarse, "coarse", coarse_n, req.id)
         fine = check_bars(req.fine, "fine", fine_n, req.id)
+        spacing = timeframe_name(int(np.median(np.diff(fine.t))))
+        if spacing != trained.lower():  # a median: weekend and holiday gaps are not a different timeframe
+            raise ProtocolError("invalid_input", f"the fine bars are {spacing} apart, but the model was trained on "
+                                f"{trained} bars", "fine.t", req.id)
         try:
             return self.inputs.window(coarse, fine, validated=True)
         except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
@@ -117,8 +126,8 @@ class ModelHost:
 
     def warm(self, coarse: Bars, fine: Bars, rounds: int = 3) -> None:
         """Before serving: decide where features run, and run the engine at every batch size it will see."""
-        req = Signal(id="warm-up", v=PROTOCOL_VERSION, instrument="warm-up", timeframe="1h", coarse=wire_bars(coarse),
-                     fine=wire_bars(fine))
+        req = Signal(id="warm-up", v=PROTOCOL_VERSION, instrument="warm-up", timeframe=self.inputs.timeframe,
+                     coarse=wire_bars(coarse), fine=wire_bars(fine))
         bars = self.window(req)
         timings = []
         for _ in range(5):  # what runs inline or in a thread: the features, not the validation
@@ -223,9 +232,9 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     batcher = Batcher(engine, cfg.act, serve, bundle.initial_carry, upstream=hooks.upstream, on_batch=hooks.on_batch)
     host = ModelHost(name=bundle.model_version, config=cfg, inputs=inputs, batcher=batcher, retriever=retriever)
     coarse_n, fine_n = host.needs
-    hour, day = 3_600 * 10**9, 86_400 * 10**9
+    fine_ns, coarse_ns = parse_rule(inputs.timeframe).ns, parse_rule(inputs.coarse_rule).ns
     end = 1_700_000_000 * 10**9
-    host.warm(synthetic_bars(coarse_n, day, end - day), synthetic_bars(fine_n, hour, end))
+    host.warm(synthetic_bars(coarse_n, coarse_ns, end - coarse_ns), synthetic_bars(fine_n, fine_ns, end))
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host

@@ -121,6 +121,8 @@ class Pong(_Reply, tag_field="type", tag="pong"):
     needs: Needs
     rules_version: str  # extra field (documented): the compliance rule table the gate enforces
     workers: int = 1  # engine workers alive behind this address
+    timeframe: str = ""  # the fine timeframe the model was trained on ("": no model loaded)
+    coarse_rule: str = ""  # how its coarse bars are made from the fine ones, e.g. "1d"
 
 
 class Forecast(_Reply):

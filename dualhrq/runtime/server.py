@@ -248,7 +248,8 @@ class Server:
         coarse, fine = host.needs if host else (0, 0)
         return p.Pong(id=req.id, model=host.name if host else "", ready=self.ready and host is not None,
                       uptime_s=round(time.monotonic() - self._started, 3), needs=p.Needs(coarse, fine),
-                      rules_version=RULES_VERSION, workers=self._workers())
+                      rules_version=RULES_VERSION, workers=self._workers(),
+                      timeframe=host.inputs.timeframe if host else "", coarse_rule=host.inputs.coarse_rule if host else "")
 
     def _workers(self) -> int:
         """Engine workers alive: this one alone, or as many as the broker last announced."""
