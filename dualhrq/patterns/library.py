@@ -14,17 +14,16 @@ deleted slots (``allow_replace_deleted``) before growing, so a library under chu
 hnswlib is not safe for a mutation concurrent with queries, so queries hold the shared side of a
 readers-writer lock and every mutation the exclusive side.
 
-hnswlib labels are ``generation * max_elements + row``: the row indexes our metadata arrays (``label %
-max_elements``) and a reused row gets a fresh label. A deleted label is never handed to hnswlib again, because
-hnswlib's slot replacement keeps the old label's lookup entry and would later erase the new one's.
+The entries' fields, slot reuse and the labels handed to hnswlib are kept by ``PatternRows`` (rows.py); this
+module keeps the index and everything a query does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import hnswlib
@@ -35,6 +34,7 @@ from dualhrq.config import PatternsConfig
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.patterns.arrays import column, finite_matrix
 from dualhrq.patterns.checksums import verify_checksums, write_checksums
+from dualhrq.patterns.rows import FIELDS, PatternRows
 from dualhrq.patterns.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ _OVERFETCH = 2.0  # graph candidates fetched per needed hit, beyond the share th
 _OUTCOME_CLIP = 8.0  # context outcomes in units of outcome_scale: one crash day must not dominate the pooling
 _FORMAT = 2  # 2: instrument codes count from 1, 0 is padding
 _FILES = ("index.bin", "meta.npz", "library.json")
-_META = ("label", "alive", "embedding", "instrument", "window_start", "window_end", "available_at", "expires_at",
-         "outcome", "regime", "quality")  # per-row arrays, each kept as attribute "_" + name
 
 
 def exact_distances(queries: np.ndarray, vectors: np.ndarray, space: str) -> np.ndarray:
@@ -89,7 +87,7 @@ def similarity(distance: np.ndarray, space: str) -> np.ndarray:
     return 1.0 / (1.0 + distance) if space == "l2" else 1.0 - distance
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Hits:
     """Neighbours of B queries, nearest first, copied out of the library (later mutations do not change them).
 
@@ -119,15 +117,22 @@ class Hits:
         return self.valid.sum(axis=1)
 
 
+# The row fields copied into Hits: its own fields that rows have, and the label (its ids). Gathering only these
+# keeps the serving path from copying the rest.
+_HIT_FIELDS = ("label", *(f.name for f in dataclasses.fields(Hits) if f.name in FIELDS))
+
+
 class PatternLibrary:
-    """hnswlib index + per-entry metadata, with time-filtered queries and a lifecycle. Thread-safe."""
+    """hnswlib index over the entries in a PatternRows, with time-filtered queries and a lifecycle. Thread-safe."""
 
     def __init__(self, dim: int, cfg: PatternsConfig, outcome_scale: float = 1.0) -> None:
         self._setup(dim, cfg, outcome_scale)
+        self._rows = PatternRows(dim, cfg.max_elements)
         self._index = hnswlib.Index(space=cfg.space, dim=dim)
         self._index.init_index(max_elements=cfg.max_elements, M=cfg.m, ef_construction=cfg.ef_construction,
                                allow_replace_deleted=True)
         self._index.set_ef(cfg.ef)
+        self._refresh_bounds()
 
     def _setup(self, dim: int, cfg: PatternsConfig, outcome_scale: float) -> None:
         if dim < 1:
@@ -137,38 +142,18 @@ class PatternLibrary:
         self.dim = dim
         self.cfg = cfg
         self.outcome_scale = float(outcome_scale)
-        cap = cfg.max_elements
         self._lock = ReadWriteLock()
-        self._size = 0  # rows ever used (= hnswlib's element count, deleted ones included)
-        self._free: list[int] = []  # deleted rows, reused first
-        self._instrument_code: dict[str, int] = {}  # instrument name -> the code kept per row
-        self._instrument_names = np.array([""])  # code -> name; code 0 is the padding of Hits
-        self._label = np.arange(cap, dtype=np.int64)  # current label of each row
-        self._alive = np.zeros(cap, bool)
-        self._embedding = np.zeros((cap, dim), np.float32)
-        self._instrument = np.zeros(cap, np.int32)
-        self._window_start = np.zeros(cap, np.int64)
-        self._window_end = np.zeros(cap, np.int64)
-        self._available_at = np.zeros(cap, np.int64)
-        self._expires_at = np.zeros(cap, np.int64)
-        self._outcome = np.zeros(cap, np.float32)
-        self._regime = np.zeros(cap, np.int32)
-        self._quality = np.zeros(cap, np.float32)
-        # Bounds over the live entries: a query at or after _all_known_at and before _first_expiry may see all
-        # of them, so it needs no per-entry time filter (an O(n) pass that would dominate a single query).
-        self._all_known_at: int | None = None  # None: no live entries
-        self._first_expiry: int | None = None  # None: no live entry ever expires
 
     # ------------------------------------------------------------ size and search width
 
     def __len__(self) -> int:
         """Live entries (added, not deleted)."""
-        return self._size - len(self._free)
+        return self._rows.live
 
     @property
     def slots(self) -> int:
         """Slots the index has used, deleted ones included: reuse keeps this flat under churn."""
-        return self._size
+        return self._rows.size
 
     @property
     def ef(self) -> int:
@@ -219,30 +204,10 @@ class PatternLibrary:
             return np.zeros(0, np.int64)
 
         with self._lock.write():
-            grow = max(0, n - len(self._free))
-            if self._size + grow > self.cfg.max_elements:
-                raise ConfigurationError(
-                    f"patterns.max_elements: library full ({len(self)} live of {self.cfg.max_elements}); "
-                    f"cannot add {n}: raise max_elements and rebuild, or expire entries")
-            reused = self._free[:n]
-            del self._free[:n]
-            rows = np.array(reused + list(range(self._size, self._size + grow)), np.int64)
-            self._label[reused] += self.cfg.max_elements
-            labels = self._label[rows]
+            rows = self._rows.append(names, embedding=emb, window_start=start, window_end=end, available_at=avail,
+                                     expires_at=exp, outcome=out, regime=reg, quality=qual)
+            labels = self._rows["label"][rows]
             self._index.add_items(emb, labels.astype(np.uint64), replace_deleted=True)
-            self._size += grow
-            codes = [self._instrument_code.setdefault(s, len(self._instrument_code) + 1) for s in names]
-            self._instrument_names = np.array(["", *self._instrument_code])
-            self._embedding[rows] = emb
-            self._instrument[rows] = codes
-            self._window_start[rows] = start
-            self._window_end[rows] = end
-            self._available_at[rows] = avail
-            self._expires_at[rows] = exp
-            self._outcome[rows] = out
-            self._regime[rows] = reg
-            self._quality[rows] = qual
-            self._alive[rows] = True
             self._refresh_bounds()
         return labels
 
@@ -262,15 +227,12 @@ class PatternLibrary:
             width = min(k, len(self))
             rows = np.full((len(q), width), -1, np.int64)
             dist = np.full((len(q), width), np.inf, np.float32)
-            n = self._size
-            alive = self._alive[:n]
-            avail = self._available_at[:n]
-            exp = self._expires_at[:n]
             for t in np.unique(when) if width else ():
                 if self._sees_all_live(t):  # the serving case: no per-entry time filter needed
                     eligible, count = None, len(self)
                 else:
-                    eligible = alive & (avail <= t) & ((exp == 0) | (exp > t))
+                    exp = self._rows["expires_at"]
+                    eligible = self._rows["alive"] & (self._rows["available_at"] <= t) & ((exp == 0) | (exp > t))
                     count = int(eligible.sum())
                 if count == 0:
                     continue
@@ -292,7 +254,7 @@ class PatternLibrary:
                 labels, d = self._index.knn_query(q, k=k, num_threads=1)
             except RuntimeError:  # hnswlib found fewer than k live neighbours (ef too small for this graph)
                 return self._exact(q, None, k)
-            return labels.astype(np.int64) % self.cfg.max_elements, d
+            return self._rows.row_of(labels), d
         rows = np.empty((len(q), k), np.int64)
         dist = np.empty((len(q), k), np.float32)
         pending = np.arange(len(q))
@@ -302,7 +264,7 @@ class PatternLibrary:
                 labels, d = self._index.knn_query(q[pending], k=fetch, num_threads=1)
             except RuntimeError:
                 break
-            r = labels.astype(np.int64) % self.cfg.max_elements
+            r = self._rows.row_of(labels)
             ok = eligible[r]
             enough = ok.sum(axis=1) >= k
             first = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # eligible ones first, distance order kept
@@ -318,34 +280,14 @@ class PatternLibrary:
         return rows, dist
 
     def _exact(self, q: np.ndarray, eligible: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        candidates = np.flatnonzero(self._alive[:self._size] if eligible is None else eligible)
-        idx, d = exact_knn(q, self._embedding[candidates], k, self.cfg.space)
+        candidates = np.flatnonzero(self._rows["alive"] if eligible is None else eligible)
+        idx, d = exact_knn(q, self._rows["embedding"][candidates], k, self.cfg.space)
         return candidates[idx], d.astype(np.float32)
 
     def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
-        valid = rows >= 0
-        padded = not valid.all()
-        r = np.where(valid, rows, 0) if padded else rows
-
-        def pick(values: np.ndarray, pad: float) -> np.ndarray:
-            out = values[r]  # fancy indexing copies: the hits stay valid after the lock is released
-            if padded:
-                out[~valid] = pad
-            return out
-
-        return Hits(
-            ids=pick(self._label, -1),
-            distance=dist,
-            similarity=np.where(valid, similarity(dist, self.cfg.space), 0.0).astype(np.float32),
-            instrument=self._instrument_names[pick(self._instrument, 0)],
-            window_start=pick(self._window_start, 0),
-            window_end=pick(self._window_end, 0),
-            available_at=pick(self._available_at, 0),
-            outcome=pick(self._outcome, 0.0),
-            regime=pick(self._regime, 0),
-            quality=pick(self._quality, 0.0),
-            embedding=pick(self._embedding, 0.0),
-        )
+        g = self._rows.gather(rows, _HIT_FIELDS)
+        return Hits(ids=g.pop("label"), distance=dist,
+                    similarity=np.where(rows >= 0, similarity(dist, self.cfg.space), 0.0).astype(np.float32), **g)
 
     def context(self, hits: Hits, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """What the model consumes: (pattern_context float32 [B, K, P], pattern_mask float32 [B, K], 1 = valid).
@@ -385,8 +327,8 @@ class PatternLibrary:
     def expire(self, now: int) -> int:
         """Delete live entries whose ``expires_at`` (non-zero) is at or before ``now``; returns how many."""
         with self._lock.write():
-            n = self._size
-            rows = np.flatnonzero(self._alive[:n] & (self._expires_at[:n] != 0) & (self._expires_at[:n] <= now))
+            exp = self._rows["expires_at"]
+            rows = np.flatnonzero(self._rows["alive"] & (exp != 0) & (exp <= now))
             self._delete(rows)
         if len(rows):
             log.info("expired %d pattern entries (now=%d), %d live", len(rows), now, len(self))
@@ -403,14 +345,13 @@ class PatternLibrary:
         real = column(realised, "realised", len(ids), np.float64)
         alpha = self.cfg.quality_alpha
         with self._lock.write():
-            rows = ids % self.cfg.max_elements
-            current = (ids >= 0) & (rows < self._size)
-            current[current] &= (self._label[rows[current]] == ids[current]) & self._alive[rows[current]]
-            agree = np.sign(self._outcome[rows]) == np.sign(real)
-            for row, hit in zip(rows[current], agree[current]):  # sequential: an id may appear twice
-                self._quality[row] = (1 - alpha) * self._quality[row] + alpha * float(hit)
-            n = self._size
-            retire = np.flatnonzero(self._alive[:n] & (self._quality[:n] < self.cfg.quality_floor))
+            rows = self._rows.find(ids)
+            current = rows >= 0
+            quality = self._rows["quality"]
+            agree = np.sign(self._rows["outcome"][rows[current]]) == np.sign(real[current])
+            for row, hit in zip(rows[current], agree):  # sequential: an id may appear twice
+                quality[row] = (1 - alpha) * quality[row] + alpha * float(hit)
+            retire = np.flatnonzero(self._rows["alive"] & (quality < self.cfg.quality_floor))
             self._delete(retire)
         if len(retire):
             log.info("retired %d pattern entries below quality %.2f, %d live", len(retire),
@@ -419,17 +360,18 @@ class PatternLibrary:
 
     def _delete(self, rows: np.ndarray) -> None:
         """Caller holds the write lock."""
-        for label in self._label[rows]:
+        for label in self._rows["label"][rows]:
             self._index.mark_deleted(int(label))
-        self._alive[rows] = False
-        self._free.extend(int(r) for r in rows)
+        self._rows.delete(rows)
         self._refresh_bounds()
 
     def _refresh_bounds(self) -> None:
-        """Caller holds the write lock."""
-        live = self._alive[:self._size]
-        exp = self._expires_at[:self._size][live]
-        self._all_known_at = int(self._available_at[:self._size][live].max()) if live.any() else None
+        """Bounds over the live entries: a query at or after ``_all_known_at`` and before ``_first_expiry`` may
+        see all of them, so it needs no per-entry time filter (an O(n) pass that would dominate a single query).
+        None: no live entries, or no live entry ever expires. Caller holds the write lock."""
+        live = self._rows["alive"]
+        exp = self._rows["expires_at"][live]
+        self._all_known_at = int(self._rows["available_at"][live].max()) if live.any() else None
         self._first_expiry = int(exp[exp != 0].min()) if (exp != 0).any() else None
 
     def _sees_all_live(self, as_of: int) -> bool:
@@ -443,12 +385,11 @@ class PatternLibrary:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            n = self._size
             self._index.save_index(str(out / "index.bin"))
-            np.savez(out / "meta.npz", **{name: getattr(self, f"_{name}")[:n] for name in _META})
+            self._rows.save(out / "meta.npz")
             info = {"format": _FORMAT, "dim": self.dim, "config": msgspec.to_builtins(self.cfg),
-                    "outcome_scale": self.outcome_scale, "instruments": list(self._instrument_code), "size": n,
-                    "live": len(self)}
+                    "outcome_scale": self.outcome_scale, "instruments": self._rows.instruments,
+                    "size": self._rows.size, "live": len(self)}
         (out / "library.json").write_text(json.dumps(info, indent=1))
         write_checksums(out, _FILES)
         return out
@@ -472,16 +413,14 @@ class PatternLibrary:
             lib_cfg = msgspec.structs.replace(cfg, **structure) if cfg is not None else saved
             lib = cls.__new__(cls)
             lib._setup(int(info["dim"]), lib_cfg, float(info["outcome_scale"]))
-            with np.load(src / "meta.npz", allow_pickle=False) as meta:
-                arrays = {name: meta[name] for name in _META}
             n = int(info["size"])
             instruments = [str(s) for s in info["instruments"]]
         except ModelLoadError:
             raise
         except (KeyError, ValueError, TypeError, OSError, msgspec.ValidationError) as e:
             raise ModelLoadError(f"{src}: pattern library metadata unreadable: {e}") from None
-        if any(len(a) != n for a in arrays.values()):
-            raise ModelLoadError(f"{src}/meta.npz: arrays do not all have {n} rows")
+        lib._rows = PatternRows.load(src / "meta.npz", dim=lib.dim, size=n, limit=lib_cfg.max_elements,
+                                     instruments=instruments)
         lib._index = hnswlib.Index(space=lib_cfg.space, dim=lib.dim)
         try:
             lib._index.load_index(str(src / "index.bin"), max_elements=lib_cfg.max_elements,
@@ -491,16 +430,7 @@ class PatternLibrary:
         if lib._index.element_count != n:
             raise ModelLoadError(f"{src}: index holds {lib._index.element_count} elements, metadata {n}")
         lib._index.set_ef(lib_cfg.ef)
-        lib._size = n
-        try:
-            for name, values in arrays.items():
-                getattr(lib, f"_{name}")[:n] = values
-        except ValueError as e:
-            raise ModelLoadError(f"{src}/meta.npz: does not match the index ({e})") from None
-        lib._free = np.flatnonzero(~lib._alive[:n]).tolist()
         lib._refresh_bounds()
-        lib._instrument_code = {s: i + 1 for i, s in enumerate(instruments)}
-        lib._instrument_names = np.array(["", *lib._instrument_code])
         log.info("loaded pattern library %s: %d live of %d rows, ef=%d", src, len(lib), n, lib_cfg.ef)
         return lib
 
