@@ -138,7 +138,7 @@ class PatternLibrary:
         if dim < 1:
             raise ConfigurationError(f"patterns.embed_dim: must be >= 1, got {dim}")
         if not (math.isfinite(outcome_scale) and outcome_scale > 0):
-            raise ValueError(f"outcome_scale: must be a positive finite number, got {outcome_scale}")
+            raise DataError(f"outcome_scale: must be a positive finite number, got {outcome_scale}")
         self.dim = dim
         self.cfg = cfg
         self.outcome_scale = float(outcome_scale)
@@ -221,7 +221,7 @@ class PatternLibrary:
         """
         q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
         if k < 1:
-            raise ValueError(f"k: must be >= 1, got {k}")
+            raise ConfigurationError(f"k: must be >= 1, got {k}")
         when = column(as_of, "as_of", len(q), np.int64)
         with self._lock.read():
             width = min(k, len(self))
@@ -417,7 +417,7 @@ class PatternLibrary:
             instruments = [str(s) for s in info["instruments"]]
         except ModelLoadError:
             raise
-        except (KeyError, ValueError, TypeError, OSError, msgspec.ValidationError) as e:
+        except (KeyError, ValueError, TypeError, OSError, DataError, msgspec.ValidationError) as e:
             raise ModelLoadError(f"{src}: pattern library metadata unreadable: {e}") from None
         lib._rows = PatternRows.load(src / "meta.npz", dim=lib.dim, size=n, limit=lib_cfg.max_elements,
                                      instruments=instruments)
