@@ -282,3 +282,12 @@ def test_without_keep_best_training_still_runs_on_while_validation_improves(prep
     assert ces == sorted(ces, reverse=True), ces  # improving at every evaluation this early ...
     assert result.step == 6 and len(ces) == 3  # ... so nothing stopped it
     assert not (tmp_path / "best").exists() and result.best is None
+
+
+def test_a_checkpoint_never_carries_a_decision_rule_fitted_for_other_weights(prepared, tmp_path):
+    from dualhrq.model.decision import DecisionRule
+
+    stale = prepared.inputs.with_rule(DecisionRule(1.0, [[0.0] * 5] * 3, 0.1, None, "an earlier run", 0.0, 0.0))
+    trainer = new_trainer(_config(), prepared.train, CPU, total_steps=1)
+    result = run(trainer, 1, tmp_path, inputs=stale, eval_sets=None, progress=False)
+    assert InputPipeline.load(result.checkpoint, _config()).rule is None

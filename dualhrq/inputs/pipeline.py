@@ -83,7 +83,7 @@ class InputPipeline:
         self.artifacts.save(d)
         save_artifacts(d / PATTERNS_DIR, self.library, self.encoder, self.regimes)
 
-    def with_rule(self, rule: DecisionRule) -> InputPipeline:
+    def with_rule(self, rule: DecisionRule | None) -> InputPipeline:
         return replace(self, artifacts=msgspec.structs.replace(self.artifacts, decision_rule=rule))
 
     @property

@@ -379,7 +379,9 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, inputs: In
                 window, acc_num, acc_den = _LogWindow(), 0, 0
             if main and (trainer.step % t.checkpoint_every == 0 or last):
                 metrics = dict(history[-1]) if history else {}
-                is_best, improved, reports, ckpt_inputs, val_ce = False, False, None, inputs, None
+                # A rule belongs to the weights it was fitted for: a resumed run's inputs carry the old one.
+                ckpt_inputs = inputs.with_rule(None) if inputs is not None else None
+                is_best, improved, reports, val_ce = False, False, None, None
                 if eval_sets is not None and t.evaluate and len(eval_sets.val):
                     rule, *reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
                     ckpt_inputs = inputs.with_rule(rule) if inputs is not None else None
