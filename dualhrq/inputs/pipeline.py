@@ -1,7 +1,8 @@
 """InputPipeline: bars -> model inputs exactly as training made them, and the model's heads -> a decision.
 
-Training fits one (`fit`) and saves it beside every checkpoint; export copies it into the bundle; the
-runtime host, replay, export parity, validation and the Python API load it (`load`) from either. The steps:
+Training fits one (`fit`; validation fits one per split) and saves it beside every checkpoint; export copies
+it into the bundle; export parity, the runtime host, replay and the Python API load it (`load`) from either.
+The steps:
 
     bars --window--> SampleBars --key--> retrieval key --sample--> Sample --graph_inputs--> graph inputs
     (+ context: the pattern library as of the sample's time)          heads --decide--> Decision
