@@ -367,3 +367,66 @@ def wait_ready(address: str, timeout_s: float = 120.0, proc=None) -> dict:
             except RequestTimeout:
                 pass
     raise AssertionError(f"no ready server at {address} in {timeout_s} s")
+
+
+# ---------------------------------------------------------------- workers behind the real broker, in one process
+
+
+class Cluster:
+    """The real broker and three real Servers (slots a, b, c) in threads, each with its own ComplianceGate on
+    ``compliance`` (one shared state file when it names one); ``loader(path, hooks)`` makes each one's host."""
+
+    def __init__(self, loader, compliance, slots: str = "abc") -> None:
+        from dualhrq.runtime.broker import Broker
+        from dualhrq.runtime.workers import BrokerAddresses
+
+        self.loader, self.compliance = loader, compliance
+        self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
+        self.broker = Broker(self.addresses, timeout_s=1.0).start()
+        self.workers = {slot: self._worker(slot) for slot in slots}
+        self._until(lambda: self.broker.live == len(slots))
+
+    def _worker(self, slot: str):
+        from dualhrq.compliance.gate import ComplianceGate
+        from dualhrq.config import ServeConfig
+        from dualhrq.runtime.server import Server
+
+        server = Server(ServeConfig(drain_timeout_s=0.5), self.loader, "b", gate=ComplianceGate(self.compliance),
+                        connect=self.addresses.backend, slot=slot)
+        return ServerThread(server).__enter__()
+
+    def replace(self, slot: str) -> None:
+        """The worker of ``slot`` stops (its gate and memory gone); a new one with a fresh gate takes the slot."""
+        self.workers.pop(slot).__exit__(None, None, None)
+        self._until(lambda: self.broker.live == len(self.workers))
+        self.workers[slot] = self._worker(slot)
+        self._until(lambda: self.broker.live == len(self.workers))
+
+    def owner(self, client, body: dict) -> str:
+        """The slot whose worker answers ``body``'s instrument: the one whose signal count grows."""
+        def signals(worker) -> float:
+            return worker.server.metrics.snapshot().get("dualhrq_requests_total|code=ok|type=signal", 0)
+
+        before = {slot: signals(w) for slot, w in self.workers.items()}
+        client.request(body)
+        grew = [slot for slot, w in self.workers.items() if signals(w) != before[slot]]
+        assert len(grew) == 1, grew
+        return grew[0]
+
+    @staticmethod
+    def _until(cond, timeout_s: float = 60.0) -> None:
+        import time
+
+        until = time.monotonic() + timeout_s
+        while not cond():
+            assert time.monotonic() < until, "condition not met in time"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        import shutil
+        from pathlib import Path
+
+        for w in self.workers.values():
+            w.__exit__(None, None, None)
+        self.broker.stop()
+        shutil.rmtree(Path(self.addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)

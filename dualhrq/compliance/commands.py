@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "CSV/Parquet file (timestamp, open, high, low, close, volume; stamped at the bar's open)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", help="model bundle directory (from `dualhrq export`) that produces the signals")
+    source.add_argument("--connect", metavar="ADDR",
+                        help="a running server (e.g. tcp://127.0.0.1:5555, any number of workers) decides: its model "
+                             "and its gate, re-checked here; only the bars' closes are fed (no quotes)")
     source.add_argument("--policy", choices=("momentum", "random"),
                         help="a built-in signal source instead of a model: momentum (sign of the 5-bar move) "
                         "or random (seeded)")
@@ -56,15 +59,22 @@ def run_replay(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data)
     bars = dataset.bars
-    if args.bundle:
-        signal_fn = _bundle_signals(args.bundle, bars)
-    else:
-        signal_fn = policy(args.policy, bars, args.seed)
+    instrument = args.instrument or dataset.instrument
     config = load_config(args.config).compliance if args.config else ComplianceConfig()
     config = msgspec.structs.replace(config, state_path=None)  # history must never touch the live state store
     events = load_quote_events(args.events) if args.events else None
-    report = replay(bars, signal_fn, events, ComplianceGate(config), instrument=args.instrument or dataset.instrument,
-                    tier=args.tier, prior_close=args.prior_close)
+    gate = ComplianceGate(config)
+    if args.connect:
+        from dualhrq.runtime.client import Client
+        from dualhrq.runtime.served_replay import served_decisions
+
+        with Client(args.connect) as client:
+            report = replay(bars, None, events, gate, instrument=instrument, tier=args.tier,
+                            prior_close=args.prior_close, decide=served_decisions(client, bars, instrument))
+    else:
+        signal_fn = _bundle_signals(args.bundle, bars) if args.bundle else policy(args.policy, bars, args.seed)
+        report = replay(bars, signal_fn, events, gate, instrument=instrument, tier=args.tier,
+                        prior_close=args.prior_close)
     if args.json:
         Path(args.json).write_text(report.to_json())
     if args.markdown:

@@ -39,6 +39,8 @@ from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
 from dualhrq.errors import ConfigurationError, DataError
 
 SignalFn = Callable[[int], tuple[str, float]]
+# Bar i's decision as another gate made it (a server's, for `replay --connect`) given the market at its close.
+Decide = Callable[[int, MarketSnapshot], GateDecision]
 
 _DAILY_GAP_NS = 20 * 3600 * NS_PER_S
 
@@ -215,7 +217,7 @@ def _prints(bars: Bars, i: int, start: int, end: int) -> list[tuple[int, float]]
 
 def replay(
     bars: Bars | Mapping[str, Sequence[float] | np.ndarray],
-    signal_fn: SignalFn,
+    signal_fn: SignalFn | None,
     events: Sequence[QuoteEvent] | None = None,
     gate: ComplianceGate | None = None,
     *,
@@ -223,8 +225,13 @@ def replay(
     tier: int = 1,
     prior_close: float | None = None,
     spread_bps: float = 2.0,
+    decide: Decide | None = None,
 ) -> ReplayReport:
-    """Stream ``bars`` (and quote ``events``) through ``gate``, asking ``signal_fn(i)`` at each bar's close."""
+    """Stream ``bars`` (and quote ``events``) through ``gate``, asking ``signal_fn(i)`` at each bar's close.
+
+    ``decide``: the decisions come from elsewhere (a server, whose gate sees only the market its requests
+    carry), so only the closes are fed: no intra-bar prints, no quote events. ``gate`` then only shadows that
+    market for the report's state transitions, and the checker holds the decisions to the same market."""
     if not isinstance(bars, Bars):
         bars = Bars.from_columns(bars)
     if len(bars) == 0:
@@ -236,6 +243,10 @@ def replay(
     if not (math.isfinite(spread_bps) and spread_bps > 0):
         raise ConfigurationError(f"spread_bps: expected a positive number, got {spread_bps!r}")
     gate = gate if gate is not None else ComplianceGate()
+    if (signal_fn is None) == (decide is None):
+        raise ConfigurationError("replay: give exactly one of signal_fn (decide here) and decide (served)")
+    if decide is not None and events:
+        raise ConfigurationError("events: a served replay feeds only the bars' closes (the server sees no quotes)")
     run = _Run(gate, instrument, tier, spread_bps / 2e4, sorted(events or (), key=lambda e: e.ts))
     if prior_close is not None:
         run.closes.set(date.min, prior_close)
@@ -249,7 +260,7 @@ def replay(
         close_ts, close = prints[-1]
         day = session_of(close_ts).day
         known = run.closes.before(day)
-        for ts, price in prints:
+        for ts, price in prints if decide is None else ():
             run.feed_events(until=ts)
             if known is not None and ts != close_ts:
                 run.feed(run.snapshot(ts, price, known, start))
@@ -257,9 +268,12 @@ def replay(
         if known is None:
             warmup += 1
             continue
-        action, quantity = signal_fn(i)
-        decision = run.decide(run.snapshot(close_ts, close, known, start), action, quantity, i)
-        actions[action] += 1
+        market = run.snapshot(close_ts, close, known, start)
+        if decide is None:
+            decision = run.decide(market, *signal_fn(i), i)
+        else:
+            decision = run.record(market, decide(i, market), i)
+        actions[decision.original_action] += 1
         emitted[decision.action] += 1
         blocked.update(decision.reasons)
         held += not decision.allowed
@@ -346,7 +360,14 @@ class _Run:
 
     def decide(self, market: MarketSnapshot, action: str, quantity: float, bar: int) -> GateDecision:
         """The gate's decision at a bar's close, re-checked by the checker (a violation is recorded)."""
-        decision = self.gate.check(self.instrument, action, quantity, market)
+        return self._verify(market, self.gate.check(self.instrument, action, quantity, market), bar)
+
+    def record(self, market: MarketSnapshot, decision: GateDecision, bar: int) -> GateDecision:
+        """A decision made elsewhere on ``market``: the shadow gate sees the market, the checker the decision."""
+        self.gate.observe(self.instrument, market)
+        return self._verify(market, decision, bar)
+
+    def _verify(self, market: MarketSnapshot, decision: GateDecision, bar: int) -> GateDecision:
         self.checker.record(market)
         self._note_transitions(market.ts)
         broken = self.checker.verify(market, decision)
