@@ -61,7 +61,7 @@ def test_position_limit_holds_in_total_and_ssr_survives_a_replaced_worker_and_a_
             assert not first.compliance.allowed and first.action == "HOLD", first.compliance
             owner = cluster.owner(c, signal_body("probe", instrument="TSLA"))
             cluster.replace(owner)
-            after = _signal(c, "ssr-1", "TSLA", _market(OPEN + 60 * 10**9, 88.5))
+            after = _signal(c, "ssr-1", "TSLA", _market(OPEN + 60 * 10**9, 95.0))
             assert not after.compliance.allowed and after.action == "HOLD", after.compliance
     finally:
         cluster.close()
@@ -69,7 +69,7 @@ def test_position_limit_holds_in_total_and_ssr_survives_a_replaced_worker_and_a_
     cluster = Cluster(_loader(tiny_config, engine), compliance)  # the whole server stopped and started again
     try:
         with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
-            again = _signal(c, "ssr-2", "TSLA", _market(OPEN + 120 * 10**9, 89.0))
+            again = _signal(c, "ssr-2", "TSLA", _market(OPEN + 120 * 10**9, 95.0))
             assert not again.compliance.allowed and again.action == "HOLD", again.compliance
             engine.action = "BUY"
             more = _signal(c, "buy-after", "AAPL", _market(OPEN + 180 * 10**9, 100.0))
