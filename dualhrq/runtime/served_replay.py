@@ -12,8 +12,8 @@ from __future__ import annotations
 from dualhrq.compliance.gate import GateDecision, MarketSnapshot
 from dualhrq.compliance.replay import Decide
 from dualhrq.data.bars import Bars
-from dualhrq.data.resample import resample
 from dualhrq.runtime.client import Client
+from dualhrq.runtime.signals import RequestWindows
 
 HOLD = GateDecision("HOLD", 0.0, True, "HOLD", [])
 
@@ -21,15 +21,13 @@ HOLD = GateDecision("HOLD", 0.0, True, "HOLD", [])
 def served_decisions(client: Client, bars: Bars, instrument: str) -> Decide:
     """Bar i's decision, as the server at the other end of ``client`` makes it for ``instrument``."""
     pong = client.ping()
-    coarse = resample(bars, pong.coarse_rule)
-    coarse_n, fine_n = pong.needs.coarse, pong.needs.fine
+    windows = RequestWindows(bars, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
 
     def decide(i: int, market: MarketSnapshot) -> GateDecision:
-        closed = coarse.until(int(bars.t[i]))
-        if i + 1 < fine_n or len(closed) < coarse_n:
+        window = windows.at(i)
+        if window is None:
             return HOLD
-        reply = client.signal(instrument, pong.timeframe, closed.slice(len(closed) - coarse_n),
-                              bars.slice(i + 1 - fine_n, i + 1),
+        reply = client.signal(instrument, pong.timeframe, *window,
                               market={"ts": market.ts, "last": market.last, "bid": market.bid, "ask": market.ask,
                                       "prior_close": market.prior_close, "luld_tier": market.luld_tier})
         c = reply.compliance

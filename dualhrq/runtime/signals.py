@@ -19,6 +19,24 @@ log = logging.getLogger(__name__)
 RETRIEVAL_TIMEOUT_S = 5.0  # offline: wait for the index (a replay must not depend on this machine's load)
 
 
+class RequestWindows:
+    """The bars a request at the close of fine bar i carries, cut from a history: the last ``needs`` fine bars up
+    to i, and the coarse bars (resampled from them with ``coarse_rule``) closed by then."""
+
+    def __init__(self, bars: Bars, coarse_rule: str, needs: tuple[int, int]) -> None:
+        self.bars, self.coarse = bars, resample(bars, coarse_rule)
+        self.coarse_n, self.fine_n = needs
+
+    def at(self, i: int) -> tuple[Bars, Bars] | None:
+        """(coarse, fine) for bar i; None while the history before it is too short for the model."""
+        if not 0 <= i < len(self.bars):
+            raise DataError(f"bar {i} is outside the {len(self.bars)} bars given")
+        closed = self.coarse.until(int(self.bars.t[i]))
+        if i + 1 < self.fine_n or len(closed) < self.coarse_n:
+            return None
+        return closed.slice(len(closed) - self.coarse_n), self.bars.slice(i + 1 - self.fine_n, i + 1)
+
+
 def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str | None = None,
                           timeframe: str | None = None) -> Callable[[int], tuple[str, float]]:
     """i -> (action, quantity) decided at the close of fine bar i from the bars up to it, as `serve` would.
@@ -38,17 +56,14 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
     if tf.lower() != trained.lower():
         raise DataError(f"timeframe: the bars are {tf} bars, but {bundle_path} was trained on {trained} bars")
     coarse_rule = host.inputs.artifacts.coarse_rule
-    coarse = resample(bars, coarse_rule)
-    coarse_n, fine_n = host.needs
+    windows = RequestWindows(bars, coarse_rule, host.needs)
     log.info("replay signals from %s: instrument %r, timeframe %s, coarse %s", host.name, name, tf, coarse_rule)
 
     def signal(i: int) -> tuple[str, float]:
-        if not 0 <= i < len(bars):
-            raise DataError(f"bar {i} is outside the {len(bars)} bars given")
-        closed = coarse.until(int(bars.t[i]))
-        if i + 1 < fine_n or len(closed) < coarse_n:
+        window = windows.at(i)
+        if window is None:
             return "HOLD", 0.0
-        prepared = host.prepare_bars(closed.slice(len(closed) - coarse_n), bars.slice(i + 1 - fine_n, i + 1), name, tf)
+        prepared = host.prepare_bars(*window, name, tf)
         context, mask = host.pattern_inputs(prepared, RETRIEVAL_TIMEOUT_S)
         result = host.batcher.run_here({**prepared.inputs, "pattern_context": context, "pattern_mask": mask})
         decision = host.decide({k: v[0] for k, v in result.outputs.items()}, prepared.state)
