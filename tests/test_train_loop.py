@@ -291,3 +291,15 @@ def test_a_checkpoint_never_carries_a_decision_rule_fitted_for_other_weights(pre
     trainer = new_trainer(_config(), prepared.train, CPU, total_steps=1)
     result = run(trainer, 1, tmp_path, inputs=stale, eval_sets=None, progress=False)
     assert InputPipeline.load(result.checkpoint, _config()).rule is None
+
+
+def test_a_run_into_a_directory_of_an_older_version_trains_and_takes_over_best(prepared, tmp_path):
+    cfg = _config()
+    old = tmp_path / "checkpoints" / "step_0000020"
+    old.mkdir(parents=True)
+    (old / "checkpoint.json").write_text(json.dumps({"format_version": 1, "extra": {}}))
+    (tmp_path / "best").write_text(old.name)
+    trainer = new_trainer(cfg, prepared.train, CPU, total_steps=2)
+    result = run(trainer, 2, tmp_path, inputs=prepared.inputs,
+                 eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
+    assert (tmp_path / "best").read_text() == result.checkpoint.name

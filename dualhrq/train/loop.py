@@ -421,7 +421,11 @@ def _best_so_far(out_dir: Path) -> float:
     best = _pointed(out_dir, BEST_FILE)
     if best is None or not best.is_dir():
         return math.inf
-    ce = read_checkpoint_meta(best).val_cross_entropy
+    try:
+        ce = read_checkpoint_meta(best).val_cross_entropy
+    except ModelLoadError as e:  # e.g. a run of an older dualhrq in the same directory: nothing to compare with
+        log.warning("%s: not comparable, the first evaluation of this run becomes the best (%s)", best, e)
+        return math.inf
     return math.inf if ce is None else ce
 
 
