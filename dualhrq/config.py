@@ -221,6 +221,16 @@ class CurveConfig(_Section):
     admin_keys_dir: str = ""  # public keys that may send admin commands
 
 
+class SessionsConfig(_Section):
+    """Streams of `append` requests (dualhrq.runtime.streams): each open stream holds its window in memory."""
+
+    max_streams: PosInt = 10_000  # beyond it the least recently used stream is dropped (its next append resyncs)
+    idle_s: PosFloat = 900.0  # a stream without a request for this long expires
+    # Between two consecutive fine bars of a stream, a spacing of at least this many bars is a market closure
+    # (a night, a weekend); a shorter one that is more than one bar means a bar is missing: resync_required.
+    closure_bars: Annotated[float, msgspec.Meta(ge=2.0)] = 3.0
+
+
 class ServeConfig(_Section):
     bind: str = "tcp://127.0.0.1:5555"
     workers: PosInt = 1
@@ -238,6 +248,10 @@ class ServeConfig(_Section):
     admin_tokens: list[str] = msgspec.field(default_factory=list)
     curve: CurveConfig = CurveConfig()
     drain_timeout_s: PosFloat = 5.0
+    sessions: SessionsConfig = SessionsConfig()
+    # A request alone in flight, with the engine idle, runs the engine on the event loop's thread: no hand-off to
+    # the inference thread and back. The loop is busy for that run; requests arriving meanwhile wait in the socket.
+    inline_engine: bool = True
 
 
 class RiskConfig(_Section):

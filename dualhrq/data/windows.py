@@ -130,14 +130,28 @@ class SampleBuilder:
     def sample(self, bars: SampleBars, pattern: np.ndarray | None = None) -> Sample:
         """The model input; ``pattern``: `pattern_features` of the same bars when already computed."""
         m = self.model
-        h = self.stats.coarse.apply(bar_features(bars.coarse, last=m.coarse_len))
-        raw_fine = fine_features(bars.fine, self.position, last=m.fine_len)
-        l = self.stats.fine.apply(raw_fine)  # noqa: E741
+        h = self.coarse_tokens(bars.coarse, m.coarse_len)
+        l, state = self.fine_tokens(bars.fine, m.fine_len)  # noqa: E741
+        return self.assemble(bars, h, l, state, pattern)
+
+    def coarse_tokens(self, coarse: Bars, last: int) -> np.ndarray:
+        """float32 [last, coarse_features]: the normalised tokens of the last ``last`` coarse bars."""
+        return self.stats.coarse.apply(bar_features(coarse, last=last))
+
+    def fine_tokens(self, fine: Bars, last: int) -> tuple[np.ndarray, int]:
+        """(float32 [last, fine_features], the position state at the last bar): the normalised tokens of the
+        last ``last`` fine bars."""
+        raw = fine_features(fine, self.position, last=last)
+        return self.stats.fine.apply(raw), state_of(raw[-1, len(BAR_FEATURES):])
+
+    def assemble(self, bars: SampleBars, h_tokens: np.ndarray, l_tokens: np.ndarray, state: int,
+                 pattern: np.ndarray | None = None) -> Sample:
+        """The sample at ``bars``' last fine bar from its tokens (computed at once or a stream's, bar by bar)."""
         regime = self.stats.regime.apply(regime_features(bars.fine, bars.coarse, last=1)[0])
-        for name, x in (("coarse", h), ("fine", l), ("regime", regime)):
+        for name, x in (("coarse", h_tokens), ("fine", l_tokens), ("regime", regime)):
             _complete(name, x)
-        state = state_of(raw_fine[-1, len(BAR_FEATURES):])
-        return Sample(h, l, regime, self.pattern_features(bars) if pattern is None else pattern, bars.as_of, state)
+        return Sample(h_tokens, l_tokens, regime, self.pattern_features(bars) if pattern is None else pattern,
+                      bars.as_of, state)
 
     def __call__(self, coarse: Bars, fine: Bars) -> Sample:
         return self.sample(self.bars(coarse, fine))

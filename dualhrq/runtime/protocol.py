@@ -23,12 +23,14 @@ PROTOCOL_VERSION = 1
 # ACTIONS is the wire order of `probs` and the index order of the graph's policy_logits (torch-free module).
 
 ErrorCode = Literal["bad_request", "invalid_input", "unsupported_version", "unknown_type", "deadline_exceeded",
-                    "overloaded", "unauthorized", "internal"]
+                    "overloaded", "unauthorized", "internal", "resync_required"]
 AdminCommand = Literal["stats", "disable_patterns", "enable_patterns", "kill_switch_on", "kill_switch_off",
                        "reload"]
 FailOpenReason = Literal["timeout", "disabled", "error", "empty"]
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Instrument = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
 
 class ProtocolError(Exception):
@@ -83,10 +85,23 @@ class Ping(_Strict, tag_field="type", tag="ping"):
 class Signal(_Strict, tag_field="type", tag="signal"):
     id: RequestId
     v: int
-    instrument: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    instrument: Instrument
     timeframe: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
     coarse: WireBars
     fine: WireBars
+    deadline_ms: float | None = None
+    market: Market | None = None
+    session: SessionId | None = None  # starts (or restarts) a stream that later `append`s extend
+
+
+class Append(_Strict, tag_field="type", tag="append"):
+    """A stream's new bars since its previous request: at least one fine bar, and the coarse bars closed since."""
+
+    id: RequestId
+    instrument: Instrument
+    session: SessionId
+    fine: WireBars
+    coarse: WireBars
     deadline_ms: float | None = None
     market: Market | None = None
 
@@ -98,8 +113,9 @@ class Admin(_Strict, tag_field="type", tag="admin"):
     bundle: str = ""  # reload only: the bundle to load; empty reloads the path the server started with
 
 
-Request = Union[Ping, Signal, Admin]
-REQUEST_TYPES = ("ping", "signal", "admin")
+Request = Union[Ping, Signal, Append, Admin]
+REQUEST_TYPES = ("ping", "signal", "append", "admin")
+BarRequest = Union[Signal, Append]  # the requests answered with a signal reply
 
 # ---------------------------------------------------------------- replies
 
@@ -228,7 +244,7 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
         req = _request_decoder.decode(body)
     except _UNDECODABLE:
         raise _diagnose(body) from None
-    if isinstance(req, Signal):
+    if isinstance(req, (Signal, Append)):
         _check_signal_numbers(req)
     return req
 
@@ -291,11 +307,13 @@ def _kind(value: object) -> str:
             float: "float", type(None): "nil"}.get(type(value), type(value).__name__)
 
 
-def _check_signal_numbers(req: Signal) -> None:
-    def fail(code: ErrorCode, message: str, field: str) -> ProtocolError:
-        return ProtocolError(code, message, field, req.id, "signal")
+def _check_signal_numbers(req: BarRequest) -> None:
+    kind = type(req).__struct_config__.tag
 
-    if req.v != PROTOCOL_VERSION:
+    def fail(code: ErrorCode, message: str, field: str) -> ProtocolError:
+        return ProtocolError(code, message, field, req.id, kind)
+
+    if isinstance(req, Signal) and req.v != PROTOCOL_VERSION:
         raise fail("unsupported_version", f"protocol version {req.v} is not supported; this server speaks "
                    f"v{PROTOCOL_VERSION}", "v")
     if req.deadline_ms is not None and not (math.isfinite(req.deadline_ms) and req.deadline_ms > 0):
