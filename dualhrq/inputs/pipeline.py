@@ -22,9 +22,11 @@ import numpy as np
 
 from dualhrq.config import Config, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars
+from dualhrq.data.resample import parse_rule
 from dualhrq.data.windows import Sample, SampleBars, SampleBuilder, WindowDataset
 from dualhrq.features import FeatureStats, PositionRule
 from dualhrq.inputs.artifacts import PATTERNS_DIR, Artifacts, TargetScale
+from dualhrq.inputs.stream import StreamWindow
 from dualhrq.model.decision import Decision, DecisionRule, softmax
 from dualhrq.model.vocab import ACTIONS, InstrumentVocab, timeframe_id
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
@@ -121,6 +123,12 @@ class InputPipeline:
 
     def sample(self, bars: SampleBars, key: np.ndarray | None = None) -> Sample:
         return self.builder.sample(bars, None if key is None else key[0])
+
+    def stream(self, bars: SampleBars, sample: Sample, pending: Bars, closure_bars: float) -> StreamWindow:
+        """A stream's window from a full window's bars and sample; ``pending``: the coarse bars the request
+        carried that close after its last fine bar. ``closure_bars``: see SessionsConfig."""
+        fine_ns = parse_rule(self.timeframe).ns
+        return StreamWindow(self.builder, fine_ns, round(closure_bars * fine_ns), bars, sample, pending)
 
     def graph_inputs(self, sample: Sample, instrument: str, timeframe: str) -> dict[str, np.ndarray]:
         """One sample's graph inputs but the pattern context and the carry (batch axis of 1)."""

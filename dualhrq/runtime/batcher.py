@@ -68,6 +68,7 @@ class Batcher:
         self._upstream = upstream
         self._on_batch = on_batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=serve.queue_max)
+        self._engine_lock = threading.Lock()  # the engine runs one batch at a time: this thread's or `try_run`'s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"inference-{engine.name}", daemon=True)
 
@@ -88,6 +89,21 @@ class Batcher:
         except queue.Full:
             raise Overloaded(f"inference queue full ({self._queue.maxsize} waiting)") from None
         return job.future
+
+    def try_run(self, inputs: dict[str, np.ndarray]) -> RowResult | None:
+        """One row's ACT loop on the caller's thread when the engine is idle and nothing is queued (None
+        otherwise: submit it). A lone request then pays no hand-off to the inference thread and back."""
+        if self._queue.qsize() or not self._engine_lock.acquire(blocking=False):
+            return None
+        try:
+            start = time.perf_counter()
+            result = run_act(self.engine, inputs, self._initial_carry(1), self.act)
+            engine_s = time.perf_counter() - start
+        finally:
+            self._engine_lock.release()
+        self._on_batch(1, engine_s)
+        return RowResult({k: v[0] for k, v in result.outputs.items()}, int(result.segments[0]),
+                         bool(result.halted_by_q[0]), 0.0, engine_s, 1)
 
     def run_here(self, inputs: dict[str, np.ndarray]) -> ActResult:
         """The ACT loop on the caller's thread, for offline use (replay) of a batcher never started."""
@@ -168,14 +184,15 @@ class Batcher:
         return jobs
 
     def _run_batch(self, jobs: list[_Job]) -> list[RowResult]:
-        start = time.perf_counter()
         b = len(jobs)
         if b == 1:  # a lone request (the usual case at low load): its own arrays, no copy
             inputs = jobs[0].inputs
         else:
             inputs = {k: np.concatenate([j.inputs[k] for j in jobs]) for k in jobs[0].inputs}
-        result = run_act(self.engine, inputs, self._initial_carry(b), self.act)
-        engine_s = time.perf_counter() - start
+        with self._engine_lock:  # held by `try_run` only for a lone request's run
+            start = time.perf_counter()
+            result = run_act(self.engine, inputs, self._initial_carry(b), self.act)
+            engine_s = time.perf_counter() - start
         self._on_batch(b, engine_s)
         return [RowResult({k: v[i] for k, v in result.outputs.items()}, int(result.segments[i]),
                           bool(result.halted_by_q[i]), start - j.submitted, engine_s, b) for i, j in enumerate(jobs)]

@@ -53,6 +53,18 @@ def signal_request(instrument: str, timeframe: str, coarse: BarsLike, fine: Bars
     return req
 
 
+def append_request(instrument: str, session: str, coarse: BarsLike, fine: BarsLike, *,
+                   deadline_ms: float | None = None, market: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An append request body (without id): a stream's new fine bars and the coarse bars closed since."""
+    req: dict[str, Any] = {"type": "append", "instrument": instrument, "session": session,
+                           "coarse": _wire_bars(coarse), "fine": _wire_bars(fine)}
+    if deadline_ms is not None:
+        req["deadline_ms"] = float(deadline_ms)
+    if market is not None:
+        req["market"] = dict(market)
+    return req
+
+
 def _wire_bars(bars: BarsLike) -> dict[str, list]:
     if isinstance(bars, Bars):
         return msgspec.structs.asdict(p.wire_bars(bars))
@@ -95,7 +107,7 @@ class _Base:
 
     def _outcome(self, kind: str, rid: str, reply: p.Reply | None) -> p.Reply:
         if isinstance(reply, p.ErrorReply) or reply is None:
-            if self.fallback == "hold" and kind == "signal":
+            if self.fallback == "hold" and kind in ("signal", "append"):
                 return hold_reply(rid, reply.code if reply is not None else "timeout")
             if reply is None:
                 raise RequestTimeout(f"{kind} {rid}: no reply from {self.address} in {self.timeout_s:g} s "
@@ -124,11 +136,21 @@ class Client(_Base):
     def admin(self, cmd: str, token: str = "", bundle: str = "") -> p.AdminReply:
         return self.request({"type": "admin", "cmd": cmd, "token": token, "bundle": bundle})  # type: ignore[return-value]
 
+    def stream(self, instrument: str, timeframe: str, session: str | None = None) -> SignalStream:
+        """Signals for one instrument as a stream that sends only the new bars (see SignalStream)."""
+        return SignalStream(self, instrument, timeframe, session)
+
     def request(self, message: Mapping[str, Any]) -> p.Reply:
         """Send any request map (its id is set here) and return the typed reply."""
+        return self._outcome(*self.exchange(message))
+
+    def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, p.Reply | None]:
+        """(type, id, the reply as it came, or None after every attempt timed out): `request` before errors
+        and the fallback are applied."""
         kind = message["type"]
         rid, body = self._body(message)
-        attempts = 1 + (self.retries if kind in ("ping", "signal") else 0)
+        # An append retried after the server applied it is refused as not newer (resync_required), never doubled.
+        attempts = 1 + (self.retries if kind in ("ping", "signal", "append") else 0)
         for attempt in range(attempts):
             if attempt:  # Lazy Pirate: a fresh socket, so nothing stale waits for a dead or restarted server
                 self._sock.close()
@@ -136,8 +158,8 @@ class Client(_Base):
             until = time.monotonic() + self.timeout_s
             reply = self._await(rid, until) if self._send(body, until) else None
             if reply is not None:
-                return self._outcome(kind, rid, reply)
-        return self._outcome(kind, rid, None)
+                return kind, rid, reply
+        return kind, rid, None
 
     def _send(self, body: bytes, until: float) -> bool:
         """Queue the request unless the socket cannot take it before `until`: a DEALER blocks a send while it
@@ -169,6 +191,72 @@ class Client(_Base):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SignalStream:
+    """One instrument's signals over an `append` session (`Client.stream`). Each call passes the window of bars
+    the caller holds now, as for `Client.signal`; only the bars newer than those already sent go on the wire.
+    The first call, a call whose window no longer reaches back to the last bar sent, and any `resync_required`
+    send the whole window as a `signal` that (re)opens the session, so the caller never handles a resync."""
+
+    def __init__(self, client: Client, instrument: str, timeframe: str, session: str | None = None) -> None:
+        self.client, self.instrument, self.timeframe = client, instrument, timeframe
+        self.session = session or uuid.uuid4().hex
+        self._last_fine: int | None = None  # t of the newest fine bar the server holds for this stream
+        self._last_coarse: int | None = None
+        self.resyncs = 0  # full windows sent after the first
+
+    def signal(self, coarse: BarsLike, fine: BarsLike, *, deadline_ms: float | None = None,
+               market: Mapping[str, Any] | None = None) -> p.SignalReply:
+        fine_t, coarse_t = _times(fine), _times(coarse)
+        if self._last_fine is not None and len(fine_t) and fine_t[0] <= self._last_fine < fine_t[-1]:
+            new_fine = int(np.searchsorted(fine_t, self._last_fine, side="right"))
+            new_coarse = 0 if self._last_coarse is None else int(np.searchsorted(coarse_t, self._last_coarse,
+                                                                                 side="right"))
+            closed = int(np.searchsorted(coarse_t, fine_t[-1], side="right"))  # a forming bar waits until it closes
+            body = append_request(self.instrument, self.session, _Rows(coarse, new_coarse, closed),
+                                  _Rows(fine, new_fine, len(fine_t)), deadline_ms=deadline_ms, market=market)
+            kind, rid, reply = self.client.exchange(body)
+            if not (isinstance(reply, p.ErrorReply) and reply.code == "resync_required"):
+                if isinstance(reply, p.SignalReply):
+                    self._sent(coarse_t, fine_t)
+                return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
+            self.resyncs += 1
+        message = {**signal_request(self.instrument, self.timeframe, coarse, fine, deadline_ms=deadline_ms,
+                                    market=market), "session": self.session}
+        kind, rid, reply = self.client.exchange(message)
+        if isinstance(reply, p.SignalReply):
+            self._sent(coarse_t, fine_t)
+        else:  # the server may not hold the window: the next call sends it whole again
+            self._last_fine = None
+        return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
+
+    def _sent(self, coarse_t: np.ndarray, fine_t: np.ndarray) -> None:
+        """The server now holds the fine bars up to fine_t[-1] and the coarse bars closed by then."""
+        self._last_fine = int(fine_t[-1])
+        closed = coarse_t[coarse_t <= fine_t[-1]]
+        self._last_coarse = int(closed[-1]) if len(closed) else self._last_coarse
+
+
+class _Rows(Mapping):
+    """Rows start..stop of a BarsLike's columns (no copy of the caller's arrays)."""
+
+    def __init__(self, bars: BarsLike, start: int, stop: int) -> None:
+        self.bars, self.start, self.stop = bars, start, max(start, stop)
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        column = getattr(self.bars, k) if isinstance(self.bars, Bars) else self.bars[k]
+        return np.asarray(column)[self.start:self.stop]
+
+    def __iter__(self):
+        return iter(("t", "o", "h", "l", "c", "v"))
+
+    def __len__(self) -> int:
+        return 6
+
+
+def _times(bars: BarsLike) -> np.ndarray:
+    return np.asarray(bars.t if isinstance(bars, Bars) else bars["t"])
 
 
 class AsyncClient(_Base):

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dualhrq.config import Config, config_from_dict, config_to_dict
+from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import parse_rule, timeframe_name
-from dualhrq.data.windows import SampleBars
+from dualhrq.data.windows import Sample, SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
+from dualhrq.inputs.stream import Resync, StreamWindow
 from dualhrq.model.decision import Decision
 from dualhrq.runtime.batcher import Batcher
-from dualhrq.runtime.protocol import PROTOCOL_VERSION, ProtocolError, Signal, check_bars, wire_bars
+from dualhrq.runtime.protocol import PROTOCOL_VERSION, Append, ProtocolError, Signal, check_bars, wire_bars
 
 if TYPE_CHECKING:  # the retriever (hnswlib) loads with the bundle, not with this module
     from dualhrq.patterns.retriever import Retriever
@@ -43,8 +44,16 @@ class Prepared:
 
     inputs: dict[str, np.ndarray]
     key: np.ndarray  # [1, F] float32
-    as_of: int
-    state: int  # the label rule's position state (dualhrq.features.FLAT, LONG, SHORT)
+    sample: Sample
+
+    @property
+    def as_of(self) -> int:
+        return int(self.sample.as_of)
+
+    @property
+    def state(self) -> int:
+        """The label rule's position state (dualhrq.features.FLAT, LONG, SHORT)."""
+        return int(self.sample.state)
 
 
 @dataclass
@@ -104,7 +113,29 @@ class ModelHost:
         """The graph inputs but the pattern context. Pure numpy and CPU-bound: the server runs it off the
         event loop when `warm` found it dearer than ~0.2 ms."""
         s = self.inputs.sample(bars, key)
-        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, int(s.as_of), int(s.state))
+        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, s)
+
+    # ------------------------------------------------------------ streams (append sessions)
+
+    def open_stream(self, bars: SampleBars, prepared: Prepared, sessions: SessionsConfig) -> StreamWindow:
+        """The window of the stream a signal opens, from its full window (validated and prepared). A coarse bar
+        it carried that had not closed is not kept, as the full window ignores it: it counts once appended."""
+        return self.inputs.stream(bars, prepared.sample, bars.coarse.slice(0, 0), sessions.closure_bars)
+
+    def extend(self, window: StreamWindow, req: Append) -> SampleBars:
+        """An append's bars, validated (ProtocolError naming the field), added to its stream's window;
+        `resync_required` when they do not follow on from it."""
+        coarse = check_bars(req.coarse, "coarse", 0, req.id)
+        fine = check_bars(req.fine, "fine", 1, req.id)
+        try:
+            return window.extend(coarse, fine)
+        except Resync as e:
+            raise ProtocolError("resync_required", str(e), "session", req.id) from None
+
+    def prepare_stream(self, window: StreamWindow, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
+        """The graph inputs at a stream's newest bar (`extend` first): only its new token rows were computed."""
+        s = window.sample(key[0])
+        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, s)
 
     def prepare_bars(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
         """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""

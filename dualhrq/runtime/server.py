@@ -34,12 +34,14 @@ from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.errors import DataError
+from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.backend import BrokerLink
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost
 from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
+from dualhrq.runtime.streams import Stream, Streams
 
 if TYPE_CHECKING:
     from dualhrq.patterns.retriever import Lookup
@@ -86,6 +88,7 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self._started = time.monotonic()
         self._features_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="features")
+        self._streams = Streams(serve.sessions)
         self._hooks = HostHooks(upstream=lambda: self._upstream, on_batch=self.metrics.observe_batch)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: zmq.asyncio.Context | None = None
@@ -227,7 +230,7 @@ class Server:
             return e.kind or "unknown", e.reply()
         kind = type(req).__struct_config__.tag
         try:
-            if isinstance(req, p.Signal):
+            if isinstance(req, (p.Signal, p.Append)):
                 return kind, await self._signal(req, t0)
             if isinstance(req, p.Ping):
                 return kind, self._pong(req)
@@ -257,7 +260,7 @@ class Server:
 
     # ------------------------------------------------------------ signal
 
-    async def _signal(self, req: p.Signal, t0: float) -> p.Reply:
+    async def _signal(self, req: p.BarRequest, t0: float) -> p.Reply:
         if self._in_flight > self.serve.max_in_flight:
             raise p.ProtocolError("overloaded", f"more than {self.serve.max_in_flight} requests in flight")
         host = self._host
@@ -272,40 +275,41 @@ class Server:
         except asyncio.TimeoutError:
             raise p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}") from None
 
-    async def _pipeline(self, req: p.Signal, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
+    async def _pipeline(self, req: p.BarRequest, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
         host.acquire()
         self._upstream += 1
         queued = False
         try:
-            bars = host.window(req)  # the one validation of the bars
+            # An append extends its stream's window and computes only the new bars' rows; it never leaves the
+            # loop, so two appends of one stream extend it in the order they arrived.
+            stream = self._stream(req, host) if isinstance(req, p.Append) else None
+            bars = host.extend(stream.window, req) if stream else host.window(req)  # the one validation
             t_decode = time.perf_counter()
             # Retrieval needs only the pattern features: start it first, so that its worker wakes up and searches
             # while the rest of the features are computed here (hnswlib and numpy's larger steps let go of the
             # GIL), and the wait after them is short or nil.
             key = host.key(bars)
             lookup = self._lookup(host, key, bars.as_of)
+            if stream is not None:
+                prepared = host.prepare_stream(stream.window, key, req.instrument, stream.timeframe)
             # Alone in flight, nothing waits on the loop, so the hand-off to a thread and back is pure cost
             # (~0.5 ms measured at 1 in flight); with company, dear features leave the loop to the others.
-            if host.features_inline or self._in_flight == 1:
+            elif host.features_inline or self._in_flight == 1:
                 prepared = host.prepare(bars, key, req.instrument, req.timeframe)
             else:
                 prepared = await asyncio.get_running_loop().run_in_executor(
                     self._features_pool, host.prepare, bars, key, req.instrument, req.timeframe)
+            if isinstance(req, p.Signal) and req.session is not None:
+                self._streams.open(req.session, req.instrument, req.timeframe, host.open_stream(bars, prepared, self.serve.sessions),
+                                   host)
             t_features = time.perf_counter()
             context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()
             # Not upstream any more before it is queued: the inference thread must not wait for this one.
             self._upstream -= 1
             queued = True
-            try:
-                future = host.batcher.submit({**prepared.inputs, "pattern_context": context, "pattern_mask": mask},
-                                             deadline)
-            except Overloaded as e:
-                raise p.ProtocolError("overloaded", str(e)) from None
-            try:
-                row = await future
-            except Expired:
-                raise p.ProtocolError("deadline_exceeded", "deadline passed while queued for the engine") from None
+            row = await self._run(host, {**prepared.inputs, "pattern_context": context, "pattern_mask": mask},
+                                  deadline)
         finally:
             if not queued:
                 self._upstream -= 1
@@ -315,6 +319,30 @@ class Server:
         reply = self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
         self.metrics.observe_stages(stages)
         return reply
+
+    def _stream(self, req: p.Append, host: ModelHost) -> Stream:
+        try:
+            return self._streams.get(req.session, req.instrument, host)
+        except Resync as e:
+            raise p.ProtocolError("resync_required", str(e), "session", req.id) from None
+
+    async def _run(self, host: ModelHost, inputs: dict[str, np.ndarray], deadline: float | None) -> RowResult:
+        """The engine's answer for one row: on this thread when the request is alone and the engine idle (no
+        hand-off, no batching window to wait for), else through the batcher's queue."""
+        if self.serve.inline_engine and self._in_flight == 1:
+            row = host.batcher.try_run(inputs)
+            if row is not None:
+                if deadline is not None and time.perf_counter() > deadline:
+                    raise p.ProtocolError("deadline_exceeded", "deadline passed while the engine ran")
+                return row
+        try:
+            future = host.batcher.submit(inputs, deadline)
+        except Overloaded as e:
+            raise p.ProtocolError("overloaded", str(e)) from None
+        try:
+            return await future
+        except Expired:
+            raise p.ProtocolError("deadline_exceeded", "deadline passed while queued for the engine") from None
 
     def _lookup(self, host: ModelHost, key: np.ndarray, as_of: int) -> Lookup | None:
         """Start the pattern lookup (None: patterns are off)."""
@@ -337,7 +365,7 @@ class Server:
         context, mask = host.regime_only()
         return context, mask, 0, _REPLY_REASON.get(reason, reason)
 
-    def _signal_reply(self, req: p.Signal, host: ModelHost, row: RowResult, state: int, used: int,
+    def _signal_reply(self, req: p.BarRequest, host: ModelHost, row: RowResult, state: int, used: int,
                       reason: str | None, stages: dict[str, float], t0: float) -> p.SignalReply:
         d = host.decide(row.outputs, state)
         decision = self._comply(req, d.action, d.quantity)
@@ -351,7 +379,7 @@ class Server:
             compliance=p.Compliance(decision.allowed, decision.original_action, list(decision.reasons)),
             timing_us=p.Timing(total=int((time.perf_counter() - t0) * 1e6), **us))
 
-    def _comply(self, req: p.Signal, action: str, quantity: float) -> GateDecision:
+    def _comply(self, req: p.BarRequest, action: str, quantity: float) -> GateDecision:
         """The compliance hook: the gate decides when the request carries `market`; the kill switch always."""
         if req.market is not None:
             m = req.market
@@ -404,6 +432,7 @@ class Server:
             new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
             old, self._host = self._host, new
             self._bundle = bundle
+            self._streams.clear()  # their windows were built with the old model's inputs
         if old is not None:
             task = asyncio.create_task(self._retire(old))
             self._tasks.add(task)
@@ -422,4 +451,5 @@ class Server:
                 "uptime_s": time.monotonic() - self._started,
                 "patterns_enabled": self._patterns_enabled, "kill_switch": self._gate.kill_switch,
                 "in_flight": self._in_flight, "queue_depth": host.batcher.depth if host else 0,
+                "sessions": len(self._streams), "sessions_bytes": self._streams.nbytes,
                 "counters": self.metrics.snapshot()}

@@ -1,0 +1,140 @@
+"""`append` sessions: a stream that sends only its new bars is answered exactly as full windows are; a bar
+missing, an unknown session or another instrument gets `resync_required`; streams are bounded and expire."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from runtime_fixtures import ServerThread, eurusd_history, tiny_bundle  # noqa: F401
+
+from dualhrq.config import ServeConfig, SessionsConfig
+from dualhrq.inputs.stream import Resync
+from dualhrq.runtime import protocol as p
+from dualhrq.runtime.client import Client, append_request, signal_request
+from dualhrq.runtime.host import load_host
+from dualhrq.runtime.server import Server
+from dualhrq.runtime.signals import RequestWindows
+from dualhrq.runtime.streams import Streams
+
+# Retrieval never fails open here (a fail-open reply differs from the full window's for a reason of timing).
+OVERLAY = {"serve": {"intra_op_threads": 1, "max_batch": 2}, "patterns": {"timeout_ms": 5000.0}}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle):
+    serve = ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=["t"], drain_timeout_s=2.0)
+    server = Server(serve, lambda path, hooks: load_host(path, OVERLAY, hooks), str(tiny_bundle))
+    with ServerThread(server) as st:
+        yield st
+
+
+def _numbers(r: p.SignalReply) -> tuple:
+    return (r.action, r.probs, r.confidence, r.quantity, r.forecast, r.value, r.regime, r.patterns.used, r.act,
+            r.compliance)
+
+
+def _replay_both_ways(address: str, bars_n: int) -> tuple[int, int]:
+    """Every bar of an EURUSD history as a full-window signal and as the next request of one stream; asserts
+    the replies are the same. Returns (requests compared, resyncs)."""
+    history = eurusd_history(end=-3, bars=bars_n)
+    with Client(address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        stream = client.stream("EURUSD", "1h")
+        compared = 0
+        for i in range(len(history)):
+            window = windows.at(i)
+            if window is None:
+                continue
+            full = client.signal("EURUSD", "1h", *window)
+            streamed = stream.signal(*window)
+            assert _numbers(streamed) == _numbers(full), i
+            compared += 1
+    return compared, stream.resyncs
+
+
+def test_a_stream_of_appends_is_answered_exactly_as_full_window_signals(served):
+    compared, resyncs = _replay_both_ways(served.address, 1400)  # ~300 requests, weekends included
+    assert compared > 250 and resyncs == 0
+
+
+@pytest.mark.slow
+def test_five_thousand_hourly_bars_as_one_stream_are_answered_exactly_as_full_windows(served):
+    compared, resyncs = _replay_both_ways(served.address, 5000 + 1100)
+    assert compared >= 5000 and resyncs == 0
+
+
+def _open(client: Client, history, windows: RequestWindows, i: int, session: str) -> None:
+    client.request({**signal_request("EURUSD", "1h", *windows.at(i)), "session": session})
+
+
+def test_a_skipped_bar_gets_resync_required_and_the_stream_client_recovers_with_a_full_window(served):
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(served.address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        i = next(j for j in range(1150, 1300) if all(history.t[j + k + 1] - history.t[j + k] == 3600 * 10**9
+                                                      for k in range(3)))  # three bars an hour apart
+        _open(client, history, windows, i, "skip")
+        skipped = append_request("EURUSD", "skip", history.slice(0, 0), history.slice(i + 2, i + 3))
+        reply = client.exchange(skipped)[2]
+        assert isinstance(reply, p.ErrorReply)
+        assert (reply.code, reply.field) == ("resync_required", "session") and "missing" in reply.message
+
+        stream = client.stream("EURUSD", "1h")
+        stream.signal(*windows.at(i))
+        got = stream.signal(*windows.at(i + 2))  # the client skipped a bar, as a lost message would
+        # The client's window still holds bar i+1, so it sends both new bars: no resync needed.
+        assert stream.resyncs == 0 and _numbers(got) == _numbers(client.signal("EURUSD", "1h", *windows.at(i + 2)))
+
+        served.server._streams.clear()  # as a restart, an expiry or a move to another worker would
+        got = stream.signal(*windows.at(i + 3))
+        assert stream.resyncs == 1 and _numbers(got) == _numbers(client.signal("EURUSD", "1h", *windows.at(i + 3)))
+
+
+def test_an_append_one_bar_long_is_under_a_kilobyte_on_the_wire():
+    history = eurusd_history(bars=2)
+    body = append_request("EURUSD", "a" * 64, history.slice(0, 1), history.slice(1, 2), deadline_ms=5.0,
+                          market={"ts": 1, "last": 1.1, "bid": 1.1, "ask": 1.1, "prior_close": 1.1, "luld_tier": 1,
+                                  "position": 0.0})
+    size = len(msgspec.msgpack.encode({**body, "id": "x" * 64}))
+    assert size <= 1024, size
+
+
+def test_an_unknown_session_another_instrument_or_a_bar_not_newer_get_resync_required(served):
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(served.address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        i = 1300
+        _open(client, history, windows, i, "known")
+        new = history.slice(i + 1, i + 2)
+        for session, instrument, fine in (("never-opened", "EURUSD", new), ("known", "GBPUSD", new),
+                                          ("known", "EURUSD", history.slice(i, i + 1))):
+            reply = client.exchange(append_request(instrument, session, history.slice(0, 0), fine))[2]
+            assert isinstance(reply, p.ErrorReply) and reply.code == "resync_required", (session, instrument)
+            assert reply.field == "session"
+        stats = client.admin("stats", token="t").detail
+        assert stats["sessions"] >= 1 and stats["sessions_bytes"] > 0
+
+
+def test_streams_are_bounded_least_recently_used_first_and_expire_when_idle():
+    now = [0.0]
+    streams = Streams(SessionsConfig(max_streams=2, idle_s=10.0), clock=lambda: now[0])
+    owner = object()
+    for s in ("a", "b"):
+        streams.open(s, "X", "1h", window=None, owner=owner)  # type: ignore[arg-type]
+    now[0] = 5.0
+    streams.get("a", "X", owner)  # "b" is now the least recently used
+    streams.open("c", "X", "1h", window=None, owner=owner)  # type: ignore[arg-type]
+    with pytest.raises(Resync):
+        streams.get("b", "X", owner)
+    assert len(streams) == 2
+    now[0] = 14.0  # "a" was used at 5, "c" opened at 5: both idle for 9 s
+    streams.get("c", "X", owner)
+    now[0] = 15.5
+    with pytest.raises(Resync, match="not open"):
+        streams.get("a", "X", owner)
+    assert len(streams) == 1
+    with pytest.raises(Resync, match="reload"):
+        streams.get("c", "X", object())
