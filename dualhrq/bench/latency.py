@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import tempfile
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from dualhrq.bench.loadgen import LoadResult, run_load
 from dualhrq.bench.report import format_summary, plot_latencies, summarize
-from dualhrq.bench.requests import SignalRequestFactory
+from dualhrq.bench.requests import SessionRequestFactory, SignalRequestFactory
 from dualhrq.bench.server_process import ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
@@ -50,6 +51,9 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes for a server started here")
     p.add_argument("--dataset", default="eurusd_1h", help="bundled dataset the request windows come from")
     p.add_argument("--timeout-s", type=float, default=5.0, help="a request unanswered this long counts as timeout")
+    p.add_argument("--session", action="store_true",
+                   help="stream mode: each phase opens one session with a full window, then sends every following "
+                        "bar of the dataset as an `append` of that one bar (a live gateway's traffic)")
     p.add_argument("--fail-open", action="store_true", help="second phase with the index fault drill on")
     p.add_argument("--drill-delay-ms", type=float, default=50.0,
                    help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
@@ -81,16 +85,42 @@ def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tu
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
-    factory = SignalRequestFactory.from_dataset(args.dataset, pong["needs"], seed=0)
     mode = {"rate": args.rate} if args.rate else {"concurrency": args.concurrency or 1}
-    if args.warmup:
-        run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
+    if args.session:
+        # The warm-up and the measured requests continue one stream: the first append measured follows on.
+        factory = SessionRequestFactory.from_dataset(args.dataset, pong["needs"], args.warmup + args.requests,
+                                                     session=f"bench-{name}-{uuid.uuid4().hex[:8]}", seed=0)
+        _open_session(address, factory, args.timeout_s)
+        if args.warmup:
+            run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
+        factory = _Offset(factory, args.warmup)
+    else:
+        factory = SignalRequestFactory.from_dataset(args.dataset, pong["needs"], seed=0)
+        if args.warmup:
+            run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
     bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)  # readable CI logs
     run = run_load(address, factory, args.requests, timeout_s=args.timeout_s,
                    progress=lambda k: bar.update(k - bar.n), **mode)
     bar.close()
     return run, summarize(run)
+
+
+def _open_session(address: str, factory: SessionRequestFactory, timeout_s: float) -> None:
+    from dualhrq.runtime.client import Client
+
+    with Client(address, timeout_s=timeout_s) as c:
+        c.request({k: v for k, v in factory.opener("").items() if k != "id"})
+
+
+class _Offset:
+    """A request factory continuing another from its ``start``-th request."""
+
+    def __init__(self, factory: SessionRequestFactory, start: int) -> None:
+        self.factory, self.start = factory, start
+
+    def __call__(self, i: int, request_id: str) -> dict:
+        return self.factory(self.start + i, request_id)
 
 
 def run_latency_bench(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ class StreamWindow:
         self._coarse = _joined(bars.coarse, pending)
         self._visible = len(bars.coarse)  # of self._coarse, those closed by the last fine bar
         self._h, self._l, self._state = sample.h_tokens, sample.l_tokens, sample.state
+        self._new_fine = self._closed = 0  # bars added since the tokens were last computed
         self.bars = bars
 
     @property
@@ -55,36 +56,35 @@ class StreamWindow:
 
     def extend(self, coarse: Bars, fine: Bars) -> SampleBars:
         """Add validated new bars (``fine`` at least one) and return the bars of the sample at the newest one;
-        ``sample`` then builds it. Raises Resync, leaving the stream as it was, when they do not follow on."""
+        `sample` then computes the new bars' tokens. Raises Resync, leaving the stream as it was, when they do
+        not follow on."""
         self._check_follows(coarse, fine)
         n_coarse, n_fine = self.builder.needs
-        t_h, t_l = self.builder.model.coarse_len, self.builder.model.fine_len
         as_of = int(fine.t[-1])
         joined = _joined(self._fine, fine)
-        fine_w = joined.slice(len(joined) - n_fine)
         every_coarse = _joined(self._coarse, coarse) if len(coarse) else self._coarse
         visible = int(np.searchsorted(every_coarse.t, as_of, side="right"))
-        coarse_w = every_coarse.slice(visible - n_coarse, visible)
-
-        k = len(fine)
-        rows, state = self.builder.fine_tokens(fine_w, min(k, t_l))
-        l_tokens = rows if k >= t_l else np.concatenate([self._l[k:], rows])
-        closed = visible - self._visible  # coarse bars that closed with these fine bars
-        h_tokens = self._h
-        if closed:
-            rows = self.builder.coarse_tokens(coarse_w, min(closed, t_h))
-            h_tokens = rows if closed >= t_h else np.concatenate([self._h[closed:], rows])
-
-        self._fine = fine_w
+        self._fine = joined.slice(len(joined) - n_fine)
+        self._new_fine += len(fine)
+        self._closed += visible - self._visible  # coarse bars that closed with these fine bars
         self._coarse = every_coarse.slice(visible - n_coarse)
         self._visible = n_coarse
-        self._h, self._l, self._state = h_tokens, l_tokens, state
-        self.bars = SampleBars(coarse_w, fine_w, as_of)
+        self.bars = SampleBars(self._coarse.slice(0, n_coarse), self._fine, as_of)
         return self.bars
 
     def sample(self, pattern: np.ndarray | None = None) -> Sample:
-        """The sample at the stream's newest fine bar; ``pattern``: its retrieval key when already computed."""
-        return self.builder.assemble(self.bars, self._h, self._l, self._state, pattern)
+        """The sample at the stream's newest fine bar, computing the tokens of the bars added since the last
+        call; ``pattern``: its retrieval key when already computed."""
+        t_h, t_l = self.builder.model.coarse_len, self.builder.model.fine_len
+        bars, k, closed = self.bars, self._new_fine, self._closed
+        if k:
+            rows, self._state = self.builder.fine_tokens(bars.fine, min(k, t_l))
+            self._l = rows if k >= t_l else np.concatenate([self._l[k:], rows])
+        if closed:
+            rows = self.builder.coarse_tokens(bars.coarse, min(closed, t_h))
+            self._h = rows if closed >= t_h else np.concatenate([self._h[closed:], rows])
+        self._new_fine = self._closed = 0
+        return self.builder.assemble(bars, self._h, self._l, self._state, pattern)
 
     def _check_follows(self, coarse: Bars, fine: Bars) -> None:
         if len(fine) == 0:

@@ -10,6 +10,7 @@ or retrieval), so a lone request never pays the batching window. Results go back
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 from dualhrq.config import ActConfig, ServeConfig
 from dualhrq.errors import InferenceError
 from dualhrq.export.engines import Engine
+from dualhrq.model.halting import inference_bounds
 from dualhrq.runtime.act import ActResult, run_act
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=serve.queue_max)
         self._engine_lock = threading.Lock()  # the engine runs one batch at a time: this thread's or `try_run`'s
+        self._solo_s: collections.deque[float] = collections.deque([0.0], maxlen=64)  # recent batch-1 ACT loops
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"inference-{engine.name}", daemon=True)
 
@@ -90,9 +93,12 @@ class Batcher:
             raise Overloaded(f"inference queue full ({self._queue.maxsize} waiting)") from None
         return job.future
 
-    def try_run(self, inputs: dict[str, np.ndarray]) -> RowResult | None:
-        """One row's ACT loop on the caller's thread when the engine is idle and nothing is queued (None
-        otherwise: submit it). A lone request then pays no hand-off to the inference thread and back."""
+    def try_run(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> RowResult | None:
+        """One row's ACT loop on the caller's thread when the engine is idle, nothing is queued and the run
+        surely ends well before ``deadline`` (None otherwise: submit it). A lone request then pays no hand-off
+        to the inference thread and back; the caller's thread is busy for the run."""
+        if deadline is not None and deadline - time.perf_counter() < 2 * max(self._solo_s):
+            return None  # only the queue can answer `deadline_exceeded` the moment the deadline passes
         if self._queue.qsize() or not self._engine_lock.acquire(blocking=False):
             return None
         try:
@@ -101,6 +107,7 @@ class Batcher:
             engine_s = time.perf_counter() - start
         finally:
             self._engine_lock.release()
+        self._solo_s.append(engine_s)
         self._on_batch(1, engine_s)
         return RowResult({k: v[0] for k, v in result.outputs.items()}, int(result.segments[0]),
                          bool(result.halted_by_q[0]), 0.0, engine_s, 1)
@@ -121,7 +128,10 @@ class Batcher:
             feeds = {k: np.repeat(v, b, axis=0) for k, v in row.items()}
             feeds["z_H"], feeds["z_L"] = self._initial_carry(b)
             for _ in range(rounds):
+                start = time.perf_counter()
                 self.engine.run(feeds)
+                if b == 1:  # an ACT loop runs at most `limit` segments
+                    self._solo_s.append((time.perf_counter() - start) * inference_bounds(self.act)[1])
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish what is queued (within `timeout`), then end the thread."""
@@ -193,6 +203,8 @@ class Batcher:
             start = time.perf_counter()
             result = run_act(self.engine, inputs, self._initial_carry(b), self.act)
             engine_s = time.perf_counter() - start
+        if b == 1:
+            self._solo_s.append(engine_s)
         self._on_batch(b, engine_s)
         return [RowResult({k: v[i] for k, v in result.outputs.items()}, int(result.segments[i]),
                           bool(result.halted_by_q[i]), start - j.submitted, engine_s, b) for i, j in enumerate(jobs)]

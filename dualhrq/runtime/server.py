@@ -320,6 +320,11 @@ class Server:
         self.metrics.observe_stages(stages)
         return reply
 
+    def _more_waiting(self) -> bool:
+        """Whether requests wait in the socket: then this one queues, so that they are batched with it (or
+        refused as overloaded) instead of each waiting for the one before it on the loop's thread."""
+        return self._sock is not None and bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def _stream(self, req: p.Append, host: ModelHost) -> Stream:
         try:
             return self._streams.get(req.session, req.instrument, host)
@@ -329,8 +334,8 @@ class Server:
     async def _run(self, host: ModelHost, inputs: dict[str, np.ndarray], deadline: float | None) -> RowResult:
         """The engine's answer for one row: on this thread when the request is alone and the engine idle (no
         hand-off, no batching window to wait for), else through the batcher's queue."""
-        if self.serve.inline_engine and self._in_flight == 1:
-            row = host.batcher.try_run(inputs)
+        if self.serve.inline_engine and self._in_flight == 1 and not self._more_waiting():
+            row = host.batcher.try_run(inputs, deadline)
             if row is not None:
                 if deadline is not None and time.perf_counter() > deadline:
                     raise p.ProtocolError("deadline_exceeded", "deadline passed while the engine ran")
