@@ -8,7 +8,15 @@ import math
 import msgpack
 import pytest
 import zmq
-from runtime_fixtures import CountingEngine, ServerThread, fake_host, real_signal_body, signal_body, tiny_bundle  # noqa: F401
+from runtime_fixtures import (  # noqa: F401
+    CountingEngine,
+    ServerThread,
+    eurusd_history,
+    fake_host,
+    real_signal_body,
+    signal_body,
+    tiny_bundle,
+)
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime.host import load_host
@@ -123,6 +131,20 @@ def test_every_admin_command(real, cmd):
     assert set(reply) == {"type", "id", "cmd", "ok", "detail"}
     assert (reply["type"], reply["id"], reply["cmd"], reply["ok"]) == ("admin", f"a-{cmd}", cmd, True)
     assert isinstance(reply["detail"], dict)
+
+
+def test_a_session_opened_by_a_signal_is_extended_by_appends_until_a_resync(real):
+    address, needs, _ = real
+    history = eurusd_history(end=-2, bars=2000)  # its last bar comes after the opening window's
+    opening = real_signal_body("o-1", needs, history.slice(0, len(history) - 1), session="gw-7")
+    check_signal(talk(address, msgpack.packb(opening), "dealer"), "o-1")
+    last = {k: getattr(history, k)[-1:].tolist() for k in "tohlcv"}
+    append = {"type": "append", "id": "a-1", "instrument": "EURUSD", "session": "gw-7", "fine": last,
+              "coarse": {k: [] for k in "tohlcv"}}
+    check_signal(talk(address, msgpack.packb(append), "req"), "a-1")
+    check_error(talk(address, msgpack.packb({**append, "id": "a-2"}), "dealer"), "a-2", "resync_required", "session")
+    check_error(talk(address, msgpack.packb({**append, "id": "a-3", "session": "nobody"}), "dealer"), "a-3",
+                "resync_required", "session")
 
 
 def _bad(needs):
