@@ -409,7 +409,13 @@ class Cluster:
 
         before = {slot: signals(w) for slot, w in self.workers.items()}
         client.request(body)
-        grew = [slot for slot, w in self.workers.items() if signals(w) != before[slot]]
+        grew: list[str] = []
+
+        def counted() -> bool:  # a worker counts a reply just after sending it
+            grew[:] = [slot for slot, w in self.workers.items() if signals(w) != before[slot]]
+            return bool(grew)
+
+        self._until(counted, timeout_s=5.0)
         assert len(grew) == 1, grew
         return grew[0]
 

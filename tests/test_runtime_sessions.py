@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from runtime_fixtures import ServerThread, eurusd_history, tiny_bundle  # noqa: F401
+from runtime_fixtures import Cluster, ServerThread, eurusd_history, tiny_bundle  # noqa: F401
 
-from dualhrq.config import ServeConfig, SessionsConfig
+from dualhrq.config import ComplianceConfig, ServeConfig, SessionsConfig
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import Client, append_request, signal_request
@@ -138,3 +138,25 @@ def test_streams_are_bounded_least_recently_used_first_and_expire_when_idle():
     assert len(streams) == 1
     with pytest.raises(Resync, match="reload"):
         streams.get("c", "X", object())
+
+
+def test_a_stream_whose_worker_was_replaced_resyncs_by_itself_and_answers_as_the_full_window(tiny_bundle):
+    history = eurusd_history(end=-3, bars=1300)
+    cluster = Cluster(lambda path, hooks: load_host(tiny_bundle, OVERLAY, hooks), ComplianceConfig())
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=30, retries=0) as client:
+            pong = client.ping()
+            windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+            stream = client.stream("EURUSD", "1h")
+            for i in range(1200, 1205):
+                stream.signal(*windows.at(i))
+            owner = cluster.owner(client, signal_request("EURUSD", "1h", *windows.at(1205)))
+            cluster.replace(owner)  # the stream's window was in that worker's memory
+            got = stream.signal(*windows.at(1206))
+            assert stream.resyncs == 1
+            assert _numbers(got) == _numbers(client.signal("EURUSD", "1h", *windows.at(1206)))
+            assert _numbers(stream.signal(*windows.at(1207))) == _numbers(client.signal("EURUSD", "1h",
+                                                                                        *windows.at(1207)))
+            assert stream.resyncs == 1
+    finally:
+        cluster.close()
