@@ -282,6 +282,8 @@ class Server:
         try:
             # An append extends its stream's window and computes only the new bars' rows; it never leaves the
             # loop, so two appends of one stream extend it in the order they arrived.
+            if isinstance(req, p.Signal) and req.session is not None:
+                self._streams.drop(req.session)  # whatever becomes of this window, the old one is stale now
             stream = self._stream(req, host) if isinstance(req, p.Append) else None
             bars = host.extend(stream.window, req) if stream else host.window(req)  # the one validation
             t_decode = time.perf_counter()
