@@ -167,3 +167,24 @@ def test_a_stream_whose_worker_was_replaced_resyncs_by_itself_and_answers_as_the
             assert stream.resyncs == 1
     finally:
         cluster.close()
+
+
+def test_the_asyncio_client_streams_the_same_way(served):
+    import asyncio
+
+    from dualhrq.runtime.client import AsyncClient
+
+    history = eurusd_history(end=-3, bars=1300)
+
+    async def both():
+        async with AsyncClient(served.address, timeout_s=30, retries=0) as client:
+            pong = await client.ping()
+            windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+            stream = client.stream("EURUSD", "1h")
+            pairs = []
+            for i in range(1250, 1262):
+                pairs.append((await stream.signal(*windows.at(i)), await client.signal("EURUSD", "1h", *windows.at(i))))
+            return pairs, stream.resyncs
+
+    pairs, resyncs = asyncio.run(both())
+    assert resyncs == 0 and all(_numbers(a) == _numbers(b) for a, b in pairs)

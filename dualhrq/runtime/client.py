@@ -193,49 +193,89 @@ class Client(_Base):
         self.close()
 
 
-class SignalStream:
+class _StreamPlan:
+    """What a stream sends next, and what the server holds of it: the logic `SignalStream` and
+    `AsyncSignalStream` share around their one (sync or async) exchange."""
+
+    def __init__(self, instrument: str, timeframe: str, session: str | None) -> None:
+        self.instrument, self.timeframe = instrument, timeframe
+        self.session = session or uuid.uuid4().hex
+        self.resyncs = 0  # full windows sent after the first
+        self._last_fine: int | None = None  # t of the newest fine bar the server holds for this stream
+        self._last_coarse: int | None = None
+
+    def append(self, coarse: BarsLike, fine: BarsLike, deadline_ms: float | None,
+               market: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The append of the bars newer than those the server holds; None when the window does not reach back
+        to them (or nothing was sent yet): then the whole window goes."""
+        fine_t, coarse_t = _times(fine), _times(coarse)
+        if self._last_fine is None or not (len(fine_t) and fine_t[0] <= self._last_fine < fine_t[-1]):
+            return None
+        new_fine = int(np.searchsorted(fine_t, self._last_fine, side="right"))
+        new_coarse = 0 if self._last_coarse is None else int(np.searchsorted(coarse_t, self._last_coarse,
+                                                                             side="right"))
+        closed = int(np.searchsorted(coarse_t, fine_t[-1], side="right"))  # a forming bar waits until it closes
+        return append_request(self.instrument, self.session, _Rows(coarse, new_coarse, closed),
+                              _Rows(fine, new_fine, len(fine_t)), deadline_ms=deadline_ms, market=market)
+
+    def whole(self, coarse: BarsLike, fine: BarsLike, deadline_ms: float | None,
+              market: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The whole window as a signal that (re)opens the session."""
+        return {**signal_request(self.instrument, self.timeframe, coarse, fine, deadline_ms=deadline_ms,
+                                 market=market), "session": self.session}
+
+    def resync(self, reply: p.Reply | None) -> bool:
+        """Whether an append's reply asks for the whole window (counted)."""
+        asked = isinstance(reply, p.ErrorReply) and reply.code == "resync_required"
+        self.resyncs += asked
+        return asked
+
+    def settle(self, reply: p.Reply | None, coarse: BarsLike, fine: BarsLike) -> None:
+        """After a reply: a signal reply means the server holds the window up to its newest bar; anything else
+        after a whole window means it may hold none, so the next call sends it whole again."""
+        if isinstance(reply, p.SignalReply):
+            fine_t, coarse_t = _times(fine), _times(coarse)
+            self._last_fine = int(fine_t[-1])
+            closed = coarse_t[coarse_t <= fine_t[-1]]
+            self._last_coarse = int(closed[-1]) if len(closed) else self._last_coarse
+
+
+class SignalStream(_StreamPlan):
     """One instrument's signals over an `append` session (`Client.stream`). Each call passes the window of bars
     the caller holds now, as for `Client.signal`; only the bars newer than those already sent go on the wire.
     The first call, a call whose window no longer reaches back to the last bar sent, and any `resync_required`
     send the whole window as a `signal` that (re)opens the session, so the caller never handles a resync."""
 
     def __init__(self, client: Client, instrument: str, timeframe: str, session: str | None = None) -> None:
-        self.client, self.instrument, self.timeframe = client, instrument, timeframe
-        self.session = session or uuid.uuid4().hex
-        self._last_fine: int | None = None  # t of the newest fine bar the server holds for this stream
-        self._last_coarse: int | None = None
-        self.resyncs = 0  # full windows sent after the first
+        super().__init__(instrument, timeframe, session)
+        self.client = client
 
     def signal(self, coarse: BarsLike, fine: BarsLike, *, deadline_ms: float | None = None,
                market: Mapping[str, Any] | None = None) -> p.SignalReply:
-        fine_t, coarse_t = _times(fine), _times(coarse)
-        if self._last_fine is not None and len(fine_t) and fine_t[0] <= self._last_fine < fine_t[-1]:
-            new_fine = int(np.searchsorted(fine_t, self._last_fine, side="right"))
-            new_coarse = 0 if self._last_coarse is None else int(np.searchsorted(coarse_t, self._last_coarse,
-                                                                                 side="right"))
-            closed = int(np.searchsorted(coarse_t, fine_t[-1], side="right"))  # a forming bar waits until it closes
-            body = append_request(self.instrument, self.session, _Rows(coarse, new_coarse, closed),
-                                  _Rows(fine, new_fine, len(fine_t)), deadline_ms=deadline_ms, market=market)
-            kind, rid, reply = self.client.exchange(body)
-            if not (isinstance(reply, p.ErrorReply) and reply.code == "resync_required"):
-                if isinstance(reply, p.SignalReply):
-                    self._sent(coarse_t, fine_t)
-                return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
-            self.resyncs += 1
-        message = {**signal_request(self.instrument, self.timeframe, coarse, fine, deadline_ms=deadline_ms,
-                                    market=market), "session": self.session}
-        kind, rid, reply = self.client.exchange(message)
-        if isinstance(reply, p.SignalReply):
-            self._sent(coarse_t, fine_t)
-        else:  # the server may not hold the window: the next call sends it whole again
-            self._last_fine = None
+        body = self.append(coarse, fine, deadline_ms, market)
+        kind, rid, reply = self.client.exchange(body) if body else ("signal", "", None)
+        if body is None or self.resync(reply):
+            kind, rid, reply = self.client.exchange(self.whole(coarse, fine, deadline_ms, market))
+        self.settle(reply, coarse, fine)
         return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
 
-    def _sent(self, coarse_t: np.ndarray, fine_t: np.ndarray) -> None:
-        """The server now holds the fine bars up to fine_t[-1] and the coarse bars closed by then."""
-        self._last_fine = int(fine_t[-1])
-        closed = coarse_t[coarse_t <= fine_t[-1]]
-        self._last_coarse = int(closed[-1]) if len(closed) else self._last_coarse
+
+class AsyncSignalStream(_StreamPlan):
+    """`SignalStream` for the asyncio client (`AsyncClient.stream`). Await one call before the next: a stream's
+    bars are sent in order."""
+
+    def __init__(self, client: AsyncClient, instrument: str, timeframe: str, session: str | None = None) -> None:
+        super().__init__(instrument, timeframe, session)
+        self.client = client
+
+    async def signal(self, coarse: BarsLike, fine: BarsLike, *, deadline_ms: float | None = None,
+                     market: Mapping[str, Any] | None = None) -> p.SignalReply:
+        body = self.append(coarse, fine, deadline_ms, market)
+        kind, rid, reply = await self.client.exchange(body) if body else ("signal", "", None)
+        if body is None or self.resync(reply):
+            kind, rid, reply = await self.client.exchange(self.whole(coarse, fine, deadline_ms, market))
+        self.settle(reply, coarse, fine)
+        return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
 
 
 class _Rows(Mapping):
@@ -281,23 +321,30 @@ class AsyncClient(_Base):
     async def admin(self, cmd: str, token: str = "", bundle: str = "") -> p.AdminReply:
         return await self.request({"type": "admin", "cmd": cmd, "token": token, "bundle": bundle})  # type: ignore[return-value]
 
+    def stream(self, instrument: str, timeframe: str, session: str | None = None) -> AsyncSignalStream:
+        """Signals for one instrument as a stream that sends only the new bars (see SignalStream)."""
+        return AsyncSignalStream(self, instrument, timeframe, session)
+
     async def request(self, message: Mapping[str, Any]) -> p.Reply:
+        return self._outcome(*await self.exchange(message))
+
+    async def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, p.Reply | None]:
+        """(type, id, the reply as it came, or None after every attempt timed out), as Client.exchange."""
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         kind = message["type"]
         rid, body = self._body(message)
-        attempts = 1 + (self.retries if kind in ("ping", "signal") else 0)
+        attempts = 1 + (self.retries if kind in ("ping", "signal", "append") else 0)
         future = self._waiting[rid] = asyncio.get_running_loop().create_future()
         try:
             for _ in range(attempts):
                 try:  # the send is inside the timeout: a DEALER without a peer would block it indefinitely
-                    return self._outcome(kind, rid, await asyncio.wait_for(self._exchange(body, future),
-                                                                           self.timeout_s))
+                    return kind, rid, await asyncio.wait_for(self._exchange(body, future), self.timeout_s)
                 except asyncio.TimeoutError:
                     continue
         finally:
             self._waiting.pop(rid, None)
-        return self._outcome(kind, rid, None)
+        return kind, rid, None
 
     async def _exchange(self, body: bytes, future: asyncio.Future[p.Reply]) -> p.Reply:
         await self._sock.send(body)
