@@ -11,6 +11,12 @@ Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) ->
 with `timing_us` for each stage. Retrieval starts as soon as its key (the pattern features) is known and
 searches while the other features are computed; its stage is the wait left after them. A deadline
 (`deadline_ms` from receipt) answers `deadline_exceeded` the moment it passes, whatever stage the request is in.
+
+An `append` extends its stream's window (dualhrq.runtime.streams) and computes only the new bars' features. A
+request alone in flight, with nothing waiting in the socket and the engine idle, runs the engine on the loop's
+thread (`serve.inline_engine`): no hand-off to the inference thread and back. It does so only when its deadline
+leaves twice the recent batch-1 engine time, so that the queue can still answer `deadline_exceeded` on time;
+requests that arrive meanwhile wait in the socket for at most that one run, then batch.
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.backend import BrokerLink
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
-from dualhrq.runtime.host import HostHooks, ModelHost
+from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
 from dualhrq.runtime.streams import Stream, Streams
 
 if TYPE_CHECKING:
+    from dualhrq.data.windows import SampleBars
     from dualhrq.patterns.retriever import Lookup
 
 log = logging.getLogger(__name__)
@@ -280,8 +287,6 @@ class Server:
         self._upstream += 1
         queued = False
         try:
-            # An append extends its stream's window and computes only the new bars' rows; it never leaves the
-            # loop, so two appends of one stream extend it in the order they arrived.
             if isinstance(req, p.Signal) and req.session is not None:
                 self._streams.drop(req.session)  # whatever becomes of this window, the old one is stale now
             stream = self._stream(req, host) if isinstance(req, p.Append) else None
@@ -292,18 +297,7 @@ class Server:
             # GIL), and the wait after them is short or nil.
             key = host.key(bars)
             lookup = self._lookup(host, key, bars.as_of)
-            if stream is not None:
-                prepared = host.prepare_stream(stream.window, key, req.instrument, stream.timeframe)
-            # Alone in flight, nothing waits on the loop, so the hand-off to a thread and back is pure cost
-            # (~0.5 ms measured at 1 in flight); with company, dear features leave the loop to the others.
-            elif host.features_inline or self._in_flight == 1:
-                prepared = host.prepare(bars, key, req.instrument, req.timeframe)
-            else:
-                prepared = await asyncio.get_running_loop().run_in_executor(
-                    self._features_pool, host.prepare, bars, key, req.instrument, req.timeframe)
-            if isinstance(req, p.Signal) and req.session is not None:
-                self._streams.open(req.session, req.instrument, req.timeframe, host.open_stream(bars, prepared, self.serve.sessions),
-                                   host)
+            prepared = await self._features(req, host, bars, key, stream)
             t_features = time.perf_counter()
             context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()
@@ -321,6 +315,24 @@ class Server:
         reply = self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
         self.metrics.observe_stages(stages)
         return reply
+
+    async def _features(self, req: p.BarRequest, host: ModelHost, bars: SampleBars, key: np.ndarray,
+                        stream: Stream | None) -> Prepared:
+        """The graph inputs but the pattern context; a signal that names a session opens its stream with them."""
+        if stream is not None:  # only the new bars' rows, on the loop: a stream's appends extend it in order
+            return host.prepare_stream(stream.window, key, req.instrument, stream.timeframe)
+        assert isinstance(req, p.Signal)
+        # Alone in flight, nothing waits on the loop, so the hand-off to a thread and back is pure cost
+        # (~0.5 ms measured at 1 in flight); with company, dear features leave the loop to the others.
+        if host.features_inline or self._in_flight == 1:
+            prepared = host.prepare(bars, key, req.instrument, req.timeframe)
+        else:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._features_pool, host.prepare, bars, key, req.instrument, req.timeframe)
+        if req.session is not None:
+            window = host.open_stream(bars, prepared, self.serve.sessions)
+            self._streams.open(req.session, req.instrument, req.timeframe, window, host)
+        return prepared
 
     def _more_waiting(self) -> bool:
         """Whether requests wait in the socket: then this one queues, so that they are batched with it (or
