@@ -14,8 +14,8 @@ from dualhrq.contract import OUTPUT_NAMES
 from dualhrq.contract import zero_carry as graph_carry
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.engines import OnnxEngine, TorchEngine
-from dualhrq.export.tensorrt_engine import TensorRTEngine
 from dualhrq.export.segment import example_feeds
+from dualhrq.export.tensorrt_engine import TensorRTEngine
 from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded

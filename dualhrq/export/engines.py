@@ -196,9 +196,11 @@ def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
 
         return TorchCudaEngine(model, serve.precision, serve.max_batch)
     if backend in ("onnx-cuda", "onnx-tensorrt"):
-        from dualhrq.export.ort_cuda import OrtCudaEngine
+        from dualhrq.export.ort_cuda import OrtCudaEngine, signature_from
 
-        return OrtCudaEngine(bundle.graph_path(serve.precision), backend, serve.max_batch,
-                             cache_dir=bundle.root.parent / f".{bundle.root.name}.ort-trt-cache")
+        graph = bundle.manifest.graph
+        return OrtCudaEngine(bundle.graph_path(serve.precision), backend, signature_from(graph.inputs, graph.outputs),
+                             serve.max_batch, cache_dir=bundle.root.parent / f".{bundle.root.name}.ort-trt-cache",
+                             fp16=serve.precision == "fp16")
     return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
                       serve.max_batch)

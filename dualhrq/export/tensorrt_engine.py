@@ -25,9 +25,11 @@ from dualhrq.export.gpu_target import GpuTarget, check_plan_target, current_targ
 
 class TensorRTEngine(Engine):
     """recorded: the GPU and TensorRT the manifest says the plan was built for; a plan for another (or one that
-    records none) is refused before TensorRT deserialises it."""
+    records none) is refused before TensorRT deserialises it. device: where the buffers live ("cpu" only for
+    tests with a stand-in TensorRT)."""
 
-    def __init__(self, plan: Path, recorded: GpuTarget | None, max_batch: int = 8, cuda_graphs: bool = True) -> None:
+    def __init__(self, plan: Path, recorded: GpuTarget | None, max_batch: int = 8, cuda_graphs: bool = True,
+                 device: str = "cuda") -> None:
         trt = import_tensorrt()
         import torch
 
@@ -57,12 +59,12 @@ class TensorRTEngine(Engine):
             dtypes[name] = torch.from_numpy(np.empty(0, trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
         self._contexts: dict[tuple[int, int], Any] = {}
         self.name, self.max_batch = "tensorrt", max_batch
-        self.device = DeviceSegments(shapes, dtypes, torch.device("cuda"), self._launch, self._bind,
+        self.device = DeviceSegments(shapes, dtypes, torch.device(device), self._launch, self._bind,
                                      cuda_graphs=cuda_graphs, max_batch=max_batch)
 
     def _bind(self, bufs: Any) -> None:
         """Two contexts for this batch size, shapes and every address set once."""
-        stream = self.device.stream.cuda_stream
+        stream = self._stream()
         for parity in (0, 1):
             ctx = self._engine.create_execution_context()
             if ctx is None:
@@ -78,8 +80,11 @@ class TensorRTEngine(Engine):
             self._contexts[bufs.batch, parity] = ctx
 
     def _launch(self, bufs: Any, parity: int) -> None:
-        if not self._contexts[bufs.batch, parity].execute_async_v3(self.device.stream.cuda_stream):
+        if not self._contexts[bufs.batch, parity].execute_async_v3(self._stream()):
             raise InferenceError("tensorrt: execute_async_v3 returned false")
+
+    def _stream(self) -> int:
+        return self.device.stream.cuda_stream if self.device.stream is not None else 0
 
     def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
         return self.device.loop(inputs, carry)
