@@ -66,6 +66,7 @@ class TensorRT(_Record):
     # the GPU the plan was built on (as PyTorch names it): a plan is refused on any other
     gpu_name: str | None = None
     compute_capability: str | None = None  # "major.minor"
+    carry: dict[str, Any] | None = None  # the engine's carry and halting check (dualhrq.export.engine_parity)
 
     def target(self) -> GpuTarget | None:
         """What the plan was built for, or None when the manifest does not say (an older export)."""
