@@ -110,9 +110,10 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_gpu(sub: argparse._SubParsersAction) -> None:
-    from dualhrq.bench import doctor
+    from dualhrq.bench import doctor, gpu_check
 
     doctor.register(sub)
+    gpu_check.register(sub, main)  # it runs export and the benches as the commands a user would type
 
 
 def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
