@@ -32,7 +32,7 @@ Cli = Callable[[list[str]], int]
 GOAL_P95_MS = 1.0  # end-to-end p95 over ZeroMQ the GPU path aims at on an H100-class GPU
 
 HELP = """\
-One short command for a GPU machine: export CKPT (or take BUNDLE as it is), then for every engine this machine
+One short command for a GPU machine: train CONFIG and export it (or export CKPT, or take BUNDLE as it is), then for every engine this machine
 can run: parity against PyTorch fp32 through the one Engine interface (one segment, the carry over several
 segments, halting agreement) on the export's held-out windows; one segment and one ACT request per batch size
 with CUDA graphs on and off; `dualhrq bench engine`; and `dualhrq bench latency` over ZeroMQ for every GPU
@@ -42,6 +42,8 @@ backend present. Everything goes into one JSON report (--out). Exit status 1 whe
 
 def add_gpu_check_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--train", metavar="CONFIG", help="train this config first (e.g. train_eurusd, train_eurusd_27m; "
+                     "--steps caps it), then export its best checkpoint: a machine with nothing on it needs no more")
     src.add_argument("--checkpoint", metavar="CKPT", help="export this checkpoint (fp16 and TensorRT where possible)")
     src.add_argument("--bundle", metavar="B", help="check this bundle as it is")
     p.add_argument("--out", required=True, metavar="REPORT.json", help="the report; work files go beside it")
@@ -50,6 +52,7 @@ def add_gpu_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=200, metavar="N", help="timed calls per engine and batch (default 200)")
     p.add_argument("--requests", type=int, default=1000, metavar="N", help="bench latency requests (default 1000)")
     p.add_argument("--segments", type=int, default=3, metavar="M", help="segments of the carry check (default 3)")
+    p.add_argument("--steps", type=int, metavar="N", help="with --train: training steps (default: the config's)")
     p.add_argument("--backends", metavar="LIST", help="only these backends (default: every one present)")
 
 
@@ -62,9 +65,16 @@ def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
     t0 = time.perf_counter()
 
     bundle_path = Path(args.bundle) if args.bundle else work / "bundle"
-    if args.checkpoint:
-        print(f"== export {args.checkpoint} -> {bundle_path}", flush=True)
-        rc = cli(["export", "--checkpoint", args.checkpoint, "--out", str(bundle_path), "--fp16", "--tensorrt",
+    checkpoint = args.checkpoint
+    if args.train:
+        print(f"== train {args.train}", flush=True)
+        steps = ["--steps", str(args.steps)] if args.steps else []
+        if rc := cli(["train", "--config", args.train, "--out", str(work / "train"), "--no-progress", *steps]):
+            raise HRMError(f"training failed (exit status {rc}); see its output above")
+        checkpoint = str(work / "train")  # export takes a run directory's best checkpoint
+    if checkpoint:
+        print(f"== export {checkpoint} -> {bundle_path}", flush=True)
+        rc = cli(["export", "--checkpoint", checkpoint, "--out", str(bundle_path), "--fp16", "--tensorrt",
                   "--max-batch", str(args.max_batch), "--carry-segments", str(args.segments)])
         report["export_exit_status"] = rc
         if rc not in (0, 1):  # 1: a reduced precision missed parity and was left out; the rest is there
