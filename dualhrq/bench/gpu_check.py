@@ -74,7 +74,7 @@ def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
         checkpoint = str(work / "train")  # export takes a run directory's best checkpoint
     if checkpoint:
         print(f"== export {checkpoint} -> {bundle_path}", flush=True)
-        rc = cli(["export", "--checkpoint", checkpoint, "--out", str(bundle_path), "--fp16", "--tensorrt",
+        rc = cli(["export", "--checkpoint", checkpoint, "--out", str(bundle_path), "--fp16", "--int8", "--tensorrt",
                   "--max-batch", str(args.max_batch), "--carry-segments", str(args.segments)])
         report["export_exit_status"] = rc
         if rc not in (0, 1):  # 1: a reduced precision missed parity and was left out; the rest is there
