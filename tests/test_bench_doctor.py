@@ -77,8 +77,9 @@ def test_doctor_says_which_backends_and_precisions_serve_a_bundle_here(bundle, c
     r = diagnose(bundle)
     assert r.backends["onnx-cpu"].precisions == ["fp32"] and r.backends["torch"].precisions == ["fp32"]
     assert not r.backends["tensorrt"].available and "no TensorRT plan" in r.backends["tensorrt"].why
-    assert run_subcommand(doctor.register, "doctor", "--bundle", str(bundle), "--json", str(bundle.parent / "d.json")) == 0
-    assert json.loads((bundle.parent / "d.json").read_text())["backends"]["onnx-cpu"]["precisions"] == ["fp32"]
+    out = bundle.parent / "d.json"
+    assert run_subcommand(doctor.register, "doctor", "--bundle", str(bundle), "--json", str(out)) == 0
+    assert json.loads(out.read_text())["backends"]["onnx-cpu"]["precisions"] == ["fp32"]
     assert "onnx-cpu" in capsys.readouterr().out
 
 

@@ -32,8 +32,8 @@ Cli = Callable[[list[str]], int]
 GOAL_P95_MS = 1.0  # end-to-end p95 over ZeroMQ the GPU path aims at on an H100-class GPU
 
 HELP = """\
-One short command for a GPU machine: train CONFIG and export it (or export CKPT, or take BUNDLE as it is), then for every engine this machine
-can run: parity against PyTorch fp32 through the one Engine interface (one segment, the carry over several
+One short command for a GPU machine: train CONFIG and export it (or export CKPT, or take BUNDLE as it is),
+then for every engine this machine can run: parity against PyTorch fp32 through the one Engine interface (one segment, the carry over several
 segments, halting agreement) on the export's held-out windows; one segment and one ACT request per batch size
 with CUDA graphs on and off; `dualhrq bench engine`; and `dualhrq bench latency` over ZeroMQ for every GPU
 backend present. Everything goes into one JSON report (--out). Exit status 1 when an engine misses parity.
