@@ -14,6 +14,7 @@ the loop's logic is exercised where there is no GPU.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,11 +23,8 @@ import torch
 
 from dualhrq.contract import CARRY, HEADS, INPUT_NAMES, OUTPUT_NAMES, as_feeds
 from dualhrq.errors import InferenceError
-from dualhrq.export.engines import SegmentLoop
+from dualhrq.export.engines import CARRY_INPUTS, FEED_NAMES, SegmentLoop
 
-CARRY_IN = tuple(name for name, _ in CARRY)
-CARRY_OUT = tuple(name for _, name in CARRY)
-FEED_NAMES = tuple(name for name in INPUT_NAMES if name not in CARRY_IN)
 # Replays before a capture: lazy initialisation (cuBLAS handles, TensorRT's deferred shape work, allocator
 # growth) must happen outside the graph.
 CAPTURE_WARMUP = 2
@@ -101,9 +99,9 @@ class DeviceSegments:
 
         return Buffers(
             batch=b, feeds={n: dev(n) for n in FEED_NAMES},
-            carry=({n: dev(n) for n in CARRY_IN}, {n: dev(n) for n in CARRY_IN}),
+            carry=({n: dev(n) for n in CARRY_INPUTS}, {n: dev(n) for n in CARRY_INPUTS}),
             heads={n: dev(n) for n in HEADS},
-            host_feeds={n: host(n) for n in FEED_NAMES}, host_carry={n: host(n) for n in CARRY_IN},
+            host_feeds={n: host(n) for n in FEED_NAMES}, host_carry={n: host(n) for n in CARRY_INPUTS},
             host_q=host("q_logits", torch.float32), host_heads={n: host(n, torch.float32) for n in HEADS})
 
     # ------------------------------------------------------------ running
@@ -140,8 +138,6 @@ class DeviceSegments:
             self.captured.append((bufs.batch, parity))
 
     def _on_stream(self) -> Any:
-        from contextlib import nullcontext
-
         return torch.cuda.stream(self.stream) if self.on_cuda else nullcontext()
 
     def synchronize(self) -> None:
@@ -150,13 +146,6 @@ class DeviceSegments:
 
     def loop(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> DeviceLoop:
         return DeviceLoop(self, inputs, carry)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One segment, every output on the host (owned arrays): the Engine.run of a device engine."""
-        loop = self.loop({n: feeds[n] for n in FEED_NAMES}, (feeds["z_H"], feeds["z_L"]))
-        loop.step()
-        carry = loop.carry()
-        return {**loop.heads(np.ones(loop.batch, dtype=bool)), **{out: carry[name] for name, out in CARRY}}
 
 
 class DeviceLoop(SegmentLoop):
@@ -168,12 +157,12 @@ class DeviceLoop(SegmentLoop):
         bufs = self._bufs = segments.ready(self.batch)
         for name in FEED_NAMES:
             bufs.host_feeds[name].numpy()[...] = arrays[name]
-        for name in CARRY_IN:
+        for name in CARRY_INPUTS:
             bufs.host_carry[name].numpy()[...] = arrays[name]
         with segments._on_stream():
             for name in FEED_NAMES:
                 bufs.feeds[name].copy_(bufs.host_feeds[name], non_blocking=True)
-            for name in CARRY_IN:
+            for name in CARRY_INPUTS:
                 bufs.carry[0][name].copy_(bufs.host_carry[name], non_blocking=True)
         self._parity = 0  # the carry to read next is carry[parity]
 
@@ -207,14 +196,14 @@ class DeviceLoop(SegmentLoop):
             idx = torch.as_tensor(index, device=s.device)
             for name in FEED_NAMES:
                 torch.index_select(old.feeds[name], 0, idx, out=new.feeds[name])
-            for name in CARRY_IN:
+            for name in CARRY_INPUTS:
                 torch.index_select(old.carry[self._parity][name], 0, idx, out=new.carry[0][name])
         self._bufs, self._parity, self.batch = new, 0, len(index)
 
     def carry(self) -> dict[str, np.ndarray]:
         s, bufs = self._s, self._bufs
         with s._on_stream():
-            for name in CARRY_IN:
+            for name in CARRY_INPUTS:
                 bufs.host_carry[name].copy_(bufs.carry[self._parity][name], non_blocking=True)
         s.synchronize()
-        return {name: bufs.host_carry[name].numpy().copy() for name in CARRY_IN}
+        return {name: bufs.host_carry[name].numpy().copy() for name in CARRY_INPUTS}

@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from dualhrq.contract import CARRY, INPUT_NAMES, next_carry
+from dualhrq.contract import INPUT_NAMES, next_carry
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.engines import Engine
+from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
 from dualhrq.export.parity import MIN_ACTION_AGREEMENT, Parity, measure_parity
 from dualhrq.export.segment import run_torch
 from dualhrq.model import HRM
-
-CARRY_IN = tuple(name for name, _ in CARRY)
 
 
 @dataclass(frozen=True)
@@ -68,13 +66,13 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
     # One chunk's loop at a time: loops of one batch size share the engine's buffers for that size.
     per_segment: list[list[dict[str, np.ndarray]]] = [[] for _ in range(segments)]
     for c in chunks:
-        loop = engine.segments({k: feeds[k][c] for k in INPUT_NAMES if k not in CARRY_IN},
+        loop = engine.segments({k: feeds[k][c] for k in FEED_NAMES},
                                (feeds["z_H"][c], feeds["z_L"][c]))
         rows = np.ones(c.stop - c.start, dtype=bool)
         for seg in range(segments):
             q = loop.step().copy()
             carry = loop.carry()
-            per_segment[seg].append({**loop.heads(rows), "q_logits": q, **next_carry_outputs(carry)})
+            per_segment[seg].append({**loop.heads(rows), "q_logits": q, **as_outputs(carry)})
     worst, agreement, failures = [], [], []
     bound = 1.0 if exact else MIN_ACTION_AGREEMENT
     for seg, (reference, parts) in enumerate(zip(references, per_segment), start=1):
@@ -89,7 +87,3 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
             failures.append(f"segment {seg}: halting agrees with PyTorch on {halt:.2%} of rows < {bound:.0%}")
     return EngineParity(engine.name, precision, one, segments, worst, tuple(failures), agreement)
 
-
-def next_carry_outputs(carry: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A SegmentLoop's carry (input names) under the output names a segment gives it."""
-    return {out: carry[name] for name, out in CARRY}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dualhrq.contract import HEADS, OUTPUT_NAMES, as_feeds, next_carry, ort_session
+from dualhrq.contract import CARRY, HEADS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, next_carry, ort_session
 from dualhrq.errors import ConfigurationError, InferenceError
 
 if TYPE_CHECKING:
@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch", "torch-cuda")
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt", "torch-cuda")
+CARRY_INPUTS = tuple(name for name, _ in CARRY)
+FEED_NAMES = tuple(name for name in INPUT_NAMES if name not in CARRY_INPUTS)  # what a SegmentLoop is given
+
+
+def as_outputs(carry: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A SegmentLoop's carry (input names) under the output names a segment gives it."""
+    return {out: carry[name] for name, out in CARRY}
 
 
 class SegmentLoop(ABC):
@@ -70,6 +77,21 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release sessions and device memory."""
+
+
+class LoopEngine(Engine):
+    """An engine that keeps the carry itself (segments is its own); run is one segment of that loop with every
+    output copied back, for warm-up, parity and the one-segment bench."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = self.segments({n: feeds[n] for n in FEED_NAMES}, (feeds["z_H"], feeds["z_L"]))
+        loop.step()
+        carry = loop.carry()
+        return {**loop.heads(np.ones(loop.batch, dtype=bool)), **as_outputs(carry)}
+
+    @abstractmethod
+    def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
+        """See Engine.segments."""
 
 
 class HostLoop(SegmentLoop):

@@ -29,10 +29,8 @@ import numpy as np
 
 from dualhrq.contract import CARRY, HEADS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, ort_session
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
-from dualhrq.export.engines import Engine, SegmentLoop
+from dualhrq.export.engines import CARRY_INPUTS, FEED_NAMES, LoopEngine, SegmentLoop
 
-CARRY_IN = tuple(name for name, _ in CARRY)
-FEED_NAMES = tuple(name for name in INPUT_NAMES if name not in CARRY_IN)
 Signature = dict[str, tuple[tuple[int, ...], np.dtype]]  # name -> (shape without the batch axis, dtype)
 
 
@@ -72,7 +70,7 @@ class _Buffers:
     options: tuple[Any, Any]  # RunOptions per parity (its gpu_graph_id)
 
 
-class OrtCudaEngine(Engine):
+class OrtCudaEngine(LoopEngine):
     """backend: onnx-cuda or onnx-tensorrt; sig: the graph's I/O (signature_from the manifest); cache_dir: the
     TensorRT provider's engine and timing cache."""
 
@@ -117,7 +115,7 @@ class OrtCudaEngine(Engine):
         if bufs is not None:
             return bufs
         feeds = {n: self._value(n, batch) for n in FEED_NAMES}
-        carry = ({n: self._value(n, batch) for n in CARRY_IN}, {n: self._value(n, batch) for n in CARRY_IN})
+        carry = ({n: self._value(n, batch) for n in CARRY_INPUTS}, {n: self._value(n, batch) for n in CARRY_INPUTS})
         heads = {n: self._value(n, batch) for n in HEADS}
         bindings, options = [], []
         for parity in (0, 1):
@@ -145,12 +143,6 @@ class OrtCudaEngine(Engine):
     def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
         return _OrtLoop(self, inputs, carry)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        loop = _OrtLoop(self, {n: feeds[n] for n in FEED_NAMES}, (feeds["z_H"], feeds["z_L"]))
-        loop.step()
-        carry = loop.carry()
-        return {**loop.heads(np.ones(loop.batch, dtype=bool)), **{out: carry[name] for name, out in CARRY}}
-
     def close(self) -> None:
         for bufs in self._buffers.values():
             for binding in bufs.bindings:
@@ -167,12 +159,12 @@ class _OrtLoop(SegmentLoop):
         self._host = {n: arrays[n] for n in FEED_NAMES}  # kept: rows that halt are dropped from here
         self.batch = len(arrays["h_tokens"])
         self._bufs = engine.buffers(self.batch)
-        self._upload({n: arrays[n] for n in CARRY_IN})
+        self._upload({n: arrays[n] for n in CARRY_INPUTS})
 
     def _upload(self, carry: dict[str, np.ndarray]) -> None:
         for name in FEED_NAMES:
             self._bufs.feeds[name].update_inplace(self._host[name])
-        for name in CARRY_IN:
+        for name in CARRY_INPUTS:
             self._bufs.carry[0][name].update_inplace(np.ascontiguousarray(carry[name]))
         self._parity = 0
 
@@ -192,4 +184,4 @@ class _OrtLoop(SegmentLoop):
         self._upload(carry)
 
     def carry(self) -> dict[str, np.ndarray]:
-        return {name: self._bufs.carry[self._parity][name].numpy() for name in CARRY_IN}
+        return {name: self._bufs.carry[self._parity][name].numpy() for name in CARRY_INPUTS}

@@ -19,11 +19,11 @@ import numpy as np
 
 from dualhrq.contract import INPUT_NAMES, OUTPUT_NAMES
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
-from dualhrq.export.engines import Engine, SegmentLoop
+from dualhrq.export.engines import LoopEngine, SegmentLoop
 from dualhrq.export.gpu_target import GpuTarget, check_plan_target, current_target, import_tensorrt
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(LoopEngine):
     """recorded: the GPU and TensorRT the manifest says the plan was built for; a plan for another (or one that
     records none) is refused before TensorRT deserialises it. device: where the buffers live ("cpu" only for
     tests with a stand-in TensorRT)."""
@@ -88,9 +88,6 @@ class TensorRTEngine(Engine):
 
     def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
         return self.device.loop(inputs, carry)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.device.run(feeds)
 
     def close(self) -> None:
         self.device.synchronize()

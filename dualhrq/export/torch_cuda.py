@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from dualhrq.contract import INPUT_NAMES, OUTPUT_NAMES
-from dualhrq.errors import ConfigurationError, InferenceError
-from dualhrq.export.device_loop import FEED_NAMES, Buffers, DeviceSegments
-from dualhrq.export.engines import Engine, SegmentLoop
+from dualhrq.errors import ConfigurationError
+from dualhrq.export.device_loop import Buffers, DeviceSegments
+from dualhrq.export.engines import FEED_NAMES, LoopEngine, SegmentLoop
 from dualhrq.export.segment import SegmentGraph, example_feeds, output_shapes
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "fp16")
 
 
-class TorchCudaEngine(Engine):
+class TorchCudaEngine(LoopEngine):
     """device: None picks CUDA device 0 where there is one, else the CPU; cuda_graphs applies on CUDA only."""
 
     def __init__(self, model: HRM, precision: str = "fp32", max_batch: int = 8, device: str | None = None,
@@ -65,14 +65,6 @@ class TorchCudaEngine(Engine):
 
     def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
         return self.device.loop(inputs, carry)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            return self.device.run(feeds)
-        except InferenceError:
-            raise
-        except Exception as e:
-            raise InferenceError(f"torch-cuda: segment failed: {e}") from e
 
     def close(self) -> None:
         self.device.synchronize()
