@@ -20,6 +20,7 @@ from dualhrq.export.engine_parity import engine_parity
 from dualhrq.export.engines import Engine, OnnxEngine, TorchEngine
 from dualhrq.export.gpu_target import GpuTarget
 from dualhrq.export.segment import SegmentGraph, example_feeds, export_segment, output_shapes
+from dualhrq.export.tensorrt_engine import TensorRTEngine
 from dualhrq.export.torch_cuda import TorchCudaEngine
 from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
@@ -319,10 +320,8 @@ def fake_trt(model, tiny_config, monkeypatch, tmp_path):
     return fake
 
 
-def _cpu_tensorrt(fake, **kw):
-    from dualhrq.export.tensorrt_engine import TensorRTEngine
-
-    engine = TensorRTEngine(fake.plan, H100, max_batch=8, device="cpu", **kw)
+def _cpu_tensorrt(fake, plan=None, recorded=H100, max_batch=8, **kw):
+    engine = TensorRTEngine(plan or fake.plan, recorded, max_batch=max_batch, device="cpu", **kw)
     original = engine.device._prepare
 
     def prepare(bufs):  # let the stand-in find tensors by address, as the GPU would
@@ -352,8 +351,6 @@ def test_tensorrt_binds_each_batch_size_once_and_keeps_the_carry_on_the_device(f
 
 
 def test_a_plan_for_another_gpu_or_tensorrt_is_refused_before_deserialising(fake_trt):
-    from dualhrq.export.tensorrt_engine import TensorRTEngine
-
     for recorded, what in ((GpuTarget("NVIDIA A100-SXM4-80GB", "8.0", "10.13.0"), "compute capability"),
                            (GpuTarget(H100.gpu_name, "9.0", "10.3.0"), "TensorRT version"),
                            (None, "records no GPU")):
@@ -364,11 +361,47 @@ def test_a_plan_for_another_gpu_or_tensorrt_is_refused_before_deserialising(fake
 
 @pytest.mark.parametrize("version", ["8.6.1", "9.3.0", "12.0.0"])
 def test_tensorrt_majors_other_than_10_and_11_are_refused(fake_trt, version):
-    from dualhrq.export.tensorrt_engine import TensorRTEngine
-
     sys.modules["tensorrt"].__version__ = version
     with pytest.raises(ConfigurationError, match=f"TensorRT {version} .*10 or 11"):
         TensorRTEngine(fake_trt.plan, H100, device="cpu")
+
+
+def test_export_builds_checks_and_records_the_plan_for_this_gpu(fake_trt, model, feeds, tiny_config, tmp_path,
+                                                                 monkeypatch):
+    from dualhrq.config import ServeConfig
+    from dualhrq.export import pipeline, tensorrt_engine
+    from dualhrq.export.bundle import load_bundle
+    from dualhrq.export.engines import make_engine
+    from dualhrq.export.inputs import ParityFeeds
+    from dualhrq.export.pipeline import ExportOptions, export_bundle
+    from dualhrq.train.checkpoint import save_checkpoint
+
+    built = {}
+
+    def build(source, plan, max_batch, **kw):
+        built["source"], built["max_batch"] = source.name, max_batch
+        plan.write_bytes(b"PLAN")
+        return plan
+    monkeypatch.setattr(pipeline, "build_engine", build)
+    monkeypatch.setattr(pipeline, "tensorrt_unavailable_reason", lambda: None)
+    monkeypatch.setattr(tensorrt_engine, "TensorRTEngine",  # as the pipeline and make_engine make it, on the CPU
+                        lambda plan, recorded, max_batch=8: _cpu_tensorrt(fake_trt, plan, recorded, max_batch))
+    save_checkpoint(tmp_path / "ckpt", model, tiny_config)
+    result = export_bundle(tmp_path / "ckpt", tmp_path / "b",
+                           ExportOptions(tensorrt=True, fp16=True, max_batch=4, carry_segments=2, parity_samples=8),
+                           ParityFeeds(feeds, "synthetic"))
+    m = result.manifest
+    trt = m.tensorrt
+    fp16_written = m.precisions["fp16"].file is not None
+    assert built == {"source": "segment_fp16.onnx" if fp16_written else "segment_fp32.onnx", "max_batch": 4}
+    assert trt.built and trt.passed and trt.fp16 == fp16_written
+    assert (trt.gpu_name, trt.compute_capability, trt.tensorrt_version) == (H100.gpu_name, "9.0", "10.13.0")
+    assert trt.carry["passed"] and len(trt.carry["halting_agreement"]) == 2
+    bundle = load_bundle(tmp_path / "b")
+    assert make_engine(bundle, ServeConfig(backend="tensorrt", max_batch=4)).name == "tensorrt"
+    monkeypatch.setattr("dualhrq.export.gpu_target.current_gpu", lambda device=0: ("NVIDIA A100-SXM4-80GB", "8.0"))
+    with pytest.raises(ModelLoadError, match="A100.*compute capability"):
+        make_engine(bundle, ServeConfig(backend="tensorrt", max_batch=4))
 
 
 # ---------------------------------------------------------------- ONNX Runtime CUDA through a stand-in
