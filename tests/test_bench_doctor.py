@@ -63,6 +63,13 @@ def test_both_onnx_runtime_packages_installed_is_reported_as_a_problem(monkeypat
     assert any("both onnxruntime and onnxruntime-gpu" in p for p in r.problems)
 
 
+def test_tensorrt_11_with_an_onnx_runtime_too_old_for_it_is_reported(monkeypatch):
+    monkeypatch.setattr(doctor, "_tensorrt", lambda: ("11.4.0", None))
+    for ort_gpu, reported in (("1.26.2", True), ("1.27.0", False)):
+        monkeypatch.setattr(doctor, "_onnxruntime", lambda v=ort_gpu: ({"onnxruntime-gpu": v}, ["CPUExecutionProvider"]))
+        assert any("TensorRT 11" in p and ort_gpu in p for p in diagnose().problems) == reported
+
+
 @pytest.fixture(scope="module")
 def bundle(tiny_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("doctor")

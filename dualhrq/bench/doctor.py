@@ -18,6 +18,7 @@ import msgspec
 from dualhrq.bench.machine import cpu
 
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
+ORT_FOR_TENSORRT_11 = (1, 27)  # the first ONNX Runtime whose TensorRT provider builds with TensorRT 11
 GRAPH_PRECISIONS = {"onnx-cpu": ("fp32", "fp16", "int8"), "onnx-cuda": ("fp32", "fp16"),
                     "onnx-tensorrt": ("fp32", "fp16")}
 
@@ -100,6 +101,11 @@ def diagnose(bundle: str | Path | None = None) -> Report:
                         "exactly one (dualhrq[cpu] or dualhrq[gpu])")
     if not packages:
         problems.append("no ONNX Runtime is installed: install dualhrq[cpu] or dualhrq[gpu]")
+    ort_gpu = packages.get("onnxruntime-gpu")
+    if trt_version and trt_version.split(".")[0] == "11" and ort_gpu and _older(ort_gpu, ORT_FOR_TENSORRT_11):
+        problems.append(f"TensorRT {trt_version} with onnxruntime-gpu {ort_gpu}: ONNX Runtime's TensorRT provider "
+                        f"supports TensorRT 11 from {'.'.join(map(str, ORT_FOR_TENSORRT_11))} on; onnx-tensorrt "
+                        "will fail (the native tensorrt backend is unaffected)")
     if "onnxruntime-gpu" in packages and not gpus:
         problems.append("onnxruntime-gpu is installed but no CUDA device is visible")
     gpu = f"{gpus[0].name} (compute capability {gpus[0].compute_capability})" if gpus else None
@@ -121,6 +127,14 @@ def diagnose(bundle: str | Path | None = None) -> Report:
         backends = _for_bundle(Path(bundle), backends, gpus, trt_version)
     return Report(model, cores, list(flags), gpus, torch_version, torch_cuda, trt_version, trt_problem, packages,
                   providers, problems, backends, str(bundle) if bundle is not None else None)
+
+
+def _older(version: str, than: tuple[int, ...]) -> bool:
+    parts = []
+    for piece in version.split(".")[:len(than)]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts) < than
 
 
 def _provider(name: str, providers: list[str], gpu: str | None) -> Backend:
