@@ -173,6 +173,26 @@ def test_each_batch_size_is_captured_once_per_parity_and_replayed_after(model, f
             np.testing.assert_allclose(b[name], h[name], atol=1e-5, err_msg=name)
 
 
+def test_a_segment_that_cannot_be_captured_runs_without_graphs(model, feeds, monkeypatch):
+    fakes = _FakeGraphs()
+
+    @contextmanager
+    def refuse(g, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", fakes.Graph)
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    engine = TorchCudaEngine(model, max_batch=8)
+    segs = engine.device
+    segs.cuda_graphs = True
+    segs.stream = types.SimpleNamespace(synchronize=lambda: None)
+    got = _drive(engine, feeds, [None, None])
+    assert not segs.cuda_graphs and "not permitted" in segs.note and segs.captured == []
+    for g, h in zip(got, _drive(TorchEngine(model), feeds, [None, None])):
+        for name in h:
+            np.testing.assert_allclose(g[name], h[name], atol=1e-5, err_msg=name)
+
+
 def test_only_q_logits_come_back_each_segment(model, feeds):
     engine = TorchCudaEngine(model, max_batch=8)
     copies: list[str] = []

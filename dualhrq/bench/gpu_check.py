@@ -194,6 +194,9 @@ def _engine_latency(bundle: Any, backend: str, precision: str, feeds: dict[str, 
         mode = "cuda_graphs" if graphs and _has_graphs(engine) else "no_graphs"
         try:
             out[mode] = {str(b): _time_loop(engine, feeds, b, segments, runs) for b in batches}
+            note = getattr(getattr(engine, "device", None), "note", None) or getattr(engine, "note", None)
+            if note:
+                out.setdefault("notes", []).append(note)
         finally:
             engine.close()
     on, off = out.get("cuda_graphs"), out.get("no_graphs")

@@ -14,6 +14,7 @@ the loop's logic is exercised where there is no GPU.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from dualhrq.export.engines import CARRY_INPUTS, FEED_NAMES, SegmentLoop
 # Replays before a capture: lazy initialisation (cuBLAS handles, TensorRT's deferred shape work, allocator
 # growth) must happen outside the graph.
 CAPTURE_WARMUP = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class DeviceSegments:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._buffers: dict[int, Buffers] = {}
         self.captured: list[tuple[int, int]] = []  # (batch, parity) of every graph captured, in order
+        self.note: str | None = None  # why CUDA graphs were turned off, if they were
 
     # ------------------------------------------------------------ buffers
 
@@ -124,18 +128,27 @@ class DeviceSegments:
 
     def _capture(self, bufs: Buffers) -> None:
         """Capture both parities of a buffer set. The warm-up launches write into every buffer of the set, so
-        callers capture before they put a batch's data into it (DeviceLoop does)."""
+        callers capture before they put a batch's data into it (DeviceLoop does). A segment that cannot be
+        captured turns graphs off for the engine: it still runs, launch by launch, and `note` says why."""
         with self._on_stream():
             for parity in (0, 1):
                 for _ in range(CAPTURE_WARMUP):
                     self._launch(bufs, parity)
         self.stream.synchronize()
-        for parity in (0, 1):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=self.stream, capture_error_mode="thread_local"):
-                self._launch(bufs, parity)
-            bufs.graphs[parity] = graph
-            self.captured.append((bufs.batch, parity))
+        try:
+            for parity in (0, 1):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool, stream=self.stream, capture_error_mode="thread_local"):
+                    self._launch(bufs, parity)
+                bufs.graphs[parity] = graph
+                self.captured.append((bufs.batch, parity))
+        except Exception as e:
+            self.cuda_graphs = False
+            self.note = f"CUDA graphs off: capturing batch {bufs.batch} failed ({e})"
+            log.warning("%s; running launch by launch", self.note)
+            for other in self._buffers.values():
+                other.graphs = [None, None]
+            self.synchronize()
 
     def _on_stream(self) -> Any:
         return torch.cuda.stream(self.stream) if self.on_cuda else nullcontext()
