@@ -68,7 +68,13 @@ def test_on_a_cpu_the_check_runs_parity_for_every_engine_and_skips_the_gpu_steps
         assert "skipped onnx-cuda" in capsys.readouterr().out
 
 
-def test_forced_onto_torch_cuda_it_times_each_batch_and_benches_that_backend(bundle, tmp_path):
+@pytest.fixture
+def synthetic_windows(tiny_config, monkeypatch):
+    """Skip building the held-out windows from the dataset (the first test does): the rest is what is tested."""
+    monkeypatch.setattr(gpu_check, "_held_out", lambda b: (example_feeds(tiny_config.model, 6), "synthetic"))
+
+
+def test_forced_onto_torch_cuda_it_times_each_batch_and_benches_that_backend(bundle, tmp_path, synthetic_windows):
     cli = _Cli()
     assert gpu_check.run_gpu_check(_args(bundle, tmp_path / "r.json", "--backends", "torch-cuda"), cli) == 0
     report = json.loads((tmp_path / "r.json").read_text())
@@ -80,7 +86,7 @@ def test_forced_onto_torch_cuda_it_times_each_batch_and_benches_that_backend(bun
     assert report["bench_latency"]["torch-cuda/fp32"]["normal"]["latency_ms"]["p95"] == 0.7
 
 
-def test_an_engine_that_misses_parity_fails_the_check(bundle, tmp_path, monkeypatch):
+def test_an_engine_that_misses_parity_fails_the_check(bundle, tmp_path, monkeypatch, synthetic_windows):
     class Forgetful(TorchEngine):
         def run(self, feeds):
             return super().run({**feeds, "z_H": np.zeros_like(feeds["z_H"]), "z_L": np.zeros_like(feeds["z_L"])})

@@ -224,16 +224,17 @@ def _time_loop(engine: Engine, feeds: dict[str, np.ndarray], batch: int, segment
     carry = (feeds["z_H"][:batch], feeds["z_L"][:batch])
     everything = np.ones(batch, dtype=bool)
     step_ms, act_ms = [], []
-    for r in range(runs + 10):  # the first calls capture graphs and allocate: untimed
+    warmup = max(1, min(10, runs // 10))  # the first calls capture graphs and allocate: untimed
+    for r in range(warmup + runs):
         t0 = time.perf_counter()
         loop = engine.segments(inputs, carry)
         for _ in range(segments):
             t1 = time.perf_counter()
             loop.step()
-            if r >= 10:
+            if r >= warmup:
                 step_ms.append(time.perf_counter() - t1)
         loop.heads(everything)
-        if r >= 10:
+        if r >= warmup:
             act_ms.append(time.perf_counter() - t0)
     return {"segment_ms": percentiles_ms(np.asarray(step_ms) * 1e3), "act_ms": percentiles_ms(np.asarray(act_ms) * 1e3)}
 
