@@ -109,6 +109,13 @@ def _register_core(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_params)
 
 
+def _register_gpu(sub: argparse._SubParsersAction) -> None:
+    from dualhrq.bench import doctor, gpu_check
+
+    doctor.register(sub)
+    gpu_check.register(sub, main)  # it runs export and the benches as the commands a user would type
+
+
 def _register_bench(bench_sub: argparse._SubParsersAction) -> None:
     from dualhrq.bench.engine import HELP as ENGINE_HELP
     from dualhrq.bench.engine import add_engine_args, run_engine_bench
@@ -146,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_core(sub)
+    _register_gpu(sub)
     bench = sub.add_parser("bench", help="benchmarks (forward, engine, latency, index)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _register_bench_forward(bench_sub)

@@ -234,7 +234,7 @@ class SessionsConfig(_Section):
 class ServeConfig(_Section):
     bind: str = "tcp://127.0.0.1:5555"
     workers: PosInt = 1
-    backend: Literal["onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch"] = "onnx-cpu"
+    backend: Literal["onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch", "torch-cuda"] = "onnx-cpu"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: NonNegInt = 0  # 0: all cores
     spinning: bool = False  # ORT threads spin between runs: on a few shared cores they starve the rest

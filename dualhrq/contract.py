@@ -59,15 +59,16 @@ def as_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(feeds[name], dtype) for name, dtype in _DTYPES.items()}
 
 
-def ort_session(path: str | Path, threads: int = 0, spinning: bool = False,
-                backend: str = "onnx-cpu") -> ort.InferenceSession:
+def ort_session(path: str | Path, threads: int = 0, spinning: bool = False, backend: str = "onnx-cpu",
+                provider_options: dict[str, dict[str, str]] | None = None) -> ort.InferenceSession:
     """A session on the segment graph at `path` with the serving settings: every graph optimisation,
     sequential execution, `threads` intra-op threads (0: one per core) and one inter-op thread.
 
     spinning: let idle intra-op threads busy-wait for the next call: lower latency between the segments of
     one request, but off is kinder to cores shared with other processes. Loading by path lets ONNX Runtime
-    find an external-data side file next to the graph. Raises ConfigurationError for a backend this install
-    cannot run, ModelLoadError for a graph that is missing, malformed or not the segment graph.
+    find an external-data side file next to the graph. provider_options: options per provider name (what the
+    GPU engines set: CUDA graphs, TensorRT's precision, cache and profiles). Raises ConfigurationError for a
+    backend this install cannot run, ModelLoadError for a graph that is missing, malformed or not the segment graph.
     """
     import onnxruntime as ort
 
@@ -88,7 +89,8 @@ def ort_session(path: str | Path, threads: int = 0, spinning: bool = False,
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        providers = [(p, provider_options.get(p, {})) for p in wanted] if provider_options else wanted
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own untyped errors for missing or malformed graphs
         raise ModelLoadError(f"ONNX Runtime cannot load {path}: {e}") from None
     names_in = tuple(i.name for i in session.get_inputs())

@@ -12,7 +12,7 @@ import torch
 from subcommand import run_subcommand
 
 from dualhrq.contract import INPUT_NAMES
-from dualhrq.errors import ModelLoadError
+from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.bundle import load_bundle
 from dualhrq.export.commands import register
 from dualhrq.export.inputs import ParityFeeds
@@ -59,19 +59,21 @@ def test_without_tensorrt_export_says_why_and_writes_the_rest(checkpoint, tmp_pa
 
 
 class _FakeTensorRT:
-    """Just enough of the TensorRT 10 Python API to drive build_engine and record what it asked for."""
+    """Just enough of the TensorRT 10/11 Python API to drive build_engine and record what it asked for. It has no
+    BuilderFlag at all (TensorRT 11 removed the weakly typed precision flags), so a build that sets one fails."""
 
-    def __init__(self, graph: str, parse_ok: bool = True) -> None:
-        self.graph, self.parse_ok = graph, parse_ok
+    def __init__(self, graph: str, parse_ok: bool = True, version: str = "10.3.0", strongly_typed_flag: bool = True):
+        self.graph, self.parse_ok, self.version, self.strongly_typed_flag = graph, parse_ok, version, strongly_typed_flag
         self.calls: dict[str, object] = {"profiles": {}}
 
     def module(self) -> types.ModuleType:
         fake, calls = self, self.calls
         trt = types.ModuleType("tensorrt")
-        trt.__version__ = "10.3.0"
+        trt.__version__ = self.version
         trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
         trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(
+            **({"STRONGLY_TYPED": 1} if self.strongly_typed_flag else {}))
         trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
 
         class Tensor:
@@ -111,9 +113,6 @@ class _FakeTensorRT:
 
             def set_memory_pool_limit(self, pool: str, size: int) -> None:
                 calls["workspace"] = (pool, size)
-
-            def set_flag(self, flag: str) -> None:
-                calls["flag"] = flag
 
             def add_optimization_profile(self, profile: object) -> None:
                 calls["profile_added"] = True
@@ -168,14 +167,15 @@ def fake_trt(tiny_config, tmp_path, monkeypatch):
     return fake
 
 
-def test_build_engine_drives_the_tensorrt10_api_as_documented(fake_trt, tiny_config, tmp_path):
+def test_build_engine_drives_the_tensorrt_api_as_documented(fake_trt, tiny_config, tmp_path):
     (tmp_path / "timing.cache").write_bytes(b"old")
     lines: list[str] = []
     plan = build_engine(fake_trt.graph, tmp_path / "engine.plan", max_batch=6, workspace_mb=512,
                         timing_cache=tmp_path / "timing.cache", progress=lines.append)
     calls = fake_trt.calls
     assert plan.read_bytes() == b"PLAN"
-    assert calls["network_flags"] == 0 and calls["flag"] == "fp16" and calls["workspace"] == ("workspace", 512 << 20)
+    assert calls["network_flags"] == 1 << 1  # strongly typed: the precision is the graph's, no builder flag
+    assert calls["workspace"] == ("workspace", 512 << 20)
     m = tiny_config.model
     assert set(calls["profiles"]) == set(INPUT_NAMES) and calls["profile_added"]
     assert calls["profiles"]["h_tokens"] == ((1, m.coarse_len, m.coarse_features), (1, m.coarse_len, m.coarse_features),
@@ -190,3 +190,18 @@ def test_build_engine_reports_the_parsers_errors(fake_trt, tmp_path):
     with pytest.raises(ModelLoadError, match="parser rejected .*UNSUPPORTED_NODE"):
         build_engine(fake_trt.graph, tmp_path / "engine.plan", max_batch=2)
     assert not (tmp_path / "engine.plan").exists()
+
+
+def test_a_tensorrt_11_without_the_strongly_typed_member_builds_with_no_flags(fake_trt, tmp_path):
+    fake_trt.version, fake_trt.strongly_typed_flag = "11.4.0", False
+    sys.modules["tensorrt"] = fake_trt.module()
+    build_engine(fake_trt.graph, tmp_path / "engine.plan", max_batch=2)
+    assert fake_trt.calls["network_flags"] == 0
+
+
+@pytest.mark.parametrize("version", ["9.3.0", "12.0.1"])
+def test_tensorrt_majors_other_than_10_and_11_are_refused_with_the_reason(fake_trt, tmp_path, version):
+    sys.modules["tensorrt"].__version__ = version
+    assert "10 or 11" in tensorrt_unavailable_reason()
+    with pytest.raises(ConfigurationError, match=f"TensorRT {version}"):
+        build_engine(fake_trt.graph, tmp_path / "engine.plan", max_batch=2)

@@ -13,8 +13,9 @@ from dualhrq.config import ActConfig, ServeConfig
 from dualhrq.contract import OUTPUT_NAMES
 from dualhrq.contract import zero_carry as graph_carry
 from dualhrq.errors import ConfigurationError
-from dualhrq.export.engines import OnnxEngine, TensorRTEngine, TorchEngine
+from dualhrq.export.engines import OnnxEngine, TorchEngine
 from dualhrq.export.segment import example_feeds
+from dualhrq.export.tensorrt_engine import TensorRTEngine
 from dualhrq.model import HRM
 from dualhrq.runtime.act import run_act
 from dualhrq.runtime.batcher import Batcher, Expired, Overloaded
@@ -212,7 +213,7 @@ def test_tensorrt_without_tensorrt_is_a_clear_configuration_error(tmp_path):
     except ImportError:
         pass
     with pytest.raises(ConfigurationError, match="tensorrt"):
-        TensorRTEngine(tmp_path / "engine.plan")
+        TensorRTEngine(tmp_path / "engine.plan", None)
 
 
 def test_the_serving_path_imports_without_torch():

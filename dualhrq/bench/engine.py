@@ -126,6 +126,11 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
         add("tensorrt", "tensorrt", "fp16", trt.parity)
     else:
         skipped["tensorrt"] = trt.reason or "the bundle has no TensorRT engine (export with --tensorrt)"
+    if torch.cuda.is_available():
+        for precision in ("fp32", "fp16"):
+            add(f"torch-cuda-{precision}", "torch-cuda", precision, None)
+    else:
+        skipped["torch-cuda"] = "torch sees no CUDA device"
     return runs, skipped
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 _ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def machine_description() -> str:
-    """E.g. "Intel Xeon ... (2 cores; avx2 fma), 24 GiB, Linux x86_64, no GPU"."""
+def cpu() -> tuple[str, tuple[str, ...], int]:
+    """(model name, the inference-relevant ISA flags it has, cores this process may use)."""
     model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -21,8 +21,14 @@ def machine_description() -> str:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    isa = " ".join(f for f in _ISA if f in flags) or "isa unknown"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return model, tuple(f for f in _ISA if f in flags), cores
+
+
+def machine_description() -> str:
+    """E.g. "Intel Xeon ... (2 cores; avx2 fma), 24 GiB, Linux x86_64, no GPU"."""
+    model, flags, cores = cpu()
+    isa = " ".join(flags) or "isa unknown"
     mem = ""
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():

@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "where TensorRT imports and a GPU is present")
     p.add_argument("--int8", action="store_true", help="add a dynamic-int8 graph (MatMul weights) for CPUs")
     p.add_argument("--tensorrt", action="store_true",
-                   help="build a TensorRT engine (engine.plan, FP16 flag); without TensorRT or a GPU this says "
-                        "so and writes the rest of the bundle")
+                   help="build a TensorRT 10/11 engine (engine.plan, strongly typed: fp16 from the fp16 graph when "
+                        "--fp16 wrote one, else fp32), valid only on this GPU and TensorRT version (recorded in the "
+                        "manifest); without TensorRT or a GPU this says so and writes the rest of the bundle")
     p.add_argument("--force", action="store_true",
                    help="keep variants that miss their parity bound; the miss is recorded in the manifest")
     p.add_argument("--patterns", type=Path, metavar="DIR",

@@ -1,8 +1,13 @@
-"""Engines: one interface that runs ONE segment of the HRM on a batch, whatever executes it.
+"""Engines: one interface that runs segments of the HRM on a batch, whatever executes it.
 
 Every engine takes and returns the segment graph's fixed names (numpy in, numpy out) so the ACT loop, the
-batcher and the bench are backend-agnostic. Engines are not thread-safe: exactly one thread (the batcher's
-inference thread) calls `run`, which is also where the carry lives between ACT segments.
+batcher and the bench are backend-agnostic. `run` is one segment, every output back on the host; `segments`
+is the ACT loop's view, a SegmentLoop that keeps the carry wherever the engine computes and hands back only
+what halting needs (q-logits each segment, heads of the rows that stop). Engines are not thread-safe:
+exactly one thread (the batcher's inference thread) calls them.
+
+The GPU engines live in their own modules (tensorrt_engine, ort_cuda, torch_cuda) and import their heavy
+dependencies only when one is made.
 """
 
 from __future__ import annotations
@@ -13,18 +18,49 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dualhrq.contract import OUTPUT_NAMES, as_feeds, ort_session
-from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
+from dualhrq.contract import CARRY, HEADS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, next_carry, ort_session
+from dualhrq.errors import ConfigurationError, InferenceError
 
 if TYPE_CHECKING:
     from dualhrq.config import ServeConfig
     from dualhrq.model import HRM
 
-BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
+BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch", "torch-cuda")
+GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt", "torch-cuda")
+CARRY_INPUTS = tuple(name for name, _ in CARRY)
+FEED_NAMES = tuple(name for name in INPUT_NAMES if name not in CARRY_INPUTS)  # what a SegmentLoop is given
+
+
+def as_outputs(carry: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A SegmentLoop's carry (input names) under the output names a segment gives it."""
+    return {out: carry[name] for name, out in CARRY}
+
+
+class SegmentLoop(ABC):
+    """The segments of one batch, the carry kept by the engine between them. Rows are those still running:
+    after keep(mask) the next step runs only the rows mask selected, in their order."""
+
+    batch: int
+
+    @abstractmethod
+    def step(self) -> np.ndarray:
+        """Run one more segment; the running rows' q_logits [batch, 2] (valid until the next call)."""
+
+    @abstractmethod
+    def heads(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """HEADS of the running rows a boolean mask selects, as of the last step (owned arrays)."""
+
+    @abstractmethod
+    def keep(self, rows: np.ndarray) -> None:
+        """Continue with only the running rows a boolean mask selects."""
+
+    @abstractmethod
+    def carry(self) -> dict[str, np.ndarray]:
+        """The running rows' carry (z_H, z_L) after the last step, on the host: for checks, it costs a copy."""
 
 
 class Engine(ABC):
-    """Runs one segment. `run` may return arrays it reuses two calls later: callers copy what they keep."""
+    """Runs segments. `run` may return arrays it reuses two calls later: callers copy what they keep."""
 
     name: str
     max_batch: int
@@ -33,8 +69,61 @@ class Engine(ABC):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """feeds: every name in INPUT_NAMES, batch first; returns every name in OUTPUT_NAMES."""
 
+    def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
+        """A loop over the segments of one batch: inputs are the non-carry graph inputs, carry (z_H, z_L) the
+        state to start from. This default feeds `run`'s carry back through the host; GPU engines keep it on
+        the device."""
+        return HostLoop(self, inputs, carry)
+
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release sessions and device memory."""
+
+
+class LoopEngine(Engine):
+    """An engine that keeps the carry itself (segments is its own); run is one segment of that loop with every
+    output copied back, for warm-up, parity and the one-segment bench."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = self.segments({n: feeds[n] for n in FEED_NAMES}, (feeds["z_H"], feeds["z_L"]))
+        loop.step()
+        carry = loop.carry()
+        return {**loop.heads(np.ones(loop.batch, dtype=bool)), **as_outputs(carry)}
+
+    @abstractmethod
+    def segments(self, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> SegmentLoop:
+        """See Engine.segments."""
+
+
+class HostLoop(SegmentLoop):
+    """SegmentLoop over Engine.run: every output comes back each segment and the carry is fed back from it."""
+
+    def __init__(self, engine: Engine, inputs: dict[str, np.ndarray], carry: tuple[np.ndarray, np.ndarray]) -> None:
+        self._engine = engine
+        self._feeds = {**inputs, "z_H": carry[0], "z_L": carry[1]}
+        self._out: dict[str, np.ndarray] | None = None
+        self.batch = len(inputs["h_tokens"])
+
+    def step(self) -> np.ndarray:
+        if self._out is not None:
+            self._feeds.update(next_carry(self._out))  # run keeps these buffers intact for one more call
+        self._out = self._engine.run(self._feeds)
+        return self._out["q_logits"]
+
+    def heads(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: self._last()[k][rows] for k in HEADS}
+
+    def keep(self, rows: np.ndarray) -> None:
+        self._feeds.update(next_carry(self._last()))
+        self._feeds = {k: v[rows] for k, v in self._feeds.items()}
+        self._out, self.batch = None, int(np.count_nonzero(rows))
+
+    def carry(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in next_carry(self._last()).items()}
+
+    def _last(self) -> dict[str, np.ndarray]:
+        if self._out is None:
+            raise InferenceError("segment loop: no segment has run since the loop began or rows were dropped")
+        return self._out
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -105,72 +194,6 @@ class TorchEngine(Engine):
             raise InferenceError(f"{self.name}: segment failed: {e}") from e
 
 
-# ---------------------------------------------------------------- native TensorRT
-
-
-class TensorRTEngine(Engine):
-    """A serialized TensorRT 10 engine (built by `dualhrq export --tensorrt`), run with the v3 tensor API.
-
-    Device buffers are torch CUDA tensors, so no CUDA Python binding beyond TensorRT itself is needed.
-    """
-
-    def __init__(self, plan: Path, max_batch: int = 8) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise ConfigurationError("serve.backend: tensorrt needs the `tensorrt` Python package (TensorRT 10) "
-                                     "and a CUDA GPU; neither is importable here. Use onnx-cpu or onnx-cuda") from None
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigurationError("serve.backend: tensorrt needs a CUDA device; torch sees none")
-        if not plan.is_file():
-            raise ModelLoadError(f"TensorRT plan {plan} not found (export the bundle with --tensorrt)")
-        self._torch, self._trt = torch, trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
-        if self._engine is None:
-            raise ModelLoadError(f"TensorRT could not deserialize {plan} (built by another TensorRT version?)")
-        self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
-        self._dtypes: dict[str, Any] = {}
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            self._dtypes[name] = torch.from_numpy(np.empty(0, dtype=trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
-        self.name, self.max_batch = "tensorrt", max_batch
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch, ctx = self._torch, self._context
-        keep = []  # device tensors must outlive the asynchronous execution
-        arrays = as_feeds(feeds)
-        try:
-            with torch.cuda.stream(self._stream):
-                for name, array in arrays.items():
-                    dev = torch.from_numpy(array).to("cuda", self._dtypes[name], non_blocking=True)
-                    keep.append(dev)
-                    ctx.set_input_shape(name, tuple(dev.shape))
-                    ctx.set_tensor_address(name, dev.data_ptr())
-                outs = {}
-                for name in OUTPUT_NAMES:
-                    out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
-                    outs[name] = out
-                    ctx.set_tensor_address(name, out.data_ptr())
-                if not ctx.execute_async_v3(self._stream.cuda_stream):
-                    raise InferenceError("TensorRT execute_async_v3 returned false")
-                host = {k: v.to("cpu", torch.float32 if v.is_floating_point() else v.dtype, non_blocking=False)
-                        for k, v in outs.items()}
-            self._stream.synchronize()
-        except InferenceError:
-            raise
-        except Exception as e:
-            raise InferenceError(f"tensorrt: segment failed: {e}") from e
-        return {k: v.numpy() for k, v in host.items()}
-
-    def close(self) -> None:
-        del self._context, self._engine
-
-
 # ---------------------------------------------------------------- from a bundle
 
 
@@ -181,12 +204,25 @@ def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
     if backend not in BACKENDS:
         raise ConfigurationError(f"serve.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "tensorrt":
-        return TensorRTEngine(bundle.tensorrt_plan_path(), serve.max_batch)
-    if backend == "torch":
+        from dualhrq.export.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine(bundle.tensorrt_plan_path(), bundle.manifest.tensorrt.target(), serve.max_batch)
+    if backend in ("torch", "torch-cuda"):
         from dualhrq.model import HRM
 
         model = HRM(bundle.config.model)
         model.load_state_dict(bundle.state_dict())
-        return TorchEngine(model, serve.max_batch)
+        if backend == "torch":
+            return TorchEngine(model, serve.max_batch)
+        from dualhrq.export.torch_cuda import TorchCudaEngine
+
+        return TorchCudaEngine(model, serve.precision, serve.max_batch)
+    if backend in ("onnx-cuda", "onnx-tensorrt"):
+        from dualhrq.export.ort_cuda import OrtCudaEngine, signature_from
+
+        graph = bundle.manifest.graph
+        return OrtCudaEngine(bundle.graph_path(serve.precision), backend, signature_from(graph.inputs, graph.outputs),
+                             serve.max_batch, cache_dir=bundle.root.parent / f".{bundle.root.name}.ort-trt-cache",
+                             fp16=serve.precision == "fp16")
     return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
                       serve.max_batch)

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from dualhrq.config import Config
+from dualhrq.export.gpu_target import GpuTarget
 from dualhrq.hashing import sha256_file
 from dualhrq.persisted import read_record, write_record
 
@@ -62,6 +63,16 @@ class TensorRT(_Record):
     passed: bool | None = None
     forced: bool | None = None
     parity: dict[str, Any] | None = None
+    # the GPU the plan was built on (as PyTorch names it): a plan is refused on any other
+    gpu_name: str | None = None
+    compute_capability: str | None = None  # "major.minor"
+    carry: dict[str, Any] | None = None  # the engine's carry and halting check (dualhrq.export.engine_parity)
+
+    def target(self) -> GpuTarget | None:
+        """What the plan was built for, or None when the manifest does not say (an older export)."""
+        if self.gpu_name is None or self.compute_capability is None or self.tensorrt_version is None:
+            return None
+        return GpuTarget(self.gpu_name, self.compute_capability, self.tensorrt_version)
 
 
 class ParityInputs(_Record):

@@ -27,6 +27,7 @@ import torch
 from dualhrq.contract import ort_session, run_session
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
+from dualhrq.export.engine_parity import engine_parity
 from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.manifest import (
     FORMAT_VERSION,
@@ -145,7 +146,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         tensorrt = TensorRT(built=False, requested=options.tensorrt)
         if options.tensorrt or options.fp16:
             with steps("building the TensorRT engine"):
-                tensorrt = _tensorrt(model, fp32, staging, reference, feeds, options, progress, warnings)
+                fp16 = precisions.get("fp16")  # the engine takes the precision of the graph it is built from
+                source = staging / fp16.file if fp16 is not None and fp16.file else fp32
+                tensorrt = _tensorrt(model, source, staging, feeds, options, progress, warnings)
 
         with steps("writing the bundle"):
             shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
@@ -219,8 +222,8 @@ def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> N
     log.warning(warnings[-1])
 
 
-def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.ndarray], feeds: ParityFeeds,
-              options: ExportOptions, progress: Progress, warnings: list[str]) -> TensorRT:
+def _tensorrt(model: Any, source: Path, staging: Path, feeds: ParityFeeds, options: ExportOptions,
+              progress: Progress, warnings: list[str]) -> TensorRT:
     reason = tensorrt_unavailable_reason()
     if reason:
         note = f"TensorRT engine not built: {reason}; the rest of the bundle is written"
@@ -230,23 +233,32 @@ def _tensorrt(model: Any, fp32: Path, staging: Path, reference: dict[str, np.nda
         return TensorRT(built=False, requested=options.tensorrt, reason=reason)
     import tensorrt as trt
 
-    from dualhrq.export.engines import TensorRTEngine
+    from dualhrq.export.gpu_target import current_target
+    from dualhrq.export.tensorrt_engine import TensorRTEngine
 
-    plan = build_engine(fp32, staging / PLAN_FILE, options.max_batch, fp16=True, workspace_mb=options.workspace_mb,
+    target = current_target(trt.__version__)
+    plan = build_engine(source, staging / PLAN_FILE, options.max_batch, workspace_mb=options.workspace_mb,
                         timing_cache=options.timing_cache, progress=progress)
-    engine = TensorRTEngine(plan, options.max_batch)
-    try:
-        n = len(feeds.feeds["h_tokens"])
-        chunks = [engine.run({k: v[i:i + options.max_batch] for k, v in feeds.feeds.items()})
-                  for i in range(0, n, options.max_batch)]
+    engine = TensorRTEngine(plan, target, options.max_batch)
+    try:  # through the loop serving drives: the carry stays on the device, as it will when served
+        checked = engine_parity(model, engine, feeds.feeds, "tensorrt", options.carry_segments, exact=False)
     finally:
         engine.close()
-    outputs = {name: np.concatenate([c[name] for c in chunks]) for name in reference}
-    parity = measure_parity(reference, outputs, "tensorrt", exact=False)
+    parity = checked.segment
+    progress(f"  tensorrt carry over {checked.carry_segments} segments: max|err| "
+             f"{', '.join(f'{e:.2e}' for e in checked.carry_max_abs_err)}, halting agreement "
+             f"{', '.join(f'{a:.1%}' for a in checked.halting_agreement)}")
+    if checked.carry_failures:
+        _miss("tensorrt carry", list(checked.carry_failures), options.force, warnings)
     entry = _judge(parity, plan, options.force, progress, warnings)
+    if checked.carry_failures and entry.file and not options.force:
+        plan.unlink()
+        entry = msgspec.structs.replace(entry, file=None, passed=False)
     return TensorRT(built=entry.file is not None, requested=options.tensorrt, file=entry.file,
-                    max_batch=options.max_batch, fp16=True, tensorrt_version=trt.__version__, passed=entry.passed,
-                    forced=entry.forced, parity=entry.parity)
+                    max_batch=options.max_batch, fp16=source.name == GRAPH_FILES["fp16"],
+                    tensorrt_version=target.tensorrt_version, passed=entry.passed, forced=entry.forced,
+                    parity=entry.parity, gpu_name=target.gpu_name, compute_capability=target.compute_capability,
+                    carry=checked.to_dict())
 
 
 def _versions() -> dict[str, str]:

@@ -1,11 +1,13 @@
-"""Build a serialized TensorRT 10 engine (engine.plan) from the fp32 segment graph.
+"""Build a serialized TensorRT engine (engine.plan) from a segment graph, on TensorRT 10 or 11.
 
-Written against the TensorRT 10 Python API and NOT verified on a machine with TensorRT: none of the
+Written against the TensorRT 10 and 11 Python APIs and NOT verified on a machine with TensorRT: none of the
 project's machines can install it. `tensorrt` is imported lazily, so everything else works without it.
 
-The engine is built with the FP16 builder flag (TensorRT picks fp16 kernels where they are faster and keeps
-the graph's fp32 inputs and outputs) and one optimisation profile covering batch 1..max_batch for every
-input; the other dimensions are fixed by the graph.
+The network is strongly typed: every tensor keeps the type the ONNX graph gives it, so an engine built from
+the fp16 graph computes in fp16 where that graph does and in fp32 where it keeps fp32 (normalisation, the
+graph's inputs and outputs). TensorRT 11 removed the weakly typed precision flags (BuilderFlag.FP16) and
+builds every network strongly typed; TensorRT 10 needs the STRONGLY_TYPED creation flag for the same. One
+optimisation profile covers batch 1..max_batch for every input; the other dimensions are fixed by the graph.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
+from dualhrq.export.gpu_target import tensorrt_version_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +30,10 @@ def tensorrt_unavailable_reason() -> str | None:
     try:
         import tensorrt as trt
     except ImportError as e:
-        return f"the `tensorrt` Python package (TensorRT 10) does not import ({e})"
-    if int(trt.__version__.split(".")[0]) < 10:
-        return f"TensorRT {trt.__version__} is installed; this build needs TensorRT 10 or newer"
+        return f"the `tensorrt` Python package (TensorRT 10 or 11) does not import ({e})"
+    problem = tensorrt_version_problem(trt.__version__)
+    if problem:
+        return problem
     import torch
 
     if not torch.cuda.is_available():
@@ -38,9 +42,10 @@ def tensorrt_unavailable_reason() -> str | None:
 
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, max_batch: int, *, opt_batch: int = 1,
-                 fp16: bool = True, workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: str | Path | None = None,
+                 workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: str | Path | None = None,
                  progress: Callable[[str], None] = log.info) -> Path:
-    """Parse the ONNX graph, build and serialize an engine to `plan_path`.
+    """Parse the ONNX graph, build and serialize a strongly typed engine to `plan_path`: its precision is the
+    graph's (pass the fp16 graph for an fp16 engine).
 
     timing_cache: a file of kernel timings; read when it exists (a rebuild then skips most kernel timing)
     and written back after the build. progress: called with human-readable lines during the build.
@@ -55,7 +60,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, max_batch: int, *
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: every network has an explicit batch dimension
+    network = builder.create_network(_strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     progress(f"TensorRT {trt.__version__}: parsing {onnx_path.name}")
     if not parser.parse_from_file(str(onnx_path)):  # by path, so external data beside the graph is found
@@ -64,8 +69,6 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, max_batch: int, *
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -95,8 +98,15 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, max_batch: int, *
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_bytes(config.get_timing_cache().serialize())
     progress(f"TensorRT: wrote {plan_path} ({plan_path.stat().st_size / 1e6:.1f} MB), batch 1..{max_batch}, "
-             f"{'fp16' if fp16 else 'fp32'}")
+             f"strongly typed from {onnx_path.name}")
     return plan_path
+
+
+def _strongly_typed(trt: Any) -> int:
+    """create_network's flags: STRONGLY_TYPED where the enum still has it (TensorRT 10; 11 accepts it and
+    builds strongly typed regardless), none where a TensorRT 11 dropped the member."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def _progress_monitor(trt: Any, progress: Callable[[str], None]) -> Any | None:

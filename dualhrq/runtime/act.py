@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dualhrq.config import ActConfig
-from dualhrq.contract import HEADS, next_carry
+from dualhrq.contract import HEADS
 from dualhrq.model.halting import halts, inference_bounds
 
 if TYPE_CHECKING:
@@ -37,24 +37,22 @@ def run_act(engine: Engine, inputs: dict[str, np.ndarray], carry: tuple[np.ndarr
     segments = np.zeros(b, dtype=np.int64)
     halted_by_q = np.zeros(b, dtype=bool)
     final: dict[str, np.ndarray] = {}
-    feeds = dict(inputs)
-    feeds["z_H"], feeds["z_L"] = carry
     minimum, limit = inference_bounds(act)
+    loop = engine.segments(inputs, carry)  # the carry stays where the engine computes
     for seg in range(1, limit + 1):
-        out = engine.run(feeds)
-        stop, by_q = halts(out["q_logits"], seg, minimum, limit)
-        if not final:
-            final = {k: np.empty((b, *out[k].shape[1:]), dtype=out[k].dtype) for k in HEADS}
-        done = rows[stop]
-        for k in HEADS:
-            final[k][done] = out[k][stop]
-        segments[done] = seg
-        halted_by_q[done] = by_q[stop]
+        stop, by_q = halts(loop.step(), seg, minimum, limit)
+        if stop.any():
+            heads = loop.heads(stop)
+            if not final:
+                final = {k: np.empty((b, *v.shape[1:]), dtype=v.dtype) for k, v in heads.items()}
+            done = rows[stop]
+            for k in HEADS:
+                final[k][done] = heads[k]
+            segments[done] = seg
+            halted_by_q[done] = by_q[stop]
         if stop.all():
             break
-        feeds.update(next_carry(out))  # the engine keeps these buffers intact for one more call
         if stop.any():
-            go = ~stop
-            rows = rows[go]
-            feeds = {k: v[go] for k, v in feeds.items()}
+            rows = rows[~stop]
+            loop.keep(~stop)
     return ActResult(final, segments, halted_by_q)

@@ -1,0 +1,89 @@
+"""Parity of any engine against the PyTorch fp32 model through the one Engine interface: one segment (`run`),
+the carry over several segments and the halting decision each segment (the SegmentLoop that serving drives,
+so a GPU engine is checked with its carry resident on the device, exactly as it serves).
+
+The bounds are dualhrq.export.parity's (measure_parity); this module only adds the engine-side loop and the
+halting agreement, the one figure an ACT loop adds to a single segment's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dualhrq.contract import INPUT_NAMES, next_carry
+from dualhrq.errors import ConfigurationError
+from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
+from dualhrq.export.parity import MIN_ACTION_AGREEMENT, Parity, measure_parity
+from dualhrq.export.segment import run_torch
+from dualhrq.model import HRM
+
+
+@dataclass(frozen=True)
+class EngineParity:
+    engine: str
+    precision: str
+    segment: Parity  # one segment from the feeds' carry, through Engine.run
+    carry_segments: int
+    carry_max_abs_err: list[float]  # per segment, over every output, the engine's own carry fed back
+    carry_failures: tuple[str, ...]
+    halting_agreement: list[float]  # per segment: share of rows whose q_halt > q_continue matches PyTorch's
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return self.segment.failures + self.carry_failures
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["segment"] = self.segment.to_dict()
+        return {**d, "carry_failures": list(self.carry_failures), "failures": list(self.failures),
+                "passed": self.passed}
+
+
+def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], precision: str,
+                  segments: int = 3, exact: bool | None = None) -> EngineParity:
+    """Hold `engine` to the bounds of `precision` (exact: as measure_parity) on `feeds` (every graph input,
+    held-out windows), in chunks of engine.max_batch rows."""
+    if segments < 1:
+        raise ConfigurationError(f"segments: must be >= 1, got {segments}")
+    n = len(feeds["h_tokens"])
+    chunks = [slice(i, min(i + engine.max_batch, n)) for i in range(0, n, engine.max_batch)]
+    reference = run_torch(model, feeds)
+    ran = [{k: v.copy() for k, v in engine.run({k: feeds[k][c] for k in INPUT_NAMES}).items()} for c in chunks]
+    one = measure_parity(reference, {k: np.concatenate([r[k] for r in ran]) for k in reference}, precision, exact)
+
+    exact = precision == "fp32" if exact is None else exact
+    references, torch_feeds = [], dict(feeds)
+    for _ in range(segments):
+        references.append(run_torch(model, torch_feeds))
+        torch_feeds.update(next_carry(references[-1]))
+    # One chunk's loop at a time: loops of one batch size share the engine's buffers for that size.
+    per_segment: list[list[dict[str, np.ndarray]]] = [[] for _ in range(segments)]
+    for c in chunks:
+        loop = engine.segments({k: feeds[k][c] for k in FEED_NAMES},
+                               (feeds["z_H"][c], feeds["z_L"][c]))
+        rows = np.ones(c.stop - c.start, dtype=bool)
+        for seg in range(segments):
+            q = loop.step().copy()
+            carry = loop.carry()
+            per_segment[seg].append({**loop.heads(rows), "q_logits": q, **as_outputs(carry)})
+    worst, agreement, failures = [], [], []
+    bound = 1.0 if exact else MIN_ACTION_AGREEMENT
+    for seg, (reference, parts) in enumerate(zip(references, per_segment), start=1):
+        candidate = {k: np.concatenate([p[k] for p in parts]) for k in reference}
+        parity = measure_parity(reference, candidate, precision, exact)
+        worst.append(max(parity.max_abs_err.values()))
+        failures += [f"segment {seg}: {failure}" for failure in parity.failures]
+        halt = float(np.mean((reference["q_logits"][:, 0] > reference["q_logits"][:, 1])
+                             == (candidate["q_logits"][:, 0] > candidate["q_logits"][:, 1])))
+        agreement.append(halt)
+        if halt < bound:
+            failures.append(f"segment {seg}: halting agrees with PyTorch on {halt:.2%} of rows < {bound:.0%}")
+    return EngineParity(engine.name, precision, one, segments, worst, tuple(failures), agreement)
+
