@@ -186,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     except HRMError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":
+            raise
+        # ONNX Runtime is an extra (cpu or gpu, never both: the two packages shadow each other).
+        print("error: ONNX Runtime is not installed; install dualhrq with one of its runtimes: "
+              "pip install 'dualhrq[cpu]' (CPU) or 'dualhrq[gpu]' (GPU, see the README)", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

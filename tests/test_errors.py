@@ -56,3 +56,18 @@ def test_model_settings_outside_the_validated_config_are_configuration_errors(ti
     model = HRM(tiny_config.model)
     with pytest.raises(ConfigurationError, match="model.instrument_vocab"):
         model.grow_instruments(tiny_config.model.instrument_vocab)
+
+
+def test_a_missing_onnx_runtime_names_the_install_command_instead_of_a_traceback(monkeypatch, capsys):
+    from dualhrq import cli
+
+    def needs_ort(args):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args = parser.parse_args(["data", "list"])
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    args.func = needs_ort
+    assert cli.main([]) == 2
+    assert "pip install 'dualhrq[cpu]'" in capsys.readouterr().err
