@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 SERVE_HELP = """\
 Serve a bundle to order gateways over ZeroMQ (protocol v1, docs/PROTOCOL.md).
@@ -78,9 +77,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.log_json:
         use_json_logs()
-    # The event loop competes for the GIL with the feature and inference threads: hand it over more often
-    # than the default 5 ms so a waiting loop is never held up long.
-    sys.setswitchinterval(0.0005)
     overlay, source = _overlay(args)
     cfg = serve_settings(args.bundle, overlay, source)
     if cfg.serve.workers > 1 and not args.connect:

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,6 +65,8 @@ class Relay(Protocol):
     def publish(self, cmd: str, bundle: str = "") -> None: ...
 
     async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
+
+GIL_SWITCH_S = 0.0005
 
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
 _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
@@ -107,6 +110,9 @@ class Server:
     async def start(self) -> None:
         """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready."""
         self._loop = asyncio.get_running_loop()
+        # The loop competes for the GIL with the retrieval, feature and inference threads: hand it over more
+        # often than the default 5 ms, so that a waiting loop (or retrieval) is never held up long.
+        sys.setswitchinterval(GIL_SWITCH_S)
         host = await asyncio.to_thread(self._loader, self._bundle, self._hooks)
         self._host = host.start()
         self.metrics.watch_queue(lambda: self._host.batcher.depth if self._host else 0)
