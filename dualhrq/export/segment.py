@@ -93,10 +93,11 @@ def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
         # warning here is about a feature width read from a shape, which is fixed by the config anyway.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(SegmentGraph(model.eval()), args, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
-                          do_constant_folding=True)
+        with torch.no_grad():  # the graph is inference only: trace the forward as served (HRM.forward)
+            torch.onnx.export(SegmentGraph(model.eval()), args, str(path), dynamo=False, opset_version=opset,
+                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
+                              do_constant_folding=True)
     proto = onnx.load(str(path))
     _read_weights_directly(proto.graph)
     _declare_output_shapes(proto.graph, cfg)
