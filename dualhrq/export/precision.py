@@ -20,19 +20,58 @@ FP16_CPU_NOTE = ("measured on ONNX Runtime's CPU provider, which runs most fp16 
                  "behind inserted casts: the figures mostly reflect fp16 weights, a GPU computes in fp16 throughout")
 
 
-def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None) -> Path:
-    """fp16 weights and compute with fp32 inputs and outputs (casts at the graph's edges).
+def norm_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of every RMSNorm (the `norm1`/`norm2` scopes of the blocks): squares of activations
+    and their mean, which overflow fp16 (65504) as soon as an activation passes ~256."""
+    return [n.name for n in proto.graph.node if "/norm1/" in n.name or "/norm2/" in n.name]
 
-    ONNX Runtime's CPU provider lacks fp16 kernels for some ops and runs those in fp32 behind inserted casts,
-    so a CPU parity check of this graph is a check of fp16 weights plus whatever fp16 compute the CPU has; a
-    GPU runs it in fp16 throughout.
+
+def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None) -> Path:
+    """fp16 weights and compute with fp32 inputs and outputs (casts at the graph's edges), normalisation in fp32.
+
+    Every RMSNorm stays fp32 behind casts (see norm_nodes); ONNX Runtime still fuses it, and a GPU runs the
+    rest in fp16. The graph holds no constant beyond fp16's range: the pattern mask replaces scores with a
+    finite value (dualhrq.model.conditioning.MASKED_SCORE), and the converter's clamp (max_finite_val) is a
+    backstop, not a step the graph relies on. ONNX Runtime's CPU provider lacks fp16 kernels for some ops and
+    runs those in fp32 behind inserted casts, so a CPU parity check of this graph is a check of fp16 weights
+    plus whatever fp16 compute the CPU has.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # Constants beyond fp16's range are clamped to +-1e4 by the converter (max_finite_val): the attention
-    # pooling's -1e9 mask offset becomes -1e4, which still zeroes a masked neighbour's softmax weight.
-    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    proto = onnx.load(str(src))
+    kept = norm_nodes(proto)
+    proto = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
+    _drop_fp16_round_trips(proto.graph, kept)
     return save_graph(proto, dst, external_data)
+
+
+def _drop_fp16_round_trips(graph: onnx.GraphProto, fp32_nodes: list[str]) -> None:
+    """Rewire fp32 -> fp16 -> fp32 cast pairs between nodes kept in fp32 to the fp32 value itself.
+
+    The converter casts every kept node's output to fp16 and back for the next kept node, so a norm's squared
+    activations would pass through fp16 (and overflow) although both ends are fp32."""
+    kept = set(fp32_nodes)
+    fp32_values = {out for n in graph.node if n.name in kept for out in n.output}
+    producer = {out: n for n in graph.node for out in n.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename = {}
+    for node in graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT and first is not None
+                and cast_to(first) == onnx.TensorProto.FLOAT16 and first.input[0] in fp32_values):
+            rename[node.output[0]] = first.input[0]
+    graph_outputs = {o.name for o in graph.output}
+    nodes = [n for n in graph.node if not (n.output and n.output[0] in rename and n.output[0] not in graph_outputs)]
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+    used = {name for n in nodes for name in n.input} | graph_outputs
+    nodes = [n for n in nodes if cast_to(n) is None or any(out in used for out in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def mlp_weight_matmuls(proto: onnx.ModelProto) -> list[str]:

@@ -110,8 +110,8 @@ class HRM(nn.Module):
         h, l = cfg.h_module, cfg.l_module
         self.input = InputNetwork(cfg)
         self.conditioning = Conditioning(cfg)
-        self.h_module = ReasoningModule(h, cfg.norm_eps)
-        self.l_module = ReasoningModule(l, cfg.norm_eps)
+        self.h_module = ReasoningModule(h, cfg.norm_eps, cfg.coarse_len)
+        self.l_module = ReasoningModule(l, cfg.norm_eps, cfg.fine_len)
         # Cross-level injection: each level sees the other's mean-pooled state, projected to its width.
         self.h_to_l = nn.Linear(h.hidden_dim, l.hidden_dim, bias=False)
         self.l_to_h = nn.Linear(l.hidden_dim, h.hidden_dim, bias=False)
