@@ -7,6 +7,7 @@ inference thread) calls `run`, which is also where the carry lives between ACT s
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
 if TYPE_CHECKING:
     from dualhrq.config import ServeConfig
     from dualhrq.model import HRM
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch")
 
@@ -188,5 +191,17 @@ def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
         model = HRM(bundle.config.model)
         model.load_state_dict(bundle.state_dict())
         return TorchEngine(model, serve.max_batch)
+    if serve.precision == "int8" and backend == "onnx-cpu":
+        _note_int8_scheme(bundle.manifest.precisions["int8"].quantization)
     return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
                       serve.max_batch)
+
+
+def _note_int8_scheme(quantization: dict[str, Any] | None) -> None:
+    """An int8 graph chosen on a VNNI CPU still loads and serves on an AVX2-only one (ONNX Runtime falls back
+    to its AVX2 kernels), but those can saturate on signed weights: say so rather than assume."""
+    from dualhrq.cpu import has_vnni
+
+    if quantization and quantization.get("chosen_for") == "vnni" and not has_vnni():
+        log.warning("int8 graph (%s) was chosen on a CPU with VNNI; this one has none, so its AVX2 kernels may "
+                    "lose accuracy: its parity was measured on the exporting CPU only", quantization.get("scheme"))

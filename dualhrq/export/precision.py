@@ -7,6 +7,7 @@ variant is good enough is not decided here: dualhrq.export.parity measures it ag
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -74,40 +75,63 @@ def _drop_fp16_round_trips(graph: onnx.GraphProto, fp32_nodes: list[str]) -> Non
     graph.node.extend(nodes)
 
 
-def mlp_weight_matmuls(proto: onnx.ModelProto) -> list[str]:
-    """Names of the weight MatMuls inside the H and L blocks' SwiGLU MLPs: the ones int8 quantises.
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How the weights are quantised: ONNX Runtime's dynamic int8 (activations quantised per call)."""
 
-    The MLPs hold most of the blocks' weights (gate_up and down against qkv and out), so they carry most of
-    the size and speed gain. Measured on the tiny model's real-data parity inputs (AVX2 CPU, U8U8 weights):
-    quantising the MLPs alone kept forecast correlation with fp32 at 0.99986/0.99996; adding the attention
-    projections dropped it to 0.99785 and every weight MatMul to 0.99723, both under the 0.999 bound. The
-    input network, conditioning, cross-level projections and heads are small and stay fp32.
+    weights: str  # "u8" or "s8"
+    reduce_range: bool  # 7-bit weights: AVX2's u8 x s8 kernel adds pairs of products in 16 bits and saturates
+    per_channel: bool  # one scale per output column of each weight
+
+    @property
+    def name(self) -> str:
+        return (f"{self.weights}{' reduce_range' if self.reduce_range else ''}"
+                f"{' per-channel' if self.per_channel else ' per-tensor'}")
+
+
+def int8_schemes(vnni: bool) -> list[Int8Scheme]:
+    """The schemes to try for a CPU, best first; the export keeps the first that holds parity.
+
+    With VNNI (AVX512-VNNI, AVX-VNNI, AMX) u8 x s8 products accumulate in 32 bits, so signed weights at full
+    range are both fastest and exact enough. Without it (AVX2 only) the u8 x s8 kernel (vpmaddubsw) saturates
+    its 16-bit pair sums: unsigned weights (u8 x u8, a widening kernel) or signed weights at 7 bits
+    (reduce_range) avoid that. Measured on the tiny and full models on an AVX2-only EPYC: u8 per-channel was
+    both the more accurate and the faster of the two; s8 at full range lost 10x more accuracy.
     """
-    weights = {t.name for t in proto.graph.initializer}
-    return [n.name for n in proto.graph.node
-            if n.op_type == "MatMul" and n.input[1] in weights and "_module/" in n.name and "/mlp/" in n.name]
+    if vnni:
+        return [Int8Scheme("s8", False, True), Int8Scheme("u8", False, True)]
+    return [Int8Scheme("u8", False, True), Int8Scheme("s8", True, True)]
 
 
-def to_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantisation of the blocks' MLP weights (see mlp_weight_matmuls), for the CPU provider.
+def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
+    """Names of every MatMul whose second input is a 2-D weight: the ones int8 quantises.
 
-    Weights are quantised once here, activations on the fly per call; everything else stays fp32, and no
-    activation-by-activation MatMul is ever quantised. Unsigned 8-bit weights (U8U8): on x86 CPUs without
-    VNNI (this machine: AVX2 only) ONNX Runtime's kernels for the signed weights (U8S8) can saturate; on the
-    tiny model with real inputs signed weights lost 5x more accuracy (max error 0.29 against 0.014).
-    Per-channel scales are not used: ONNX Runtime 1.2x cannot load per-channel dynamic MatMuls of this graph.
+    That is every projection of the model: attention (qkv, out), the MLPs, the cross-level projections, the
+    input network and the conditioning. Activation-by-activation products (attention's QK^T and AV) have no
+    weight and stay fp32, as do the Gemm heads (a handful of rows) and the pattern query (a weight vector,
+    which per-channel quantisation cannot take).
     """
+    rank = {t.name: len(t.dims) for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and rank.get(n.input[1]) == 2]
+
+
+def to_int8(src: str | Path, dst: str | Path, scheme: Int8Scheme) -> Path:
+    """Dynamic int8 quantisation of every weight MatMul (see weight_matmuls) under `scheme`, for the CPU
+    provider. Weights are quantised once here, activations on the fly per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
-    nodes = mlp_weight_matmuls(onnx.load(str(src), load_external_data=False))  # node names suffice
+    nodes = weight_matmuls(onnx.load(str(src), load_external_data=False))  # node names suffice
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor on the root logger
     try:
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                         weight_type=QuantType.QUInt8, extra_options={"MatMulConstBOnly": True})
+                         per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                         weight_type=QuantType.QUInt8 if scheme.weights == "u8" else QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
-    log.info("int8: quantised %d MLP weight MatMuls; attention, heads and conditioning stay fp32", len(nodes))
+    log.info("int8 (%s): quantised %d weight MatMuls; activation products and heads stay fp32", scheme.name,
+             len(nodes))
     return dst
