@@ -11,7 +11,7 @@ import torch
 from dualhrq.contract import OUTPUT_NAMES, ort_session, run_session
 from dualhrq.export.engines import OnnxEngine
 from dualhrq.export.inputs import parity_feeds
-from dualhrq.export.parity import FP32_MAX_ABS_ERR, MAX_QUANTITY_ERR, carry_parity, measure_parity
+from dualhrq.export.parity import FP32_MAX_ABS_ERR, HALTING_TIE, MAX_QUANTITY_ERR, carry_parity, measure_parity
 from dualhrq.export.precision import Int8Scheme, int8_schemes, to_fp16, to_int8, weight_matmuls
 from dualhrq.export.segment import export_segment, run_torch
 from dualhrq.model import HRM
@@ -112,10 +112,26 @@ def test_each_reduced_precision_gate_fails_when_its_bound_is_broken(setup, name,
     """On 32 windows one flipped decision is a 3% disagreement, past every 99% agreement bound."""
     _, _, _, reference, _ = setup
     assert measure_parity(reference, reference, "int8").passed
-    if name == "q_logits":  # the untrained Q-head says the same for every window: make halting decisions differ
+    if name == "q_logits":  # the untrained Q-head is at a tie everywhere: give fp32 a decision to disagree with
         reference = _perturbed(reference, "q_logits", lambda q: q.__setitem__((slice(None), 0), q[:, 0] + 1.0))
     broken = measure_parity(reference, _perturbed(reference, name, change), "int8")
     assert not broken.passed and any(f.startswith(failure) for f in broken.failures), broken.failures
+
+
+def test_halting_is_compared_where_fp32_decides_and_a_tie_never_fails(setup):
+    _, _, _, reference, _ = setup
+
+    def margins(values):  # q_halt - q_continue per window
+        return _perturbed(reference, "q_logits", lambda q: q.__setitem__((slice(None), 1), q[:, 0] - values))
+
+    n = len(reference["q_logits"])
+    tie = np.full(n, HALTING_TIE / 2)
+    parity = measure_parity(margins(tie), margins(-tie), "int8")
+    assert parity.halting_decided == 0 and parity.passed  # every sign flipped, but fp32 decided nothing
+    decided = np.r_[HALTING_TIE / 2, np.ones(n - 1)]
+    parity = measure_parity(margins(decided), margins(np.r_[decided[:1], -decided[1:2], decided[2:]]), "int8")
+    assert parity.halting_decided == n - 1 and not parity.passed
+    assert any(f.startswith("halting:") for f in parity.failures)
 
 
 def test_carry_parity_holds_every_segment_to_the_precisions_bounds(setup):

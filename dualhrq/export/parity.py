@@ -5,7 +5,7 @@ fp32 must reproduce PyTorch (max absolute error <= 1e-4 on every output, the sam
 Reduced precisions (fp16, int8, a TensorRT engine) are held, on the same held-out windows, to what a trading
 signal needs: the same action on >= 99% of windows, forecasts and value that correlate >= 0.999 with
 PyTorch, quantities within 2% of the quantity range, the same halting decision (the sign of q_halt -
-q_continue) and the same most likely regime on >= 99%. The carry check repeats this over several segments,
+q_continue, where fp32 is not at a tie) and the same most likely regime on >= 99%. The carry check repeats this over several segments,
 each side feeding back its own carry, for every precision: drift that compounds over an ACT loop shows up
 there.
 """
@@ -29,6 +29,9 @@ MIN_ACTION_AGREEMENT = 0.99
 MIN_HALTING_AGREEMENT = 0.99
 MIN_REGIME_AGREEMENT = 0.99
 MAX_QUANTITY_ERR = 0.02  # of the quantity range (model.quantity_max - quantity_min)
+# Halting is compared where fp32 decides: |q_halt - q_continue| >= this many logits. Below it fp32 itself is at
+# a tie (an early Q-head sits near 0 everywhere) and any rounding flips the sign without meaning anything.
+HALTING_TIE = 0.05
 # Fewer held-out windows than this cannot show a 1% disagreement rate with any confidence.
 MIN_PARITY_WINDOWS = 1000
 FORECASTS = ("forecast_coarse", "forecast_fine")
@@ -48,7 +51,8 @@ class Parity:
     action_agreement: float  # share of samples whose argmax action matches PyTorch's
     forecast_corr: dict[str, float]  # Pearson correlation per forecast output
     failures: tuple[str, ...]  # each missed bound, in words; empty when the artifact passes
-    halting_agreement: float = float("nan")  # share whose sign of q_halt - q_continue matches
+    halting_agreement: float = float("nan")  # share of decided windows whose sign of q_halt - q_continue matches
+    halting_decided: int = 0  # windows where fp32 is not at a tie (see HALTING_TIE)
     regime_agreement: float = float("nan")  # share whose most likely regime matches
     value_corr: float = float("nan")
     quantity_err: float = float("nan")  # max abs error as a share of the quantity range
@@ -64,7 +68,7 @@ class Parity:
         corr = "/".join(f"{self.forecast_corr[f]:.5f}" for f in FORECASTS)
         return (f"max|err| {max(self.max_abs_err.values()):.2e}, actions {self.action_agreement:.1%}, "
                 f"forecast corr {corr}, value corr {self.value_corr:.5f}, quantity err {self.quantity_err:.2%}, "
-                f"halting {self.halting_agreement:.1%}, regime {self.regime_agreement:.1%}")
+                f"halting {self.halting_agreement:.1%} of {self.halting_decided} decided, regime {self.regime_agreement:.1%}")
 
 
 def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str,
@@ -80,8 +84,11 @@ def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
     errors = {name: float(np.max(np.abs(candidate[name].astype(np.float64) - reference[name])))
               for name in OUTPUT_NAMES}
     agreement = _agreement(reference["policy_logits"].argmax(-1), candidate["policy_logits"].argmax(-1))
-    halting = _agreement(np.sign(reference["q_logits"][:, 0] - reference["q_logits"][:, 1]),
-                         np.sign(candidate["q_logits"][:, 0] - candidate["q_logits"][:, 1]))
+    margin = reference["q_logits"][:, 0].astype(np.float64) - reference["q_logits"][:, 1]
+    decided = np.abs(margin) >= HALTING_TIE
+    halting = (_agreement(np.sign(margin[decided]),
+                          np.sign(candidate["q_logits"][decided, 0] - candidate["q_logits"][decided, 1]))
+               if decided.any() else 1.0)
     regime = _agreement(reference["regime_probs"].argmax(-1), candidate["regime_probs"].argmax(-1))
     corr = {name: _correlation(reference[name], candidate[name]) for name in FORECASTS}
     value = _correlation(reference["value"], candidate["value"])
@@ -105,7 +112,8 @@ def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
             if not share >= bound:
                 failures.append(f"{what}: {share:.2%} agree with fp32 < {bound:.0%}")
     samples = len(reference["policy_logits"])
-    return Parity(precision, samples, errors, agreement, corr, tuple(failures), halting, regime, value, quantity)
+    return Parity(precision, samples, errors, agreement, corr, tuple(failures), halting, int(decided.sum()), regime,
+                  value, quantity)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
