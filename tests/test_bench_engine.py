@@ -29,6 +29,7 @@ def test_bench_engine_reports_each_engine_against_eager_with_manifest_parity(tin
     assert floor["gflop"] > 0 and floor["floor_ms"] == pytest.approx(engines["floor"]["latency_ms"]["p50"])
     assert floor["gemm_gflops_per_s"] == pytest.approx(floor["gflop"] / floor["floor_ms"] * 1e3)
     assert fp32["x_floor"]["p50"] == pytest.approx(fp32["latency_ms"]["p50"] / floor["floor_ms"])
+    assert fp32["x_fp32_p50"] == 1.0
     assert isinstance(report["cpu_flags"], list) and isinstance(report["vnni"], bool)
     assert "real windows" in report["inputs"] and "tensorrt" in report["skipped"]
     assert plot.stat().st_size > 0

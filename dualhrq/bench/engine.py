@@ -169,8 +169,9 @@ def summarize_engines(times: dict[str, np.ndarray], engines: list[EngineRun]) ->
     the floor's p50 (when the floor was timed) at p50 and p95."""
     out = {e.name: {"latency_ms": percentiles_ms(times[e.name]), "mean_ms": float(times[e.name].mean()),
                     "parity": e.parity} for e in engines}
-    eager, floor = out.get(EAGER), out.get(FLOOR)
+    eager, floor, fp32 = out.get(EAGER), out.get(FLOOR), out.get("onnx-fp32")
     for s in out.values():
+        s["x_fp32_p50"] = s["latency_ms"]["p50"] / fp32["latency_ms"]["p50"] if fp32 else None
         s["speedup_vs_eager"] = ({q: eager["latency_ms"][q] / s["latency_ms"][q] for q in ("p50", "p95")}
                                  if eager else None)
         s["x_floor"] = ({q: s["latency_ms"][q] / floor["latency_ms"]["p50"] for q in ("p50", "p95")}
@@ -241,6 +242,10 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     if floor_summary:
         print(format_floor(floor_summary))
     print(format_engines(summary))
+    ratios = [f"{name} {s['x_fp32_p50']:.2f}" for name, s in summary.items()
+              if name.startswith("onnx-") and name != "onnx-fp32" and s["x_fp32_p50"] is not None]
+    if ratios:
+        print(f"p50 as a share of onnx-fp32's: {', '.join(ratios)}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if args.json:
