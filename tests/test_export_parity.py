@@ -183,9 +183,13 @@ def test_int8_scheme_follows_the_cpu_and_every_scheme_loads(setup):
     assert int8_schemes(vnni=True)[0] == Int8Scheme("s8", False, True)
     avx2 = int8_schemes(vnni=False)
     assert not any(s.weights == "s8" and not s.reduce_range for s in avx2)
+    assert avx2[-1].scope == "mlp" and all(s.scope == "all" for s in avx2[:-1])  # the narrower scope last
     for i, scheme in enumerate({*avx2, *int8_schemes(vnni=True)}):
-        out = run_session(ort_session(to_int8(graph, root / f"scheme{i}.onnx", scheme)), feeds.feeds)
+        path = to_int8(graph, root / f"scheme{i}.onnx", scheme)
+        out = run_session(ort_session(path), feeds.feeds)
         assert all(np.isfinite(out[name]).all() for name in OUTPUT_NAMES)
+        integer = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulInteger"]
+        assert integer and (scheme.scope == "all" or all("/mlp/" in name for name in integer))
 
 
 def test_fp16_keeps_fp32_io_and_passes_on_both_pattern_paths(setup):

@@ -269,9 +269,9 @@ def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, Car
         progress(f"  int8 {scheme.name}: {parity.summary()}: missed, trying the next scheme")
     quantization = {"scheme": scheme.name, "weights": scheme.weights, "reduce_range": scheme.reduce_range,
                     "per_channel": scheme.per_channel, "chosen_for": "vnni" if vnni else "avx2 (no vnni)",
-                    "cpu_flags": isa_flags(), "scope": f"{len(weight_matmuls(onnx.load(str(fp32), load_external_data=False)))} "
-                    "weight MatMuls (attention, MLP, cross-level, input, conditioning); activation products and "
-                    "Gemm heads fp32", "tried": tried}
+                    "cpu_flags": isa_flags(), "scope": scheme.scope,
+                    "quantised_matmuls": len(weight_matmuls(onnx.load(str(fp32), load_external_data=False), scheme.scope)),
+                    "tried": tried}
     progress(f"  int8 scheme {scheme.name}, chosen for {quantization['chosen_for']}")
     return _judge(parity, carry, path, options, progress, warnings, quantization=quantization)
 
