@@ -204,3 +204,15 @@ def test_fp16_keeps_fp32_io_and_passes_on_both_pattern_paths(setup):
     parity = measure_parity(reference, out, "fp16")
     assert parity.passed, parity.failures
 
+
+
+def test_an_int8_graph_chosen_on_a_vnni_cpu_serves_elsewhere_with_a_warning(monkeypatch, caplog):
+    import dualhrq.cpu
+    from dualhrq.export.engines import _note_int8_scheme
+
+    monkeypatch.setattr(dualhrq.cpu, "has_vnni", lambda flags=None: False)
+    with caplog.at_level("WARNING", logger="dualhrq.export.engines"):
+        _note_int8_scheme({"chosen_for": "avx2 (no vnni)", "scheme": "s8 reduce_range per-channel"})
+        assert not caplog.records
+        _note_int8_scheme({"chosen_for": "vnni", "scheme": "s8 per-channel"})
+    assert "chosen on a CPU with VNNI" in caplog.text
