@@ -8,13 +8,13 @@ imported only when a session is made, so a TensorRT-only or torch-only process n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dualhrq.config import ModelConfig
+from dualhrq.cpu import usable_cores
 from dualhrq.errors import ConfigurationError, InferenceError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -59,16 +59,36 @@ def as_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(feeds[name], dtype) for name, dtype in _DTYPES.items()}
 
 
+def ort_session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
+    """The serving settings for any CPU session: every graph optimisation, sequential execution, `threads`
+    intra-op threads (0: usable_cores()) and one inter-op thread.
+
+    spinning: idle intra-op threads busy-wait between the nodes of a run instead of sleeping; they stop when
+    the run ends (force_spinning_stop), so between runs they leave the cores to other processes. Worth it
+    only when the engine owns its cores: on shared ones a spinning worker takes a core the rest of the
+    machine needs (`dualhrq bench engine` measures both ways)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or usable_cores()
+    opts.inter_op_num_threads = 1  # sequential execution: a second pool would only add wake-ups
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 def ort_session(path: str | Path, threads: int = 0, spinning: bool = False, backend: str = "onnx-cpu",
                 provider_options: dict[str, dict[str, str]] | None = None) -> ort.InferenceSession:
-    """A session on the segment graph at `path` with the serving settings: every graph optimisation,
-    sequential execution, `threads` intra-op threads (0: one per core) and one inter-op thread.
+    """A session on the segment graph at `path` with the serving settings (ort_session_options).
 
-    spinning: let idle intra-op threads busy-wait for the next call: lower latency between the segments of
-    one request, but off is kinder to cores shared with other processes. Loading by path lets ONNX Runtime
-    find an external-data side file next to the graph. provider_options: options per provider name (what the
-    GPU engines set: CUDA graphs, TensorRT's precision, cache and profiles). Raises ConfigurationError for a
-    backend this install cannot run, ModelLoadError for a graph that is missing, malformed or not the segment graph.
+    Loading by path lets ONNX Runtime find an external-data side file next to the graph. provider_options:
+    options per provider name (what the GPU engines set: CUDA graphs, TensorRT's precision, cache and
+    profiles). Raises
+    ConfigurationError for a backend this install cannot run, ModelLoadError for a graph that is missing,
+    malformed or not the segment graph.
     """
     import onnxruntime as ort
 
@@ -81,13 +101,7 @@ def ort_session(path: str | Path, threads: int = 0, spinning: bool = False, back
         raise ConfigurationError(f"serve.backend: {backend} needs ONNX Runtime's {wanted[0]}, which this "
                                  f"install lacks (available: {', '.join(available)}); install onnxruntime-gpu "
                                  "on a CUDA machine or use onnx-cpu")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1  # sequential execution: a second pool would only add wake-ups
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts = ort_session_options(threads, spinning)
     try:
         providers = [(p, provider_options.get(p, {})) for p in wanted] if provider_options else wanted
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

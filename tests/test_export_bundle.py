@@ -91,7 +91,14 @@ def test_manifest_records_what_the_bundle_holds(bundle, checkpoint, tiny_config)
     assert set(m["precisions"]) == {"fp32", "fp16", "int8"}
     for entry in m["precisions"].values():
         assert set(entry["parity"]) >= {"max_abs_err", "action_agreement", "forecast_corr", "passed"}
-    assert m["precisions"]["fp32"]["carry"]["segments"] == 2
+    for name, entry in m["precisions"].items():  # every precision: carry parity and ORT's node counts
+        assert entry["carry"]["segments"] == 2 and entry["carry"]["precision"] == name
+        assert 0 < entry["nodes"]["optimized"] < entry["nodes"]["exported"]
+        assert sum(entry["nodes"]["optimized_ops"].values()) == entry["nodes"]["optimized"]
+    assert "SimplifiedLayerNormalization" in m["precisions"]["fp32"]["nodes"]["fused"]
+    quantization = m["precisions"]["int8"]["quantization"]
+    assert quantization["chosen_for"] in ("vnni", "avx2 (no vnni)") and quantization["tried"][-1]["passed"] in (
+        True, False) and quantization["scheme"] == quantization["tried"][-1]["scheme"]
     assert m["tensorrt"]["built"] is False and "reason" in m["tensorrt"]
     assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
     assert m["created_at"].endswith("+00:00")

@@ -78,10 +78,10 @@ def test_node_count_grows_linearly_with_the_number_of_updates(tiny_config, tmp_p
     # One attention softmax per block application: exactly one more per update (one layer per module).
     assert [s - softmax[0] for s in softmax] == [u - updates[0] for u in updates]
     # The whole graph grows by the same number of nodes per update, to within the few nodes the exporter
-    # shares between the L steps of one cycle (they read the same H state).
+    # shares between the L steps of one cycle (they read the same H state, so one injection per cycle).
     per_update = [(nodes[1] - nodes[0]) / (updates[1] - updates[0]), (nodes[2] - nodes[1]) / (updates[2] - updates[1])]
     assert per_update[0] > 20
-    assert per_update[1] == pytest.approx(per_update[0], rel=0.02)
+    assert per_update[1] == pytest.approx(per_update[0], abs=2)
 
 
 def test_external_data_graph_loads_by_path_and_gives_the_same_outputs(exported, tiny_config, tmp_path):
@@ -124,3 +124,46 @@ def test_full_size_fp16_graph_is_under_100_mb_and_fp32_matches(full_config, tmp_
     feeds = example_feeds(full_config.model, 2)
     got, want = run_session(ort_session(fp32), feeds), run_torch(model, feeds)
     assert max(float(np.abs(got[n] - want[n]).max()) for n in OUTPUT_NAMES) <= 1e-4
+
+
+def _float_constants(proto: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
+    tensors = [(t.name, t) for t in proto.graph.initializer]
+    tensors += [(n.name, a.t) for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    return [(name, onnx.numpy_helper.to_array(t)) for name, t in tensors if t.data_type in floats]
+
+
+def test_no_constant_of_the_fp32_or_fp16_graph_is_beyond_fp16_range(exported, tmp_path):
+    """Both graphs: the fp32 one, so the converter's clamp is never what keeps the fp16 graph finite."""
+    _, fp32 = exported
+    fp16 = to_fp16(fp32, tmp_path / "segment_fp16.onnx")
+    limit = float(np.finfo(np.float16).max)
+    for path in (fp32, fp16):
+        beyond = [name for name, v in _float_constants(onnx.load(str(path)))
+                  if not (np.isfinite(v).all() and np.abs(v.astype(np.float64)).max(initial=0.0) <= limit)]
+        assert beyond == [], f"{path.name}: {beyond}"
+
+
+def test_the_fp16_graph_normalises_in_fp32_from_square_to_scale(exported, tmp_path):
+    """Every RMSNorm node reads and writes fp32 (no fp16 round trip between its steps), and activations whose
+    squares overflow fp16 (|x| > 256) still normalise to finite outputs."""
+    from dualhrq.export.precision import norm_nodes
+
+    model, fp32 = exported
+    fp16 = to_fp16(fp32, tmp_path / "segment_fp16.onnx")
+    proto = onnx.load(str(fp16))
+    kept = set(norm_nodes(proto))
+    assert kept and {n.op_type for n in proto.graph.node if n.name in kept} >= {"Pow", "ReduceMean", "Sqrt", "Div"}
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    for node in proto.graph.node:
+        if node.name in kept and node.op_type != "Constant":
+            for name in node.input:
+                source = producer.get(name)
+                assert source is None or source.name in kept or source.op_type == "Cast", (node.name, name)
+                if source is not None and source.op_type == "Cast":
+                    to = next(a.i for a in source.attribute if a.name == "to")
+                    assert to == onnx.TensorProto.FLOAT, (node.name, name)
+    feeds = example_feeds(model.cfg, 2)
+    feeds["z_L"] = np.full_like(feeds["z_L"], 300.0)
+    out = run_session(ort_session(fp16), feeds)
+    assert all(np.isfinite(out[name]).all() for name in OUTPUT_NAMES)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dualhrq.contract import OUTPUT_NAMES, ort_session, run_session
+from dualhrq.export.engines import OnnxEngine
 from dualhrq.export.inputs import parity_feeds
-from dualhrq.export.parity import FP32_MAX_ABS_ERR, carry_parity, measure_parity
-from dualhrq.export.precision import mlp_weight_matmuls, to_fp16, to_int8
+from dualhrq.export.parity import FP32_MAX_ABS_ERR, HALTING_TIE, MAX_QUANTITY_ERR, carry_parity, measure_parity
+from dualhrq.export.precision import Int8Scheme, int8_schemes, to_fp16, to_int8, weight_matmuls
 from dualhrq.export.segment import export_segment, run_torch
 from dualhrq.model import HRM
 from dualhrq.train.checkpoint import save_checkpoint
@@ -57,8 +58,10 @@ def test_fp32_graph_matches_pytorch_on_real_data(setup):
 
 def test_carry_fed_back_over_three_segments_matches_pytorch(setup):
     model, graph, feeds, reference, _ = setup
-    carry = carry_parity(model, ort_session(graph), feeds.feeds, segments=3)
+    engine = OnnxEngine(graph, threads=1, max_batch=len(reference["policy_logits"]))
+    carry = carry_parity(model, engine.run, feeds.feeds, "fp32", segments=3)
     assert carry.passed, carry.failures
+    assert carry.action_agreement == [1.0] * 3 and carry.halting_agreement == [1.0] * 3
     assert len(carry.max_abs_err) == 3 and max(carry.max_abs_err) <= FP32_MAX_ABS_ERR
     # The carry really was fed back: a third segment differs from the first.
     third = dict(feeds.feeds)
@@ -83,16 +86,85 @@ def test_parity_check_fails_a_graph_that_drifts(setup):
     assert not reduced.passed and any("forecast_coarse: correlation" in f for f in reduced.failures)
 
 
-def test_int8_quantises_only_the_block_mlp_weights_and_reports_figures(setup, tiny_config):
+def _perturbed(reference, name, change):
+    out = {k: v.copy() for k, v in reference.items()}
+    change(out[name])
+    return out
+
+
+def _flip_first(rows):
+    rows[:1] = np.roll(rows[:1], 1, axis=-1)  # the first window's argmax (or sign of halt - continue) changes
+
+
+def _shuffle(values):
+    values[:] = np.random.default_rng(0).permutation(values)
+
+
+@pytest.mark.parametrize(("name", "change", "failure"), [
+    ("quantity", lambda q: q.__iadd__(1.5 * MAX_QUANTITY_ERR), "quantity: max abs error"),
+    ("q_logits", _flip_first, "halting:"),
+    ("value", _shuffle, "value: correlation"),
+    ("regime_probs", _flip_first, "regime argmax:"),
+    ("policy_logits", _flip_first, "actions:"),
+    ("forecast_fine", _shuffle, "forecast_fine: correlation"),
+])
+def test_each_reduced_precision_gate_fails_when_its_bound_is_broken(setup, name, change, failure):
+    """On 32 windows one flipped decision is a 3% disagreement, past every 99% agreement bound."""
+    _, _, _, reference, _ = setup
+    assert measure_parity(reference, reference, "int8").passed
+    if name == "q_logits":  # the untrained Q-head is at a tie everywhere: give fp32 a decision to disagree with
+        reference = _perturbed(reference, "q_logits", lambda q: q.__setitem__((slice(None), 0), q[:, 0] + 1.0))
+    broken = measure_parity(reference, _perturbed(reference, name, change), "int8")
+    assert not broken.passed and any(f.startswith(failure) for f in broken.failures), broken.failures
+
+
+def test_halting_is_compared_where_fp32_decides_and_a_tie_never_fails(setup):
+    _, _, _, reference, _ = setup
+
+    def margins(values):  # q_halt - q_continue per window
+        return _perturbed(reference, "q_logits", lambda q: q.__setitem__((slice(None), 1), q[:, 0] - values))
+
+    n = len(reference["q_logits"])
+    tie = np.full(n, HALTING_TIE / 2)
+    parity = measure_parity(margins(tie), margins(-tie), "int8")
+    assert parity.halting_decided == 0 and parity.passed  # every sign flipped, but fp32 decided nothing
+    decided = np.r_[HALTING_TIE / 2, np.ones(n - 1)]
+    parity = measure_parity(margins(decided), margins(np.r_[decided[:1], -decided[1:2], decided[2:]]), "int8")
+    assert parity.halting_decided == n - 1 and not parity.passed
+    assert any(f.startswith("halting:") for f in parity.failures)
+
+
+def test_carry_parity_holds_every_segment_to_the_precisions_bounds(setup):
+    """A candidate that matches on the first segment but drifts through its carry fails on a later segment."""
+    model, _, feeds, _, _ = setup
+
+    def drifting(f):
+        out = run_torch(model, f)
+        if f["z_L"].any():  # not the first segment: the carry went in
+            out["forecast_fine"] = np.random.default_rng(1).permutation(out["forecast_fine"])
+        return out
+
+    carry = carry_parity(model, drifting, feeds.feeds, "int8", segments=3)
+    assert not carry.passed
+    assert carry.failures[0].startswith("segment 2: forecast_fine: correlation")
+    assert carry_parity(model, lambda f: run_torch(model, f), feeds.feeds, "int8", segments=2).passed
+
+
+def test_int8_quantises_every_weight_matmul_and_leaves_activation_products_float(setup, tiny_config):
     _, graph, feeds, reference, root = setup
-    path = to_int8(graph, root / "segment_int8.onnx")
+    scheme = int8_schemes(vnni=False)[0]
+    path = to_int8(graph, root / "segment_int8.onnx", scheme)
     q = onnx.load(str(path))
     weights = {t.name for t in q.graph.initializer}
-    integer = [n for n in q.graph.node if n.op_type == "MatMulInteger"]
+    integer = [n for n in q.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert integer and all(n.input[1] in weights for n in integer)  # B is a stored quantised weight
-    assert all("/mlp/" in n.name for n in integer)
-    assert len(integer) == len(mlp_weight_matmuls(onnx.load(str(graph))))
-    assert not mlp_weight_matmuls(q)  # none left in float
+    assert len(integer) == len(weight_matmuls(onnx.load(str(graph))))
+    # Left in float: only the Gemm heads and conditioning layers (a handful of rows; the quantizer writes them
+    # as MatMul + Add).
+    assert all(name.endswith("/Gemm_MatMul") for name in weight_matmuls(q))
+    scopes = {scope for n in integer for scope in ("/attn/", "/mlp/", "/h_to_l", "/l_to_h", "/input/")
+              if scope in n.name}
+    assert scopes == {"/attn/", "/mlp/", "/h_to_l", "/l_to_h", "/input/"}
     # Attention's two activation products per block stay float MatMuls: 2 per block application.
     m = tiny_config.model
     blocks = m.l_module.num_layers * m.n_cycles * m.t_steps + m.h_module.num_layers * m.n_cycles
@@ -103,6 +175,21 @@ def test_int8_quantises_only_the_block_mlp_weights_and_reports_figures(setup, ti
     assert set(parity.max_abs_err) == set(OUTPUT_NAMES)
     assert 0.5 <= parity.action_agreement <= 1.0
     assert all(0.9 < c <= 1.0 for c in parity.forecast_corr.values())  # close, whether or not it passes
+
+
+def test_int8_scheme_follows_the_cpu_and_every_scheme_loads(setup):
+    """VNNI: signed weights at full range first; AVX2 only: never signed weights at full range (they saturate)."""
+    _, graph, feeds, _, root = setup
+    assert int8_schemes(vnni=True)[0] == Int8Scheme("s8", False, True)
+    avx2 = int8_schemes(vnni=False)
+    assert not any(s.weights == "s8" and not s.reduce_range for s in avx2)
+    assert avx2[-1].scope == "mlp" and all(s.scope == "all" for s in avx2[:-1])  # the narrower scope last
+    for i, scheme in enumerate({*avx2, *int8_schemes(vnni=True)}):
+        path = to_int8(graph, root / f"scheme{i}.onnx", scheme)
+        out = run_session(ort_session(path), feeds.feeds)
+        assert all(np.isfinite(out[name]).all() for name in OUTPUT_NAMES)
+        integer = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulInteger"]
+        assert integer and (scheme.scope == "all" or all("/mlp/" in name for name in integer))
 
 
 def test_fp16_keeps_fp32_io_and_passes_on_both_pattern_paths(setup):
@@ -117,3 +204,15 @@ def test_fp16_keeps_fp32_io_and_passes_on_both_pattern_paths(setup):
     parity = measure_parity(reference, out, "fp16")
     assert parity.passed, parity.failures
 
+
+
+def test_an_int8_graph_chosen_on_a_vnni_cpu_serves_elsewhere_with_a_warning(monkeypatch, caplog):
+    import dualhrq.cpu
+    from dualhrq.export.engines import _note_int8_scheme
+
+    monkeypatch.setattr(dualhrq.cpu, "has_vnni", lambda flags=None: False)
+    with caplog.at_level("WARNING", logger="dualhrq.export.engines"):
+        _note_int8_scheme({"chosen_for": "avx2 (no vnni)", "scheme": "s8 reduce_range per-channel"})
+        assert not caplog.records
+        _note_int8_scheme({"chosen_for": "vnni", "scheme": "s8 per-channel"})
+    assert "chosen on a CPU with VNNI" in caplog.text

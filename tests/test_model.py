@@ -117,3 +117,33 @@ def test_convergence_diagnostics_shape(tiny_config):
 def test_config_is_frozen_and_replaceable(tiny_config):
     bigger = msgspec.structs.replace(tiny_config.model, n_cycles=3)
     assert HRM(bigger).cfg.n_cycles == 3
+
+
+def test_graph_facing_forms_compute_what_the_plain_forms_do_on_the_same_weights(tiny_config):
+    """Attention, RMSNorm and pattern pooling are written for the exported graph (constant reshapes, the
+    fusable norm, a finite mask score); the same weights must give what the plain formulas give, so a
+    checkpoint trained with the plain forms loads unchanged and means the same."""
+    import math
+
+    from dualhrq.model.conditioning import PatternPooling
+    from dualhrq.model.layers import Attention, RMSNorm
+
+    torch.manual_seed(0)
+    b, s, d, heads = 3, 7, 12, 3
+    x = torch.randn(b, s, d)
+    attn = Attention(d, heads, s)
+    qkv = attn.qkv(x).view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    att = (qkv[0] @ qkv[1].transpose(-1, -2) / math.sqrt(d // heads)).softmax(-1)
+    plain = attn.out((att @ qkv[2]).transpose(1, 2).reshape(b, s, d))
+    torch.testing.assert_close(attn(x), plain, rtol=0, atol=1e-6)
+    norm = RMSNorm(d)
+    norm.weight.data.uniform_(0.5, 1.5)
+    torch.testing.assert_close(norm(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight,
+                               rtol=1e-6, atol=1e-6)
+    pool = PatternPooling(8)
+    context, mask = torch.randn(b, 5, 8), torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]).float()
+    scores = pool.key(context) @ pool.query / math.sqrt(8)
+    weights = torch.softmax(scores + (mask - 1.0) * 1e9, dim=-1) * mask
+    torch.testing.assert_close(pool(context, mask), torch.einsum("bk,bkp->bp", weights, pool.value(context)),
+                               rtol=0, atol=1e-6)
+    assert torch.equal(pool(context, mask)[1], torch.zeros(8))  # all masked: exactly zero

@@ -24,23 +24,32 @@ from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms, plot_latencies
 from dualhrq.bench.requests import RealWindows
 from dualhrq.config import ServeConfig
+from dualhrq.cpu import has_vnni, isa_flags, usable_cores
 from dualhrq.errors import HRMError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 EAGER = "torch-eager"
+FLOOR = "floor"
+SPIN = "+spin"
 
 HELP = """\
 Time one segment (N x T as exported, batch 1 by default) through PyTorch eager, ONNX Runtime CPU for every
 graph precision in the bundle (fp32, int8, fp16), ONNX Runtime CUDA where its provider is installed with a
 GPU, and TensorRT where the bundle has an engine and `tensorrt` imports. Rounds are interleaved so every
-engine sees the same machine load; each gets --threads intra-op threads and ONNX Runtime pools do not spin
-(a spinning pool would burn the cores the next engine in the round needs).
+engine sees the same machine load; each gets --threads intra-op threads (default: the cores this process may
+use, from its CPU affinity and cgroup quota). --spin both (the default) times every ONNX Runtime CPU graph
+twice, with pools that sleep between nodes and with pools that spin while a run is in progress (`+spin`).
+
+The floor is timed in the same rounds: a graph of exactly the segment's weight matmuls (its own weights, its
+shapes at --batch), on the same threads. Its FLOPs over its p50 is ONNX Runtime's GEMM rate at the segment's
+shapes on this CPU; its p50 is the least a segment can take here, and every engine's `x floor` is its p50
+over that. The header names the CPU and its instruction sets (AVX2, AVX-512, VNNI, BF16, AMX).
 
 Inputs are real: windows of a bundled dataset (default: the one the model was trained on) turned into graph
 inputs by the runtime's feature path, with pattern context from the bundle's library. Reported per engine:
-p50/p90/p95/p99/max, the ratio of eager's p50 and p95 to the engine's (x faster), and the parity figures the
-export measured (from the manifest). A request runs between act.min_segments and act.max_segments segments.
+p50/p90/p95/p99/max, the ratio to the floor, the ratio of eager's p50 and p95 to the engine's (x faster), and
+the parity figures the export measured (from the manifest). A request runs between act.min_segments and act.max_segments segments.
 """
 
 
@@ -48,7 +57,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, metavar="B", help="bundle directory written by `dualhrq export`")
     p.add_argument("--runs", type=int, default=200, metavar="N", help="timed rounds (default 200)")
     p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed rounds first (default 20)")
-    p.add_argument("--threads", type=int, default=2, metavar="N", help="intra-op threads per engine (default 2)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="intra-op threads per engine (default 0: the cores this process may use)")
+    p.add_argument("--spin", choices=("off", "on", "both"), default="both",
+                   help="ONNX Runtime CPU pools spin during a run: off, on, or both as separate engines (default)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="rows per call (default 1)")
     p.add_argument("--dataset", metavar="NAME", help="bundled dataset of the input windows (default: the "
                    "training dataset in the bundle's config)")
@@ -92,8 +104,11 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
     return feeds, f"{name}: {len(real.windows)} real windows ({real.instrument} {real.timeframe}), batch {batch}"
 
 
-def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[EngineRun], dict[str, str]]:
-    """Every engine this machine can run for `bundle`, and why the others were skipped."""
+def available_engines(bundle: Any, threads: int, batch: int, spin: str = "off"
+                      ) -> tuple[list[EngineRun], dict[str, str]]:
+    """Every engine this machine can run for `bundle`, and why the others were skipped.
+
+    spin: "off", "on" or "both" for the ONNX Runtime CPU engines (both: each graph twice, `+spin` spinning)."""
     import onnxruntime as ort
     import torch
 
@@ -103,10 +118,10 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
     precisions = bundle.manifest.precisions
     runs, skipped = [], {}
 
-    def add(name: str, backend: str, precision: str, parity: dict | None) -> None:
+    def add(name: str, backend: str, precision: str, parity: dict | None, spinning: bool = False) -> None:
         try:
             engine = make_engine(bundle, ServeConfig(backend=backend, precision=precision, intra_op_threads=threads,
-                                                     max_batch=batch, spinning=False))
+                                                     max_batch=batch, spinning=spinning))
         except (ModelLoadError, HRMError, ImportError) as e:
             skipped[name] = str(e)
             return
@@ -114,7 +129,9 @@ def available_engines(bundle: Any, threads: int, batch: int) -> tuple[list[Engin
 
     add(EAGER, "torch", "fp32", None)
     for precision in bundle.precisions:
-        add(f"onnx-{precision}", "onnx-cpu", precision, precisions[precision].parity)
+        for spinning in {"off": (False,), "on": (True,), "both": (False, True)}[spin]:
+            add(f"onnx-{precision}" + (SPIN if spinning else ""), "onnx-cpu", precision,
+                precisions[precision].parity, spinning)
     if "CUDAExecutionProvider" in ort.get_available_providers():
         for precision in bundle.precisions:
             if precision != "int8":  # dynamic int8 is a CPU-only graph
@@ -153,55 +170,87 @@ def time_interleaved(engines: list[EngineRun], feeds: list[dict], runs: int, war
 
 
 def summarize_engines(times: dict[str, np.ndarray], engines: list[EngineRun]) -> dict[str, dict[str, Any]]:
-    """Percentiles per engine and how many times faster than PyTorch eager at p50 and p95."""
+    """Percentiles per engine, how many times faster than PyTorch eager at p50 and p95, and how many times
+    the floor's p50 (when the floor was timed) at p50 and p95."""
     out = {e.name: {"latency_ms": percentiles_ms(times[e.name]), "mean_ms": float(times[e.name].mean()),
                     "parity": e.parity} for e in engines}
-    eager = out.get(EAGER)
+    eager, floor, fp32 = out.get(EAGER), out.get(FLOOR), out.get("onnx-fp32")
     for s in out.values():
+        s["x_fp32_p50"] = s["latency_ms"]["p50"] / fp32["latency_ms"]["p50"] if fp32 else None
         s["speedup_vs_eager"] = ({q: eager["latency_ms"][q] / s["latency_ms"][q] for q in ("p50", "p95")}
                                  if eager else None)
+        s["x_floor"] = ({q: s["latency_ms"][q] / floor["latency_ms"]["p50"] for q in ("p50", "p95")}
+                        if floor else None)
     return out
 
 
 def format_engines(summary: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'engine':<18}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'x eager p50':>13}"
+    lines = [f"{'engine':<18}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'x floor':>9}{'x eager p50':>13}"
              f"{'x eager p95':>13}   parity vs PyTorch fp32"]
     for name, s in summary.items():
-        lat, speed, parity = s["latency_ms"], s["speedup_vs_eager"], s["parity"]
+        lat, speed, parity, floor = s["latency_ms"], s["speedup_vs_eager"], s["parity"], s["x_floor"]
         ratio = (f"{speed['p50']:>13.2f}{speed['p95']:>13.2f}" if speed else f"{'-':>13}{'-':>13}")
-        par = "reference" if name == EAGER else (
-            f"max|err| {max(parity['max_abs_err'].values()):.1e}, actions {parity['action_agreement']:.1%}, "
-            f"corr {parity['forecast_corr']['forecast_coarse']:.5f}/{parity['forecast_corr']['forecast_fine']:.5f}"
-            if parity else "not measured")
-        lines.append(f"{name:<18}{lat['p50']:>9.2f}{lat['p95']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}{ratio}   {par}")
+        if name == EAGER:
+            par = "reference"
+        elif name == FLOOR:
+            par = "the segment's weight matmuls alone"
+        elif parity:
+            par = (f"max|err| {max(parity['max_abs_err'].values()):.1e}, actions {parity['action_agreement']:.1%}, "
+                   f"corr {parity['forecast_corr']['forecast_coarse']:.5f}/"
+                   f"{parity['forecast_corr']['forecast_fine']:.5f}")
+        else:
+            par = "not measured"
+        x_floor = f"{floor['p50']:>9.2f}" if floor else f"{'-':>9}"
+        lines.append(f"{name:<18}{lat['p50']:>9.2f}{lat['p95']:>9.2f}{lat['p99']:>9.2f}{lat['max']:>9.2f}"
+                     f"{x_floor}{ratio}   {par}")
     return "\n".join(lines)
 
 
+def format_floor(floor: dict[str, Any]) -> str:
+    top = ", ".join(f"{r['m']}x{r['k']}x{r['n']} x{r['count']}" for r in floor["shapes"][:4])
+    return (f"floor: {floor['gflop']:.3f} GFLOP in {floor['weight_matmuls']} weight matmuls at batch "
+            f"{floor['batch']} ({top}, ...); ONNX Runtime multiplies them at {floor['gemm_gflops_per_s']:.1f} "
+            f"GFLOP/s on {floor['threads']} threads: floor {floor['floor_ms']:.2f} ms (p95 {floor['floor_p95_ms']:.2f})")
+
+
 def run_engine_bench(args: argparse.Namespace) -> int:
+    from dualhrq.bench.floor import FloorRun, summarize_floor
     from dualhrq.export.bundle import load_bundle
 
     bundle = load_bundle(args.bundle, verify=False)  # real_feeds' load_host re-hashes every file before any timing
     m = bundle.config.model
+    threads = args.threads or usable_cores()
     feeds, source = real_feeds(bundle, args.dataset, args.windows, args.batch)
-    engines, skipped = available_engines(bundle, args.threads, args.batch)
+    engines, skipped = available_engines(bundle, threads, args.batch, args.spin)
     if args.engines:
         wanted = [w.strip() for w in args.engines.split(",") if w.strip()]
-        unknown = [w for w in wanted if w not in {e.name for e in engines}]
+        unknown = [w for w in wanted if w not in {e.name for e in engines} | {FLOOR}]
         if unknown:
             raise HRMError(f"--engines: {', '.join(unknown)} not available here (available: "
-                           f"{', '.join(e.name for e in engines)}; skipped: {', '.join(skipped) or 'none'})")
+                           f"{', '.join(e.name for e in engines)}, {FLOOR}; skipped: {', '.join(skipped) or 'none'})")
         engines = [e for e in engines if e.name in wanted]
+    if not args.engines or FLOOR in wanted:
+        floor = FloorRun(bundle.graph_path("fp32"), feeds[0], threads)
+        engines.append(EngineRun(FLOOR, floor.run, floor.close, None))
     try:
         print(f"bundle {bundle.root}: {bundle.manifest.model_version}, {bundle.manifest.param_count:,} "
               f"parameters, N={m.n_cycles} T={m.t_steps}, T_h={m.coarse_len} T_l={m.fine_len}")
-        print(f"inputs: {source}\nmachine: {machine_description()}; {args.threads} threads per engine")
+        print(f"inputs: {source}\nmachine: {machine_description()}; {threads} threads per engine")
+        print(f"cpu flags: {' '.join(isa_flags()) or 'unknown'} ({'VNNI' if has_vnni() else 'no VNNI'})")
         print(f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ...", flush=True)
         times = time_interleaved(engines, feeds, args.runs, args.warmup)
     finally:
         for e in engines:
             e.close()
     summary = summarize_engines(times, engines)
+    floor_summary = summarize_floor(floor, times[FLOOR], args.batch, threads) if FLOOR in times else None
+    if floor_summary:
+        print(format_floor(floor_summary))
     print(format_engines(summary))
+    ratios = [f"{name} {s['x_fp32_p50']:.2f}" for name, s in summary.items()
+              if name.startswith("onnx-") and name != "onnx-fp32" and s["x_fp32_p50"] is not None]
+    if ratios:
+        print(f"p50 as a share of onnx-fp32's: {', '.join(ratios)}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if args.json:
@@ -209,9 +258,10 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({
             "bundle": str(bundle.root), "model_version": bundle.manifest.model_version,
             "param_count": bundle.manifest.param_count, "n_cycles": m.n_cycles, "t_steps": m.t_steps,
-            "batch": args.batch, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-            "inputs": source, "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-            "engines": summary, "skipped": skipped}, indent=2))
+            "batch": args.batch, "threads": threads, "spin": args.spin, "runs": args.runs, "warmup": args.warmup,
+            "inputs": source, "machine": machine_description(), "cpu_flags": isa_flags(), "vnni": has_vnni(),
+            "date": time.strftime("%Y-%m-%d"), "floor": floor_summary, "engines": summary, "skipped": skipped},
+            indent=2))
         print(f"json: {args.json}")
     if args.plot:
         plot_latencies(times, args.plot, f"one segment, batch {args.batch}: {bundle.manifest.model_version}")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dualhrq.export.bundle import load_bundle, verify_bundle
+from dualhrq.export.parity import MIN_PARITY_WINDOWS
 from dualhrq.export.pipeline import ExportOptions, ExportResult, export_bundle
 from dualhrq.export.segment import MIN_OPSET
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true",
                    help="add an fp16 graph (fp16 weights and compute, fp32 inputs/outputs); implies --tensorrt "
                         "where TensorRT imports and a GPU is present")
-    p.add_argument("--int8", action="store_true", help="add a dynamic-int8 graph (MatMul weights) for CPUs")
+    p.add_argument("--int8", action="store_true",
+                   help="add a dynamic-int8 graph for CPUs: every weight MatMul, the scheme chosen for this CPU "
+                        "(VNNI or AVX2 only) and kept only if it holds every parity bound")
     p.add_argument("--tensorrt", action="store_true",
                    help="build a TensorRT 10/11 engine (engine.plan, strongly typed: fp16 from the fp16 graph when "
                         "--fp16 wrote one, else fp32), valid only on this GPU and TensorRT version (recorded in the "
@@ -40,10 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=MIN_OPSET, metavar="N", help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="largest batch of the TensorRT optimisation profile (default 8)")
-    p.add_argument("--parity-samples", type=int, default=128, metavar="N",
-                   help="held-out real-data windows used for the parity figures (default 128)")
+    p.add_argument("--parity-samples", type=int, default=MIN_PARITY_WINDOWS, metavar="N",
+                   help=f"held-out real-data windows used for the parity figures (default {MIN_PARITY_WINDOWS}; "
+                        "fewer is recorded as a warning)")
     p.add_argument("--carry-segments", type=int, default=3, metavar="M",
-                   help="segments run with the carry fed back in the fp32 carry check (default 3)")
+                   help="segments run with the carry fed back in every precision's carry check (default 3)")
+    p.add_argument("--carry-samples", type=int, default=ExportOptions.carry_samples, metavar="N",
+                   help=f"windows of the carry check (default {ExportOptions.carry_samples})")
     p.add_argument("--threads", type=int, default=2, metavar="N",
                    help="ONNX Runtime intra-op threads for the parity runs (default 2)")
     p.add_argument("--external-data", action="store_true",
@@ -68,7 +74,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt, force=args.force, patterns=args.patterns,
         opset=args.opset, max_batch=args.max_batch, parity_samples=args.parity_samples,
-        carry_segments=args.carry_segments, threads=args.threads, external_data=True if args.external_data else None,
+        carry_segments=args.carry_segments, carry_samples=args.carry_samples, threads=args.threads, external_data=True if args.external_data else None,
         timing_cache=args.timing_cache or args.out.parent / "tensorrt_timing.cache", workspace_mb=args.workspace_mb)
     from dualhrq.train.loop import best_checkpoint
 

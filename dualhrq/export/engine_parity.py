@@ -16,7 +16,7 @@ import numpy as np
 from dualhrq.contract import INPUT_NAMES, next_carry
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
-from dualhrq.export.parity import MIN_ACTION_AGREEMENT, Parity, measure_parity
+from dualhrq.export.parity import Parity, measure_parity
 from dualhrq.export.segment import run_torch
 from dualhrq.model import HRM
 
@@ -54,9 +54,11 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
         raise ConfigurationError(f"segments: must be >= 1, got {segments}")
     n = len(feeds["h_tokens"])
     chunks = [slice(i, min(i + engine.max_batch, n)) for i in range(0, n, engine.max_batch)]
+    span = model.cfg.quantity_max - model.cfg.quantity_min
     reference = run_torch(model, feeds)
     ran = [{k: v.copy() for k, v in engine.run({k: feeds[k][c] for k in INPUT_NAMES}).items()} for c in chunks]
-    one = measure_parity(reference, {k: np.concatenate([r[k] for r in ran]) for k in reference}, precision, exact)
+    one = measure_parity(reference, {k: np.concatenate([r[k] for r in ran]) for k in reference}, precision, exact,
+                         quantity_span=span)
 
     exact = precision == "fp32" if exact is None else exact
     references, torch_feeds = [], dict(feeds)
@@ -74,16 +76,11 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
             carry = loop.carry()
             per_segment[seg].append({**loop.heads(rows), "q_logits": q, **as_outputs(carry)})
     worst, agreement, failures = [], [], []
-    bound = 1.0 if exact else MIN_ACTION_AGREEMENT
     for seg, (reference, parts) in enumerate(zip(references, per_segment), start=1):
         candidate = {k: np.concatenate([p[k] for p in parts]) for k in reference}
-        parity = measure_parity(reference, candidate, precision, exact)
+        parity = measure_parity(reference, candidate, precision, exact, quantity_span=span)  # halting included
         worst.append(max(parity.max_abs_err.values()))
         failures += [f"segment {seg}: {failure}" for failure in parity.failures]
-        halt = float(np.mean((reference["q_logits"][:, 0] > reference["q_logits"][:, 1])
-                             == (candidate["q_logits"][:, 0] > candidate["q_logits"][:, 1])))
-        agreement.append(halt)
-        if halt < bound:
-            failures.append(f"segment {seg}: halting agrees with PyTorch on {halt:.2%} of rows < {bound:.0%}")
+        agreement.append(parity.halting_agreement)
     return EngineParity(engine.name, precision, one, segments, worst, tuple(failures), agreement)
 

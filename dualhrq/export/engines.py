@@ -12,6 +12,7 @@ dependencies only when one is made.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from dualhrq.errors import ConfigurationError, InferenceError
 if TYPE_CHECKING:
     from dualhrq.config import ServeConfig
     from dualhrq.model import HRM
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt", "torch", "torch-cuda")
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt", "torch-cuda")
@@ -224,5 +227,17 @@ def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
         return OrtCudaEngine(bundle.graph_path(serve.precision), backend, signature_from(graph.inputs, graph.outputs),
                              serve.max_batch, cache_dir=bundle.root.parent / f".{bundle.root.name}.ort-trt-cache",
                              fp16=serve.precision == "fp16")
+    if serve.precision == "int8" and backend == "onnx-cpu":
+        _note_int8_scheme(bundle.manifest.precisions["int8"].quantization)
     return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
                       serve.max_batch)
+
+
+def _note_int8_scheme(quantization: dict[str, Any] | None) -> None:
+    """An int8 graph chosen on a VNNI CPU still loads and serves on an AVX2-only one (ONNX Runtime falls back
+    to its AVX2 kernels), but those can saturate on signed weights: say so rather than assume."""
+    from dualhrq.cpu import has_vnni
+
+    if quantization and quantization.get("chosen_for") == "vnni" and not has_vnni():
+        log.warning("int8 graph (%s) was chosen on a CPU with VNNI; this one has none, so its AVX2 kernels may "
+                    "lose accuracy: its parity was measured on the exporting CPU only", quantization.get("scheme"))

@@ -40,6 +40,17 @@ class GraphSummary(_Record):
     batch_axis: str | int
 
 
+class NodeCounts(_Record):
+    """A graph's node count as exported and after ONNX Runtime's optimisations on the exporting machine, and
+    the op types its fusions introduced (e.g. SimplifiedLayerNormalization, FusedMatMul, MatMulInteger)."""
+
+    exported: int
+    optimized: int
+    fused: dict[str, int]
+    optimized_ops: dict[str, int]
+    measured_with: str
+
+
 class Variant(_Record):
     """One precision's graph (or the TensorRT engine) and how it compared with PyTorch on the parity inputs."""
 
@@ -48,8 +59,10 @@ class Variant(_Record):
     forced: bool  # kept by --force despite a miss
     parity: dict[str, Any]  # the measured figures (dualhrq.export.parity), for people and reports
     measured_with: str
-    carry: dict[str, Any] | None = None  # fp32 only: the multi-segment carry check
+    carry: dict[str, Any] | None = None  # the multi-segment carry check
     note: str | None = None
+    nodes: NodeCounts | None = None
+    quantization: dict[str, Any] | None = None  # int8 only: the scheme chosen for the exporting CPU, and why
 
 
 class TensorRT(_Record):

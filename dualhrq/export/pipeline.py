@@ -24,10 +24,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from dualhrq.contract import ort_session, run_session
+from dualhrq.cpu import has_vnni, isa_flags
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
 from dualhrq.export.engine_parity import engine_parity
+from dualhrq.export.engines import OnnxEngine
 from dualhrq.export.inputs import ParityFeeds, parity_feeds
 from dualhrq.export.manifest import (
     FORMAT_VERSION,
@@ -35,15 +36,30 @@ from dualhrq.export.manifest import (
     ActSummary,
     GraphSummary,
     Manifest,
+    NodeCounts,
     ParityInputs,
     SourceCheckpoint,
     TensorRT,
     Variant,
     write_manifest,
 )
-from dualhrq.export.parity import Parity, ParityError, carry_parity, measure_parity
-from dualhrq.export.precision import FP16_CPU_NOTE, to_fp16, to_int8
-from dualhrq.export.segment import MIN_OPSET, check_segment_graph, export_segment, graph_files, run_torch
+from dualhrq.export.parity import (
+    MIN_PARITY_WINDOWS,
+    CarryParity,
+    Parity,
+    ParityError,
+    carry_parity,
+    measure_parity,
+)
+from dualhrq.export.precision import FP16_CPU_NOTE, int8_schemes, to_fp16, to_int8, weight_matmuls
+from dualhrq.export.segment import (
+    MIN_OPSET,
+    check_segment_graph,
+    export_segment,
+    graph_files,
+    ort_optimized_counts,
+    run_torch,
+)
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
 from dualhrq.hashing import sha256_file
 from dualhrq.inputs.artifacts import ARTIFACTS_FILE, PATTERNS_DIR
@@ -54,9 +70,6 @@ from dualhrq.train.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-# The carry check runs 2 x M whole segments (PyTorch and ONNX Runtime); on the 27M model on a CPU that is
-# most of an export's time, so it runs on the first windows only (both pattern paths: they alternate).
-CARRY_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,11 @@ class ExportOptions:
     patterns: Path | None = None  # pattern artifacts dir to pack; default: the checkpoint's own, if any
     opset: int = MIN_OPSET
     max_batch: int = 8  # TensorRT optimisation profile: batch 1..max_batch
-    parity_samples: int = 128
+    parity_samples: int = MIN_PARITY_WINDOWS
     carry_segments: int = 3
+    # The carry check runs 2 x M whole segments per precision (PyTorch and the engine); on the 27M model on a
+    # CPU that dominates an export, so it runs on the first windows only (both pattern paths: they alternate).
+    carry_samples: int = 64
     threads: int = 2  # ONNX Runtime intra-op threads for the parity runs
     external_data: bool | None = None  # None: by size (see segment.save_graph)
     timing_cache: Path | None = None  # TensorRT timing cache file
@@ -110,38 +126,48 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         with steps("building parity inputs from real data"):
             feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
             reference = run_torch(model, feeds.feeds)
-            progress(f"  {len(reference['policy_logits'])} samples: {feeds.source}")
+            windows = len(reference["policy_logits"])
+            progress(f"  {windows} samples: {feeds.source}")
+            if windows < MIN_PARITY_WINDOWS:
+                warnings.append(f"parity measured on {windows} held-out windows, fewer than {MIN_PARITY_WINDOWS}: "
+                                "a 1% disagreement rate is not resolved")
+                log.warning(warnings[-1])
 
         precisions: dict[str, Variant] = {}
+        span = config.model.quantity_max - config.model.quantity_min
+        carry_feeds = {name: x[:options.carry_samples] for name, x in feeds.feeds.items()}
+
+        def check(precision: str, path: Path) -> tuple[Parity, CarryParity]:
+            """One segment on every parity window, then the carry over several segments, through the engine."""
+            engine = OnnxEngine(path, threads=options.threads, max_batch=len(reference["policy_logits"]))
+            try:
+                parity = measure_parity(reference, engine.run(feeds.feeds), precision, quantity_span=span)
+                carry = carry_parity(model, engine.run, carry_feeds, precision, options.carry_segments, span)
+            finally:
+                engine.close()
+            progress(f"  {precision} carry over {carry.segments} segments ({carry.samples} windows): "
+                     f"{carry.summary()}")
+            return parity, carry
+
         with steps("exporting the fp32 segment graph"):
             fp32 = export_segment(model, staging / GRAPH_FILES["fp32"], options.opset, options.external_data)
             summary = check_segment_graph(fp32)
-            session = ort_session(fp32, options.threads)
-            parity = measure_parity(reference, run_session(session, feeds.feeds), "fp32")
-            carry_feeds = {name: x[:CARRY_SAMPLES] for name, x in feeds.feeds.items()}
-            carry = carry_parity(model, session, carry_feeds, options.carry_segments)
-            del session
-            progress(f"  carry over {carry.segments} segments ({carry.samples} windows): max|err| per segment "
-                     f"{', '.join(f'{e:.2e}' for e in carry.max_abs_err)}")
+            parity, carry = check("fp32", fp32)
             if not (parity.passed and carry.passed) and not options.force:
                 raise ParityError("the fp32 graph does not reproduce PyTorch: "
                                   + "; ".join(parity.failures + carry.failures))
-            precisions["fp32"] = msgspec.structs.replace(_judge(parity, fp32, options.force, progress, warnings),
-                                                         carry=carry.to_dict())
-            if not carry.passed:
-                _miss("fp32 carry", list(carry.failures), options.force, warnings)
-                precisions["fp32"] = msgspec.structs.replace(precisions["fp32"], passed=False, forced=True)
+            precisions["fp32"] = _judge(parity, carry, fp32, options, progress, warnings)
 
-        for precision, convert, flag in (("fp16", to_fp16, options.fp16), ("int8", to_int8, options.int8)):
-            if not flag:
-                continue
-            with steps(f"deriving the {precision} graph"):
-                path = convert(fp32, staging / GRAPH_FILES[precision])
-                parity = measure_parity(reference, run_session(ort_session(path, options.threads), feeds.feeds),
-                                        precision)
-                precisions[precision] = msgspec.structs.replace(
-                    _judge(parity, path, options.force, progress, warnings),
-                    note=FP16_CPU_NOTE if precision == "fp16" else None)
+        if options.fp16:
+            with steps("deriving the fp16 graph"):
+                path = to_fp16(fp32, staging / GRAPH_FILES["fp16"])
+                parity, carry = check("fp16", path)
+                precisions["fp16"] = msgspec.structs.replace(_judge(parity, carry, path, options, progress, warnings),
+                                                             note=FP16_CPU_NOTE)
+
+        if options.int8:
+            with steps("deriving the int8 graph"):
+                precisions["int8"] = _int8(fp32, staging / GRAPH_FILES["int8"], check, options, progress, warnings)
 
         tensorrt = TensorRT(built=False, requested=options.tensorrt)
         if options.tensorrt or options.fp16:
@@ -189,6 +215,8 @@ def _check_options(options: ExportOptions, out: Path) -> None:
         raise ConfigurationError(f"--parity-samples: need at least 2, got {options.parity_samples}")
     if options.carry_segments < 1:
         raise ConfigurationError(f"--carry-segments: must be >= 1, got {options.carry_segments}")
+    if options.carry_samples < 2:
+        raise ConfigurationError(f"--carry-samples: need at least 2, got {options.carry_samples}")
     if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
         raise ConfigurationError(f"--out: {out} exists and is not a bundle; refusing to replace it")
 
@@ -202,18 +230,53 @@ def _patterns_source(given: Path | None, checkpoint: Path) -> Path | None:
     return own if own.is_dir() else None
 
 
-def _judge(parity: Parity, path: Path, force: bool, progress: Progress, warnings: list[str]) -> Variant:
-    """The manifest entry of one variant; deletes its file when it missed its bound and is not forced."""
-    verdict = "passed" if parity.passed else ("MISSED, kept by --force" if force else "MISSED, not written")
+def _judge(parity: Parity, carry: CarryParity, path: Path, options: ExportOptions, progress: Progress,
+           warnings: list[str], **extra: Any) -> Variant:
+    """The manifest entry of one variant; deletes its file when it missed a bound and is not forced."""
+    passed, force = parity.passed and carry.passed, options.force
+    verdict = "passed" if passed else ("MISSED, kept by --force" if force else "MISSED, not written")
     progress(f"  {parity.precision}: {parity.summary()}: {verdict}")
-    written = parity.passed or force
-    if not parity.passed:
-        _miss(parity.precision, list(parity.failures), force, warnings)
-        if not force:
-            for file in graph_files(path):
-                file.unlink()
-    return Variant(path.name if written else None, parity.passed, not parity.passed and force, parity.to_dict(),
-                   f"onnxruntime {ort.__version__} CPUExecutionProvider")
+    written = passed or force
+    if not passed:
+        _miss(parity.precision, list(parity.failures + carry.failures), force, warnings)
+    nodes = None
+    if written:
+        counts = ort_optimized_counts(path, options.threads)
+        nodes = NodeCounts(counts.exported, counts.optimized, counts.fused, counts.op_counts,
+                           f"onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL")
+        progress(f"  {parity.precision}: {counts.exported} nodes, {counts.optimized} after ONNX Runtime's "
+                 f"optimisation; fused: {', '.join(f'{op} x{n}' for op, n in counts.fused.items()) or 'none'}")
+    else:
+        for file in graph_files(path):
+            file.unlink()
+    return Variant(path.name if written else None, passed, not passed and force, parity.to_dict(),
+                   f"onnxruntime {ort.__version__} CPUExecutionProvider", carry=carry.to_dict(), nodes=nodes,
+                   **extra)
+
+
+def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, CarryParity]],
+          options: ExportOptions, progress: Progress, warnings: list[str]) -> Variant:
+    """The first int8 scheme for this CPU (VNNI or not) that holds every parity bound; the choice, the CPU it
+    was made for and every scheme tried go into the manifest, so a bundle moved to another CPU says what it
+    carries instead of assuming it."""
+    vnni = has_vnni()
+    tried: list[dict[str, Any]] = []
+    schemes = int8_schemes(vnni)
+    for i, scheme in enumerate(schemes):
+        to_int8(fp32, path, scheme)
+        parity, carry = check("int8", path)
+        tried.append({"scheme": scheme.name, "passed": parity.passed and carry.passed,
+                      "failures": list(parity.failures + carry.failures)})
+        if tried[-1]["passed"] or i == len(schemes) - 1:
+            break
+        progress(f"  int8 {scheme.name}: {parity.summary()}: missed, trying the next scheme")
+    quantization = {"scheme": scheme.name, "weights": scheme.weights, "reduce_range": scheme.reduce_range,
+                    "per_channel": scheme.per_channel, "chosen_for": "vnni" if vnni else "avx2 (no vnni)",
+                    "cpu_flags": isa_flags(), "scope": scheme.scope,
+                    "quantised_matmuls": len(weight_matmuls(onnx.load(str(fp32), load_external_data=False), scheme.scope)),
+                    "tried": tried}
+    progress(f"  int8 scheme {scheme.name}, chosen for {quantization['chosen_for']}")
+    return _judge(parity, carry, path, options, progress, warnings, quantization=quantization)
 
 
 def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> None:
@@ -244,16 +307,17 @@ def _tensorrt(model: Any, source: Path, staging: Path, feeds: ParityFeeds, optio
         checked = engine_parity(model, engine, feeds.feeds, "tensorrt", options.carry_segments, exact=False)
     finally:
         engine.close()
-    parity = checked.segment
-    progress(f"  tensorrt carry over {checked.carry_segments} segments: max|err| "
+    parity, passed, force = checked.segment, checked.passed, options.force
+    verdict = "passed" if passed else ("MISSED, kept by --force" if force else "MISSED, not written")
+    progress(f"  tensorrt: {parity.summary()}; carry over {checked.carry_segments} segments: max|err| "
              f"{', '.join(f'{e:.2e}' for e in checked.carry_max_abs_err)}, halting agreement "
-             f"{', '.join(f'{a:.1%}' for a in checked.halting_agreement)}")
-    if checked.carry_failures:
-        _miss("tensorrt carry", list(checked.carry_failures), options.force, warnings)
-    entry = _judge(parity, plan, options.force, progress, warnings)
-    if checked.carry_failures and entry.file and not options.force:
-        plan.unlink()
-        entry = msgspec.structs.replace(entry, file=None, passed=False)
+             f"{', '.join(f'{a:.1%}' for a in checked.halting_agreement)}: {verdict}")
+    if not passed:
+        _miss("tensorrt", list(checked.failures), force, warnings)
+        if not force:
+            plan.unlink()
+    entry = Variant(plan.name if passed or force else None, passed, not passed and force, parity.to_dict(),
+                    "tensorrt")
     return TensorRT(built=entry.file is not None, requested=options.tensorrt, file=entry.file,
                     max_batch=options.max_batch, fp16=source.name == GRAPH_FILES["fp16"],
                     tensorrt_version=target.tensorrt_version, passed=entry.passed, forced=entry.forced,

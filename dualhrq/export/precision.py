@@ -7,10 +7,12 @@ variant is good enough is not decided here: dualhrq.export.parity measures it ag
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from dualhrq.errors import ConfigurationError
 from dualhrq.export.segment import save_graph
 
 log = logging.getLogger(__name__)
@@ -20,55 +22,132 @@ FP16_CPU_NOTE = ("measured on ONNX Runtime's CPU provider, which runs most fp16 
                  "behind inserted casts: the figures mostly reflect fp16 weights, a GPU computes in fp16 throughout")
 
 
-def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None) -> Path:
-    """fp16 weights and compute with fp32 inputs and outputs (casts at the graph's edges).
+def norm_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of every RMSNorm (the `norm1`/`norm2` scopes of the blocks): squares of activations
+    and their mean, which overflow fp16 (65504) as soon as an activation passes ~256."""
+    return [n.name for n in proto.graph.node if "/norm1/" in n.name or "/norm2/" in n.name]
 
-    ONNX Runtime's CPU provider lacks fp16 kernels for some ops and runs those in fp32 behind inserted casts,
-    so a CPU parity check of this graph is a check of fp16 weights plus whatever fp16 compute the CPU has; a
-    GPU runs it in fp16 throughout.
+
+def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None) -> Path:
+    """fp16 weights and compute with fp32 inputs and outputs (casts at the graph's edges), normalisation in fp32.
+
+    Every RMSNorm stays fp32 behind casts (see norm_nodes); ONNX Runtime still fuses it, and a GPU runs the
+    rest in fp16. The graph holds no constant beyond fp16's range: the pattern mask replaces scores with a
+    finite value (dualhrq.model.conditioning.MASKED_SCORE), and the converter's clamp (max_finite_val) is a
+    backstop, not a step the graph relies on. ONNX Runtime's CPU provider lacks fp16 kernels for some ops and
+    runs those in fp32 behind inserted casts, so a CPU parity check of this graph is a check of fp16 weights
+    plus whatever fp16 compute the CPU has.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # Constants beyond fp16's range are clamped to +-1e4 by the converter (max_finite_val): the attention
-    # pooling's -1e9 mask offset becomes -1e4, which still zeroes a masked neighbour's softmax weight.
-    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    proto = onnx.load(str(src))
+    kept = norm_nodes(proto)
+    converter_log = logging.getLogger("onnxruntime.transformers.float16")
+    level = converter_log.level
+    converter_log.setLevel(logging.WARNING)  # it logs each norm weight shared by fp32 and fp16 readers, at INFO
+    try:
+        proto = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
+    finally:
+        converter_log.setLevel(level)
+    _drop_fp16_round_trips(proto.graph, kept)
     return save_graph(proto, dst, external_data)
 
 
-def mlp_weight_matmuls(proto: onnx.ModelProto) -> list[str]:
-    """Names of the weight MatMuls inside the H and L blocks' SwiGLU MLPs: the ones int8 quantises.
+def _drop_fp16_round_trips(graph: onnx.GraphProto, fp32_nodes: list[str]) -> None:
+    """Rewire fp32 -> fp16 -> fp32 cast pairs between nodes kept in fp32 to the fp32 value itself.
 
-    The MLPs hold most of the blocks' weights (gate_up and down against qkv and out), so they carry most of
-    the size and speed gain. Measured on the tiny model's real-data parity inputs (AVX2 CPU, U8U8 weights):
-    quantising the MLPs alone kept forecast correlation with fp32 at 0.99986/0.99996; adding the attention
-    projections dropped it to 0.99785 and every weight MatMul to 0.99723, both under the 0.999 bound. The
-    input network, conditioning, cross-level projections and heads are small and stay fp32.
+    The converter casts every kept node's output to fp16 and back for the next kept node, so a norm's squared
+    activations would pass through fp16 (and overflow) although both ends are fp32."""
+    kept = set(fp32_nodes)
+    fp32_values = {out for n in graph.node if n.name in kept for out in n.output}
+    producer = {out: n for n in graph.node for out in n.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename = {}
+    for node in graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT and first is not None
+                and cast_to(first) == onnx.TensorProto.FLOAT16 and first.input[0] in fp32_values):
+            rename[node.output[0]] = first.input[0]
+    graph_outputs = {o.name for o in graph.output}
+    nodes = [n for n in graph.node if not (n.output and n.output[0] in rename and n.output[0] not in graph_outputs)]
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+    used = {name for n in nodes for name in n.input} | graph_outputs
+    nodes = [n for n in nodes if cast_to(n) is None or any(out in used for out in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How the weights are quantised: ONNX Runtime's dynamic int8 (activations quantised per call)."""
+
+    weights: str  # "u8" or "s8"
+    reduce_range: bool  # 7-bit weights: AVX2's u8 x s8 kernel adds pairs of products in 16 bits and saturates
+    per_channel: bool  # one scale per output column of each weight
+    scope: str = "all"  # "all": every weight MatMul (weight_matmuls); "mlp": the blocks' MLP weights only
+
+    @property
+    def name(self) -> str:
+        return (f"{self.weights}{' reduce_range' if self.reduce_range else ''}"
+                f"{' per-channel' if self.per_channel else ' per-tensor'}"
+                f"{', MLP weights only' if self.scope == 'mlp' else ''}")
+
+
+def int8_schemes(vnni: bool) -> list[Int8Scheme]:
+    """The schemes to try for a CPU, best first; the export keeps the first that holds parity.
+
+    With VNNI (AVX512-VNNI, AVX-VNNI, AMX) u8 x s8 products accumulate in 32 bits, so signed weights at full
+    range are both fastest and exact enough. Without it (AVX2 only) the u8 x s8 kernel (vpmaddubsw) saturates
+    its 16-bit pair sums at full range (on the tiny model 10x the error); signed weights at 7 bits
+    (reduce_range) keep that fast kernel without saturating, unsigned weights (u8 x u8) take a slower widening
+    kernel. Measured on the 27M model, one segment at batch 1 on a loaded 2-core AVX2 EPYC, interleaved: fp32
+    133 ms, every weight s8 reduce_range 75 ms, u8 90 ms, MLP weights only (u8) 102 ms. Last comes the MLP
+    weights alone: on that model trained 40 steps, quantising every weight MatMul dropped the value's
+    correlation with fp32 to 0.997 under either scheme.
     """
-    weights = {t.name for t in proto.graph.initializer}
-    return [n.name for n in proto.graph.node
-            if n.op_type == "MatMul" and n.input[1] in weights and "_module/" in n.name and "/mlp/" in n.name]
+    if vnni:
+        return [Int8Scheme("s8", False, True), Int8Scheme("u8", False, True), Int8Scheme("s8", False, True, "mlp")]
+    return [Int8Scheme("s8", True, True), Int8Scheme("u8", False, True), Int8Scheme("s8", True, True, "mlp")]
 
 
-def to_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantisation of the blocks' MLP weights (see mlp_weight_matmuls), for the CPU provider.
+def weight_matmuls(proto: onnx.ModelProto, scope: str = "all") -> list[str]:
+    """Names of every MatMul whose second input is a 2-D weight: the ones int8 quantises (scope "mlp": only
+    those inside the H and L blocks' SwiGLU MLPs).
 
-    Weights are quantised once here, activations on the fly per call; everything else stays fp32, and no
-    activation-by-activation MatMul is ever quantised. Unsigned 8-bit weights (U8U8): on x86 CPUs without
-    VNNI (this machine: AVX2 only) ONNX Runtime's kernels for the signed weights (U8S8) can saturate; on the
-    tiny model with real inputs signed weights lost 5x more accuracy (max error 0.29 against 0.014).
-    Per-channel scales are not used: ONNX Runtime 1.2x cannot load per-channel dynamic MatMuls of this graph.
+    That is every projection of the model: attention (qkv, out), the MLPs, the cross-level projections, the
+    input network and the conditioning. Activation-by-activation products (attention's QK^T and AV) have no
+    weight and stay fp32, as do the Gemm heads (a handful of rows) and the pattern query (a weight vector,
+    which per-channel quantisation cannot take).
     """
+    if scope not in ("all", "mlp"):
+        raise ConfigurationError(f"int8 scope: {scope!r} is not 'all' or 'mlp'")
+    rank = {t.name: len(t.dims) for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and rank.get(n.input[1]) == 2
+            and (scope == "all" or ("_module/" in n.name and "/mlp/" in n.name))]
+
+
+def to_int8(src: str | Path, dst: str | Path, scheme: Int8Scheme) -> Path:
+    """Dynamic int8 quantisation of every weight MatMul (see weight_matmuls) under `scheme`, for the CPU
+    provider. Weights are quantised once here, activations on the fly per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
-    nodes = mlp_weight_matmuls(onnx.load(str(src), load_external_data=False))  # node names suffice
+    nodes = weight_matmuls(onnx.load(str(src), load_external_data=False), scheme.scope)  # node names suffice
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor on the root logger
     try:
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                         weight_type=QuantType.QUInt8, extra_options={"MatMulConstBOnly": True})
+                         per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                         weight_type=QuantType.QUInt8 if scheme.weights == "u8" else QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
-    log.info("int8: quantised %d MLP weight MatMuls; attention, heads and conditioning stay fp32", len(nodes))
+    log.info("int8 (%s): quantised %d weight MatMuls; activation products and heads stay fp32", scheme.name,
+             len(nodes))
     return dst

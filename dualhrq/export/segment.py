@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,11 @@ def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
         # warning here is about a feature width read from a shape, which is fixed by the config anyway.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(SegmentGraph(model.eval()), args, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
-                          do_constant_folding=True)
+        with torch.no_grad():  # the graph is inference only: trace the forward as served (HRM.forward)
+            torch.onnx.export(SegmentGraph(model.eval()), args, str(path), dynamo=False, opset_version=opset,
+                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
+                              do_constant_folding=True)
     proto = onnx.load(str(path))
     _read_weights_directly(proto.graph)
     _declare_output_shapes(proto.graph, cfg)
@@ -207,6 +209,39 @@ def check_segment_graph(path: str | Path) -> GraphSummary:
     for node in proto.graph.node:
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
     return GraphSummary(len(proto.graph.node), op_counts, opset, inputs, outputs)
+
+
+@dataclass(frozen=True)
+class OptimizedCounts:
+    """The graph as ONNX Runtime runs it on this CPU: node counts before and after its graph optimisations."""
+
+    exported: int
+    optimized: int
+    op_counts: dict[str, int]  # after optimisation
+    fused: dict[str, int]  # op types ORT's fusions introduced (absent from the exported graph), with counts
+
+
+def ort_optimized_counts(path: str | Path, threads: int = 1) -> OptimizedCounts:
+    """Load `path` with the serving settings, let ONNX Runtime write the graph it optimised, and count it.
+
+    Which fusions fired (normalisation, GELU/SiLU, matmul + scale, quantised matmuls) is read from the op
+    types that appear only after optimisation: nothing here assumes which ones ORT applies."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from dualhrq.contract import ort_session_options
+
+    exported = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort_session_options(threads)
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+        opts.log_severity_level = 3  # it warns that the written graph is specific to this machine: it is only counted
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        after = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node)
+    return OptimizedCounts(sum(exported.values()), sum(after.values()), dict(after.most_common()),
+                           {op: c for op, c in after.most_common() if op not in exported})
 
 
 def _all_op_types(proto: onnx.ModelProto) -> list[str]:

@@ -26,6 +26,10 @@ class RegimeClassifier(nn.Module):
         return self.net(regime_features)
 
 
+# exp(-1e4) is exactly zero in fp32 and fp16 beside any real score, and -1e4 is well inside fp16's range.
+MASKED_SCORE = -1e4
+
+
 class PatternPooling(nn.Module):
     """Attention pooling of K retrieved pattern vectors [B, K, P] under a validity mask [B, K] -> [B, P]."""
 
@@ -38,9 +42,10 @@ class PatternPooling(nn.Module):
     def forward(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.to(context.dtype)  # [B, K], 1 = valid
         scores = self.key(context) @ self.query / math.sqrt(context.shape[-1])  # [B, K]
-        # A large finite negative (not -inf) keeps an all-masked row free of NaN; multiplying by the mask
-        # afterwards makes its weights exactly zero, so it pools to exactly zero.
-        weights = torch.softmax(scores + (mask - 1.0) * 1e9, dim=-1) * mask  # [B, K]
+        # A masked score is replaced (not offset) by MASKED_SCORE: finite in fp16 too, so the fp16 graph holds
+        # no 0 x inf and an all-masked row stays free of NaN; multiplying by the mask afterwards makes its
+        # weights exactly zero, so it pools to exactly zero.
+        weights = torch.softmax(scores.masked_fill(mask == 0, MASKED_SCORE), dim=-1) * mask  # [B, K]
         return torch.einsum("bk,bkp->bp", weights, self.value(context))  # [B, P]
 
 

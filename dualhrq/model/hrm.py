@@ -110,8 +110,8 @@ class HRM(nn.Module):
         h, l = cfg.h_module, cfg.l_module
         self.input = InputNetwork(cfg)
         self.conditioning = Conditioning(cfg)
-        self.h_module = ReasoningModule(h, cfg.norm_eps)
-        self.l_module = ReasoningModule(l, cfg.norm_eps)
+        self.h_module = ReasoningModule(h, cfg.norm_eps, cfg.coarse_len)
+        self.l_module = ReasoningModule(l, cfg.norm_eps, cfg.fine_len)
         # Cross-level injection: each level sees the other's mean-pooled state, projected to its width.
         self.h_to_l = nn.Linear(h.hidden_dim, l.hidden_dim, bias=False)
         self.l_to_h = nn.Linear(l.hidden_dim, h.hidden_dim, bias=False)
@@ -123,7 +123,11 @@ class HRM(nn.Module):
                      torch.zeros(batch_size, c.fine_len, c.l_module.hidden_dim, device=device))
 
     def l_step(self, z_L: torch.Tensor, z_H: torch.Tensor, x_L: torch.Tensor) -> torch.Tensor:
-        return self.l_module(z_L, x_L + self.h_to_l(z_H.mean(dim=1)).unsqueeze(1))
+        return self.l_module(z_L, self.l_injection(z_H, x_L))
+
+    def l_injection(self, z_H: torch.Tensor, x_L: torch.Tensor) -> torch.Tensor:
+        """What every L-step of one cycle adds to its state: the inputs and the projected pooled H state."""
+        return x_L + self.h_to_l(z_H.mean(dim=1)).unsqueeze(1)
 
     def h_step(self, z_H: torch.Tensor, z_L: torch.Tensor, x_H: torch.Tensor) -> torch.Tensor:
         return self.h_module(z_H, x_H + self.l_to_h(z_L.mean(dim=1)).unsqueeze(1))
@@ -134,16 +138,20 @@ class HRM(nn.Module):
                                                inputs.pattern_mask)
         z_H, z_L = carry.z_H, carry.z_L
         n, t = self.cfg.n_cycles, self.cfg.t_steps
+        grad = torch.is_grad_enabled()
         # One-step gradient (HRM paper): every update but the last L-step and the last H-update runs without
-        # grad, so memory is constant in N x T and the gradient is the fixed-point approximation.
+        # grad, so memory is constant in N x T and the gradient is the fixed-point approximation. z_H is fixed
+        # within a cycle, so its L injection is computed once per cycle (the exported graph multiplies each
+        # weight once per distinct input); only with grad does the last L-step recompute it, for h_to_l's grad.
         with torch.no_grad():
             for cycle in range(n):
+                injection = self.l_injection(z_H, x_L)
                 for step in range(t):
                     if not (cycle == n - 1 and step == t - 1):
-                        z_L = self.l_step(z_L, z_H, x_L)
+                        z_L = self.l_module(z_L, injection)
                 if cycle != n - 1:
                     z_H = self.h_step(z_H, z_L, x_H)
-        z_L = self.l_step(z_L, z_H, x_L)
+        z_L = self.l_module(z_L, self.l_injection(z_H, x_L) if grad else injection)
         z_H = self.h_step(z_H, z_L, x_H)
         out = self.heads(readout(z_H, self.cfg.readout), readout(z_L, self.cfg.readout))
         return Carry(z_H, z_L), ModelOutputs(regime_logits=regime_logits, **out)
