@@ -184,6 +184,14 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
             for p, m in result.overall.items()
         ],
     )
+    lines += ["", "## Execution costs", ""]
+    lines += ["Gross and net are mean log returns per year; each cost is the total over the series, in log-return"
+              " units. Break-even: the cost per unit of turnover, in bps, that would consume the gross return.", ""]
+    lines += _table(
+        ["predictor", "gross / year", "spread", "fees", "impact", "net / year", "turnover", "break-even bps"],
+        [[p, _fmt(m.gross_return, 4), _fmt(m.spread_cost, 4), _fmt(m.fee_cost, 4), _fmt(m.impact_cost, 4),
+          _fmt(m.annual_return, 4), _fmt(m.turnover), _fmt(m.break_even_bps, 2)] for p, m in result.overall.items()],
+    )
     if result.path_sharpes:
         lines += ["", "CPCV backtest paths, Sharpe per path:", ""]
         lines += _table(

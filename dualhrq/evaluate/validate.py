@@ -42,7 +42,8 @@ from dualhrq.evaluate.baselines import (
     RidgeForecast,
     StateOnly,
 )
-from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
+from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 from dualhrq.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
@@ -59,7 +60,9 @@ class ValidationData:
     by [t, t_known] keeps every label out of reach. ``labels`` are further per-sample training targets (the
     HRM's outA/outB/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
     never reads them, but permutes ``labels`` together with ``returns`` for the permuted-label control.
-    ``probe`` recomputes the features on a prefix of the bars, for the truncation check.
+    ``probe`` recomputes the features on a prefix of the bars, for the truncation check. ``bars`` with
+    ``bar_index`` (sample i was decided at the close of ``bars[bar_index[i]]``) let the execution model fill
+    at other prices than the sample's close (dualhrq.evaluate.execution).
     """
 
     name: str
@@ -72,6 +75,8 @@ class ValidationData:
     states: np.ndarray | None = None  # the label rule's position state per sample, from the bars (not permuted)
     inputs: object = None
     probe: leakage.FeatureProbe | None = None
+    bars: Bars | None = None
+    bar_index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.t)
@@ -90,6 +95,11 @@ class ValidationData:
                 raise DataError(f"labels.{key}: {len(y)} rows for {n} samples")
         if self.states is not None and (self.states.shape != (n,) or not np.isin(self.states, (0, 1, 2)).all()):
             raise DataError(f"states: expected {n} position states in 0..2 (flat, long, short)")
+        if (self.bars is None) != (self.bar_index is None):
+            raise DataError("bars and bar_index: give both or neither")
+        if self.bar_index is not None and (self.bar_index.shape != (n,) or self.bar_index.min() < 0
+                                           or self.bar_index.max() >= len(self.bars)):
+            raise DataError(f"bar_index: expected {n} indices into the {len(self.bars)} bars")
 
     def __len__(self) -> int:
         return len(self.t)
@@ -191,6 +201,8 @@ def validation_data(cfg: Config, dataset: Dataset) -> ValidationData:
         states=windows.state,
         inputs=windows,
         probe=probe,
+        bars=fine,
+        bar_index=np.asarray(idx, dtype=np.int64),
     )
 
 
@@ -214,7 +226,7 @@ def _json_state(state: object) -> object:
 
 # Validate settings that change no prediction: editing them must not throw away finished splits.
 _REPORTING_ONLY = {"bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr",
-                   "truncation_cuts", "permuted_control_splits", "periods_per_year", "out_dir"}
+                   "truncation_cuts", "permuted_control_splits", "periods_per_year", "out_dir", "execution"}
 
 
 def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> str:
@@ -251,7 +263,7 @@ def _run_splits(
     cfg: Config,
     out_dir: Path,
     *,
-    score: Callable[[Predictions, np.ndarray], StrategyMetrics],
+    score: Callable[[Predictions, np.ndarray], StrategyMetrics],  # (predictions, sample indices)
     resume: bool,
     continue_states: bool,
     bar: tqdm,
@@ -273,7 +285,7 @@ def _run_splits(
             pred = predictor.predict(split.test)
             if len(pred) != len(split.test):
                 raise DataError(f"{predictor.name}: {len(pred)} predictions for {len(split.test)} test samples")
-        metrics = score(pred, data.returns[split.test])
+        metrics = score(pred, split.test)
         if saved is None:
             record = {
                 "fingerprint": fp,
@@ -337,7 +349,7 @@ def run_validation(
     """
     vcfg = cfg.validate
     out = Path(out_dir)
-    cost_bps = cfg.data.cost_bps / 2  # data.cost_bps is round-trip; a unit of position change pays half
+    market = market_for(vcfg.execution, cfg.data.cost_bps, data.returns, data.bars, data.bar_index)
     periods = vcfg.periods_per_year or periods_per_year(data.t)
     layout = splits_from_config(vcfg, data.t, data.t_known)
     splits = layout.splits if isinstance(layout, CPCV) else layout
@@ -347,8 +359,13 @@ def run_validation(
     permuted = data.permuted(vcfg.seed) if control_splits else None
     total = len(predictors) * (len(splits) + len(control_splits))
 
-    def score(pred: Predictions, returns: np.ndarray) -> StrategyMetrics:
-        return compute_metrics(pred, returns, cost_bps=cost_bps, periods=periods)
+    def scorer(on: ValidationData, m: Market) -> Callable[[Predictions, np.ndarray], StrategyMetrics]:
+        return lambda pred, idx: compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx), periods=periods)
+
+    score = scorer(data, market)
+    # Permuted returns are no market to fill in: the control is scored on them with the plain close fill.
+    control_score = (scorer(permuted, close_fill_market(permuted.returns, market.fee_bps))
+                     if permuted is not None else score)
 
     preds: dict[str, list[Predictions]] = {}
     per_split: dict[str, list[StrategyMetrics]] = {}
@@ -369,7 +386,7 @@ def run_validation(
                 control = factory(permuted, out / "control" / "models")
                 cpreds = [pr for pr, _ in _run_splits(
                     control, permuted, control_splits, cfg, out / "control" / predictor.name,
-                    score=score, resume=resume, continue_states=continue_states, bar=bar,
+                    score=control_score, resume=resume, continue_states=continue_states, bar=bar,
                 )]
                 test = np.concatenate([s.test for s in control_splits])
                 report.record(
@@ -388,14 +405,13 @@ def run_validation(
         # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
         for p, ps in preds.items():
             assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
-            path_sharpes[p] = [score(pr, data.returns[idx]).sharpe for idx, pr in assembled]
+            path_sharpes[p] = [score(pr, idx).sharpe for idx, pr in assembled]
             oos_idx, overall_pred[p] = assembled[0]
         notes.append(f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}.")
     else:
         oos_idx = np.concatenate([s.test for s in splits])
         overall_pred = {p: Predictions.concat(ps) for p, ps in preds.items()}
 
-    oos_returns = data.returns[oos_idx]
     for p, pr in overall_pred.items():
         worst, found = leakage.future_correlation(
             pr.forecast, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=[p], index=oos_idx
@@ -403,12 +419,12 @@ def run_validation(
         report.max_future_corr[p] = worst
         report.record("future_correlation", found)
 
-    overall = {p: score(pr, oos_returns) for p, pr in overall_pred.items()}
-    net = {p: strategy_returns(pr.position, oos_returns, cost_bps) for p, pr in overall_pred.items()}
+    overall = {p: score(pr, oos_idx) for p, pr in overall_pred.items()}
+    net = {p: market.execute(pr.position, oos_idx).net for p, pr in overall_pred.items()}
     result = ValidationResult(
         dataset=data.name,
         scheme=vcfg.scheme,
-        settings=_settings(vcfg, cost_bps, periods),
+        settings=_settings(vcfg, cfg.data.cost_bps, periods),
         candidate=candidate,
         splits=[_split_info(data, s) for s in splits],
         per_split=per_split,
@@ -440,12 +456,19 @@ def _check_features(data: ValidationData, vcfg: ValidateConfig) -> leakage.Leaka
     return report
 
 
-def _settings(vcfg: ValidateConfig, cost_bps: float, periods: float) -> dict[str, Any]:
+def _settings(vcfg: ValidateConfig, round_trip_bps: float, periods: float) -> dict[str, Any]:
     keys = ["train_bars", "test_bars", "step_bars", "purge_bars", "embargo_bars", "anchored", "continue_from_previous"]
     if vcfg.scheme == "cpcv":
         keys = ["cpcv_groups", "cpcv_test_groups", "purge_bars", "embargo_bars"]
     settings: dict[str, Any] = {k: getattr(vcfg, k) for k in keys}
-    settings["cost_bps_per_unit_turnover"] = cost_bps
+    ex = vcfg.execution
+    settings["fill"] = ex.fill if not ex.delay_bars else f"{ex.fill} after {ex.delay_bars} bars"
+    settings["fee_bps_per_side"] = default_fee_bps(ex, round_trip_bps)
+    settings["half_spread"] = f"{ex.half_spread_bps} bps" if ex.spread == "fixed" else f"high/low, {ex.spread_window} bars"
+    if ex.impact_coef > 0:
+        settings["impact"] = f"{ex.impact_coef} * sigma * sqrt(order / volume), order {ex.order_size}"
+    if ex.participation_cap is not None:
+        settings["participation_cap"] = ex.participation_cap
     settings["periods_per_year"] = round(periods, 1)
     settings["bootstrap_reps"] = vcfg.bootstrap_reps
     return settings
