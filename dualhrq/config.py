@@ -225,12 +225,29 @@ class ValidateConfig(_Section):
     seed: int = 0
     out_dir: str = "runs/validate"
     execution: ExecutionConfig = ExecutionConfig()
+    pbo_blocks: Annotated[int, msgspec.Meta(ge=2, le=20, multiple_of=2)] = 16  # CSCV blocks of the PBO
 
     def __post_init__(self) -> None:
         if self.cpcv_test_groups >= self.cpcv_groups:
             raise ValueError("cpcv_test_groups must be smaller than cpcv_groups")
         if self.step_bars < self.test_bars:
             raise ValueError("step_bars must be >= test_bars (overlapping test windows would count samples twice)")
+
+
+# Validate settings that change no prediction: editing them keeps finished splits, and they are no new trial.
+VALIDATE_REPORTING_ONLY = frozenset({
+    "bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr", "truncation_cuts",
+    "permuted_control_splits", "periods_per_year", "out_dir", "execution", "pbo_blocks"})
+
+
+class TrackingConfig(_Section):
+    """The run ledger that every `train` and `validate` appends to (dualhrq.evaluate.ledger), and an optional
+    MLflow mirror of the runs (dualhrq.evaluate.tracking; the `mlflow` extra)."""
+
+    ledger: str = ""  # SQLite file; "": ledger.sqlite in the runs directory (the parent of the run's directory)
+    mlflow: bool = False
+    mlflow_uri: str = ""  # "": MLflow's own default (MLFLOW_TRACKING_URI, else ./mlruns)
+    experiment: Annotated[str, msgspec.Meta(min_length=1)] = "dualhrq"
 
 
 # ---------------------------------------------------------------- serving
@@ -294,6 +311,7 @@ class Config(_Section):
     validate: ValidateConfig = ValidateConfig()
     serve: ServeConfig = ServeConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 _PATH_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

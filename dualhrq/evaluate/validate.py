@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dualhrq.config import Config, ValidateConfig
+from dualhrq.config import VALIDATE_REPORTING_ONLY, Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
@@ -43,7 +43,9 @@ from dualhrq.evaluate.baselines import (
     StateOnly,
 )
 from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
+from dualhrq.evaluate.ledger import Trial
 from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
+from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 from dualhrq.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
@@ -224,15 +226,11 @@ def _json_state(state: object) -> object:
         return None
 
 
-# Validate settings that change no prediction: editing them must not throw away finished splits.
-_REPORTING_ONLY = {"bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr",
-                   "truncation_cuts", "permuted_control_splits", "periods_per_year", "out_dir", "execution"}
-
-
 def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> str:
     """Identifies a split's result: data, predictor, every setting that can change it, and the split itself."""
     settings = msgspec.to_builtins(cfg)
-    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in _REPORTING_ONLY}
+    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in VALIDATE_REPORTING_ONLY}
+    settings.pop("tracking", None)
     h = hashlib.sha256(f"{data_fp}/{name}/".encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(split.train.tobytes())
@@ -339,13 +337,17 @@ def run_validation(
     resume: bool = True,
     candidate: str = "hrm",
     comparisons: Sequence[tuple[str, str]] = (),
+    seeds: Sequence[str] = (),
+    earlier: Sequence[Trial] = (),
     progress: bool = True,
 ) -> ValidationResult:
     """Validate every predictor on the same splits, check for leakage, test the candidate, write the report.
 
     ``comparisons`` are pairs (a, b) reported side by side with an SPA test of a against b, e.g.
-    ("hrm", "hrm_regime_only") for the price of failing open. Returns the result; ``result.leak_found``
-    tells the caller to fail.
+    ("hrm", "hrm_regime_only") for the price of failing open. ``seeds`` name the candidate's reruns with other
+    seeds: reported as a spread, tested against no one. ``earlier`` are the trials of earlier runs on the same
+    data (from the run ledger): the Deflated Sharpe Ratio counts them, PBO takes those on the same samples.
+    Returns the result; ``result.leak_found`` tells the caller to fail.
     """
     vcfg = cfg.validate
     out = Path(out_dir)
@@ -434,8 +436,10 @@ def run_validation(
         leakage=report,
         path_sharpes=path_sharpes,
         notes=notes,
+        positions={p: pr.position for p, pr in overall_pred.items()},
+        seeds=[candidate, *seeds] if seeds else [],
     )
-    _add_statistics(result, vcfg, comparisons)
+    _add_statistics(result, vcfg, comparisons, _earlier_trials(result, earlier, market, oos_idx))
     paths = write_report(result, out)
     log.info("validation report written to %s", paths["markdown"])
     return result
@@ -474,8 +478,30 @@ def _settings(vcfg: ValidateConfig, round_trip_bps: float, periods: float) -> di
     return settings
 
 
-def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]]) -> None:
-    """SPA/Reality Check of the candidate against every other predictor, DSR of all, and the comparisons."""
+def _earlier_trials(result: ValidationResult, earlier: Sequence[Trial], market: Market,
+                    oos_idx: np.ndarray) -> list[tuple[Trial, np.ndarray | None]]:
+    """The earlier runs' strategies that are none of this run's, each with its net returns under this run's
+    execution when it was tested on the same samples (None otherwise)."""
+    mine = {t.key for t in result.trials()}
+    samples = result.samples_hash
+    out = []
+    for t in earlier:
+        if t.key in mine:
+            continue
+        same = t.samples == samples and len(t.positions) == len(oos_idx)
+        out.append((t, market.execute(t.positions, oos_idx).net if same else None))
+    return out
+
+
+def _per_sample_sharpe(r: np.ndarray) -> float:
+    sd = r.std(ddof=1)
+    return float(r.mean() / sd) if sd > 0 else float("nan")
+
+
+def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]],
+                    earlier: list[tuple[Trial, np.ndarray | None]]) -> None:
+    """SPA/Reality Check of the candidate against every other predictor, DSR of all over every trial (this
+    run's and the ledger's), PBO over the trials on these samples, and the comparisons."""
     net = result.net_returns
     block = vcfg.bootstrap_block or None
 
@@ -489,14 +515,26 @@ def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons:
             continue
         result.comparisons.append(Comparison(a=a, b=b, spa=spa(a, b)))
     if result.has_candidate:
-        partners = {b for _, b in comparisons}
+        partners = {b for _, b in comparisons} | set(result.seeds)
         for b in net:
             if b != result.candidate and b not in partners:
                 result.spa[b] = spa(result.candidate, b)
-    sharpes = np.array([r.mean() / r.std(ddof=1) if r.std(ddof=1) > 0 else np.nan for r in net.values()])
+    sharpes = [_per_sample_sharpe(r) for r in net.values()]
+    sharpes += [_per_sample_sharpe(r) if r is not None else t.sharpe for t, r in earlier]
+    result.earlier_trials = len(earlier)
     for p, r in net.items():
         if r.std(ddof=1) > 0:
-            result.dsr[p] = deflated_sharpe_ratio(r, sharpes, vcfg.extra_trials)
+            result.dsr[p] = deflated_sharpe_ratio(r, np.array(sharpes), vcfg.extra_trials)
+    matrix = dict(net)
+    matrix.update({f"{t.predictor} (ledger {j})": r for j, (t, r) in enumerate(earlier) if r is not None})
+    if len(matrix) < 2:
+        result.notes.append("PBO skipped: it needs at least two strategies on the same samples.")
+    elif len(result.oos_time) < 2 * vcfg.pbo_blocks:
+        result.notes.append(f"PBO skipped: {len(result.oos_time)} out-of-sample samples are too few for "
+                            f"{vcfg.pbo_blocks} blocks.")
+    else:
+        result.pbo = probability_of_backtest_overfitting(np.column_stack(list(matrix.values())), list(matrix),
+                                                         n_blocks=vcfg.pbo_blocks)
 
 
 # ---------------------------------------------------------------- the command
