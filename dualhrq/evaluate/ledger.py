@@ -35,7 +35,7 @@ LEDGER_NAME = "ledger.sqlite"
 
 # Settings that only say where output goes, how often it is logged or how fast it runs: no new configuration.
 _BOOKKEEPING = {
-    "train": {"out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "grad_norm_every", "device", "evaluate"},
+    "train": {"out_dir", "log_every", "grad_norm_every", "device"},
     "patterns": {"fault", "timeout_ms", "pool_size"},
     "validate": VALIDATE_REPORTING_ONLY,
 }

@@ -79,6 +79,17 @@ class ValidationResult:
         return [Trial(p, self.samples_hash, self.dsr[p].sharpe if p in self.dsr else float("nan"), pos)
                 for p, pos in self.positions.items()]
 
+    def summary(self) -> dict[str, Any]:
+        """The figures the run ledger keeps: every predictor's overall scores, DSR and the PBO."""
+        return strict_json({
+            "overall": {p: m.to_dict() for p, m in self.overall.items()},
+            "dsr": {p: r.dsr for p, r in self.dsr.items()},
+            "n_trials": next(iter(self.dsr.values())).n_trials if self.dsr else None,
+            "pbo": self.pbo.pbo if self.pbo is not None else None,
+            "prob_oos_loss": self.pbo.prob_oos_loss if self.pbo is not None else None,
+            "leak_found": self.leak_found,
+        })
+
     def seed_spread(self) -> dict[str, dict[str, float]]:
         """Mean and standard deviation over the seeds of each headline score."""
         if len(self.seeds) < 2:

@@ -43,7 +43,7 @@ from dualhrq.evaluate.baselines import (
     StateOnly,
 )
 from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
-from dualhrq.evaluate.ledger import Trial
+from dualhrq.evaluate.ledger import Trial, bars_fingerprint
 from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
 from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
@@ -117,6 +117,16 @@ class ValidationData:
             returns=self.returns[order],
             labels={k: np.asarray(y)[order] for k, y in self.labels.items()},
         )
+
+    def data_fingerprint(self) -> str:
+        """Identifies the data itself (the bars), whatever samples and features a config makes of it: the run
+        ledger counts trials per data."""
+        if self.bars is not None:
+            return bars_fingerprint(self.bars)
+        h = hashlib.sha256(self.name.encode())
+        for a in (self.t, self.returns):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
     def fingerprint(self) -> str:
         """Identifies the data, so a resumed run never reuses results computed on other data."""
