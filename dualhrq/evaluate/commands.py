@@ -54,6 +54,12 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking", metavar="mlflow[:URI]", default=None,
                         help="also mirror the run, its metrics and reports to MLflow (the mlflow extra); URI: a "
                              "tracking server or a local file store path (default: the config's tracking section)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run each predictor's splits (and each seed) as Ray tasks (the ray extra): on a local Ray "
+                             "started for the run, or the cluster at ADDRESS (e.g. ray://head:10001 or auto); the run "
+                             "directory must be shared storage. The report is the sequential run's, bit for bit")
+    parser.add_argument("--workers", type=_positive, default=None, metavar="N",
+                        help="run the predictors' tasks in N local processes instead (no Ray needed)")
 
 
 def _positive(text: str) -> int:
@@ -92,6 +98,7 @@ def run_validate_command(
     The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
     says so. ``load_data`` defaults to the config's dataset.
     """
+    from dualhrq.evaluate.fanout import runner_for
     from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, default_ledger_path
     from dualhrq.evaluate.tracking import record_run, tracking_from_flag
     from dualhrq.evaluate.validate import baseline_factories, load_validation_data, run_validation
@@ -121,6 +128,7 @@ def run_validate_command(
             result = run_validation(
                 cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
                 seeds=seeds, earlier=ledger.trials(fingerprint), progress=not args.no_progress,
+                runner=runner_for(getattr(args, "ray", None), getattr(args, "workers", None)),
             )
             record = RunRecord(kind="validate", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
                                dataset=data.name, seed=cfg.train.seed, run_dir=str(out.resolve()),

@@ -43,6 +43,7 @@ from dualhrq.evaluate.baselines import (
     StateOnly,
 )
 from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
+from dualhrq.evaluate.fanout import Runner, Sequential
 from dualhrq.evaluate.ledger import Trial, bars_fingerprint
 from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
 from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
@@ -274,7 +275,7 @@ def _run_splits(
     score: Callable[[Predictions, np.ndarray], StrategyMetrics],  # (predictions, sample indices)
     resume: bool,
     continue_states: bool,
-    bar: tqdm,
+    tick: Callable[[], None] | None = None,
 ) -> list[tuple[Predictions, StrategyMetrics]]:
     """Fit, predict and score every split, or load what an earlier run of the same splits already saved.
     Loaded splits are scored again: scoring settings may have changed since (they are not in the fingerprint)."""
@@ -308,7 +309,8 @@ def _run_splits(
             tmp.write_text(json.dumps(record))
             tmp.replace(path)  # atomic: an interruption never leaves a half-written split behind
         out.append((pred, metrics))
-        bar.update(1)
+        if tick is not None:
+            tick()
     return out
 
 
@@ -338,6 +340,60 @@ def _assemble_path(cpcv: CPCV, path: list[int], preds: list[Predictions]) -> tup
     return np.concatenate(idx), Predictions.concat(parts)
 
 
+def _scorer(on: ValidationData, m: Market, periods: float) -> Callable[[Predictions, np.ndarray], StrategyMetrics]:
+    return lambda pred, idx: compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx), periods=periods)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One predictor over every split, and its permuted-label control: what a runner ships."""
+
+    factory: PredictorFactory
+    cfg: Config
+    splits: list[Split]
+    control_splits: list[Split]
+    out: Path
+    resume: bool
+    continue_states: bool
+    periods: float
+    tick: Callable[[], None] | None  # progress, where the task runs in the driver
+    names: set[str] | None  # the names taken so far, where the task runs in the driver
+
+
+@dataclass(frozen=True)
+class _TaskResult:
+    name: str
+    scored: list[tuple[Predictions, StrategyMetrics]]
+    control: list[Predictions]
+
+
+def _claim(names: set[str], name: str) -> None:
+    if name in names:
+        raise ConfigurationError(f"predictors: two are named {name!r}")
+    names.add(name)
+
+
+def _predictor_task(data: ValidationData, task: _Task) -> _TaskResult:
+    cfg, vcfg = task.cfg, task.cfg.validate
+    market = market_for(vcfg.execution, cfg.data.cost_bps, data.returns, data.bars, data.bar_index)
+    predictor = task.factory(data, task.out / "models")
+    if task.names is not None:
+        _claim(task.names, predictor.name)
+    scored = _run_splits(predictor, data, task.splits, cfg, task.out / "splits" / predictor.name,
+                         score=_scorer(data, market, task.periods), resume=task.resume,
+                         continue_states=task.continue_states, tick=task.tick)
+    control: list[Predictions] = []
+    if task.control_splits:
+        permuted = data.permuted(vcfg.seed)
+        # Permuted returns are no market to fill in: the control is scored on them with the plain close fill.
+        control_score = _scorer(permuted, close_fill_market(permuted.returns, market.fee_bps), task.periods)
+        control = [pr for pr, _ in _run_splits(
+            task.factory(permuted, task.out / "control" / "models"), permuted, task.control_splits, cfg,
+            task.out / "control" / predictor.name, score=control_score, resume=task.resume,
+            continue_states=task.continue_states, tick=task.tick)]
+    return _TaskResult(predictor.name, scored, control)
+
+
 def run_validation(
     cfg: Config,
     data: ValidationData,
@@ -349,6 +405,7 @@ def run_validation(
     comparisons: Sequence[tuple[str, str]] = (),
     seeds: Sequence[str] = (),
     earlier: Sequence[Trial] = (),
+    runner: Runner | None = None,
     progress: bool = True,
 ) -> ValidationResult:
     """Validate every predictor on the same splits, check for leakage, test the candidate, write the report.
@@ -357,6 +414,7 @@ def run_validation(
     ("hrm", "hrm_regime_only") for the price of failing open. ``seeds`` name the candidate's reruns with other
     seeds: reported as a spread, tested against no one. ``earlier`` are the trials of earlier runs on the same
     data (from the run ledger): the Deflated Sharpe Ratio counts them, PBO takes those on the same samples.
+    ``runner`` runs each predictor's splits (here one after another by default; dualhrq.evaluate.fanout).
     Returns the result; ``result.leak_found`` tells the caller to fail.
     """
     vcfg = cfg.validate
@@ -371,42 +429,34 @@ def run_validation(
     permuted = data.permuted(vcfg.seed) if control_splits else None
     total = len(predictors) * (len(splits) + len(control_splits))
 
-    def scorer(on: ValidationData, m: Market) -> Callable[[Predictions, np.ndarray], StrategyMetrics]:
-        return lambda pred, idx: compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx), periods=periods)
-
-    score = scorer(data, market)
-    # Permuted returns are no market to fill in: the control is scored on them with the plain close fill.
-    control_score = (scorer(permuted, close_fill_market(permuted.returns, market.fee_bps))
-                     if permuted is not None else score)
+    score = _scorer(data, market, periods)
+    runner = runner or Sequential()
+    here = isinstance(runner, Sequential)  # tasks run in this process, one after another
+    names: set[str] = set()
+    if not here:  # names first: two tasks running at once must never write one directory
+        for factory in predictors:
+            _claim(names, factory(data, out / "models").name)
 
     preds: dict[str, list[Predictions]] = {}
     per_split: dict[str, list[StrategyMetrics]] = {}
     with tqdm(total=total, desc="validate", unit="split", disable=not progress,
               mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
-        for factory in predictors:
-            predictor = factory(data, out / "models")
-            if predictor.name in preds:
-                raise ConfigurationError(f"predictors: two are named {predictor.name!r}")
-            bar.set_postfix_str(predictor.name)
-            scored = _run_splits(
-                predictor, data, splits, cfg, out / "splits" / predictor.name,
-                score=score, resume=resume, continue_states=continue_states, bar=bar,
+        tasks = [_Task(factory, cfg, splits, control_splits, out, resume, continue_states, periods,
+                       (lambda: bar.update(1)) if here else None, names if here else None) for factory in predictors]
+        if not here:
+            bar.set_postfix_str(runner.name)
+        results = runner.run(_predictor_task, data, tasks)
+        if not here:
+            bar.update(total)
+    for r in results:
+        preds[r.name] = [pr for pr, _ in r.scored]
+        per_split[r.name] = [m for _, m in r.scored]
+        if permuted is not None:
+            test = np.concatenate([s.test for s in control_splits])
+            report.record(
+                "permuted_label",
+                leakage.permuted_label_finding(r.name, Predictions.concat(r.control).forecast, permuted.returns[test]),
             )
-            preds[predictor.name] = [pr for pr, _ in scored]
-            per_split[predictor.name] = [m for _, m in scored]
-            if permuted is not None:
-                control = factory(permuted, out / "control" / "models")
-                cpreds = [pr for pr, _ in _run_splits(
-                    control, permuted, control_splits, cfg, out / "control" / predictor.name,
-                    score=control_score, resume=resume, continue_states=continue_states, bar=bar,
-                )]
-                test = np.concatenate([s.test for s in control_splits])
-                report.record(
-                    "permuted_label",
-                    leakage.permuted_label_finding(
-                        predictor.name, Predictions.concat(cpreds).forecast, permuted.returns[test]
-                    ),
-                )
     if permuted is None:
         report.skip("permuted_label", "permuted_control_splits is 0")
 
