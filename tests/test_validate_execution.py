@@ -181,3 +181,13 @@ def test_default_execution_reproduces_the_seeds_accounting_exactly(tiny_config, 
     assert result.overall["hrm"].sharpe == sharpe_ratio(seed_net, periods)
     assert result.overall["hrm"].cost == pytest.approx(np.abs(np.diff(p, prepend=0.0)).sum() * cost_bps * 1e-4,
                                                        rel=1e-12)
+
+
+@pytest.mark.parametrize(("execution", "path"), [({"fill": "vwap"}, "validate.execution.fill"),
+                                                  ({"participation_cap": 1.5}, "validate.execution.participation_cap"),
+                                                  ({"slippage": 1}, "validate.execution.slippage")])
+def test_bad_execution_settings_are_refused_naming_the_field(tiny_config, execution, path):
+    d = config_to_dict(tiny_config)
+    d["validate"]["execution"] = execution
+    with pytest.raises(ConfigurationError, match=path.replace(".", r"\.")):
+        config_from_dict(d)
