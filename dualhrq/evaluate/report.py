@@ -259,8 +259,9 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
         pbo = result.pbo
         slope, intercept = pbo.degradation()
         lines += ["", "## Probability of backtest overfitting (CSCV)", ""]
-        lines += [f"Over {len(pbo.names)} trials ({result.earlier_trials} of them from earlier runs in the ledger"
-                  f" where on these samples), {pbo.n_blocks} blocks, {pbo.n_combinations} combinations: "
+        earlier = len(pbo.names) - len(result.net_returns)
+        lines += [f"Over {len(pbo.names)} trials on these samples ({earlier} of them from earlier runs in the run"
+                  f" ledger), {pbo.n_blocks} blocks, {pbo.n_combinations} combinations: "
                   f"**PBO {_fmt(pbo.pbo)}**, probability of an out-of-sample loss {_fmt(pbo.prob_oos_loss)}; "
                   f"out-of-sample Sharpe of the pick = {_fmt(slope)} x in-sample + {_fmt(intercept, 4)}"
                   " (per sample).", ""]
