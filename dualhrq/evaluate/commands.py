@@ -107,6 +107,7 @@ def run_validate_command(
     try:
         cfg = load_config(args.config)
         tracking = tracking_from_flag(cfg.tracking, getattr(args, "tracking", None))
+        runner = runner_for(getattr(args, "ray", None), getattr(args, "workers", None))  # bad flags fail first
         data = load_data(cfg)
         factories = baseline_factories(cfg.validate)
         comparisons: list[tuple[str, str]] = []
@@ -128,7 +129,7 @@ def run_validate_command(
             result = run_validation(
                 cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
                 seeds=seeds, earlier=ledger.trials(fingerprint), progress=not args.no_progress,
-                runner=runner_for(getattr(args, "ray", None), getattr(args, "workers", None)),
+                runner=runner,
             )
             record = RunRecord(kind="validate", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
                                dataset=data.name, seed=cfg.train.seed, run_dir=str(out.resolve()),
