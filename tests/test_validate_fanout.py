@@ -53,3 +53,25 @@ def test_the_flags_pick_the_runner_and_refuse_both_at_once():
     assert isinstance(runner_for(None, 3), LocalProcesses)
     with pytest.raises(ConfigurationError, match="choose one"):
         runner_for("local", 2)
+
+
+@pytest.mark.slow  # trains the tiny HRM on three splits twice: minutes on two cores
+def test_the_hrm_trained_in_worker_processes_reports_bit_for_bit(tmp_path):
+    import msgspec
+
+    from dualhrq.config import load_config
+    from dualhrq.evaluate.hrm_predictor import hrm_factories
+    from dualhrq.evaluate.validate import load_validation_data
+
+    cfg = load_config("train_eurusd")
+    cfg = msgspec.structs.replace(
+        cfg, train=msgspec.structs.replace(cfg.train, steps=3, batch_size=8, device="cpu", checkpoint_every=3),
+        validate=msgspec.structs.replace(cfg.validate, train_bars=3500, test_bars=500, step_bars=500,
+                                         permuted_control_splits=0, bootstrap_reps=50))
+    data = load_validation_data(cfg)
+    factories = hrm_factories(cfg, data, False) + baseline_factories(cfg.validate)[:1]
+    out = {}
+    for name, runner in (("sequential", Sequential()), ("fanned", LocalProcesses(2))):
+        run_validation(cfg, data, factories, tmp_path / name, runner=runner, progress=False)
+        out[name] = (tmp_path / name / "report.json").read_text()
+    assert out["fanned"] == out["sequential"]

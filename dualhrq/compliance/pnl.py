@@ -24,7 +24,7 @@ import numpy as np
 from dualhrq.compliance.gate import ComplianceGate, GateDecision
 from dualhrq.compliance.replay import QuoteEvent, ReplayReport, SignalFn, replay
 from dualhrq.config import ComplianceConfig
-from dualhrq.data.bars import Dataset
+from dualhrq.data.bars import Bars, Dataset
 from dualhrq.errors import DataError
 from dualhrq.evaluate.execution import Fills, market_for
 from dualhrq.evaluate.ledger import strict_json
@@ -137,8 +137,9 @@ def reference_signals(bundle_path: str | Path, dataset: Dataset) -> SignalFn:
     return signal
 
 
-def _positions(bars: Any, signal: dict[int, tuple[str, float]], config: ComplianceConfig, events: Sequence[QuoteEvent]
-               | None, instrument: str, tier: int, prior_close: float | None) -> tuple[ReplayReport, np.ndarray]:
+def _positions(bars: Bars, signal: dict[int, tuple[str, float]], config: ComplianceConfig,
+               events: Sequence[QuoteEvent] | None, instrument: str, tier: int,
+               prior_close: float | None) -> tuple[ReplayReport, np.ndarray]:
     """Replay the cached decisions (HOLD elsewhere) through a fresh gate; the gate's position after each bar."""
     position = np.zeros(len(bars))
 
