@@ -139,3 +139,19 @@ def test_a_bad_tracking_flag_is_a_clear_error(tmp_path, capsys):
     args = parser.parse_args(["--config", str(config), "--out", str(tmp_path / "o"), "--tracking", "wandb"])
     assert run_validate_command(args, load_data=lambda cfg: synthetic(), hrm=noise_hrm) == 2
     assert "--tracking" in capsys.readouterr().err
+
+
+def test_the_runs_command_lists_what_the_ledger_recorded(tmp_path, capsys):
+    from subcommand import run_subcommand
+
+    from dualhrq.evaluate.commands import register
+
+    report = validate(tmp_path)
+    capsys.readouterr()
+    assert run_subcommand(register, "runs", "--ledger", str(tmp_path / "runs" / LEDGER_NAME), "--json") == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["kind"] == "validate" and run["verdict"] == report["verdict"]
+    assert run_subcommand(register, "runs", "--ledger", str(tmp_path / "runs" / LEDGER_NAME)) == 0
+    assert f"trials {report['dsr']['hrm']['n_trials']}" in capsys.readouterr().out
+    with pytest.raises(ConfigurationError, match="no run ledger"):
+        run_subcommand(register, "runs", "--ledger", str(tmp_path / "nowhere.sqlite"))

@@ -30,6 +30,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--compare-fail-open adds the HRM with its pattern context masked (regime-only).")
     add_validate_args(v)
     v.set_defaults(func=_cmd_validate)
+    r = subparsers.add_parser(
+        "runs", help="the run ledger: every train and validate run, its config hash, data, seed, scores, verdict",
+        description="List the runs recorded in a run ledger (SQLite), oldest first.")
+    r.add_argument("--ledger", default="runs/ledger.sqlite", help="the ledger file (default: runs/ledger.sqlite)")
+    r.add_argument("--kind", choices=("train", "validate"), default=None, help="only runs of this kind")
+    r.add_argument("--json", action="store_true", help="print the runs as JSON")
+    r.set_defaults(func=_cmd_runs)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from dualhrq.errors import ConfigurationError
+    from dualhrq.evaluate.ledger import Ledger
+
+    if not Path(args.ledger).is_file():
+        raise ConfigurationError(f"--ledger: {args.ledger}: no run ledger there (train or validate writes one)")
+    with Ledger(args.ledger) as ledger:
+        runs = ledger.runs(args.kind)
+    if args.json:
+        print(json.dumps([{**r.__dict__} for r in runs], indent=2))
+        return 0
+    print(f"{'id':>4}  {'when (UTC)':<16}  {'kind':<8}  {'config':<16}  {'data':<16}  {'seed':>4}  headline")
+    for r in runs:
+        when = datetime.fromtimestamp(r.created, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"{r.run_id:>4}  {when:<16}  {r.kind:<8}  {r.config_hash:<16}  {r.data_fingerprint:<16}  {r.seed:>4}  "
+              f"{_headline(r.kind, r.metrics, r.verdict)}")
+    return 0
+
+
+def _headline(kind: str, metrics: dict, verdict: str | None) -> str:
+    if kind == "train":
+        ce = metrics.get("best_test.cross_entropy")
+        return f"step {metrics.get('step')}" + (f", held-out CE {ce:.4f}" if isinstance(ce, float) else "")
+    trials, pbo = metrics.get("n_trials"), metrics.get("pbo")
+    head = f"trials {trials}" + (f", PBO {pbo:.3f}" if isinstance(pbo, float) else "")
+    return f"{head}; {verdict or ''}"[:160]
 
 
 def add_validate_args(parser: argparse.ArgumentParser) -> None:
