@@ -174,6 +174,26 @@ class PatternsConfig(_Section):
     fault: FaultConfig = FaultConfig()
 
 
+class ExecutionConfig(_Section):
+    """How validation fills positions and what the fills cost (dualhrq.evaluate.execution).
+
+    The defaults are the seed's optimistic fill: at the close of the bar that produced the signal, no spread, no
+    impact, and a fee of half of ``data.cost_bps`` (a round trip) per unit of position change.
+    """
+
+    fill: Literal["close", "next_open"] = "close"  # the signal bar's close, or the next bar's open
+    delay_bars: NonNegInt = 0  # bars between the signal and the fill (latency, batch execution)
+    spread: Literal["fixed", "high_low"] = "fixed"  # half-spread: half_spread_bps, or estimated from highs and lows
+    half_spread_bps: NonNegFloat = 0.0  # spread: fixed; paid on every unit traded
+    spread_window: Annotated[int, msgspec.Meta(ge=2)] = 20  # bars averaged by the high/low spread estimate
+    fee_bps: NonNegFloat | None = None  # per side, per unit traded; None: half of data.cost_bps
+    impact_coef: NonNegFloat = 0.0  # Y of the square-root impact Y * sigma * sqrt(order / volume); 0: none
+    vol_window: Annotated[int, msgspec.Meta(ge=2)] = 20  # bars of the per-bar volatility sigma of the impact
+    order_size: PosFloat = 1.0  # instrument units (those of the bars' volume) per unit of position
+    # At most this share of a bar's volume fills; the rest of the order waits for the next bars. None: no cap.
+    participation_cap: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+
+
 class ValidateConfig(_Section):
     """Walk-forward / CPCV validation (dualhrq.evaluate.validate). Windows count samples (one per fine bar).
 
@@ -204,12 +224,30 @@ class ValidateConfig(_Section):
     permuted_control_splits: NonNegInt = 3  # splits re-run on permuted labels; 0 turns the control off
     seed: int = 0
     out_dir: str = "runs/validate"
+    execution: ExecutionConfig = ExecutionConfig()
+    pbo_blocks: Annotated[int, msgspec.Meta(ge=2, le=20, multiple_of=2)] = 16  # CSCV blocks of the PBO
 
     def __post_init__(self) -> None:
         if self.cpcv_test_groups >= self.cpcv_groups:
             raise ValueError("cpcv_test_groups must be smaller than cpcv_groups")
         if self.step_bars < self.test_bars:
             raise ValueError("step_bars must be >= test_bars (overlapping test windows would count samples twice)")
+
+
+# Validate settings that change no prediction: editing them keeps finished splits, and they are no new trial.
+VALIDATE_REPORTING_ONLY = frozenset({
+    "bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr", "truncation_cuts",
+    "permuted_control_splits", "periods_per_year", "out_dir", "execution", "pbo_blocks"})
+
+
+class TrackingConfig(_Section):
+    """The run ledger that every `train` and `validate` appends to (dualhrq.evaluate.ledger), and an optional
+    MLflow mirror of the runs (dualhrq.evaluate.tracking; the `mlflow` extra)."""
+
+    ledger: str = ""  # SQLite file; "": ledger.sqlite in the runs directory (the parent of the run's directory)
+    mlflow: bool = False
+    mlflow_uri: str = ""  # "": MLflow's own default (MLFLOW_TRACKING_URI, else ./mlruns)
+    experiment: Annotated[str, msgspec.Meta(min_length=1)] = "dualhrq"
 
 
 # ---------------------------------------------------------------- serving
@@ -287,6 +325,7 @@ class Config(_Section):
     validate: ValidateConfig = ValidateConfig()
     serve: ServeConfig = ServeConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 _PATH_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

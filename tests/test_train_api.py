@@ -144,3 +144,12 @@ def test_train_command_resumes_to_the_full_length(run_dir, tmp_path):
     assert _cli("train", "--config", str(CONFIG), "--out", str(out), "--resume", "--stop-at", "4",
                 "--no-progress") == 0
     assert latest_checkpoint(out).name == "step_0000004"
+
+
+def test_a_train_run_is_appended_to_the_run_ledger_in_the_runs_directory(run_dir):
+    from dualhrq.evaluate.ledger import LEDGER_NAME, Ledger, config_hash
+
+    with Ledger(run_dir.parent / LEDGER_NAME) as ledger:
+        (run,) = [r for r in ledger.runs("train") if r.run_dir == str(run_dir.resolve())]
+    assert run.config_hash == config_hash(load_config(CONFIG)) and run.seed == 0 and run.dataset == "eurusd_1h"
+    assert run.metrics["step"] == 2 and np.isfinite(run.metrics["loss"])

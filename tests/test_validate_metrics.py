@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dualhrq.errors import InferenceError
+from dualhrq.evaluate.execution import close_fill_market
 from dualhrq.evaluate.metrics import (
     Predictions,
     compute_metrics,
@@ -14,14 +15,13 @@ from dualhrq.evaluate.metrics import (
     max_drawdown,
     periods_per_year,
     sharpe_ratio,
-    strategy_returns,
 )
 
 
 def test_costs_are_charged_on_every_unit_of_position_change_including_the_entry():
     position = np.array([1.0, 1.0, -1.0, 0.0])
     returns = np.array([0.01, 0.02, -0.01, 0.05])
-    net = strategy_returns(position, returns, cost_bps=10)
+    net = close_fill_market(returns, fee_bps=10).execute(position).net
     # trades: 1 (entry), 0, 2 (flip), 1 (exit); 10 bps = 0.001 per unit
     assert net == pytest.approx([0.01 - 0.001, 0.02, 0.01 - 0.002, 0.0 - 0.001])
 
@@ -63,7 +63,8 @@ def test_periods_per_year_from_hourly_and_daily_timestamps():
 def test_compute_metrics_brings_it_together():
     position = np.array([1.0, 1.0, -1.0, -1.0])
     returns = np.array([0.01, -0.01, -0.02, 0.01])
-    m = compute_metrics(Predictions(position, returns * 2), returns, cost_bps=0.0, periods=4)
+    m = compute_metrics(Predictions(position, returns * 2), returns, close_fill_market(returns, 0.0).execute(position),
+                        periods=4)
     assert m.n == 4
     assert m.hit_rate == 0.5
     assert m.ic == pytest.approx(1.0)

@@ -45,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-close", type=float, help="close of the day before the first bar; without it the "
                    "first day only provides the prior close")
     p.add_argument("--seed", type=int, default=0, help="seed of --policy random (default 0)")
+    p.add_argument("--pnl", action="store_true",
+                   help="with --bundle: on the held-out window (the tail the bundle's training kept out, when --data "
+                        "is its dataset), fill the actions after the gate with validation's execution model and "
+                        "report the P&L and the action agreement with the bundle's weights in PyTorch (exit 1 "
+                        "when an fp32 bundle agrees on fewer than 99.5%% of bars)")
+    p.add_argument("--pnl-bars", type=int, default=None, metavar="N",
+                   help="--pnl over the window's first N bars only (a quick check)")
+    p.add_argument("--pnl-json", metavar="FILE", help="write the --pnl report as JSON")
+    p.add_argument("--pnl-markdown", metavar="FILE", help="write the --pnl report as Markdown")
     p.set_defaults(func=run_replay)
 
 
@@ -64,7 +73,22 @@ def run_replay(args: argparse.Namespace) -> int:
     config = msgspec.structs.replace(config, state_path=None)  # history must never touch the live state store
     events = load_quote_events(args.events) if args.events else None
     gate = ComplianceGate(config)
-    if args.connect:
+    pnl = None
+    if args.pnl and not args.bundle:
+        raise ConfigurationError("--pnl: fills a bundle's actions; give --bundle")
+    if args.pnl:
+        from dualhrq.compliance.pnl import held_out_window, pnl_replay, reference_signals
+        from dualhrq.export.bundle import load_bundle
+
+        window = held_out_window(dataset, load_bundle(args.bundle, verify=False).config)
+        if args.pnl_bars is not None:
+            if args.pnl_bars < 1:
+                raise ConfigurationError(f"--pnl-bars: expected a positive number of bars, got {args.pnl_bars}")
+            window = (window[0], min(window[1], window[0] + args.pnl_bars - 1), window[2])
+        report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars),
+                                 reference_signals(args.bundle, dataset), config, events=events, instrument=instrument,
+                                 tier=args.tier, prior_close=args.prior_close, window=window)
+    elif args.connect:
         from dualhrq.runtime.client import Client
         from dualhrq.runtime.served_replay import served_decisions
 
@@ -84,6 +108,14 @@ def run_replay(args: argparse.Namespace) -> int:
     print(f"held back {report.held}, clipped {report.clipped} (by reason: {blocked}); "
           f"{len(report.transitions)} state transitions")
     print(f"violations: {len(report.violations)}")
+    if pnl is not None:
+        if args.pnl_json:
+            Path(args.pnl_json).write_text(pnl.to_json())
+        if args.pnl_markdown:
+            Path(args.pnl_markdown).write_text(pnl.to_markdown())
+        print(pnl.to_markdown())
+        if not pnl.parity_ok:
+            return 1
     return 1 if report.violations else 0
 
 

@@ -39,6 +39,8 @@ from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
 from dualhrq.errors import ConfigurationError, DataError
 
 SignalFn = Callable[[int], tuple[str, float]]
+# Told of every decision: bar i, what left the gate, and the gate's simulated position after it.
+OnDecision = Callable[[int, GateDecision, float], None]
 # Bar i's decision as another gate made it (a server's, for `replay --connect`) given the market at its close.
 Decide = Callable[[int, MarketSnapshot], GateDecision]
 
@@ -226,12 +228,14 @@ def replay(
     prior_close: float | None = None,
     spread_bps: float = 2.0,
     decide: Decide | None = None,
+    on_decision: OnDecision | None = None,
 ) -> ReplayReport:
     """Stream ``bars`` (and quote ``events``) through ``gate``, asking ``signal_fn(i)`` at each bar's close.
 
     ``decide``: the decisions come from elsewhere (a server, whose gate sees only the market its requests
     carry), so only the closes are fed: no intra-bar prints, no quote events. ``gate`` then only shadows that
-    market for the report's state transitions, and the checker holds the decisions to the same market."""
+    market for the report's state transitions, and the checker holds the decisions to the same market.
+    ``on_decision`` sees every decision with the gate's simulated position after it (what `replay --pnl` fills)."""
     if not isinstance(bars, Bars):
         bars = Bars.from_columns(bars)
     if len(bars) == 0:
@@ -273,6 +277,8 @@ def replay(
             decision = run.decide(market, *signal_fn(i), i)
         else:
             decision = run.record(market, decide(i, market), i)
+        if on_decision is not None:
+            on_decision(i, decision, gate.status(instrument, close_ts).position)
         actions[decision.original_action] += 1
         emitted[decision.action] += 1
         blocked.update(decision.reasons)

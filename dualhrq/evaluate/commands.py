@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dualhrq.config import load_config
+import msgspec
+
+from dualhrq.config import Config, load_config
 from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
-    from dualhrq.evaluate.validate import DataLoader, HRMFactories
+    from dualhrq.evaluate.validate import DataLoader, HRMFactories, Predictor, PredictorFactory, ValidationData
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -28,6 +30,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--compare-fail-open adds the HRM with its pattern context masked (regime-only).")
     add_validate_args(v)
     v.set_defaults(func=_cmd_validate)
+    r = subparsers.add_parser(
+        "runs", help="the run ledger: every train and validate run, its config hash, data, seed, scores, verdict",
+        description="List the runs recorded in a run ledger (SQLite), oldest first.")
+    r.add_argument("--ledger", default="runs/ledger.sqlite", help="the ledger file (default: runs/ledger.sqlite)")
+    r.add_argument("--kind", choices=("train", "validate"), default=None, help="only runs of this kind")
+    r.add_argument("--json", action="store_true", help="print the runs as JSON")
+    r.set_defaults(func=_cmd_runs)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from dualhrq.errors import ConfigurationError
+    from dualhrq.evaluate.ledger import Ledger
+
+    if not Path(args.ledger).is_file():
+        raise ConfigurationError(f"--ledger: {args.ledger}: no run ledger there (train or validate writes one)")
+    with Ledger(args.ledger) as ledger:
+        runs = ledger.runs(args.kind)
+    if args.json:
+        print(json.dumps([{**r.__dict__} for r in runs], indent=2))
+        return 0
+    print(f"{'id':>4}  {'when (UTC)':<16}  {'kind':<8}  {'config':<16}  {'data':<16}  {'seed':>4}  headline")
+    for r in runs:
+        when = datetime.fromtimestamp(r.created, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"{r.run_id:>4}  {when:<16}  {r.kind:<8}  {r.config_hash:<16}  {r.data_fingerprint:<16}  {r.seed:>4}  "
+              f"{_headline(r.kind, r.metrics, r.verdict)}")
+    return 0
+
+
+def _headline(kind: str, metrics: dict, verdict: str | None) -> str:
+    if kind == "train":
+        ce = metrics.get("best_test.cross_entropy")
+        return f"step {metrics.get('step')}" + (f", held-out CE {ce:.4f}" if isinstance(ce, float) else "")
+    trials, pbo = metrics.get("n_trials"), metrics.get("pbo")
+    head = f"trials {trials}" + (f", PBO {pbo:.3f}" if isinstance(pbo, float) else "")
+    return f"{head}; {verdict or ''}"[:160]
 
 
 def add_validate_args(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +86,45 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="ignore splits an earlier run saved; start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--seeds", type=_positive, default=1, metavar="K",
+                        help="validate the HRM with K training seeds (train.seed, +1, ...): the report gives their "
+                             "mean and spread, the DSR and PBO count each (default 1)")
+    parser.add_argument("--tracking", metavar="mlflow[:URI]", default=None,
+                        help="also mirror the run, its metrics and reports to MLflow (the mlflow extra); URI: a "
+                             "tracking server or a local file store path (default: the config's tracking section)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run each predictor's splits (and each seed) as Ray tasks (the ray extra): on a local Ray "
+                             "started for the run, or the cluster at ADDRESS (e.g. ray://head:10001 or auto); the run "
+                             "directory must be shared storage. The report is the sequential run's, bit for bit")
+    parser.add_argument("--workers", type=_positive, default=None, metavar="N",
+                        help="run the predictors' tasks in N local processes instead (no Ray needed)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _renamed(factory: PredictorFactory, name: str) -> PredictorFactory:
+    def build(data: ValidationData, model_dir: Path) -> Predictor:
+        predictor = factory(data, model_dir)
+        predictor.name = name
+        return predictor
+
+    return build
+
+
+def seed_factories(hrm: HRMFactories, cfg: Config, data: ValidationData, seeds: int) -> tuple[list, list[str]]:
+    """The HRM retrained with each further seed, as predictors ``hrm_seed<N>`` (and their names)."""
+    factories, names = [], []
+    for k in range(1, seeds):
+        seed = cfg.train.seed + k
+        seeded = msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, seed=seed))
+        factories += [_renamed(f, f"hrm_seed{seed}") for f in hrm(seeded, data, False)[:1]]
+        names.append(f"hrm_seed{seed}")
+    return factories, names
 
 
 def run_validate_command(
@@ -57,34 +136,55 @@ def run_validate_command(
     The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
     says so. ``load_data`` defaults to the config's dataset.
     """
+    from dualhrq.evaluate.fanout import runner_for
+    from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, default_ledger_path
+    from dualhrq.evaluate.tracking import record_run, tracking_from_flag
     from dualhrq.evaluate.validate import baseline_factories, load_validation_data, run_validation
 
     load_data = load_data or load_validation_data
     try:
         cfg = load_config(args.config)
+        tracking = tracking_from_flag(cfg.tracking, getattr(args, "tracking", None))
+        runner = runner_for(getattr(args, "ray", None), getattr(args, "workers", None))  # bad flags fail first
         data = load_data(cfg)
         factories = baseline_factories(cfg.validate)
         comparisons: list[tuple[str, str]] = []
+        seeds: list[str] = []
         if hrm is None:
             print("no HRM predictor is wired in: validating the baselines only")
             if args.compare_fail_open:
                 print("--compare-fail-open compares two HRM variants: skipped")
+            if args.seeds > 1:
+                print("--seeds reruns the HRM: skipped")
         else:
-            factories = hrm(cfg, data, args.compare_fail_open) + factories
+            extra, seeds = seed_factories(hrm, cfg, data, args.seeds)
+            factories = hrm(cfg, data, args.compare_fail_open) + extra + factories
             if args.compare_fail_open:
                 comparisons.append(("hrm", "hrm_regime_only"))
         out = Path(args.out or cfg.validate.out_dir)
-        result = run_validation(
-            cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
-            progress=not args.no_progress,
-        )
+        with Ledger(default_ledger_path(cfg, out)) as ledger:
+            fingerprint = data.data_fingerprint()
+            result = run_validation(
+                cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
+                seeds=seeds, earlier=ledger.trials(fingerprint), progress=not args.no_progress,
+                runner=runner,
+            )
+            record = RunRecord(kind="validate", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
+                               dataset=data.name, seed=cfg.train.seed, run_dir=str(out.resolve()),
+                               metrics=result.summary(), verdict=result.verdict())
+            record = record_run(tracking, ledger, record, cfg, result.trials(),
+                                [out / "report.md", out / "report.json", out / "equity.png"])
     except HRMError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     for p, m in result.overall.items():
         print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
+    if result.pbo is not None:
+        print(f"PBO {result.pbo.pbo:.3f} over {len(result.pbo.names)} trials, P(out-of-sample loss) "
+              f"{result.pbo.prob_oos_loss:.3f}")
     print(result.verdict())
     print(f"report: {out / 'report.md'}")
+    print(f"ledger: {ledger.path} (run {record.run_id})")
     if result.leak_found:
         for f in result.leakage.findings:
             print(f"LEAK {f.check}: {f.subject}: {f.detail}")

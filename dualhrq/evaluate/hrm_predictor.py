@@ -85,7 +85,7 @@ class HRMPredictor:
         self.prepared = self._prepare(int(train_idx.max()))
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
-        setup = json.dumps(config_to_dict(self.cfg), sort_keys=True) + self.data.fingerprint() + str(resume_from)
+        setup = json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint() + str(resume_from)
         key = hashlib.sha256(train_idx.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
@@ -153,6 +153,16 @@ class HRMPredictor:
         labels["state"] = self.prepared.samples.targets.state[idx].numpy()
         targets = make_targets(labels, self.prepared.inputs.artifacts.target_scale, self.cfg.data.cost_bps)
         return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(idx)), targets)
+
+
+def _model_settings(cfg: Config) -> dict:
+    """The config as a split's model key reads it: without the settings that only score or record a run
+    (execution costs, PBO blocks, tracking), so that changing them never retrains a model."""
+    d = config_to_dict(cfg)
+    d.pop("tracking", None)
+    for key in ("execution", "pbo_blocks"):
+        d["validate"].pop(key, None)
+    return d
 
 
 def hrm_factories(cfg: Config, data: ValidationData, compare_fail_open: bool) -> list[PredictorFactory]:

@@ -1,8 +1,8 @@
-"""Out-of-sample scores of a strategy: hit rate, information coefficient, Sharpe after costs, drawdown, turnover.
+"""Out-of-sample scores of a strategy: hit rate, information coefficient, Sharpe after costs, drawdown, turnover,
+and the gross return with each cost term.
 
-Returns are per-sample log returns of holding one unit from a sample to the next, so a strategy's return is
-``position * return`` and returns add up over time. Costs are charged on turnover: every unit of position
-change pays ``cost_bps`` basis points, including the first entry from flat.
+Returns are per-sample log returns, so they add up over time. What a series of positions earns and pays once
+filled is dualhrq.evaluate.execution's; the scores here read its `Fills`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from dualhrq.errors import DataError, InferenceError
+from dualhrq.evaluate.execution import Fills
 
 _NS_PER_YEAR = 365.25 * 24 * 3600 * 1e9
 
@@ -63,8 +64,13 @@ class StrategyMetrics:
     sharpe: float  # annualised, after costs
     annual_return: float  # mean log return per year, after costs
     max_drawdown: float  # largest peak-to-trough loss, as a fraction of the peak
-    turnover: float  # mean absolute position change per sample
+    turnover: float  # mean absolute (executed) position change per sample
     cost: float  # total cost paid, in log-return units
+    gross_return: float = float("nan")  # mean log return per year before costs
+    spread_cost: float = 0.0  # total of each cost term, in log-return units
+    fee_cost: float = 0.0
+    impact_cost: float = 0.0
+    break_even_bps: float = float("nan")  # cost per unit of turnover that would consume the gross return
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
@@ -75,16 +81,6 @@ def periods_per_year(t_ns: np.ndarray) -> float:
     if len(t_ns) < 2 or t_ns[-1] <= t_ns[0]:
         raise DataError("t: need at least two increasing sample times to infer periods_per_year")
     return (len(t_ns) - 1) / ((t_ns[-1] - t_ns[0]) / _NS_PER_YEAR)
-
-
-def trades(position: np.ndarray) -> np.ndarray:
-    """Absolute position change at each sample, the first one entered from flat."""
-    return np.abs(np.diff(position, prepend=0.0))
-
-
-def strategy_returns(position: np.ndarray, returns: np.ndarray, cost_bps: float) -> np.ndarray:
-    """Per-sample net log return of holding ``position`` over each sample's return."""
-    return position * returns - trades(position) * cost_bps * 1e-4
 
 
 def hit_rate(position: np.ndarray, returns: np.ndarray) -> float:
@@ -123,17 +119,20 @@ def max_drawdown(net: np.ndarray) -> float:
     return float(1.0 - np.exp(-(np.maximum.accumulate(equity) - equity).max()))
 
 
-def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, periods: float) -> StrategyMetrics:
-    """All scores of one out-of-sample series; ``returns`` are the realised returns of the same samples."""
-    if returns.shape != pred.position.shape:
-        raise DataError(f"returns {returns.shape} and predictions {pred.position.shape} differ in length")
-    net = strategy_returns(pred.position, returns, cost_bps)
-    traded = trades(pred.position)
+def compute_metrics(pred: Predictions, returns: np.ndarray, fills: Fills, *, periods: float) -> StrategyMetrics:
+    """All scores of one out-of-sample series: ``returns`` are the samples' realised (close-to-close) returns,
+    which the forecast is ranked against; ``fills`` is the series executed, which earns and pays."""
+    if returns.shape != pred.position.shape or fills.position.shape != pred.position.shape:
+        raise DataError(f"returns {returns.shape}, fills {fills.position.shape} and predictions "
+                        f"{pred.position.shape} differ in length")
+    net = fills.net
+    traded = fills.traded
     ic = information_coefficient(pred.forecast, returns)
     ic_low, ic_high = ic_interval(ic, len(returns))
+    spread, fees, impact = (float(x.sum()) for x in (fills.spread, fills.fees, fills.impact))
     return StrategyMetrics(
         n=len(returns),
-        hit_rate=hit_rate(pred.position, returns),
+        hit_rate=hit_rate(fills.position, fills.fill_return),
         ic=ic,
         ic_low=ic_low,
         ic_high=ic_high,
@@ -141,5 +140,10 @@ def compute_metrics(pred: Predictions, returns: np.ndarray, *, cost_bps: float, 
         annual_return=float(net.mean() * periods) if len(net) else float("nan"),
         max_drawdown=max_drawdown(net),
         turnover=float(traded.mean()) if len(traded) else float("nan"),
-        cost=float(traded.sum() * cost_bps * 1e-4),
+        cost=fees + spread + impact,
+        gross_return=float(fills.gross.mean() * periods) if len(net) else float("nan"),
+        spread_cost=spread,
+        fee_cost=fees,
+        impact_cost=impact,
+        break_even_bps=fills.break_even_bps(),
     )

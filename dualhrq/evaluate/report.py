@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dualhrq.evaluate.leakage import LeakageReport  # noqa: E402
+from dualhrq.evaluate.ledger import Trial, samples_hash, strict_json  # noqa: E402
 from dualhrq.evaluate.metrics import StrategyMetrics  # noqa: E402
+from dualhrq.evaluate.overfitting import LOGIT_QUANTILES, PBOResult  # noqa: E402
 from dualhrq.evaluate.statistics import DSRResult, SPAResult  # noqa: E402
 
 SIGNIFICANCE = 0.05  # SPA consistent p-value below which an edge counts as real
@@ -63,6 +65,41 @@ class ValidationResult:
     path_sharpes: dict[str, list[float]] = field(default_factory=dict)  # CPCV only
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    positions: dict[str, np.ndarray] = field(default_factory=dict)  # out-of-sample target positions, per predictor
+    seeds: list[str] = field(default_factory=list)  # the candidate and its reruns with other seeds
+    pbo: PBOResult | None = None
+    earlier_trials: int = 0  # strategies from the run ledger that the DSR counted
+
+    @property
+    def samples_hash(self) -> str:
+        return samples_hash(self.oos_time)
+
+    def trials(self) -> list[Trial]:
+        """This run's strategies, for the run ledger."""
+        return [Trial(p, self.samples_hash, self.dsr[p].sharpe if p in self.dsr else float("nan"), pos)
+                for p, pos in self.positions.items()]
+
+    def summary(self) -> dict[str, Any]:
+        """The figures the run ledger keeps: every predictor's overall scores, DSR and the PBO."""
+        return strict_json({
+            "overall": {p: m.to_dict() for p, m in self.overall.items()},
+            "dsr": {p: r.dsr for p, r in self.dsr.items()},
+            "n_trials": next(iter(self.dsr.values())).n_trials if self.dsr else None,
+            "pbo": self.pbo.pbo if self.pbo is not None else None,
+            "prob_oos_loss": self.pbo.prob_oos_loss if self.pbo is not None else None,
+            "leak_found": self.leak_found,
+        })
+
+    def seed_spread(self) -> dict[str, dict[str, float]]:
+        """Mean and standard deviation over the seeds of each headline score."""
+        if len(self.seeds) < 2:
+            return {}
+        out = {}
+        for k in ("sharpe", "annual_return", "ic", "hit_rate", "turnover"):
+            v = np.array([getattr(self.overall[p], k) for p in self.seeds], dtype=float)
+            out[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)),
+                      "min": float(np.nanmin(v)), "max": float(np.nanmax(v))}
+        return out
 
     @property
     def leak_found(self) -> bool:
@@ -95,10 +132,16 @@ class ValidationResult:
                 f"The {name} beats every baseline by SPA, but its Deflated Sharpe Ratio is {_fmt(dsr.dsr)}:"
                 f" over {dsr.n_trials} configurations tried, its Sharpe ratio is not convincingly above luck."
             )
+        if self.pbo is not None and self.pbo.pbo >= 0.5:
+            return (
+                f"The {name} beats every baseline by SPA, but the probability of backtest overfitting is"
+                f" {_fmt(self.pbo.pbo)}: picking the best of the {len(self.pbo.names)} trials in sample does no"
+                " better than the median out of sample."
+            )
         return f"The {name} beats every baseline at the {SIGNIFICANCE:.0%} level (SPA consistent p-values)."
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean(
+        return strict_json(
             {
                 "dataset": self.dataset,
                 "scheme": self.scheme,
@@ -113,22 +156,13 @@ class ValidationResult:
                 "dsr": {p: r.to_dict() for p, r in self.dsr.items()},
                 "path_sharpes": self.path_sharpes,
                 "comparisons": [{"a": c.a, "b": c.b, "spa": c.spa.to_dict()} for c in self.comparisons],
+                "pbo": self.pbo.to_dict() if self.pbo is not None else None,
+                "seed_spread": self.seed_spread(),
+                "seeds": self.seeds,
+                "earlier_trials": self.earlier_trials,
                 "notes": self.notes,
             }
         )
-
-
-def _clean(x: Any) -> Any:
-    """Strict JSON: NaN and infinities become null, tuples lists."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def _fmt(v: float | int | None, digits: int = 3) -> str:
@@ -184,6 +218,14 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
             for p, m in result.overall.items()
         ],
     )
+    lines += ["", "## Execution costs", ""]
+    lines += ["Gross and net are mean log returns per year; each cost is the total over the series, in log-return"
+              " units. Break-even: the cost per unit of turnover, in bps, that would consume the gross return.", ""]
+    lines += _table(
+        ["predictor", "gross / year", "spread", "fees", "impact", "net / year", "turnover", "break-even bps"],
+        [[p, _fmt(m.gross_return, 4), _fmt(m.spread_cost, 4), _fmt(m.fee_cost, 4), _fmt(m.impact_cost, 4),
+          _fmt(m.annual_return, 4), _fmt(m.turnover), _fmt(m.break_even_bps, 2)] for p, m in result.overall.items()],
+    )
     if result.path_sharpes:
         lines += ["", "CPCV backtest paths, Sharpe per path:", ""]
         lines += _table(
@@ -213,6 +255,26 @@ def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
                 for p, r in result.dsr.items()
             ],
         )
+    if result.pbo is not None:
+        pbo = result.pbo
+        slope, intercept = pbo.degradation()
+        lines += ["", "## Probability of backtest overfitting (CSCV)", ""]
+        earlier = len(pbo.names) - len(result.net_returns)
+        lines += [f"Over {len(pbo.names)} trials on these samples ({earlier} of them from earlier runs in the run"
+                  f" ledger), {pbo.n_blocks} blocks, {pbo.n_combinations} combinations: "
+                  f"**PBO {_fmt(pbo.pbo)}**, probability of an out-of-sample loss {_fmt(pbo.prob_oos_loss)}; "
+                  f"out-of-sample Sharpe of the pick = {_fmt(slope)} x in-sample + {_fmt(intercept, 4)}"
+                  " (per sample).", ""]
+        quantiles = [float(np.quantile(pbo.logits, q)) for q in LOGIT_QUANTILES]
+        lines += _table([f"logit q{int(q * 100)}" for q in LOGIT_QUANTILES], [[_fmt(v) for v in quantiles]])
+        lines += ["", "In-sample pick, share of combinations: "
+                  + ", ".join(f"{n} {_fmt(v, 2)}" for n, v in sorted(pbo.pick_shares().items(), key=lambda x: -x[1]))
+                  + "."]
+    spread = result.seed_spread()
+    if spread:
+        lines += ["", f"## Spread over {len(result.seeds)} seeds ({', '.join(result.seeds)})", ""]
+        lines += _table(["score", "mean", "std", "min", "max"],
+                        [[k, *(_fmt(v[s], 4) for s in ("mean", "std", "min", "max"))] for k, v in spread.items()])
     for c in result.comparisons:
         lines += ["", f"## {c.a} against {c.b} on the same splits", ""]
         a, b = result.overall[c.a], result.overall[c.b]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dualhrq.config import Config, ValidateConfig
+from dualhrq.config import VALIDATE_REPORTING_ONLY, Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_dataset
@@ -42,7 +42,11 @@ from dualhrq.evaluate.baselines import (
     RidgeForecast,
     StateOnly,
 )
-from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, strategy_returns
+from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
+from dualhrq.evaluate.fanout import Runner, Sequential
+from dualhrq.evaluate.ledger import Trial, bars_fingerprint
+from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
+from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
 from dualhrq.features import BAR_FEATURES, REGIME_FEATURES, bar_features, pattern_features, regime_features
@@ -59,7 +63,9 @@ class ValidationData:
     by [t, t_known] keeps every label out of reach. ``labels`` are further per-sample training targets (the
     HRM's outA/outB/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
     never reads them, but permutes ``labels`` together with ``returns`` for the permuted-label control.
-    ``probe`` recomputes the features on a prefix of the bars, for the truncation check.
+    ``probe`` recomputes the features on a prefix of the bars, for the truncation check. ``bars`` with
+    ``bar_index`` (sample i was decided at the close of ``bars[bar_index[i]]``) let the execution model fill
+    at other prices than the sample's close (dualhrq.evaluate.execution).
     """
 
     name: str
@@ -72,6 +78,8 @@ class ValidationData:
     states: np.ndarray | None = None  # the label rule's position state per sample, from the bars (not permuted)
     inputs: object = None
     probe: leakage.FeatureProbe | None = None
+    bars: Bars | None = None
+    bar_index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.t)
@@ -90,6 +98,11 @@ class ValidationData:
                 raise DataError(f"labels.{key}: {len(y)} rows for {n} samples")
         if self.states is not None and (self.states.shape != (n,) or not np.isin(self.states, (0, 1, 2)).all()):
             raise DataError(f"states: expected {n} position states in 0..2 (flat, long, short)")
+        if (self.bars is None) != (self.bar_index is None):
+            raise DataError("bars and bar_index: give both or neither")
+        if self.bar_index is not None and (self.bar_index.shape != (n,) or self.bar_index.min() < 0
+                                           or self.bar_index.max() >= len(self.bars)):
+            raise DataError(f"bar_index: expected {n} indices into the {len(self.bars)} bars")
 
     def __len__(self) -> int:
         return len(self.t)
@@ -105,6 +118,16 @@ class ValidationData:
             returns=self.returns[order],
             labels={k: np.asarray(y)[order] for k, y in self.labels.items()},
         )
+
+    def data_fingerprint(self) -> str:
+        """Identifies the data itself (the bars), whatever samples and features a config makes of it: the run
+        ledger counts trials per data."""
+        if self.bars is not None:
+            return bars_fingerprint(self.bars)
+        h = hashlib.sha256(self.name.encode())
+        for a in (self.t, self.returns):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
     def fingerprint(self) -> str:
         """Identifies the data, so a resumed run never reuses results computed on other data."""
@@ -191,6 +214,8 @@ def validation_data(cfg: Config, dataset: Dataset) -> ValidationData:
         states=windows.state,
         inputs=windows,
         probe=probe,
+        bars=fine,
+        bar_index=np.asarray(idx, dtype=np.int64),
     )
 
 
@@ -212,15 +237,11 @@ def _json_state(state: object) -> object:
         return None
 
 
-# Validate settings that change no prediction: editing them must not throw away finished splits.
-_REPORTING_ONLY = {"bootstrap_reps", "bootstrap_block", "extra_trials", "leak_lags", "leak_max_corr",
-                   "truncation_cuts", "permuted_control_splits", "periods_per_year", "out_dir"}
-
-
 def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> str:
     """Identifies a split's result: data, predictor, every setting that can change it, and the split itself."""
     settings = msgspec.to_builtins(cfg)
-    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in _REPORTING_ONLY}
+    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in VALIDATE_REPORTING_ONLY}
+    settings.pop("tracking", None)
     h = hashlib.sha256(f"{data_fp}/{name}/".encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(split.train.tobytes())
@@ -251,10 +272,10 @@ def _run_splits(
     cfg: Config,
     out_dir: Path,
     *,
-    score: Callable[[Predictions, np.ndarray], StrategyMetrics],
+    score: Callable[[Predictions, np.ndarray], StrategyMetrics],  # (predictions, sample indices)
     resume: bool,
     continue_states: bool,
-    bar: tqdm,
+    tick: Callable[[], None] | None = None,
 ) -> list[tuple[Predictions, StrategyMetrics]]:
     """Fit, predict and score every split, or load what an earlier run of the same splits already saved.
     Loaded splits are scored again: scoring settings may have changed since (they are not in the fingerprint)."""
@@ -273,7 +294,7 @@ def _run_splits(
             pred = predictor.predict(split.test)
             if len(pred) != len(split.test):
                 raise DataError(f"{predictor.name}: {len(pred)} predictions for {len(split.test)} test samples")
-        metrics = score(pred, data.returns[split.test])
+        metrics = score(pred, split.test)
         if saved is None:
             record = {
                 "fingerprint": fp,
@@ -288,7 +309,8 @@ def _run_splits(
             tmp.write_text(json.dumps(record))
             tmp.replace(path)  # atomic: an interruption never leaves a half-written split behind
         out.append((pred, metrics))
-        bar.update(1)
+        if tick is not None:
+            tick()
     return out
 
 
@@ -318,6 +340,60 @@ def _assemble_path(cpcv: CPCV, path: list[int], preds: list[Predictions]) -> tup
     return np.concatenate(idx), Predictions.concat(parts)
 
 
+def _scorer(on: ValidationData, m: Market, periods: float) -> Callable[[Predictions, np.ndarray], StrategyMetrics]:
+    return lambda pred, idx: compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx), periods=periods)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One predictor over every split, and its permuted-label control: what a runner ships."""
+
+    factory: PredictorFactory
+    cfg: Config
+    splits: list[Split]
+    control_splits: list[Split]
+    out: Path
+    resume: bool
+    continue_states: bool
+    periods: float
+    tick: Callable[[], None] | None  # progress, where the task runs in the driver
+    names: set[str] | None  # the names taken so far, where the task runs in the driver
+
+
+@dataclass(frozen=True)
+class _TaskResult:
+    name: str
+    scored: list[tuple[Predictions, StrategyMetrics]]
+    control: list[Predictions]
+
+
+def _claim(names: set[str], name: str) -> None:
+    if name in names:
+        raise ConfigurationError(f"predictors: two are named {name!r}")
+    names.add(name)
+
+
+def _predictor_task(data: ValidationData, task: _Task) -> _TaskResult:
+    cfg, vcfg = task.cfg, task.cfg.validate
+    market = market_for(vcfg.execution, cfg.data.cost_bps, data.returns, data.bars, data.bar_index)
+    predictor = task.factory(data, task.out / "models")
+    if task.names is not None:
+        _claim(task.names, predictor.name)
+    scored = _run_splits(predictor, data, task.splits, cfg, task.out / "splits" / predictor.name,
+                         score=_scorer(data, market, task.periods), resume=task.resume,
+                         continue_states=task.continue_states, tick=task.tick)
+    control: list[Predictions] = []
+    if task.control_splits:
+        permuted = data.permuted(vcfg.seed)
+        # Permuted returns are no market to fill in: the control is scored on them with the plain close fill.
+        control_score = _scorer(permuted, close_fill_market(permuted.returns, market.fee_bps), task.periods)
+        control = [pr for pr, _ in _run_splits(
+            task.factory(permuted, task.out / "control" / "models"), permuted, task.control_splits, cfg,
+            task.out / "control" / predictor.name, score=control_score, resume=task.resume,
+            continue_states=task.continue_states, tick=task.tick)]
+    return _TaskResult(predictor.name, scored, control)
+
+
 def run_validation(
     cfg: Config,
     data: ValidationData,
@@ -327,17 +403,23 @@ def run_validation(
     resume: bool = True,
     candidate: str = "hrm",
     comparisons: Sequence[tuple[str, str]] = (),
+    seeds: Sequence[str] = (),
+    earlier: Sequence[Trial] = (),
+    runner: Runner | None = None,
     progress: bool = True,
 ) -> ValidationResult:
     """Validate every predictor on the same splits, check for leakage, test the candidate, write the report.
 
     ``comparisons`` are pairs (a, b) reported side by side with an SPA test of a against b, e.g.
-    ("hrm", "hrm_regime_only") for the price of failing open. Returns the result; ``result.leak_found``
-    tells the caller to fail.
+    ("hrm", "hrm_regime_only") for the price of failing open. ``seeds`` name the candidate's reruns with other
+    seeds: reported as a spread, tested against no one. ``earlier`` are the trials of earlier runs on the same
+    data (from the run ledger): the Deflated Sharpe Ratio counts them, PBO takes those on the same samples.
+    ``runner`` runs each predictor's splits (here one after another by default; dualhrq.evaluate.fanout).
+    Returns the result; ``result.leak_found`` tells the caller to fail.
     """
     vcfg = cfg.validate
     out = Path(out_dir)
-    cost_bps = cfg.data.cost_bps / 2  # data.cost_bps is round-trip; a unit of position change pays half
+    market = market_for(vcfg.execution, cfg.data.cost_bps, data.returns, data.bars, data.bar_index)
     periods = vcfg.periods_per_year or periods_per_year(data.t)
     layout = splits_from_config(vcfg, data.t, data.t_known)
     splits = layout.splits if isinstance(layout, CPCV) else layout
@@ -347,37 +429,34 @@ def run_validation(
     permuted = data.permuted(vcfg.seed) if control_splits else None
     total = len(predictors) * (len(splits) + len(control_splits))
 
-    def score(pred: Predictions, returns: np.ndarray) -> StrategyMetrics:
-        return compute_metrics(pred, returns, cost_bps=cost_bps, periods=periods)
+    score = _scorer(data, market, periods)
+    runner = runner or Sequential()
+    here = isinstance(runner, Sequential)  # tasks run in this process, one after another
+    names: set[str] = set()
+    if not here:  # names first: two tasks running at once must never write one directory
+        for factory in predictors:
+            _claim(names, factory(data, out / "models").name)
 
     preds: dict[str, list[Predictions]] = {}
     per_split: dict[str, list[StrategyMetrics]] = {}
     with tqdm(total=total, desc="validate", unit="split", disable=not progress,
               mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
-        for factory in predictors:
-            predictor = factory(data, out / "models")
-            if predictor.name in preds:
-                raise ConfigurationError(f"predictors: two are named {predictor.name!r}")
-            bar.set_postfix_str(predictor.name)
-            scored = _run_splits(
-                predictor, data, splits, cfg, out / "splits" / predictor.name,
-                score=score, resume=resume, continue_states=continue_states, bar=bar,
+        tasks = [_Task(factory, cfg, splits, control_splits, out, resume, continue_states, periods,
+                       (lambda: bar.update(1)) if here else None, names if here else None) for factory in predictors]
+        if not here:
+            bar.set_postfix_str(runner.name)
+        results = runner.run(_predictor_task, data, tasks)
+        if not here:
+            bar.update(total)
+    for r in results:
+        preds[r.name] = [pr for pr, _ in r.scored]
+        per_split[r.name] = [m for _, m in r.scored]
+        if permuted is not None:
+            test = np.concatenate([s.test for s in control_splits])
+            report.record(
+                "permuted_label",
+                leakage.permuted_label_finding(r.name, Predictions.concat(r.control).forecast, permuted.returns[test]),
             )
-            preds[predictor.name] = [pr for pr, _ in scored]
-            per_split[predictor.name] = [m for _, m in scored]
-            if permuted is not None:
-                control = factory(permuted, out / "control" / "models")
-                cpreds = [pr for pr, _ in _run_splits(
-                    control, permuted, control_splits, cfg, out / "control" / predictor.name,
-                    score=score, resume=resume, continue_states=continue_states, bar=bar,
-                )]
-                test = np.concatenate([s.test for s in control_splits])
-                report.record(
-                    "permuted_label",
-                    leakage.permuted_label_finding(
-                        predictor.name, Predictions.concat(cpreds).forecast, permuted.returns[test]
-                    ),
-                )
     if permuted is None:
         report.skip("permuted_label", "permuted_control_splits is 0")
 
@@ -388,14 +467,13 @@ def run_validation(
         # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
         for p, ps in preds.items():
             assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
-            path_sharpes[p] = [score(pr, data.returns[idx]).sharpe for idx, pr in assembled]
+            path_sharpes[p] = [score(pr, idx).sharpe for idx, pr in assembled]
             oos_idx, overall_pred[p] = assembled[0]
         notes.append(f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}.")
     else:
         oos_idx = np.concatenate([s.test for s in splits])
         overall_pred = {p: Predictions.concat(ps) for p, ps in preds.items()}
 
-    oos_returns = data.returns[oos_idx]
     for p, pr in overall_pred.items():
         worst, found = leakage.future_correlation(
             pr.forecast, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=[p], index=oos_idx
@@ -403,12 +481,12 @@ def run_validation(
         report.max_future_corr[p] = worst
         report.record("future_correlation", found)
 
-    overall = {p: score(pr, oos_returns) for p, pr in overall_pred.items()}
-    net = {p: strategy_returns(pr.position, oos_returns, cost_bps) for p, pr in overall_pred.items()}
+    overall = {p: score(pr, oos_idx) for p, pr in overall_pred.items()}
+    net = {p: market.execute(pr.position, oos_idx).net for p, pr in overall_pred.items()}
     result = ValidationResult(
         dataset=data.name,
         scheme=vcfg.scheme,
-        settings=_settings(vcfg, cost_bps, periods),
+        settings=_settings(vcfg, cfg.data.cost_bps, periods),
         candidate=candidate,
         splits=[_split_info(data, s) for s in splits],
         per_split=per_split,
@@ -418,8 +496,10 @@ def run_validation(
         leakage=report,
         path_sharpes=path_sharpes,
         notes=notes,
+        positions={p: pr.position for p, pr in overall_pred.items()},
+        seeds=[candidate, *seeds] if seeds else [],
     )
-    _add_statistics(result, vcfg, comparisons)
+    _add_statistics(result, vcfg, comparisons, _earlier_trials(result, earlier, market, oos_idx))
     paths = write_report(result, out)
     log.info("validation report written to %s", paths["markdown"])
     return result
@@ -440,19 +520,48 @@ def _check_features(data: ValidationData, vcfg: ValidateConfig) -> leakage.Leaka
     return report
 
 
-def _settings(vcfg: ValidateConfig, cost_bps: float, periods: float) -> dict[str, Any]:
+def _settings(vcfg: ValidateConfig, round_trip_bps: float, periods: float) -> dict[str, Any]:
     keys = ["train_bars", "test_bars", "step_bars", "purge_bars", "embargo_bars", "anchored", "continue_from_previous"]
     if vcfg.scheme == "cpcv":
         keys = ["cpcv_groups", "cpcv_test_groups", "purge_bars", "embargo_bars"]
     settings: dict[str, Any] = {k: getattr(vcfg, k) for k in keys}
-    settings["cost_bps_per_unit_turnover"] = cost_bps
+    ex = vcfg.execution
+    settings["fill"] = ex.fill if not ex.delay_bars else f"{ex.fill} after {ex.delay_bars} bars"
+    settings["fee_bps_per_side"] = default_fee_bps(ex, round_trip_bps)
+    settings["half_spread"] = f"{ex.half_spread_bps} bps" if ex.spread == "fixed" else f"high/low, {ex.spread_window} bars"
+    if ex.impact_coef > 0:
+        settings["impact"] = f"{ex.impact_coef} * sigma * sqrt(order / volume), order {ex.order_size}"
+    if ex.participation_cap is not None:
+        settings["participation_cap"] = ex.participation_cap
     settings["periods_per_year"] = round(periods, 1)
     settings["bootstrap_reps"] = vcfg.bootstrap_reps
     return settings
 
 
-def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]]) -> None:
-    """SPA/Reality Check of the candidate against every other predictor, DSR of all, and the comparisons."""
+def _earlier_trials(result: ValidationResult, earlier: Sequence[Trial], market: Market,
+                    oos_idx: np.ndarray) -> list[tuple[Trial, np.ndarray | None]]:
+    """The earlier runs' strategies that are none of this run's, each with its net returns under this run's
+    execution when it was tested on the same samples (None otherwise)."""
+    mine = {t.key for t in result.trials()}
+    samples = result.samples_hash
+    out = []
+    for t in earlier:
+        if t.key in mine:
+            continue
+        same = t.samples == samples and len(t.positions) == len(oos_idx)
+        out.append((t, market.execute(t.positions, oos_idx).net if same else None))
+    return out
+
+
+def _per_sample_sharpe(r: np.ndarray) -> float:
+    sd = r.std(ddof=1)
+    return float(r.mean() / sd) if sd > 0 else float("nan")
+
+
+def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]],
+                    earlier: list[tuple[Trial, np.ndarray | None]]) -> None:
+    """SPA/Reality Check of the candidate against every other predictor, DSR of all over every trial (this
+    run's and the ledger's), PBO over the trials on these samples, and the comparisons."""
     net = result.net_returns
     block = vcfg.bootstrap_block or None
 
@@ -466,14 +575,26 @@ def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons:
             continue
         result.comparisons.append(Comparison(a=a, b=b, spa=spa(a, b)))
     if result.has_candidate:
-        partners = {b for _, b in comparisons}
+        partners = {b for _, b in comparisons} | set(result.seeds)
         for b in net:
             if b != result.candidate and b not in partners:
                 result.spa[b] = spa(result.candidate, b)
-    sharpes = np.array([r.mean() / r.std(ddof=1) if r.std(ddof=1) > 0 else np.nan for r in net.values()])
+    sharpes = [_per_sample_sharpe(r) for r in net.values()]
+    sharpes += [_per_sample_sharpe(r) if r is not None else t.sharpe for t, r in earlier]
+    result.earlier_trials = len(earlier)
     for p, r in net.items():
         if r.std(ddof=1) > 0:
-            result.dsr[p] = deflated_sharpe_ratio(r, sharpes, vcfg.extra_trials)
+            result.dsr[p] = deflated_sharpe_ratio(r, np.array(sharpes), vcfg.extra_trials)
+    matrix = dict(net)
+    matrix.update({f"{t.predictor} (ledger {j})": r for j, (t, r) in enumerate(earlier) if r is not None})
+    if len(matrix) < 2:
+        result.notes.append("PBO skipped: it needs at least two strategies on the same samples.")
+    elif len(result.oos_time) < 2 * vcfg.pbo_blocks:
+        result.notes.append(f"PBO skipped: {len(result.oos_time)} out-of-sample samples are too few for "
+                            f"{vcfg.pbo_blocks} blocks.")
+    else:
+        result.pbo = probability_of_backtest_overfitting(np.column_stack(list(matrix.values())), list(matrix),
+                                                         n_blocks=vcfg.pbo_blocks)
 
 
 # ---------------------------------------------------------------- the command

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dualhrq.config import load_config
+from dualhrq.config import Config, TrackingConfig, load_config
+
+if TYPE_CHECKING:
+    from dualhrq.train.loop import RunResult
 
 
 def _positive(text: str) -> int:
@@ -16,13 +21,16 @@ def _positive(text: str) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dualhrq.evaluate.tracking import tracking_from_flag
     from dualhrq.train.loop import train
 
     cfg = load_config(args.config)
+    tracking = tracking_from_flag(cfg.tracking, args.tracking)  # a bad flag fails before the run, not after
     result = train(cfg, args.out, steps=args.steps, resume=args.resume, stop_at=args.stop_at,
                    progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
+    ledger_path = _record(cfg, tracking, result)
     last = result.history[-1] if result.history else {}
     acc, seg = last.get("train_accuracy"), last.get("segments")
     print(f"trained to step {result.step}: training loss {last.get('loss', float('nan')):.4f}, training accuracy "
@@ -45,7 +53,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print("  NOTE: no margin paid the cost on the validation slice, so the exported bundle serves HOLD "
                       "on every bar; the probabilities in its replies are still the model's own")
     print(f"metrics log: {result.out_dir / 'metrics.jsonl'}")
+    print(f"ledger: {ledger_path}")
     return 0
+
+
+def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
+    """Append the finished run to the run ledger (and MLflow when tracking asks for it)."""
+    from dualhrq.data.sources import load_dataset
+    from dualhrq.evaluate.ledger import Ledger, RunRecord, bars_fingerprint, config_hash, default_ledger_path
+    from dualhrq.evaluate.tracking import record_run
+
+    last = result.history[-1] if result.history else {}
+    metrics: dict[str, object] = {"step": result.step, **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    if result.best_val is not None:
+        metrics.update(result.best_val.to_dict("best_val."))
+    if result.best_test is not None:
+        metrics.update(result.best_test.to_dict("best_test."))
+    bars = load_dataset(cfg.data.dataset, cfg.data.timestamps).bars
+    record = RunRecord(kind="train", config_hash=config_hash(cfg), data_fingerprint=bars_fingerprint(bars),
+                       dataset=cfg.data.dataset, seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
+                       metrics=metrics)
+    with Ledger(default_ledger_path(cfg, result.out_dir)) as ledger:
+        record_run(tracking, ledger, record, cfg, artifacts=[Path(result.out_dir) / "metrics.jsonl"])
+        return ledger.path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,4 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-at", type=_positive, default=None, metavar="STEP",
                    help="stop after this step (a checkpoint is written); --resume continues later")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tracking", metavar="mlflow[:URI]", default=None,
+                   help="also mirror the run and its metrics to MLflow (the mlflow extra); every run is in the run "
+                        "ledger either way (tracking.ledger, default RUNS/ledger.sqlite)")
     p.set_defaults(func=_cmd_train)
