@@ -222,9 +222,11 @@ def test_every_cpu_engine_holds_fp32_parity_through_the_one_interface(model, fee
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_the_reduced_cpu_variants_go_through_the_same_interface(model, feeds, graph, precision):
-    from dualhrq.export.precision import to_fp16, to_int8
+    from dualhrq.cpu import has_vnni
+    from dualhrq.export.precision import int8_schemes, to_fp16, to_int8
 
-    derived = (to_fp16 if precision == "fp16" else to_int8)(graph, graph.with_name(f"segment_{precision}.onnx"))
+    out = graph.with_name(f"segment_{precision}.onnx")
+    derived = to_fp16(graph, out) if precision == "fp16" else to_int8(graph, out, int8_schemes(has_vnni())[0])
     result = engine_parity(model, OnnxEngine(derived, threads=1, max_batch=4), feeds, precision, segments=2)
     assert result.precision == precision and len(result.halting_agreement) == 2
     assert result.segment.samples == len(feeds["h_tokens"]) and result.carry_max_abs_err[0] > 0
