@@ -64,7 +64,7 @@ def test_all_five_thousand_hourly_bars_as_one_stream_are_answered_exactly_as_ful
     assert compared >= 3900 and resyncs == 0
 
 
-def _open(client: Client, history, windows: RequestWindows, i: int, session: str) -> None:
+def _open(client: Client, windows: RequestWindows, i: int, session: str) -> None:
     client.request({**signal_request("EURUSD", "1h", *windows.at(i)), "session": session})
 
 
@@ -75,7 +75,7 @@ def test_a_skipped_bar_gets_resync_required_and_the_stream_client_recovers_with_
         windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
         i = next(j for j in range(1150, 1300) if all(history.t[j + k + 1] - history.t[j + k] == 3600 * 10**9
                                                       for k in range(3)))  # three bars an hour apart
-        _open(client, history, windows, i, "skip")
+        _open(client, windows, i, "skip")
         skipped = append_request("EURUSD", "skip", history.slice(0, 0), history.slice(i + 2, i + 3))
         reply = client.exchange(skipped)[2]
         assert isinstance(reply, p.ErrorReply)
@@ -107,7 +107,7 @@ def test_an_unknown_session_another_instrument_or_a_bar_not_newer_get_resync_req
         pong = client.ping()
         windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
         i = 1300
-        _open(client, history, windows, i, "known")
+        _open(client, windows, i, "known")
         new = history.slice(i + 1, i + 2)
         for session, instrument, fine in (("never-opened", "EURUSD", new), ("known", "GBPUSD", new),
                                           ("known", "EURUSD", history.slice(i, i + 1))):

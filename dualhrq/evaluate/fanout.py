@@ -48,7 +48,11 @@ def _torch_threads() -> int:
 
 
 def _call(payload: bytes, shared: Any, threads: int) -> Any:
-    """In a worker: the task with the driver's torch threads."""
+    """In a worker: the task with the driver's torch threads.
+
+    NOTE: payloads are unpickled, so they may only come from this run's own driver (the processes it spawned,
+    or the Ray cluster the user points it at); nothing here ever reads a pickle from a file or a socket of
+    its own."""
     import cloudpickle
     import torch
 

@@ -45,8 +45,9 @@ class StreamWindow:
         self.bars = bars
 
     @property
-    def last_t(self) -> int:
-        return int(self._fine.t[-1])
+    def no_coarse(self) -> Bars:
+        """No coarse bars (an append that closed none)."""
+        return self._coarse.slice(0, 0)
 
     @property
     def nbytes(self) -> int:

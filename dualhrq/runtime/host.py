@@ -125,7 +125,8 @@ class ModelHost:
     def extend(self, window: StreamWindow, req: Append) -> SampleBars:
         """An append's bars, validated (ProtocolError naming the field), added to its stream's window;
         `resync_required` when they do not follow on from it."""
-        coarse = check_bars(req.coarse, "coarse", 0, req.id)
+        # Most appends close no coarse bar: an empty column has nothing to validate.
+        coarse = check_bars(req.coarse, "coarse", 0, req.id) if len(req.coarse) else window.no_coarse
         fine = check_bars(req.fine, "fine", 1, req.id)
         try:
             return window.extend(coarse, fine)
