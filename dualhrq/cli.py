@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if e.name != "onnxruntime":
             raise
-        # ONNX Runtime is an extra (cpu or gpu, never both: the two packages shadow each other).
-        print("error: ONNX Runtime is not installed; install dualhrq with one of its runtimes: "
-              "pip install 'dualhrq[cpu]' (CPU) or 'dualhrq[gpu]' (GPU, see the README)", file=sys.stderr)
+        from dualhrq.contract import ORT_MISSING
+
+        print(f"error: {ORT_MISSING}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

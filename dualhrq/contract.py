@@ -39,6 +39,20 @@ PROVIDERS: dict[str, list[str]] = {
 }
 
 
+# ONNX Runtime is an install extra, cpu or gpu and never both: the two packages install the same module.
+ORT_MISSING = ("ONNX Runtime is not installed; install dualhrq with one of its runtimes: pip install 'dualhrq[cpu]' "
+               "(CPU) or 'dualhrq[gpu]' (GPU, see the README)")
+
+
+def require_onnxruntime() -> None:
+    """Raise ConfigurationError naming the install command when ONNX Runtime is absent: for commands that
+    would otherwise work for minutes before they first need it."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigurationError(ORT_MISSING)
+
+
 def zero_carry(cfg: ModelConfig, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(z_H, z_L) float32 zeros: the carry a request's first segment starts from (as HRM.initial_carry)."""
     return (np.zeros((batch_size, cfg.coarse_len, cfg.h_module.hidden_dim), np.float32),

@@ -71,3 +71,17 @@ def test_a_missing_onnx_runtime_names_the_install_command_instead_of_a_traceback
     args.func = needs_ort
     assert cli.main([]) == 2
     assert "pip install 'dualhrq[cpu]'" in capsys.readouterr().err
+
+
+def test_the_demo_without_onnx_runtime_stops_before_training(monkeypatch, tmp_path):
+    import importlib.util
+
+    from dualhrq import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ConfigurationError, match=r"dualhrq\[cpu\]"):
+        from dualhrq.bench.demo import run_demo
+
+        run_demo(cli.build_parser().parse_args(["demo", "--out", str(tmp_path)]), cli.main)
+    assert not any(tmp_path.iterdir())

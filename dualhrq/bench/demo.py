@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dualhrq.config import Config
+from dualhrq.contract import require_onnxruntime
 from dualhrq.errors import HRMError
 
 TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any directory
@@ -46,6 +47,7 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     from dualhrq.train.checkpoint import read_checkpoint_meta
     from dualhrq.train.loop import best_checkpoint
 
+    require_onnxruntime()  # before minutes of training, not at the export after them
     out = Path(args.out)
     run_dir, bundle = out / "train", out / "bundle"
     bench_json, bench_plot = out / "bench_latency.json", out / "bench_latency.png"

@@ -21,7 +21,6 @@ from typing import Any, Callable
 import msgspec
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from dualhrq.cpu import has_vnni, isa_flags
@@ -243,14 +242,14 @@ def _judge(parity: Parity, carry: CarryParity, path: Path, options: ExportOption
     if written:
         counts = ort_optimized_counts(path, options.threads)
         nodes = NodeCounts(counts.exported, counts.optimized, counts.fused, counts.op_counts,
-                           f"onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL")
+                           f"onnxruntime {_ort_version()} CPUExecutionProvider, ORT_ENABLE_ALL")
         progress(f"  {parity.precision}: {counts.exported} nodes, {counts.optimized} after ONNX Runtime's "
                  f"optimisation; fused: {', '.join(f'{op} x{n}' for op, n in counts.fused.items()) or 'none'}")
     else:
         for file in graph_files(path):
             file.unlink()
     return Variant(path.name if written else None, passed, not passed and force, parity.to_dict(),
-                   f"onnxruntime {ort.__version__} CPUExecutionProvider", carry=carry.to_dict(), nodes=nodes,
+                   f"onnxruntime {_ort_version()} CPUExecutionProvider", carry=carry.to_dict(), nodes=nodes,
                    **extra)
 
 
@@ -325,13 +324,20 @@ def _tensorrt(model: Any, source: Path, staging: Path, feeds: ParityFeeds, optio
                     carry=checked.to_dict())
 
 
+def _ort_version() -> str:
+    # Imported where used: ONNX Runtime is an install extra (cpu or gpu), and `dualhrq --help` must not need it.
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
 def _versions() -> dict[str, str]:
     try:
         dualhrq = importlib.metadata.version("dualhrq")
     except importlib.metadata.PackageNotFoundError:
         dualhrq = "unknown (not installed)"
     return {"dualhrq": dualhrq, "python": platform.python_version(), "torch": str(torch.__version__),
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__}
+            "onnx": onnx.__version__, "onnxruntime": _ort_version(), "numpy": np.__version__}
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
