@@ -107,14 +107,40 @@ class BudgetConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = "eurusd_1h"  # a bundled dataset name (`dualhrq data list`) or a CSV/Parquet path
-    instrument: str = ""  # defaults to the dataset's own instrument name
+    # A bundled dataset name (`dualhrq data list`) or a CSV/Parquet path, or a list of them: one model then
+    # trains across all of them (one instrument each, told apart by the instrument embedding), and their
+    # held-out tails start at one time, the earliest of each one's own train_fraction cut, so that no
+    # instrument trains on a time another is tested on. All of a list must share one fine timeframe.
+    dataset: str | list[str] = "eurusd_1h"
+    instrument: str = ""  # defaults to the dataset's own instrument name (one dataset only)
     coarse_rule: str = ""  # fixed coarse period ('4h', '1d', '1w'); default by the fine one: intraday -> 1d, 1d -> 1w
     train_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.8  # rest is the held-out tail
     label_horizon: PosInt = 1  # fine bars ahead for the fine label
     cost_bps: NonNegFloat = 1.0  # round-trip cost used by action labels and evaluation
     action_vol_threshold: NonNegFloat = 0.5  # move beyond the cost an action label needs, in horizon volatilities
     timestamps: Literal["open", "close"] = "open"  # what a user file's timestamp marks (bundled sets know theirs)
+
+    def __post_init__(self) -> None:
+        names = self.datasets
+        if not names:
+            raise ValueError("dataset: expected a dataset name or a non-empty list of them")
+        for i, name in enumerate(names):
+            if not name:
+                raise ValueError(f"dataset[{i}]: empty name")
+            if names.index(name) != i:
+                raise ValueError(f"dataset[{i}]: {name!r} is listed twice")
+        if self.instrument and len(names) > 1:
+            raise ValueError("instrument: names the instrument of one dataset; a list takes each dataset's own")
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The dataset names, one or many."""
+        return (self.dataset,) if isinstance(self.dataset, str) else tuple(self.dataset)
+
+    @property
+    def name(self) -> str:
+        """The datasets as one name, for messages and default output folders: "goog_1d+sp500_1d"."""
+        return "+".join(Path(n).stem for n in self.datasets)
 
 
 class TrainConfig(_Section):

@@ -80,6 +80,6 @@ def test_until_ns_cuts_the_training_window_before_that_time(goog_config):
     cfg = load_config(goog_config)
     bars = load_dataset("goog_1d").bars
     cut = int(bars.t[1200])
-    library, _, _ = build_library("goog_1d", cfg.model, cfg.patterns, cfg.data, until_ns=cut)
+    library, _, _ = build_library(cfg.model, cfg.patterns, cfg.data, until_ns=cut)
     hits = library.query(np.zeros((1, library.dim), np.float32), as_of=np.iinfo(np.int64).max, k=len(library))
     assert hits.available_at.max() == bars.t[1199]  # the last outcome known before the cut

@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     _done(t0)
 
     meta = read_checkpoint_meta(best)
-    t0 = _step(f"4/6 serving {args.held_out} held-out {meta.config.data.dataset} windows and counting the served "
+    t0 = _step(f"4/6 serving {args.held_out} held-out {meta.config.data.name} windows and counting the served "
                "actions")
     served = served_actions(bundle, meta.config, args.held_out)
     print("served: " + ", ".join(f"{a} {n}" for a, n in served.items()))
@@ -120,21 +120,21 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
 
 
 def served_actions(bundle: Path, cfg: Config, n: int) -> dict[str, int]:
-    """Actions a served bundle replies for ``n`` windows of the training dataset's held-out tail (from its
+    """Actions a served bundle replies for ``n`` windows of the (first) training dataset's held-out tail (from its
     first test sample on: the validation slice that fitted the decision rule lies before it), by action."""
     from collections import Counter
 
     from dualhrq.bench.requests import RealWindows
     from dualhrq.bench.server_process import ServerProcess
-    from dualhrq.data.sources import load_dataset
+    from dualhrq.data.sources import load_datasets
     from dualhrq.data.windows import build_dataset
     from dualhrq.runtime.client import Client
 
-    samples = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, pattern_window=cfg.patterns.window)
+    samples = build_dataset(load_datasets(cfg.data), cfg.model, cfg.data, pattern_window=cfg.patterns.window)
     first_test = int(samples.t[samples.test[0]])
     with ServerProcess(bundle) as server:
         needs = server.pong["needs"] if server.pong else {}
-        windows = RealWindows.from_dataset(cfg.data.dataset, needs, pool=n, seed=1, from_ns=first_test)
+        windows = RealWindows.from_dataset(cfg.data.datasets[0], needs, pool=n, seed=1, from_ns=first_test)
         client = Client(server.address, timeout_s=10.0)
         try:
             counts = Counter(client.signal(windows.instrument, windows.timeframe, coarse, fine).action

@@ -85,7 +85,7 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
 
     host = load_host(bundle.root, overlay={"serve": {"intra_op_threads": 1, "spinning": False}})
     try:
-        name = dataset or host.config.data.dataset
+        name = dataset or host.config.data.datasets[0]
         coarse_n, fine_n = host.needs
         real = RealWindows.from_dataset(name, {"coarse": coarse_n, "fine": fine_n}, pool=windows * batch)
         rows = []

@@ -85,7 +85,7 @@ def run_replay(args: argparse.Namespace) -> int:
             if args.pnl_bars < 1:
                 raise ConfigurationError(f"--pnl-bars: expected a positive number of bars, got {args.pnl_bars}")
             window = (window[0], min(window[1], window[0] + args.pnl_bars - 1), window[2])
-        report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars),
+        report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars, dataset.instrument),
                                  reference_signals(args.bundle, dataset), config, events=events, instrument=instrument,
                                  tier=args.tier, prior_close=args.prior_close, window=window)
     elif args.connect:
@@ -96,7 +96,8 @@ def run_replay(args: argparse.Namespace) -> int:
             report = replay(bars, None, events, gate, instrument=instrument, tier=args.tier,
                             prior_close=args.prior_close, decide=served_decisions(client, bars, instrument))
     else:
-        signal_fn = _bundle_signals(args.bundle, bars) if args.bundle else policy(args.policy, bars, args.seed)
+        signal_fn = (_bundle_signals(args.bundle, bars, dataset.instrument) if args.bundle
+                     else policy(args.policy, bars, args.seed))
         report = replay(bars, signal_fn, events, gate, instrument=instrument, tier=args.tier,
                         prior_close=args.prior_close)
     if args.json:
@@ -119,11 +120,11 @@ def run_replay(args: argparse.Namespace) -> int:
     return 1 if report.violations else 0
 
 
-def _bundle_signals(bundle: str, bars: Bars) -> SignalFn:
+def _bundle_signals(bundle: str, bars: Bars, instrument: str) -> SignalFn:
     from dualhrq.runtime.signals import signal_fn_from_bundle  # the serving stack loads only for --bundle
 
     try:
-        return signal_fn_from_bundle(bundle, bars)
+        return signal_fn_from_bundle(bundle, bars, instrument)
     except ConfigurationError as e:
         # e.g. an hourly bundle (coarse rule 1d) given daily bars: the bare message names a config key the
         # user of replay never set, so say which two inputs disagree.

@@ -29,6 +29,7 @@ from dualhrq.errors import DataError
 from dualhrq.evaluate.execution import Fills, market_for
 from dualhrq.evaluate.ledger import strict_json
 from dualhrq.evaluate.metrics import periods_per_year, sharpe_ratio
+from dualhrq.model.vocab import replay_instrument
 
 AGREEMENT_FP32 = 0.995  # the bar an fp32 bundle must clear against its own weights in PyTorch
 
@@ -102,13 +103,18 @@ class PnLReport:
 
 
 def held_out_window(dataset: Dataset, bundle_config: Any) -> tuple[int, int, str]:
-    """[start, end] bars decided and filled: the training config's held-out tail on its own dataset, else all."""
-    if dataset.name != bundle_config.data.dataset:
+    """[start, end] bars decided and filled: the training config's held-out tail on one of its own datasets
+    (the tail of a list starts at one time for all of them), else all."""
+    names = bundle_config.data.datasets
+    if dataset.name not in names:
         return 0, len(dataset.bars) - 2, "all bars"
+    from dualhrq.data.sources import load_datasets
     from dualhrq.data.windows import build_dataset
 
-    windows = build_dataset(dataset, bundle_config.model, bundle_config.data, pattern_window=bundle_config.patterns.window)
-    tail = windows.bar_index[windows.test]
+    windows = build_dataset(load_datasets(bundle_config.data), bundle_config.model, bundle_config.data,
+                            pattern_window=bundle_config.patterns.window)
+    test = windows.test[windows.instrument_index[windows.test] == names.index(dataset.name)]
+    tail = windows.bar_index[test]
     return int(tail[0]), int(min(tail[-1], len(dataset.bars) - 2)), "held-out tail"
 
 
@@ -125,8 +131,7 @@ def reference_signals(bundle_path: str | Path, dataset: Dataset) -> SignalFn:
     model.load_state_dict(bundle.state_dict())
     inputs = bundle.inputs(cfg)
     policy = HRMPolicy(model, cfg, inputs)
-    vocab = inputs.artifacts.instruments
-    instrument = vocab[0] if len(vocab) == 1 else ""
+    instrument = replay_instrument(inputs.artifacts.instruments, dataset.instrument)
     timeframe = inputs.artifacts.timeframe
     bars = dataset.bars
 

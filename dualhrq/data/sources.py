@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dualhrq.config import DataConfig
 from dualhrq.data.bars import Dataset
 from dualhrq.data.loader import Stamp, bars_from_frame, load_ohlcv
 from dualhrq.errors import DataError
@@ -94,3 +95,24 @@ def load_dataset(name_or_path: str | Path, timestamps: Stamp = "open") -> Datase
         return load_ohlcv(path, timestamps=timestamps)
     raise DataError(f"data.dataset: {key!r} is neither a bundled dataset ({', '.join(_BUNDLED)}) nor a "
                     "CSV/Parquet path")
+
+
+def load_datasets(data_cfg: DataConfig) -> list[Dataset]:
+    """Every dataset of ``data.dataset`` (one or a list), checked to share one fine timeframe and to name
+    distinct instruments: one model reads one timeframe and tells instruments apart by name."""
+    out: list[Dataset] = []
+    for i, name in enumerate(data_cfg.datasets):
+        where = "data.dataset" if isinstance(data_cfg.dataset, str) else f"data.dataset[{i}]"
+        try:
+            ds = load_dataset(name, data_cfg.timestamps)
+        except DataError as e:
+            raise DataError(str(e).replace("data.dataset:", f"{where}:", 1)) from None
+        if out and ds.timeframe != out[0].timeframe:
+            raise DataError(f"{where}: {name} holds {ds.timeframe} bars, but data.dataset[0] ({out[0].name}) holds "
+                            f"{out[0].timeframe} bars; one model reads one fine timeframe")
+        twin = next((o for o in out if o.instrument == ds.instrument), None)
+        if twin is not None:
+            raise DataError(f"{where}: {name} is instrument {ds.instrument}, as {twin.name} is; a list needs one "
+                            "dataset per instrument")
+        out.append(ds)
+    return out

@@ -14,13 +14,14 @@ At fine bar i (time t[i]) a sample holds:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from dualhrq.config import DataConfig, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars, Dataset
-from dualhrq.data.labels import make_labels
+from dualhrq.data.labels import Labels, make_labels
 from dualhrq.data.resample import default_coarse_rule, parse_rule, resample, visible_counts
 from dualhrq.data.splits import purge
 from dualhrq.errors import ConfigurationError, DataError
@@ -166,9 +167,10 @@ def build_sample(coarse: Bars, fine: Bars, stats: FeatureStats, model_cfg: Model
 
 @dataclass(frozen=True)
 class WindowDataset:
-    """Every sample of a history as stacked arrays, with labels, times and the train/test split."""
+    """Every sample of a history (one instrument's, or several's) as stacked arrays, with labels, times and
+    the train/test split. Samples are in time order; at one time, in ``instruments`` order."""
 
-    instrument: str
+    instruments: tuple[str, ...]  # one per dataset, in data.dataset order
     timeframe: str
     coarse_rule: str
     h_tokens: np.ndarray  # float32 [N, T_h, coarse_features]
@@ -182,7 +184,8 @@ class WindowDataset:
     state: np.ndarray  # int64 [N] the label rule's position state at the sample (= Sample.state)
     t: np.ndarray  # int64 [N] sample time (= Sample.as_of)
     t_known: np.ndarray  # int64 [N] when all of the sample's labels are known
-    bar_index: np.ndarray  # int64 [N] the fine bar each sample ends at
+    bar_index: np.ndarray  # int64 [N] the fine bar each sample ends at, in its own instrument's bars
+    instrument_index: np.ndarray  # int64 [N] the sample's instrument, an index into ``instruments``
     train: np.ndarray  # int64 sample indices, purged of labels that reach into the test part
     test: np.ndarray  # int64 sample indices: the held-out tail
     stats: FeatureStats  # fitted on the bars before the test part (or given)
@@ -190,44 +193,119 @@ class WindowDataset:
     def __len__(self) -> int:
         return len(self.t)
 
+    @property
+    def instrument(self) -> str:
+        """The instruments as one name, for messages: "EURUSD", or "GOOG+SP500+NASDAQ"."""
+        return "+".join(self.instruments)
 
-def build_dataset(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, stats: FeatureStats | None = None,
-                  pattern_window: int = DEFAULT_PATTERN_WINDOW) -> WindowDataset:
-    """All samples with complete inputs and labels, vectorised. Without ``stats``, statistics are fitted on
-    the training window only: the bars closed before the first test sample."""
-    _check_widths(model_cfg)
+    def of_instrument(self, i: int) -> np.ndarray:
+        """int64 indices of instrument ``i``'s samples, in time order."""
+        return np.flatnonzero(self.instrument_index == i)
+
+
+@dataclass(frozen=True)
+class PanelRows:
+    """One instrument's samples inside the samples of every dataset of a list: validation runs per
+    instrument, and the HRM for it trains on every instrument's history up to each split."""
+
+    windows: WindowDataset  # every dataset's samples, in time order
+    instrument: int  # index into windows.instruments
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.windows.of_instrument(self.instrument)
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One dataset's raw feature matrices, labels and complete samples, before the split and normalisation."""
+
+    instrument: str
+    coarse: Bars
+    fine: Bars
+    coarse_x: np.ndarray
+    fine_x: np.ndarray
+    regime_x: np.ndarray
+    pattern_x: np.ndarray
+    labels: Labels
+    idx: np.ndarray  # the fine bars with a complete sample
+    k: np.ndarray  # coarse bars closed by each fine bar
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.fine.t[self.idx]
+
+    def default_cut(self, train_fraction: float) -> int:
+        """The first test sample's time by ``train_fraction`` of this series' samples."""
+        n = len(self.idx)
+        n_test = round(n * (1 - train_fraction))
+        if n < 2 or n_test < 1 or n_test >= n:
+            raise DataError(f"{self.instrument}: {n} complete samples ({len(self.fine)} bars); too few to split "
+                            "into train and test")
+        return int(self.t[n - n_test])
+
+
+def _series(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, rule: str,
+            pattern_window: int) -> _Series:
     fine = dataset.bars
-    rule = data_cfg.coarse_rule or default_coarse_rule(dataset.timeframe)
     coarse = resample(fine, rule)
     position = PositionRule.from_config(data_cfg)
-    coarse_x, fine_x = bar_features(coarse), fine_features(fine, position)
-    regime_x = regime_features(fine, coarse)
-    pattern_x = pattern_features(fine, pattern_window)
     labels = make_labels(fine, parse_rule(rule).ns, data_cfg)
-
     n_coarse, n_fine = needs(model_cfg, pattern_window, position)
     k = visible_counts(coarse.t, fine.t)
     idx = np.flatnonzero((np.arange(len(fine)) >= n_fine - 1) & (k >= n_coarse) & labels.valid)
-    n = len(idx)
-    n_test = round(n * (1 - data_cfg.train_fraction))
-    if n < 2 or n_test < 1 or n_test >= n:
-        raise DataError(f"{dataset.name}: {n} complete samples ({len(fine)} bars, of which {n_fine} fine and "
+    if len(idx) < 2:
+        raise DataError(f"{dataset.name}: {len(idx)} complete samples ({len(fine)} bars, of which {n_fine} fine and "
                         f"{n_coarse} coarse bars of history per sample); too few to split into train and test")
-    t, t_known = fine.t[idx], labels.t_known[idx]
-    test = np.arange(n - n_test, n)
-    train = purge(np.arange(n - n_test), test, t, t_known, purge_bars=0, embargo_bars=0)
-    if stats is None:
-        cut = t[test[0]]  # features of bars known before the first test sample
-        stats = FeatureStats.fit(coarse_x[coarse.t < cut], fine_x[fine.t < cut], regime_x[fine.t < cut])
+    return _Series(data_cfg.instrument or dataset.instrument, coarse, fine, bar_features(coarse),
+                   fine_features(fine, position), regime_features(fine, coarse), pattern_features(fine, pattern_window),
+                   labels, idx, k)
 
+
+def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig, data_cfg: DataConfig,
+                  stats: FeatureStats | None = None, pattern_window: int = DEFAULT_PATTERN_WINDOW,
+                  test_from: int | None = None) -> WindowDataset:
+    """All samples with complete inputs and labels, vectorised, of one dataset or of several (one instrument
+    each, one fine timeframe). The held-out tail starts at ``test_from`` (ns), by default at the earliest of
+    each dataset's own ``data.train_fraction`` cut: one time for all, so that no instrument trains on a time
+    another is tested on (an instrument may then lack either part, as a validation split's cut does).
+    Without ``stats``, statistics are fitted on the bars closed before that time, of every dataset together."""
+    _check_widths(model_cfg)
+    datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
+    rule = data_cfg.coarse_rule or default_coarse_rule(datasets[0].timeframe)
+    series = [_series(d, model_cfg, data_cfg, rule, pattern_window) for d in datasets]
+    cut = min(s.default_cut(data_cfg.train_fraction) for s in series) if test_from is None else int(test_from)
+    if stats is None:  # features of the bars known before the first test sample
+        stats = FeatureStats.fit(*(np.concatenate([getattr(s, x)[getattr(s, b).t < cut] for s in series])
+                                   for x, b in (("coarse_x", "coarse"), ("fine_x", "fine"), ("regime_x", "fine"))))
     t_h, t_l = model_cfg.coarse_len, model_cfg.fine_len
-    coarse_n, fine_n = stats.coarse.apply(coarse_x), stats.fine.apply(fine_x)
-    h_tokens = coarse_n[k[idx, None] - t_h + np.arange(t_h)]
-    l_tokens = fine_n[idx[:, None] - t_l + 1 + np.arange(t_l)]
-    return WindowDataset(
-        instrument=data_cfg.instrument or dataset.instrument, timeframe=dataset.timeframe, coarse_rule=rule,
-        h_tokens=h_tokens, l_tokens=l_tokens, regime_features=stats.regime.apply(regime_x[idx]),
-        pattern_features=pattern_x[idx].astype(np.float32),
-        out_a=labels.out_a[idx].astype(np.float32), out_b=labels.out_b[idx].astype(np.float32),
-        action=labels.action[idx], quantity=labels.quantity[idx].astype(np.float32), state=labels.state[idx],
-        t=t, t_known=t_known, bar_index=idx, train=train, test=test, stats=stats)
+    parts = []
+    for s in series:
+        idx, k = s.idx, s.k
+        parts.append({
+            "h_tokens": stats.coarse.apply(s.coarse_x)[k[idx, None] - t_h + np.arange(t_h)],
+            "l_tokens": stats.fine.apply(s.fine_x)[idx[:, None] - t_l + 1 + np.arange(t_l)],
+            "regime_features": stats.regime.apply(s.regime_x[idx]),
+            "pattern_features": s.pattern_x[idx].astype(np.float32),
+            "out_a": s.labels.out_a[idx].astype(np.float32), "out_b": s.labels.out_b[idx].astype(np.float32),
+            "action": s.labels.action[idx], "quantity": s.labels.quantity[idx].astype(np.float32),
+            "state": s.labels.state[idx], "t": s.t, "t_known": s.labels.t_known[idx], "bar_index": idx})
+    instrument = np.concatenate([np.full(len(s.idx), i, np.int64) for i, s in enumerate(series)])
+    columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    order = np.lexsort((instrument, columns["t"]))  # time order; one series alone is in it already
+    columns = {key: x[order] for key, x in columns.items()}
+    instrument, t = instrument[order], columns["t"]
+    test = np.flatnonzero(t >= cut)
+    for i, s in enumerate(series):
+        mine = instrument == i
+        if test_from is None and (not np.any(mine & (t >= cut)) or not np.any(mine & (t < cut))):
+            raise DataError(f"{datasets[i].name}: no {'test' if not np.any(mine & (t >= cut)) else 'training'} "
+                            f"samples: its bars end before, or start after, the held-out tail's start "
+                            f"{_day(cut)} shared by every dataset of the list")
+    train = purge(np.flatnonzero(t < cut), test, t, columns["t_known"], purge_bars=0, embargo_bars=0)
+    return WindowDataset(instruments=tuple(s.instrument for s in series), timeframe=datasets[0].timeframe,
+                         coarse_rule=rule, **columns, instrument_index=instrument, train=train, test=test, stats=stats)
+
+
+def _day(ns: int) -> str:
+    return np.datetime64(int(ns), "ns").astype("datetime64[m]").astype(str)

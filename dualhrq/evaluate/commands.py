@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dualhrq.config import Config, load_config
+from dualhrq.config import Config, TrackingConfig, load_config
 from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
+    from dualhrq.evaluate.fanout import Runner
+    from dualhrq.evaluate.pooled import PooledResult
+    from dualhrq.evaluate.report import ValidationResult
     from dualhrq.evaluate.validate import DataLoader, HRMFactories, Predictor, PredictorFactory, ValidationData
 
 
@@ -134,59 +137,93 @@ def run_validate_command(
     or data error (the CLI's exit-code table).
 
     The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
-    says so. ``load_data`` defaults to the config's dataset.
+    says so. ``load_data`` defaults to the config's dataset; a config with several validates each instrument
+    in OUT/<instrument>/ and writes the pooled report in OUT (dualhrq.evaluate.pooled).
     """
     from dualhrq.evaluate.fanout import runner_for
-    from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, default_ledger_path
-    from dualhrq.evaluate.tracking import record_run, tracking_from_flag
-    from dualhrq.evaluate.validate import baseline_factories, load_validation_data, run_validation
+    from dualhrq.evaluate.tracking import tracking_from_flag
+    from dualhrq.evaluate.validate import load_validation_data, load_validation_panel
 
-    load_data = load_data or load_validation_data
     try:
         cfg = load_config(args.config)
         tracking = tracking_from_flag(cfg.tracking, getattr(args, "tracking", None))
         runner = runner_for(getattr(args, "ray", None), getattr(args, "workers", None))  # bad flags fail first
-        data = load_data(cfg)
-        factories = baseline_factories(cfg.validate)
-        comparisons: list[tuple[str, str]] = []
-        seeds: list[str] = []
+        out = Path(args.out or cfg.validate.out_dir)
         if hrm is None:
             print("no HRM predictor is wired in: validating the baselines only")
             if args.compare_fail_open:
                 print("--compare-fail-open compares two HRM variants: skipped")
             if args.seeds > 1:
                 print("--seeds reruns the HRM: skipped")
+        if load_data is None and len(cfg.data.datasets) > 1:
+            panel = load_validation_panel(cfg)
+            runs = {name: _validate_one(args, cfg, data, out / name, hrm, tracking, runner)
+                    for name, data in panel.items()}
         else:
-            extra, seeds = seed_factories(hrm, cfg, data, args.seeds)
-            factories = hrm(cfg, data, args.compare_fail_open) + extra + factories
-            if args.compare_fail_open:
-                comparisons.append(("hrm", "hrm_regime_only"))
-        out = Path(args.out or cfg.validate.out_dir)
-        with Ledger(default_ledger_path(cfg, out)) as ledger:
-            fingerprint = data.data_fingerprint()
-            result = run_validation(
-                cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
-                seeds=seeds, earlier=ledger.trials(fingerprint), progress=not args.no_progress,
-                runner=runner,
-            )
-            record = RunRecord(kind="validate", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
-                               dataset=data.name, seed=cfg.train.seed, run_dir=str(out.resolve()),
-                               metrics=result.summary(), verdict=result.verdict())
-            record = record_run(tracking, ledger, record, cfg, result.trials(),
-                                [out / "report.md", out / "report.json", out / "equity.png"])
+            runs = {"": _validate_one(args, cfg, (load_data or load_validation_data)(cfg), out, hrm, tracking,
+                                      runner)}
+        pooled = _pool(args, cfg, {k: r for k, (r, _) in runs.items()}, out) if len(runs) > 1 else None
     except HRMError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    for p, m in result.overall.items():
-        print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
-    if result.pbo is not None:
-        print(f"PBO {result.pbo.pbo:.3f} over {len(result.pbo.names)} trials, P(out-of-sample loss) "
-              f"{result.pbo.prob_oos_loss:.3f}")
-    print(result.verdict())
-    print(f"report: {out / 'report.md'}")
-    print(f"ledger: {ledger.path} (run {record.run_id})")
-    if result.leak_found:
-        for f in result.leakage.findings:
-            print(f"LEAK {f.check}: {f.subject}: {f.detail}")
-        return EXIT_CHECK_FAILED
-    return 0
+    leak = False
+    for name, (result, ledger_line) in runs.items():
+        if name:
+            print(f"--- {name}")
+        for p, m in result.overall.items():
+            print(f"{p:>16}: Sharpe {m.sharpe:7.3f}  hit {m.hit_rate:6.3f}  IC {m.ic:7.3f}  max DD {m.max_drawdown:6.3f}")
+        if result.pbo is not None:
+            print(f"PBO {result.pbo.pbo:.3f} over {len(result.pbo.names)} trials, P(out-of-sample loss) "
+                  f"{result.pbo.prob_oos_loss:.3f}")
+        print(result.verdict())
+        print(f"report: {(out / name if name else out) / 'report.md'}")
+        print(ledger_line)
+        if result.leak_found:
+            leak = True
+            for f in result.leakage.findings:
+                print(f"LEAK {f.check}: {f.subject}: {f.detail}")
+    if pooled is not None:
+        print(f"--- pooled over {', '.join(pooled.instruments)} (equal weight by date)")
+        for p, f in sorted(pooled.figures.items(), key=lambda kv: -kv[1].sharpe):
+            print(f"{p:>16}: Sharpe {f.sharpe:7.3f}  net/year {f.net_per_year:+8.4f}  max DD {f.max_drawdown:6.3f}")
+        print(pooled.verdict())
+        print(f"report: {out / 'report.md'}")
+    return EXIT_CHECK_FAILED if leak else 0
+
+
+def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, out: Path, hrm: HRMFactories | None,
+                  tracking: TrackingConfig, runner: Runner) -> tuple[ValidationResult, str]:
+    """One dataset's validation, recorded in the run ledger: (result, the ledger line to print)."""
+    from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, default_ledger_path
+    from dualhrq.evaluate.tracking import record_run
+    from dualhrq.evaluate.validate import baseline_factories, run_validation
+
+    factories = baseline_factories(cfg.validate)
+    comparisons: list[tuple[str, str]] = []
+    seeds: list[str] = []
+    if hrm is not None:
+        extra, seeds = seed_factories(hrm, cfg, data, args.seeds)
+        factories = hrm(cfg, data, args.compare_fail_open) + extra + factories
+        if args.compare_fail_open:
+            comparisons.append(("hrm", "hrm_regime_only"))
+    with Ledger(default_ledger_path(cfg, out)) as ledger:
+        fingerprint = data.data_fingerprint()
+        result = run_validation(
+            cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,
+            seeds=seeds, earlier=ledger.trials(fingerprint), progress=not args.no_progress, runner=runner,
+        )
+        record = RunRecord(kind="validate", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
+                           dataset=data.name, seed=cfg.train.seed, run_dir=str(out.resolve()),
+                           metrics=result.summary(), verdict=result.verdict())
+        record = record_run(tracking, ledger, record, cfg, result.trials(),
+                            [out / "report.md", out / "report.json", out / "equity.png"])
+    return result, f"ledger: {ledger.path} (run {record.run_id})"
+
+
+def _pool(args: argparse.Namespace, cfg: Config, results: dict[str, ValidationResult], out: Path) -> PooledResult:
+    from dualhrq.evaluate.pooled import pool, write_pooled_report
+
+    periods = float(next(iter(results.values())).settings["periods_per_year"])  # each run's own estimate
+    pooled = pool(results, cfg.validate, args.candidate, periods)
+    write_pooled_report(pooled, results, out)
+    return pooled

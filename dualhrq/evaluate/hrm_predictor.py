@@ -27,14 +27,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import torch
 
 from dualhrq.config import Config, config_to_dict
-from dualhrq.data.sources import load_dataset
 from dualhrq.data.splits import validation_slice
-from dualhrq.data.windows import WindowDataset
+from dualhrq.data.windows import PanelRows, WindowDataset
 from dualhrq.errors import DataError, InferenceError
 from dualhrq.evaluate.metrics import Predictions
 from dualhrq.evaluate.validate import PredictorFactory, ValidationData
@@ -66,15 +64,24 @@ def position_from_policy(policy_logits: torch.Tensor) -> torch.Tensor:
 
 
 class HRMPredictor:
-    """Fits the HRM on a split's training samples and predicts its test samples (validate's Predictor)."""
+    """Fits the HRM on a split's training samples and predicts its test samples (validate's Predictor).
+
+    Over one dataset the split's samples are the model's; over several (``data.inputs`` a `PanelRows`) the
+    model also trains on the other instruments' samples of the same span whose labels are known by the time
+    the split's own are, so no other instrument carries the test window's information either."""
 
     def __init__(self, cfg: Config, data: ValidationData, model_dir: Path, name: str = "hrm",
                  patterns: bool = True) -> None:
-        if not isinstance(data.inputs, WindowDataset):
+        panel = data.inputs if isinstance(data.inputs, PanelRows) else PanelRows(data.inputs, 0)
+        if not isinstance(panel.windows, WindowDataset):
             raise DataError("validation data: the HRM predictor needs the window dataset as `inputs` "
                             "(dualhrq.evaluate.validate.validation_data provides it)")
         self.cfg, self.data, self.model_dir, self.name, self.patterns = cfg, data, model_dir, name, patterns
-        self.windows: WindowDataset = data.inputs
+        self.windows: WindowDataset = panel.windows
+        self.rows = panel.rows  # data's sample i is the windows' sample rows[i]
+        if not np.array_equal(self.windows.t[self.rows], data.t):
+            raise DataError(f"{name}: the HRM's samples differ from the validation samples "
+                            f"({len(self.rows)} vs {len(data.t)}); build both from one config")
         self.ctx = DistContext(0, 1, resolve_device(cfg.train.device))
         self.model: HRM | None = None
         self.prepared: PreparedData | None = None
@@ -83,18 +90,20 @@ class HRMPredictor:
         """Train (or find the twin variant's identical run) and return the checkpoint path as the state."""
         train_idx = np.asarray(train_idx, np.int64)
         self.prepared = self._prepare(int(train_idx.max()))
+        rows = self._training_rows(train_idx)
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
         setup = json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint() + str(resume_from)
-        key = hashlib.sha256(train_idx.tobytes() + setup.encode()).hexdigest()[:16]
+        key = hashlib.sha256(rows.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
         ckpt = latest_checkpoint(run_dir)
         if ckpt is not None and (finished_at(run_dir) is not None or read_checkpoint_meta(ckpt).step >= steps):
             log.info("%s: this split's model is trained already (%s)", self.name, ckpt)
         else:
-            fit_idx, val_idx = self._validation_slice(train_idx)
-            data, val = self._training_set(fit_idx), self._training_set(val_idx)
+            fit_rows, val_rows = validation_slice(rows, self.windows.t, self.windows.t_known,
+                                                  self.cfg.train.val_fraction)
+            data, val = self._training_set(fit_rows), self._training_set(val_rows)
             if ckpt is not None:  # an interrupted run of this very split: finish it
                 trainer = resume_trainer(ckpt, data, self.ctx)
             else:
@@ -108,13 +117,11 @@ class HRMPredictor:
         self.model = load_checkpoint(ckpt, self.ctx.device)[0]
         return str(ckpt)
 
-    def _validation_slice(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return validation_slice(train_idx, self.windows.t, self.windows.t_known, self.cfg.train.val_fraction)
-
     def predict(self, test_idx: np.ndarray) -> Predictions:
         if self.model is None or self.prepared is None:
             raise InferenceError(f"{self.name}: predict called before fit")
-        inputs = index_inputs(self.prepared.samples.inputs, torch.as_tensor(np.asarray(test_idx, np.int64)))
+        rows = self.rows[np.asarray(test_idx, np.int64)]
+        inputs = index_inputs(self.prepared.samples.inputs, torch.as_tensor(rows))
         if not self.patterns:
             inputs = replace(inputs, pattern_mask=torch.zeros_like(inputs.pattern_mask))
         position, forecast = [], []
@@ -130,29 +137,42 @@ class HRMPredictor:
     # ------------------------------------------------------------ inside
 
     def _prepare(self, last_train: int) -> PreparedData:
-        """Inputs of every sample with an input pipeline fitted on the bars up to sample ``last_train``.
-
-        The data and pattern modules cut their training window by ``data.train_fraction`` (of samples and of
-        bars respectively): these fractions put both cuts right after the last training sample."""
-        n = len(self.windows)
-        last = min(last_train, n - 2)  # the data module keeps at least one sample after its cut
-        n_bars = len(load_dataset(self.cfg.data.dataset).bars)
-        cfg = msgspec.structs.replace(self.cfg, data=msgspec.structs.replace(self.cfg.data,
-                                                                             train_fraction=(last + 1) / n))
-        prepared = prepare_training(cfg, library_fraction=(int(self.windows.bar_index[last]) + 1.5) / n_bars)
-        if not np.array_equal(prepared.windows.t, self.data.t):
+        """Inputs of every sample with an input pipeline (feature statistics, regimes, pattern library) fitted
+        on the bars closed before the split's first sample after ``last_train``."""
+        t = self.data.t
+        last = min(last_train, len(t) - 2)  # at least one sample after the cut, as `dualhrq train` keeps
+        prepared = prepare_training(self.cfg, test_from=int(t[last + 1]))
+        if not np.array_equal(prepared.windows.t, self.windows.t):
             raise DataError(f"{self.name}: the HRM's samples differ from the validation samples "
-                            f"({len(prepared.windows.t)} vs {len(self.data.t)}); build both from one config")
+                            f"({len(prepared.windows.t)} vs {len(self.windows.t)}); build both from one config")
         return prepared
 
-    def _training_set(self, idx: np.ndarray) -> TrainingSet:
-        """Inputs of the split, targets from the validation labels (permuted in the control run)."""
+    def _training_rows(self, train_idx: np.ndarray) -> np.ndarray:
+        """The windows' samples the split trains on: its own, and the other instruments' from the same start
+        whose labels are all known by the time the split's last label is."""
+        w, own = self.windows, self.rows[train_idx]
+        first, known = w.t[own].min(), w.t_known[own].max()
+        others = np.flatnonzero((w.instrument_index != w.instrument_index[own[0]]) & (w.t >= first)
+                                & (w.t_known <= known))
+        return np.union1d(own, others)
+
+    def _training_set(self, rows: np.ndarray) -> TrainingSet:
+        """Inputs of the windows' samples ``rows``; targets of this instrument's from the validation labels
+        (permuted in the control run), of the others' from their own."""
         assert self.prepared is not None
-        labels = {k: np.asarray(self.data.labels[k])[idx] for k in ("out_a", "out_b", "action", "quantity")}
-        labels["regime"] = self.prepared.samples.targets.regime[idx].numpy()
-        labels["state"] = self.prepared.samples.targets.state[idx].numpy()
+        w = self.windows
+        local = np.full(len(w), -1)
+        local[self.rows] = np.arange(len(self.rows))
+        mine = local[rows] >= 0
+        labels = {}
+        for k in ("out_a", "out_b", "action", "quantity"):
+            y = np.asarray(getattr(w, k))[rows].copy()
+            y[mine] = np.asarray(self.data.labels[k])[local[rows][mine]]
+            labels[k] = y
+        labels["regime"] = self.prepared.samples.targets.regime[rows].numpy()
+        labels["state"] = self.prepared.samples.targets.state[rows].numpy()
         targets = make_targets(labels, self.prepared.inputs.artifacts.target_scale, self.cfg.data.cost_bps)
-        return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(idx)), targets)
+        return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(rows)), targets)
 
 
 def _model_settings(cfg: Config) -> dict:

@@ -57,6 +57,12 @@ def bars_fingerprint(bars: Bars) -> str:
     return h.hexdigest()[:16]
 
 
+def datasets_fingerprint(series: Sequence[Bars]) -> str:
+    """Identifies the data of a run over one or several instruments' bars (one: its `bars_fingerprint`)."""
+    prints = [bars_fingerprint(b) for b in series]
+    return prints[0] if len(prints) == 1 else hashlib.sha256("+".join(prints).encode()).hexdigest()[:16]
+
+
 def samples_hash(t: np.ndarray) -> str:
     """Identifies a set of out-of-sample samples by their times."""
     return hashlib.sha256(np.ascontiguousarray(t, dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from dualhrq.config import VALIDATE_REPORTING_ONLY, Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.resample import resample, visible_counts
-from dualhrq.data.sources import load_dataset
+from dualhrq.data.sources import load_datasets
 from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
-from dualhrq.data.windows import build_dataset
+from dualhrq.data.windows import PanelRows, build_dataset
 from dualhrq.errors import ConfigurationError, DataError, InferenceError
 from dualhrq.evaluate import leakage
 from dualhrq.evaluate.baselines import (
@@ -221,7 +221,19 @@ def validation_data(cfg: Config, dataset: Dataset) -> ValidationData:
 
 def load_validation_data(cfg: Config) -> ValidationData:
     """`validation_data` of the config's ``data.dataset`` (a bundled name or a CSV/Parquet path)."""
-    return validation_data(cfg, load_dataset(cfg.data.dataset))
+    if len(cfg.data.datasets) > 1:
+        raise ConfigurationError(f"data.dataset: {len(cfg.data.datasets)} datasets validate one by one "
+                                 "(load_validation_panel)")
+    return validation_data(cfg, load_datasets(cfg.data)[0])
+
+
+def load_validation_panel(cfg: Config) -> dict[str, ValidationData]:
+    """Each instrument of a list of datasets as its own validation data (its own samples, features and
+    baselines), by instrument; the HRM's inputs are every instrument's samples (`PanelRows`)."""
+    datasets = load_datasets(cfg.data)
+    panel = build_dataset(datasets, cfg.model, cfg.data, pattern_window=cfg.patterns.window)
+    return {panel.instruments[i]: replace(validation_data(cfg, d), inputs=PanelRows(panel, i))
+            for i, d in enumerate(datasets)}
 
 
 # ---------------------------------------------------------------- running the splits

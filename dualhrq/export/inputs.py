@@ -15,7 +15,7 @@ import numpy as np
 
 from dualhrq.config import Config
 from dualhrq.contract import as_feeds, zero_carry
-from dualhrq.data.sources import load_dataset
+from dualhrq.data.sources import load_datasets
 from dualhrq.data.windows import build_dataset
 from dualhrq.errors import ConfigurationError
 from dualhrq.inputs import InputPipeline
@@ -31,7 +31,7 @@ class ParityFeeds:
 
 
 def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> ParityFeeds:
-    """`samples` windows spread evenly over the held-out tail of `config.data.dataset`.
+    """`samples` windows spread evenly over the held-out tail of `config.data.dataset` (of all its datasets).
 
     Uses the checkpoint's input pipeline (feature statistics, pattern library, instrument vocabulary) when
     it has one; a checkpoint without (e.g. untrained weights saved directly) gets one fitted on the training
@@ -44,10 +44,10 @@ def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> Parity
     cfg = config
     has_artifacts = (Path(checkpoint) / ARTIFACTS_FILE).is_file()
     inputs = InputPipeline.load(checkpoint, cfg) if has_artifacts else None
-    windows = build_dataset(load_dataset(cfg.data.dataset), cfg.model, cfg.data, inputs.stats if inputs else None,
+    windows = build_dataset(load_datasets(cfg.data), cfg.model, cfg.data, inputs.stats if inputs else None,
                             cfg.patterns.window)
     if inputs is None:
-        log.info("checkpoint has no input artifacts: fitting them on the training window of %s", cfg.data.dataset)
+        log.info("checkpoint has no input artifacts: fitting them on the training window of %s", cfg.data.name)
         inputs = InputPipeline.fit(cfg, windows)
     test = windows.test
     rows = test[np.unique(np.linspace(0, len(test) - 1, min(samples, len(test))).round().astype(np.int64))]
@@ -56,6 +56,6 @@ def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> Parity
     feeds = as_feeds({**inputs.dataset_inputs(windows, rows), "z_H": z_H, "z_L": z_L})
     feeds["pattern_context"][1::2], feeds["pattern_mask"][1::2] = 0.0, 0.0
     origin = "the checkpoint's input artifacts" if has_artifacts else "input artifacts fitted on the training window"
-    source = (f"{cfg.data.dataset}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "
+    source = (f"{cfg.data.name}: {n} of {len(test)} held-out windows ({windows.instrument} {windows.timeframe}), "
               f"every other one regime-only; {origin}")
     return ParityFeeds(feeds, source)

@@ -24,6 +24,7 @@ from dualhrq.config import Config, ModelConfig, PatternsConfig
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import parse_rule
 from dualhrq.data.windows import Sample, SampleBars, SampleBuilder, WindowDataset
+from dualhrq.errors import ConfigurationError
 from dualhrq.features import FeatureStats, PositionRule
 from dualhrq.inputs.artifacts import PATTERNS_DIR, Artifacts, TargetScale
 from dualhrq.inputs.stream import StreamWindow
@@ -60,16 +61,22 @@ class InputPipeline:
                    InstrumentVocab(artifacts.instruments))
 
     @classmethod
-    def fit(cls, cfg: Config, windows: WindowDataset, library_fraction: float | None = None) -> InputPipeline:
-        """Library, encoder and regimes from the first ``library_fraction`` (default data.train_fraction) of the
-        bars, feature statistics from the windows' own training fit, target scales from the training samples."""
+    def fit(cls, cfg: Config, windows: WindowDataset, library_fraction: float | None = None,
+            library_until: int | None = None) -> InputPipeline:
+        """Library, encoder and regimes from the bars closed before ``library_until`` (ns), or the first
+        ``library_fraction`` (default data.train_fraction) of the bars, feature statistics from the windows' own
+        training fit, target scales from the training samples."""
         data_cfg = cfg.data if library_fraction is None else msgspec.structs.replace(cfg.data,
                                                                                      train_fraction=library_fraction)
-        library, encoder, regimes = build_library(cfg.data.dataset, cfg.model, cfg.patterns, data_cfg, cfg.train.seed)
+        if len(windows.instruments) >= cfg.model.instrument_vocab:  # row 0 is the unknown instrument's
+            raise ConfigurationError(f"model.instrument_vocab: {cfg.model.instrument_vocab} embedding rows hold at "
+                                     f"most {cfg.model.instrument_vocab - 1} instruments, and the data has "
+                                     f"{len(windows.instruments)}")
+        library, encoder, regimes = build_library(cfg.model, cfg.patterns, data_cfg, cfg.train.seed, library_until)
         train = windows.train
         scale = TargetScale(*(float(np.std(getattr(windows, k)[train])) or 1.0 for k in ("out_a", "out_b")))
-        artifacts = Artifacts.of(windows.stats, [windows.instrument], scale, windows.timeframe, windows.coarse_rule,
-                                 cfg.patterns.window)
+        artifacts = Artifacts.of(windows.stats, list(windows.instruments), scale, windows.timeframe,
+                                 windows.coarse_rule, cfg.patterns.window)
         return cls.of(cfg, artifacts, library, encoder, regimes)
 
     @classmethod
@@ -152,15 +159,18 @@ class InputPipeline:
         as of each sample's own time."""
         sel = slice(None) if rows is None else rows
         context, mask = self.context(windows.pattern_features[sel], windows.t[sel])
+        ids = np.array([self.instruments.id(name) for name in windows.instruments], np.int64)
         return {**self._graph_inputs(windows.h_tokens[sel], windows.l_tokens[sel], windows.regime_features[sel],
-                                     windows.instrument, windows.timeframe),
+                                     ids[windows.instrument_index[sel]], windows.timeframe),
                 "pattern_context": context, "pattern_mask": mask}
 
-    def _graph_inputs(self, h_tokens: np.ndarray, l_tokens: np.ndarray, regime: np.ndarray, instrument: str,
-                      timeframe: str) -> dict[str, np.ndarray]:
+    def _graph_inputs(self, h_tokens: np.ndarray, l_tokens: np.ndarray, regime: np.ndarray,
+                      instrument: str | np.ndarray, timeframe: str) -> dict[str, np.ndarray]:
+        """``instrument``: one name for every row, or each row's instrument id."""
         n = len(h_tokens)
-        return {"h_tokens": h_tokens, "l_tokens": l_tokens,
-                "instrument_id": np.full(n, self.instruments.id(instrument), np.int64),
+        ids = (np.full(n, self.instruments.id(instrument), np.int64) if isinstance(instrument, str)
+               else np.asarray(instrument, np.int64))
+        return {"h_tokens": h_tokens, "l_tokens": l_tokens, "instrument_id": ids,
                 "timeframe_id": np.full(n, timeframe_id(timeframe), np.int64),
                 "regime_features": np.asarray(regime, np.float32)}
 

@@ -3,6 +3,7 @@ name never fails a request. Free of torch: serving imports it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 UNKNOWN_ID = 0
@@ -62,3 +63,11 @@ class InstrumentVocab:
 
     def names(self) -> list[str]:
         return sorted(self._ids, key=self._ids.__getitem__)
+
+
+def replay_instrument(names: Sequence[str], preferred: str | None = None) -> str:
+    """The instrument a model decides a replay of bars as: ``preferred`` (the bars' own) when the model was
+    trained on it, else the model's only instrument, else "" (the shared unknown embedding)."""
+    if preferred is not None and preferred in names:
+        return preferred
+    return names[0] if len(names) == 1 else ""

@@ -47,39 +47,44 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from dualhrq.patterns.build import build_library
 
     cfg = load_config(args.config)
-    out = Path(args.out or Path("runs/patterns") / Path(cfg.data.dataset).stem)
+    out = Path(args.out or Path("runs/patterns") / cfg.data.name)
     t0 = time.perf_counter()
-    library, encoder, regimes = build_library(cfg.data.dataset, cfg.model, cfg.patterns, cfg.data, cfg.train.seed)
+    library, encoder, regimes = build_library(cfg.model, cfg.patterns, cfg.data, cfg.train.seed)
     build_s = time.perf_counter() - t0
     save_artifacts(out, library, encoder, regimes)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     explained = float(encoder.explained_variance_ratio.sum()) if encoder.explained_variance_ratio is not None else 0
-    print(f"pattern library for {cfg.data.dataset}: {len(library):,} entries, {library.dim}-d embeddings "
+    print(f"pattern library for {cfg.data.name}: {len(library):,} entries, {library.dim}-d embeddings "
           f"({explained:.0%} of feature variance), {regimes.n_regimes} regimes")
     print(f"built in {build_s:.2f} s (features, regimes, encoder, index); {size / 1e6:.2f} MB in {out}")
     return 0
 
 
 def _cmd_regimes(args: argparse.Namespace) -> int:
-    from dualhrq.patterns.build import fit_training_regimes, regime_table_inputs, training_window
+    from dualhrq.patterns.build import fit_training_regimes, regime_table_inputs, training_windows
     from dualhrq.patterns.regimes import regime_summary
 
     cfg = load_config(args.config)
-    window = training_window(cfg.data.dataset, cfg.data)
-    model, rows = fit_training_regimes(window, cfg.model.num_regimes, cfg.train.seed)
-    returns, vol, t = regime_table_inputs(window, rows)
-    summary = regime_summary(model.predict(window.regime_features[rows]), returns, vol, t, model.n_regimes)
+    windows = training_windows(cfg.data)
+    model, rows = fit_training_regimes(windows, cfg.model.num_regimes, cfg.train.seed)
+    summaries = {}
+    for window, r in zip(windows, rows):
+        returns, vol, t = regime_table_inputs(window, r)
+        summaries[window.instrument] = (regime_summary(model.predict(window.regime_features[r]), returns, vol, t,
+                                                       model.n_regimes), t)
     if args.json:
-        print(json.dumps(dataclasses.asdict(summary), indent=2))
+        print(json.dumps({k: dataclasses.asdict(s) for k, (s, _) in summaries.items()}, indent=2))
         return 0
-    span = " .. ".join(datetime.fromtimestamp(int(x) / 1e9, tz=timezone.utc).strftime("%Y-%m-%d") for x in t[[0, -1]])
-    print(f"regimes of {cfg.data.dataset} ({window.instrument}), training window {span}, {len(rows):,} bars, "
-          f"k-means R={model.n_regimes} seed={cfg.train.seed}; 0 = calmest")
-    print(f"{'regime':>6} {'share':>7} {'mean vol':>10} {'mean return':>12} {'exits/day':>10}")
-    for r in summary.regimes:
-        print(f"{r.regime:>6} {r.share:>7.1%} {r.mean_vol:>10.5f} {r.mean_return:>+12.6f} {r.exits_per_day:>10.3f}")
-    print(f"switches per day: {summary.switches_per_day:.3f}; share of bar-to-bar steps that switch: "
-          f"{summary.switch_rate:.1%} (seed target: < 5%)")
+    for instrument, (summary, t) in summaries.items():
+        span = " .. ".join(datetime.fromtimestamp(int(x) / 1e9, tz=timezone.utc).strftime("%Y-%m-%d")
+                           for x in t[[0, -1]])
+        print(f"regimes of {instrument} (one model over {cfg.data.name}), training window {span}, {len(t):,} bars, "
+              f"k-means R={model.n_regimes} seed={cfg.train.seed}; 0 = calmest")
+        print(f"{'regime':>6} {'share':>7} {'mean vol':>10} {'mean return':>12} {'exits/day':>10}")
+        for r in summary.regimes:
+            print(f"{r.regime:>6} {r.share:>7.1%} {r.mean_vol:>10.5f} {r.mean_return:>+12.6f} {r.exits_per_day:>10.3f}")
+        print(f"switches per day: {summary.switches_per_day:.3f}; share of bar-to-bar steps that switch: "
+              f"{summary.switch_rate:.1%} (seed target: < 5%)")
     return 0
 
 

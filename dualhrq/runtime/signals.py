@@ -12,6 +12,7 @@ import numpy as np
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import resample, timeframe_name
 from dualhrq.errors import DataError
+from dualhrq.model.vocab import replay_instrument
 from dualhrq.runtime.host import load_host
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,15 @@ def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str |
     """i -> (action, quantity) decided at the close of fine bar i from the bars up to it, as `serve` would.
 
     Bars without enough history before them give ("HOLD", 0.0). The coarse bars are resampled from `bars`
-    with the bundle's coarse rule (closed periods only). `instrument` defaults to the bundle's only one
-    (the shared "unknown" embedding if it has several); `timeframe` to the bars' own spacing, which must be
-    the one the bundle was trained on.
+    with the bundle's coarse rule (closed periods only). `instrument`: the bars' own; the model decides as it
+    when trained on it, else as its only instrument, else as the shared "unknown" one (`replay_instrument`);
+    `timeframe` defaults to the bars' own spacing, which must be the one the bundle was trained on.
     """
     if len(bars) < 2:
         raise DataError(f"bars: {len(bars)} bars; a replay needs a history")
     host = load_host(bundle_path)
     vocab = host.inputs.artifacts.instruments
-    name = instrument if instrument is not None else (vocab[0] if len(vocab) == 1 else "")
+    name = replay_instrument(vocab, instrument)
     tf = timeframe or timeframe_name(int(np.median(np.diff(bars.t))))
     trained = host.inputs.artifacts.timeframe
     if tf.lower() != trained.lower():

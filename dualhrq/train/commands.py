@@ -22,6 +22,7 @@ def _positive(text: str) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from dualhrq.evaluate.tracking import tracking_from_flag
+    from dualhrq.train.evaluation import instrument_table
     from dualhrq.train.loop import train
 
     cfg = load_config(args.config)
@@ -43,6 +44,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"  {line}")
         for warning in result.best_test.warnings:
             print(f"  WARNING: {warning}")
+        if result.best_test_by_instrument:
+            print("held-out tail by instrument (the model is one for all; the baselines' frequencies are pooled):")
+            for line in instrument_table(result.best_test_by_instrument):
+                print(f"  {line}")
         rule = result.best_rule
         if rule is not None:
             edge = "never trades" if rule.min_edge is None else f"trades past {rule.min_edge:g} x the cost"
@@ -59,8 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
     """Append the finished run to the run ledger (and MLflow when tracking asks for it)."""
-    from dualhrq.data.sources import load_dataset
-    from dualhrq.evaluate.ledger import Ledger, RunRecord, bars_fingerprint, config_hash, default_ledger_path
+    from dualhrq.data.sources import load_datasets
+    from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, datasets_fingerprint, default_ledger_path
     from dualhrq.evaluate.tracking import record_run
 
     last = result.history[-1] if result.history else {}
@@ -69,9 +74,9 @@ def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
         metrics.update(result.best_val.to_dict("best_val."))
     if result.best_test is not None:
         metrics.update(result.best_test.to_dict("best_test."))
-    bars = load_dataset(cfg.data.dataset, cfg.data.timestamps).bars
-    record = RunRecord(kind="train", config_hash=config_hash(cfg), data_fingerprint=bars_fingerprint(bars),
-                       dataset=cfg.data.dataset, seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
+    fingerprint = datasets_fingerprint([d.bars for d in load_datasets(cfg.data)])
+    record = RunRecord(kind="train", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
+                       dataset=cfg.data.name, seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
                        metrics=metrics)
     with Ledger(default_ledger_path(cfg, result.out_dir)) as ledger:
         record_run(tracking, ledger, record, cfg, artifacts=[Path(result.out_dir) / "metrics.jsonl"])

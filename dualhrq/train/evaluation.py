@@ -11,6 +11,7 @@ with class-balanced scores, the predicted-action histogram and rank ICs with 95%
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -197,6 +198,33 @@ def score(out: dict[str, torch.Tensor], data: TrainingSet, baselines: LabelBasel
         served={a: int(n) for a, n in zip(ACTIONS, served_counts)},
         served_non_hold_share=float(np.mean(served != HOLD)),
     )
+
+
+def score_by_instrument(out: dict[str, torch.Tensor], data: TrainingSet, baselines: LabelBaselines,
+                        rule: DecisionRule | None, names: Sequence[str]) -> dict[str, HeldOut]:
+    """`score` of each instrument's samples alone, by name (``names[i]``: instrument id i + 1), the
+    baselines still those of every training sample; empty when ``data`` holds one instrument."""
+    ids = data.inputs.instrument_id.numpy()
+    present = np.unique(ids)
+    if len(present) < 2:
+        return {}
+    reports = {}
+    for i in present:
+        rows = torch.from_numpy(np.flatnonzero(ids == i))
+        name = names[i - 1] if 0 < i <= len(names) else f"instrument id {i}"
+        reports[name] = score({k: v[rows] for k, v in out.items()}, data.subset(rows), baselines, rule)
+    return reports
+
+
+def instrument_table(reports: dict[str, HeldOut]) -> list[str]:
+    """One line per instrument: the figures that say whether the model learned that instrument."""
+    lines = [f"{'instrument':<12}{'samples':>8}{'CE':>8}{'freq CE':>9}{'state CE':>10}{'bal acc':>9}"
+             f"{'non-HOLD':>10}{'served':>8}  IC position"]
+    for name, r in reports.items():
+        lines.append(f"{name:<12}{r.samples:>8}{r.cross_entropy:>8.4f}{r.frequency_ce:>9.4f}{r.state_ce:>10.4f}"
+                     f"{r.balanced_accuracy:>9.3f}{100 * r.non_hold_share:>9.1f}%{100 * r.served_non_hold_share:>7.1f}%"
+                     f"  {r.position_ic}")
+    return lines
 
 
 def warn_if_collapsed(report: HeldOut, where: str) -> None:

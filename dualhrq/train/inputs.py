@@ -8,6 +8,7 @@ then: no look-ahead); and the targets, with the regime label from the pipeline's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from dualhrq.config import Config
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import resample
-from dualhrq.data.sources import load_dataset
+from dualhrq.data.sources import load_datasets
 from dualhrq.data.splits import validation_slice
 from dualhrq.data.windows import WindowDataset, build_dataset
 from dualhrq.features import regime_features
@@ -55,10 +56,15 @@ class PreparedData:
         return self.samples.subset(self.windows.test)
 
 
-def regime_labels(windows: WindowDataset, fine: Bars, regimes: RegimeModel) -> np.ndarray:
-    """Regime id of every sample, from its RAW regime features (the regime model standardises on its own)."""
-    raw = regime_features(fine, resample(fine, windows.coarse_rule))
-    return regimes.predict(raw[windows.bar_index])
+def regime_labels(windows: WindowDataset, fines: Sequence[Bars], regimes: RegimeModel) -> np.ndarray:
+    """Regime id of every sample, from its RAW regime features (the regime model standardises on its own);
+    ``fines``: each instrument's bars, in ``windows.instruments`` order."""
+    out = np.zeros(len(windows), np.int64)
+    for i, fine in enumerate(fines):
+        rows = windows.of_instrument(i)
+        raw = regime_features(fine, resample(fine, windows.coarse_rule))
+        out[rows] = regimes.predict(raw[windows.bar_index[rows]])
+    return out
 
 
 def make_targets(labels: dict[str, np.ndarray], target_scale: TargetScale, cost_bps: float) -> Targets:
@@ -81,14 +87,16 @@ def window_labels(windows: WindowDataset, regimes: np.ndarray) -> dict[str, np.n
             "quantity": windows.quantity, "regime": regimes, "state": windows.state}
 
 
-def prepare_training(cfg: Config, inputs: InputPipeline | None = None,
-                     library_fraction: float | None = None) -> PreparedData:
-    """Every sample of ``data.dataset`` as tensors, with an InputPipeline fitted on the training window (or
-    given: a resumed run rebuilds exactly the inputs it started with)."""
-    dataset = load_dataset(cfg.data.dataset)
-    windows = build_dataset(dataset, cfg.model, cfg.data, inputs.stats if inputs else None, cfg.patterns.window)
-    inputs = inputs or InputPipeline.fit(cfg, windows, library_fraction)
-    labels = window_labels(windows, regime_labels(windows, dataset.bars, inputs.regimes))
+def prepare_training(cfg: Config, inputs: InputPipeline | None = None, library_fraction: float | None = None,
+                     test_from: int | None = None) -> PreparedData:
+    """Every sample of ``data.dataset`` (one or a list) as tensors, with an InputPipeline fitted on the
+    training window (or given: a resumed run rebuilds exactly the inputs it started with). ``test_from``: where
+    the held-out tail starts (ns; default: by data.train_fraction), and the library's cut with it."""
+    datasets = load_datasets(cfg.data)
+    windows = build_dataset(datasets, cfg.model, cfg.data, inputs.stats if inputs else None, cfg.patterns.window,
+                            test_from)
+    inputs = inputs or InputPipeline.fit(cfg, windows, library_fraction, test_from)
+    labels = window_labels(windows, regime_labels(windows, [d.bars for d in datasets], inputs.regimes))
     model_inputs = ModelInputs(**{k: torch.from_numpy(v) for k, v in inputs.dataset_inputs(windows).items()})
     samples = TrainingSet(model_inputs, make_targets(labels, inputs.artifacts.target_scale, cfg.data.cost_bps))
     return PreparedData(windows, inputs, samples, cfg.train.val_fraction)

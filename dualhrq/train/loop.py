@@ -26,6 +26,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -46,7 +47,14 @@ from dualhrq.train.act import SlotState, halt_decision, q_continue_target
 from dualhrq.train.batches import TrainingSet, draw_slots
 from dualhrq.train.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dualhrq.train.distributed import DistContext, init_distributed, shutdown, wrap_model
-from dualhrq.train.evaluation import HeldOut, LabelBaselines, predict, score, warn_if_collapsed
+from dualhrq.train.evaluation import (
+    HeldOut,
+    LabelBaselines,
+    predict,
+    score,
+    score_by_instrument,
+    warn_if_collapsed,
+)
 from dualhrq.train.inputs import prepare_training
 from dualhrq.train.losses import DEFAULT_LOSS_WEIGHTS, class_weights, loss_weights, policy_correct, segment_loss
 
@@ -205,19 +213,44 @@ class EvalSets:
     test: TrainingSet | None  # None: nothing held out beyond the validation slice (a validation split)
     baselines: LabelBaselines  # label frequencies of the training samples, overall and per position state
     train_labels: tuple[np.ndarray, np.ndarray, np.ndarray]  # (action, state, forward return) of training
+    instruments: tuple[str, ...] = ()  # instrument id i + 1's name: the held-out tail is also scored by each
 
     @classmethod
-    def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet | None) -> EvalSets:
+    def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet | None,
+           instruments: Sequence[str] = ()) -> EvalSets:
         y = train.targets
-        return cls(val, test, LabelBaselines.fit(y.action.numpy(), y.state.numpy()), _labels(train))
+        return cls(val, test, LabelBaselines.fit(y.action.numpy(), y.state.numpy()), _labels(train),
+                   tuple(instruments))
 
-    def rule_and_reports(self, model: HRM, act: ActConfig) -> tuple[DecisionRule, HeldOut, HeldOut | None]:
+    def rule_and_reports(self, model: HRM, act: ActConfig) -> Reports:
         """The decision rule fitted on the validation slice, and both slices' figures under it."""
         val_out = predict(model, act, self.val)
         rule = fit_rule(self.train_labels, val_out["policy_logits"].numpy(), _labels(self.val),
                         float(self.val.targets.cost[0]), f"validation slice: {len(self.val)} samples")
-        test = None if self.test is None else score(predict(model, act, self.test), self.test, self.baselines, rule)
-        return rule, score(val_out, self.val, self.baselines, rule), test
+        test, by_instrument = None, {}
+        if self.test is not None:
+            test_out = predict(model, act, self.test)
+            test = score(test_out, self.test, self.baselines, rule)
+            by_instrument = score_by_instrument(test_out, self.test, self.baselines, rule, self.instruments)
+        return Reports(rule, score(val_out, self.val, self.baselines, rule), test, by_instrument)
+
+
+@dataclass(frozen=True)
+class Reports:
+    """One evaluation: the rule fitted on the validation slice, its figures there and on the held-out tail
+    (pooled, and per instrument when there are several)."""
+
+    rule: DecisionRule
+    val: HeldOut
+    test: HeldOut | None
+    test_by_instrument: dict[str, HeldOut]
+
+    def scores(self) -> dict[str, Any]:
+        """The figures as metrics.jsonl records them: val_*, test_*, test_by_instrument.{name}.*"""
+        out = {**self.val.to_dict("val_"), **(self.test.to_dict("test_") if self.test else {})}
+        if self.test_by_instrument:
+            out["test_by_instrument"] = {name: r.to_dict() for name, r in self.test_by_instrument.items()}
+        return out
 
 
 def _labels(data: TrainingSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,6 +370,7 @@ class RunResult:
     best_val: HeldOut | None = None  # the best checkpoint's figures on the validation slice
     best_test: HeldOut | None = None  # and on the held-out tail
     best_rule: DecisionRule | None = None  # the decision rule fitted for the best checkpoint
+    best_test_by_instrument: dict[str, HeldOut] = field(default_factory=dict)  # several instruments: each's
 
 
 def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, inputs: InputPipeline | None = None,
@@ -383,23 +417,23 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, inputs: In
                 ckpt_inputs = inputs.with_rule(None) if inputs is not None else None
                 is_best, improved, reports, val_ce = False, False, None, None
                 if eval_sets is not None and t.evaluate and len(eval_sets.val):
-                    rule, *reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
-                    ckpt_inputs = inputs.with_rule(rule) if inputs is not None else None
-                    val_ce = reports[0].cross_entropy
-                    scores = {**reports[0].to_dict("val_"), **(reports[1].to_dict("test_") if reports[1] else {})}
-                    metrics.update(scores)
+                    reports = eval_sets.rule_and_reports(trainer.model, trainer.cfg.act)
+                    ckpt_inputs = inputs.with_rule(reports.rule) if inputs is not None else None
+                    val_ce = reports.val.cross_entropy
+                    scores = reports.scores()
+                    metrics.update({k: v for k, v in scores.items() if k != "test_by_instrument"})
                     _append_jsonl(out_dir / METRICS_FILE, {"step": trainer.step, "eval": True, **scores})
-                    improved = reports[0].cross_entropy < best_ce
+                    improved = reports.val.cross_entropy < best_ce
                     is_best = t.keep_best and improved
                     log.info("step %d: validation CE %.4f (state-only %.4f), non-HOLD %.1f%%%s", trainer.step,
-                             reports[0].cross_entropy, reports[0].state_ce, 100 * reports[0].non_hold_share,
+                             reports.val.cross_entropy, reports.val.state_ce, 100 * reports.val.non_hold_share,
                              "  [best]" if is_best else "")
                 checkpoint = write_checkpoint(trainer, out_dir, metrics, ckpt_inputs, val_ce, is_best)
                 if improved and reports is not None:
-                    best_ce = reports[0].cross_entropy
+                    best_ce = reports.val.cross_entropy
                     if is_best:
-                        result.best, result.best_val, result.best_test = checkpoint, reports[0], reports[1]
-                        result.best_rule = rule
+                        result.best, result.best_val, result.best_test = checkpoint, reports.val, reports.test
+                        result.best_rule, result.best_test_by_instrument = reports.rule, reports.test_by_instrument
                 stale = 0 if improved or reports is None else stale + 1
                 # One process only: the other ranks of a data-parallel run do not evaluate, so they cannot stop.
                 if t.patience and stale >= t.patience and not last and ctx.world_size == 1:
@@ -484,6 +518,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
         if until <= trainer.step:
             raise ConfigurationError(f"nothing to train: the run is at step {trainer.step} and would stop at {until} "
                                      "(raise --steps or --stop-at)")
-        return run(trainer, until, out, inputs=prepared.inputs, eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=progress)
+        eval_sets = EvalSets.of(prepared.train, prepared.val, prepared.test, prepared.inputs.instruments.names())
+        return run(trainer, until, out, inputs=prepared.inputs, eval_sets=eval_sets, progress=progress)
     finally:
         shutdown(ctx)
