@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -27,6 +28,12 @@ def test_bench_engine_reports_each_engine_against_eager_with_manifest_parity(tin
     assert "onnx-fp32+spin" in engines  # --spin both: each CPU graph timed with and without spinning pools
     floor = report["floor"]
     assert floor["gflop"] > 0 and floor["floor_ms"] == pytest.approx(engines["floor"]["latency_ms"]["p50"])
+    independent = floor["independent"]
+    assert independent["counts_agree"] and independent["count_differences"] == []
+    assert independent["weight_matmuls"] == floor["weight_matmuls"] and independent["gflop"] == floor["gflop"]
+    assert independent["floor_ms"] == pytest.approx(sum(r["ms"] for r in independent["shapes"]))
+    assert independent["ratio"] == pytest.approx(independent["floor_ms"] / floor["floor_ms"])
+    assert "floor-independent" not in engines  # its figures are per shape, in the floor's summary
     assert floor["gemm_gflops_per_s"] == pytest.approx(floor["gflop"] / floor["floor_ms"] * 1e3)
     assert fp32["x_floor"]["p50"] == pytest.approx(fp32["latency_ms"]["p50"] / floor["floor_ms"])
     assert fp32["x_fp32_p50"] == 1.0
@@ -36,6 +43,7 @@ def test_bench_engine_reports_each_engine_against_eager_with_manifest_parity(tin
     printed = capsys.readouterr().out
     assert "x eager p50" in printed and "skipped tensorrt" in printed
     assert "x floor" in printed and "GFLOP/s on" in printed and "cpu flags:" in printed
+    assert "independent floor:" in printed and "the graph's count agrees" in printed
 
 
 def test_an_engine_not_available_here_is_a_clear_error(tiny_bundle, capsys):
@@ -90,3 +98,79 @@ def test_floor_counts_the_graphs_weight_matmul_flops_as_pytorch_computes_them(ti
         floor.run()
     finally:
         floor.close()
+
+
+def _traced(bundle_dir, batch: int, hide: int | None = None):
+    """The bundle's config and its fp32 graph's traced weight matmuls at `batch`; `hide`: the index of a weight
+    matmul whose weight is first read through an Identity, so the graph runs it but not on an initializer."""
+    import onnx
+
+    from dualhrq.bench.floor import WEIGHT_MATMUL_OPS, weight_matmuls
+    from dualhrq.export.bundle import load_bundle
+    from dualhrq.export.segment import example_feeds
+
+    bundle = load_bundle(bundle_dir, verify=False)
+    cfg, graph = bundle.config.model, bundle.graph_path("fp32")
+    if hide is not None:
+        proto = onnx.load(str(graph))
+        initializers = {t.name for t in proto.graph.initializer}
+        node = [n for n in proto.graph.node if n.op_type in WEIGHT_MATMUL_OPS and n.input[1] in initializers][hide]
+        proto.graph.node.insert(0, onnx.helper.make_node("Identity", [node.input[1]], ["hidden_weight"]))
+        node.input[1] = "hidden_weight"
+        graph = bundle_dir.parent / "hidden_weight.onnx"
+        onnx.save(proto, str(graph))
+    return cfg, weight_matmuls(graph, example_feeds(cfg, batch))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_configs_weight_matmuls_are_exactly_the_graphs(tiny_bundle, batch):
+    from dualhrq.bench.independent_floor import config_matmuls, count_differences, shape_counts
+
+    cfg, traced = _traced(tiny_bundle, batch)
+    expected = config_matmuls(cfg, batch)
+    assert count_differences(expected, traced) == []
+    assert shape_counts(expected) == Counter((w.m, w.k, w.n) for w in traced)
+    assert sum(w.flops for w in expected) == sum(w.flops for w in traced)
+
+
+def test_a_count_that_disagrees_is_reported_by_shape_and_layer(tiny_bundle):
+    import msgspec
+
+    from dualhrq.bench.independent_floor import config_matmuls, count_differences
+
+    cfg, traced = _traced(tiny_bundle, 1)
+    l, tokens = cfg.l_module, cfg.fine_len
+    qkv = f"{tokens}x{l.hidden_dim}x{3 * l.hidden_dim}"
+    # A weight matmul the graph runs on a computed weight is one the traced floor misses.
+    _, hidden = _traced(tiny_bundle, 1, hide=next(i for i, w in enumerate(traced) if w.n == 3 * l.hidden_dim
+                                                  and w.m == tokens))
+    runs = cfg.n_cycles * cfg.t_steps * l.num_layers
+    assert count_differences(config_matmuls(cfg, 1), hidden) == [
+        f"{qkv}: config {runs}, graph {runs - 1} (l_module.attn.qkv)"]
+    # A config the graph was not exported from: one more cycle runs every level's matmuls more often.
+    differences = count_differences(config_matmuls(msgspec.structs.replace(cfg, n_cycles=cfg.n_cycles + 1), 1),
+                                    traced)
+    assert f"{qkv}: config {runs + cfg.t_steps * l.num_layers}, graph {runs} (l_module.attn.qkv)" in differences
+    # The wrong batch: no shape of the level sequences matches.
+    assert len(count_differences(config_matmuls(cfg, 2), traced)) == 2 * len(Counter((w.m, w.k, w.n) for w in traced))
+
+
+def test_the_independent_floor_is_flagged_beyond_ten_percent_of_the_bench_floor():
+    from dualhrq.bench.independent_floor import ConfigMatmul, ShapeTimes, shape_counts, summarize_independent
+
+    expected = [ConfigMatmul("a", 4, 8, 16, 3), ConfigMatmul("b", 2, 8, 4, 1)]
+    times = ShapeTimes(shape_counts(expected), threads=1)
+    try:
+        for _ in range(4):
+            times.run()
+    finally:
+        times.close()
+    assert [len(r[(4, 8, 16)]) for r in times.rounds] == [3] * 4  # each shape as often as the segment runs it
+    p50 = times.p50_ms(warmup=1)
+    independent_ms = 3 * p50[(4, 8, 16)] + p50[(2, 8, 4)]
+    same = summarize_independent(expected, [], times, 1, independent_ms)
+    assert same["floor_ms"] == pytest.approx(independent_ms) and same["ratio"] == pytest.approx(1.0)
+    assert same["agrees"] and not same["counts_agree"]  # no traced matmuls at all: every shape differs
+    assert summarize_independent(expected, [], times, 1, independent_ms / 1.09)["agrees"]
+    assert not summarize_independent(expected, [], times, 1, independent_ms / 1.11)["agrees"]
+    assert not summarize_independent(expected, [], times, 1, independent_ms * 1.12)["agrees"]

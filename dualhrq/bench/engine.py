@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EAGER = "torch-eager"
 FLOOR = "floor"
+INDEPENDENT = "floor-independent"  # timed in the rounds, reported beside the floor, not as an engine
 SPIN = "+spin"
 
 HELP = """\
@@ -45,6 +46,12 @@ The floor is timed in the same rounds: a graph of exactly the segment's weight m
 shapes at --batch), on the same threads. Its FLOPs over its p50 is ONNX Runtime's GEMM rate at the segment's
 shapes on this CPU; its p50 is the least a segment can take here, and every engine's `x floor` is its p50
 over that. The header names the CPU and its instruction sets (AVX2, AVX-512, VNNI, BF16, AMX).
+
+The floor is checked independently in the same rounds: the weight matmuls and their FLOPs derived from the
+model's config (not the graph), each distinct (M, K, N) timed alone as a single-MatMul graph on random
+weights with the same threads and session options, and count x each shape's p50 summed. The line below the
+floor gives that independent floor, its ratio to the floor (flagged beyond 10%), and any (M, K, N) whose count
+differs between the config and the graph.
 
 Inputs are real: windows of a bundled dataset (default: the one the model was trained on) turned into graph
 inputs by the runtime's feature path, with pattern context from the bundle's library. Reported per engine:
@@ -207,14 +214,24 @@ def format_engines(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def format_floor(floor: dict[str, Any]) -> str:
+    from dualhrq.bench.independent_floor import AGREE_WITHIN
+
     top = ", ".join(f"{r['m']}x{r['k']}x{r['n']} x{r['count']}" for r in floor["shapes"][:4])
-    return (f"floor: {floor['gflop']:.3f} GFLOP in {floor['weight_matmuls']} weight matmuls at batch "
+    line = (f"floor: {floor['gflop']:.3f} GFLOP in {floor['weight_matmuls']} weight matmuls at batch "
             f"{floor['batch']} ({top}, ...); ONNX Runtime multiplies them at {floor['gemm_gflops_per_s']:.1f} "
             f"GFLOP/s on {floor['threads']} threads: floor {floor['floor_ms']:.2f} ms (p95 {floor['floor_p95_ms']:.2f})")
+    ind = floor["independent"]
+    counts = ("the graph's count agrees" if ind["counts_agree"]
+              else f"DIFFERS from the graph's: {'; '.join(ind['count_differences'])}")
+    verdict = "within" if ind["agrees"] else "DIFFERS by more than"
+    return (f"{line}\nindependent floor: {ind['gflop']:.3f} GFLOP in {ind['weight_matmuls']} weight matmuls from the "
+            f"config ({counts}); each shape alone, count x its p50: {ind['floor_ms']:.2f} ms = "
+            f"{ind['ratio']:.3f} x the floor ({verdict} {AGREE_WITHIN:.0%})")
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:
     from dualhrq.bench.floor import FloorRun, summarize_floor
+    from dualhrq.bench.independent_floor import ShapeTimes, config_matmuls, shape_counts, summarize_independent
     from dualhrq.export.bundle import load_bundle
 
     bundle = load_bundle(args.bundle, verify=False)  # real_feeds' load_host re-hashes every file before any timing
@@ -229,22 +246,30 @@ def run_engine_bench(args: argparse.Namespace) -> int:
             raise HRMError(f"--engines: {', '.join(unknown)} not available here (available: "
                            f"{', '.join(e.name for e in engines)}, {FLOOR}; skipped: {', '.join(skipped) or 'none'})")
         engines = [e for e in engines if e.name in wanted]
+    check: list[EngineRun] = []  # the independent floor's shapes, timed in the rounds of the floor they check
     if not args.engines or FLOOR in wanted:
         floor = FloorRun(bundle.graph_path("fp32"), feeds[0], threads)
         engines.append(EngineRun(FLOOR, floor.run, floor.close, None))
+        expected = config_matmuls(m, args.batch)
+        shapes = ShapeTimes(shape_counts(expected), threads)
+        check = [EngineRun(INDEPENDENT, shapes.run, shapes.close, None)]
     try:
         print(f"bundle {bundle.root}: {bundle.manifest.model_version}, {bundle.manifest.param_count:,} "
               f"parameters, N={m.n_cycles} T={m.t_steps}, T_h={m.coarse_len} T_l={m.fine_len}")
         print(f"inputs: {source}\nmachine: {machine_description()}; {threads} threads per engine")
         print(f"cpu flags: {' '.join(isa_flags()) or 'unknown'} ({'VNNI' if has_vnni() else 'no VNNI'})")
         print(f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ...", flush=True)
-        times = time_interleaved(engines, feeds, args.runs, args.warmup)
+        times = time_interleaved(engines + check, feeds, args.runs, args.warmup)
     finally:
-        for e in engines:
+        for e in engines + check:
             e.close()
+    times.pop(INDEPENDENT, None)  # not an engine: its figures are per shape, in the floor's summary
     summary = summarize_engines(times, engines)
-    floor_summary = summarize_floor(floor, times[FLOOR], args.batch, threads) if FLOOR in times else None
-    if floor_summary:
+    floor_summary = None
+    if FLOOR in times:
+        floor_summary = summarize_floor(floor, times[FLOOR], args.batch, threads)
+        floor_summary["independent"] = summarize_independent(expected, floor.matmuls, shapes, args.warmup,
+                                                             floor_summary["floor_ms"])
         print(format_floor(floor_summary))
     print(format_engines(summary))
     ratios = [f"{name} {s['x_fp32_p50']:.2f}" for name, s in summary.items()
