@@ -194,18 +194,18 @@ def test_cli_replays_a_file_with_a_builtin_policy(crash_files, capsys):
 def test_cli_bundle_uses_the_runtime_signal_function(crash_files, monkeypatch):
     seen = {}
 
-    def signal_fn_from_bundle(bundle_path, bars):  # noqa: ANN001, ANN202
-        seen["bundle"], seen["bars"] = bundle_path, len(bars)
+    def signal_fn_from_bundle(bundle_path, bars, instrument):  # noqa: ANN001, ANN202
+        seen["bundle"], seen["bars"], seen["instrument"] = bundle_path, len(bars), instrument
         return short_then_cover
 
     monkeypatch.setitem(sys.modules, "dualhrq.runtime.signals",
                         types.SimpleNamespace(signal_fn_from_bundle=signal_fn_from_bundle))
     assert _cli("--data", str(crash_files / "crash.csv"), "--bundle", "B", "--prior-close", "100") == 0
-    assert seen == {"bundle": "B", "bars": 90}
+    assert seen == {"bundle": "B", "bars": 90, "instrument": "CRASH"}  # the model decides as the bars' own
 
 
 def test_cli_bundle_of_another_timeframe_names_bundle_and_data(crash_files, monkeypatch):
-    def signal_fn_from_bundle(bundle_path, bars):  # noqa: ANN001, ANN202
+    def signal_fn_from_bundle(bundle_path, bars, instrument):  # noqa: ANN001, ANN202
         raise ConfigurationError("data.coarse_rule: '1d' is not longer than the fine bars")
 
     monkeypatch.setitem(sys.modules, "dualhrq.runtime.signals",

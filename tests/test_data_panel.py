@@ -11,8 +11,9 @@ from conftest import ROOT
 from dualhrq.cli import main
 from dualhrq.config import load_config
 from dualhrq.data.sources import load_dataset, load_datasets
-from dualhrq.data.windows import PanelRows, build_dataset
+from dualhrq.data.windows import build_dataset
 from dualhrq.errors import DataError
+from dualhrq.evaluate.validate import PanelRows
 
 DAILY = ["goog_1d", "sp500_1d", "nasdaq_1d"]
 
@@ -75,20 +76,47 @@ def test_one_model_trains_across_instruments_and_reports_each(tmp_path):
     assert artifacts["instruments"] == ["GOOG", "SP500", "NASDAQ"]  # each its own embedding row
 
 
-def test_the_hrm_of_one_instruments_split_learns_nothing_the_split_could_not_know(panel):
+@pytest.mark.parametrize("scheme", ["walk_forward", "cpcv"])
+def test_no_other_instrument_trains_on_a_label_of_the_splits_test_window(scheme):
+    from dualhrq.data.splits import splits_from_config
     from dualhrq.evaluate.hrm_predictor import HRMPredictor
     from dualhrq.evaluate.validate import load_validation_panel
 
     cfg = _config()
+    cfg = msgspec.structs.replace(cfg, validate=msgspec.structs.replace(cfg.validate, scheme=scheme))
     data = load_validation_panel(cfg)["SP500"]
     hrm = HRMPredictor(cfg, data, None, "hrm")
-    own = np.arange(1000, 1800)  # a split's purged training samples of SP500
-    rows = hrm._training_rows(own)
+    layout = splits_from_config(cfg.validate, data.t, data.t_known)
     w = hrm.windows
-    others = rows[w.instrument_index[rows] != 1]
-    assert len(others) > 0 and set(np.unique(w.instrument_index[others])) == {0, 2}
-    assert w.t_known[rows].max() == data.t_known[own].max()
-    assert w.t[rows].min() == data.t[own].min()
+    seen = set()
+    for split in getattr(layout, "splits", layout):
+        rows = hrm._training_rows(split.train)
+        others = rows[w.instrument_index[rows] != 1]
+        assert len(others) > 0
+        seen |= {int(i) for i in w.instrument_index[others]}
+        test_t, test_known = data.t[split.test], data.t_known[split.test]
+        overlap = (w.t[others, None] <= test_known[None]) & (w.t_known[others, None] >= test_t[None])
+        assert not overlap.any(), f"split {split.index}: another instrument's label overlaps a test label"
+    assert seen == {0, 2}  # GOOG (from 2005) and NASDAQ both train SP500's splits
+
+
+def test_the_pooled_portfolio_is_the_mean_of_the_instruments_tested_at_each_time():
+    from dualhrq.config import ValidateConfig
+    from dualhrq.evaluate.leakage import LeakageReport
+    from dualhrq.evaluate.pooled import pool, pooled_returns
+    from dualhrq.evaluate.report import ValidationResult
+
+    def result(days, hrm, hold):
+        t = np.array([np.datetime64(f"2020-01-{d:02d}", "ns").astype(np.int64) for d in days])
+        return ValidationResult("x", "walk_forward", {}, "hrm", [], {}, {}, t,
+                                {"hrm": np.array(hrm), "buy_and_hold": np.array(hold)}, LeakageReport())
+
+    results = {"A": result([1, 2, 3], [0.01, 0.02, 0.03], [0.0, 0.0, 0.0]),
+               "B": result([2, 3, 4], [0.03, -0.02, 0.05], [0.01, 0.01, 0.01])}
+    hrm = pooled_returns(results)["hrm"]
+    assert np.allclose(hrm.to_numpy(), [0.01, 0.025, 0.005, 0.05])  # day 2: (0.02 + 0.03) / 2
+    pooled = pool(results, ValidateConfig(bootstrap_reps=50), "hrm", 252.0)
+    assert pooled.figures["hrm"].times == 4 and not pooled.spa  # no instrument run tested the two: no rival
 
 
 def test_validate_reports_each_instrument_and_the_pooled_portfolio(tmp_path):
@@ -107,3 +135,14 @@ def test_validate_reports_each_instrument_and_the_pooled_portfolio(tmp_path):
     assert {"hrm", "buy_and_hold", "state_only"} <= set(pooled["figures"])
     assert "hrm" not in pooled["spa"] and "buy_and_hold" in pooled["spa"]
     assert "Per instrument" in (out / "report.md").read_text()
+
+
+def test_the_permuted_control_shuffles_every_instruments_labels(panel):
+    from dualhrq.evaluate.validate import load_validation_panel
+
+    control = load_validation_panel(_config())["SP500"].permuted(seed=7).inputs
+    _, w = panel
+    for i in range(3):
+        rows = w.of_instrument(i)
+        shuffled = control.labels("out_b")[rows]
+        assert not np.array_equal(shuffled, w.out_b[rows]) and np.array_equal(np.sort(shuffled), np.sort(w.out_b[rows]))

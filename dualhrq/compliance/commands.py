@@ -85,8 +85,8 @@ def run_replay(args: argparse.Namespace) -> int:
             if args.pnl_bars < 1:
                 raise ConfigurationError(f"--pnl-bars: expected a positive number of bars, got {args.pnl_bars}")
             window = (window[0], min(window[1], window[0] + args.pnl_bars - 1), window[2])
-        report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars, dataset.instrument),
-                                 reference_signals(args.bundle, dataset), config, events=events, instrument=instrument,
+        report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars, instrument),
+                                 reference_signals(args.bundle, dataset, instrument), config, events=events, instrument=instrument,
                                  tier=args.tier, prior_close=args.prior_close, window=window)
     elif args.connect:
         from dualhrq.runtime.client import Client
@@ -96,7 +96,7 @@ def run_replay(args: argparse.Namespace) -> int:
             report = replay(bars, None, events, gate, instrument=instrument, tier=args.tier,
                             prior_close=args.prior_close, decide=served_decisions(client, bars, instrument))
     else:
-        signal_fn = (_bundle_signals(args.bundle, bars, dataset.instrument) if args.bundle
+        signal_fn = (_bundle_signals(args.bundle, bars, instrument) if args.bundle
                      else policy(args.policy, bars, args.seed))
         report = replay(bars, signal_fn, events, gate, instrument=instrument, tier=args.tier,
                         prior_close=args.prior_close)

@@ -118,9 +118,10 @@ def held_out_window(dataset: Dataset, bundle_config: Any) -> tuple[int, int, str
     return int(tail[0]), int(min(tail[-1], len(dataset.bars) - 2)), "held-out tail"
 
 
-def reference_signals(bundle_path: str | Path, dataset: Dataset) -> SignalFn:
+def reference_signals(bundle_path: str | Path, dataset: Dataset, instrument: str | None = None) -> SignalFn:
     """i -> (action, quantity) of the bundle's weights in PyTorch at the close of bar i, from the bars up to it,
-    for the instrument and timeframe `dualhrq.runtime.signals.signal_fn_from_bundle` serves them as."""
+    for the instrument (default: the dataset's) and timeframe `dualhrq.runtime.signals.signal_fn_from_bundle`
+    serves them as."""
     from dualhrq.api import HRMPolicy
     from dualhrq.export.bundle import load_bundle
     from dualhrq.model import HRM
@@ -131,7 +132,7 @@ def reference_signals(bundle_path: str | Path, dataset: Dataset) -> SignalFn:
     model.load_state_dict(bundle.state_dict())
     inputs = bundle.inputs(cfg)
     policy = HRMPolicy(model, cfg, inputs)
-    instrument = replay_instrument(inputs.artifacts.instruments, dataset.instrument)
+    instrument = replay_instrument(inputs.artifacts.instruments, instrument or dataset.instrument)
     timeframe = inputs.artifacts.timeframe
     bars = dataset.bars
 

@@ -105,8 +105,10 @@ def load_datasets(data_cfg: DataConfig) -> list[Dataset]:
         where = "data.dataset" if isinstance(data_cfg.dataset, str) else f"data.dataset[{i}]"
         try:
             ds = load_dataset(name, data_cfg.timestamps)
-        except DataError as e:
-            raise DataError(str(e).replace("data.dataset:", f"{where}:", 1)) from None
+        except DataError as e:  # name the config entry, also for errors inside a user's file
+            message = str(e)
+            raise DataError(message.replace("data.dataset:", f"{where}:", 1) if message.startswith("data.dataset:")
+                            else f"{where}: {message}") from None
         if out and ds.timeframe != out[0].timeframe:
             raise DataError(f"{where}: {name} holds {ds.timeframe} bars, but data.dataset[0] ({out[0].name}) holds "
                             f"{out[0].timeframe} bars; one model reads one fine timeframe")

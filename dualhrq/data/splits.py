@@ -57,8 +57,24 @@ def _first(mask: np.ndarray) -> int:
 
 def _blocks(test: np.ndarray) -> list[np.ndarray]:
     """Contiguous runs of a sorted index array: each run is purged and embargoed as one block."""
+    if not len(test):
+        return []
     breaks = np.flatnonzero(np.diff(test) != 1) + 1
     return np.split(test, breaks)
+
+
+def label_hulls(indices: np.ndarray, t: np.ndarray, t_known: np.ndarray) -> list[tuple[int, int]]:
+    """(first sample time, last label time) of each contiguous run of the sorted ``indices`` into t/t_known:
+    the span a run's samples and labels cover, that no training label may overlap."""
+    return [(int(t[b[0]]), int(t_known[b].max())) for b in _blocks(indices)]
+
+
+def overlaps(t: np.ndarray, t_known: np.ndarray, hulls: list[tuple[int, int]]) -> np.ndarray:
+    """bool [len(t)]: the label interval [t, t_known] of the sample meets one of ``hulls``."""
+    hit = np.zeros(len(t), dtype=bool)
+    for lo, hi in hulls:
+        hit |= (t <= hi) & (t_known >= lo)
+    return hit
 
 
 def purge(
@@ -70,12 +86,10 @@ def purge(
     embargo_bars: int,
 ) -> np.ndarray:
     """The candidate training indices that survive the label-interval purge, the purge gap and the embargo."""
-    keep = np.ones(len(t), dtype=bool)
+    # The hull of each block's label intervals: the block is contiguous, so no outside sample falls inside it.
+    keep = ~overlaps(t, t_known, label_hulls(test, t, t_known))
     for block in _blocks(test):
         first, last = int(block[0]), int(block[-1])
-        # Hull of the block's label intervals: the block is contiguous, so no outside sample falls inside it.
-        lo, hi = t[first], t_known[block].max()
-        keep &= ~((t <= hi) & (t_known >= lo))
         keep[max(first - purge_bars, 0) : first] = False
         keep[last + 1 : last + 1 + embargo_bars] = False
     keep[test] = False

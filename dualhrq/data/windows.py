@@ -204,22 +204,10 @@ class WindowDataset:
 
 
 @dataclass(frozen=True)
-class PanelRows:
-    """One instrument's samples inside the samples of every dataset of a list: validation runs per
-    instrument, and the HRM for it trains on every instrument's history up to each split."""
-
-    windows: WindowDataset  # every dataset's samples, in time order
-    instrument: int  # index into windows.instruments
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self.windows.of_instrument(self.instrument)
-
-
-@dataclass(frozen=True)
 class _Series:
     """One dataset's raw feature matrices, labels and complete samples, before the split and normalisation."""
 
+    name: str  # the dataset's
     instrument: str
     coarse: Bars
     fine: Bars
@@ -240,8 +228,8 @@ class _Series:
         n = len(self.idx)
         n_test = round(n * (1 - train_fraction))
         if n < 2 or n_test < 1 or n_test >= n:
-            raise DataError(f"{self.instrument}: {n} complete samples ({len(self.fine)} bars); too few to split "
-                            "into train and test")
+            raise DataError(f"{self.name}: {n} complete samples ({len(self.fine)} bars); too few to split into "
+                            f"train and test at data.train_fraction {train_fraction}")
         return int(self.t[n - n_test])
 
 
@@ -257,7 +245,7 @@ def _series(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, rule
     if len(idx) < 2:
         raise DataError(f"{dataset.name}: {len(idx)} complete samples ({len(fine)} bars, of which {n_fine} fine and "
                         f"{n_coarse} coarse bars of history per sample); too few to split into train and test")
-    return _Series(data_cfg.instrument or dataset.instrument, coarse, fine, bar_features(coarse),
+    return _Series(dataset.name, data_cfg.instrument or dataset.instrument, coarse, fine, bar_features(coarse),
                    fine_features(fine, position), regime_features(fine, coarse), pattern_features(fine, pattern_window),
                    labels, idx, k)
 
@@ -275,9 +263,11 @@ def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig,
     rule = data_cfg.coarse_rule or default_coarse_rule(datasets[0].timeframe)
     series = [_series(d, model_cfg, data_cfg, rule, pattern_window) for d in datasets]
     cut = min(s.default_cut(data_cfg.train_fraction) for s in series) if test_from is None else int(test_from)
-    if stats is None:  # features of the bars known before the first test sample
-        stats = FeatureStats.fit(*(np.concatenate([getattr(s, x)[getattr(s, b).t < cut] for s in series])
-                                   for x, b in (("coarse_x", "coarse"), ("fine_x", "fine"), ("regime_x", "fine"))))
+    if stats is None:  # features of the bars known before the first test sample, of every series together
+        coarse_rows = np.concatenate([s.coarse_x[s.coarse.t < cut] for s in series])
+        fine_rows = np.concatenate([s.fine_x[s.fine.t < cut] for s in series])
+        regime_rows = np.concatenate([s.regime_x[s.fine.t < cut] for s in series])
+        stats = FeatureStats.fit(coarse_rows, fine_rows, regime_rows)
     t_h, t_l = model_cfg.coarse_len, model_cfg.fine_len
     parts = []
     for s in series:

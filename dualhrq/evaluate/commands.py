@@ -157,10 +157,10 @@ def run_validate_command(
                 print("--seeds reruns the HRM: skipped")
         if load_data is None and len(cfg.data.datasets) > 1:
             panel = load_validation_panel(cfg)
-            runs = {name: _validate_one(args, cfg, data, out / name, hrm, tracking, runner)
+            runs = {name: _validate_one(args, cfg, data, out / name, out, hrm, tracking, runner)
                     for name, data in panel.items()}
         else:
-            runs = {"": _validate_one(args, cfg, (load_data or load_validation_data)(cfg), out, hrm, tracking,
+            runs = {"": _validate_one(args, cfg, (load_data or load_validation_data)(cfg), out, out, hrm, tracking,
                                       runner)}
         pooled = _pool(args, cfg, {k: r for k, (r, _) in runs.items()}, out) if len(runs) > 1 else None
     except HRMError as e:
@@ -183,7 +183,7 @@ def run_validate_command(
             for f in result.leakage.findings:
                 print(f"LEAK {f.check}: {f.subject}: {f.detail}")
     if pooled is not None:
-        print(f"--- pooled over {', '.join(pooled.instruments)} (equal weight by date)")
+        print(f"--- pooled over {', '.join(pooled.instruments)} (equal weight per bar time)")
         for p, f in sorted(pooled.figures.items(), key=lambda kv: -kv[1].sharpe):
             print(f"{p:>16}: Sharpe {f.sharpe:7.3f}  net/year {f.net_per_year:+8.4f}  max DD {f.max_drawdown:6.3f}")
         print(pooled.verdict())
@@ -191,9 +191,11 @@ def run_validate_command(
     return EXIT_CHECK_FAILED if leak else 0
 
 
-def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, out: Path, hrm: HRMFactories | None,
-                  tracking: TrackingConfig, runner: Runner) -> tuple[ValidationResult, str]:
-    """One dataset's validation, recorded in the run ledger: (result, the ledger line to print)."""
+def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, out: Path, run_dir: Path,
+                  hrm: HRMFactories | None, tracking: TrackingConfig, runner: Runner) -> tuple[ValidationResult, str]:
+    """One dataset's validation into ``out``, recorded in the run ledger beside ``run_dir`` (the command's
+    output directory: one instrument of a list shares the ledger of a run on that instrument alone):
+    (result, the ledger line to print)."""
     from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, default_ledger_path
     from dualhrq.evaluate.tracking import record_run
     from dualhrq.evaluate.validate import baseline_factories, run_validation
@@ -206,7 +208,7 @@ def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, o
         factories = hrm(cfg, data, args.compare_fail_open) + extra + factories
         if args.compare_fail_open:
             comparisons.append(("hrm", "hrm_regime_only"))
-    with Ledger(default_ledger_path(cfg, out)) as ledger:
+    with Ledger(default_ledger_path(cfg, run_dir)) as ledger:
         fingerprint = data.data_fingerprint()
         result = run_validation(
             cfg, data, factories, out, resume=not args.fresh, candidate=args.candidate, comparisons=comparisons,

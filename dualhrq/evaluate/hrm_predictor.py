@@ -11,7 +11,7 @@ loop as served.
 The two variants share training: ``hrm`` and ``hrm_regime_only`` (the same model with an all-zero pattern
 mask, the runtime's fail-open path) key their checkpoints by the training samples and the starting state,
 so the second finds the first's checkpoint and only predicts. Their difference on the same splits is the
-price of failing open (issue 5, item 8).
+price of failing open.
 
 Positions: the action labels mark a coming move beyond the cost upwards with BUY (from flat) or CLOSE_SHORT
 (from short), downwards with SELL or CLOSE_LONG, and HOLD otherwise. The position is the policy's probability
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from dualhrq.config import Config, config_to_dict
-from dualhrq.data.splits import validation_slice
-from dualhrq.data.windows import PanelRows, WindowDataset
+from dualhrq.data.splits import label_hulls, overlaps, validation_slice
+from dualhrq.data.windows import WindowDataset
 from dualhrq.errors import DataError, InferenceError
 from dualhrq.evaluate.metrics import Predictions
-from dualhrq.evaluate.validate import PredictorFactory, ValidationData
+from dualhrq.evaluate.validate import PanelRows, PredictorFactory, ValidationData
 from dualhrq.model import HRM
 from dualhrq.model.vocab import position_from_probs
 from dualhrq.train.act import act_inference
@@ -73,6 +73,7 @@ class HRMPredictor:
     def __init__(self, cfg: Config, data: ValidationData, model_dir: Path, name: str = "hrm",
                  patterns: bool = True) -> None:
         panel = data.inputs if isinstance(data.inputs, PanelRows) else PanelRows(data.inputs, 0)
+        self.panel = panel
         if not isinstance(panel.windows, WindowDataset):
             raise DataError("validation data: the HRM predictor needs the window dataset as `inputs` "
                             "(dualhrq.evaluate.validate.validation_data provides it)")
@@ -82,6 +83,9 @@ class HRMPredictor:
         if not np.array_equal(self.windows.t[self.rows], data.t):
             raise DataError(f"{name}: the HRM's samples differ from the validation samples "
                             f"({len(self.rows)} vs {len(data.t)}); build both from one config")
+        # The other instruments' samples and labels, so that a changed file among them retrains too.
+        self._panel_print = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (
+            self.windows.t, self.windows.t_known, self.windows.out_b, self.windows.instrument_index))).hexdigest()[:16]
         self.ctx = DistContext(0, 1, resolve_device(cfg.train.device))
         self.model: HRM | None = None
         self.prepared: PreparedData | None = None
@@ -93,7 +97,8 @@ class HRMPredictor:
         rows = self._training_rows(train_idx)
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
-        setup = json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint() + str(resume_from)
+        setup = (json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint() + self._panel_print
+                 + str(resume_from))
         key = hashlib.sha256(rows.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key
         steps = self.cfg.train.steps
@@ -148,25 +153,26 @@ class HRMPredictor:
         return prepared
 
     def _training_rows(self, train_idx: np.ndarray) -> np.ndarray:
-        """The windows' samples the split trains on: its own, and the other instruments' from the same start
-        whose labels are all known by the time the split's last label is."""
-        w, own = self.windows, self.rows[train_idx]
-        first, known = w.t[own].min(), w.t_known[own].max()
-        others = np.flatnonzero((w.instrument_index != w.instrument_index[own[0]]) & (w.t >= first)
-                                & (w.t_known <= known))
-        return np.union1d(own, others)
+        """The windows' samples the split trains on: its own, and the other instruments' within the span of
+        its own (first sample to last label) whose labels overlap none of the own samples the split leaves
+        out (its test windows, their purge gaps and embargoes, under CPCV also between its training parts)."""
+        w, t, t_known = self.windows, self.data.t, self.data.t_known
+        left_out = np.setdiff1d(np.arange(len(t)), train_idx)
+        others = ((w.instrument_index != w.instrument_index[self.rows[0]]) & (w.t >= t[train_idx].min())
+                  & (w.t_known <= t_known[train_idx].max()))
+        others &= ~overlaps(w.t, w.t_known, label_hulls(left_out, t, t_known))
+        return np.union1d(self.rows[train_idx], np.flatnonzero(others))
 
     def _training_set(self, rows: np.ndarray) -> TrainingSet:
-        """Inputs of the windows' samples ``rows``; targets of this instrument's from the validation labels
-        (permuted in the control run), of the others' from their own."""
+        """Inputs of the windows' samples ``rows``; targets of this instrument's from the validation labels,
+        of the others' from their own (in the control run all are permuted)."""
         assert self.prepared is not None
-        w = self.windows
-        local = np.full(len(w), -1)
+        local = np.full(len(self.windows), -1)
         local[self.rows] = np.arange(len(self.rows))
         mine = local[rows] >= 0
         labels = {}
         for k in ("out_a", "out_b", "action", "quantity"):
-            y = np.asarray(getattr(w, k))[rows].copy()
+            y = self.panel.labels(k)[rows].copy()
             y[mine] = np.asarray(self.data.labels[k])[local[rows][mine]]
             labels[k] = y
         labels["regime"] = self.prepared.samples.targets.regime[rows].numpy()

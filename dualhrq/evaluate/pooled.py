@@ -2,8 +2,9 @@
 
 Each instrument is validated on its own splits against baselines fitted on that instrument alone, the HRM
 trained across every instrument up to each split (dualhrq.evaluate.hrm_predictor). Pooled, every predictor
-runs an equal-weight portfolio: on each date, the mean of its out-of-sample net returns over the instruments
-tested that date. The candidate is tested against every other predictor by SPA on those pooled returns.
+runs an equal-weight portfolio: at each bar time, the mean of its out-of-sample net returns over the
+instruments tested then. The candidate is tested by SPA on those pooled returns against every predictor each
+instrument's run tested it against (not its own seeds or its fail-open twin).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class PooledFigures:
     sharpe: float
     net_per_year: float
     max_drawdown: float
-    dates: int
+    times: int  # bar times with at least one instrument tested
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,11 @@ class PooledResult:
 
 
 def pooled_returns(results: dict[str, ValidationResult]) -> dict[str, pd.Series]:
-    """Each predictor's equal-weight portfolio returns by date, over the instruments tested that date."""
+    """Each predictor's equal-weight portfolio returns by bar time, over the instruments tested at that time
+    (the bars' close stamps: instruments stamped alike line up)."""
     frames: dict[str, list[pd.Series]] = {}
     for name, r in results.items():
-        index = pd.DatetimeIndex(np.asarray(r.oos_time, dtype="datetime64[ns]")).normalize()
+        index = pd.DatetimeIndex(np.asarray(r.oos_time, dtype="datetime64[ns]"))
         for p, net in r.net_returns.items():
             frames.setdefault(p, []).append(pd.Series(np.asarray(net, np.float64), index=index, name=name))
     # A predictor that some instrument's run lacks would be averaged over fewer instruments: left out.
@@ -73,15 +75,17 @@ def pooled_returns(results: dict[str, ValidationResult]) -> dict[str, pd.Series]
 
 def pool(results: dict[str, ValidationResult], vcfg: ValidateConfig, candidate: str,
          periods: float) -> PooledResult:
-    """The pooled figures and the candidate's SPA tests (``periods``: dates per year)."""
+    """The pooled figures and the candidate's SPA tests (``periods``: bars per year)."""
     series = pooled_returns(results)
     figures = {p: PooledFigures(sharpe_ratio(s.to_numpy(), periods), float(s.mean() * periods),
                                 max_drawdown(s.to_numpy()), len(s)) for p, s in series.items()}
     spa: dict[str, SPAResult] = {}
+    # Tested against what every instrument's run tested it against: its seeds and fail-open twin are not rivals.
+    rivals = set.intersection(*(set(r.spa) for r in results.values()))
     if candidate in series:
-        frame = pd.concat(series, axis=1, sort=True).fillna(0.0)  # a date one predictor has and another not: flat there
+        frame = pd.concat(series, axis=1, sort=True).fillna(0.0)  # a time one predictor has and another not: flat
         for b in series:
-            if b != candidate:
+            if b in rivals:
                 spa[b] = spa_test(frame[candidate].to_numpy(), frame[b].to_numpy(), reps=vcfg.bootstrap_reps,
                                   block_size=vcfg.bootstrap_block or None, seed=vcfg.seed)
     return PooledResult(list(results), candidate, figures, spa, {k: r.verdict() for k, r in results.items()})
@@ -93,12 +97,12 @@ def write_pooled_report(pooled: PooledResult, results: dict[str, ValidationResul
     lines = [f"# Validation over {len(pooled.instruments)} instruments: {', '.join(pooled.instruments)}", "",
              f"**{pooled.verdict()}**", "",
              "Pooled: every predictor as an equal-weight portfolio of its out-of-sample net returns over the "
-             "instruments tested on each date (each instrument on its own splits, costs on).", "",
-             f"| predictor | Sharpe | net / year | max DD | dates | SPA p ({pooled.candidate} vs) |",
+             "instruments tested at each bar time (each instrument on its own splits, costs on).", "",
+             f"| predictor | Sharpe | net / year | max DD | bar times | SPA p ({pooled.candidate} vs) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for p, f in sorted(pooled.figures.items(), key=lambda kv: -kv[1].sharpe):
         p_value = f"{pooled.spa[p].consistent:.3f}" if p in pooled.spa else "-"
-        lines.append(f"| {p} | {f.sharpe:.3f} | {f.net_per_year:+.4f} | {f.max_drawdown:.3f} | {f.dates} | "
+        lines.append(f"| {p} | {f.sharpe:.3f} | {f.net_per_year:+.4f} | {f.max_drawdown:.3f} | {f.times} | "
                      f"{p_value} |")
     lines += ["", "## Per instrument", "",
               f"| instrument | {pooled.candidate} Sharpe | best baseline (Sharpe) | verdict | report |",

@@ -30,7 +30,7 @@ from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_datasets
 from dualhrq.data.splits import CPCV, Split, check_label_times, splits_from_config
-from dualhrq.data.windows import PanelRows, build_dataset
+from dualhrq.data.windows import WindowDataset, build_dataset
 from dualhrq.errors import ConfigurationError, DataError, InferenceError
 from dualhrq.evaluate import leakage
 from dualhrq.evaluate.baselines import (
@@ -117,6 +117,7 @@ class ValidationData:
             self,
             returns=self.returns[order],
             labels={k: np.asarray(y)[order] for k, y in self.labels.items()},
+            inputs=replace(self.inputs, label_seed=seed) if isinstance(self.inputs, PanelRows) else self.inputs,
         )
 
     def data_fingerprint(self) -> str:
@@ -135,6 +136,32 @@ class ValidationData:
         for a in (self.t, self.t_known, self.returns, self.features):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PanelRows:
+    """One instrument's samples inside the samples of every dataset of a list (``data.dataset``): validation
+    runs per instrument, and the HRM for it trains on every instrument's history up to each split."""
+
+    windows: WindowDataset  # every dataset's samples, in time order
+    instrument: int  # index into windows.instruments
+    label_seed: int | None = None  # the permuted-label control: every instrument's labels are shuffled
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.windows.of_instrument(self.instrument)
+
+    def labels(self, key: str) -> np.ndarray:
+        """A training label of every sample (out_a, out_b, action, quantity); under the control, shuffled
+        within each instrument, so that no instrument's labels can tell the model another's."""
+        y = np.asarray(getattr(self.windows, key))
+        if self.label_seed is None:
+            return y
+        y = y.copy()
+        for i in range(len(self.windows.instruments)):
+            rows = self.windows.of_instrument(i)
+            y[rows] = y[rows][np.random.default_rng([self.label_seed, i]).permutation(len(rows))]
+        return y
 
 
 class Predictor(Protocol):
@@ -231,7 +258,9 @@ def load_validation_panel(cfg: Config) -> dict[str, ValidationData]:
     """Each instrument of a list of datasets as its own validation data (its own samples, features and
     baselines), by instrument; the HRM's inputs are every instrument's samples (`PanelRows`)."""
     datasets = load_datasets(cfg.data)
-    panel = build_dataset(datasets, cfg.model, cfg.data, pattern_window=cfg.patterns.window)
+    # Validation never reads the panel's own train/test split: no cut, so histories need not overlap.
+    panel = build_dataset(datasets, cfg.model, cfg.data, pattern_window=cfg.patterns.window,
+                          test_from=np.iinfo(np.int64).max)
     return {panel.instruments[i]: replace(validation_data(cfg, d), inputs=PanelRows(panel, i))
             for i, d in enumerate(datasets)}
 

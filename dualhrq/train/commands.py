@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for warning in result.best_test.warnings:
             print(f"  WARNING: {warning}")
         if result.best_test_by_instrument:
-            print("held-out tail by instrument (the model is one for all; the baselines' frequencies are pooled):")
+            print("held-out tail by instrument (one model for all; each against its own training label baselines):")
             for line in instrument_table(result.best_test_by_instrument):
                 print(f"  {line}")
         rule = result.best_rule
@@ -76,7 +76,7 @@ def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
         metrics.update(result.best_test.to_dict("best_test."))
     fingerprint = datasets_fingerprint([d.bars for d in load_datasets(cfg.data)])
     record = RunRecord(kind="train", config_hash=config_hash(cfg), data_fingerprint=fingerprint,
-                       dataset=cfg.data.name, seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
+                       dataset="+".join(cfg.data.datasets), seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
                        metrics=metrics)
     with Ledger(default_ledger_path(cfg, result.out_dir)) as ledger:
         record_run(tracking, ledger, record, cfg, artifacts=[Path(result.out_dir) / "metrics.jsonl"])

@@ -200,19 +200,29 @@ def score(out: dict[str, torch.Tensor], data: TrainingSet, baselines: LabelBasel
     )
 
 
-def score_by_instrument(out: dict[str, torch.Tensor], data: TrainingSet, baselines: LabelBaselines,
+def baselines_by_instrument(train: TrainingSet) -> dict[int, LabelBaselines]:
+    """The label baselines of each instrument's training samples alone, by instrument id: an instrument's own
+    label frequencies are what its embedding alone could learn."""
+    ids, y = train.inputs.instrument_id.numpy(), train.targets
+    actions, states = y.action.numpy(), y.state.numpy()
+    return {int(i): LabelBaselines.fit(actions[ids == i], states[ids == i]) for i in np.unique(ids)}
+
+
+def score_by_instrument(out: dict[str, torch.Tensor], data: TrainingSet, baselines: dict[int, LabelBaselines],
                         rule: DecisionRule | None, names: Sequence[str]) -> dict[str, HeldOut]:
-    """`score` of each instrument's samples alone, by name (``names[i]``: instrument id i + 1), the
-    baselines still those of every training sample; empty when ``data`` holds one instrument."""
+    """`score` of each instrument's samples alone against its own training label baselines, by name
+    (``names[i]``: instrument id i + 1); empty when ``data`` holds one instrument."""
     ids = data.inputs.instrument_id.numpy()
     present = np.unique(ids)
     if len(present) < 2:
         return {}
     reports = {}
     for i in present:
+        if int(i) not in baselines:
+            continue  # no training sample of that instrument: nothing to compare its figures with
         rows = torch.from_numpy(np.flatnonzero(ids == i))
         name = names[i - 1] if 0 < i <= len(names) else f"instrument id {i}"
-        reports[name] = score({k: v[rows] for k, v in out.items()}, data.subset(rows), baselines, rule)
+        reports[name] = score({k: v[rows] for k, v in out.items()}, data.subset(rows), baselines[int(i)], rule)
     return reports
 
 

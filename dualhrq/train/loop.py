@@ -50,6 +50,7 @@ from dualhrq.train.distributed import DistContext, init_distributed, shutdown, w
 from dualhrq.train.evaluation import (
     HeldOut,
     LabelBaselines,
+    baselines_by_instrument,
     predict,
     score,
     score_by_instrument,
@@ -214,13 +215,14 @@ class EvalSets:
     baselines: LabelBaselines  # label frequencies of the training samples, overall and per position state
     train_labels: tuple[np.ndarray, np.ndarray, np.ndarray]  # (action, state, forward return) of training
     instruments: tuple[str, ...] = ()  # instrument id i + 1's name: the held-out tail is also scored by each
+    instrument_baselines: dict[int, LabelBaselines] = field(default_factory=dict)  # by instrument id
 
     @classmethod
     def of(cls, train: TrainingSet, val: TrainingSet, test: TrainingSet | None,
            instruments: Sequence[str] = ()) -> EvalSets:
         y = train.targets
         return cls(val, test, LabelBaselines.fit(y.action.numpy(), y.state.numpy()), _labels(train),
-                   tuple(instruments))
+                   tuple(instruments), baselines_by_instrument(train) if len(instruments) > 1 else {})
 
     def rule_and_reports(self, model: HRM, act: ActConfig) -> Reports:
         """The decision rule fitted on the validation slice, and both slices' figures under it."""
@@ -231,7 +233,8 @@ class EvalSets:
         if self.test is not None:
             test_out = predict(model, act, self.test)
             test = score(test_out, self.test, self.baselines, rule)
-            by_instrument = score_by_instrument(test_out, self.test, self.baselines, rule, self.instruments)
+            by_instrument = score_by_instrument(test_out, self.test, self.instrument_baselines, rule,
+                                                self.instruments)
         return Reports(rule, score(val_out, self.val, self.baselines, rule), test, by_instrument)
 
 
