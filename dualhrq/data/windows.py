@@ -1,6 +1,6 @@
 """Tokenisation: bars -> model inputs. `build_sample` makes one from the most recent bars (what the runtime
 does per request, through `SampleBuilder`'s steps); `build_dataset` makes all of them over a history at once
-(what training uses).
+(what training uses), of one instrument or of several side by side.
 
 Both read the same feature matrices (`dualhrq.features`) and normalise them with the same statistics;
 since each feature row depends on a fixed number of bars ending at it, sample i of `build_dataset` equals
@@ -286,12 +286,12 @@ def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig,
     columns = {key: x[order] for key, x in columns.items()}
     instrument, t = instrument[order], columns["t"]
     test = np.flatnonzero(t >= cut)
-    for i, s in enumerate(series):
-        mine = instrument == i
-        if test_from is None and (not np.any(mine & (t >= cut)) or not np.any(mine & (t < cut))):
-            raise DataError(f"{datasets[i].name}: no {'test' if not np.any(mine & (t >= cut)) else 'training'} "
-                            f"samples: its bars end before, or start after, the held-out tail's start "
-                            f"{_day(cut)} shared by every dataset of the list")
+    if test_from is None:  # the default cut leaves every instrument both parts, or says which lacks one
+        for i, s in enumerate(series):
+            for part, rows in (("test", t[instrument == i] >= cut), ("training", t[instrument == i] < cut)):
+                if not rows.any():
+                    raise DataError(f"{s.name}: no {part} samples: its bars end before, or start after, "
+                                    f"{_day(cut)}, where the held-out tail of every dataset of the list starts")
     train = purge(np.flatnonzero(t < cut), test, t, columns["t_known"], purge_bars=0, embargo_bars=0)
     return WindowDataset(instruments=tuple(s.instrument for s in series), timeframe=datasets[0].timeframe,
                          coarse_rule=rule, **columns, instrument_index=instrument, train=train, test=test, stats=stats)
