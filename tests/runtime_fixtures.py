@@ -1,8 +1,9 @@
-"""Shared pieces for the runtime tests (no tests here): a scripted engine, bars, free ports."""
+"""Shared pieces for the runtime tests (no tests here): a scripted engine, bars, free ports, bundles, a served bundle."""
 
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -299,6 +300,40 @@ def build_tiny_bundle(root):
     save_checkpoint(root / "ckpt", HRM(cfg.model), cfg)
     inputs.with_rule(rule).save(root / "ckpt")
     return export_bundle(root / "ckpt", root / "bundle", ExportOptions(parity_samples=8, threads=1)).bundle
+
+
+def synthetic_bundle(config, root):
+    """An untrained model of ``config`` exported on synthetic feeds (no data, no fitted inputs): for tests of
+    what a bundle records and which engines can serve it."""
+    from pathlib import Path
+
+    import torch
+
+    from dualhrq.export.inputs import ParityFeeds
+    from dualhrq.export.pipeline import ExportOptions, export_bundle
+    from dualhrq.export.segment import example_feeds
+    from dualhrq.model import HRM
+    from dualhrq.train.checkpoint import save_checkpoint
+
+    root = Path(root)
+    torch.manual_seed(0)
+    save_checkpoint(root / "ckpt", HRM(config.model), config)
+    feeds = ParityFeeds(example_feeds(config.model, 8), "synthetic")
+    export_bundle(root / "ckpt", root / "b", ExportOptions(carry_segments=1, parity_samples=8), feeds)
+    return root / "b"
+
+
+@contextmanager
+def serving(bundle, overlay):
+    """A real Server on ``bundle`` (hosts loaded with ``overlay``) in a thread, bound to a free port."""
+    from dualhrq.config import ServeConfig
+    from dualhrq.runtime.host import load_host
+    from dualhrq.runtime.server import Server
+
+    serve = ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=["t"], drain_timeout_s=2.0)
+    server = Server(serve, lambda path, hooks: load_host(path, overlay, hooks), str(bundle))
+    with ServerThread(server) as st:
+        yield st
 
 
 _TINY_BUNDLE: list = []

@@ -11,19 +11,15 @@ import msgspec
 import onnxruntime
 import pytest
 import torch
+from runtime_fixtures import synthetic_bundle
 from subcommand import run_subcommand
 
 from dualhrq.bench import doctor
 from dualhrq.bench.doctor import Gpu, diagnose
 from dualhrq.export.bundle import load_bundle
 from dualhrq.export.engines import BACKENDS
-from dualhrq.export.inputs import ParityFeeds
 from dualhrq.export.manifest import MANIFEST
-from dualhrq.export.pipeline import ExportOptions, export_bundle
-from dualhrq.export.segment import example_feeds
-from dualhrq.model import HRM
 from dualhrq.persisted import write_record
-from dualhrq.train.checkpoint import save_checkpoint
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -72,12 +68,7 @@ def test_tensorrt_11_with_an_onnx_runtime_too_old_for_it_is_reported(monkeypatch
 
 @pytest.fixture(scope="module")
 def bundle(tiny_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("doctor")
-    torch.manual_seed(0)
-    save_checkpoint(root / "ckpt", HRM(tiny_config.model), tiny_config)
-    feeds = ParityFeeds(example_feeds(tiny_config.model, 8), "synthetic")
-    export_bundle(root / "ckpt", root / "b", ExportOptions(carry_segments=1, parity_samples=8), feeds)
-    return root / "b"
+    return synthetic_bundle(tiny_config, tmp_path_factory.mktemp("doctor"))
 
 
 def test_doctor_says_which_backends_and_precisions_serve_a_bundle_here(bundle, capsys):

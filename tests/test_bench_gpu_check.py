@@ -11,24 +11,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from runtime_fixtures import synthetic_bundle
 
 from dualhrq.bench import gpu_check
 from dualhrq.export.engines import TorchEngine
-from dualhrq.export.inputs import ParityFeeds
-from dualhrq.export.pipeline import ExportOptions, export_bundle
 from dualhrq.export.segment import example_feeds
 from dualhrq.model import HRM
-from dualhrq.train.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpucheck")
-    torch.manual_seed(0)
-    save_checkpoint(root / "ckpt", HRM(tiny_config.model), tiny_config)
-    feeds = ParityFeeds(example_feeds(tiny_config.model, 8), "synthetic")
-    export_bundle(root / "ckpt", root / "b", ExportOptions(carry_segments=1, parity_samples=8), feeds)
-    return root / "b"
+    return synthetic_bundle(tiny_config, tmp_path_factory.mktemp("gpucheck"))
 
 
 def _args(bundle, out, *extra):

@@ -6,9 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from runtime_fixtures import ServerThread, eurusd_history, real_signal_body, tiny_bundle  # noqa: F401
+from runtime_fixtures import ServerThread, eurusd_history, real_signal_body, serving, tiny_bundle  # noqa: F401
 
-from dualhrq.config import ServeConfig
 from dualhrq.data.windows import needs
 from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.bundle import load_bundle
@@ -16,7 +15,6 @@ from dualhrq.features import PositionRule
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import Client, RequestFailed
 from dualhrq.runtime.host import load_host
-from dualhrq.runtime.server import Server
 
 OVERLAY = {"serve": {"intra_op_threads": 1, "max_batch": 4}}
 
@@ -51,9 +49,7 @@ def test_the_serve_overlay_cannot_change_the_model(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle):
-    serve = ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=["t"], drain_timeout_s=2.0)
-    server = Server(serve, lambda path, hooks: load_host(path, OVERLAY, hooks), str(tiny_bundle))
-    with ServerThread(server) as st:
+    with serving(tiny_bundle, OVERLAY) as st:
         yield st
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from runtime_fixtures import Cluster, ServerThread, eurusd_history, tiny_bundle  # noqa: F401
+from runtime_fixtures import Cluster, ServerThread, eurusd_history, serving, tiny_bundle  # noqa: F401
 
-from dualhrq.config import ComplianceConfig, ServeConfig, SessionsConfig
+from dualhrq.config import ComplianceConfig, SessionsConfig
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import Client, append_request, signal_request
 from dualhrq.runtime.host import load_host
-from dualhrq.runtime.server import Server
 from dualhrq.runtime.signals import RequestWindows
 from dualhrq.runtime.streams import Streams
 
@@ -22,9 +21,7 @@ OVERLAY = {"serve": {"intra_op_threads": 1, "max_batch": 2}, "patterns": {"timeo
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle):
-    serve = ServeConfig(bind="tcp://127.0.0.1:*", admin_tokens=["t"], drain_timeout_s=2.0)
-    server = Server(serve, lambda path, hooks: load_host(path, OVERLAY, hooks), str(tiny_bundle))
-    with ServerThread(server) as st:
+    with serving(tiny_bundle, OVERLAY) as st:
         yield st
 
 
