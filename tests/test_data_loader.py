@@ -72,6 +72,14 @@ def test_close_stamped_files_keep_their_timestamps(tmp_path):
     np.testing.assert_array_equal(ds.bars.t, _ns(frame["Timestamp"]))
 
 
+def test_a_file_is_parsed_once_while_unchanged_and_again_once_it_changes(tmp_path):
+    path = _write_csv(tmp_path, _frame(30))
+    first = load_dataset(path)
+    assert load_dataset(path) is first
+    _write_csv(tmp_path, _frame(40))
+    assert len(load_dataset(path).bars) == 40
+
+
 def test_parquet_loads_the_same_bars_as_csv(tmp_path):
     frame = _frame()
     frame.to_parquet(tmp_path / "mine.parquet", index=False)

@@ -31,7 +31,7 @@ def _between(coarse: Bars, after: int, until: int) -> Bars:
 def _start(builder: SampleBuilder, fine: Bars, coarse: Bars, end: int) -> StreamWindow:
     fine_ns = parse_rule("1h").ns
     window = builder.bars(coarse, fine.slice(0, end))
-    return StreamWindow(builder, fine_ns, 3 * fine_ns, window, builder.sample(window), coarse.slice(0, 0))
+    return StreamWindow(builder, fine_ns, 3 * fine_ns, window, builder.sample(window))
 
 
 def _assert_same(a, b):

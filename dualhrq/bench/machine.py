@@ -23,7 +23,7 @@ def machine_description() -> str:
     if meminfo.is_file():
         kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         mem = f", {kb / 2**20:.0f} GiB"
-    return f"{model} ({usable_cores()} cores; {isa}){mem}, {platform.system()} {platform.machine()}, {_gpu()}"
+    return f"{model} ({cores} cores; {isa}){mem}, {platform.system()} {platform.machine()}, {_gpu()}"
 
 
 def _gpu() -> str:

@@ -26,7 +26,7 @@ from dualhrq.compliance.replay import QuoteEvent, ReplayReport, SignalFn, replay
 from dualhrq.config import ComplianceConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.errors import DataError
-from dualhrq.evaluate.execution import Fills, market_for
+from dualhrq.evaluate.execution import Fills, default_fee_bps, market_for
 from dualhrq.evaluate.ledger import strict_json
 from dualhrq.evaluate.metrics import periods_per_year, sharpe_ratio
 from dualhrq.model.vocab import replay_instrument
@@ -197,7 +197,7 @@ def pnl_replay(bundle_path: str | Path, dataset: Dataset, served: SignalFn, refe
         served=PnLFigures.of(market.execute(served_pos[idx]), periods),
         reference=PnLFigures.of(market.execute(reference_pos[idx]), periods),
         execution={"fill": ex.fill, "delay_bars": ex.delay_bars, "half_spread_bps": ex.half_spread_bps,
-                   "spread": ex.spread, "fee_bps_per_side": ex.fee_bps if ex.fee_bps is not None
-                   else cfg.data.cost_bps / 2, "impact_coef": ex.impact_coef},
+                   "spread": ex.spread, "fee_bps_per_side": default_fee_bps(ex, cfg.data.cost_bps),
+                   "impact_coef": ex.impact_coef},
     )
     return report, pnl

@@ -79,21 +79,38 @@ def _bundled(name: str) -> Dataset:
     return Dataset(name=name, instrument=src.instrument, timeframe=timeframe, bars=bars, origin=src.origin)
 
 
+def _file(path: Path, timestamps: Stamp) -> Dataset:
+    """A user's file, parsed once per process while it stays unchanged (one command reads it in several
+    places: training, the pattern library, the run ledger)."""
+    if not path.is_file():
+        return load_ohlcv(path, timestamps=timestamps)  # its error names the path
+    st = path.stat()
+    return _parsed(path, str(path.resolve()), st.st_mtime_ns, st.st_size, timestamps)
+
+
+@cache
+def _parsed(path: Path, _resolved: str, _mtime_ns: int, _size: int, timestamps: Stamp) -> Dataset:
+    return load_ohlcv(path, timestamps=timestamps)  # the cache key: which file, in which state, read how
+
+
 def list_datasets() -> list[DatasetInfo]:
     """The bundled datasets, loaded (they are small and cached) so the figures are real."""
     return [info(_bundled(name)) for name in _BUNDLED]
 
 
-def load_dataset(name_or_path: str | Path, timestamps: Stamp = "open") -> Dataset:
+def load_dataset(name_or_path: str | Path, timestamps: Stamp = "open", where: str | None = None) -> Dataset:
     """A bundled dataset by name, or a user's CSV/Parquet file by path (``timestamps`` applies to files only:
-    see `dualhrq.data.loader`)."""
+    see `dualhrq.data.loader`). ``where``: the setting that named it, which its errors then start with."""
     key = str(name_or_path)
     if key in _BUNDLED:
         return _bundled(key)
     path = Path(key)
     if path.suffix or path.exists():
-        return load_ohlcv(path, timestamps=timestamps)
-    raise DataError(f"data.dataset: {key!r} is neither a bundled dataset ({', '.join(_BUNDLED)}) nor a "
+        try:
+            return _file(path, timestamps)
+        except DataError as e:
+            raise (DataError(f"{where}: {e}") if where else e) from None
+    raise DataError(f"{where or 'data.dataset'}: {key!r} is neither a bundled dataset ({', '.join(_BUNDLED)}) nor a "
                     "CSV/Parquet path")
 
 
@@ -103,12 +120,7 @@ def load_datasets(data_cfg: DataConfig) -> list[Dataset]:
     out: list[Dataset] = []
     for i, name in enumerate(data_cfg.datasets):
         where = "data.dataset" if isinstance(data_cfg.dataset, str) else f"data.dataset[{i}]"
-        try:
-            ds = load_dataset(name, data_cfg.timestamps)
-        except DataError as e:  # name the config entry, also for errors inside a user's file
-            message = str(e)
-            raise DataError(message.replace("data.dataset:", f"{where}:", 1) if message.startswith("data.dataset:")
-                            else f"{where}: {message}") from None
+        ds = load_dataset(name, data_cfg.timestamps, where)
         if out and ds.timeframe != out[0].timeframe:
             raise DataError(f"{where}: {name} holds {ds.timeframe} bars, but data.dataset[0] ({out[0].name}) holds "
                             f"{out[0].timeframe} bars; one model reads one fine timeframe")

@@ -66,7 +66,11 @@ def _blocks(test: np.ndarray) -> list[np.ndarray]:
 def label_hulls(indices: np.ndarray, t: np.ndarray, t_known: np.ndarray) -> list[tuple[int, int]]:
     """(first sample time, last label time) of each contiguous run of the sorted ``indices`` into t/t_known:
     the span a run's samples and labels cover, that no training label may overlap."""
-    return [(int(t[b[0]]), int(t_known[b].max())) for b in _blocks(indices)]
+    return _hulls(_blocks(indices), t, t_known)
+
+
+def _hulls(blocks: list[np.ndarray], t: np.ndarray, t_known: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(t[b[0]]), int(t_known[b].max())) for b in blocks]
 
 
 def overlaps(t: np.ndarray, t_known: np.ndarray, hulls: list[tuple[int, int]]) -> np.ndarray:
@@ -87,8 +91,9 @@ def purge(
 ) -> np.ndarray:
     """The candidate training indices that survive the label-interval purge, the purge gap and the embargo."""
     # The hull of each block's label intervals: the block is contiguous, so no outside sample falls inside it.
-    keep = ~overlaps(t, t_known, label_hulls(test, t, t_known))
-    for block in _blocks(test):
+    blocks = _blocks(test)
+    keep = ~overlaps(t, t_known, _hulls(blocks, t, t_known))
+    for block in blocks:
         first, last = int(block[0]), int(block[-1])
         keep[max(first - purge_bars, 0) : first] = False
         keep[last + 1 : last + 1 + embargo_bars] = False

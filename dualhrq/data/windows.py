@@ -225,9 +225,9 @@ class _Series:
 
     def default_cut(self, train_fraction: float) -> int:
         """The first test sample's time by ``train_fraction`` of this series' samples."""
-        n = len(self.idx)
+        n = len(self.idx)  # at least 2 (_series)
         n_test = round(n * (1 - train_fraction))
-        if n < 2 or n_test < 1 or n_test >= n:
+        if n_test < 1 or n_test >= n:
             raise DataError(f"{self.name}: {n} complete samples ({len(self.fine)} bars); too few to split into "
                             f"train and test at data.train_fraction {train_fraction}")
         return int(self.t[n - n_test])
@@ -281,10 +281,13 @@ def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig,
             "action": s.labels.action[idx], "quantity": s.labels.quantity[idx].astype(np.float32),
             "state": s.labels.state[idx], "t": s.t, "t_known": s.labels.t_known[idx], "bar_index": idx})
     instrument = np.concatenate([np.full(len(s.idx), i, np.int64) for i, s in enumerate(series)])
-    columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    order = np.lexsort((instrument, columns["t"]))  # time order; one series alone is in it already
-    columns = {key: x[order] for key, x in columns.items()}
-    instrument, t = instrument[order], columns["t"]
+    if len(series) == 1:  # in time order already: no copy of the token arrays
+        columns = parts[0]
+    else:
+        order = np.lexsort((instrument, np.concatenate([p["t"] for p in parts])))  # time, then list order
+        columns = {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]}
+        instrument = instrument[order]
+    t = columns["t"]
     test = np.flatnonzero(t >= cut)
     if test_from is None:  # the default cut leaves every instrument both parts, or says which lacks one
         for i, s in enumerate(series):

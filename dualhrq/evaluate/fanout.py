@@ -8,6 +8,10 @@ predictors' order, so the report is the same bit for bit. Two things make that h
 task is shipped with cloudpickle (closures and all), and it runs with the driver's number of torch threads
 (a CPU kernel may sum in another order on another count). The run directory must be storage every worker
 sees (a local Ray, or a shared filesystem on a cluster): tasks write their splits there as they finish.
+
+NOTE: workers unpickle what they are sent (`_call`, `_call_blob`, `_load_shared`), so every payload comes from
+this run's own driver: the processes it spawned, or the Ray cluster the user names with ``--ray ADDRESS``
+(whose nodes it therefore trusts). Nothing here reads a pickle from a file or a socket of its own.
 """
 
 from __future__ import annotations
@@ -48,11 +52,7 @@ def _torch_threads() -> int:
 
 
 def _call(payload: bytes, shared: Any, threads: int) -> Any:
-    """In a worker: the task with the driver's torch threads.
-
-    NOTE: payloads are unpickled, so they may only come from this run's own driver (the processes it spawned,
-    or the Ray cluster the user points it at); nothing here ever reads a pickle from a file or a socket of
-    its own."""
+    """In a worker: the task with the driver's torch threads."""
     import cloudpickle
     import torch
 

@@ -10,13 +10,14 @@ instrument's run tested it against (not its own seeds or its fail-open twin).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dualhrq.config import ValidateConfig
+from dualhrq.evaluate.ledger import strict_json
 from dualhrq.evaluate.metrics import max_drawdown, sharpe_ratio
 from dualhrq.evaluate.report import SIGNIFICANCE, ValidationResult
 from dualhrq.evaluate.statistics import SPAResult, spa_test
@@ -55,8 +56,8 @@ class PooledResult:
 
     def to_dict(self) -> dict:
         return {"instruments": self.instruments, "candidate": self.candidate,
-                "figures": {p: f.__dict__ for p, f in self.figures.items()},
-                "spa": {p: r.__dict__ for p, r in self.spa.items()},
+                "figures": {p: asdict(f) for p, f in self.figures.items()},
+                "spa": {p: r.to_dict() for p, r in self.spa.items()},
                 "per_instrument": self.per_instrument, "verdict": self.verdict()}
 
 
@@ -115,5 +116,5 @@ def write_pooled_report(pooled: PooledResult, results: dict[str, ValidationResul
                      f"{best} ({others.get(best, float('nan')):.3f}) | {r.verdict()} | [{name}]({name}/report.md) |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps(pooled.to_dict(), indent=2, default=float))
+    (out / "report.json").write_text(json.dumps(strict_json(pooled.to_dict()), indent=2, allow_nan=False))
     return path

@@ -45,7 +45,7 @@ from dualhrq.evaluate.baselines import (
 from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
 from dualhrq.evaluate.fanout import Runner, Sequential
 from dualhrq.evaluate.ledger import Trial, bars_fingerprint
-from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year
+from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, sharpe_ratio
 from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
 from dualhrq.evaluate.statistics import SPAResult, deflated_sharpe_ratio, spa_test
@@ -522,8 +522,9 @@ def run_validation(
         report.max_future_corr[p] = worst
         report.record("future_correlation", found)
 
-    overall = {p: score(pr, oos_idx) for p, pr in overall_pred.items()}
-    net = {p: market.execute(pr.position, oos_idx).net for p, pr in overall_pred.items()}
+    fills = {p: market.execute(pr.position, oos_idx) for p, pr in overall_pred.items()}  # once per predictor
+    overall = {p: compute_metrics(pr, data.returns[oos_idx], fills[p], periods=periods) for p, pr in overall_pred.items()}
+    net = {p: f.net for p, f in fills.items()}
     result = ValidationResult(
         dataset=data.name,
         scheme=vcfg.scheme,
@@ -594,11 +595,6 @@ def _earlier_trials(result: ValidationResult, earlier: Sequence[Trial], market: 
     return out
 
 
-def _per_sample_sharpe(r: np.ndarray) -> float:
-    sd = r.std(ddof=1)
-    return float(r.mean() / sd) if sd > 0 else float("nan")
-
-
 def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons: Sequence[tuple[str, str]],
                     earlier: list[tuple[Trial, np.ndarray | None]]) -> None:
     """SPA/Reality Check of the candidate against every other predictor, DSR of all over every trial (this
@@ -620,8 +616,8 @@ def _add_statistics(result: ValidationResult, vcfg: ValidateConfig, comparisons:
         for b in net:
             if b != result.candidate and b not in partners:
                 result.spa[b] = spa(result.candidate, b)
-    sharpes = [_per_sample_sharpe(r) for r in net.values()]
-    sharpes += [_per_sample_sharpe(r) if r is not None else t.sharpe for t, r in earlier]
+    sharpes = [sharpe_ratio(r, 1.0) for r in net.values()]  # per sample, as the DSR reads them
+    sharpes += [sharpe_ratio(r, 1.0) if r is not None else t.sharpe for t, r in earlier]
     result.earlier_trials = len(earlier)
     for p, r in net.items():
         if r.std(ddof=1) > 0:

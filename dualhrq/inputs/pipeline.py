@@ -61,18 +61,15 @@ class InputPipeline:
                    InstrumentVocab(artifacts.instruments))
 
     @classmethod
-    def fit(cls, cfg: Config, windows: WindowDataset, library_fraction: float | None = None,
-            library_until: int | None = None) -> InputPipeline:
-        """Library, encoder and regimes from the bars closed before ``library_until`` (ns), or the first
-        ``library_fraction`` (default data.train_fraction) of the bars, feature statistics from the windows' own
-        training fit, target scales from the training samples."""
-        data_cfg = cfg.data if library_fraction is None else msgspec.structs.replace(cfg.data,
-                                                                                     train_fraction=library_fraction)
+    def fit(cls, cfg: Config, windows: WindowDataset, library_until: int | None = None) -> InputPipeline:
+        """Library, encoder and regimes from the bars closed before ``library_until`` (ns; default: the first
+        data.train_fraction of the bars), feature statistics from the windows' own training fit, target scales
+        from the training samples."""
         if len(windows.instruments) >= cfg.model.instrument_vocab:  # row 0 is the unknown instrument's
             raise ConfigurationError(f"model.instrument_vocab: {cfg.model.instrument_vocab} embedding rows hold at "
                                      f"most {cfg.model.instrument_vocab - 1} instruments, and the data has "
                                      f"{len(windows.instruments)}")
-        library, encoder, regimes = build_library(cfg.model, cfg.patterns, data_cfg, cfg.train.seed, library_until)
+        library, encoder, regimes = build_library(cfg.model, cfg.patterns, cfg.data, cfg.train.seed, library_until)
         train = windows.train
         scale = TargetScale(*(float(np.std(getattr(windows, k)[train])) or 1.0 for k in ("out_a", "out_b")))
         artifacts = Artifacts.of(windows.stats, list(windows.instruments), scale, windows.timeframe,
@@ -131,11 +128,10 @@ class InputPipeline:
     def sample(self, bars: SampleBars, key: np.ndarray | None = None) -> Sample:
         return self.builder.sample(bars, None if key is None else key[0])
 
-    def stream(self, bars: SampleBars, sample: Sample, pending: Bars, closure_bars: float) -> StreamWindow:
-        """A stream's window from a full window's bars and sample; ``pending``: the coarse bars the request
-        carried that close after its last fine bar. ``closure_bars``: see SessionsConfig."""
+    def stream(self, bars: SampleBars, sample: Sample, closure_bars: float) -> StreamWindow:
+        """A stream's window from a full window's bars and sample. ``closure_bars``: see SessionsConfig."""
         fine_ns = parse_rule(self.timeframe).ns
-        return StreamWindow(self.builder, fine_ns, round(closure_bars * fine_ns), bars, sample, pending)
+        return StreamWindow(self.builder, fine_ns, round(closure_bars * fine_ns), bars, sample)
 
     def graph_inputs(self, sample: Sample, instrument: str, timeframe: str) -> dict[str, np.ndarray]:
         """One sample's graph inputs but the pattern context and the carry (batch axis of 1)."""

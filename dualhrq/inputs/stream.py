@@ -27,19 +27,21 @@ def _joined(a: Bars, b: Bars) -> Bars:
     return Bars(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Bars)))
 
 
+def _own(b: Bars) -> Bars:
+    """A copy of the columns: a request's trimmed bars are views that would keep its whole arrays alive."""
+    return Bars(*(getattr(b, f.name).copy() for f in fields(Bars)))
+
+
 class StreamWindow:
-    """The last ``needs`` bars of a stream, the coarse bars it sent that have not closed yet, and the tokens of the
-    sample at its last fine bar. ``fine_ns``: the fine timeframe; ``closure_ns``: the shortest spacing between two
+    """The last ``needs`` bars of a stream, the coarse bars appended that have not closed yet, and the tokens of
+    the sample at its last fine bar. ``fine_ns``: the fine timeframe; ``closure_ns``: the shortest spacing between two
     fine bars that is a market closure rather than a missing bar."""
 
-    def __init__(self, builder: SampleBuilder, fine_ns: int, closure_ns: int, bars: SampleBars, sample: Sample,
-                 pending: Bars) -> None:
-        """From a full window: its bars, the sample built from them, and the coarse bars it carried that close
-        after its last fine bar (``pending``: they count once a later fine bar passes them)."""
+    def __init__(self, builder: SampleBuilder, fine_ns: int, closure_ns: int, bars: SampleBars,
+                 sample: Sample) -> None:
+        """From a full window: its bars (all closed by its last fine bar) and the sample built from them."""
         self.builder, self.fine_ns, self.closure_ns = builder, fine_ns, closure_ns
-        self._fine = bars.fine
-        self._coarse = _joined(bars.coarse, pending)
-        self._visible = len(bars.coarse)  # of self._coarse, those closed by the last fine bar
+        self._fine, self._coarse = _own(bars.fine), _own(bars.coarse)
         self._h, self._l, self._state = sample.h_tokens, sample.l_tokens, sample.state
         self._new_fine = self._closed = 0  # bars added since the tokens were last computed
         self.bars = bars
@@ -67,9 +69,10 @@ class StreamWindow:
         visible = int(np.searchsorted(every_coarse.t, as_of, side="right"))
         self._fine = joined.slice(len(joined) - n_fine)
         self._new_fine += len(fine)
-        self._closed += visible - self._visible  # coarse bars that closed with these fine bars
+        # The stream keeps n_coarse closed coarse bars (and any appended that have not closed yet): the rest of
+        # the visible ones closed with these fine bars.
+        self._closed += visible - n_coarse
         self._coarse = every_coarse.slice(visible - n_coarse)
-        self._visible = n_coarse
         self.bars = SampleBars(self._coarse.slice(0, n_coarse), self._fine, as_of)
         return self.bars
 

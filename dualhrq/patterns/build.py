@@ -39,8 +39,9 @@ class TrainingWindow:
 
 def training_windows(data_cfg: DataConfig, until_ns: int | None = None) -> list[TrainingWindow]:
     """The training window of every dataset of ``data.dataset``: the bars closed before ``until_ns``, by
-    default before the earliest of each dataset's own ``data.train_fraction`` cut (one time for all, as
-    dualhrq.data.windows splits them)."""
+    default before the earliest of each dataset's own ``data.train_fraction`` of its bars (one time for all).
+    NOTE: dualhrq.data.windows cuts by a fraction of complete samples, a little later: the library then ends
+    before the held-out tail starts, never after it."""
     datasets = load_datasets(data_cfg)
     if until_ns is None:
         until_ns = min(int(ds.bars.t[int(len(ds.bars) * data_cfg.train_fraction)]) for ds in datasets)

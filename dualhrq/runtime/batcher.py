@@ -102,15 +102,11 @@ class Batcher:
         if self._queue.qsize() or not self._engine_lock.acquire(blocking=False):
             return None
         try:
-            start = time.perf_counter()
-            result = run_act(self.engine, inputs, self._initial_carry(1), self.act)
-            engine_s = time.perf_counter() - start
+            result, _, engine_s = self._act(inputs, 1)
         finally:
             self._engine_lock.release()
-        self._solo_s.append(engine_s)
-        self._on_batch(1, engine_s)
-        return RowResult({k: v[0] for k, v in result.outputs.items()}, int(result.segments[0]),
-                         bool(result.halted_by_q[0]), 0.0, engine_s, 1)
+        self._ran(1, engine_s)
+        return _row(result, 0, 0.0, engine_s, 1)
 
     def run_here(self, inputs: dict[str, np.ndarray]) -> ActResult:
         """The ACT loop on the caller's thread, for offline use (replay) of a batcher never started."""
@@ -200,14 +196,25 @@ class Batcher:
         else:
             inputs = {k: np.concatenate([j.inputs[k] for j in jobs]) for k in jobs[0].inputs}
         with self._engine_lock:  # held by `try_run` only for a lone request's run
-            start = time.perf_counter()
-            result = run_act(self.engine, inputs, self._initial_carry(b), self.act)
-            engine_s = time.perf_counter() - start
-        if b == 1:
+            result, start, engine_s = self._act(inputs, b)
+        self._ran(b, engine_s)
+        return [_row(result, i, start - j.submitted, engine_s, b) for i, j in enumerate(jobs)]
+
+    def _act(self, inputs: dict[str, np.ndarray], b: int) -> tuple[ActResult, float, float]:
+        """The ACT loop of ``b`` rows, the engine lock held by the caller: (result, its start, engine seconds)."""
+        start = time.perf_counter()
+        result = run_act(self.engine, inputs, self._initial_carry(b), self.act)
+        return result, start, time.perf_counter() - start
+
+    def _ran(self, b: int, engine_s: float) -> None:
+        if b == 1:  # what a lone request costs: try_run's deadline test reads it
             self._solo_s.append(engine_s)
         self._on_batch(b, engine_s)
-        return [RowResult({k: v[i] for k, v in result.outputs.items()}, int(result.segments[i]),
-                          bool(result.halted_by_q[i]), start - j.submitted, engine_s, b) for i, j in enumerate(jobs)]
+
+
+def _row(result: ActResult, i: int, queued_s: float, engine_s: float, batch: int) -> RowResult:
+    return RowResult({k: v[i] for k, v in result.outputs.items()}, int(result.segments[i]),
+                     bool(result.halted_by_q[i]), queued_s, engine_s, batch)
 
 
 def _deliver(job: _Job, result: RowResult | None = None, error: BaseException | None = None) -> None:

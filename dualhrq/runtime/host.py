@@ -120,7 +120,7 @@ class ModelHost:
     def open_stream(self, bars: SampleBars, prepared: Prepared, sessions: SessionsConfig) -> StreamWindow:
         """The window of the stream a signal opens, from its full window (validated and prepared). A coarse bar
         it carried that had not closed is not kept, as the full window ignores it: it counts once appended."""
-        return self.inputs.stream(bars, prepared.sample, bars.coarse.slice(0, 0), sessions.closure_bars)
+        return self.inputs.stream(bars, prepared.sample, sessions.closure_bars)
 
     def extend(self, window: StreamWindow, req: Append) -> SampleBars:
         """An append's bars, validated (ProtocolError naming the field), added to its stream's window;
