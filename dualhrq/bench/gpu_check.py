@@ -151,8 +151,10 @@ def _make(bundle: Any, backend: str, precision: str, max_batch: int) -> Engine:
 def _parity(bundle: Any, model: Any, feeds: dict[str, np.ndarray], engines: list[tuple[str, str]],
             args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from dualhrq.export.engine_parity import engine_parity
+    from dualhrq.export.parity import torch_rollout
 
     results, failed = {}, False
+    references = torch_rollout(model, feeds, args.segments)  # every engine is held to the same PyTorch run
     for name, precision in engines:
         key = f"{name}/{precision}"
         try:
@@ -163,7 +165,8 @@ def _parity(bundle: Any, model: Any, feeds: dict[str, np.ndarray], engines: list
             continue
         try:
             checked = engine_parity(model, engine, feeds, "tensorrt" if name == "tensorrt" else precision,
-                                    args.segments, exact=False if name == "tensorrt" or precision != "fp32" else None)
+                                    args.segments, exact=False if name == "tensorrt" or precision != "fp32" else None,
+                                    references=references)
         finally:
             engine.close()
         results[key] = checked.to_dict()

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from dualhrq.contract import INPUT_NAMES, next_carry
+from dualhrq.contract import INPUT_NAMES
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
-from dualhrq.export.parity import Parity, measure_parity
-from dualhrq.export.segment import run_torch
+from dualhrq.export.parity import Parity, measure_parity, torch_rollout
 from dualhrq.model import HRM
 
 
@@ -47,24 +46,25 @@ class EngineParity:
 
 
 def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], precision: str,
-                  segments: int = 3, exact: bool | None = None) -> EngineParity:
+                  segments: int = 3, exact: bool | None = None,
+                  references: list[dict[str, np.ndarray]] | None = None) -> EngineParity:
     """Hold `engine` to the bounds of `precision` (exact: as measure_parity) on `feeds` (every graph input,
-    held-out windows), in chunks of engine.max_batch rows."""
+    held-out windows), in chunks of engine.max_batch rows. ``references``: `torch_rollout` of the same feeds
+    over at least `segments` segments, when already computed (several engines are held to one)."""
     if segments < 1:
         raise ConfigurationError(f"segments: must be >= 1, got {segments}")
+    references = (references or torch_rollout(model, feeds, segments))[:segments]
+    if len(references) < segments:
+        raise ConfigurationError(f"references: {len(references)} segments for a check of {segments}")
     n = len(feeds["h_tokens"])
     chunks = [slice(i, min(i + engine.max_batch, n)) for i in range(0, n, engine.max_batch)]
     span = model.cfg.quantity_max - model.cfg.quantity_min
-    reference = run_torch(model, feeds)
+    reference = references[0]  # one segment from the zero carry
     ran = [{k: v.copy() for k, v in engine.run({k: feeds[k][c] for k in INPUT_NAMES}).items()} for c in chunks]
     one = measure_parity(reference, {k: np.concatenate([r[k] for r in ran]) for k in reference}, precision, exact,
                          quantity_span=span)
 
     exact = precision == "fp32" if exact is None else exact
-    references, torch_feeds = [], dict(feeds)
-    for _ in range(segments):
-        references.append(run_torch(model, torch_feeds))
-        torch_feeds.update(next_carry(references[-1]))
     # One chunk's loop at a time: loops of one batch size share the engine's buffers for that size.
     per_segment: list[list[dict[str, np.ndarray]]] = [[] for _ in range(segments)]
     for c in chunks:

@@ -156,26 +156,39 @@ class CarryParity:
                 f"{', '.join(f'{a:.1%}' for a in self.halting_agreement)}")
 
 
-def carry_parity(model: HRM, run: Run, feeds: dict[str, np.ndarray], precision: str, segments: int = 3,
-                 quantity_span: float = 1.0) -> CarryParity:
-    """Run `segments` segments through PyTorch and through `run` (any engine's `run`: one interface for every
-    precision and backend), each feeding back its OWN carry, and hold every segment to the precision's bounds
-    (measure_parity)."""
+def torch_rollout(model: HRM, feeds: dict[str, np.ndarray], segments: int) -> list[dict[str, np.ndarray]]:
+    """PyTorch's outputs over `segments` segments, each fed its own carry: what every engine and precision is
+    held to, so a caller checking several computes it once."""
     if segments < 1:
         raise ConfigurationError(f"segments: must be >= 1, got {segments}")
-    torch_feeds, engine_feeds = dict(feeds), dict(feeds)
+    out, torch_feeds = [], dict(feeds)
+    for _ in range(segments):
+        out.append(run_torch(model, torch_feeds))
+        torch_feeds.update(next_carry(out[-1]))
+    return out
+
+
+def carry_parity(model: HRM, run: Run, feeds: dict[str, np.ndarray], precision: str, segments: int = 3,
+                 quantity_span: float = 1.0, references: list[dict[str, np.ndarray]] | None = None) -> CarryParity:
+    """Run `segments` segments through PyTorch and through `run` (any engine's `run`: one interface for every
+    precision and backend), each feeding back its OWN carry, and hold every segment to the precision's bounds
+    (measure_parity). ``references``: `torch_rollout` of the same feeds, when already computed."""
+    if segments < 1:
+        raise ConfigurationError(f"segments: must be >= 1, got {segments}")
+    references = references or torch_rollout(model, feeds, segments)
+    if len(references) < segments:
+        raise ConfigurationError(f"references: {len(references)} segments for a check of {segments}")
+    engine_feeds = dict(feeds)
     worst: list[float] = []
     actions: list[float] = []
     halting: list[float] = []
     failures: list[str] = []
-    for segment in range(1, segments + 1):
-        reference = run_torch(model, torch_feeds)
+    for segment, reference in enumerate(references[:segments], start=1):
         candidate = {name: np.array(value) for name, value in run(engine_feeds).items()}  # engines reuse buffers
         parity = measure_parity(reference, candidate, precision, quantity_span=quantity_span)
         worst.append(max(parity.max_abs_err.values()))
         actions.append(parity.action_agreement)
         halting.append(parity.halting_agreement)
         failures += [f"segment {segment}: {failure}" for failure in parity.failures]
-        torch_feeds.update(next_carry(reference))
         engine_feeds.update(next_carry(candidate))
     return CarryParity(precision, segments, len(feeds["h_tokens"]), worst, actions, halting, tuple(failures))

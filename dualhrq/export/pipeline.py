@@ -49,6 +49,7 @@ from dualhrq.export.parity import (
     ParityError,
     carry_parity,
     measure_parity,
+    torch_rollout,
 )
 from dualhrq.export.precision import FP16_CPU_NOTE, int8_schemes, to_fp16, to_int8, weight_matmuls
 from dualhrq.export.segment import (
@@ -135,13 +136,17 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         precisions: dict[str, Variant] = {}
         span = config.model.quantity_max - config.model.quantity_min
         carry_feeds = {name: x[:options.carry_samples] for name, x in feeds.feeds.items()}
+        carry_references: list[dict[str, np.ndarray]] = []  # PyTorch over carry_feeds: once for every variant
 
         def check(precision: str, path: Path) -> tuple[Parity, CarryParity]:
             """One segment on every parity window, then the carry over several segments, through the engine."""
             engine = OnnxEngine(path, threads=options.threads, max_batch=len(reference["policy_logits"]))
             try:
                 parity = measure_parity(reference, engine.run(feeds.feeds), precision, quantity_span=span)
-                carry = carry_parity(model, engine.run, carry_feeds, precision, options.carry_segments, span)
+                if not carry_references:
+                    carry_references.extend(torch_rollout(model, carry_feeds, options.carry_segments))
+                carry = carry_parity(model, engine.run, carry_feeds, precision, options.carry_segments, span,
+                                     carry_references)
             finally:
                 engine.close()
             progress(f"  {precision} carry over {carry.segments} segments ({carry.samples} windows): "
