@@ -1,45 +1,36 @@
-"""Volatility and liquidity estimators: realized variance, bipower variation, two-scale realized variance,
-Parkinson's range variance and Amihud's illiquidity, on log returns.
+"""Volatility estimators over one window of log returns or log prices: realized variance, bipower variation
+and two-scale realized variance.
 
-Each estimator reduces over the last axis, so the same function serves one long window (the estimator tests)
-and a rolling window (a view [n, w] over the series). Each is a reduction and a formula on its sums; the
-rolling features reduce many series' windows at once and apply the same formulas (the ``*_from_sums``
-functions) to the sums.
+Each reduces over the last axis, so one function serves one long window and a stack of windows. The feature
+kernels (dualhrq.features.kernels) apply the same formulas to the rolling windows of a series; a test holds
+their columns to these functions.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from dualhrq.errors import ConfigurationError
-from dualhrq.features.rolling import f64, window_sums, windows, with_previous
-
-MU1 = math.sqrt(2.0 / math.pi)  # E|Z| for a standard normal Z: the bipower scale
-_EPS = 1e-12  # keeps log-ratios finite for windows without movement or without volume
+from dualhrq.features.kernels import MU1
 
 
 def log_returns(close: np.ndarray) -> np.ndarray:
     """r[i] = log(c[i] / c[i-1]); r[0] is NaN."""
-    return with_previous(np.subtract, np.log(close))
+    lc = np.log(np.asarray(close, np.float64))
+    return np.concatenate([[np.nan], lc[1:] - lc[:-1]])
 
 
 def realized_variance(r: np.ndarray) -> np.ndarray:
     """RV = sum of squared returns."""
-    return window_sums(r * r)
+    return np.add.reduce(r * r, axis=-1)
 
 
 def bipower_variation(r: np.ndarray) -> np.ndarray:
     """BPV = mu1^-2 * n/(n-1) * sum |r_i||r_{i-1}| (Barndorff-Nielsen & Shephard 2004): integrated variance
     without the jumps, since a single jump enters only products with its small neighbours."""
     a = np.abs(r)
-    return bipower_from_sums(window_sums(a[..., 1:] * a[..., :-1]), r.shape[-1])
-
-
-def bipower_from_sums(sum_abs_products: np.ndarray, n: int) -> np.ndarray:
-    """BPV of n returns from the sum of their n - 1 adjacent absolute products."""
-    return (n / (n - 1)) * sum_abs_products / MU1**2
+    n = r.shape[-1]
+    return (n / (n - 1)) * np.add.reduce(a[..., 1:] * a[..., :-1], axis=-1) / MU1**2
 
 
 def tsrv_k(n: int) -> int:
@@ -61,25 +52,6 @@ def tsrv(log_price: np.ndarray, k: int | None = None) -> np.ndarray:
     if not 2 <= k < n:
         raise ConfigurationError(f"tsrv: k must be in [2, {n - 1}] for {n} returns, got {k}")
     rv_all = realized_variance(log_price[..., 1:] - log_price[..., :-1])
-    return tsrv_from_sums(rv_all, realized_variance(log_price[..., k:] - log_price[..., :-k]), n, k)
-
-
-def tsrv_from_sums(rv_all: np.ndarray, sum_slow_sq: np.ndarray, n: int, k: int) -> np.ndarray:
-    """TSRV from the all-returns RV and the sum of squared K-spaced returns over n returns."""
+    slow = realized_variance(log_price[..., k:] - log_price[..., :-k])
     nbar = (n - k + 1) / k
-    return (sum_slow_sq / k - (nbar / n) * rv_all) / (1 - nbar / n)
-
-
-def realized_vol(close: np.ndarray, window: int) -> np.ndarray:
-    """sqrt(RV) of the last ``window`` returns at each bar (NaN until there are that many)."""
-    return np.sqrt(realized_variance(windows(log_returns(f64(close)), window)))
-
-
-def parkinson_from_sums(sum_sq_log_range: np.ndarray) -> np.ndarray:
-    """Parkinson's variance from the sum of squared log(high / low) over the window."""
-    return sum_sq_log_range / (4 * math.log(2))
-
-
-def amihud_from_sums(sum_abs_returns: np.ndarray, sum_dollar_volume: np.ndarray) -> np.ndarray:
-    """log Amihud illiquidity: absolute return per unit of dollar volume over the window."""
-    return np.log((sum_abs_returns + _EPS) / (sum_dollar_volume + _EPS))
+    return (slow / k - (nbar / n) * rv_all) / (1 - nbar / n)

@@ -7,14 +7,13 @@ having to re-derive it from returns and volatilities.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from dualhrq.features import kernels
 from dualhrq.features.bar import BAR_WINDOW
-from dualhrq.features.estimators import realized_vol
 from dualhrq.features.rolling import f64, tail_rows
 
 FLAT, LONG, SHORT = 0, 1, 2
@@ -48,35 +47,37 @@ class PositionRule:
 
     def sigma(self, close: np.ndarray) -> np.ndarray:
         """[n] the volatility expected over the horizon at each bar (NaN until BAR_WINDOW returns exist)."""
-        return realized_vol(close, BAR_WINDOW) / math.sqrt(BAR_WINDOW) * math.sqrt(self.horizon)
+        return self._theta(close, 0.0, 1.0)
 
     def theta(self, close: np.ndarray) -> np.ndarray:
         """[n] the threshold a move must clear at each bar (NaN until BAR_WINDOW returns exist)."""
-        return self.cost_bps * 1e-4 + self.vol_threshold * self.sigma(close)
+        return self._theta(close, self.cost_bps, self.vol_threshold)
+
+    def _theta(self, close: np.ndarray, cost_bps: float, vol_threshold: float) -> np.ndarray:
+        lc = np.log(f64(close))  # numpy's log, as the labels' forward returns use
+        out = np.empty(len(lc))
+        kernels.theta_rows(lc, 0, BAR_WINDOW, self.horizon, cost_bps, vol_threshold, out)
+        return out
 
     def states(self, close: np.ndarray, last: int | None = None) -> np.ndarray:
         """[n] (or the last ``last``) int64 FLAT/LONG/SHORT, UNKNOWN_STATE without enough history. Each row
         reads the bars from i - warmup to i only, so it is the same over a whole history or a short tail."""
         c = f64(close)
-        n, h = len(c), self.horizon
+        n = len(c)
         m = tail_rows(n, last)
         c = c[max(0, n - m - self.warmup):]  # only the bars the rows read
-        lc = np.log(c)
-        theta = self.theta(c)
-        back, then = np.full(len(c), np.nan), np.full(len(c), np.nan)
-        back[h:] = lc[h:] - lc[:-h]
-        then[h:] = theta[:-h]
-        state = np.full(len(c), FLAT, np.int64)
-        state[back > then] = LONG
-        state[back < -then] = SHORT
-        state[~(np.isfinite(back) & np.isfinite(then))] = UNKNOWN_STATE
-        return state[len(c) - m:]
+        out = np.empty(m, np.int64)
+        kernels.state_rows(np.log(c), len(c) - m, BAR_WINDOW, self.horizon, self.cost_bps, self.vol_threshold,
+                           FLAT, LONG, SHORT, UNKNOWN_STATE, out)
+        return out
 
 
 def position_features(close: np.ndarray, rule: PositionRule, last: int | None = None) -> np.ndarray:
     """[n, len(POSITION_FEATURES)] float64 (or the last ``last`` rows); NaN where the state is unknown."""
     state = rule.states(close, last)
-    out = np.stack([state == side for side in POSITION_SIDES.values()], axis=1).astype(np.float64)
+    out = np.empty((len(state), kernels.POSITION_WIDTH))
+    for j, side in enumerate(POSITION_SIDES.values()):
+        np.equal(state, side, out=out[:, j])
     out[state == UNKNOWN_STATE] = np.nan
     return out
 
