@@ -60,14 +60,20 @@ class ServerProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise HRMError(f"server exited with code {self.proc.returncode} before it was ready"
-                               + (f"; see {self.log_path}" if self.log_path else ""))
+                raise HRMError(f"server exited with code {self.proc.returncode} before it was ready{self._log_tail()}")
             pong = ping(self.address, 0.5)
             if pong and pong.get("ready"):
                 self.pong = pong
                 return self
         self.stop()
         raise HRMError(f"server not ready within {self.ready_timeout_s:.0f} s")
+
+    def _log_tail(self, lines: int = 8) -> str:
+        """The server's last log lines, for an error: the log may live in a directory removed right after."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        return "; its log ends:\n  " + "\n  ".join(tail) if tail else ""
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

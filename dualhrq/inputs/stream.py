@@ -93,17 +93,15 @@ class StreamWindow:
     def _check_follows(self, coarse: Bars, fine: Bars) -> None:
         if len(fine) == 0:
             raise DataError("fine: an append carries at least one new fine bar")
-        spacing = np.diff(np.concatenate([self._fine.t[-1:], fine.t]))
-        stale = np.flatnonzero(spacing <= 0)
-        if len(stale):
-            i = int(stale[0])
-            raise Resync(f"fine.t[{i}]: {int(fine.t[i])} is not newer than the stream's last bar "
-                         f"({int(self._fine.t[-1]) if i == 0 else int(fine.t[i - 1])})")
-        missing = np.flatnonzero((spacing != self.fine_ns) & (spacing < self.closure_ns))
-        if len(missing):
-            i = int(missing[0])
-            raise Resync(f"fine.t[{i}]: {int(spacing[i]) / self.fine_ns:g} bars after the previous bar, but a "
-                         f"market closure is at least {self.closure_ns / self.fine_ns:g}: a bar is missing")
+        previous = int(self._fine.t[-1])
+        for i, t in enumerate(fine.t.tolist()):  # an append carries a bar or a few: plain ints beat numpy calls
+            spacing = t - previous
+            if spacing <= 0:
+                raise Resync(f"fine.t[{i}]: {t} is not newer than the stream's last bar ({previous})")
+            if spacing != self.fine_ns and spacing < self.closure_ns:
+                raise Resync(f"fine.t[{i}]: {spacing / self.fine_ns:g} bars after the previous bar, but a "
+                             f"market closure is at least {self.closure_ns / self.fine_ns:g}: a bar is missing")
+            previous = t
         if len(coarse) and len(self._coarse) and coarse.t[0] <= self._coarse.t[-1]:
             raise Resync(f"coarse.t[0]: {int(coarse.t[0])} is not newer than the stream's last coarse bar "
                          f"({int(self._coarse.t[-1])})")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
+from numba import njit
 
 from dualhrq.model.vocab import ACTIONS, EXPOSURE_AFTER, STATE_EXPOSURE
 
@@ -31,8 +32,8 @@ ALLOWED: tuple[tuple[int, ...], ...] = tuple(
     for names in (("BUY", "SELL", "HOLD"), ("HOLD", "CLOSE_LONG"), ("HOLD", "CLOSE_SHORT")))  # FLAT, LONG, SHORT
 TEMPERATURES = tuple(float(t) for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)))
 MIN_EDGES: tuple[float | None, ...] = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, None)
-_AFTER = np.asarray(EXPOSURE_AFTER)  # [3, 5]
-_BEFORE = np.asarray(STATE_EXPOSURE)  # [3]
+_AFTER = np.asarray(EXPOSURE_AFTER, np.float64)  # [3, 5]
+_BEFORE = np.asarray(STATE_EXPOSURE, np.float64)  # [3]
 _MASK = np.array([[a in allowed for a in range(len(ACTIONS))] for allowed in ALLOWED])  # [3, 5]
 
 
@@ -87,12 +88,11 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def gains(self, logits: np.ndarray, state: np.ndarray) -> np.ndarray:
         """[B, 5] expected gain of each action (-inf where the state does not allow it)."""
-        state = np.asarray(state, np.int64)
-        probs = softmax(np.asarray(logits, np.float64) / self.temperature)
-        mu = (probs * np.asarray(self.class_returns)[state]).sum(axis=-1)  # [B]
-        after = _AFTER[state]
-        gain = after * mu[:, None] - np.abs(after - _BEFORE[state][:, None]) * (self.cost / 2)
-        return np.where(_MASK[state], gain, -np.inf)
+        logits = np.ascontiguousarray(logits, np.float64)
+        out = np.empty(logits.shape)
+        _gain_rows(logits, np.ascontiguousarray(state, np.int64), self.temperature,
+                   np.asarray(self.class_returns, np.float64), _AFTER, _BEFORE, _MASK, self.cost, out)
+        return out
 
     def choose(self, logits: np.ndarray, state: np.ndarray) -> np.ndarray:
         """[B] int64 action indices for policy logits [B, 5] in position states [B]."""
@@ -100,9 +100,48 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def _decide(gains: np.ndarray, margin: float) -> np.ndarray:
-    best = gains.argmax(axis=-1)
-    edge = gains[np.arange(len(gains)), best] - gains[:, HOLD]
-    return np.where(edge > margin, best, HOLD)
+    out = np.empty(len(gains), np.int64)
+    _decide_rows(gains, margin, HOLD, out)
+    return out
+
+
+# The rule's arithmetic, compiled: the server decides one row per request, where numpy's cost per call, not the
+# arithmetic, would be the price; fitting runs the same loops over every validation sample.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gain_rows(logits: np.ndarray, state: np.ndarray, temperature: float, class_returns: np.ndarray,
+               after: np.ndarray, before: np.ndarray, allowed: np.ndarray, cost: float, out: np.ndarray) -> None:
+    """out[b, a]: e_a * mu - |e_a - e_s| * cost / 2 where state s allows action a, else -inf; mu is the expected
+    forward return under the calibrated probabilities softmax(logits / temperature)."""
+    n_actions = logits.shape[1]
+    probs = np.empty(n_actions)
+    for b in range(logits.shape[0]):
+        s = state[b]
+        top = -np.inf
+        for a in range(n_actions):
+            top = max(top, logits[b, a] / temperature)
+        total = 0.0
+        for a in range(n_actions):
+            probs[a] = math.exp(logits[b, a] / temperature - top)
+            total += probs[a]
+        mu = 0.0
+        for a in range(n_actions):
+            mu += probs[a] / total * class_returns[s, a]
+        for a in range(n_actions):
+            gain = after[s, a] * mu - abs(after[s, a] - before[s]) * (cost / 2)
+            out[b, a] = gain if allowed[s, a] else -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _decide_rows(gains: np.ndarray, margin: float, hold: int, out: np.ndarray) -> None:
+    """The best action (the first of equals) where its gain beats HOLD's by more than ``margin``, else HOLD."""
+    for b in range(gains.shape[0]):
+        best = 0
+        for a in range(1, gains.shape[1]):
+            if gains[b, a] > gains[b, best]:
+                best = a
+        out[b] = best if gains[b, best] - gains[b, hold] > margin else hold
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

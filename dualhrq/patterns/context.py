@@ -19,8 +19,7 @@ def pattern_context(library: PatternLibrary, encoder: PatternEncoder, pattern_fe
                     as_of: int | np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(pattern_context float32 [B, K, P], pattern_mask float32 [B, K]) for pattern features [B, F] as of
     ``as_of`` (int ns, one or one per row: for training samples, each sample's own time)."""
-    hits = library.query(encoder.encode(pattern_features), as_of, k)
-    return library.context(hits, pattern_dim, k)
+    return library.pattern_context(encoder.encode(pattern_features), as_of, pattern_dim, k)
 
 
 def drop_patterns(context: np.ndarray, mask: np.ndarray, rate: float,

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import hnswlib
@@ -220,28 +221,50 @@ class PatternLibrary:
         never an error.
         """
         q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
+        with self._lock.read():
+            return self._gather(*self._nearest(q, as_of, k))
+
+    def pattern_context(self, embeddings: np.ndarray, as_of: int | np.ndarray, pattern_dim: int,
+                        k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``context(query(...))`` in one pass that copies only what the context holds: the serving path."""
+        q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
+        with self._lock.read():
+            rows, dist = self._nearest(q, as_of, k)
+            valid = rows >= 0
+            r = rows if valid.all() else np.where(valid, rows, 0)  # padding reads row 0, then is masked out
+            fields = {name: self._rows[name][r] for name in ("embedding", "outcome", "quality")}
+        return self._context(similarity=self._similarity(valid, dist), valid=valid, pattern_dim=pattern_dim, k=k,
+                             **fields)
+
+    def _nearest(self, q: np.ndarray, as_of: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [B, min(k, live)] of the nearest entries known at ``as_of`` (-1: padding) and their distances;
+        the caller holds the read lock."""
         if k < 1:
             raise ConfigurationError(f"k: must be >= 1, got {k}")
-        when = column(as_of, "as_of", len(q), np.int64)
-        with self._lock.read():
-            width = min(k, len(self))
-            rows = np.full((len(q), width), -1, np.int64)
-            dist = np.full((len(q), width), np.inf, np.float32)
-            for t in np.unique(when) if width else ():
-                if self._sees_all_live(t):  # the serving case: no per-entry time filter needed
-                    eligible, count = None, len(self)
-                else:
-                    exp = self._rows["expires_at"]
-                    eligible = self._rows["alive"] & (self._rows["available_at"] <= t) & ((exp == 0) | (exp > t))
-                    count = int(eligible.sum())
-                if count == 0:
-                    continue
-                sel = np.flatnonzero(when == t)
-                k_eff = min(width, count)
-                r, d = self._search(q[sel], eligible, count, k_eff)
-                rows[sel, :k_eff] = r
-                dist[sel, :k_eff] = d
-            return self._gather(rows, dist)
+        width = min(k, len(self))
+        rows = np.full((len(q), width), -1, np.int64)
+        dist = np.full((len(q), width), np.inf, np.float32)
+        if not width:
+            return rows, dist
+        if isinstance(as_of, (int, np.integer)):  # one time for every query: the serving case
+            groups: Iterable[tuple[int, slice | np.ndarray]] = ((int(as_of), slice(None)),)
+        else:
+            when = column(as_of, "as_of", len(q), np.int64)
+            groups = ((t, np.flatnonzero(when == t)) for t in np.unique(when))
+        for t, sel in groups:
+            if self._sees_all_live(t):  # the serving case: no per-entry time filter needed
+                eligible, count = None, len(self)
+            else:
+                exp = self._rows["expires_at"]
+                eligible = self._rows["alive"] & (self._rows["available_at"] <= t) & ((exp == 0) | (exp > t))
+                count = int(eligible.sum())
+            if count == 0:
+                continue
+            k_eff = min(width, count)
+            r, d = self._search(q[sel], eligible, count, k_eff)
+            rows[sel, :k_eff] = r
+            dist[sel, :k_eff] = d
+        return rows, dist
 
     def _search(self, q: np.ndarray, eligible: np.ndarray | None, count: int,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +310,11 @@ class PatternLibrary:
     def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
         g = self._rows.gather(rows, _HIT_FIELDS)
         return Hits(ids=g.pop("label"), distance=dist,
-                    similarity=np.where(rows >= 0, similarity(dist, self.cfg.space), 0.0).astype(np.float32), **g)
+                    similarity=self._similarity(rows >= 0, dist), **g)
+
+    def _similarity(self, valid: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        """float32 similarity of each hit, 0 for padding (whose distance is inf)."""
+        return np.where(valid, similarity(dist, self.cfg.space), 0.0).astype(np.float32)
 
     def context(self, hits: Hits, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """What the model consumes: (pattern_context float32 [B, K, P], pattern_mask float32 [B, K], 1 = valid).
@@ -304,21 +331,26 @@ class PatternLibrary:
         Missing neighbours (fewer than K hits) are zero vectors with mask 0; a row with no hits is the model's
         regime-only path.
         """
+        return self._context(hits.embedding, hits.outcome, hits.quality, hits.similarity, hits.valid, pattern_dim, k)
+
+    def _context(self, embedding: np.ndarray, outcome: np.ndarray, quality: np.ndarray, similarity: np.ndarray,
+                 valid: np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The context of hits given as their fields ([B, width], the embedding [B, width, E])."""
         if pattern_dim < 4:
             raise ConfigurationError(f"model.pattern_dim: must be >= 4 (embedding + outcome, quality, "
                                      f"similarity), got {pattern_dim}")
         if k < 1:
             raise ConfigurationError(f"model.pattern_k: must be >= 1, got {k}")
-        b, width = hits.ids.shape
+        b, width = valid.shape
         take = min(k, width)
         ctx = np.zeros((b, k, pattern_dim), np.float32)
         mask = np.zeros((b, k), np.float32)
-        e = min(pattern_dim - 3, hits.embedding.shape[2])
-        ctx[:, :take, :e] = hits.embedding[:, :take, :e]
-        ctx[:, :take, -3] = np.clip(hits.outcome[:, :take] / self.outcome_scale, -_OUTCOME_CLIP, _OUTCOME_CLIP)
-        ctx[:, :take, -2] = hits.quality[:, :take]
-        ctx[:, :take, -1] = hits.similarity[:, :take]
-        mask[:, :take] = hits.valid[:, :take]
+        e = min(pattern_dim - 3, embedding.shape[2])
+        ctx[:, :take, :e] = embedding[:, :take, :e]
+        ctx[:, :take, -3] = np.clip(outcome[:, :take] / self.outcome_scale, -_OUTCOME_CLIP, _OUTCOME_CLIP)
+        ctx[:, :take, -2] = quality[:, :take]
+        ctx[:, :take, -1] = similarity[:, :take]
+        mask[:, :take] = valid[:, :take]
         ctx *= mask[..., None]
         return ctx, mask
 
