@@ -257,3 +257,18 @@ def test_training_context_excludes_each_samples_own_outcome_and_dropout_blanks_w
     blank = dropped_mask.sum(axis=1) == 0
     assert 0.3 < blank[5:].mean() < 0.7
     assert not dropped_ctx[blank].any() and np.array_equal(dropped_ctx[~blank], ctx[~blank])
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine"])
+def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
+    """`pattern_context` copies only what the context holds; it must equal `context(query(...))`, padding and
+    per-query times included (a padded hit's distance is inf: its similarity must read 0, not NaN)."""
+    lib, x = make_library(600, PatternsConfig(m=8, ef_construction=64, ef=32, max_elements=2_000, space=space))
+    q = np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float32)
+    for as_of in (60_000, 160, np.array([160, 400, 60_000, 251, 10]), np.int64(60_000)):
+        ctx, mask = lib.pattern_context(q, as_of, pattern_dim=12, k=6)
+        want_ctx, want_mask = lib.context(lib.query(q, as_of, 6), pattern_dim=12, k=6)
+        np.testing.assert_array_equal(mask, want_mask)
+        np.testing.assert_array_equal(ctx, want_ctx)
+        assert np.isfinite(ctx).all()
+    assert lib.pattern_context(q, 10, 12, 6)[1].sum() == 0  # nothing known yet: the regime-only path

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dualhrq.model import ACTIONS
-from dualhrq.model.decision import HOLD, DecisionRule, fit_rule, realised_gain
+from dualhrq.model.decision import ALLOWED, HOLD, DecisionRule, fit_rule, realised_gain
+from dualhrq.model.vocab import EXPOSURE_AFTER, STATE_EXPOSURE
 from dualhrq.train.batches import TrainingSet
 from dualhrq.train.evaluation import Interval, LabelBaselines, classification_scores, score
 from dualhrq.train.losses import Targets
@@ -120,6 +121,24 @@ def test_rule_trades_only_when_the_expected_edge_clears_the_cost():
     assert _rule(0.0).choose(logits, state).tolist() == [BUY, HOLD]
     assert _rule(3.0).choose(logits, state).tolist() == [HOLD, HOLD]  # margin 0.3 > 0.25
     assert _rule(None).choose(logits, state).tolist() == [HOLD, HOLD]
+
+
+def test_rule_gains_are_the_calibrated_expected_return_net_of_the_exposure_change():
+    """The compiled gains against the rule's formula in plain numpy, on random logits in every state."""
+    rng = np.random.default_rng(0)
+    rule = msgspec.structs.replace(_rule(0.2), temperature=1.7)
+    logits, state = rng.normal(size=(64, 5)) * 3, rng.integers(0, 3, 64)
+    z = np.exp(logits / 1.7 - (logits / 1.7).max(axis=1, keepdims=True))
+    mu = (z / z.sum(axis=1, keepdims=True) * np.asarray(rule.class_returns)[state]).sum(axis=1)
+    after, before = np.asarray(EXPOSURE_AFTER)[state], np.asarray(STATE_EXPOSURE)[state]
+    want = after * mu[:, None] - np.abs(after - before[:, None]) * rule.cost / 2
+    allowed = np.array([[a in ALLOWED[s] for a in range(5)] for s in state])
+    gains = rule.gains(logits, state)
+    np.testing.assert_allclose(gains[allowed], want[allowed], rtol=1e-12, atol=1e-15)
+    assert np.isneginf(gains[~allowed]).all()
+    best = np.where(allowed, gains, -np.inf).argmax(axis=1)
+    edge = gains[np.arange(64), best] - gains[:, HOLD]
+    assert rule.choose(logits, state).tolist() == np.where(edge > rule.margin, best, HOLD).tolist()
 
 
 def test_rule_only_takes_the_actions_the_position_state_allows():

@@ -9,8 +9,6 @@ that). Nothing here knows of the wire: the runtime keeps the streams and turns `
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 
 from dualhrq.data.bars import Bars
@@ -24,12 +22,12 @@ class Resync(DataError):
 
 
 def _joined(a: Bars, b: Bars) -> Bars:
-    return Bars(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Bars)))
+    return Bars(*(np.concatenate([x, y]) for x, y in zip(a.columns, b.columns)))
 
 
 def _own(b: Bars) -> Bars:
     """A copy of the columns: a request's trimmed bars are views that would keep its whole arrays alive."""
-    return Bars(*(getattr(b, f.name).copy() for f in fields(Bars)))
+    return Bars(*(x.copy() for x in b.columns))
 
 
 class StreamWindow:
@@ -55,7 +53,7 @@ class StreamWindow:
     def nbytes(self) -> int:
         """Memory held by the window's arrays (bars and tokens)."""
         held = (self._fine, self._coarse)
-        return sum(getattr(b, f.name).nbytes for b in held for f in fields(Bars)) + self._h.nbytes + self._l.nbytes
+        return sum(x.nbytes for b in held for x in b.columns) + self._h.nbytes + self._l.nbytes
 
     def extend(self, coarse: Bars, fine: Bars) -> SampleBars:
         """Add validated new bars (``fine`` at least one) and return the bars of the sample at the newest one;
