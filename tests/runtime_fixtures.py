@@ -74,6 +74,7 @@ class FakeInputs:
 
     pattern_shape = (2, 8)
     timeframe, coarse_rule = "1h", "1d"
+    rule = None  # the decision is the argmax
 
     def __init__(self, needs):
         self.needs = needs

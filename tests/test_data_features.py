@@ -88,7 +88,7 @@ def test_feature_matrices_have_the_documented_widths_and_warm_up():
     assert bf.shape == (600, len(BAR_FEATURES)) and rf.shape == (600, 20) == (600, len(REGIME_FEATURES))
     assert pf.shape == (600, 24 + len(PATTERN_SUMMARY))
     assert np.isnan(bf[:BAR_WARMUP]).any(axis=1).all() and np.isfinite(bf[BAR_WARMUP:]).all()
-    assert np.isnan(rf[:REGIME_WARMUP]).all() and np.isfinite(pf[24:]).all()
+    assert np.isnan(rf[:REGIME_WARMUP]).all() and np.isfinite(pf[24:]).all() and np.isnan(pf[:24]).all()
     assert np.isfinite(rf[-1]).all()
 
 

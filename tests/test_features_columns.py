@@ -4,7 +4,9 @@ here from the bars in plain numpy, window by window, at rows spread over a real 
 from __future__ import annotations
 
 import math
+import os
 
+import numba
 import numpy as np
 import pytest
 
@@ -34,6 +36,7 @@ from dualhrq.features import (
     state_of,
     tsrv,
 )
+from dualhrq.features.market import luld_table
 
 WINDOW = 24  # pattern window
 FINE = load_dataset("eurusd_1h").bars.slice(0, 900)
@@ -55,6 +58,7 @@ def test_every_family_has_one_name_per_kernel_column():
     assert len(BAR_FEATURES) == kernels.BAR_WIDTH and len(REGIME_FEATURES) == kernels.REGIME_WIDTH
     assert len(POSITION_FEATURES) == kernels.POSITION_WIDTH and len(PATTERN_SUMMARY) == kernels.PATTERN_SUMMARY_WIDTH
     assert FINE_FEATURES == BAR_FEATURES + POSITION_FEATURES
+    assert len(luld_table(1)) == len(luld_table(2)) == kernels.LULD_TABLE_WIDTH  # the layout the kernels index
     for names in (BAR_FEATURES, REGIME_FEATURES, PATTERN_SUMMARY):
         assert len(set(names)) == len(names)
     assert fine_features(FINE, PositionRule()).shape == (len(FINE), len(FINE_FEATURES))
@@ -174,6 +178,12 @@ def test_the_state_is_the_move_against_the_threshold_a_horizon_ago():
         assert theta[j] == pytest.approx(2e-4 + 0.7 * sigma, rel=1e-12)
         back = lc[i] - lc[j]
         assert states[i] == (LONG if back > theta[j] else SHORT if back < -theta[j] else 0)
+
+
+def test_importing_the_package_turns_svml_off_before_numba_loads():
+    """SVML's vector logs round differently in a loop's body and its tail: rows would depend on their place."""
+    assert os.environ.get("NUMBA_DISABLE_INTEL_SVML") == "1"
+    assert not numba.config.USING_SVML
 
 
 def test_realized_variance_of_a_window_is_the_bar_rv_squared():

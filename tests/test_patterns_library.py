@@ -269,6 +269,6 @@ def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
         ctx, mask = lib.pattern_context(q, as_of, pattern_dim=12, k=6)
         want_ctx, want_mask = lib.context(lib.query(q, as_of, 6), pattern_dim=12, k=6)
         np.testing.assert_array_equal(mask, want_mask)
-        np.testing.assert_array_equal(ctx, want_ctx)
+        np.testing.assert_array_equal(ctx.view(np.uint32), want_ctx.view(np.uint32))  # bit for bit: no -0.0
         assert np.isfinite(ctx).all()
     assert lib.pattern_context(q, 10, 12, 6)[1].sum() == 0  # nothing known yet: the regime-only path

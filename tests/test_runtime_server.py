@@ -241,3 +241,4 @@ def test_prometheus_metrics_are_served_on_the_metrics_port(tiny_config):
                  'dualhrq_batch_size_count', 'dualhrq_queue_depth', 'dualhrq_in_flight',
                  'dualhrq_undeliverable_replies_total 0.0', 'dualhrq_ready 1.0'):
         assert line in text, line
+

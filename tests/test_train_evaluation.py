@@ -141,6 +141,13 @@ def test_rule_gains_are_the_calibrated_expected_return_net_of_the_exposure_chang
     assert rule.choose(logits, state).tolist() == np.where(edge > rule.margin, best, HOLD).tolist()
 
 
+def test_rule_refuses_logits_or_states_of_the_wrong_shape_or_range():
+    with pytest.raises(ValueError, match="logits"):
+        _rule(0.0).choose(np.zeros((2, 4)), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="states: must be in 0..2"):
+        _rule(0.0).choose(np.zeros((2, 5)), np.array([0, 3]))
+
+
 def test_rule_only_takes_the_actions_the_position_state_allows():
     down = np.log(np.array([[1e-9, 0.9, 0.1 - 2e-9, 1e-9, 1e-9]]))  # SELL-heavy probabilities
     # Long: the only way down is CLOSE_LONG; short: already short, so it holds.

@@ -97,7 +97,7 @@ class Bars:
                    ("h", self.h < np.maximum(self.o, self.c), "must be >= max(open, close)"),
                    ("l", self.l > np.minimum(self.o, self.c), "must be <= min(open, close)")]
         # A time not after its predecessor is the later row's fault.
-        checks.append(("t", np.concatenate([[False], np.diff(self.t) <= 0]), "must be after the previous row's"))
+        checks.append(("t", np.concatenate([[False], self.t[1:] <= self.t[:-1]]), "must be after the previous row's"))
         first = None
         for field, bad, reason in checks:
             idx = np.flatnonzero(bad)
@@ -115,8 +115,8 @@ def _clean(bars: Bars) -> bool:
     first bad row is paid only by bad input."""
     if len(bars.t) == 0:
         return True
-    return _clean_rows(np.ascontiguousarray(bars.t, np.int64), *(np.ascontiguousarray(getattr(bars, k), np.float64)
-                                                                 for k in "ohlcv"))
+    t, *prices = bars.columns
+    return _clean_rows(np.ascontiguousarray(t, np.int64), *(np.ascontiguousarray(x, np.float64) for x in prices))
 
 
 @njit(cache=True, nogil=True)
@@ -131,7 +131,7 @@ def _clean_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: n
             return False
         if not (h[i] >= max(o[i], c[i]) and l[i] <= min(o[i], c[i])):
             return False
-        if i and not t[i] - t[i - 1] > 0:  # the difference, as the row check: the same verdict on overflow
+        if i and not t[i] > t[i - 1]:  # compared, not subtracted (a difference could overflow), as the row check
             return False
     return True
 

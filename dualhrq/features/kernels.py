@@ -6,8 +6,8 @@ of a request's few bars, and a row comes out bit for bit the same either way: it
 window, in the same order (no running sums carried from row to row). A window that reaches before the first
 bar makes its columns NaN; callers keep only complete rows.
 
-Compiled by numba (``nogil``: a request's features run beside the retrieval thread, not against it for the
-GIL) and cached on disk; a row costs microseconds, where the same arithmetic as numpy calls on arrays this
+Compiled by numba (``nogil``: features computed off the event loop, in the server's feature threads, run
+beside it) and cached on disk; a row costs microseconds, where the same arithmetic as numpy calls on arrays this
 small cost a millisecond per request. ``error_model="numpy"``: x / 0 is inf or NaN, as in numpy, not an
 exception.
 
@@ -18,16 +18,17 @@ another module would be compiled into the cached kernels and not recompiled when
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 
-# NOTE: Intel's SVML, where installed, would vectorise a loop's logs with other rounding in the loop's body than
-# in its scalar tail, making a row depend on where it falls in the array; the rows must not. Read when numba
-# is first imported.
-os.environ.setdefault("NUMBA_DISABLE_INTEL_SVML", "1")
+import numba
+import numpy as np
+from numba import njit
 
-import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+if numba.config.USING_SVML:  # dualhrq/__init__.py turns SVML off, unless numba was imported before it
+    logging.getLogger(__name__).warning(
+        "numba uses Intel SVML (numba was imported before dualhrq): feature rows computed over a history and over a "
+        "request's bars may differ in the last bit; import dualhrq first or set NUMBA_DISABLE_INTEL_SVML=1")
 
 MU1 = math.sqrt(2.0 / math.pi)  # E|Z| for a standard normal Z: the bipower scale
 EPS = 1e-12  # keeps log-ratios finite for windows without movement or without volume
@@ -110,25 +111,19 @@ def _ago(x: np.ndarray, i: int, k: int) -> float:
 
 
 @_kernel
-def _diff(x: np.ndarray) -> np.ndarray:
-    """out[j] = x[j] - x[j-1]; out[0] NaN."""
+def _previous(x: np.ndarray) -> np.ndarray:
+    """out[j] = x[j-1]; out[0] NaN: the series one bar later, for returns and adjacent products."""
     out = np.empty(len(x))
     if len(x):
         out[0] = np.nan
-    for j in range(1, len(x)):
-        out[j] = x[j] - x[j - 1]
+        out[1:] = x[:-1]
     return out
 
 
 @_kernel
-def _with_previous_product(x: np.ndarray) -> np.ndarray:
-    """out[j] = x[j] * x[j-1]; out[0] NaN: the adjacent products autocorrelation and bipower variation sum."""
-    out = np.empty(len(x))
-    if len(x):
-        out[0] = np.nan
-    for j in range(1, len(x)):
-        out[j] = x[j] * x[j - 1]
-    return out
+def _diff(x: np.ndarray) -> np.ndarray:
+    """out[j] = x[j] - x[j-1]; out[0] NaN."""
+    return x - _previous(x)
 
 
 @_kernel
@@ -141,6 +136,12 @@ def _bipower(sum_abs_products: float, n: int) -> float:
 def _amihud(sum_abs_returns: float, sum_dollar_volume: float) -> float:
     """log Amihud illiquidity: absolute return per unit of dollar volume over the window."""
     return math.log((sum_abs_returns + EPS) / (sum_dollar_volume + EPS))
+
+
+@_kernel
+def _ssr_triggered(price: float, prior_close: float, trigger_ratio: float) -> bool:
+    """Rule 201's trigger: a price at or below ``trigger_ratio`` x the prior close."""
+    return price <= trigger_ratio * prior_close
 
 
 @_kernel
@@ -167,6 +168,12 @@ def _band_distance(price: float, reference: float, prior_close: float, table: np
 
 
 # ---------------------------------------------------------------- vectorised forms of the helpers
+
+
+@_kernel
+def ssr_triggered_rows(price: np.ndarray, prior_close: np.ndarray, trigger_ratio: float, out: np.ndarray) -> None:
+    for j in range(len(out)):
+        out[j] = _ssr_triggered(price[j], prior_close[j], trigger_ratio)
 
 
 @_kernel
@@ -198,7 +205,7 @@ def bar_rows(o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray, v: np.n
     sq_range = log_range * log_range
     lv = np.log1p(v)
     dollar_volume = c * v
-    abs_products = _with_previous_product(a)
+    abs_products = a * _previous(a)  # |r_j| |r_j-1|: bipower variation sums them
     for i in range(first, len(c)):
         row = out[i - first]
         rv = math.sqrt(_wsum(r2, i, w))
@@ -280,8 +287,8 @@ def regime_rows(fine_t: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
     sq_range = np.log(h / l) ** 2
     lv = np.log1p(v)
     dollar_volume = c * v
-    r_products = _with_previous_product(r)
-    abs_products = _with_previous_product(a)
+    r_products = r * _previous(r)  # r_j r_j-1: the lag-1 autocorrelation sums them
+    abs_products = a * _previous(a)  # |r_j| |r_j-1|: bipower variation sums them
     slow_sq = np.full(len(c), np.nan)  # squared K-spaced returns: TSRV's slow scale
     for j in range(k_slow, len(c)):
         slow_sq[j] = (lc[j] - lc[j - k_slow]) ** 2
@@ -313,7 +320,7 @@ def regime_rows(fine_t: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
         prior_close = coarse_c[last] if last >= 0 else np.nan
         ssr_last_period = np.nan  # the last closed coarse bar triggered Rule 201
         if last >= 1:
-            ssr_last_period = 1.0 if coarse_l[last] <= ssr_ratio * coarse_c[last - 1] else 0.0
+            ssr_last_period = 1.0 if _ssr_triggered(coarse_l[last], coarse_c[last - 1], ssr_ratio) else 0.0
         coarse_low = coarse_high = np.nan
         if last - coarse_w + 1 >= 0:
             coarse_low, coarse_high = np.inf, -np.inf
@@ -329,7 +336,7 @@ def regime_rows(fine_t: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
                 period_low = min(period_low, l[j])
         ssr_active = np.nan
         if prior_close == prior_close and ssr_last_period == ssr_last_period:
-            ssr_active = max(1.0 if period_low <= ssr_ratio * prior_close else 0.0, ssr_last_period)
+            ssr_active = max(1.0 if _ssr_triggered(period_low, prior_close, ssr_ratio) else 0.0, ssr_last_period)
 
         row[0] = rv_vol  # rv_vol
         row[1] = math.sqrt(_max(tsrv, 0.0))  # tsrv_vol

@@ -16,8 +16,11 @@ from dualhrq.features import kernels
 
 
 def ssr_triggered(price: np.ndarray, prior_close: np.ndarray) -> np.ndarray:
-    """Rule 201's trigger: a price at or below 90% of the prior close."""
-    return price <= SSR.trigger_ratio * prior_close
+    """Rule 201's trigger: a price at or below 90% of the prior close (bool, numpy's broadcasting)."""
+    cols = np.broadcast_arrays(*(np.asarray(c, np.float64) for c in (price, prior_close)))
+    out = np.empty(cols[0].size, np.bool_)
+    kernels.ssr_triggered_rows(*(np.ascontiguousarray(c).ravel() for c in cols), SSR.trigger_ratio, out)
+    return out.reshape(cols[0].shape)
 
 
 def luld_table(tier: int = 1) -> np.ndarray:

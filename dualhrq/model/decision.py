@@ -89,8 +89,16 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def gains(self, logits: np.ndarray, state: np.ndarray) -> np.ndarray:
         """[B, 5] expected gain of each action (-inf where the state does not allow it)."""
         logits = np.ascontiguousarray(logits, np.float64)
+        state = np.ascontiguousarray(state, np.int64)
+        # The compiled loop reads without bounds checks: check the shapes and the states here.
+        if logits.ndim != 2 or logits.shape[1] != len(ACTIONS) or state.shape != logits.shape[:1]:
+            raise ValueError(f"logits [B, {len(ACTIONS)}] and states [B] expected, got shapes {list(logits.shape)} "
+                             f"and {list(state.shape)}")
+        if len(state) and not 0 <= int(state.min()) <= int(state.max()) < len(ALLOWED):
+            raise ValueError(f"states: must be in 0..{len(ALLOWED) - 1} (FLAT, LONG, SHORT), got "
+                             f"{int(state.min())}..{int(state.max())}")
         out = np.empty(logits.shape)
-        _gain_rows(logits, np.ascontiguousarray(state, np.int64), self.temperature,
+        _gain_rows(logits, state, self.temperature,
                    np.asarray(self.class_returns, np.float64), _AFTER, _BEFORE, _MASK, self.cost, out)
         return out
 

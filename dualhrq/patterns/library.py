@@ -231,9 +231,13 @@ class PatternLibrary:
         with self._lock.read():
             rows, dist = self._nearest(q, as_of, k)
             valid = rows >= 0
-            r = rows if valid.all() else np.where(valid, rows, 0)  # padding reads row 0, then is masked out
+            padded = not valid.all()
+            r = np.where(valid, rows, 0) if padded else rows
             fields = {name: self._rows[name][r] for name in ("embedding", "outcome", "quality")}
-        return self._context(similarity=self._similarity(valid, dist), valid=valid, pattern_dim=pattern_dim, k=k,
+        if padded:  # padding read row 0: blank it, as `query` does (times 0 would leave -0.0)
+            for column in fields.values():
+                column[~valid] = 0
+        return self._context(sim=self._similarity(valid, dist), valid=valid, pattern_dim=pattern_dim, k=k,
                              **fields)
 
     def _nearest(self, q: np.ndarray, as_of: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +337,7 @@ class PatternLibrary:
         """
         return self._context(hits.embedding, hits.outcome, hits.quality, hits.similarity, hits.valid, pattern_dim, k)
 
-    def _context(self, embedding: np.ndarray, outcome: np.ndarray, quality: np.ndarray, similarity: np.ndarray,
+    def _context(self, embedding: np.ndarray, outcome: np.ndarray, quality: np.ndarray, sim: np.ndarray,
                  valid: np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The context of hits given as their fields ([B, width], the embedding [B, width, E])."""
         if pattern_dim < 4:
@@ -349,7 +353,7 @@ class PatternLibrary:
         ctx[:, :take, :e] = embedding[:, :take, :e]
         ctx[:, :take, -3] = np.clip(outcome[:, :take] / self.outcome_scale, -_OUTCOME_CLIP, _OUTCOME_CLIP)
         ctx[:, :take, -2] = quality[:, :take]
-        ctx[:, :take, -1] = similarity[:, :take]
+        ctx[:, :take, -1] = sim[:, :take]
         mask[:, :take] = valid[:, :take]
         ctx *= mask[..., None]
         return ctx, mask

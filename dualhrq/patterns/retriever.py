@@ -21,10 +21,9 @@ probability ``error_rate``, inside the worker, exactly where a slow or broken in
 asyncio: ``retrieve_async`` awaits the same worker future with ``asyncio.wait`` and a timeout, so the event loop
 is never blocked and an overrunning query is abandoned (not cancelled) exactly as in ``retrieve``.
 
-Overlap: ``begin`` starts a retrieval and returns a ``Lookup`` at once; the caller works meanwhile (the runtime
-builds the model's tokens) and collects the result later, waiting at most the timeout from then on, so the
-search gets a head start and the wait keeps its bound. A result ready by then is taken without a round trip
-through the event loop.
+Two steps: ``begin`` starts a retrieval and returns a ``Lookup`` at once; the caller collects the result later,
+waiting at most the timeout from then on. A result ready by then is taken without a round trip through the
+event loop.
 """
 
 from __future__ import annotations
@@ -124,8 +123,8 @@ class Retriever:
         return await self.begin(pattern_features, as_of).result_async(timeout_s)
 
     def begin(self, pattern_features: np.ndarray, as_of: int | np.ndarray) -> Lookup:
-        """Start a retrieval and return at once. The caller does other work meanwhile (the runtime builds the
-        model's tokens), then collects the result, waiting at most the timeout from then on."""
+        """Start a retrieval and return at once; the caller may do other work, then collects the result,
+        waiting at most the timeout from then on."""
         batch = self._batch_size(pattern_features)
         return Lookup(self, self._submit(pattern_features, as_of, batch), batch)
 

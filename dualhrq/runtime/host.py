@@ -27,6 +27,7 @@ from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
 from dualhrq.inputs.stream import Resync, StreamWindow
 from dualhrq.model.decision import Decision
+from dualhrq.model.vocab import ACTIONS
 from dualhrq.runtime.batcher import Batcher
 from dualhrq.runtime.protocol import PROTOCOL_VERSION, Append, ProtocolError, Signal, check_bars, wire_bars
 
@@ -178,6 +179,8 @@ class ModelHost:
                 self.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
         context, mask = self.regime_only()
         self.batcher.warm({**prepared.inputs, "pattern_context": context, "pattern_mask": mask}, rounds)
+        if self.inputs.rule is not None:  # its compiled loops load (or compile, on a fresh install) now
+            self.inputs.rule.choose(np.zeros((1, len(ACTIONS))), np.zeros(1, np.int64))
         log.info("warmed %s: features %.0f us (%s), engine batches 1..%d", self.name, 1e6 * float(np.median(timings)),
                  "inline" if self.features_inline else "in a thread", self.batcher.max_batch)
 
