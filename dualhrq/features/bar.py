@@ -28,7 +28,7 @@ import numpy as np
 
 from dualhrq.data.bars import Bars
 from dualhrq.features import kernels
-from dualhrq.features.rolling import f64, tail_rows
+from dualhrq.features.kernels import f64, tail_rows
 
 BAR_WINDOW = 20
 BAR_WARMUP = BAR_WINDOW  # rows before this index lack history (NaN)

@@ -25,6 +25,8 @@ import numba
 import numpy as np
 from numba import njit
 
+from dualhrq.errors import ConfigurationError
+
 if numba.config.USING_SVML:  # dualhrq/__init__.py turns SVML off, unless numba was imported before it
     logging.getLogger(__name__).warning(
         "numba uses Intel SVML (numba was imported before dualhrq): feature rows computed over a history and over a "
@@ -35,6 +37,21 @@ EPS = 1e-12  # keeps log-ratios finite for windows without movement or without v
 _LOG2X4 = 4.0 * math.log(2.0)  # Parkinson's range variance divides by 4 ln 2
 
 _kernel = njit(cache=True, nogil=True, error_model="numpy")
+
+
+def f64(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float64 array (no copy when it already is one), as the kernels read it."""
+    return np.ascontiguousarray(x, np.float64)
+
+
+def tail_rows(n: int, last: int | None) -> int:
+    """How many trailing rows of an n-bar series to compute: all (None) or the last ``last``; a family's kernel
+    then starts at row n - tail_rows(n, last)."""
+    if last is None:
+        return n
+    if last < 1:
+        raise ConfigurationError(f"last: must be >= 1 (rows to compute), got {last}")
+    return min(last, n)
 
 BAR_WIDTH = 16
 POSITION_WIDTH = 2

@@ -18,7 +18,7 @@ import numpy as np
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError
 from dualhrq.features import kernels
-from dualhrq.features.rolling import f64, tail_rows
+from dualhrq.features.kernels import f64, tail_rows
 
 PATTERN_SUMMARY: tuple[str, ...] = ("log_vol", "trend_z", "drawdown_z", "recent_vol", "volume_z")
 

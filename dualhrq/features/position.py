@@ -14,7 +14,7 @@ import numpy as np
 
 from dualhrq.features import kernels
 from dualhrq.features.bar import BAR_WINDOW
-from dualhrq.features.rolling import f64, tail_rows
+from dualhrq.features.kernels import f64, tail_rows
 
 FLAT, LONG, SHORT = 0, 1, 2
 UNKNOWN_STATE = -1  # not enough history for the rule's threshold a horizon ago

@@ -36,8 +36,8 @@ from dualhrq.data.bars import Bars
 from dualhrq.data.market_rules import SSR
 from dualhrq.features import kernels
 from dualhrq.features.estimators import tsrv_k
+from dualhrq.features.kernels import f64, tail_rows
 from dualhrq.features.market import luld_table
-from dualhrq.features.rolling import f64, tail_rows
 
 REGIME_WINDOW = 48  # fine bars
 REGIME_COARSE_WINDOW = 20  # coarse bars
