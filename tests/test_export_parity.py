@@ -48,6 +48,20 @@ def test_parity_inputs_are_held_out_real_windows_with_both_pattern_paths(setup, 
     assert not x["z_H"].any() and not x["z_L"].any()  # a request's first segment starts from the zero carry
 
 
+def test_parity_inputs_take_the_validation_slice_when_the_held_out_tail_is_too_short(setup, tiny_config):
+    import re
+
+    _, _, _, _, root = setup
+    feeds = parity_feeds(root / "ckpt", tiny_config, samples=100_000)
+    found = re.search(r"(\d+) of (\d+) held-out windows and (\d+) of the (\d+) of the validation slice", feeds.source)
+    assert found, feeds.source
+    tail, tail_all, val, val_all = map(int, found.groups())
+    assert tail == tail_all and val == val_all > 0  # asked for more than both hold: all of both
+    windows = feeds.feeds["l_tokens"].reshape(tail + val, -1)
+    assert len(np.unique(windows, axis=0)) == tail + val
+    assert "validation" not in parity_feeds(root / "ckpt", tiny_config, samples=tail).source  # the tail suffices
+
+
 def test_fp32_graph_matches_pytorch_on_real_data(setup):
     model, graph, feeds, reference, _ = setup
     parity = measure_parity(reference, run_session(ort_session(graph), feeds.feeds), "fp32")
@@ -183,13 +197,22 @@ def test_int8_scheme_follows_the_cpu_and_every_scheme_loads(setup):
     assert int8_schemes(vnni=True)[0] == Int8Scheme("s8", False, True)
     avx2 = int8_schemes(vnni=False)
     assert not any(s.weights == "s8" and not s.reduce_range for s in avx2)
-    assert avx2[-1].scope == "mlp" and all(s.scope == "all" for s in avx2[:-1])  # the narrower scope last
+    # Narrower scopes last, each within the one before.
+    assert [s.scope for s in avx2] == [s.scope for s in int8_schemes(vnni=True)] == ["all", "all", "fine", "mlp"]
+    proto = onnx.load(str(graph))
+    every, fine, mlp = (set(weight_matmuls(proto, scope)) for scope in ("all", "fine", "mlp"))
+    assert mlp < fine < every
+    assert all("/mlp/" in n or "/l_module/" in n for n in fine) and not any("/h_module/" in n and "/attn/" in n
+                                                                             for n in fine)
+    assert any("/l_module/" in n and "/attn/" in n for n in fine)
     for i, scheme in enumerate({*avx2, *int8_schemes(vnni=True)}):
         path = to_int8(graph, root / f"scheme{i}.onnx", scheme)
         out = run_session(ort_session(path), feeds.feeds)
         assert all(np.isfinite(out[name]).all() for name in OUTPUT_NAMES)
         integer = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulInteger"]
-        assert integer and (scheme.scope == "all" or all("/mlp/" in name for name in integer))
+        assert integer
+        assert scheme.scope == "all" or all("/mlp/" in n or "/l_module/" in n for n in integer)
+        assert scheme.scope != "mlp" or all("/mlp/" in n for n in integer)
 
 
 def test_fp16_keeps_fp32_io_and_passes_on_both_pattern_paths(setup):

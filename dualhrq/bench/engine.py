@@ -48,8 +48,9 @@ shapes on this CPU; its p50 is the least a segment can take here, and every engi
 over that. The header names the CPU and its instruction sets (AVX2, AVX-512, VNNI, BF16, AMX).
 
 The floor is checked independently in the same rounds: the weight matmuls and their FLOPs derived from the
-model's config (not the graph), each distinct (M, K, N) timed alone as a single-MatMul graph on random
-weights with the same threads and session options, and count x each shape's p50 summed. The line below the
+model's config (not the graph), each distinct (M, K, N) timed alone as a graph of as many MatMuls as the
+segment runs of it, each on a random weight of its own (so weights stream from memory as the segment's do),
+with the same threads and session options, and the shapes' p50s summed. The line below the
 floor gives that independent floor, its ratio to the floor (flagged beyond 10%), and any (M, K, N) whose count
 differs between the config and the graph.
 
@@ -225,7 +226,7 @@ def format_floor(floor: dict[str, Any]) -> str:
               else f"DIFFERS from the graph's: {'; '.join(ind['count_differences'])}")
     verdict = "within" if ind["agrees"] else "DIFFERS by more than"
     return (f"{line}\nindependent floor: {ind['gflop']:.3f} GFLOP in {ind['weight_matmuls']} weight matmuls from the "
-            f"config ({counts}); each shape alone, count x its p50: {ind['floor_ms']:.2f} ms = "
+            f"config ({counts}); each shape alone on weights of its own, p50s summed: {ind['floor_ms']:.2f} ms = "
             f"{ind['ratio']:.3f} x the floor ({verdict} {AGREE_WITHIN:.0%})")
 
 

@@ -3,10 +3,15 @@
 The bench's floor (dualhrq.bench.floor) reads its matmuls from the exported graph and times them as one graph.
 This check shares neither step. Its matmuls are derived from the ModelConfig as HRM.forward runs them at
 inference, so a tracer that duplicated, dropped or reshaped a weight matmul shows up as a count that disagrees
-with the graph's. Its time is each distinct (M, K, N) as a single-MatMul graph on random weights, timed on its
-own with the engines' threads and session options, times how often the segment runs it. When the two floors
-agree within AGREE_WITHIN, the bench's floor is ONNX Runtime's GEMM rate at the segment's shapes and not an
-artefact of how the floor graph was built.
+with the graph's. Its time is each distinct (M, K, N) as a graph of its own: as many MatMuls as the segment runs
+of that shape, each on a random weight of its own, timed alone with the engines' threads and session options;
+the shapes' times are summed. When the two floors agree within AGREE_WITHIN, the bench's floor is ONNX Runtime's
+GEMM rate at the segment's shapes and not an artefact of how the floor graph was built.
+
+NOTE: a weight of its own per run, not one weight repeated: at a few dozen rows a weight matmul reads each weight
+once for little arithmetic, so where its weight comes from (cache or memory) sets its speed. The segment's
+weights (over 100 MB at full size) stream from memory at every use; one repeated weight would sit in cache and
+read faster (measured: 0.80 of the floor on a 32 MiB-L3 EPYC with one weight per shape).
 """
 
 from __future__ import annotations
@@ -113,63 +118,62 @@ def count_differences(expected: list[ConfigMatmul], traced: list[WeightMatmul]) 
             for m, k, n in sorted(want.keys() | got.keys()) if want[(m, k, n)] != got[(m, k, n)]]
 
 
-def _matmul_graph(shape: Shape, rng: np.random.Generator) -> bytes:
+def _matmuls_graph(shape: Shape, count: int, rng: np.random.Generator) -> bytes:
+    """`count` independent [M, K] x [K, N] MatMuls of one input, each on its own random weight."""
     m, k, n = shape
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [k, n], rng.standard_normal(k * n).astype(np.float32))
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "one_matmul",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    weights = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [k, n], rng.standard_normal(k * n, np.float32))
+               for i in range(count)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(count)]
+    graph = helper.make_graph(nodes, "one_shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [m, n])
+                               for i in range(count)], weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)]).SerializeToString()
 
 
 class ShapeTimes:
-    """Each distinct shape as its own single-MatMul session, callable like an engine so the bench times it in
-    the same interleaved rounds (under the same load) as the floor it checks. A call runs every shape as
-    often as the segment does and records each run's time.
+    """Each distinct shape as its own session (see _matmuls_graph), callable like an engine so the bench times
+    it in the same interleaved rounds (under the same load) as the floor it checks. A call runs every shape's
+    session once and records its time: all of the segment's matmuls of that shape.
 
-    Two biases, both small at full size: a shape repeats one weight where the segment has one per layer, so a
-    weight that fits in cache stays hot (memory-bound shapes, M of a few rows, read faster); and every matmul
-    pays a session run's overhead (tens of microseconds) that the floor graph pays once, which dominates a
-    model as small as the tests' tiny one."""
+    One bias remains, small at full size: every shape pays a session run's overhead (tens of microseconds) that
+    the floor graph pays once, which dominates a model as small as the tests' tiny one."""
 
     def __init__(self, counts: Counter[Shape], threads: int, spinning: bool = False, seed: int = 0) -> None:
         import onnxruntime as ort
 
         rng = np.random.default_rng(seed)
         self.counts = counts
-        self._sessions = {s: ort.InferenceSession(_matmul_graph(s, rng), ort_session_options(threads, spinning),
-                                                  providers=["CPUExecutionProvider"]) for s in counts}
+        self._sessions = {s: ort.InferenceSession(_matmuls_graph(s, c, rng), ort_session_options(threads, spinning),
+                                                  providers=["CPUExecutionProvider"]) for s, c in counts.items()}
         self._feeds = {s: {"x": rng.standard_normal((s[0], s[1])).astype(np.float32)} for s in counts}
-        self.rounds: list[dict[Shape, list[float]]] = []  # per call, each shape's run times (ms)
+        self.rounds: list[dict[Shape, float]] = []  # per call, each shape's time (ms) for all its matmuls
 
     def run(self, _feeds: object = None) -> None:
-        times: dict[Shape, list[float]] = {}
+        times: dict[Shape, float] = {}
         for shape, session in self._sessions.items():
-            feed, runs = self._feeds[shape], times.setdefault(shape, [])
-            for _ in range(self.counts[shape]):
-                t0 = time.perf_counter()
-                session.run(None, feed)
-                runs.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            session.run(None, self._feeds[shape])
+            times[shape] = (time.perf_counter() - t0) * 1e3
         self.rounds.append(times)
 
     def close(self) -> None:
         self._sessions.clear()
 
     def p50_ms(self, warmup: int) -> dict[Shape, float]:
-        """Each shape's p50 over the calls after the first `warmup` (the bench's warm-up rounds)."""
+        """Each shape's p50 (all its matmuls) over the calls after the first `warmup` (the bench's warm-up)."""
         timed = self.rounds[warmup:]
-        return {s: float(np.percentile([t for r in timed for t in r[s]], 50)) for s in self.counts}
+        return {s: float(np.percentile([r[s] for r in timed], 50)) for s in self.counts}
 
 
 def summarize_independent(expected: list[ConfigMatmul], traced: list[WeightMatmul], times: ShapeTimes,
                           warmup: int, floor_ms: float) -> dict[str, object]:
-    """The independent floor beside the bench's: counts against the graph's, count x each shape's p50 summed,
-    and its ratio to the bench's floor `floor_ms`."""
+    """The independent floor beside the bench's: counts against the graph's, the shapes' p50s summed, and its
+    ratio to the bench's floor `floor_ms`."""
     p50 = times.p50_ms(warmup)
-    independent_ms = sum(times.counts[s] * p50[s] for s in times.counts)
+    independent_ms = sum(p50.values())
     differences = count_differences(expected, traced)
     ratio = independent_ms / floor_ms
-    shapes = [{"m": m, "k": k, "n": n, "count": c, "p50_ms": p50[(m, k, n)], "ms": c * p50[(m, k, n)]}
+    shapes = [{"m": m, "k": k, "n": n, "count": c, "p50_ms": p50[(m, k, n)] / c, "ms": p50[(m, k, n)]}
               for (m, k, n), c in times.counts.items()]
     return {"weight_matmuls": sum(w.count for w in expected), "gflop": sum(w.flops for w in expected) / 1e9,
             "counts_agree": not differences, "count_differences": differences, "floor_ms": independent_ms,

@@ -273,7 +273,8 @@ def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, Car
                       "failures": list(parity.failures + carry.failures)})
         if tried[-1]["passed"] or i == len(schemes) - 1:
             break
-        progress(f"  int8 {scheme.name}: {parity.summary()}: missed, trying the next scheme")
+        progress(f"  int8 {scheme.name}: {parity.summary()}: missed ({'; '.join(tried[-1]['failures'])}), "
+                 "trying the next scheme")
     quantization = {"scheme": scheme.name, "weights": scheme.weights, "reduce_range": scheme.reduce_range,
                     "per_channel": scheme.per_channel, "chosen_for": "vnni" if vnni else "avx2 (no vnni)",
                     "cpu_flags": isa_flags(), "scope": scheme.scope,
