@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -88,7 +88,9 @@ def _file(path: Path, timestamps: Stamp) -> Dataset:
     return _parsed(path, str(path.resolve()), st.st_mtime_ns, st.st_size, timestamps)
 
 
-@cache
+# Bounded: a long-lived process (a notebook, a test run) that re-reads a file as it changes would otherwise keep
+# every older parse; one command reads a few files at most.
+@lru_cache(maxsize=8)
 def _parsed(path: Path, _resolved: str, _mtime_ns: int, _size: int, timestamps: Stamp) -> Dataset:
     return load_ohlcv(path, timestamps=timestamps)  # the cache key: which file, in which state, read how
 

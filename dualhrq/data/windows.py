@@ -14,6 +14,8 @@ At fine bar i (time t[i]) a sample holds:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -201,6 +203,15 @@ class WindowDataset:
     def of_instrument(self, i: int) -> np.ndarray:
         """int64 indices of instrument ``i``'s samples, in time order."""
         return np.flatnonzero(self.instrument_index == i)
+
+    @functools.cached_property
+    def samples_fingerprint(self) -> str:
+        """Identifies every sample's time, label time, fine-bar return and instrument: hashed once, however
+        many readers ask (the dataset is immutable)."""
+        h = hashlib.sha256()
+        for a in (self.t, self.t_known, self.out_b, self.instrument_index):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,6 @@ class HRMPredictor:
         if not np.array_equal(self.windows.t[self.rows], data.t):
             raise DataError(f"{name}: the HRM's samples differ from the validation samples "
                             f"({len(self.rows)} vs {len(data.t)}); build both from one config")
-        # The other instruments' samples and labels, so that a changed file among them retrains too.
-        self._panel_print = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (
-            self.windows.t, self.windows.t_known, self.windows.out_b, self.windows.instrument_index))).hexdigest()[:16]
         self.ctx = DistContext(0, 1, resolve_device(cfg.train.device))
         self.model: HRM | None = None
         self.prepared: PreparedData | None = None
@@ -97,7 +94,9 @@ class HRMPredictor:
         rows = self._training_rows(train_idx)
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
-        setup = (json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint() + self._panel_print
+        setup = (json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint()
+                 # the other instruments' samples and labels, so that a changed file among them retrains too
+                 + self.windows.samples_fingerprint
                  + str(resume_from))
         key = hashlib.sha256(rows.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key

@@ -42,7 +42,7 @@ from dualhrq.evaluate.baselines import (
     RidgeForecast,
     StateOnly,
 )
-from dualhrq.evaluate.execution import Market, close_fill_market, default_fee_bps, market_for
+from dualhrq.evaluate.execution import Fills, Market, close_fill_market, default_fee_bps, market_for
 from dualhrq.evaluate.fanout import Runner, Sequential
 from dualhrq.evaluate.ledger import Trial, bars_fingerprint
 from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, sharpe_ratio
@@ -381,8 +381,13 @@ def _assemble_path(cpcv: CPCV, path: list[int], preds: list[Predictions]) -> tup
     return np.concatenate(idx), Predictions.concat(parts)
 
 
-def _scorer(on: ValidationData, m: Market, periods: float) -> Callable[[Predictions, np.ndarray], StrategyMetrics]:
-    return lambda pred, idx: compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx), periods=periods)
+def _scorer(on: ValidationData, m: Market, periods: float) -> Callable[..., StrategyMetrics]:
+    """score(predictions, index, fills=None): the metrics of predictions at index, filled by the market unless
+    their fills are given."""
+    def score(pred: Predictions, idx: np.ndarray, fills: Fills | None = None) -> StrategyMetrics:
+        return compute_metrics(pred, on.returns[idx], m.execute(pred.position, idx) if fills is None else fills,
+                               periods=periods)
+    return score
 
 
 @dataclass(frozen=True)
@@ -523,7 +528,7 @@ def run_validation(
         report.record("future_correlation", found)
 
     fills = {p: market.execute(pr.position, oos_idx) for p, pr in overall_pred.items()}  # once per predictor
-    overall = {p: compute_metrics(pr, data.returns[oos_idx], fills[p], periods=periods) for p, pr in overall_pred.items()}
+    overall = {p: score(pr, oos_idx, fills[p]) for p, pr in overall_pred.items()}
     net = {p: f.net for p, f in fills.items()}
     result = ValidationResult(
         dataset=data.name,

@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--carry-segments", type=int, default=3, metavar="M",
                    help="segments run with the carry fed back in every precision's carry check (default 3)")
     p.add_argument("--carry-samples", type=int, default=ExportOptions.carry_samples, metavar="N",
-                   help=f"windows of the carry check (default {ExportOptions.carry_samples})")
+                   help=f"windows of the carry check, spread evenly over the parity windows (default "
+                        f"{ExportOptions.carry_samples})")
     p.add_argument("--threads", type=int, default=2, metavar="N",
                    help="ONNX Runtime intra-op threads for the parity runs (default 2)")
     p.add_argument("--external-data", action="store_true",

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from dualhrq.contract import INPUT_NAMES
-from dualhrq.errors import ConfigurationError
 from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
-from dualhrq.export.parity import Parity, measure_parity, torch_rollout
+from dualhrq.export.parity import Parity, measure_parity, rollout_references
 from dualhrq.model import HRM
 
 
@@ -51,11 +50,7 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
     """Hold `engine` to the bounds of `precision` (exact: as measure_parity) on `feeds` (every graph input,
     held-out windows), in chunks of engine.max_batch rows. ``references``: `torch_rollout` of the same feeds
     over at least `segments` segments, when already computed (several engines are held to one)."""
-    if segments < 1:
-        raise ConfigurationError(f"segments: must be >= 1, got {segments}")
-    references = (references or torch_rollout(model, feeds, segments))[:segments]
-    if len(references) < segments:
-        raise ConfigurationError(f"references: {len(references)} segments for a check of {segments}")
+    references = rollout_references(model, feeds, segments, references)
     n = len(feeds["h_tokens"])
     chunks = [slice(i, min(i + engine.max_batch, n)) for i in range(0, n, engine.max_batch)]
     span = model.cfg.quantity_max - model.cfg.quantity_min

@@ -168,22 +168,30 @@ def torch_rollout(model: HRM, feeds: dict[str, np.ndarray], segments: int) -> li
     return out
 
 
-def carry_parity(model: HRM, run: Run, feeds: dict[str, np.ndarray], precision: str, segments: int = 3,
-                 quantity_span: float = 1.0, references: list[dict[str, np.ndarray]] | None = None) -> CarryParity:
-    """Run `segments` segments through PyTorch and through `run` (any engine's `run`: one interface for every
-    precision and backend), each feeding back its OWN carry, and hold every segment to the precision's bounds
-    (measure_parity). ``references``: `torch_rollout` of the same feeds, when already computed."""
+def rollout_references(model: HRM, feeds: dict[str, np.ndarray], segments: int,
+                       references: list[dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
+    """The first `segments` of `references` (`torch_rollout` of the same feeds, when a caller checking several
+    engines computed it once), else PyTorch's rollout of `feeds` now."""
     if segments < 1:
         raise ConfigurationError(f"segments: must be >= 1, got {segments}")
     references = references or torch_rollout(model, feeds, segments)
     if len(references) < segments:
         raise ConfigurationError(f"references: {len(references)} segments for a check of {segments}")
+    return references[:segments]
+
+
+def carry_parity(model: HRM, run: Run, feeds: dict[str, np.ndarray], precision: str, segments: int = 3,
+                 quantity_span: float = 1.0, references: list[dict[str, np.ndarray]] | None = None) -> CarryParity:
+    """Run `segments` segments through PyTorch and through `run` (any engine's `run`: one interface for every
+    precision and backend), each feeding back its OWN carry, and hold every segment to the precision's bounds
+    (measure_parity). ``references``: `torch_rollout` of the same feeds, when already computed."""
+    references = rollout_references(model, feeds, segments, references)
     engine_feeds = dict(feeds)
     worst: list[float] = []
     actions: list[float] = []
     halting: list[float] = []
     failures: list[str] = []
-    for segment, reference in enumerate(references[:segments], start=1):
+    for segment, reference in enumerate(references, start=1):
         candidate = {name: np.array(value) for name, value in run(engine_feeds).items()}  # engines reuse buffers
         parity = measure_parity(reference, candidate, precision, quantity_span=quantity_span)
         worst.append(max(parity.max_abs_err.values()))

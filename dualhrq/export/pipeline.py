@@ -127,6 +127,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
             reference = run_torch(model, feeds.feeds)
             windows = len(reference["policy_logits"])
+            # The carry check's windows spread over all of them, not the first few (a few days of one market).
+            carry_rows = np.unique(np.linspace(0, windows - 1, min(options.carry_samples, windows)).round()
+                                   .astype(np.int64))
+            carry_feeds = {name: x[carry_rows] for name, x in feeds.feeds.items()}
+            carry_references = torch_rollout(model, carry_feeds, options.carry_segments)  # once for every variant
             progress(f"  {windows} samples: {feeds.source}")
             if windows < MIN_PARITY_WINDOWS:
                 warnings.append(f"parity measured on {windows} held-out windows, fewer than {MIN_PARITY_WINDOWS}: "
@@ -135,16 +140,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
 
         precisions: dict[str, Variant] = {}
         span = config.model.quantity_max - config.model.quantity_min
-        carry_feeds = {name: x[:options.carry_samples] for name, x in feeds.feeds.items()}
-        carry_references: list[dict[str, np.ndarray]] = []  # PyTorch over carry_feeds: once for every variant
 
         def check(precision: str, path: Path) -> tuple[Parity, CarryParity]:
             """One segment on every parity window, then the carry over several segments, through the engine."""
             engine = OnnxEngine(path, threads=options.threads, max_batch=len(reference["policy_logits"]))
             try:
                 parity = measure_parity(reference, engine.run(feeds.feeds), precision, quantity_span=span)
-                if not carry_references:
-                    carry_references.extend(torch_rollout(model, carry_feeds, options.carry_segments))
                 carry = carry_parity(model, engine.run, carry_feeds, precision, options.carry_segments, span,
                                      carry_references)
             finally:

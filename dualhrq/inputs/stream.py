@@ -42,7 +42,7 @@ class StreamWindow:
         self._fine, self._coarse = _own(bars.fine), _own(bars.coarse)
         self._h, self._l, self._state = sample.h_tokens, sample.l_tokens, sample.state
         self._new_fine = self._closed = 0  # bars added since the tokens were last computed
-        self.bars = bars
+        self.bars = SampleBars(self._coarse, self._fine, bars.as_of)  # its own copies, not the request's views
 
     @property
     def no_coarse(self) -> Bars:
