@@ -153,3 +153,13 @@ def test_a_train_run_is_appended_to_the_run_ledger_in_the_runs_directory(run_dir
         (run,) = [r for r in ledger.runs("train") if r.run_dir == str(run_dir.resolve())]
     assert run.config_hash == config_hash(load_config(CONFIG)) and run.seed == 0 and run.dataset == "eurusd_1h"
     assert run.metrics["step"] == 2 and np.isfinite(run.metrics["loss"])
+
+
+def test_a_fresh_train_run_refuses_a_directory_that_holds_a_run(run_dir):
+    from dualhrq.errors import ConfigurationError
+    from dualhrq.train.loop import train
+
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(ConfigurationError, match="holds a run already.*--resume"):
+        train(load_config(CONFIG), run_dir, steps=20, stop_at=2, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing of the old run touched

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,9 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     _done(t0)
 
     steps = [] if args.steps is None else ["--steps", str(args.steps)]
+    if run_dir.exists():  # the demo's own run from an earlier demo: replaced, as its bundle is
+        print(f"replacing the previous demo run in {run_dir}")
+        shutil.rmtree(run_dir)
     t0 = _step(f"2/6 training the tiny HRM ({args.config}; builds the pattern library from the training window, "
                "keeps the checkpoint with the best validation cross-entropy)")
     if rc := cli(["train", "--config", args.config, "--out", str(run_dir), *steps]):

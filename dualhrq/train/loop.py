@@ -505,6 +505,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
         latest = latest_checkpoint(out) if resume else None
         if resume and latest is None:
             raise ModelLoadError(f"{out}: nothing to resume (no {LATEST_FILE} checkpoint pointer)")
+        if not resume and latest_checkpoint(out) is not None:
+            # A fresh run there would mix with the old one: its checkpoints, its best pointer, its metrics log.
+            raise ConfigurationError(f"--out: {out} holds a run already (latest {latest_checkpoint(out).name}); "
+                                     "--resume continues it, or choose another --out, or remove it")
         if latest is not None:
             meta_cfg = read_checkpoint_meta(latest).config
             changed = config_differences(meta_cfg, cfg)
