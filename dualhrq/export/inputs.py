@@ -34,6 +34,11 @@ class ParityFeeds:
     source: str  # where they came from, in words (goes into the manifest)
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """int64 indices of min(k, n) of n rows spread evenly over all of them, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64))
+
+
 def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> ParityFeeds:
     """`samples` windows spread evenly over the held-out tail of `config.data.dataset` (of all its datasets),
     and over the validation slice before it (`train.val_fraction`) when the tail alone holds fewer.
@@ -59,7 +64,7 @@ def parity_feeds(checkpoint: str | Path, config: Config, samples: int) -> Parity
     if samples > len(test):
         _, val = validation_slice(windows.train, windows.t, windows.t_known, cfg.train.val_fraction)
     pool = np.concatenate([val, test])
-    rows = pool[np.unique(np.linspace(0, len(pool) - 1, min(samples, len(pool))).round().astype(np.int64))]
+    rows = pool[spread(len(pool), samples)]
     n, n_val = len(rows), int(np.isin(rows, val).sum())
     z_H, z_L = zero_carry(cfg.model, n)
     feeds = as_feeds({**inputs.dataset_inputs(windows, rows), "z_H": z_H, "z_L": z_L})

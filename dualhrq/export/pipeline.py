@@ -28,7 +28,7 @@ from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
 from dualhrq.export.engine_parity import engine_parity
 from dualhrq.export.engines import OnnxEngine
-from dualhrq.export.inputs import ParityFeeds, parity_feeds
+from dualhrq.export.inputs import ParityFeeds, parity_feeds, spread
 from dualhrq.export.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -128,8 +128,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             reference = run_torch(model, feeds.feeds)
             windows = len(reference["policy_logits"])
             # The carry check's windows spread over all of them, not the first few (a few days of one market).
-            carry_rows = np.unique(np.linspace(0, windows - 1, min(options.carry_samples, windows)).round()
-                                   .astype(np.int64))
+            carry_rows = spread(windows, options.carry_samples)
             carry_feeds = {name: x[carry_rows] for name, x in feeds.feeds.items()}
             carry_references = torch_rollout(model, carry_feeds, options.carry_segments)  # once for every variant
             progress(f"  {windows} samples: {feeds.source}")

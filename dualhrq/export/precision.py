@@ -92,7 +92,7 @@ class Int8Scheme:
     weights: str  # "u8" or "s8"
     reduce_range: bool  # 7-bit weights: AVX2's u8 x s8 kernel adds pairs of products in 16 bits and saturates
     per_channel: bool  # one scale per output column of each weight
-    scope: str = "all"  # which weight MatMuls: one of SCOPES (see weight_matmuls)
+    scope: str = "all"  # which weight MatMuls: a key of SCOPE_NAMES (see weight_matmuls)
 
     @property
     def name(self) -> str:
@@ -147,7 +147,7 @@ def _in_scope(node: str, scope: str) -> bool:
             return True
         case "fine":
             return block and ("/mlp/" in node or "/l_module/" in node)
-        case _:
+        case _:  # "mlp" (weight_matmuls refuses any other scope)
             return block and "/mlp/" in node
 
 

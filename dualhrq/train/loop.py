@@ -502,12 +502,12 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
     ctx = init_distributed(cfg.train.device)
     try:
         out = Path(out_dir or cfg.train.out_dir)
-        latest = latest_checkpoint(out) if resume else None
+        latest = latest_checkpoint(out)
         if resume and latest is None:
             raise ModelLoadError(f"{out}: nothing to resume (no {LATEST_FILE} checkpoint pointer)")
-        if not resume and latest_checkpoint(out) is not None:
+        if not resume and latest is not None:
             # A fresh run there would mix with the old one: its checkpoints, its best pointer, its metrics log.
-            raise ConfigurationError(f"--out: {out} holds a run already (latest {latest_checkpoint(out).name}); "
+            raise ConfigurationError(f"--out: {out} holds a run already (latest {latest.name}); "
                                      "--resume continues it, or choose another --out, or remove it")
         if latest is not None:
             meta_cfg = read_checkpoint_meta(latest).config
