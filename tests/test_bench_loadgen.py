@@ -100,3 +100,27 @@ def test_rate_and_concurrency_are_exclusive():
 def test_percentiles_of_known_values():
     p = percentiles_ms(np.arange(1, 101, dtype=float))
     assert p["p50"] == pytest.approx(50.5) and p["max"] == 100 and p["p99"] == pytest.approx(99.01)
+
+
+def test_the_transport_floor_echo_answers_every_request_and_reports_its_pass_as_the_engine(tmp_path):
+    from dualhrq.bench.report import format_floor
+    from dualhrq.bench.server_process import EchoProcess
+
+    with EchoProcess(pass_bytes=4 << 20, log_path=tmp_path / "echo.log") as echo:
+        s = summarize(run_load(echo.address, req, 30, concurrency=1))
+    assert s["replies_by_kind"] == {"signal": 30}  # every reply found its request by id
+    assert s["engine_ms"]["p50"] > 0 and s["overhead_ms"]["p50"] > 0
+    server = {**s, "latency_ms": {**s["latency_ms"], "p95": s["latency_ms"]["p95"] + 1.0}}
+    assert "1.000 ms above the floor" in format_floor(server, s)
+
+
+def test_the_floor_phase_needs_a_bundle_to_size_its_pass():
+    import argparse
+
+    from dualhrq.bench.latency import run_latency_bench
+    from dualhrq.errors import HRMError
+
+    args = argparse.Namespace(requests=10, floor=True, bundle=None, connect="tcp://127.0.0.1:1", p95=False,
+                              p99=False)
+    with pytest.raises(HRMError, match="--floor needs --bundle"):
+        run_latency_bench(args)

@@ -272,3 +272,54 @@ def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
         np.testing.assert_array_equal(ctx.view(np.uint32), want_ctx.view(np.uint32))  # bit for bit: no -0.0
         assert np.isfinite(ctx).all()
     assert lib.pattern_context(q, 10, 12, 6)[1].sum() == 0  # nothing known yet: the regime-only path
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
+def test_exact_search_finds_the_k_nearest_as_a_full_sort_does_and_keeps_the_earlier_of_equals(space):
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(500, DIM)).astype(np.float32)
+    v[100] = v[7]  # a tie: the lower row comes first
+    q = np.concatenate([v[7:8], rng.normal(size=(20, DIM)).astype(np.float32)])
+    qq, vv = q.astype(np.float64), v.astype(np.float64)
+    if space == "cosine":
+        qq = qq / np.linalg.norm(qq, axis=1, keepdims=True)
+        vv = vv / np.linalg.norm(vv, axis=1, keepdims=True)
+    full = ((qq[:, None] - vv[None]) ** 2).sum(-1) if space == "l2" else 1.0 - qq @ vv.T
+    want = np.argsort(full, axis=1, kind="stable")[:, :6]
+    rows, dist = exact_knn(q, v, 6, space)
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, want, 1), rtol=0, atol=1e-12)
+    some = np.arange(0, 500, 3)  # a subset of the rows: the rows come back, not positions in the subset
+    rows, _ = exact_knn(q, v, 4, space, some)
+    np.testing.assert_array_equal(rows, some[np.argsort(full[:, some], axis=1, kind="stable")[:, :4]])
+    assert exact_knn(q, v, 4, space, some[:2])[0].shape == (len(q), 2)
+
+
+def test_a_library_within_the_exact_bound_answers_serving_lookups_without_the_graph(monkeypatch):
+    lib, x = make_library(600)
+    as_of = 10**9
+    assert lib.bounded(as_of) and not lib.bounded(100)  # at 100 a time filter is needed
+    monkeypatch.setattr(lib, "_index", None)  # any graph search would raise
+    ctx, mask = lib.pattern_context(x[:3], as_of, pattern_dim=12, k=4)
+    assert mask.all() and np.array_equal(ctx[:, 0, -1], [1.0, 1.0, 1.0])  # each query's twin, similarity 1
+
+
+def test_try_pattern_context_gives_way_to_a_library_update_at_once():
+    lib, x = make_library(100)
+    assert lib.try_pattern_context(x[:1], 10**9, 12, 4) is not None
+    writing, done = threading.Event(), threading.Event()
+
+    def update() -> None:
+        with lib._lock.write():
+            writing.set()
+            done.wait(5)
+
+    t = threading.Thread(target=update)
+    t.start()
+    writing.wait(5)
+    t0 = time.monotonic()
+    assert lib.try_pattern_context(x[:1], 10**9, 12, 4) is None
+    assert time.monotonic() - t0 < 0.05
+    done.set()
+    t.join()
+    assert lib.try_pattern_context(x[:1], 10**9, 12, 4) is not None

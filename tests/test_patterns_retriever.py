@@ -1,6 +1,7 @@
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -194,4 +195,42 @@ def test_after_timeouts_in_a_row_lookups_fail_open_at_once_until_a_pause_has_pas
     r.set_fault(delay_ms=200, error_rate=0)
     assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "timeout", 1)  # a success reset it
     assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.01), "timeout", 1)
+    r.close()
+
+
+def test_a_lookup_of_fixed_cost_is_answered_on_the_callers_thread(features, monkeypatch):
+    r = make_retriever(features)
+    want = r.retrieve(features[250:251], as_of=10**9)
+    monkeypatch.setattr(r._pool, "submit", lambda *a: pytest.fail("a bounded lookup went to a worker"))
+    lookup = r.begin(features[250:251], as_of=10**9)
+    found = lookup.result(timeout_s=1e-9)  # already answered: no wait at all
+    assert found.reason is None
+    np.testing.assert_array_equal(found.pattern_context, want.pattern_context)
+    r.close()
+
+
+def test_lookups_that_could_be_slow_go_to_a_worker_and_keep_their_deadline(features, monkeypatch):
+    """A library update holding the index, a library beyond the exact bound, or a fault drill (an index whose
+    time cannot be bounded): a worker searches, and the caller waits at most the timeout."""
+    import dualhrq.patterns.library as library_module
+
+    r = make_retriever(features)
+    submitted = []
+    submit = r._pool.submit
+    monkeypatch.setattr(r._pool, "submit", lambda *a: submitted.append(1) or submit(*a))
+    with r.library._lock.read():  # a writer waiting behind this reader blocks new readers
+        writer = threading.Thread(target=lambda: r.library.expire(now=0))
+        writer.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.05), "timeout", 1)
+        assert time.monotonic() - t0 < 0.05 + EPSILON_S
+    writer.join()
+    assert submitted == [1]
+    bound = library_module.EXACT_MAX
+    monkeypatch.setattr(library_module, "EXACT_MAX", 10)
+    assert r.retrieve(features[:1], as_of=10**9).reason is None and submitted == [1, 1]
+    monkeypatch.setattr(library_module, "EXACT_MAX", bound)
+    r.set_fault(delay_ms=1, error_rate=0)
+    assert r.retrieve(features[:1], as_of=10**9).reason is None and len(submitted) == 3
     r.close()

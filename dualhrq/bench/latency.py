@@ -16,9 +16,9 @@ import yaml
 from tqdm import tqdm
 
 from dualhrq.bench.loadgen import LoadResult, run_load
-from dualhrq.bench.report import format_summary, plot_latencies, summarize
+from dualhrq.bench.report import format_floor, format_summary, plot_latencies, summarize
 from dualhrq.bench.requests import SessionRequestFactory, SignalRequestFactory
-from dualhrq.bench.server_process import ServerProcess, ping
+from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
 
@@ -35,6 +35,11 @@ service time at a fixed load and, by construction, cannot see stalls.
 --fail-open adds a second phase with the pattern index drill on (a server started here gets
 patterns.fault.delay_ms; with --connect the phase switches patterns off with the admin command instead), to show
 what failing open to regime-only conditioning costs.
+
+--floor (with --bundle) adds a last phase against an echo process in place of the server, which does no host
+work: it reads as many bytes as the served graph before each reply (evicting the caches as the engine does) and
+reports that pass as its engine time. Its end-to-end minus engine is the transport floor, the ZeroMQ round trip
+between two processes on cold caches: the part of the server's own figure no host code can remove.
 """
 
 
@@ -57,6 +62,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-open", action="store_true", help="second phase with the index fault drill on")
     p.add_argument("--drill-delay-ms", type=float, default=50.0,
                    help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
+    p.add_argument("--floor", action="store_true",
+                   help="last phase against an echo with no host work: the transport floor (needs --bundle)")
     p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
     p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
     p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
@@ -81,21 +88,24 @@ def _admin(address: str, cmd: str, token: str) -> dict:
         return c.admin(cmd, token)
 
 
-def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool) -> tuple[LoadResult, dict]:
+def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool,
+           needs: dict[str, int] | None = None) -> tuple[LoadResult, dict]:
+    """``needs``: the bars per request (default: what the server at ``address`` says)."""
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
+    needs = needs or pong["needs"]
     mode = {"rate": args.rate} if args.rate else {"concurrency": args.concurrency or 1}
     if args.session:
         # The warm-up and the measured requests continue one stream: the first append measured follows on.
-        factory = SessionRequestFactory.from_dataset(args.dataset, pong["needs"], args.warmup + args.requests,
+        factory = SessionRequestFactory.from_dataset(args.dataset, needs, args.warmup + args.requests,
                                                      session=f"bench-{name}-{uuid.uuid4().hex[:8]}", seed=0)
         _open_session(address, factory, args.timeout_s)
         if args.warmup:
             run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
         factory = _Offset(factory, args.warmup)
     else:
-        factory = SignalRequestFactory.from_dataset(args.dataset, pong["needs"], seed=0)
+        factory = SignalRequestFactory.from_dataset(args.dataset, needs, seed=0)
         if args.warmup:
             run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
     bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False,
@@ -123,9 +133,20 @@ class _Offset:
         return self.factory(self.start + i, request_id)
 
 
+def _graph_bytes(bundle: str, config: str | None) -> int:
+    """The size of the graph a server started with ``config`` serves from ``bundle``."""
+    from dualhrq.export.bundle import load_bundle
+    from dualhrq.runtime.host import read_overlay, serve_settings
+
+    precision = serve_settings(bundle, read_overlay(config) if config else {}, config or "bundle").serve.precision
+    return load_bundle(bundle, verify=False).graph_path(precision).stat().st_size
+
+
 def run_latency_bench(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise HRMError("--requests must be >= 1")
+    if args.floor and not args.bundle:
+        raise HRMError("--floor needs --bundle: the echo reads as many bytes as the bundle's served graph")
     quiet = args.p95 or args.p99
     phases: dict[str, tuple[LoadResult, dict]] = {}
     with ExitStack() as stack:
@@ -148,9 +169,15 @@ def run_latency_bench(args: argparse.Namespace) -> int:
                     phases["fail_open"] = _phase(address, args, "fail-open", quiet)
                 finally:
                     _admin(address, "enable_patterns", args.admin_token)
+        if args.floor:
+            srv.stop()  # the echo alone on the machine, as the server was
+            with EchoProcess(_graph_bytes(args.bundle, args.config), tmp / "echo.log") as echo:
+                phases["floor"] = _phase(echo.address, args, "floor", quiet, srv.pong["needs"])
     report = {name: s for name, (_, s) in phases.items()}
     for name, s in report.items():
         print(format_summary(name, s))
+    if "floor" in report:
+        print(format_floor(report["normal"], report["floor"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -66,6 +66,17 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_floor(server: dict[str, Any], floor: dict[str, Any]) -> str:
+    """The server's end-to-end minus engine p95 beside the transport floor's (an echo doing no host work)."""
+    def above_engine(s: dict[str, Any]) -> float:
+        return s["latency_ms"]["p95"] - s["engine_ms"]["p95"]
+
+    host, wire = above_engine(server), above_engine(floor)
+    return (f"transport floor (an echo doing no host work, after a pass over the graph's bytes): end-to-end p95 "
+            f"minus pass p95 {wire:.3f} ms; the server's end-to-end p95 minus engine p95 {host:.3f} ms, "
+            f"{host - wire:.3f} ms above the floor")
+
+
 def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
     """Latency CDF (log x) and histogram, one line per named series, saved as PNG (headless)."""
     import matplotlib

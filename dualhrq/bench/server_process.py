@@ -50,13 +50,14 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.pong: dict | None = None
 
-    def __enter__(self) -> ServerProcess:
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "dualhrq", "serve", "--bundle", self.bundle, "--bind", self.address,
                "--workers", str(self.workers)]
-        if self.config:
-            cmd += ["--config", str(self.config)]
+        return cmd + ["--config", str(self.config)] if self.config else cmd
+
+    def __enter__(self) -> ServerProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -87,3 +88,16 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EchoProcess(ServerProcess):
+    """The transport floor's echo (dualhrq.bench.transport_floor) in place of a server: ``pass_bytes`` read
+    before each reply."""
+
+    def __init__(self, pass_bytes: int, log_path: str | Path | None = None) -> None:
+        super().__init__("", log_path=log_path, ready_timeout_s=30.0)
+        self.pass_bytes = pass_bytes
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "dualhrq.bench.transport_floor", "--bind", self.address, "--pass-bytes",
+                str(self.pass_bytes)]

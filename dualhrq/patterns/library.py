@@ -7,7 +7,9 @@ forward return), ``regime``, ``quality`` and ``expires_at`` (0 = never), all tim
 No look-ahead: ``query(..., as_of)`` only ever returns entries with ``available_at <= as_of`` that are alive
 (not deleted, not expired at ``as_of``). hnswlib cannot filter by time itself without calling back into Python
 for every candidate, so the library over-fetches from the graph and filters with numpy, and when few entries
-qualify it searches them exactly instead (cheaper than a huge over-fetch, and it can never come up short).
+qualify it searches them exactly instead (cheaper than a huge over-fetch, and it can never come up short). A
+library of at most EXACT_MAX entries is always searched exactly: training's time-filtered lookups and serving's
+then find the same neighbours, and a lookup's cost is fixed (`bounded`).
 
 Lifecycle: ``expire`` and ``update_quality`` mark entries deleted in hnswlib and free their rows; ``add`` reuses
 deleted slots (``allow_replace_deleted``) before growing, so a library under churn does not grow without bound.
@@ -42,12 +44,10 @@ from dualhrq.patterns.rwlock import ReadWriteLock
 log = logging.getLogger(__name__)
 
 _NS_PER_DAY = 86_400 * 10**9
-# When at most this many entries qualify for an as_of, or they are under _EXACT_FRACTION of the live ones,
-# exact search over just those entries beats over-fetching from the graph.
+# When at most this many entries qualify for an as_of, or they are under _EXACT_FRACTION of the live ones, the
+# compiled exact search over just those entries (~30 us per query over 3,600 entries of 16 dims) beats the graph,
+# and over-fetching from it. A query over at most this many is `bounded`: its cost is fixed.
 EXACT_MAX = 4096
-# With no time filter (the serving case: every live entry is visible) the graph is searched unless the library
-# is tiny: exact search over a few thousand entries costs ~0.5 ms per query against ~0.1 ms for hnswlib.
-EXACT_UNFILTERED_MAX = 256
 _EXACT_FRACTION = 0.1
 _OVERFETCH = 2.0  # graph candidates fetched per needed hit, beyond the share that fails the time filter
 _OUTCOME_CLIP = 8.0  # context outcomes in units of outcome_scale: one crash day must not dominate the pooling
@@ -55,33 +55,71 @@ _FORMAT = 2  # 2: instrument codes count from 1, 0 is padding
 _FILES = ("index.bin", "meta.npz", "library.json")
 
 
-def exact_distances(queries: np.ndarray, vectors: np.ndarray, space: str) -> np.ndarray:
-    """Distances [B, n] exactly as hnswlib defines them: squared L2, or 1 - inner product (cosine normalises)."""
-    q = np.asarray(queries, np.float64)
-    v = np.asarray(vectors, np.float64)
-    if space == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-    if space == "l2":
-        d = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
-        return np.maximum(d, 0.0)
-    return 1.0 - q @ v.T
-
-
 def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str,
-              chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force k nearest (indices [B, k], distances [B, k], nearest first); queries go in chunks to bound memory."""
-    k = min(k, len(vectors))
-    idx = np.empty((len(queries), k), np.int64)
-    dist = np.empty((len(queries), k), np.float64)
-    for s in range(0, len(queries), chunk):
-        d = exact_distances(queries[s:s + chunk], vectors, space)
-        part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.tile(np.arange(k), (len(d), 1))
-        pd_ = np.take_along_axis(d, part, 1)
-        order = np.argsort(pd_, axis=1, kind="stable")
-        idx[s:s + chunk] = np.take_along_axis(part, order, 1)
-        dist[s:s + chunk] = np.take_along_axis(pd_, order, 1)
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest among ``vectors[rows]`` (default: all): their rows [B, k] and distances [B, k] float64,
+    nearest first, the lower row first among equals. hnswlib's distances: squared L2, or 1 - inner product
+    (cosine normalises both sides)."""
+    q = np.ascontiguousarray(queries, np.float32)
+    v = np.ascontiguousarray(vectors, np.float32)
+    rows = np.arange(len(v)) if rows is None else np.asarray(rows, np.int64)
+    k = min(k, len(rows))
+    idx = np.empty((len(q), k), np.int64)
+    dist = np.empty((len(q), k), np.float64)
+    if k:
+        _knn_rows(q, v, rows, _SPACES.index(space), idx, dist)
     return idx, dist
+
+
+_SPACES = ("l2", "cosine", "ip")
+
+
+@njit(cache=True, nogil=True)
+def _knn_rows(q: np.ndarray, v: np.ndarray, rows: np.ndarray, space: int, idx: np.ndarray, dist: np.ndarray) -> None:
+    """All distances of a query, then its k best by insertion: at the few thousand entries a serving library
+    holds this is cheaper than a graph search, and its cost is fixed, so the caller's thread may run it (the
+    retriever does) where a graph search's time could not be bounded."""
+    n, width, k = rows.shape[0], v.shape[1], idx.shape[1]
+    scale = np.ones(n)  # cosine: 1 / |v|
+    if space == 1:
+        for j in range(n):
+            s = 0.0
+            for e in range(width):
+                s += np.float64(v[rows[j], e]) * np.float64(v[rows[j], e])
+            scale[j] = 1.0 / max(math.sqrt(s), 1e-30)
+    d = np.empty(n)
+    x = np.empty(width)
+    for b in range(q.shape[0]):
+        for e in range(width):
+            x[e] = q[b, e]
+        if space == 0:
+            for j in range(n):
+                s = 0.0
+                for e in range(width):
+                    diff = x[e] - v[rows[j], e]
+                    s += diff * diff
+                d[j] = s
+        else:
+            qs = 1.0
+            if space == 1:
+                qs = 1.0 / max(math.sqrt((x * x).sum()), 1e-30)
+            for j in range(n):
+                s = 0.0
+                for e in range(width):
+                    s += x[e] * v[rows[j], e]
+                d[j] = 1.0 - s * qs * scale[j]
+        filled = 0
+        for j in range(n):
+            if filled == k and d[j] >= dist[b, k - 1]:
+                continue
+            pos = min(filled, k - 1)
+            while pos > 0 and dist[b, pos - 1] > d[j]:  # strictly: an equal distance keeps the earlier row first
+                dist[b, pos] = dist[b, pos - 1]
+                idx[b, pos] = idx[b, pos - 1]
+                pos -= 1
+            dist[b, pos] = d[j]
+            idx[b, pos] = rows[j]
+            filled = min(filled + 1, k)
 
 
 def similarity(distance: np.ndarray, space: str) -> np.ndarray:
@@ -230,11 +268,28 @@ class PatternLibrary:
         """``context(query(...))`` in one pass that copies only what the context holds: the serving path."""
         q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
         with self._lock.read():
-            rows, dist = self._nearest(q, as_of, k)
-            valid = rows >= 0
-            padded = not valid.all()
-            r = np.where(valid, rows, 0) if padded else rows
-            fields = {name: self._rows[name][r] for name in ("embedding", "outcome", "quality")}
+            return self._pattern_context(q, as_of, pattern_dim, k)
+
+    def bounded(self, as_of: int) -> bool:
+        """Whether a query at ``as_of`` is the exact search over at most EXACT_MAX entries, a fixed cost (the
+        serving case: every live entry known by then)."""
+        return len(self) <= EXACT_MAX and self._sees_all_live(as_of)
+
+    def try_pattern_context(self, embeddings: np.ndarray, as_of: int, pattern_dim: int,
+                            k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``pattern_context``, or None at once when a library update holds or awaits the index."""
+        q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
+        with self._lock.read(blocking=False) as held:
+            return self._pattern_context(q, as_of, pattern_dim, k) if held else None
+
+    def _pattern_context(self, q: np.ndarray, as_of: int | np.ndarray, pattern_dim: int,
+                         k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The caller holds the read lock."""
+        rows, dist = self._nearest(q, as_of, k)
+        valid = rows >= 0
+        padded = not valid.all()
+        r = np.where(valid, rows, 0) if padded else rows
+        fields = {name: self._rows[name][r] for name in ("embedding", "outcome", "quality")}
         if padded:  # padding read row 0: blank it, as `query` does (times 0 would leave -0.0)
             for column in fields.values():
                 column[~valid] = 0
@@ -275,7 +330,7 @@ class PatternLibrary:
                 k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [B, k] and distances of the k nearest eligible entries (None: all live); caller holds the read lock."""
         live = len(self)
-        if count <= (EXACT_UNFILTERED_MAX if eligible is None else EXACT_MAX) or count < _EXACT_FRACTION * live:
+        if count <= EXACT_MAX or count < _EXACT_FRACTION * live:
             return self._exact(q, eligible, k)
         if eligible is None:  # hnswlib never returns deleted entries: every hit qualifies
             try:
@@ -309,8 +364,8 @@ class PatternLibrary:
 
     def _exact(self, q: np.ndarray, eligible: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         candidates = np.flatnonzero(self._rows["alive"] if eligible is None else eligible)
-        idx, d = exact_knn(q, self._rows["embedding"][candidates], k, self.cfg.space)
-        return candidates[idx], d.astype(np.float32)
+        rows, d = exact_knn(q, self._rows["embedding"], k, self.cfg.space, candidates)
+        return rows, d.astype(np.float32)
 
     def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
         g = self._rows.gather(rows, _HIT_FIELDS)

@@ -23,13 +23,19 @@ class ReadWriteLock:
         self._writers_waiting = 0
 
     @contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self, blocking: bool = True) -> Iterator[bool]:
+        """The shared side; yields whether it is held. ``blocking`` False: yields False at once, holding
+        nothing, when a writer holds or awaits the lock."""
         with self._cond:
-            while self._writer or self._writers_waiting:
+            held = blocking or not (self._writer or self._writers_waiting)
+            while held and (self._writer or self._writers_waiting):
                 self._cond.wait()
-            self._readers += 1
+            self._readers += held
+        if not held:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._cond:
                 self._readers -= 1

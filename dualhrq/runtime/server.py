@@ -8,8 +8,9 @@ ROUTER_MANDATORY and without blocking: a reply ZeroMQ cannot deliver (peer gone,
 and dropped, never waited on.
 
 Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) -> compliance gate -> reply,
-with `timing_us` for each stage. Retrieval runs on the retriever's pool once the features are computed; its
-stage is the wait for it, at most patterns.timeout_ms. A deadline
+with `timing_us` for each stage. Retrieval starts once the features are computed: on the loop's thread when its
+cost is fixed (a small library's exact search), else on the retriever's pool, its stage then the wait for it, at
+most patterns.timeout_ms. A deadline
 (`deadline_ms` from receipt) answers `deadline_exceeded` the moment it passes, whatever stage the request is in.
 
 An `append` extends its stream's window (dualhrq.runtime.streams) and computes only the new bars' features. A
@@ -313,8 +314,8 @@ class Server:
             # instead of 0.23 ms on the tiny model, for no shorter wait after them).
             key = host.key(bars)
             prepared = await self._features(req, host, bars, key, stream)
-            lookup = self._lookup(host, key, bars.as_of)
             t_features = time.perf_counter()
+            lookup = self._lookup(host, key, bars.as_of)  # a lookup of fixed cost is answered here and now
             context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()
             # Not upstream any more before it is queued: the inference thread must not wait for this one.
