@@ -297,11 +297,12 @@ def test_exact_search_finds_the_k_nearest_as_a_full_sort_does_and_keeps_the_earl
 
 def test_a_library_within_the_exact_bound_answers_serving_lookups_without_the_graph(monkeypatch):
     lib, x = make_library(600)
-    as_of = 10**9
-    assert lib.bounded(as_of) and not lib.bounded(100)  # at 100 a time filter is needed
+    assert lib.bounded and not make_library(5000)[0].bounded
     monkeypatch.setattr(lib, "_index", None)  # any graph search would raise
-    ctx, mask = lib.pattern_context(x[:3], as_of, pattern_dim=12, k=4)
+    ctx, mask = lib.pattern_context(x[:3], 10**9, pattern_dim=12, k=4)
     assert mask.all() and np.array_equal(ctx[:, 0, -1], [1.0, 1.0, 1.0])  # each query's twin, similarity 1
+    _, mask = lib.pattern_context(x[:3], 100 * 2 + 50, pattern_dim=12, k=4)  # a time filter: 3 entries known
+    assert mask.sum(axis=1).tolist() == [3, 3, 3]
 
 
 def test_try_pattern_context_gives_way_to_a_library_update_at_once():

@@ -19,31 +19,38 @@ import msgpack
 import numpy as np
 import zmq
 
-REPLY_PAD = 320  # bytes: a signal reply's size, less the fields this one has
+from dualhrq.runtime import protocol as p
+
+
+def _signal_reply(rid: str, pass_us: int) -> p.SignalReply:
+    """A well-formed signal reply (a client decodes it as the server's) carrying the pass as its engine time."""
+    return p.SignalReply(
+        id=rid, model="transport-floor", action="HOLD", probs=[0.0, 0.0, 1.0, 0.0, 0.0], confidence=1.0,
+        quantity=0.0, forecast=p.Forecast(0.0, 0.0), value=0.0, regime=p.Regime(0, [1.0, 0.0, 0.0, 0.0]),
+        patterns=p.Patterns(used=0, fail_open=False, reason=None), act=p.Act(1, "max"),
+        compliance=p.Compliance(True, "HOLD", []), timing_us=p.Timing(0, 0, 0, 0, pass_us, pass_us))
 
 
 def serve_echo(bind: str, pass_bytes: int) -> None:
-    """Answer pings (ready) and every other request (a `signal` reply carrying its id) until killed."""
+    """Answer pings (ready) and every other request (a signal reply carrying its id) until killed."""
     weights = np.ones(max(pass_bytes, 0), np.uint8)
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind(bind)
-    pad = b"\0" * REPLY_PAD
     while True:
         *envelope, body = sock.recv_multipart()
         try:
             req = msgpack.unpackb(body, raw=False)
-            rid, kind = req.get("id"), req.get("type")
+            rid, kind = str(req.get("id") or "floor"), req.get("type")
         except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
-            rid, kind = None, None
+            rid, kind = "floor", None
         if kind == "ping":
-            reply = {"type": "pong", "id": rid, "ready": True}
+            reply: p.Reply = p.Pong(id=rid, model="transport-floor", ready=True, uptime_s=0.0, needs=p.Needs(0, 0),
+                                    rules_version="", workers=1, timeframe="", coarse_rule="")
         else:
             t = time.perf_counter()
             weights.sum()  # the engine's pass over its weights
-            pass_us = int((time.perf_counter() - t) * 1e6)
-            reply = {"type": "signal", "id": rid, "patterns": {"fail_open": False, "reason": None},
-                     "timing_us": {"engine": pass_us, "total": pass_us}, "pad": pad}
-        sock.send_multipart([*envelope, msgpack.packb(reply, use_bin_type=True)])
+            reply = _signal_reply(rid, int((time.perf_counter() - t) * 1e6))
+        sock.send_multipart([*envelope, p.encode(reply)])
 
 
 def main(argv: list[str] | None = None) -> None:

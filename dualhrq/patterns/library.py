@@ -8,7 +8,7 @@ No look-ahead: ``query(..., as_of)`` only ever returns entries with ``available_
 (not deleted, not expired at ``as_of``). hnswlib cannot filter by time itself without calling back into Python
 for every candidate, so the library over-fetches from the graph and filters with numpy, and when few entries
 qualify it searches them exactly instead (cheaper than a huge over-fetch, and it can never come up short). A
-library of at most EXACT_MAX entries is always searched exactly: training's time-filtered lookups and serving's
+library of at most EXACT_MAX rows is always searched exactly: training's time-filtered lookups and serving's
 then find the same neighbours, and a lookup's cost is fixed (`bounded`).
 
 Lifecycle: ``expire`` and ``update_quality`` mark entries deleted in hnswlib and free their rows; ``add`` reuses
@@ -270,10 +270,11 @@ class PatternLibrary:
         with self._lock.read():
             return self._pattern_context(q, as_of, pattern_dim, k)
 
-    def bounded(self, as_of: int) -> bool:
-        """Whether a query at ``as_of`` is the exact search over at most EXACT_MAX entries, a fixed cost (the
-        serving case: every live entry known by then)."""
-        return len(self) <= EXACT_MAX and self._sees_all_live(as_of)
+    @property
+    def bounded(self) -> bool:
+        """Whether every query is the exact search over at most EXACT_MAX rows (its time filter a pass over as
+        many): a fixed cost, whatever ``as_of``."""
+        return self.slots <= EXACT_MAX
 
     def try_pattern_context(self, embeddings: np.ndarray, as_of: int, pattern_dim: int,
                             k: int) -> tuple[np.ndarray, np.ndarray] | None:

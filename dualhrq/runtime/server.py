@@ -2,8 +2,8 @@
 
 One receive loop, never cancelled, turns each message into a task; each task sends exactly one reply. The
 loop itself only decodes, validates and routes: features run in a thread when they cost more than ~0.2 ms
-and other requests are in flight, retrieval on the retriever's bounded pool with its timeout (failing open),
-the engine on the one inference thread behind the batcher's bounded queue. Replies leave with
+and other requests are in flight, retrieval on the loop when its cost is fixed, else on the retriever's bounded
+pool with its timeout (failing open), the engine on the one inference thread behind the batcher's bounded queue. Replies leave with
 ROUTER_MANDATORY and without blocking: a reply ZeroMQ cannot deliver (peer gone, its queue full) is counted
 and dropped, never waited on.
 
