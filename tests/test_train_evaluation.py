@@ -139,6 +139,8 @@ def test_rule_gains_are_the_calibrated_expected_return_net_of_the_exposure_chang
     best = np.where(allowed, gains, -np.inf).argmax(axis=1)
     edge = gains[np.arange(64), best] - gains[:, HOLD]
     assert rule.choose(logits, state).tolist() == np.where(edge > rule.margin, best, HOLD).tolist()
+    # the server's one-row call decides as the batch does
+    assert [rule.choose_row(row, int(s)) for row, s in zip(logits, state)] == rule.choose(logits, state).tolist()
 
 
 def test_rule_refuses_logits_or_states_of_the_wrong_shape_or_range():
@@ -146,6 +148,10 @@ def test_rule_refuses_logits_or_states_of_the_wrong_shape_or_range():
         _rule(0.0).choose(np.zeros((2, 4)), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="states: must be in 0..2"):
         _rule(0.0).choose(np.zeros((2, 5)), np.array([0, 3]))
+    with pytest.raises(ValueError, match="logits"):
+        _rule(0.0).choose_row(np.zeros(4), 0)
+    with pytest.raises(ValueError, match="state: must be in 0..2"):
+        _rule(0.0).choose_row(np.zeros(5), -1)
 
 
 def test_rule_only_takes_the_actions_the_position_state_allows():

@@ -179,7 +179,7 @@ class InputPipeline:
         logits = np.asarray(heads["policy_logits"], np.float64)
         probs = softmax(logits)
         rule = self.artifacts.decision_rule
-        best = int(probs.argmax()) if rule is None else int(rule.choose(logits[None], np.array([state]))[0])
+        best = int(probs.argmax()) if rule is None else rule.choose_row(logits, state)
         regime = np.asarray(heads["regime_probs"], np.float64)
         scale = self.artifacts.target_scale
         return Decision(ACTIONS[best], float(heads["quantity"]), probs.tolist(), float(probs[best]),

@@ -106,6 +106,16 @@ class DecisionRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """[B] int64 action indices for policy logits [B, 5] in position states [B]."""
         return _decide(self.gains(logits, state), self.margin)
 
+    def choose_row(self, logits: np.ndarray, state: int) -> int:
+        """``choose`` for one row, logits [5] (the server's case): one compiled call."""
+        logits = np.asarray(logits, np.float64)
+        if logits.shape != (len(ACTIONS),):
+            raise ValueError(f"logits [{len(ACTIONS)}] expected, got shape {list(logits.shape)}")
+        if not 0 <= state < len(ALLOWED):
+            raise ValueError(f"state: must be in 0..{len(ALLOWED) - 1} (FLAT, LONG, SHORT), got {state}")
+        return int(_choose_row(logits, state, self.temperature, np.asarray(self.class_returns, np.float64), _AFTER,
+                               _BEFORE, _MASK, self.cost, self.margin, HOLD))
+
 
 def _decide(gains: np.ndarray, margin: float) -> np.ndarray:
     out = np.empty(len(gains), np.int64)
@@ -118,38 +128,56 @@ def _decide(gains: np.ndarray, margin: float) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _row_gains(logits: np.ndarray, s: int, temperature: float, class_returns: np.ndarray, after: np.ndarray,
+               before: np.ndarray, allowed: np.ndarray, cost: float, probs: np.ndarray, out: np.ndarray) -> None:
+    """out[a]: e_a * mu - |e_a - e_s| * cost / 2 where state s allows action a, else -inf; mu is the expected
+    forward return under the calibrated probabilities softmax(logits / temperature). ``probs``: scratch."""
+    n_actions = logits.shape[0]
+    top = -np.inf
+    for a in range(n_actions):
+        top = max(top, logits[a] / temperature)
+    total = 0.0
+    for a in range(n_actions):
+        probs[a] = math.exp(logits[a] / temperature - top)
+        total += probs[a]
+    mu = 0.0
+    for a in range(n_actions):
+        mu += probs[a] / total * class_returns[s, a]
+    for a in range(n_actions):
+        gain = after[s, a] * mu - abs(after[s, a] - before[s]) * (cost / 2)
+        out[a] = gain if allowed[s, a] else -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _best(gains: np.ndarray, margin: float, hold: int) -> int:
+    """The best action (the first of equals) where its gain beats HOLD's by more than ``margin``, else HOLD."""
+    best = 0
+    for a in range(1, gains.shape[0]):
+        if gains[a] > gains[best]:
+            best = a
+    return best if gains[best] - gains[hold] > margin else hold
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gain_rows(logits: np.ndarray, state: np.ndarray, temperature: float, class_returns: np.ndarray,
                after: np.ndarray, before: np.ndarray, allowed: np.ndarray, cost: float, out: np.ndarray) -> None:
-    """out[b, a]: e_a * mu - |e_a - e_s| * cost / 2 where state s allows action a, else -inf; mu is the expected
-    forward return under the calibrated probabilities softmax(logits / temperature)."""
-    n_actions = logits.shape[1]
-    probs = np.empty(n_actions)
+    probs = np.empty(logits.shape[1])
     for b in range(logits.shape[0]):
-        s = state[b]
-        top = -np.inf
-        for a in range(n_actions):
-            top = max(top, logits[b, a] / temperature)
-        total = 0.0
-        for a in range(n_actions):
-            probs[a] = math.exp(logits[b, a] / temperature - top)
-            total += probs[a]
-        mu = 0.0
-        for a in range(n_actions):
-            mu += probs[a] / total * class_returns[s, a]
-        for a in range(n_actions):
-            gain = after[s, a] * mu - abs(after[s, a] - before[s]) * (cost / 2)
-            out[b, a] = gain if allowed[s, a] else -np.inf
+        _row_gains(logits[b], state[b], temperature, class_returns, after, before, allowed, cost, probs, out[b])
 
 
 @njit(cache=True, nogil=True)
 def _decide_rows(gains: np.ndarray, margin: float, hold: int, out: np.ndarray) -> None:
-    """The best action (the first of equals) where its gain beats HOLD's by more than ``margin``, else HOLD."""
     for b in range(gains.shape[0]):
-        best = 0
-        for a in range(1, gains.shape[1]):
-            if gains[b, a] > gains[b, best]:
-                best = a
-        out[b] = best if gains[b, best] - gains[b, hold] > margin else hold
+        out[b] = _best(gains[b], margin, hold)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _choose_row(logits: np.ndarray, s: int, temperature: float, class_returns: np.ndarray, after: np.ndarray,
+                before: np.ndarray, allowed: np.ndarray, cost: float, margin: float, hold: int) -> int:
+    gains = np.empty(logits.shape[0])
+    _row_gains(logits, s, temperature, class_returns, after, before, allowed, cost, np.empty(logits.shape[0]), gains)
+    return _best(gains, margin, hold)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

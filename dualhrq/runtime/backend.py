@@ -20,7 +20,6 @@ import logging
 import time
 
 import zmq
-import zmq.asyncio
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,6 @@ HEARTBEAT_S = 0.5
 TIMEOUT_S = 3.0
 
 
-def _discard(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()  # a control frame that could not leave is simply sent again next beat
-
-
 class BrokerLink:
     """A worker's registration with the broker: heartbeats, reconnects after TIMEOUT_S of silence, and the
     number of live workers the broker last announced (what `pong.workers` reports)."""
@@ -45,10 +39,10 @@ class BrokerLink:
         self.address, self.slot = address, slot
         self.workers = 1  # this one, until the broker says more
         self._heartbeat_s, self._timeout_s = heartbeat_s, timeout_s
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: zmq.Socket | None = None
         self._heard = time.monotonic()
 
-    def attach(self, sock: zmq.asyncio.Socket) -> None:
+    def attach(self, sock: zmq.Socket) -> None:
         """Connect the worker's DEALER and register at once."""
         sock.connect(self.address)
         self._sock = sock
@@ -87,4 +81,7 @@ class BrokerLink:
 
     def _send(self, *control: bytes) -> None:
         if self._sock is not None:
-            self._sock.send_multipart([b"", *control], zmq.NOBLOCK).add_done_callback(_discard)
+            try:
+                self._sock.send_multipart([b"", *control], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # a control frame that could not leave is simply sent again next beat
