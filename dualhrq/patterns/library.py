@@ -60,14 +60,21 @@ def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str,
     """Brute-force k nearest among ``vectors[rows]`` (default: all): their rows [B, k] and distances [B, k] float64,
     nearest first, the lower row first among equals. hnswlib's distances: squared L2, or 1 - inner product
     (cosine normalises both sides)."""
+    return knn_transposed(queries, np.ascontiguousarray(np.asarray(vectors, np.float32).T), k, space, rows)
+
+
+def knn_transposed(queries: np.ndarray, vectors_t: np.ndarray, k: int, space: str,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``exact_knn`` on the vectors transposed ([E, n] float32, C-contiguous): the layout in which the scan
+    runs along the entries, several at a time (measured: ~4 us for 3,600 entries of 16 dims, against ~27 us
+    entry by entry). Every entry's distance is computed; ``rows`` selects among them."""
     q = np.ascontiguousarray(queries, np.float32)
-    v = np.ascontiguousarray(vectors, np.float32)
-    rows = np.arange(len(v)) if rows is None else np.asarray(rows, np.int64)
+    rows = np.arange(vectors_t.shape[1]) if rows is None else np.asarray(rows, np.int64)
     k = min(k, len(rows))
     idx = np.empty((len(q), k), np.int64)
     dist = np.empty((len(q), k), np.float64)
     if k:
-        _knn_rows(q, v, rows, _SPACES.index(space), idx, dist)
+        _knn_rows(q, vectors_t, rows, _SPACES.index(space), idx, dist)
     return idx, dist
 
 
@@ -75,50 +82,51 @@ _SPACES = ("l2", "cosine", "ip")
 
 
 @njit(cache=True, nogil=True)
-def _knn_rows(q: np.ndarray, v: np.ndarray, rows: np.ndarray, space: int, idx: np.ndarray, dist: np.ndarray) -> None:
-    """All distances of a query, then its k best by insertion: at the few thousand entries a serving library
-    holds this is cheaper than a graph search, and its cost is fixed, so the caller's thread may run it (the
-    retriever does) where a graph search's time could not be bounded."""
-    n, width, k = rows.shape[0], v.shape[1], idx.shape[1]
+def _knn_rows(q: np.ndarray, vt: np.ndarray, rows: np.ndarray, space: int, idx: np.ndarray,
+              dist: np.ndarray) -> None:
+    """Every entry's distance, summed over the dimensions in order (one pass per dimension, along the entries),
+    then the k best of ``rows`` by insertion. At the few thousand entries a serving library holds this is
+    cheaper than a graph search, and its cost is fixed, so the caller's thread may run it (the retriever does)
+    where a graph search's time could not be bounded."""
+    width, n, k = vt.shape[0], vt.shape[1], idx.shape[1]
     scale = np.ones(n)  # cosine: 1 / |v|
     if space == 1:
-        for j in range(n):
-            s = 0.0
-            for e in range(width):
-                s += np.float64(v[rows[j], e]) * np.float64(v[rows[j], e])
-            scale[j] = 1.0 / max(math.sqrt(s), 1e-30)
-    d = np.empty(n)
-    x = np.empty(width)
-    for b in range(q.shape[0]):
+        sq = np.zeros(n)
         for e in range(width):
-            x[e] = q[b, e]
-        if space == 0:
             for j in range(n):
-                s = 0.0
-                for e in range(width):
-                    diff = x[e] - v[rows[j], e]
-                    s += diff * diff
-                d[j] = s
-        else:
-            qs = 1.0
-            if space == 1:
-                qs = 1.0 / max(math.sqrt((x * x).sum()), 1e-30)
-            for j in range(n):
-                s = 0.0
-                for e in range(width):
-                    s += x[e] * v[rows[j], e]
-                d[j] = 1.0 - s * qs * scale[j]
-        filled = 0
+                sq[j] += np.float64(vt[e, j]) * np.float64(vt[e, j])
         for j in range(n):
-            if filled == k and d[j] >= dist[b, k - 1]:
+            scale[j] = 1.0 / max(math.sqrt(sq[j]), 1e-30)
+    d = np.empty(n)
+    for b in range(q.shape[0]):
+        d[:] = 0.0
+        qq = 0.0
+        for e in range(width):
+            x = np.float64(q[b, e])
+            qq += x * x
+            if space == 0:
+                for j in range(n):
+                    diff = x - vt[e, j]
+                    d[j] += diff * diff
+            else:
+                for j in range(n):
+                    d[j] += x * vt[e, j]
+        if space != 0:
+            qs = 1.0 / max(math.sqrt(qq), 1e-30) if space == 1 else 1.0
+            for j in range(n):
+                d[j] = 1.0 - d[j] * qs * scale[j]
+        filled = 0
+        for r in rows:
+            dr = d[r]
+            if filled == k and dr >= dist[b, k - 1]:
                 continue
             pos = min(filled, k - 1)
-            while pos > 0 and dist[b, pos - 1] > d[j]:  # strictly: an equal distance keeps the earlier row first
+            while pos > 0 and dist[b, pos - 1] > dr:  # strictly: an equal distance keeps the earlier row first
                 dist[b, pos] = dist[b, pos - 1]
                 idx[b, pos] = idx[b, pos - 1]
                 pos -= 1
-            dist[b, pos] = d[j]
-            idx[b, pos] = rows[j]
+            dist[b, pos] = dr
+            idx[b, pos] = r
             filled = min(filled + 1, k)
 
 
@@ -183,6 +191,7 @@ class PatternLibrary:
         self.cfg = cfg
         self.outcome_scale = float(outcome_scale)
         self._lock = ReadWriteLock()
+        self._transposed: np.ndarray | None = None  # `_embedding_t`
 
     # ------------------------------------------------------------ size and search width
 
@@ -248,6 +257,7 @@ class PatternLibrary:
                                      expires_at=exp, outcome=out, regime=reg, quality=qual)
             labels = self._rows["label"][rows]
             self._index.add_items(emb, labels.astype(np.uint64), replace_deleted=True)
+            self._transposed = None
             self._refresh_bounds()
         return labels
 
@@ -365,8 +375,19 @@ class PatternLibrary:
 
     def _exact(self, q: np.ndarray, eligible: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         candidates = np.flatnonzero(self._rows["alive"] if eligible is None else eligible)
-        rows, d = exact_knn(q, self._rows["embedding"], k, self.cfg.space, candidates)
+        if self.bounded:  # every row's distance, in the layout the scan is fast in
+            rows, d = knn_transposed(q, self._embedding_t(), k, self.cfg.space, candidates)
+        else:  # a few eligible among many rows: scan just those
+            found, d = exact_knn(q, self._rows["embedding"][candidates], k, self.cfg.space)
+            rows = candidates[found]
         return rows, d.astype(np.float32)
+
+    def _embedding_t(self) -> np.ndarray:
+        """The rows' embeddings transposed [E, slots], kept until an `add` changes them (readers may build it
+        at once: each builds the same array). The caller holds the read lock."""
+        if self._transposed is None or self._transposed.shape[1] != self.slots:
+            self._transposed = np.ascontiguousarray(self._rows["embedding"].T)
+        return self._transposed
 
     def _gather(self, rows: np.ndarray, dist: np.ndarray) -> Hits:
         g = self._rows.gather(rows, _HIT_FIELDS)
