@@ -293,6 +293,10 @@ def test_exact_search_finds_the_k_nearest_as_a_full_sort_does_and_keeps_the_earl
     rows, _ = exact_knn(q, v, 4, space, some)
     np.testing.assert_array_equal(rows, some[np.argsort(full[:, some], axis=1, kind="stable")[:, :4]])
     assert exact_knn(q, v, 4, space, some[:2])[0].shape == (len(q), 2)
+    with pytest.raises(DataError, match="rows: must be in 0..499"):  # the compiled scan reads unchecked
+        exact_knn(q, v, 4, space, np.array([3, 500]))
+    with pytest.raises(DataError, match="queries"):
+        exact_knn(q[:, :3], v, 4, space)
 
 
 def test_a_library_within_the_exact_bound_answers_serving_lookups_without_the_graph(monkeypatch):

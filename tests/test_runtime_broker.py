@@ -260,3 +260,26 @@ def test_real_workers_report_the_live_count_leave_when_stopping_and_re_register_
     finally:
         b.stop()
         shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+
+def test_the_broker_link_tells_the_server_after_every_call_on_their_shared_socket():
+    """Its heartbeats share the worker's socket: each can take the descriptor's wake-up for a request, so the
+    server is told to look again after each one."""
+    from dualhrq.runtime.backend import BrokerLink
+
+    ctx = zmq.Context.instance()
+    back = ctx.socket(zmq.ROUTER)
+    port = back.bind_to_random_port("tcp://127.0.0.1")
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    looked: list[int] = []
+    link = BrokerLink(f"tcp://127.0.0.1:{port}", "a")
+    try:
+        link.attach(sock, lambda: looked.append(1))  # registers: one send
+        link.leave()
+        assert len(looked) == 2
+        assert back.poll(2000) and back.recv_multipart()[2:] == [HEARTBEAT, b"a"]
+    finally:
+        sock.close(0)
+        back.close(0)

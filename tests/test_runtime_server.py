@@ -242,3 +242,61 @@ def test_prometheus_metrics_are_served_on_the_metrics_port(tiny_config):
                  'dualhrq_undeliverable_replies_total 0.0', 'dualhrq_ready 1.0'):
         assert line in text, line
 
+
+
+def test_a_request_whose_wake_up_another_socket_call_took_is_still_taken_and_in_arrival_order():
+    """The socket's descriptor is edge-triggered: any call on the socket (a send, a heartbeat, a poll) can take
+    the wake-up of a request that arrived meanwhile. The loop looks again, so it is not left waiting."""
+    import zmq
+
+    server = Server(ServeConfig(bind="tcp://127.0.0.1:*"), lambda path, hooks: None, "b")
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    client = ctx.socket(zmq.DEALER)
+    client.connect(f"tcp://127.0.0.1:{port}")
+    taken: list[bytes] = []
+
+    async def handle(frames: list, t0: float) -> None:
+        taken.append(frames[-1])
+        server._in_flight -= 1
+
+    server._handle = handle  # type: ignore[method-assign]
+
+    async def main() -> None:
+        server._loop, server._sock = asyncio.get_running_loop(), sock
+        receiving = asyncio.create_task(server._receive())
+        await asyncio.sleep(0.05)
+        client.send(b"first")
+        client.send(b"second")
+        assert sock.poll(1000)  # a call on the socket: it takes the descriptor's wake-up for both
+        await asyncio.sleep(0.5)
+        server._stopping.set()
+        await receiving
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close(0)
+        sock.close(0)
+    assert taken == [b"first", b"second"] and server._in_flight == 0
+
+
+def test_a_burst_beyond_the_in_flight_limit_admits_the_first_to_arrive(tiny_config):
+    import msgpack
+    import zmq
+
+    server = server_for(tiny_config, serve_config(max_in_flight=2), engine=CountingEngine(delay_s=0.05),
+                        max_batch=1, queue_max=100)
+    with ServerThread(server) as st:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(st.address)
+        for i in range(6):  # at once: the server takes them all in one wake-up
+            sock.send_multipart([b"", msgpack.packb(signal_body(f"r{i}"))])
+        replies = {}
+        while len(replies) < 6 and sock.poll(5000):
+            reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+            replies[reply["id"]] = reply.get("code", reply["type"])
+        sock.close()
+    assert replies == {"r0": "signal", "r1": "signal", **{f"r{i}": "overloaded" for i in range(2, 6)}}

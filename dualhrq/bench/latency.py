@@ -36,10 +36,11 @@ service time at a fixed load and, by construction, cannot see stalls.
 patterns.fault.delay_ms; with --connect the phase switches patterns off with the admin command instead), to show
 what failing open to regime-only conditioning costs.
 
---floor (with --bundle) adds a last phase against an echo process in place of the server, which does no host
-work: it reads as many bytes as the served graph before each reply (evicting the caches as the engine does) and
-reports that pass as its engine time. Its end-to-end minus engine is the transport floor, the ZeroMQ round trip
-between two processes on cold caches: the part of the server's own figure no host code can remove.
+--floor (with --bundle) adds a last phase against an echo process in place of the server, which does none of the
+model's host work: it reads as many bytes as the served graph before each reply (evicting the caches as the
+engine does), decodes the request and encodes a reply, and reports the pass as its engine time. Its end-to-end
+minus engine is the transport floor, the ZeroMQ round trip between two processes on cold caches, under the
+server's own figure. It has no broker hop: compare it with a one-worker server.
 """
 
 
@@ -136,10 +137,11 @@ class _Offset:
 def _graph_bytes(bundle: str, config: str | None) -> int:
     """The size of the graph a server started with ``config`` serves from ``bundle``."""
     from dualhrq.export.bundle import load_bundle
+    from dualhrq.export.segment import graph_files
     from dualhrq.runtime.host import read_overlay, serve_settings
 
     precision = serve_settings(bundle, read_overlay(config) if config else {}, config or "bundle").serve.precision
-    return load_bundle(bundle, verify=False).graph_path(precision).stat().st_size
+    return sum(f.stat().st_size for f in graph_files(load_bundle(bundle, verify=False).graph_path(precision)))
 
 
 def run_latency_bench(args: argparse.Namespace) -> int:

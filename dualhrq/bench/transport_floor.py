@@ -1,11 +1,12 @@
-"""The transport floor: what one reply costs with no host work at all, measured beside the server.
+"""The transport floor: what one reply costs without the model's host work, measured beside the server.
 
 `bench latency --floor` sends the same requests to this echo: a process with the server's socket (a ROUTER
 bound on TCP) that answers each request at once, after one pass over as many bytes as the served graph. The
 engine reads every weight at every segment, and that pass evicts the caches the way the engine's does, so the
-ZeroMQ round trip that follows runs on caches as cold as a real request's. The reply reports the pass as its
-engine time: end-to-end minus engine of this phase is the floor under the server's own figure, the part of it
-that no host code can remove.
+ZeroMQ round trip that follows runs on caches as cold as a real request's. Its only other work is to decode the
+request and encode a reply, in Python, and it has no broker hop (the server's `--workers` would add one). The
+reply reports the pass as its engine time: end-to-end minus engine of this phase is the floor under the server's
+own figure: the round trip itself, with no bars, features, retrieval or decision.
 
     python -m dualhrq.bench.transport_floor --bind tcp://127.0.0.1:5599 --pass-bytes 50000000
 """
@@ -54,11 +55,12 @@ def serve_echo(bind: str, pass_bytes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dualhrq.bench.transport_floor", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bind", required=True, help="address to bind, e.g. tcp://127.0.0.1:5599")
-    p.add_argument("--pass-bytes", type=int, default=0, help="bytes read before each reply (the graph's size)")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m dualhrq.bench.transport_floor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bind", required=True, help="address to bind, e.g. tcp://127.0.0.1:5599")
+    parser.add_argument("--pass-bytes", type=int, default=0,
+                        help="bytes read before each reply (the graph's size)")
+    args = parser.parse_args(argv)
     serve_echo(args.bind, args.pass_bytes)
 
 

@@ -19,9 +19,9 @@ from dualhrq.config import load_config
 def register(subparsers: argparse._SubParsersAction) -> None:
     index = subparsers.add_parser(
         "index", help="the pattern library (build it from real data)",
-        description="The pattern library: past windows of market data and what followed them, searched with "
-                    "hnswlib at serve time (failing open to regime-only when slow). Its recall and latency: "
-                    "`dualhrq bench index`.")
+        description="The pattern library: past windows of market data and what followed them, searched at "
+                    "serve time (exactly up to 4,096 entries, with hnswlib beyond; failing open to regime-only "
+                    "when slow). hnswlib's recall and latency: `dualhrq bench index`.")
     index_sub = index.add_subparsers(dest="index_command", metavar="INDEX", required=True)
     build = index_sub.add_parser(
         "build", help="build the pattern library, encoder and regimes from the training window",

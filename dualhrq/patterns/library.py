@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 _NS_PER_DAY = 86_400 * 10**9
 # When at most this many entries qualify for an as_of, or they are under _EXACT_FRACTION of the live ones, the
-# compiled exact search over just those entries (~30 us per query over 3,600 entries of 16 dims) beats the graph,
-# and over-fetching from it. A query over at most this many is `bounded`: its cost is fixed.
+# compiled exact search beats the graph and over-fetching from it. A library of at most this many rows is
+# `bounded`: every query scans all of them (~4 us per query over 3,600 entries of 16 dims), a fixed cost.
 EXACT_MAX = 4096
 _EXACT_FRACTION = 0.1
 _OVERFETCH = 2.0  # graph candidates fetched per needed hit, beyond the share that fails the time filter
@@ -58,8 +58,8 @@ _FILES = ("index.bin", "meta.npz", "library.json")
 def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str,
               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force k nearest among ``vectors[rows]`` (default: all): their rows [B, k] and distances [B, k] float64,
-    nearest first, the lower row first among equals. hnswlib's distances: squared L2, or 1 - inner product
-    (cosine normalises both sides)."""
+    nearest first, the one earlier in ``rows`` first among equals. hnswlib's distances: squared L2, or 1 - inner
+    product (cosine normalises both sides)."""
     return knn_transposed(queries, np.ascontiguousarray(np.asarray(vectors, np.float32).T), k, space, rows)
 
 
@@ -69,7 +69,14 @@ def knn_transposed(queries: np.ndarray, vectors_t: np.ndarray, k: int, space: st
     runs along the entries, several at a time (measured: ~4 us for 3,600 entries of 16 dims, against ~27 us
     entry by entry). Every entry's distance is computed; ``rows`` selects among them."""
     q = np.ascontiguousarray(queries, np.float32)
-    rows = np.arange(vectors_t.shape[1]) if rows is None else np.asarray(rows, np.int64)
+    vectors_t = np.ascontiguousarray(vectors_t, np.float32)
+    rows = np.arange(vectors_t.shape[1]) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+    # The compiled scan reads without bounds checks: check here what it will index.
+    if q.ndim != 2 or vectors_t.ndim != 2 or q.shape[1] != vectors_t.shape[0]:
+        raise DataError(f"queries [B, E] and vectors [E, n] expected, got shapes {list(q.shape)} and "
+                        f"{list(vectors_t.shape)}")
+    if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < vectors_t.shape[1]:
+        raise DataError(f"rows: must be in 0..{vectors_t.shape[1] - 1}, got {int(rows.min())}..{int(rows.max())}")
     k = min(k, len(rows))
     idx = np.empty((len(q), k), np.int64)
     dist = np.empty((len(q), k), np.float64)
@@ -288,10 +295,11 @@ class PatternLibrary:
 
     def try_pattern_context(self, embeddings: np.ndarray, as_of: int, pattern_dim: int,
                             k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``pattern_context``, or None at once when a library update holds or awaits the index."""
+        """``pattern_context`` when it is of fixed cost (`bounded`), or None at once: the library is bigger, or
+        an update holds or awaits the index."""
         q = finite_matrix(embeddings, "embeddings", self.dim, np.float32)
         with self._lock.read(blocking=False) as held:
-            return self._pattern_context(q, as_of, pattern_dim, k) if held else None
+            return self._pattern_context(q, as_of, pattern_dim, k) if held and self.bounded else None
 
     def _pattern_context(self, q: np.ndarray, as_of: int | np.ndarray, pattern_dim: int,
                          k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """How good and how fast the pattern index is: recall@k against exact search, and single-query latency, per ef.
 
 hnswlib is approximate; ``ef`` trades recall for time. The benchmark holds out some real-data windows as
-queries, indexes the rest, and compares hnswlib's k nearest with brute force (numpy, float64) at each ef.
+queries, indexes the rest, and compares hnswlib's k nearest with brute force (`exact_knn`: float32 vectors,
+float64 distances) at each ef.
 Latency is one query at a time through ``PatternLibrary.query`` (time filter and metadata copy included),
 which is what the runtime pays per request.
 """

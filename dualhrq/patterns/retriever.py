@@ -147,11 +147,11 @@ class Retriever:
         return shape[0]
 
     def _inline(self, pattern_features: np.ndarray, as_of: int | np.ndarray, batch: int) -> RetrievalResult | None:
-        """The lookup on the caller's thread when its cost is fixed: the library's exact search over a few
-        thousand entries (dearer than the hand-off to a worker and back, measured, it is not) and no update
-        holding the index. None: a worker must search (a graph search, an update, or a fault drill, which stands
+        """The lookup on the caller's thread when its cost is fixed: one query, the library's exact search over
+        a few thousand entries (dearer than the hand-off to a worker and back, measured, it is not) and no
+        update holding the index. None: a worker must search (a graph search, an update, or a fault drill, which stands
         for an index whose time cannot be bounded)."""
-        if not (self.enabled and self.library.bounded and not self._delay_s and not self._error_rate
+        if not (batch == 1 and self.enabled and self.library.bounded and not self._delay_s and not self._error_rate
                 and isinstance(as_of, (int, np.integer))):
             return None
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -40,12 +41,15 @@ class BrokerLink:
         self.workers = 1  # this one, until the broker says more
         self._heartbeat_s, self._timeout_s = heartbeat_s, timeout_s
         self._sock: zmq.Socket | None = None
+        self._after_io: Callable[[], object] = lambda: None
         self._heard = time.monotonic()
 
-    def attach(self, sock: zmq.Socket) -> None:
-        """Connect the worker's DEALER and register at once."""
+    def attach(self, sock: zmq.Socket, after_io: Callable[[], object] = lambda: None) -> None:
+        """Connect the worker's DEALER and register at once. ``after_io`` runs after every operation here on the
+        socket: one can take the edge of its descriptor for a request that arrived meanwhile, and the server
+        must look again."""
         sock.connect(self.address)
-        self._sock = sock
+        self._sock, self._after_io = sock, after_io
         self._heard = time.monotonic()
         self._send(HEARTBEAT, self.slot.encode())
 
@@ -73,6 +77,7 @@ class BrokerLink:
                     pass  # the old connection is already gone
                 self._sock.connect(self.address)
                 self._heard = time.monotonic()
+                self._after_io()
             self._send(HEARTBEAT, self.slot.encode())
 
     def leave(self) -> None:
@@ -85,3 +90,4 @@ class BrokerLink:
                 self._sock.send_multipart([b"", *control], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # a control frame that could not leave is simply sent again next beat
+            self._after_io()

@@ -174,13 +174,14 @@ class ModelHost:
             prepared = self.prepare(bars, self.key(bars), req.instrument, req.timeframe)
             timings.append(time.perf_counter() - t)
         self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
-        if self.retriever is not None:  # the index's first query pays for page faults and thread start-up
+        if self.retriever is not None:  # the index's first query pays for page faults (and a worker's start-up)
             for _ in range(rounds):
                 self.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
         context, mask = self.regime_only()
         self.batcher.warm({**prepared.inputs, "pattern_context": context, "pattern_mask": mask}, rounds)
         if self.inputs.rule is not None:  # its compiled loops load (or compile, on a fresh install) now
             self.inputs.rule.choose(np.zeros((1, len(ACTIONS))), np.zeros(1, np.int64))
+            self.inputs.rule.choose_row(np.zeros(len(ACTIONS)), 0)  # the server's one-row call
         log.info("warmed %s: features %.0f us (%s), engine batches 1..%d", self.name, 1e6 * float(np.median(timings)),
                  "inline" if self.features_inline else "in a thread", self.batcher.max_batch)
 

@@ -1,11 +1,11 @@
 """The server: asyncio + a ZeroMQ ROUTER socket speaking protocol v1 (docs/PROTOCOL.md).
 
-One receive loop, never cancelled, turns each message into a task; each task sends exactly one reply. The
-loop itself only decodes, validates and routes: features run in a thread when they cost more than ~0.2 ms
-and other requests are in flight, retrieval on the loop when its cost is fixed, else on the retriever's bounded
-pool with its timeout (failing open), the engine on the one inference thread behind the batcher's bounded queue. Replies leave with
-ROUTER_MANDATORY and without blocking: a reply ZeroMQ cannot deliver (peer gone, its queue full) is counted
-and dropped, never waited on.
+A reader on the socket's descriptor turns each message into a task; each task sends exactly one reply. The
+loop itself only decodes, validates and routes: features run in a thread when they cost more than ~0.2 ms and
+other requests are in flight, retrieval on the loop when its cost is fixed, else on the retriever's bounded
+pool with its timeout (failing open), the engine on the one inference thread behind the batcher's bounded
+queue. Replies leave with ROUTER_MANDATORY and without blocking: a reply ZeroMQ cannot deliver (peer gone, its
+queue full) is counted and dropped, never waited on.
 
 Per signal: decode+validate -> features -> retrieval -> queue -> engine (ACT) -> compliance gate -> reply,
 with `timing_us` for each stage. Retrieval starts once the features are computed: on the loop's thread when its
@@ -67,6 +67,9 @@ class Relay(Protocol):
     async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
 
 GIL_SWITCH_S = 0.0005
+# How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
+# descriptor missed (an operation on the socket can take a message's edge).
+RESCAN_S = 0.05
 
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
 _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
@@ -92,7 +95,8 @@ class Server:
         self._host: ModelHost | None = None
         self._patterns_enabled = True
         self._upstream = 0  # signals past decode and not yet queued: the batcher's hint to wait for more
-        self._in_flight = 0
+        self._in_flight = 0  # taken from the socket and not yet answered
+        self._running = 0  # of those, whose task has started: what the in-flight limit admits by, in order
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -130,7 +134,7 @@ class Server:
         sock.setsockopt(zmq.LINGER, int(self.serve.drain_timeout_s * 1000))
         self._curve.secure(self._ctx, sock)
         if self._link:
-            self._link.attach(sock)
+            self._link.attach(sock, self._waiting)
             self.endpoint = self._link.address
         else:
             sock.bind(self.serve.bind)
@@ -197,7 +201,9 @@ class Server:
         self._loop.add_reader(fd, self._take)
         self._take()  # what arrived before the reader was there
         try:
-            await self._stopping.wait()
+            while not self._stopping.is_set():
+                await asyncio.sleep(RESCAN_S)
+                self._waiting()
         finally:
             self._loop.remove_reader(fd)
 
@@ -253,6 +259,7 @@ class Server:
         self._waiting()
 
     async def _handle(self, frames: list, t0: float) -> None:
+        self._running += 1
         kind, reply = "unknown", None
         try:
             body = frames[-1] if self._copy else frames[-1].bytes
@@ -265,6 +272,7 @@ class Server:
             reply = p.ErrorReply(id=None, code="internal", message="internal error")
         finally:
             self._in_flight -= 1
+            self._running -= 1
         self._send(frames[:-1], p.encode(reply))
         code = reply.code if isinstance(reply, p.ErrorReply) else "ok"
         self.metrics.requests.labels(kind, code).inc()
@@ -308,7 +316,7 @@ class Server:
     # ------------------------------------------------------------ signal
 
     async def _signal(self, req: p.BarRequest, t0: float) -> p.Reply:
-        if self._in_flight > self.serve.max_in_flight:
+        if self._running > self.serve.max_in_flight:
             raise p.ProtocolError("overloaded", f"more than {self.serve.max_in_flight} requests in flight")
         host = self._host
         if host is None:
@@ -375,13 +383,10 @@ class Server:
         return prepared
 
     def _alone(self) -> bool:
-        """Whether this is the only request in flight and none waits in the socket."""
-        return self._in_flight == 1 and not self._more_waiting()
-
-    def _more_waiting(self) -> bool:
-        """Whether requests wait in the socket: then this one queues, so that they are batched with it (or
-        refused as overloaded) instead of each waiting for the one before it on the loop's thread."""
-        return self._waiting()
+        """Whether this is the only request in flight and none waits in the socket (if one does, this one
+        queues, so that they are batched with it or refused as overloaded, instead of each waiting for the one
+        before it on the loop's thread)."""
+        return self._in_flight == 1 and not self._waiting()
 
     def _stream(self, req: p.Append, host: ModelHost) -> Stream:
         try:
