@@ -64,7 +64,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drill-delay-ms", type=float, default=50.0,
                    help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
     p.add_argument("--floor", action="store_true",
-                   help="last phase against an echo with no host work: the transport floor (needs --bundle)")
+                   help="last phase against an echo that only decodes and encodes: the transport floor (needs "
+                        "--bundle)")
     p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
     p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
     p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
