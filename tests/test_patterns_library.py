@@ -259,7 +259,7 @@ def test_training_context_excludes_each_samples_own_outcome_and_dropout_blanks_w
     assert not dropped_ctx[blank].any() and np.array_equal(dropped_ctx[~blank], ctx[~blank])
 
 
-@pytest.mark.parametrize("space", ["l2", "cosine"])
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
 def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
     """`pattern_context` copies only what the context holds; it must equal `context(query(...))`, padding and
     per-query times included (a padded hit's distance is inf: its similarity must read 0, not NaN)."""
@@ -272,6 +272,24 @@ def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
         np.testing.assert_array_equal(ctx.view(np.uint32), want_ctx.view(np.uint32))  # bit for bit: no -0.0
         assert np.isfinite(ctx).all()
     assert lib.pattern_context(q, 10, 12, 6)[1].sum() == 0  # nothing known yet: the regime-only path
+
+
+@pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
+def test_the_one_pass_scan_of_a_bounded_library_matches_the_full_query_after_deletions_and_with_fewer_than_k(space):
+    """Queries that see every live entry take one compiled pass (scan, gather, context); it must give what
+    `context(query(...))` gives when deleted rows sit among the live ones, and when fewer than k are live."""
+    cfg = PatternsConfig(m=8, ef_construction=64, ef=32, max_elements=2_000, space=space)
+    t = np.arange(600, dtype=np.int64) * 100
+    lib, _ = make_library(600, cfg, expires_at=np.where(t % 300 == 0, t + 60, 0))
+    assert lib.expire(10**9) == 200 and lib.bounded
+    tiny, _ = make_library(4, cfg, seed=2)
+    q = np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float32)
+    for library in (lib, tiny):
+        ctx, mask = library.pattern_context(q, 10**9, pattern_dim=12, k=6)
+        want_ctx, want_mask = library.context(library.query(q, 10**9, 6), pattern_dim=12, k=6)
+        np.testing.assert_array_equal(mask, want_mask)
+        np.testing.assert_array_equal(ctx.view(np.uint32), want_ctx.view(np.uint32))
+    assert mask.sum(axis=1).tolist() == [4] * 5
 
 
 @pytest.mark.parametrize("space", ["l2", "cosine", "ip"])

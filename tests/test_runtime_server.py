@@ -150,12 +150,20 @@ def test_reload_swaps_the_model_with_requests_in_flight_and_none_fails(tiny_conf
 
     async def traffic(address):
         async with AsyncClient(address, timeout_s=10, retries=0) as c:
-            async def stream():
-                return [await c.request(signal_body()) for _ in range(40)]
+            reloaded = asyncio.Event()
+
+            async def stream():  # requests keep coming through the swap, and a few after it
+                replies = [await c.request(signal_body())]
+                while not reloaded.is_set():
+                    replies.append(await c.request(signal_body()))
+                return replies + [await c.request(signal_body()) for _ in range(3)]
 
             async def reload_midway():
                 await asyncio.sleep(0.05)
-                return await c.admin("reload", token=TOKEN, bundle="fake-2")
+                try:
+                    return await c.admin("reload", token=TOKEN, bundle="fake-2")
+                finally:
+                    reloaded.set()
 
             *streams, reload = await asyncio.gather(stream(), stream(), stream(), reload_midway())
             return [r for s in streams for r in s], reload

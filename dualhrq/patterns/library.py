@@ -137,9 +137,20 @@ def _knn_rows(q: np.ndarray, vt: np.ndarray, rows: np.ndarray, space: int, idx: 
             filled = min(filled + 1, k)
 
 
-def similarity(distance: np.ndarray, space: str) -> np.ndarray:
-    """Map a distance to a similarity, larger = closer: 1/(1+d) for squared L2 (in (0, 1]), 1 - d otherwise."""
-    return 1.0 / (1.0 + distance) if space == "l2" else 1.0 - distance
+@njit(cache=True, nogil=True)
+def _similarity(distance: np.float32, space: int) -> np.float32:
+    """A distance as a similarity, larger = closer, in float32: 1/(1+d) for squared L2 (in (0, 1]), 1 - d
+    otherwise."""
+    one = np.float32(1.0)
+    return one / (one + distance) if space == 0 else one - distance
+
+
+@njit(cache=True, nogil=True)
+def _similarities(dist: np.ndarray, valid: np.ndarray, space: int, out: np.ndarray) -> None:
+    """out = the similarity of each hit [B, w], 0 for padding (whose distance is inf)."""
+    for b in range(dist.shape[0]):
+        for j in range(dist.shape[1]):
+            out[b, j] = _similarity(dist[b, j], space) if valid[b, j] else np.float32(0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +315,8 @@ class PatternLibrary:
     def _pattern_context(self, q: np.ndarray, as_of: int | np.ndarray, pattern_dim: int,
                          k: int) -> tuple[np.ndarray, np.ndarray]:
         """The caller holds the read lock."""
+        if self.bounded and isinstance(as_of, (int, np.integer)) and self._sees_all_live(int(as_of)):
+            return self._scanned_context(q, pattern_dim, k)
         rows, dist = self._nearest(q, as_of, k)
         valid = rows >= 0
         padded = not valid.all()
@@ -314,6 +327,18 @@ class PatternLibrary:
                 column[~valid] = 0
         return self._context(sim=self._similarity(valid, dist), valid=valid, pattern_dim=pattern_dim, k=k,
                              **fields)
+
+    def _scanned_context(self, q: np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`_pattern_context` of queries that see every live entry of a bounded library (the serving case): the
+        exact scan, the gather and the context in one compiled call, where the steps' numpy calls on arrays this
+        small would cost ten times the scan. The same kernels as the general path, so the same numbers."""
+        _check_context(pattern_dim, k)
+        ctx = np.empty((len(q), k, pattern_dim), np.float32)
+        mask = np.empty((len(q), k), np.float32)
+        r = self._rows
+        _scan_context(q, self._embedding_t(), self._live_rows, _SPACES.index(self.cfg.space), r["embedding"],
+                      r["outcome"], r["quality"], self.outcome_scale, _OUTCOME_CLIP, ctx, mask)
+        return ctx, mask
 
     def _nearest(self, q: np.ndarray, as_of: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [B, min(k, live)] of the nearest entries known at ``as_of`` (-1: padding) and their distances;
@@ -404,7 +429,9 @@ class PatternLibrary:
 
     def _similarity(self, valid: np.ndarray, dist: np.ndarray) -> np.ndarray:
         """float32 similarity of each hit, 0 for padding (whose distance is inf)."""
-        return np.where(valid, similarity(dist, self.cfg.space), 0.0).astype(np.float32)
+        out = np.empty(dist.shape, np.float32)
+        _similarities(np.ascontiguousarray(dist, np.float32), valid, _SPACES.index(self.cfg.space), out)
+        return out
 
     def context(self, hits: Hits, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """What the model consumes: (pattern_context float32 [B, K, P], pattern_mask float32 [B, K], 1 = valid).
@@ -426,11 +453,7 @@ class PatternLibrary:
     def _context(self, embedding: np.ndarray, outcome: np.ndarray, quality: np.ndarray, sim: np.ndarray,
                  valid: np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The context of hits given as their fields ([B, width], the embedding [B, width, E])."""
-        if pattern_dim < 4:
-            raise ConfigurationError(f"model.pattern_dim: must be >= 4 (embedding + outcome, quality, "
-                                     f"similarity), got {pattern_dim}")
-        if k < 1:
-            raise ConfigurationError(f"model.pattern_k: must be >= 1, got {k}")
+        _check_context(pattern_dim, k)
         ctx = np.empty((len(valid), k, pattern_dim), np.float32)
         mask = np.empty((len(valid), k), np.float32)
         _context_rows(np.ascontiguousarray(embedding, np.float32), np.ascontiguousarray(outcome, np.float32),
@@ -486,6 +509,7 @@ class PatternLibrary:
         see all of them, so it needs no per-entry time filter (an O(n) pass that would dominate a single query).
         None: no live entries, or no live entry ever expires. Caller holds the write lock."""
         live = self._rows["alive"]
+        self._live_rows = np.flatnonzero(live)  # what `_scanned_context` scans
         exp = self._rows["expires_at"][live]
         self._all_known_at = int(self._rows["available_at"][live].max()) if live.any() else None
         self._first_expiry = int(exp[exp != 0].min()) if (exp != 0).any() else None
@@ -549,6 +573,39 @@ class PatternLibrary:
         lib._refresh_bounds()
         log.info("loaded pattern library %s: %d live of %d rows, ef=%d", src, len(lib), n, lib_cfg.ef)
         return lib
+
+
+def _check_context(pattern_dim: int, k: int) -> None:
+    if pattern_dim < 4:
+        raise ConfigurationError(f"model.pattern_dim: must be >= 4 (embedding + outcome, quality, "
+                                 f"similarity), got {pattern_dim}")
+    if k < 1:
+        raise ConfigurationError(f"model.pattern_k: must be >= 1, got {k}")
+
+
+@njit(cache=True, nogil=True)
+def _scan_context(q: np.ndarray, vt: np.ndarray, live: np.ndarray, space: int, embedding: np.ndarray,
+                  outcome: np.ndarray, quality: np.ndarray, outcome_scale: float, clip: float, ctx: np.ndarray,
+                  mask: np.ndarray) -> None:
+    """The context of queries q [B, E] among every ``live`` row: `_knn_rows`, the hits' fields and similarity
+    (distances rounded to float32 first, as `_exact` returns them), then `_context_rows`."""
+    b_n, width = q.shape[0], min(mask.shape[1], live.shape[0])
+    idx = np.empty((b_n, width), np.int64)
+    dist = np.empty((b_n, width))
+    if width:
+        _knn_rows(q, vt, live, space, idx, dist)
+    emb = np.empty((b_n, width, embedding.shape[1]), np.float32)
+    out = np.empty((b_n, width), np.float32)
+    qual = np.empty((b_n, width), np.float32)
+    sim = np.empty((b_n, width), np.float32)
+    for b in range(b_n):
+        for j in range(width):
+            r = idx[b, j]
+            emb[b, j] = embedding[r]
+            out[b, j] = outcome[r]
+            qual[b, j] = quality[r]
+            sim[b, j] = _similarity(np.float32(dist[b, j]), space)
+    _context_rows(emb, out, qual, sim, np.ones((b_n, width), np.bool_), outcome_scale, clip, ctx, mask)
 
 
 @njit(cache=True, nogil=True)

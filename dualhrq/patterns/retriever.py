@@ -221,6 +221,13 @@ class Lookup:
                  batch: int) -> None:
         self._retriever, self._started, self._batch = retriever, started, batch
 
+    @property
+    def answered(self) -> RetrievalResult | None:
+        """The result if it came without a worker (searched on the caller's thread, or failed open at once);
+        None: `result` must wait for one."""
+        started = self._started
+        return started if isinstance(started, RetrievalResult) else None
+
     def result(self, timeout_s: float | None = None) -> RetrievalResult:
         """The result, waiting at most ``timeout_s`` (default cfg.timeout_ms); past it, a fail-open ``timeout``."""
         timeout = self._retriever._timeout(timeout_s)

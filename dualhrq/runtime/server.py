@@ -425,10 +425,12 @@ class Server:
         this wait."""
         reason = "disabled"
         if lookup is not None:
-            timeout_s = host.config.patterns.timeout_ms / 1000.0
-            # Alone, nothing else needs the loop: wait on the worker directly, without the round trip through
-            # the loop's wake-up pipe (~0.1 ms here). The wait keeps its bound, the timeout.
-            found = (lookup.result(timeout_s) if self._alone() else await lookup.result_async(timeout_s))
+            found = lookup.answered
+            if found is None:
+                timeout_s = host.config.patterns.timeout_ms / 1000.0
+                # Alone, nothing else needs the loop: wait on the worker directly, without the round trip
+                # through the loop's wake-up pipe (~0.1 ms here). The wait keeps its bound, the timeout.
+                found = lookup.result(timeout_s) if self._alone() else await lookup.result_async(timeout_s)
             reason = found.reason
             if reason is None:
                 return found.pattern_context, found.mask, int(found.used[0]), None
