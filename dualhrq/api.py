@@ -25,7 +25,7 @@ import torch
 from dualhrq.config import Config
 from dualhrq.data.bars import Bars
 from dualhrq.data.loader import bars_from_frame
-from dualhrq.data.resample import resample
+from dualhrq.data.resample import resample, timeframe_name
 from dualhrq.errors import DataError
 from dualhrq.inputs import InputPipeline
 from dualhrq.model import HRM, ModelInputs
@@ -64,9 +64,10 @@ class HRMPolicy:
         model, meta = load_checkpoint(d, device)
         return cls(model, meta.config, InputPipeline.load(d, meta.config))
 
-    def act(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str) -> tuple[str, float]:
-        """(action, quantity) for the bar after the window's last one."""
-        d = self.decide(observation_window, instrument, timeframe)
+    def act(self, observation_window: pd.DataFrame | Bars, instrument: str, timeframe: str,
+            timestamps: Literal["open", "close"] = "open") -> tuple[str, float]:
+        """(action, quantity) for the bar after the window's last one (``timestamps`` as in `decide`)."""
+        d = self.decide(observation_window, instrument, timeframe, timestamps)
         return d.action, d.quantity
 
     @torch.no_grad()
@@ -101,7 +102,12 @@ class HRMPolicy:
     @staticmethod
     def _fine_bars(window: pd.DataFrame | Bars, timeframe: str, timestamps: Literal["open", "close"]) -> Bars:
         if isinstance(window, Bars):
-            window.validate()
+            window.validate("observation_window")
+            if len(window) > 1:  # judged by the median spacing: weekend and holiday gaps are no new timeframe
+                spacing = timeframe_name(int(np.median(np.diff(window.t))))
+                if spacing.lower() != timeframe.lower():
+                    raise DataError(f"timeframe: {timeframe!r} given, but the observation window's bars are "
+                                    f"{spacing} apart")
             return window
         if not isinstance(window, pd.DataFrame):
             raise DataError(f"observation_window: expected a pandas DataFrame or Bars, got {type(window).__name__}")

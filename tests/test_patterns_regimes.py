@@ -66,4 +66,3 @@ def test_summary_reports_share_vol_return_and_switch_rates():
     assert s.switches_per_day == pytest.approx(3 / 2.25)
     assert s.switch_rate == pytest.approx(3 / 9)
     assert [r.exits_per_day for r in s.regimes] == pytest.approx([2 / 2.25, 1 / 2.25, 0, 0])
-    assert list(s.to_frame().columns) == ["share", "mean_vol", "mean_return", "exits_per_day"]

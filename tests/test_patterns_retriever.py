@@ -108,7 +108,7 @@ def test_stuck_pool_fails_open_as_busy_at_once_then_recovers(features):
     r.close()
 
 
-def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
+def test_an_awaited_lookup_keeps_the_deadline_without_blocking_the_loop(features):
     r = make_retriever(features)
     r.set_fault(delay_ms=1000, error_rate=0)
     ticks = 0
@@ -122,7 +122,7 @@ def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
     async def main() -> tuple[object, float]:
         task = asyncio.create_task(ticker())
         t0 = time.monotonic()
-        result = await r.retrieve_async(features[:1], as_of=10**9, timeout_s=0.1)
+        result = await r.begin(features[:1], as_of=10**9).result_async(timeout_s=0.1)
         elapsed = time.monotonic() - t0
         task.cancel()
         return result, elapsed
@@ -132,7 +132,7 @@ def test_retrieve_async_keeps_the_deadline_without_blocking_the_loop(features):
     assert_fail_open(result, "timeout", 1)
     assert ticks >= 3  # the loop kept running while retrieval waited
     r.set_fault(0, 0)
-    healthy = asyncio.run(r.retrieve_async(features[:1], as_of=10**9))  # the second worker is free
+    healthy = asyncio.run(r.begin(features[:1], as_of=10**9).result_async())  # the second worker is free
     assert healthy.reason is None
     r.close()
 

@@ -1,4 +1,4 @@
-"""The seed-001 Python API and the HRM validation predictor, on a checkpoint trained by `dualhrq train`."""
+"""The Python API (HRMPolicy) and the HRM validation predictor, on a checkpoint trained by `dualhrq train`."""
 
 import json
 from pathlib import Path
@@ -91,6 +91,16 @@ def test_too_short_a_window_is_refused_with_what_it_needs(policy):
 def test_a_window_of_another_timeframe_is_refused(policy):
     with pytest.raises(DataError, match="timeframe"):
         policy.act(_frame(1200), "EURUSD", "1d")
+    hourly = load_dataset("eurusd_1h").bars
+    with pytest.raises(DataError, match="1h apart"):  # numpy bars are checked as frames are
+        policy.act(hourly.slice(len(hourly) - 1200), "EURUSD", "1d")
+
+
+def test_act_reads_close_stamped_frames_as_decide_does(policy):
+    frame = _frame(1200)
+    closed = frame.set_axis(frame.index + pd.Timedelta(hours=1))  # the same bars, stamped at their close
+    d = policy.decide(frame, "EURUSD", "1h")
+    assert policy.act(closed, "EURUSD", "1h", timestamps="close") == (d.action, d.quantity)
 
 
 # ---------------------------------------------------------------- the validation predictor

@@ -7,8 +7,8 @@ The steps:
     bars --window--> SampleBars --key--> retrieval key --sample--> Sample --graph_inputs--> graph inputs
     (+ context: the pattern library as of the sample's time)          heads --decide--> Decision
 
-The runtime runs them one at a time, so that retrieval searches while the tokens are built; training and
-parity run `dataset_inputs` over a whole history at once, which equals the per-request steps sample by sample.
+The runtime runs them one at a time (the key, the tokens, then retrieval with that key); training and parity
+run `dataset_inputs` over a whole history at once, which equals the per-request steps sample by sample.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class InputPipeline:
         return self.builder.bars(coarse, fine, validated=validated)
 
     def key(self, bars: SampleBars) -> np.ndarray:
-        """The retrieval key [1, F] float32: computed before the rest, so that retrieval can start first."""
+        """The retrieval key [1, F] float32 of a window (the pattern features of its last bars)."""
         return self.builder.pattern_features(bars)[None]
 
     def sample(self, bars: SampleBars, key: np.ndarray | None = None) -> Sample:

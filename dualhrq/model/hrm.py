@@ -69,8 +69,8 @@ class ModelOutputs:
     quantity: torch.Tensor  # [B] in [quantity_min, quantity_max]
     value: torch.Tensor  # [B]
     q_logits: torch.Tensor  # [B, 2]: halt, continue
-    forecast_coarse: torch.Tensor  # [B] next coarse-period return (outA)
-    forecast_fine: torch.Tensor  # [B] next fine-bar return (outB)
+    forecast_coarse: torch.Tensor  # [B] next coarse-period return (the out_a label)
+    forecast_fine: torch.Tensor  # [B] return over the next data.label_horizon fine bars (the out_b label)
     regime_logits: torch.Tensor  # [B, R]
 
 
@@ -95,7 +95,8 @@ class InputNetwork(nn.Module):
         self.l_pos = nn.Parameter(torch.randn(cfg.fine_len, d_l) / self.l_pos_scale)
 
     def forward(self, x: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = torch.cat([self.instrument(x.instrument_id), self.timeframe(x.timeframe_id)], dim=-1)  # [B, 96]
+        # ctx [B, instrument_dim + timeframe_dim]
+        ctx = torch.cat([self.instrument(x.instrument_id), self.timeframe(x.timeframe_id)], dim=-1)
         h = self.h_proj(x.h_tokens) + self.h_pos_scale * self.h_pos + self.h_ctx(ctx).unsqueeze(1)  # [B, T_h, D_h]
         l = self.l_proj(x.l_tokens) + self.l_pos_scale * self.l_pos + self.l_ctx(ctx).unsqueeze(1)  # [B, T_l, D_l]
         return h, l

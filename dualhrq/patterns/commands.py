@@ -1,6 +1,6 @@
 """Command-line entry points of dualhrq.patterns: `index build`, `regimes`, and the `bench index` benchmark.
 
-The lead's cli.py calls ``register(subparsers)`` and mounts the benchmark with ``add_index_bench_args`` and
+dualhrq.cli calls ``register(subparsers)`` and mounts the benchmark with ``add_index_bench_args`` and
 ``run_index_bench`` under ``dualhrq bench index``.
 """
 
@@ -84,7 +84,7 @@ def _cmd_regimes(args: argparse.Namespace) -> int:
         for r in summary.regimes:
             print(f"{r.regime:>6} {r.share:>7.1%} {r.mean_vol:>10.5f} {r.mean_return:>+12.6f} {r.exits_per_day:>10.3f}")
         print(f"switches per day: {summary.switches_per_day:.3f}; share of bar-to-bar steps that switch: "
-              f"{summary.switch_rate:.1%} (seed target: < 5%)")
+              f"{summary.switch_rate:.1%} (under 5%: persistent enough to condition on)")
     return 0
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.patterns.arrays import finite_matrix, standardizer
@@ -101,10 +100,7 @@ class RegimeStats:
 class RegimeSummary:
     regimes: list[RegimeStats]
     switches_per_day: float  # regime changes per calendar day, all regimes
-    switch_rate: float  # share of bar-to-bar steps whose regime changes (the seed wants < 5%)
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([vars(r) for r in self.regimes]).set_index("regime")
+    switch_rate: float  # share of bar-to-bar steps whose regime changes (under 5%: persistent enough to condition on)
 
 
 def regime_summary(ids: np.ndarray, returns: np.ndarray, vol: np.ndarray, timestamps: object,

@@ -21,12 +21,10 @@ Reasons: ``disabled`` (switched off by config or the admin command), ``busy`` (n
 Fault drills: ``cfg.fault`` (or ``set_fault`` at runtime) makes every query sleep ``delay_ms`` and fail with
 probability ``error_rate``, inside the worker, exactly where a slow or broken index would.
 
-asyncio: ``retrieve_async`` awaits the same worker future with ``asyncio.wait`` and a timeout, so the event loop
-is never blocked and an overrunning query is abandoned (not cancelled) exactly as in ``retrieve``.
-
 Two steps: ``begin`` starts a retrieval and returns a ``Lookup`` at once; the caller collects the result later,
-waiting at most the timeout from then on. A result ready by then is taken without a round trip through the
-event loop.
+waiting at most the timeout from then on (``result``, or ``result_async``, which awaits the worker's future with
+a timeout, so the event loop is never blocked and an overrunning query is abandoned, not cancelled). A result
+ready by then is taken without a round trip through the event loop.
 """
 
 from __future__ import annotations
@@ -119,11 +117,6 @@ class Retriever:
                  timeout_s: float | None = None) -> RetrievalResult:
         """Pattern context for B queries, or a fail-open result, within ``timeout_s`` (default cfg.timeout_ms)."""
         return self.begin(pattern_features, as_of).result(timeout_s)
-
-    async def retrieve_async(self, pattern_features: np.ndarray, as_of: int | np.ndarray,
-                             timeout_s: float | None = None) -> RetrievalResult:
-        """``retrieve`` for asyncio: the loop keeps running while the worker queries."""
-        return await self.begin(pattern_features, as_of).result_async(timeout_s)
 
     def begin(self, pattern_features: np.ndarray, as_of: int | np.ndarray) -> Lookup:
         """Start a retrieval and return at once; the caller may do other work, then collects the result,

@@ -4,7 +4,8 @@ The halting rule (dualhrq.model.halting.halts) is defined once, for numpy arrays
 loop, the PyTorch inference loop and the training loop (dualhrq.train.act) all decide with it. A row halts once
 q_halt > q_continue after a minimum count of segments, or at a maximum count; with `act.fixed_segments > 0`
 every row runs exactly that many (predictable latency). Halted rows leave the batch, so later segments run
-only on the rows still thinking. Runs on the inference thread only.
+only on the rows still thinking. One thread runs a host's engine at a time: the batcher's, or the event loop's
+for a request alone in flight while the engine is idle (`Batcher.try_run`).
 """
 
 from __future__ import annotations

@@ -39,14 +39,6 @@ class DistContext:
         per = global_batch // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
 
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Average a tensor over ranks (metrics); identity on one rank."""
-        if self.world_size == 1:
-            return values
-        out = values.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out / self.world_size
-
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
             return values

@@ -8,9 +8,10 @@ Terms (names are the keys of ``train.loss_weights``; missing keys take DEFAULT_L
   the expectation under its (detached) probabilities of exposure-after-the-action x forward return minus the
   cost of changing exposure, from the label rule's position state (vocab.EXPOSURE_AFTER). A HOLD while long
   earns the return, so the target varies even while the policy mostly holds.
-- ``forecast_coarse`` / ``forecast_fine``: Huber loss of the outA / outB forecasts on the next coarse-period and
-  next fine-bar returns, in units of their training standard deviation (raw returns are ~1e-3: unscaled they
-  would contribute nothing; Huber because returns are fat-tailed and one crash bar must not own a batch).
+- ``forecast_coarse`` / ``forecast_fine``: Huber loss of the forecasts of out_a and out_b, the next coarse-period
+  return and the return over the next data.label_horizon fine bars, in units of their training standard
+  deviation (raw returns are ~1e-3: unscaled they would contribute nothing; Huber because returns are
+  fat-tailed and one crash bar must not own a batch).
 - ``regime``: cross-entropy of the regime classifier on the unsupervised regime labels.
 - ``q_halt``: BCE of q_halt on "this segment's policy prediction is correct" (reference HRM losses.py).
 - ``q_continue``: BCE of q_continue on the bootstrapped target from the next segment (see dualhrq.train.act).
@@ -61,8 +62,8 @@ class Targets:
     action: torch.Tensor  # [B] int64, index into heads.ACTIONS
     quantity: torch.Tensor  # [B] float, in the quantity head's range
     out_a: torch.Tensor  # [B] next coarse-period return / its scale
-    out_b: torch.Tensor  # [B] next fine-bar return / its scale
-    action_return: torch.Tensor  # [B] forward return over the action label's horizon / its scale
+    out_b: torch.Tensor  # [B] return over the next data.label_horizon fine bars / its scale
+    action_return: torch.Tensor  # [B] what the action earns: out_b too (the action label's horizon is out_b's)
     cost: torch.Tensor  # [B] round-trip cost in the same units as action_return
     regime: torch.Tensor  # [B] int64 regime label
     state: torch.Tensor  # [B] int64 the label rule's position state (FLAT, LONG, SHORT)
