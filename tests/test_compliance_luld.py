@@ -80,7 +80,7 @@ def test_bands_refuse_bad_input_naming_it(args, field):
 
 
 def test_rule_tables_are_frozen_and_versioned():
-    assert RULES_VERSION == "us-equities-2020.02.24"
+    assert RULES_VERSION == "us-equities-2020.02.24+nyse-holidays"
     assert LULD.regimes[-1].effective == date(2020, 2, 24)
     with pytest.raises(dataclasses.FrozenInstanceError):
         SSR.trigger_ratio = 0.8  # type: ignore[misc]

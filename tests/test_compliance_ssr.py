@@ -6,6 +6,7 @@ import pytest
 
 from dualhrq.compliance.sessions import NS_PER_S, next_trading_day, previous_trading_day, session_of, wall_ns
 from dualhrq.compliance.ssr import SSRState
+from dualhrq.data.market_rules import NYSE_HOLIDAYS, nyse_holidays
 from dualhrq.errors import DataError
 
 MON, TUE, WED, THU, FRI = (date(2021, 3, d) for d in (1, 2, 3, 4, 5))
@@ -154,3 +155,29 @@ def test_calendar_skips_weekends_and_holidays():
     assert session_of(at(date(2021, 3, 14), 0, 0) - 1).day == date(2021, 3, 13)
     assert session_of(at(date(2021, 3, 15), 9, 30)).open_ns == at(date(2021, 3, 15), 9, 30)
     assert at(date(2021, 3, 15), 9, 30) - at(date(2021, 3, 12), 9, 30) == (3 * 24 - 1) * 3600 * NS_PER_S
+
+
+@pytest.mark.parametrize("year, closed", [
+    (2021, [(1, 1), (1, 18), (2, 15), (4, 2), (5, 31), (7, 5), (9, 6), (11, 25), (12, 24)]),  # Sunday/Saturday shifts
+    (2022, [(1, 17), (2, 21), (4, 15), (5, 30), (6, 20), (7, 4), (9, 5), (11, 24), (12, 26)]),  # Saturday New Year
+    (2024, [(1, 1), (1, 15), (2, 19), (3, 29), (5, 27), (6, 19), (7, 4), (9, 2), (11, 28), (12, 25)]),
+    (2026, [(1, 1), (1, 19), (2, 16), (4, 3), (5, 25), (6, 19), (7, 3), (9, 7), (11, 26), (12, 25)]),
+])
+def test_the_exchange_calendar_closes_on_the_nyse_holidays_as_observed(year, closed):
+    assert sorted(nyse_holidays(year)) == [date(year, m, d) for m, d in closed]
+    assert date(year, closed[0][0], closed[0][1]) in NYSE_HOLIDAYS
+
+
+def test_the_exchange_calendar_knows_unscheduled_closures_and_keeps_new_years_eve_open():
+    assert date(2012, 10, 29) in NYSE_HOLIDAYS and date(2012, 10, 30) in NYSE_HOLIDAYS  # Hurricane Sandy
+    assert date(2021, 12, 31) not in NYSE_HOLIDAYS  # New Year's Day 2022 fell on a Saturday
+    assert next_trading_day(date(2024, 3, 28)) == date(2024, 4, 1)  # over Good Friday and the weekend
+
+
+def test_a_trigger_the_day_before_thanksgiving_lasts_through_the_friday_after_it():
+    wed, fri, mon = date(2024, 11, 27), date(2024, 11, 29), date(2024, 12, 2)
+    s = SSRState()  # the exchange's calendar by default
+    s.on_close(previous_trading_day(wed), 20.0)
+    assert s.on_trade(at(wed, 15, 0), 17.5)
+    assert s.is_active(at(fri, 15, 59))  # Thursday was no trading day: Friday is the next one
+    assert not s.is_active(at(mon, 0, 0))

@@ -17,10 +17,10 @@ from datetime import date, timedelta
 
 from dualhrq.compliance.gate import GateDecision, MarketSnapshot
 from dualhrq.compliance.luld import bands
-from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
+from dualhrq.compliance.sessions import Holidays, previous_trading_day, session_of
 from dualhrq.compliance.ssr import TRIGGER_TOLERANCE
 from dualhrq.config import RiskConfig
-from dualhrq.data.market_rules import LULD, SSR
+from dualhrq.data.market_rules import LULD, NYSE_HOLIDAYS, SSR
 
 _SLACK = 1e-9  # relative slack on limits and bands: float arithmetic, not tolerance for breaches
 _AT_BAND = 1e-9  # a quote this close to a band is at it (as in luld.py: both are whole cents in binary)
@@ -29,7 +29,7 @@ _AT_BAND = 1e-9  # a quote this close to a band is at it (as in luld.py: both ar
 class ViolationChecker:
     """Feed it every snapshot the gate saw (``record``) and every decision it made (``verify``), in order."""
 
-    def __init__(self, risk: RiskConfig, holidays: frozenset[date] = NO_HOLIDAYS) -> None:
+    def __init__(self, risk: RiskConfig, holidays: Holidays = NYSE_HOLIDAYS) -> None:
         self._risk = risk
         self._holidays = holidays
         self._first_trigger: dict[date, int] = {}  # SSR: trading day -> first triggering trade

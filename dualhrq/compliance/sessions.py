@@ -4,20 +4,22 @@ The rules speak in ET wall-clock times and trading days; the gate runs on the se
 timestamp's session (its ET day with the nanosecond bounds of that day and of regular hours) is computed
 once per day and reused: the common case is two integer comparisons.
 
-Trading days are weekdays. Exchange holidays are not modelled unless the caller passes a holiday set: a
-holiday then simply is not a trading day (so an SSR restriction set on the day before it carries over it).
+Trading days are weekdays but the exchange's holidays (by default ``NYSE_HOLIDAYS``; any container of dates will
+do): a holiday simply is not a trading day, so an SSR restriction set on the day before it carries over it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
-from dualhrq.data.market_rules import MARKET_TZ, REGULAR_CLOSE, REGULAR_OPEN
+from dualhrq.data.market_rules import MARKET_TZ, NYSE_HOLIDAYS, REGULAR_CLOSE, REGULAR_OPEN
 
 NS_PER_S = 1_000_000_000
-NO_HOLIDAYS: frozenset[date] = frozenset()
+NO_HOLIDAYS: frozenset[date] = frozenset()  # weekdays alone
+Holidays = Container[date]
 
 
 def wall_ns(day: date, at: time) -> int:
@@ -64,18 +66,18 @@ def session_of(ts: int) -> Session:
     return _latest
 
 
-def is_trading_day(day: date, holidays: frozenset[date] = NO_HOLIDAYS) -> bool:
+def is_trading_day(day: date, holidays: Holidays = NYSE_HOLIDAYS) -> bool:
     return day.weekday() < 5 and day not in holidays
 
 
-def next_trading_day(day: date, holidays: frozenset[date] = NO_HOLIDAYS) -> date:
+def next_trading_day(day: date, holidays: Holidays = NYSE_HOLIDAYS) -> date:
     day += timedelta(days=1)
     while not is_trading_day(day, holidays):
         day += timedelta(days=1)
     return day
 
 
-def previous_trading_day(day: date, holidays: frozenset[date] = NO_HOLIDAYS) -> date:
+def previous_trading_day(day: date, holidays: Holidays = NYSE_HOLIDAYS) -> date:
     day -= timedelta(days=1)
     while not is_trading_day(day, holidays):
         day -= timedelta(days=1)

@@ -15,8 +15,8 @@ from datetime import date
 
 import msgspec
 
-from dualhrq.compliance.sessions import NO_HOLIDAYS, next_trading_day, session_for_day, session_of
-from dualhrq.data.market_rules import SSR
+from dualhrq.compliance.sessions import Holidays, next_trading_day, session_for_day, session_of
+from dualhrq.data.market_rules import NYSE_HOLIDAYS, SSR
 from dualhrq.errors import DataError
 
 # Relative tolerance on the trigger price: absorbs binary rounding of decimal prices (18.00 vs 0.9 × 20.00)
@@ -35,7 +35,7 @@ class SSRSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 class SSRState:
     """Short-sale-restriction state of one instrument."""
 
-    def __init__(self, holidays: frozenset[date] = NO_HOLIDAYS) -> None:
+    def __init__(self, holidays: Holidays = NYSE_HOLIDAYS) -> None:
         self._holidays = holidays
         self._closes: list[tuple[date, float]] = []  # the two latest official closes, oldest first
         self._trigger_day: date | None = None  # day that _trigger_price belongs to
@@ -44,7 +44,7 @@ class SSRState:
         self._active_until = 0
 
     @classmethod
-    def restore(cls, snapshot: SSRSnapshot, holidays: frozenset[date] = NO_HOLIDAYS) -> SSRState:
+    def restore(cls, snapshot: SSRSnapshot, holidays: Holidays = NYSE_HOLIDAYS) -> SSRState:
         state = cls(holidays)
         state._closes = sorted(snapshot.closes)[-2:]
         state._active_from, state._active_until = snapshot.active_from, snapshot.active_until

@@ -7,18 +7,22 @@ change of rules is a change of this file and of ``RULES_VERSION``, which the run
 Simplifications, on purpose:
 - Rule 201 is enforced from its compliance date and LULD from the plan's first day (one date for every
   stock, not the plan's phase-in by tier); before those dates the rule is simply not in force.
-- Exchange holidays are not in the tables: callers that care pass a holiday set (see sessions.py).
+- Trading days are the NYSE's: weekdays but its full-day holidays (``NYSE_HOLIDAYS``: the exchange's rules for
+  observing each, and its unscheduled closures since Rule 201). Early closes (13:00) are not modelled: regular
+  hours end at 16:00 on those days too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, time
+from datetime import date, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from dualhrq.errors import DataError
 
-RULES_VERSION = "us-equities-2020.02.24"  # named after the newest regime in the tables (Amendment 18)
+# Named after the newest regime in the tables (Amendment 18), and the calendar the trading days come from.
+RULES_VERSION = "us-equities-2020.02.24+nyse-holidays"
 
 MARKET_TZ = ZoneInfo("America/New_York")
 REGULAR_OPEN = time(9, 30)
@@ -121,3 +125,76 @@ LULD = LULDRules(
         ),
     ),
 )
+
+
+# ---------------------------------------------------------------- trading days
+
+# Days the NYSE closed outside its holiday rules, from Rule 201's first day on.
+UNSCHEDULED_CLOSURES = frozenset({
+    date(2012, 10, 29), date(2012, 10, 30),  # Hurricane Sandy
+    date(2018, 12, 5),  # national day of mourning, President G. H. W. Bush
+    date(2025, 1, 9),  # national day of mourning, President Carter
+})
+
+
+def _easter(year: int) -> date:
+    """Easter Sunday in the Gregorian calendar (the anonymous Gregorian algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    lw = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 19 * lw) // 433
+    month, day = divmod(h + lw - 7 * m + 90, 25)
+    return date(year, month, (h + lw - 7 * m + 33 * month + 19) % 32)
+
+
+def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
+    """The n-th (1-based; -1: the last) ``weekday`` (Monday 0) of a month."""
+    if n > 0:
+        first = date(year, month, 1)
+        return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
+    last = date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
+    return last - timedelta(days=(last.weekday() - weekday) % 7)
+
+
+def _observed(day: date, saturday_to_friday: bool = True) -> date | None:
+    """A fixed-date holiday as the NYSE observes it: Sunday's on the Monday after, Saturday's on the Friday
+    before (None for New Year's Day: the Friday before closes a year, so the exchange stays open)."""
+    if day.weekday() == 6:
+        return day + timedelta(days=1)
+    if day.weekday() == 5:
+        return day - timedelta(days=1) if saturday_to_friday else None
+    return day
+
+
+@lru_cache(maxsize=None)
+def nyse_holidays(year: int) -> frozenset[date]:
+    """The weekdays of ``year`` on which the NYSE is closed all day."""
+    days = [
+        _observed(date(year, 1, 1), saturday_to_friday=False),
+        _nth_weekday(year, 1, 0, 3) if year >= 1998 else None,  # Martin Luther King Jr. Day
+        _nth_weekday(year, 2, 0, 3),  # Washington's Birthday
+        _easter(year) - timedelta(days=2),  # Good Friday
+        _nth_weekday(year, 5, 0, -1),  # Memorial Day
+        _observed(date(year, 6, 19)) if year >= 2022 else None,  # Juneteenth
+        _observed(date(year, 7, 4)),  # Independence Day
+        _nth_weekday(year, 9, 0, 1),  # Labor Day
+        _nth_weekday(year, 11, 3, 4),  # Thanksgiving
+        _observed(date(year, 12, 25)),  # Christmas
+    ]
+    return frozenset(d for d in days if d is not None) | {d for d in UNSCHEDULED_CLOSURES if d.year == year}
+
+
+class ExchangeHolidays:
+    """The NYSE's full-day closures as a set of dates, computed by year as they are asked for."""
+
+    def __contains__(self, day: object) -> bool:
+        return isinstance(day, date) and day in nyse_holidays(day.year)
+
+    def __repr__(self) -> str:
+        return "NYSE_HOLIDAYS"
+
+
+NYSE_HOLIDAYS = ExchangeHolidays()
