@@ -1,7 +1,11 @@
 """The one command-line entry point: `dualhrq <command>` (also `python -m dualhrq`).
 
-Each sub-package that adds commands exposes `register(subparsers)` in its `commands.py`; this module only
-assembles them, handles errors uniformly and sets up logging.
+Each sub-package that adds commands exposes `register(subparsers)` in its `commands.py`; this module
+assembles them, handles errors uniformly and sets up logging, and itself holds the few commands that have no
+sub-package of their own: `params`, `config list`, `bench forward` and `demo` (which runs the others).
+
+Building the parser imports neither torch nor onnx: it runs at every start, `dualhrq serve`'s included, and
+the serving runtime must start without PyTorch. Handlers import what they need.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
         print(f"{'total':<18}{total:>14,}{f'{b.total_min:,}-{b.total_max:,}':>24}  {'ok' if ok else 'OUT'}")
     if args.diagnose:
         rep = convergence_diagnostics(model, ModelInputs.random(cfg.model, 4))
-        print("\nconvergence diagnostics (random inputs, untrained weights unless a checkpoint is loaded):")
+        print("\nconvergence diagnostics (random inputs, untrained weights):")
         for i, (deltas, hn) in enumerate(zip(rep.l_deltas, rep.h_norms)):
             print(f"  cycle {i}: L-state relative change per step {['%.4f' % d for d in deltas]}, |z_H| {hn:.3f}")
     if problems and args.strict:
@@ -140,9 +144,9 @@ def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("forward", help="PyTorch eager forward latency of one segment",
                              description="Median and p95 of one segment's forward pass on this CPU, after warm-up.")
     p.add_argument("--config", default="hrm_27m", help="model config: a YAML path or a shipped name")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--runs", type=int, default=30, help="timed forward passes (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes before them (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=_cmd_bench_forward)
 

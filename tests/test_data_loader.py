@@ -15,7 +15,7 @@ from dualhrq.data.bars import Bars, BarsError
 from dualhrq.data.commands import register
 from dualhrq.data.loader import load_ohlcv
 from dualhrq.data.sources import list_datasets, load_dataset
-from dualhrq.errors import DataError
+from dualhrq.errors import ConfigurationError, DataError
 
 HOUR = 3600 * 10**9
 
@@ -224,3 +224,17 @@ def test_data_list_shows_every_bundled_dataset(capsys):
     out = capsys.readouterr().out
     for name in ("eurusd_1h", "goog_1d", "sp500_1d", "nasdaq_1d"):
         assert name in out
+
+
+def test_data_show_prints_weekly_bars_without_a_coarse_view_unless_one_is_given(tmp_path, capsys):
+    frame = _frame(30)
+    frame["Timestamp"] = pd.date_range("2021-03-01", periods=30, freq="W-MON").strftime("%Y-%m-%d")
+    path = _write_csv(tmp_path, frame)
+    assert _run_data_command("data", "show", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "1w bars" in out and "30 bars" in out
+    assert "coarse timeframe: none by default for 1w bars; pass --coarse-rule" in out
+    assert _run_data_command("data", "show", str(path), "--coarse-rule", "4w") == 0
+    assert re.search(r"coarse timeframe 4w: [1-9]\d* closed bars", capsys.readouterr().out)
+    with pytest.raises(ConfigurationError, match="data.coarse_rule: '1d' is not longer than the fine bars"):
+        _run_data_command("data", "show", str(path), "--coarse-rule", "1d")

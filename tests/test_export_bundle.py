@@ -92,7 +92,7 @@ def test_manifest_records_what_the_bundle_holds(bundle, checkpoint, tiny_config)
     for entry in m["precisions"].values():
         assert set(entry["parity"]) >= {"max_abs_err", "action_agreement", "forecast_corr", "passed"}
     for name, entry in m["precisions"].items():  # every precision: carry parity and ORT's node counts
-        assert entry["carry"]["segments"] == 2 and entry["carry"]["precision"] == name
+        assert entry["carry"]["carry_segments"] == 2 and entry["carry"]["precision"] == name
         assert 0 < entry["nodes"]["optimized"] < entry["nodes"]["exported"]
         assert sum(entry["nodes"]["optimized_ops"].values()) == entry["nodes"]["optimized"]
     assert "SimplifiedLayerNormalization" in m["precisions"]["fp32"]["nodes"]["fused"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from dualhrq.contract import OUTPUT_NAMES, ort_session, run_session
-from dualhrq.export.engines import OnnxEngine
+from dualhrq.export.engine_parity import engine_parity
+from dualhrq.export.engines import Engine, OnnxEngine, TorchEngine
 from dualhrq.export.inputs import parity_feeds
-from dualhrq.export.parity import FP32_MAX_ABS_ERR, HALTING_TIE, MAX_QUANTITY_ERR, carry_parity, measure_parity
+from dualhrq.export.parity import FP32_MAX_ABS_ERR, HALTING_TIE, MAX_QUANTITY_ERR, measure_parity
 from dualhrq.export.precision import Int8Scheme, int8_schemes, to_fp16, to_int8, weight_matmuls
 from dualhrq.export.segment import export_segment, run_torch
 from dualhrq.model import HRM
@@ -73,10 +74,10 @@ def test_fp32_graph_matches_pytorch_on_real_data(setup):
 def test_carry_fed_back_over_three_segments_matches_pytorch(setup):
     model, graph, feeds, reference, _ = setup
     engine = OnnxEngine(graph, threads=1, max_batch=len(reference["policy_logits"]))
-    carry = carry_parity(model, engine.run, feeds.feeds, "fp32", segments=3)
+    carry = engine_parity(model, engine, feeds.feeds, "fp32", segments=3)
     assert carry.passed, carry.failures
-    assert carry.action_agreement == [1.0] * 3 and carry.halting_agreement == [1.0] * 3
-    assert len(carry.max_abs_err) == 3 and max(carry.max_abs_err) <= FP32_MAX_ABS_ERR
+    assert carry.segment.action_agreement == 1.0 and carry.halting_agreement == [1.0] * 3
+    assert len(carry.carry_max_abs_err) == 3 and max(carry.carry_max_abs_err) <= FP32_MAX_ABS_ERR
     # The carry really was fed back: a third segment differs from the first.
     third = dict(feeds.feeds)
     for _ in range(2):
@@ -148,20 +149,26 @@ def test_halting_is_compared_where_fp32_decides_and_a_tie_never_fails(setup):
     assert any(f.startswith("halting:") for f in parity.failures)
 
 
-def test_carry_parity_holds_every_segment_to_the_precisions_bounds(setup):
-    """A candidate that matches on the first segment but drifts through its carry fails on a later segment."""
-    model, _, feeds, _, _ = setup
+class _DriftingEngine(Engine):
+    """Right on a first segment, but its forecasts drift once a carry goes in."""
 
-    def drifting(f):
-        out = run_torch(model, f)
-        if f["z_L"].any():  # not the first segment: the carry went in
+    def __init__(self, model: HRM) -> None:
+        self._model, self.name, self.max_batch = model, "drifting", 64
+
+    def run(self, feeds):
+        out = run_torch(self._model, feeds)
+        if feeds["z_L"].any():  # not the first segment: the carry went in
             out["forecast_fine"] = np.random.default_rng(1).permutation(out["forecast_fine"])
         return out
 
-    carry = carry_parity(model, drifting, feeds.feeds, "int8", segments=3)
-    assert not carry.passed
-    assert carry.failures[0].startswith("segment 2: forecast_fine: correlation")
-    assert carry_parity(model, lambda f: run_torch(model, f), feeds.feeds, "int8", segments=2).passed
+
+def test_carry_parity_holds_every_segment_to_the_precisions_bounds(setup):
+    """A candidate that matches on the first segment but drifts through its carry fails on a later segment."""
+    model, _, feeds, _, _ = setup
+    carry = engine_parity(model, _DriftingEngine(model), feeds.feeds, "int8", segments=3)
+    assert carry.segment.passed and not carry.passed
+    assert carry.carry_failures[0].startswith("segment 2: forecast_fine: correlation")
+    assert engine_parity(model, TorchEngine(model, max_batch=64), feeds.feeds, "int8", segments=2).passed
 
 
 def test_int8_quantises_every_weight_matmul_and_leaves_activation_products_float(setup, tiny_config):

@@ -1,4 +1,7 @@
-"""`dualhrq data list` and `dualhrq data show NAME|PATH`."""
+"""`dualhrq data list` and `dualhrq data show NAME|PATH`.
+
+The data modules (pandas, numba) are imported by the handlers: every command's parser is built at each start.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,7 @@ import argparse
 
 import numpy as np
 
-from dualhrq.data.resample import default_coarse_rule, resample
-from dualhrq.data.sources import info, list_datasets, load_dataset
+from dualhrq.errors import ConfigurationError
 
 
 def _when(ns: int) -> str:
@@ -15,6 +17,8 @@ def _when(ns: int) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from dualhrq.data.sources import list_datasets
+
     print(f"{'name':<12}{'instrument':<12}{'timeframe':<11}{'bars':>7}  {'first close':<18}{'last close':<18}origin")
     for d in list_datasets():
         print(f"{d.name:<12}{d.instrument:<12}{d.timeframe:<11}{d.bars:>7}  {d.start:%Y-%m-%d %H:%M}  "
@@ -23,12 +27,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from dualhrq.data.resample import default_coarse_rule, resample
+    from dualhrq.data.sources import info, load_dataset
+
     ds = load_dataset(args.name, timestamps=args.timestamps)
     d = info(ds)
-    rule = default_coarse_rule(ds.timeframe)
+    rule = args.coarse_rule
+    if rule is None:
+        try:
+            rule = default_coarse_rule(ds.timeframe)
+        except ConfigurationError:  # no default above daily bars: the file itself is still worth showing
+            rule = None
+    coarse = None if rule is None else resample(ds.bars, rule)  # an unusable --coarse-rule is refused here
     print(f"{d.name}: {d.instrument}, {d.timeframe} bars from {d.origin}")
     print(f"  {d.bars} bars, closes {d.start:%Y-%m-%d %H:%M} -> {d.end:%Y-%m-%d %H:%M} UTC (times are bar closes)")
-    print(f"  coarse timeframe {rule}: {len(resample(ds.bars, rule))} closed bars")
+    if coarse is None:
+        print(f"  coarse timeframe: none by default for {d.timeframe} bars; pass --coarse-rule to see one")
+    else:
+        print(f"  coarse timeframe {rule}: {len(coarse)} closed bars")
     b = ds.bars
     rows = [*range(min(args.rows, len(b)))]
     rows += [i for i in range(max(len(b) - args.rows, 0), len(b)) if i not in rows]
@@ -52,10 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = sub.add_parser("show", help="summary and first/last bars of a dataset or file",
                           description="Load a bundled dataset by name or a CSV/Parquet file by path (columns "
                                       "timestamp, open, high, low, close, volume; case-insensitive), validate "
-                                      "it, and print its span, its coarse timeframe and its first and last bars. "
-                                      "A bad file is reported by its first bad data row and column.")
+                                      "it, and print its span, its coarse timeframe (see --coarse-rule) and its "
+                                      "first and last bars. A bad file is reported by its first bad data row and "
+                                      "column.")
     show.add_argument("name", help="a name from `dualhrq data list`, or a .csv/.csv.gz/.parquet path")
     show.add_argument("--timestamps", choices=("open", "close"), default="open",
                       help="what a file's timestamps mark (default: open; stored as the bar's close)")
     show.add_argument("--rows", type=int, default=5, help="bars to print from each end (default 5)")
+    show.add_argument("--coarse-rule", metavar="RULE",
+                      help="coarse timeframe to count, e.g. 4h, 1d, 1w (the config's data.coarse_rule; default "
+                           "1d for intraday bars, 1w for daily ones, none for longer ones)")
     show.set_defaults(func=_cmd_show)

@@ -31,7 +31,6 @@ from dualhrq.errors import ConfigurationError, ModelLoadError
 from dualhrq.export.manifest import MANIFEST, Manifest, files_on_disk, read_manifest
 from dualhrq.hashing import sha256_file
 from dualhrq.inputs import InputPipeline
-from dualhrq.inputs.artifacts import ARTIFACTS_FILE, PATTERNS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_FILES = {p: f"segment_{p}.onnx" for p in PRECISIONS}
 PLAN_FILE = "engine.plan"
 WEIGHTS_FILE = "weights.safetensors"
-INPUT_FILES = (ARTIFACTS_FILE, PATTERNS_DIR)  # the input pipeline's, copied from the checkpoint
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,24 @@
-"""`dualhrq export` and `dualhrq bundle verify`: the command-line face of dualhrq.export."""
+"""`dualhrq export` and `dualhrq bundle verify`: the command-line face of dualhrq.export.
+
+Registering imports neither torch nor onnx (the defaults come from dualhrq.export.options): every command's
+parser is built at each start, `dualhrq serve`'s included. The handlers import the pipeline and the bundle
+when run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dualhrq.export.bundle import load_bundle, verify_bundle
+from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_OK
+from dualhrq.export.options import MIN_OPSET, ExportOptions
 from dualhrq.export.parity import MIN_PARITY_WINDOWS
-from dualhrq.export.pipeline import ExportOptions, ExportResult, export_bundle
-from dualhrq.export.segment import MIN_OPSET
 from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB
+
+if TYPE_CHECKING:
+    from dualhrq.export.pipeline import ExportResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "also over several segments with the carry fed back), derive the requested lower-precision "
                     "variants (kept only if forecasts correlate >= 0.999 and actions agree >= 99% with fp32), "
                     "build a TensorRT engine where TensorRT and a GPU exist, and write a hashed bundle. Exit "
-                    "status 1 when a requested variant missed its bound and was not written.")
+                    "status 1 when the fp32 graph missed its bound (no bundle is written) or a requested variant "
+                    "(fp16, int8, the TensorRT engine) missed its bound and was not written.")
     p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
                    help="checkpoint directory (model.safetensors + checkpoint.json), or a training run directory: "
                         "its best checkpoint (lowest validation cross-entropy)")
@@ -67,27 +77,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v = bundle_sub.add_parser("verify", help="re-hash every file of a bundle against its manifest",
                               description="Re-hash every file of BUNDLE against manifest.json and report changed, "
                                           "missing and extra files. Exit status 1 if any.")
-    v.add_argument("bundle", type=Path, metavar="BUNDLE")
+    v.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory to check")
     v.set_defaults(func=_cmd_verify)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from dualhrq.export.parity import ParityError
+    from dualhrq.export.pipeline import export_bundle
+    from dualhrq.train.loop import best_checkpoint
+
     options = ExportOptions(
         fp16=args.fp16, int8=args.int8, tensorrt=args.tensorrt, force=args.force, patterns=args.patterns,
         opset=args.opset, max_batch=args.max_batch, parity_samples=args.parity_samples,
-        carry_segments=args.carry_segments, carry_samples=args.carry_samples, threads=args.threads, external_data=True if args.external_data else None,
+        carry_segments=args.carry_segments, carry_samples=args.carry_samples, threads=args.threads,
+        external_data=True if args.external_data else None,
         timing_cache=args.timing_cache or args.out.parent / "tensorrt_timing.cache", workspace_mb=args.workspace_mb)
-    from dualhrq.train.loop import best_checkpoint
-
     checkpoint = args.checkpoint
     if not (checkpoint / "checkpoint.json").is_file() and best_checkpoint(checkpoint) is not None:
         checkpoint = best_checkpoint(checkpoint)
         print(f"exporting {checkpoint} (the run's best checkpoint)", flush=True)
-    result = export_bundle(checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
+    try:
+        result = export_bundle(checkpoint, args.out, options, progress=lambda line: print(line, flush=True))
+    except ParityError as e:  # the check this command exists for failed: not bad input (exit 2)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     _print_summary(result)
-    wanted = [p for p, flag in (("fp16", args.fp16), ("int8", args.int8)) if flag]
-    missing = [p for p in wanted if not result.manifest.precisions[p].file]
-    return 1 if missing else 0
+    m = result.manifest
+    missing = [p for p, flag in (("fp16", args.fp16), ("int8", args.int8)) if flag and not m.precisions[p].file]
+    # Measured and then not written: it missed parity. Not built at all (no TensorRT or GPU here) is no miss.
+    if args.tensorrt and m.tensorrt.parity is not None and not m.tensorrt.file:
+        missing.append("tensorrt")
+    return EXIT_CHECK_FAILED if missing else EXIT_OK
 
 
 def _print_summary(result: ExportResult) -> None:
@@ -120,6 +140,8 @@ def _size(n: int) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from dualhrq.export.bundle import load_bundle, verify_bundle
+
     report = verify_bundle(args.bundle)
     for check in report.checks:
         print(f"{check.status:<8}{check.name}")

@@ -3,20 +3,24 @@ the carry over several segments and the halting decision each segment (the Segme
 so a GPU engine is checked with its carry resident on the device, exactly as it serves).
 
 The bounds are dualhrq.export.parity's (measure_parity); this module only adds the engine-side loop and the
-halting agreement, the one figure an ACT loop adds to a single segment's.
+halting agreement, the one figure an ACT loop adds to a single segment's. It is the one carry check: the export
+holds every variant to it (an ONNX Runtime graph through the host loop, a TensorRT engine through its device
+loop), and so does the GPU check of a bundle's engines.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dualhrq.contract import INPUT_NAMES
 from dualhrq.export.engines import FEED_NAMES, Engine, as_outputs
 from dualhrq.export.parity import Parity, measure_parity, rollout_references
-from dualhrq.model import HRM
+
+if TYPE_CHECKING:
+    from dualhrq.model import HRM
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,25 @@ class EngineParity:
         return {**d, "carry_failures": list(self.carry_failures), "failures": list(self.failures),
                 "passed": self.passed}
 
+    def carry_summary(self) -> str:
+        return (f"carry over {self.carry_segments} segments ({self.segment.samples} windows): max|err| "
+                f"{', '.join(f'{e:.2e}' for e in self.carry_max_abs_err)}, halting agreement "
+                f"{', '.join(f'{a:.1%}' for a in self.halting_agreement)}")
+
+
+def run_rows(engine: Engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One segment of every row of `feeds` (every graph input) through engine.run, in chunks of
+    engine.max_batch rows; every output, as owned arrays."""
+    n = len(feeds["h_tokens"])
+    # Copied per chunk: an engine reuses its output buffers two calls later.
+    ran = [{k: v.copy() for k, v in engine.run({k: feeds[k][c] for k in INPUT_NAMES}).items()}
+           for c in _chunks(n, engine.max_batch)]
+    return {k: np.concatenate([r[k] for r in ran]) for k in ran[0]}
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
 
 def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], precision: str,
                   segments: int = 3, exact: bool | None = None,
@@ -51,18 +74,12 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
     held-out windows), in chunks of engine.max_batch rows. ``references``: `torch_rollout` of the same feeds
     over at least `segments` segments, when already computed (several engines are held to one)."""
     references = rollout_references(model, feeds, segments, references)
-    n = len(feeds["h_tokens"])
-    chunks = [slice(i, min(i + engine.max_batch, n)) for i in range(0, n, engine.max_batch)]
     span = model.cfg.quantity_max - model.cfg.quantity_min
-    reference = references[0]  # one segment from the zero carry
-    ran = [{k: v.copy() for k, v in engine.run({k: feeds[k][c] for k in INPUT_NAMES}).items()} for c in chunks]
-    one = measure_parity(reference, {k: np.concatenate([r[k] for r in ran]) for k in reference}, precision, exact,
-                         quantity_span=span)
+    one = measure_parity(references[0], run_rows(engine, feeds), precision, exact, quantity_span=span)
 
-    exact = precision == "fp32" if exact is None else exact
     # One chunk's loop at a time: loops of one batch size share the engine's buffers for that size.
     per_segment: list[list[dict[str, np.ndarray]]] = [[] for _ in range(segments)]
-    for c in chunks:
+    for c in _chunks(len(feeds["h_tokens"]), engine.max_batch):
         loop = engine.segments({k: feeds[k][c] for k in FEED_NAMES},
                                (feeds["z_H"][c], feeds["z_L"][c]))
         rows = np.ones(c.stop - c.start, dtype=bool)
@@ -78,4 +95,3 @@ def engine_parity(model: HRM, engine: Engine, feeds: dict[str, np.ndarray], prec
         failures += [f"segment {seg}: {failure}" for failure in parity.failures]
         agreement.append(parity.halting_agreement)
     return EngineParity(engine.name, precision, one, segments, worst, tuple(failures), agreement)
-

@@ -227,10 +227,10 @@ def make_engine(bundle: Any, serve: ServeConfig) -> Engine:
         return OrtCudaEngine(bundle.graph_path(serve.precision), backend, signature_from(graph.inputs, graph.outputs),
                              serve.max_batch, cache_dir=bundle.root.parent / f".{bundle.root.name}.ort-trt-cache",
                              fp16=serve.precision == "fp16")
-    if serve.precision == "int8" and backend == "onnx-cpu":
+    path = bundle.graph_path(serve.precision)  # first: it names a precision the bundle lacks
+    if serve.precision == "int8":
         _note_int8_scheme(bundle.manifest.precisions["int8"].quantization)
-    return OnnxEngine(bundle.graph_path(serve.precision), backend, serve.intra_op_threads, serve.spinning,
-                      serve.max_batch)
+    return OnnxEngine(path, backend, serve.intra_op_threads, serve.spinning, serve.max_batch)
 
 
 def _note_int8_scheme(quantization: dict[str, Any] | None) -> None:

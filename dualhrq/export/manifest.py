@@ -59,7 +59,7 @@ class Variant(_Record):
     forced: bool  # kept by --force despite a miss
     parity: dict[str, Any]  # the measured figures (dualhrq.export.parity), for people and reports
     measured_with: str
-    carry: dict[str, Any] | None = None  # the multi-segment carry check
+    carry: dict[str, Any] | None = None  # the multi-segment carry check (dualhrq.export.engine_parity)
     note: str | None = None
     nodes: NodeCounts | None = None
     quantization: dict[str, Any] | None = None  # int8 only: the scheme chosen for the exporting CPU, and why

@@ -5,22 +5,25 @@ fp32 must reproduce PyTorch (max absolute error <= 1e-4 on every output, the sam
 Reduced precisions (fp16, int8, a TensorRT engine) are held, on the same held-out windows, to what a trading
 signal needs: the same action on >= 99% of windows, forecasts and value that correlate >= 0.999 with
 PyTorch, quantities within 2% of the quantity range, the same halting decision (the sign of q_halt -
-q_continue, where fp32 is not at a tie) and the same most likely regime on >= 99%. The carry check repeats this over several segments,
-each side feeding back its own carry, for every precision: drift that compounds over an ACT loop shows up
-there.
+q_continue, where fp32 is not at a tie) and the same most likely regime on >= 99%. The carry check
+(dualhrq.export.engine_parity) repeats this over several segments, each side feeding back its own carry, for
+every precision and engine: drift that compounds over an ACT loop shows up there.
+
+Free of torch at import: the CLI reads the bounds while it builds its parser.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dualhrq.contract import OUTPUT_NAMES, next_carry
 from dualhrq.errors import ConfigurationError, InferenceError
-from dualhrq.export.segment import run_torch
-from dualhrq.model import HRM
+
+if TYPE_CHECKING:
+    from dualhrq.model import HRM
 
 FP32_MAX_ABS_ERR = 1e-4
 MIN_FORECAST_CORR = 0.999
@@ -35,9 +38,6 @@ HALTING_TIE = 0.05
 # Fewer held-out windows than this cannot show a 1% disagreement rate with any confidence.
 MIN_PARITY_WINDOWS = 1000
 FORECASTS = ("forecast_coarse", "forecast_fine")
-
-Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # one segment: graph feeds -> every output
-
 
 class ParityError(InferenceError):
     """An exported artifact missed its parity bound (and --force was not given)."""
@@ -133,32 +133,11 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-@dataclass(frozen=True)
-class CarryParity:
-    precision: str
-    segments: int
-    samples: int
-    max_abs_err: list[float]  # per segment, over every output
-    action_agreement: list[float]  # per segment
-    halting_agreement: list[float]  # per segment
-    failures: tuple[str, ...]
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failures": list(self.failures), "passed": self.passed}
-
-    def summary(self) -> str:
-        return (f"max|err| per segment {', '.join(f'{e:.2e}' for e in self.max_abs_err)}; actions "
-                f"{', '.join(f'{a:.1%}' for a in self.action_agreement)}; halting "
-                f"{', '.join(f'{a:.1%}' for a in self.halting_agreement)}")
-
-
 def torch_rollout(model: HRM, feeds: dict[str, np.ndarray], segments: int) -> list[dict[str, np.ndarray]]:
     """PyTorch's outputs over `segments` segments, each fed its own carry: what every engine and precision is
     held to, so a caller checking several computes it once."""
+    from dualhrq.export.segment import run_torch  # imports torch: only when a reference is computed
+
     if segments < 1:
         raise ConfigurationError(f"segments: must be >= 1, got {segments}")
     out, torch_feeds = [], dict(feeds)
@@ -178,25 +157,3 @@ def rollout_references(model: HRM, feeds: dict[str, np.ndarray], segments: int,
     if len(references) < segments:
         raise ConfigurationError(f"references: {len(references)} segments for a check of {segments}")
     return references[:segments]
-
-
-def carry_parity(model: HRM, run: Run, feeds: dict[str, np.ndarray], precision: str, segments: int = 3,
-                 quantity_span: float = 1.0, references: list[dict[str, np.ndarray]] | None = None) -> CarryParity:
-    """Run `segments` segments through PyTorch and through `run` (any engine's `run`: one interface for every
-    precision and backend), each feeding back its OWN carry, and hold every segment to the precision's bounds
-    (measure_parity). ``references``: `torch_rollout` of the same feeds, when already computed."""
-    references = rollout_references(model, feeds, segments, references)
-    engine_feeds = dict(feeds)
-    worst: list[float] = []
-    actions: list[float] = []
-    halting: list[float] = []
-    failures: list[str] = []
-    for segment, reference in enumerate(references, start=1):
-        candidate = {name: np.array(value) for name, value in run(engine_feeds).items()}  # engines reuse buffers
-        parity = measure_parity(reference, candidate, precision, quantity_span=quantity_span)
-        worst.append(max(parity.max_abs_err.values()))
-        actions.append(parity.action_agreement)
-        halting.append(parity.halting_agreement)
-        failures += [f"segment {segment}: {failure}" for failure in parity.failures]
-        engine_feeds.update(next_carry(candidate))
-    return CarryParity(precision, segments, len(feeds["h_tokens"]), worst, actions, halting, tuple(failures))

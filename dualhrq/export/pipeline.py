@@ -26,8 +26,8 @@ import torch
 from dualhrq.cpu import has_vnni, isa_flags
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
-from dualhrq.export.engine_parity import engine_parity
-from dualhrq.export.engines import OnnxEngine
+from dualhrq.export.engine_parity import EngineParity, engine_parity, run_rows
+from dualhrq.export.engines import Engine, OnnxEngine
 from dualhrq.export.inputs import ParityFeeds, parity_feeds, spread
 from dualhrq.export.manifest import (
     FORMAT_VERSION,
@@ -42,25 +42,11 @@ from dualhrq.export.manifest import (
     Variant,
     write_manifest,
 )
-from dualhrq.export.parity import (
-    MIN_PARITY_WINDOWS,
-    CarryParity,
-    Parity,
-    ParityError,
-    carry_parity,
-    measure_parity,
-    torch_rollout,
-)
+from dualhrq.export.options import MIN_OPSET, ExportOptions
+from dualhrq.export.parity import MIN_PARITY_WINDOWS, Parity, ParityError, measure_parity, torch_rollout
 from dualhrq.export.precision import FP16_CPU_NOTE, int8_schemes, to_fp16, to_int8, weight_matmuls
-from dualhrq.export.segment import (
-    MIN_OPSET,
-    check_segment_graph,
-    export_segment,
-    graph_files,
-    ort_optimized_counts,
-    run_torch,
-)
-from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB, build_engine, tensorrt_unavailable_reason
+from dualhrq.export.segment import check_segment_graph, export_segment, graph_files, ort_optimized_counts, run_torch
+from dualhrq.export.tensorrt_build import build_engine, tensorrt_unavailable_reason
 from dualhrq.hashing import sha256_file
 from dualhrq.inputs.artifacts import ARTIFACTS_FILE, PATTERNS_DIR
 from dualhrq.patterns.artifacts import load_artifacts
@@ -70,26 +56,7 @@ from dualhrq.train.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    fp16: bool = False
-    int8: bool = False
-    tensorrt: bool = False  # also implied by fp16 where TensorRT imports and a GPU is present
-    force: bool = False  # keep variants that miss their parity bound, recording the miss
-    patterns: Path | None = None  # pattern artifacts dir to pack; default: the checkpoint's own, if any
-    opset: int = MIN_OPSET
-    max_batch: int = 8  # TensorRT optimisation profile: batch 1..max_batch
-    parity_samples: int = MIN_PARITY_WINDOWS
-    carry_segments: int = 3
-    # The carry check runs 2 x M whole segments per precision (PyTorch and the engine); on the 27M model on a
-    # CPU that dominates an export, so it runs on the first windows only (both pattern paths: they alternate).
-    carry_samples: int = 64
-    threads: int = 2  # ONNX Runtime intra-op threads for the parity runs
-    external_data: bool | None = None  # None: by size (see segment.save_graph)
-    timing_cache: Path | None = None  # TensorRT timing cache file
-    workspace_mb: int = DEFAULT_WORKSPACE_MB
+Checked = tuple[Parity, EngineParity]  # a variant's one-segment parity on every window, and its carry check
 
 
 @dataclass
@@ -140,45 +107,49 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         precisions: dict[str, Variant] = {}
         span = config.model.quantity_max - config.model.quantity_min
 
-        def check(precision: str, path: Path) -> tuple[Parity, CarryParity]:
-            """One segment on every parity window, then the carry over several segments, through the engine."""
-            engine = OnnxEngine(path, threads=options.threads, max_batch=len(reference["policy_logits"]))
+        def check(precision: str, engine: Engine) -> Checked:
+            """One segment on every parity window, then the carry over several segments on the carry windows
+            (engine_parity: through the loop serving drives), against the PyTorch figures computed above."""
+            parity = measure_parity(reference, run_rows(engine, feeds.feeds), precision, quantity_span=span)
+            carry = engine_parity(model, engine, carry_feeds, precision, options.carry_segments,
+                                  references=carry_references)
+            progress(f"  {precision} {carry.carry_summary()}")
+            return parity, carry
+
+        def check_graph(precision: str, path: Path) -> Checked:
+            engine = OnnxEngine(path, threads=options.threads, max_batch=windows)
             try:
-                parity = measure_parity(reference, engine.run(feeds.feeds), precision, quantity_span=span)
-                carry = carry_parity(model, engine.run, carry_feeds, precision, options.carry_segments, span,
-                                     carry_references)
+                return check(precision, engine)
             finally:
                 engine.close()
-            progress(f"  {precision} carry over {carry.segments} segments ({carry.samples} windows): "
-                     f"{carry.summary()}")
-            return parity, carry
 
         with steps("exporting the fp32 segment graph"):
             fp32 = export_segment(model, staging / GRAPH_FILES["fp32"], options.opset, options.external_data)
             summary = check_segment_graph(fp32)
-            parity, carry = check("fp32", fp32)
-            if not (parity.passed and carry.passed) and not options.force:
-                raise ParityError("the fp32 graph does not reproduce PyTorch: "
-                                  + "; ".join(parity.failures + carry.failures))
+            parity, carry = check_graph("fp32", fp32)
+            failures = _failures(parity, carry)
+            if failures and not options.force:
+                raise ParityError("the fp32 graph does not reproduce PyTorch: " + "; ".join(failures))
             precisions["fp32"] = _judge(parity, carry, fp32, options, progress, warnings)
 
         if options.fp16:
             with steps("deriving the fp16 graph"):
                 path = to_fp16(fp32, staging / GRAPH_FILES["fp16"])
-                parity, carry = check("fp16", path)
+                parity, carry = check_graph("fp16", path)
                 precisions["fp16"] = msgspec.structs.replace(_judge(parity, carry, path, options, progress, warnings),
                                                              note=FP16_CPU_NOTE)
 
         if options.int8:
             with steps("deriving the int8 graph"):
-                precisions["int8"] = _int8(fp32, staging / GRAPH_FILES["int8"], check, options, progress, warnings)
+                precisions["int8"] = _int8(fp32, staging / GRAPH_FILES["int8"], check_graph, options, progress,
+                                           warnings)
 
         tensorrt = TensorRT(built=False, requested=options.tensorrt)
         if options.tensorrt or options.fp16:
             with steps("building the TensorRT engine"):
                 fp16 = precisions.get("fp16")  # the engine takes the precision of the graph it is built from
                 source = staging / fp16.file if fp16 is not None and fp16.file else fp32
-                tensorrt = _tensorrt(model, source, staging, feeds, options, progress, warnings)
+                tensorrt = _tensorrt(source, staging, check, options, progress, warnings)
 
         with steps("writing the bundle"):
             shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
@@ -234,15 +205,29 @@ def _patterns_source(given: Path | None, checkpoint: Path) -> Path | None:
     return own if own.is_dir() else None
 
 
-def _judge(parity: Parity, carry: CarryParity, path: Path, options: ExportOptions, progress: Progress,
+def _failures(parity: Parity, carry: EngineParity) -> list[str]:
+    """Every bound a variant missed: one segment on every window, then each segment of the carry check (its
+    first is the one segment again, on the carry windows)."""
+    return list(parity.failures + carry.carry_failures)
+
+
+def _verdict(parity: Parity, carry: EngineParity, force: bool, progress: Progress, warnings: list[str]) -> bool:
+    """Whether a variant passed, said in the progress and, when it missed, in the warnings."""
+    failures = _failures(parity, carry)
+    verdict = "MISSED, kept by --force" if failures and force else ("MISSED, not written" if failures else "passed")
+    progress(f"  {parity.precision}: {parity.summary()}: {verdict}")
+    if failures:
+        note = f"{parity.precision} missed its parity bound ({'; '.join(failures)})"
+        warnings.append(note + (": kept because of --force" if force else ": not written"))
+        log.warning(warnings[-1])
+    return not failures
+
+
+def _judge(parity: Parity, carry: EngineParity, path: Path, options: ExportOptions, progress: Progress,
            warnings: list[str], **extra: Any) -> Variant:
     """The manifest entry of one variant; deletes its file when it missed a bound and is not forced."""
-    passed, force = parity.passed and carry.passed, options.force
-    verdict = "passed" if passed else ("MISSED, kept by --force" if force else "MISSED, not written")
-    progress(f"  {parity.precision}: {parity.summary()}: {verdict}")
-    written = passed or force
-    if not passed:
-        _miss(parity.precision, list(parity.failures + carry.failures), force, warnings)
+    passed = _verdict(parity, carry, options.force, progress, warnings)
+    written = passed or options.force
     nodes = None
     if written:
         counts = ort_optimized_counts(path, options.threads)
@@ -253,12 +238,12 @@ def _judge(parity: Parity, carry: CarryParity, path: Path, options: ExportOption
     else:
         for file in graph_files(path):
             file.unlink()
-    return Variant(path.name if written else None, passed, not passed and force, parity.to_dict(),
+    return Variant(path.name if written else None, passed, not passed and options.force, parity.to_dict(),
                    f"onnxruntime {_ort_version()} CPUExecutionProvider", carry=carry.to_dict(), nodes=nodes,
                    **extra)
 
 
-def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, CarryParity]],
+def _int8(fp32: Path, path: Path, check: Callable[[str, Path], Checked],
           options: ExportOptions, progress: Progress, warnings: list[str]) -> Variant:
     """The first int8 scheme for this CPU (VNNI or not) that holds every parity bound; the choice, the CPU it
     was made for and every scheme tried go into the manifest, so a bundle moved to another CPU says what it
@@ -269,8 +254,8 @@ def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, Car
     for i, scheme in enumerate(schemes):
         to_int8(fp32, path, scheme)
         parity, carry = check("int8", path)
-        tried.append({"scheme": scheme.name, "passed": parity.passed and carry.passed,
-                      "failures": list(parity.failures + carry.failures)})
+        failures = _failures(parity, carry)
+        tried.append({"scheme": scheme.name, "passed": not failures, "failures": failures})
         if tried[-1]["passed"] or i == len(schemes) - 1:
             break
         progress(f"  int8 {scheme.name}: {parity.summary()}: missed ({'; '.join(tried[-1]['failures'])}), "
@@ -284,13 +269,7 @@ def _int8(fp32: Path, path: Path, check: Callable[[str, Path], tuple[Parity, Car
     return _judge(parity, carry, path, options, progress, warnings, quantization=quantization)
 
 
-def _miss(what: str, failures: list[str], force: bool, warnings: list[str]) -> None:
-    note = f"{what} missed its parity bound ({'; '.join(failures)})"
-    warnings.append(note + (": kept because of --force" if force else ": not written"))
-    log.warning(warnings[-1])
-
-
-def _tensorrt(model: Any, source: Path, staging: Path, feeds: ParityFeeds, options: ExportOptions,
+def _tensorrt(source: Path, staging: Path, check: Callable[[str, Engine], Checked], options: ExportOptions,
               progress: Progress, warnings: list[str]) -> TensorRT:
     reason = tensorrt_unavailable_reason()
     if reason:
@@ -309,25 +288,18 @@ def _tensorrt(model: Any, source: Path, staging: Path, feeds: ParityFeeds, optio
                         timing_cache=options.timing_cache, progress=progress)
     engine = TensorRTEngine(plan, target, options.max_batch)
     try:  # through the loop serving drives: the carry stays on the device, as it will when served
-        checked = engine_parity(model, engine, feeds.feeds, "tensorrt", options.carry_segments, exact=False)
+        parity, carry = check("tensorrt", engine)
     finally:
         engine.close()
-    parity, passed, force = checked.segment, checked.passed, options.force
-    verdict = "passed" if passed else ("MISSED, kept by --force" if force else "MISSED, not written")
-    progress(f"  tensorrt: {parity.summary()}; carry over {checked.carry_segments} segments: max|err| "
-             f"{', '.join(f'{e:.2e}' for e in checked.carry_max_abs_err)}, halting agreement "
-             f"{', '.join(f'{a:.1%}' for a in checked.halting_agreement)}: {verdict}")
-    if not passed:
-        _miss("tensorrt", list(checked.failures), force, warnings)
-        if not force:
-            plan.unlink()
-    entry = Variant(plan.name if passed or force else None, passed, not passed and force, parity.to_dict(),
-                    "tensorrt")
-    return TensorRT(built=entry.file is not None, requested=options.tensorrt, file=entry.file,
+    passed = _verdict(parity, carry, options.force, progress, warnings)
+    written = passed or options.force
+    if not written:
+        plan.unlink()
+    return TensorRT(built=written, requested=options.tensorrt, file=plan.name if written else None,
                     max_batch=options.max_batch, fp16=source.name == GRAPH_FILES["fp16"],
-                    tensorrt_version=target.tensorrt_version, passed=entry.passed, forced=entry.forced,
-                    parity=entry.parity, gpu_name=target.gpu_name, compute_capability=target.compute_capability,
-                    carry=checked.to_dict())
+                    tensorrt_version=target.tensorrt_version, passed=passed, forced=not passed and options.force,
+                    parity=parity.to_dict(), gpu_name=target.gpu_name, compute_capability=target.compute_capability,
+                    carry=carry.to_dict())
 
 
 def _ort_version() -> str:

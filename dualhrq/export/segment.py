@@ -23,11 +23,11 @@ from torch import nn
 from dualhrq.config import ModelConfig
 from dualhrq.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, zero_carry
 from dualhrq.errors import ConfigurationError, ModelLoadError
+from dualhrq.export.options import MIN_OPSET
 from dualhrq.model import ACTIONS, HRM, Carry, ModelInputs
 
 log = logging.getLogger(__name__)
 
-MIN_OPSET = 18
 CONTROL_FLOW_OPS = frozenset({"Loop", "Scan", "If"})
 # A protobuf message cannot exceed 2 GiB; above this the weights go to a side file (ONNX external data).
 EXTERNAL_DATA_ABOVE_BYTES = 1 << 30
@@ -76,7 +76,8 @@ def run_torch(model: HRM, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
                    external_data: bool | None = None) -> Path:
-    """Export one unrolled segment of `model` to `path` and check the result (see `check_segment_graph`).
+    """Export one unrolled segment of `model` to `path`. Not checked here: `check_segment_graph` validates it
+    (the export does, once, and records what it returns).
 
     external_data: None decides by size (weights above 1 GiB go to `<name>.data` beside the graph); True or
     False forces it. ONNX Runtime finds the side file by itself when loading by path.
@@ -105,9 +106,8 @@ def export_segment(model: HRM, path: str | Path, opset: int = MIN_OPSET,
     onnx.helper.set_model_props(proto, {"dualhrq.n_cycles": str(cfg.n_cycles), "dualhrq.t_steps": str(cfg.t_steps),
                                         "dualhrq.graph": "hrm_segment"})
     save_graph(proto, path, external_data)
-    summary = check_segment_graph(path)
-    log.info("exported %s: %d nodes, opset %d, N=%d T=%d", path, summary.node_count, summary.opset,
-             cfg.n_cycles, cfg.t_steps)
+    log.info("exported %s: %d nodes, opset %d, N=%d T=%d", path, len(proto.graph.node), opset, cfg.n_cycles,
+             cfg.t_steps)
     return path
 
 
@@ -174,7 +174,9 @@ def graph_files(path: str | Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class GraphSummary:
+class GraphCheck:
+    """What check_segment_graph found in a valid graph (the manifest's GraphSummary is made from it)."""
+
     node_count: int
     op_counts: dict[str, int]
     opset: int
@@ -182,7 +184,7 @@ class GraphSummary:
     outputs: list[dict[str, Any]]
 
 
-def check_segment_graph(path: str | Path) -> GraphSummary:
+def check_segment_graph(path: str | Path) -> GraphCheck:
     """Validate an exported segment graph: ONNX checker, the contract's names, opset, no control flow.
 
     Raises ModelLoadError naming what is wrong.
@@ -208,7 +210,7 @@ def check_segment_graph(path: str | Path) -> GraphSummary:
     op_counts: dict[str, int] = {}
     for node in proto.graph.node:
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
-    return GraphSummary(len(proto.graph.node), op_counts, opset, inputs, outputs)
+    return GraphCheck(len(proto.graph.node), op_counts, opset, inputs, outputs)
 
 
 @dataclass(frozen=True)
