@@ -188,3 +188,21 @@ def test_the_independent_floor_is_flagged_beyond_ten_percent_of_the_bench_floor(
     assert summarize_independent(expected, [], times, 1, independent_ms / 1.09)["agrees"]
     assert not summarize_independent(expected, [], times, 1, independent_ms / 1.11)["agrees"]
     assert not summarize_independent(expected, [], times, 1, independent_ms * 1.12)["agrees"]
+
+
+def test_the_input_windows_are_cut_with_the_bundles_coarse_rule_and_a_batch_beyond_them_is_refused(
+        tiny_bundle, monkeypatch, capsys):
+    from dualhrq.bench import requests
+    from dualhrq.runtime.host import load_host
+
+    seen = []
+    cut = requests.RealWindows.from_dataset.__func__
+    monkeypatch.setattr(requests.RealWindows, "from_dataset",
+                        classmethod(lambda cls, name, inputs, **kw: seen.append(inputs) or cut(cls, name, inputs, **kw)))
+    assert cli(["bench", "engine", "--bundle", str(tiny_bundle), "--batch", "1000000", "--windows", "1"]) == 2
+    assert "--batch: 1000000 rows per call, but eurusd_1h has only" in capsys.readouterr().err
+    host = load_host(tiny_bundle)
+    try:
+        assert seen == [requests.ModelInputs(host.needs, host.inputs.coarse_rule)]
+    finally:
+        host.close()

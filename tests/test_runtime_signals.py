@@ -7,7 +7,7 @@ from runtime_fixtures import eurusd_history, tiny_bundle  # noqa: F401
 
 from dualhrq.data.bars import Bars
 from dualhrq.errors import DataError
-from dualhrq.runtime.protocol import ACTIONS
+from dualhrq.model.vocab import ACTIONS
 from dualhrq.runtime.signals import signal_fn_from_bundle
 
 

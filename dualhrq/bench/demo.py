@@ -93,7 +93,7 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     t0 = _step("5/6 serving it over ZeroMQ and measuring latency (1 in flight), then with the index drill on")
     rc = cli(["bench", "latency", "--bundle", str(bundle), "--requests", str(args.requests), "--concurrency", "1",
               "--fail-open", "--json", str(bench_json), "--plot", str(bench_plot)])
-    if rc:
+    if rc:  # among its failures: a phase in which the server answered no signal request
         return rc
     _done(t0)
 
@@ -115,8 +115,6 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
         lat = s["latency_ms"]
         print(f"{phase:>10}: p50 {lat['p50']:.2f} ms  p95 {lat['p95']:.2f} ms  p99 {lat['p99']:.2f} ms  "
               f"fail-open {s['fail_open_rate']:.0%}  replies {s['replies_by_kind']}")
-    if report.get("normal", {}).get("replies_by_kind", {}).get("signal", 0) == 0:
-        raise HRMError("the server answered no signal request successfully")
     print(f"\ncheckpoint: {best}\nbundle:     {bundle}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
           f"bench:      {bench_json}\nplot:       {bench_plot}")
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s")
@@ -128,7 +126,7 @@ def served_actions(bundle: Path, cfg: Config, n: int) -> dict[str, int]:
     first test sample on: the validation slice that fitted the decision rule lies before it), by action."""
     from collections import Counter
 
-    from dualhrq.bench.requests import RealWindows
+    from dualhrq.bench.requests import ModelInputs, RealWindows
     from dualhrq.bench.server_process import ServerProcess
     from dualhrq.data.sources import load_datasets
     from dualhrq.data.windows import build_dataset
@@ -137,8 +135,8 @@ def served_actions(bundle: Path, cfg: Config, n: int) -> dict[str, int]:
     samples = build_dataset(load_datasets(cfg.data), cfg.model, cfg.data, pattern_window=cfg.patterns.window)
     first_test = int(samples.t[samples.test[0]])
     with ServerProcess(bundle) as server:
-        needs = server.pong["needs"] if server.pong else {}
-        windows = RealWindows.from_dataset(cfg.data.datasets[0], needs, pool=n, seed=1, from_ns=first_test)
+        windows = RealWindows.from_dataset(cfg.data.datasets[0], ModelInputs.from_pong(server.pong), pool=n, seed=1,
+                                           from_ns=first_test)
         client = Client(server.address, timeout_s=10.0)
         try:
             counts = Counter(client.signal(windows.instrument, windows.timeframe, coarse, fine).action

@@ -20,12 +20,13 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from dualhrq.bench.arguments import names, nonnegative_int, positive_int
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms, plot_latencies
-from dualhrq.bench.requests import RealWindows
+from dualhrq.bench.requests import ModelInputs, RealWindows
 from dualhrq.config import ServeConfig
 from dualhrq.cpu import has_vnni, isa_flags, usable_cores
-from dualhrq.errors import HRMError, ModelLoadError
+from dualhrq.errors import DataError, HRMError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,18 @@ the parity figures the export measured (from the manifest). A request runs betwe
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, metavar="B", help="bundle directory written by `dualhrq export`")
-    p.add_argument("--runs", type=int, default=200, metavar="N", help="timed rounds (default 200)")
-    p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed rounds first (default 20)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=200, metavar="N", help="timed rounds (default 200)")
+    p.add_argument("--warmup", type=nonnegative_int, default=20, metavar="N", help="untimed rounds first (default 20)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, metavar="N",
                    help="intra-op threads per engine (default 0: the cores this process may use)")
     p.add_argument("--spin", choices=("off", "on", "both"), default="both",
                    help="ONNX Runtime CPU pools spin during a run: off, on, or both as separate engines (default)")
-    p.add_argument("--batch", type=int, default=1, metavar="B", help="rows per call (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="rows per call (default 1)")
     p.add_argument("--dataset", metavar="NAME", help="bundled dataset of the input windows (default: the "
                    "training dataset in the bundle's config)")
-    p.add_argument("--windows", type=int, default=64, metavar="N", help="distinct real windows cycled (default 64)")
-    p.add_argument("--engines", metavar="LIST",
+    p.add_argument("--windows", type=positive_int, default=64, metavar="N",
+                   help="distinct real windows cycled (default 64)")
+    p.add_argument("--engines", type=names, metavar="LIST",
                    help="comma-separated subset, e.g. torch-eager,onnx-fp32,onnx-int8 (default: all available)")
     p.add_argument("--json", metavar="F", help="write every figure as JSON")
     p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per engine")
@@ -94,8 +96,10 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
     host = load_host(bundle.root, overlay={"serve": {"intra_op_threads": 1, "spinning": False}})
     try:
         name = dataset or host.config.data.datasets[0]
-        coarse_n, fine_n = host.needs
-        real = RealWindows.from_dataset(name, {"coarse": coarse_n, "fine": fine_n}, pool=windows * batch)
+        real = RealWindows.from_dataset(name, ModelInputs(host.needs, host.inputs.coarse_rule), pool=windows * batch)
+        if len(real.windows) < batch:
+            raise DataError(f"--batch: {batch} rows per call, but {name} has only {len(real.windows)} request "
+                            "windows")
         rows = []
         for coarse, fine in real.windows:
             prepared = host.prepare_bars(coarse, fine, real.instrument, real.timeframe)
@@ -162,8 +166,6 @@ def available_engines(bundle: Any, threads: int, batch: int, spin: str = "off"
 def time_interleaved(engines: list[EngineRun], feeds: list[dict], runs: int, warmup: int,
                      progress: bool = True) -> dict[str, np.ndarray]:
     """Milliseconds per call per engine; round r feeds every engine feeds[r % len(feeds)], in rotated order."""
-    if runs < 1 or warmup < 0:
-        raise HRMError(f"--runs must be >= 1 and --warmup >= 0, got runs={runs}, warmup={warmup}")
     times: dict[str, list[float]] = {e.name: [] for e in engines}
     for r in tqdm(range(warmup + runs), desc="rounds", unit="round", disable=not progress, leave=False,
                   mininterval=0.1 if sys.stderr.isatty() else 10.0):
@@ -240,15 +242,15 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     threads = args.threads or usable_cores()
     feeds, source = real_feeds(bundle, args.dataset, args.windows, args.batch)
     engines, skipped = available_engines(bundle, threads, args.batch, args.spin)
-    if args.engines:
-        wanted = [w.strip() for w in args.engines.split(",") if w.strip()]
+    wanted = args.engines
+    if wanted:
         unknown = [w for w in wanted if w not in {e.name for e in engines} | {FLOOR}]
         if unknown:
             raise HRMError(f"--engines: {', '.join(unknown)} not available here (available: "
                            f"{', '.join(e.name for e in engines)}, {FLOOR}; skipped: {', '.join(skipped) or 'none'})")
         engines = [e for e in engines if e.name in wanted]
     check: list[EngineRun] = []  # the independent floor's shapes, timed in the rounds of the floor they check
-    if not args.engines or FLOOR in wanted:
+    if not wanted or FLOOR in wanted:
         floor = FloorRun(bundle.graph_path("fp32"), feeds[0], threads)
         engines.append(EngineRun(FLOOR, floor.run, floor.close, None))
         expected = config_matmuls(m, args.batch)

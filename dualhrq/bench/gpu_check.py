@@ -21,11 +21,12 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from dualhrq.bench.arguments import names, positive_int, positive_ints
 from dualhrq.bench.doctor import diagnose, to_dict
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms
 from dualhrq.config import ServeConfig, resolve_config
-from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_OK, HRMError
+from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigurationError, HRMError
 from dualhrq.export.engines import GPU_BACKENDS, Engine
 
 Cli = Callable[[list[str]], int]
@@ -47,20 +48,28 @@ def add_gpu_check_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", metavar="CKPT", help="export this checkpoint (fp16 and TensorRT where possible)")
     src.add_argument("--bundle", metavar="B", help="check this bundle as it is")
     p.add_argument("--out", required=True, metavar="REPORT.json", help="the report; work files go beside it")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="largest batch checked (default 8)")
-    p.add_argument("--batches", default="1,2,4,8", metavar="LIST", help="batch sizes timed (default 1,2,4,8)")
-    p.add_argument("--runs", type=int, default=200, metavar="N", help="timed calls per engine and batch (default 200)")
-    p.add_argument("--requests", type=int, default=1000, metavar="N", help="bench latency requests (default 1000)")
-    p.add_argument("--segments", type=int, default=3, metavar="M", help="segments of the carry check (default 3)")
-    p.add_argument("--steps", type=int, metavar="N", help="with --train: training steps (default: the config's)")
-    p.add_argument("--backends", metavar="LIST", help="only these backends (default: every one present)")
+    p.add_argument("--max-batch", type=positive_int, default=8, metavar="N", help="largest batch checked (default 8)")
+    p.add_argument("--batches", type=positive_ints, default="1,2,4,8", metavar="LIST",
+                   help="batch sizes timed, those up to --max-batch (default 1,2,4,8)")
+    p.add_argument("--runs", type=positive_int, default=200, metavar="N",
+                   help="timed calls per engine and batch (default 200)")
+    p.add_argument("--requests", type=positive_int, default=1000, metavar="N",
+                   help="bench latency requests (default 1000)")
+    p.add_argument("--segments", type=positive_int, default=3, metavar="M",
+                   help="segments of the carry check (default 3)")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="with --train: training steps (default: the config's)")
+    p.add_argument("--backends", type=names, metavar="LIST", help="only these backends (default: every one present)")
 
 
 def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
+    batches = sorted({b for b in args.batches if b <= args.max_batch})
+    if not batches:
+        raise ConfigurationError(f"--batches: none of {', '.join(map(str, args.batches))} is within --max-batch "
+                                 f"{args.max_batch}")
     out = Path(args.out)
     work = out.with_name(out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
-    batches = sorted({int(b) for b in args.batches.split(",") if b.strip() and int(b) <= args.max_batch})
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_description()}
     t0 = time.perf_counter()
 
@@ -82,7 +91,7 @@ def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
     doctor = diagnose(bundle_path)
     report["doctor"] = to_dict(doctor)
     on_gpu = bool(doctor.gpus)
-    wanted = {b.strip() for b in args.backends.split(",")} if args.backends else None
+    wanted = set(args.backends) if args.backends else None
     engines = [(name, p) for name, b in doctor.backends.items() if b.available for p in (b.precisions or [])
                if wanted is None or name in wanted]
     report["skipped"] = {name: b.why for name, b in doctor.backends.items() if not b.available}

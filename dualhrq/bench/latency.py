@@ -9,22 +9,28 @@ import tempfile
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from dualhrq.bench.arguments import nonnegative_int, positive_float, positive_int
 from dualhrq.bench.loadgen import LoadResult, run_load
 from dualhrq.bench.report import format_floor, format_summary, plot_latencies, summarize
-from dualhrq.bench.requests import SessionRequestFactory, SignalRequestFactory
+from dualhrq.bench.requests import ModelInputs, SessionRequestFactory, SignalRequestFactory
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
 
+if TYPE_CHECKING:
+    from dualhrq.runtime.protocol import AdminReply
+
 HELP = """\
 Drive a running server (--connect) or one started here (--bundle) with signal requests built from real data
-windows, and report latency percentiles over every request (errors and timeouts included).
+windows, and report latency percentiles over every request (errors and timeouts included). The windows' coarse
+bars are made with the coarse rule the server reports (its pong), as the model was trained. A phase in which no
+request got a signal reply fails the run (exit status 2): its figures would time error replies.
 
 Open loop (--rate R): request i is due at start + i/R and its latency is counted from that due time, so a
 stall charges every request that should have been sent during it. Counting from the actual send time instead
@@ -49,19 +55,23 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--connect", metavar="ADDR", help="address of a running server, e.g. tcp://127.0.0.1:5555")
     src.add_argument("--bundle", metavar="B", help="start `dualhrq serve --bundle B` here for the run")
     load = p.add_mutually_exclusive_group()
-    load.add_argument("--rate", type=float, metavar="R", help="open loop: R requests per second on a fixed schedule")
-    load.add_argument("--concurrency", type=int, metavar="C", help="closed loop: keep C requests in flight (default 1)")
-    p.add_argument("--requests", type=int, default=1000, metavar="N", help="measured requests per phase (default 1000)")
-    p.add_argument("--warmup", type=int, default=50, help="unmeasured requests first (default 50)")
+    load.add_argument("--rate", type=positive_float, metavar="R",
+                      help="open loop: R requests per second on a fixed schedule")
+    load.add_argument("--concurrency", type=positive_int, metavar="C",
+                      help="closed loop: keep C requests in flight (default 1)")
+    p.add_argument("--requests", type=positive_int, default=1000, metavar="N",
+                   help="measured requests per phase (default 1000)")
+    p.add_argument("--warmup", type=nonnegative_int, default=50, help="unmeasured requests first (default 50)")
     p.add_argument("--config", help="serve config for a server started here (default: the bundle's)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes for a server started here")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes for a server started here")
     p.add_argument("--dataset", default="eurusd_1h", help="bundled dataset the request windows come from")
-    p.add_argument("--timeout-s", type=float, default=5.0, help="a request unanswered this long counts as timeout")
+    p.add_argument("--timeout-s", type=positive_float, default=5.0,
+                   help="a request unanswered this long counts as timeout")
     p.add_argument("--session", action="store_true",
                    help="stream mode: each phase opens one session with a full window, then sends every following "
                         "bar of the dataset as an `append` of that one bar (a live gateway's traffic)")
     p.add_argument("--fail-open", action="store_true", help="second phase with the index fault drill on")
-    p.add_argument("--drill-delay-ms", type=float, default=50.0,
+    p.add_argument("--drill-delay-ms", type=positive_float, default=50.0,
                    help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
     p.add_argument("--floor", action="store_true",
                    help="last phase against an echo that only decodes and encodes: the transport floor (needs "
@@ -69,7 +79,7 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
     p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
     p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
-    p.add_argument("--slo-ms", type=float, metavar="X", help="exit 1 when the p95 exceeds X ms")
+    p.add_argument("--slo-ms", type=positive_float, metavar="X", help="exit 1 when the p95 exceeds X ms")
     p.add_argument("--json", metavar="F", help="write every figure as JSON")
     p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per phase")
 
@@ -83,7 +93,7 @@ def _drill_config(base: str | None, delay_ms: float, tmp: Path) -> Path:
     return path
 
 
-def _admin(address: str, cmd: str, token: str) -> dict:
+def _admin(address: str, cmd: str, token: str) -> AdminReply:
     from dualhrq.runtime.client import Client
 
     with Client(address, timeout_s=5.0) as c:
@@ -91,23 +101,24 @@ def _admin(address: str, cmd: str, token: str) -> dict:
 
 
 def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool,
-           needs: dict[str, int] | None = None) -> tuple[LoadResult, dict]:
-    """``needs``: the bars per request (default: what the server at ``address`` says)."""
+           model_pong: dict | None = None) -> tuple[LoadResult, dict]:
+    """``model_pong``: the pong of the server whose model the requests are cut for (default: the one at
+    ``address``; the floor's echo has no model of its own)."""
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
-    needs = needs or pong["needs"]
-    mode = {"rate": args.rate} if args.rate else {"concurrency": args.concurrency or 1}
+    inputs = ModelInputs.from_pong(model_pong or pong)
+    mode = {"rate": args.rate} if args.rate is not None else {"concurrency": args.concurrency or 1}
     if args.session:
         # The warm-up and the measured requests continue one stream: the first append measured follows on.
-        factory = SessionRequestFactory.from_dataset(args.dataset, needs, args.warmup + args.requests,
+        factory = SessionRequestFactory.from_dataset(args.dataset, inputs, args.warmup + args.requests,
                                                      session=f"bench-{name}-{uuid.uuid4().hex[:8]}", seed=0)
         _open_session(address, factory, args.timeout_s)
         if args.warmup:
             run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
         factory = _Offset(factory, args.warmup)
     else:
-        factory = SignalRequestFactory.from_dataset(args.dataset, needs, seed=0)
+        factory = SignalRequestFactory.from_dataset(args.dataset, inputs, seed=0)
         if args.warmup:
             run_load(address, factory, args.warmup, concurrency=1, timeout_s=args.timeout_s)
     bar = tqdm(total=args.requests, desc=name, unit="req", disable=quiet, leave=False,
@@ -122,7 +133,7 @@ def _open_session(address: str, factory: SessionRequestFactory, timeout_s: float
     from dualhrq.runtime.client import Client
 
     with Client(address, timeout_s=timeout_s) as c:
-        c.request({k: v for k, v in factory.opener("").items() if k != "id"})
+        c.request(factory.opening)
 
 
 class _Offset:
@@ -145,9 +156,16 @@ def _graph_bytes(bundle: str, config: str | None) -> int:
     return sum(f.stat().st_size for f in graph_files(load_bundle(bundle, verify=False).graph_path(precision)))
 
 
+def _require_signals(report: dict[str, dict]) -> None:
+    """Fail a run with a phase that got no signal reply: its percentiles would time errors or timeouts."""
+    failed = {name: s["replies_by_kind"] for name, s in report.items() if not s["replies_by_kind"].get("signal")}
+    if failed:
+        raise HRMError("no request got a signal reply in " + "; ".join(
+            f"phase {name} (replies: {', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
+            for name, kinds in failed.items()) + ": the figures above time errors, not signals")
+
+
 def run_latency_bench(args: argparse.Namespace) -> int:
-    if args.requests < 1:
-        raise HRMError("--requests must be >= 1")
     if args.floor and not args.bundle:
         raise HRMError("--floor needs --bundle: the echo reads as many bytes as the bundle's served graph")
     quiet = args.p95 or args.p99
@@ -175,10 +193,11 @@ def run_latency_bench(args: argparse.Namespace) -> int:
         if args.floor:
             srv.stop()  # the echo alone on the machine, as the server was
             with EchoProcess(_graph_bytes(args.bundle, args.config), tmp / "echo.log") as echo:
-                phases["floor"] = _phase(echo.address, args, "floor", quiet, srv.pong["needs"])
+                phases["floor"] = _phase(echo.address, args, "floor", quiet, srv.pong)
     report = {name: s for name, (_, s) in phases.items()}
     for name, s in report.items():
         print(format_summary(name, s))
+    _require_signals(report)
     if "floor" in report:
         print(format_floor(report["normal"], report["floor"]))
     if args.json:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from dualhrq.bench.loadgen import LoadResult
+from dualhrq.runtime.metrics import STAGES
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
-STAGES = ("decode", "features", "retrieval", "queue", "engine", "total")
 
 
 def percentiles_ms(latencies_ms: np.ndarray) -> dict[str, float]:

@@ -1,20 +1,43 @@
-"""Signal requests built from real data windows, as an order gateway would send them (PROTOCOL.md v1)."""
+"""Signal requests built from real data windows, as an order gateway would send them (docs/PROTOCOL.md v1).
+
+Every window is cut by runtime.signals.RequestWindows with the coarse rule of the model it is for, so a bundle
+trained on another coarse timeframe than its dataset's default gets the coarse bars it was trained on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from dualhrq.data.bars import Bars
-from dualhrq.data.resample import default_coarse_rule, resample
+from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.sources import load_dataset
-from dualhrq.errors import DataError
+from dualhrq.errors import DataError, HRMError
+from dualhrq.runtime.client import append_request, signal_request
+from dualhrq.runtime.signals import RequestWindows
 
 
-def bars_to_wire(bars: Bars) -> dict[str, list]:
-    return {"t": bars.t.tolist(), "o": bars.o.tolist(), "h": bars.h.tolist(), "l": bars.l.tolist(),
-            "c": bars.c.tolist(), "v": bars.v.tolist()}
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a served model takes: bars per request (coarse, fine) and how its coarse bars are made."""
+
+    needs: tuple[int, int]
+    coarse_rule: str
+
+    @classmethod
+    def from_pong(cls, pong: Mapping[str, Any]) -> ModelInputs:
+        """From a server's pong (as a dict): the server reports both."""
+        if not pong.get("coarse_rule"):
+            raise HRMError(f"the server's pong has no coarse_rule (model {pong.get('model')!r}): it cannot say how "
+                           "to make the coarse bars its model was trained on")
+        return cls((int(pong["needs"]["coarse"]), int(pong["needs"]["fine"])), str(pong["coarse_rule"]))
+
+
+def _cut(name: str, inputs: ModelInputs) -> tuple[Dataset, RequestWindows]:
+    ds = load_dataset(name)
+    return ds, RequestWindows(ds.bars, inputs.coarse_rule, inputs.needs)
 
 
 @dataclass(frozen=True)
@@ -26,89 +49,56 @@ class RealWindows:
     windows: list[tuple[Bars, Bars]]
 
     @classmethod
-    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0,
+    def from_dataset(cls, name: str, inputs: ModelInputs, pool: int = 64, seed: int = 0,
                      from_ns: int | None = None) -> RealWindows:
-        """`pool` windows at random fine bars (without replacement), each holding `needs["coarse"]` closed
-        coarse bars and `needs["fine"]` fine bars, as a gateway would send them; with ``from_ns`` only windows
-        ending at or after that time (e.g. the first held-out sample's)."""
-        ds = load_dataset(name)
-        fine = ds.bars
-        coarse = resample(fine, default_coarse_rule(ds.timeframe))
-        n_c, n_f = int(needs["coarse"]), int(needs["fine"])
-        visible = np.searchsorted(coarse.t, fine.t, side="right")  # coarse bars known at each fine bar
-        i = np.arange(len(fine))
-        late = np.ones(len(fine), bool) if from_ns is None else fine.t >= from_ns
-        ends = np.flatnonzero((visible >= n_c) & (i >= n_f - 1) & late)
+        """`pool` windows at random fine bars (without replacement), as a gateway would send them; with
+        ``from_ns`` only windows ending at or after that time (e.g. the first held-out sample's)."""
+        ds, cut = _cut(name, inputs)
+        ends = np.arange(cut.first, len(ds.bars))
+        if from_ns is not None:
+            ends = ends[ds.bars.t[ends] >= from_ns]
         if len(ends) == 0:
-            raise DataError(f"{name}: too short for requests needing {n_c} coarse and {n_f} fine bars")
-        rng = np.random.default_rng(seed)
-        windows = []
-        for i in rng.choice(ends, size=min(pool, len(ends)), replace=False):
-            k = int(visible[i])
-            windows.append((coarse.slice(k - n_c, k), fine.slice(i - n_f + 1, i + 1)))
-        return cls(ds.instrument, ds.timeframe, windows)
+            raise DataError(f"{name}: too short for requests needing {inputs.needs[0]} coarse ({inputs.coarse_rule}) "
+                            f"and {inputs.needs[1]} fine bars")
+        chosen = np.random.default_rng(seed).choice(ends, size=min(pool, len(ends)), replace=False)
+        return cls(ds.instrument, ds.timeframe, [cut.at(int(i)) for i in chosen])
 
 
 @dataclass
 class SignalRequestFactory:
     """`factory(i, id)` -> the i-th request body (a dict), cycling through `pool` distinct real windows."""
 
-    instrument: str
-    timeframe: str
-    windows: list[tuple[dict, dict]]  # (coarse, fine) in wire form
+    bodies: list[dict]  # signal requests without id
 
     @classmethod
-    def from_dataset(cls, name: str, needs: dict[str, int], pool: int = 64, seed: int = 0) -> SignalRequestFactory:
-        real = RealWindows.from_dataset(name, needs, pool, seed)
-        return cls(real.instrument, real.timeframe,
-                   [(bars_to_wire(coarse), bars_to_wire(fine)) for coarse, fine in real.windows])
+    def from_dataset(cls, name: str, inputs: ModelInputs, pool: int = 64, seed: int = 0) -> SignalRequestFactory:
+        real = RealWindows.from_dataset(name, inputs, pool, seed)
+        return cls([signal_request(real.instrument, real.timeframe, coarse, fine) for coarse, fine in real.windows])
 
     def __call__(self, i: int, request_id: str) -> dict:
-        coarse, fine = self.windows[i % len(self.windows)]
-        return {"type": "signal", "id": request_id, "v": 1, "instrument": self.instrument,
-                "timeframe": self.timeframe, "coarse": coarse, "fine": fine}
+        return {**self.bodies[i % len(self.bodies)], "id": request_id}
 
 
 @dataclass
 class SessionRequestFactory:
-    """One stream of consecutive real bars: `opener` is the full-window signal that opens session ``session``,
+    """One stream of consecutive real bars: `opening` is the full-window signal that opens its session,
     `factory(i, id)` the append of the i-th bar after it (with the coarse bars that closed by then)."""
 
-    instrument: str
-    timeframe: str
-    session: str
-    opening: tuple[dict, dict]  # (coarse, fine) in wire form
-    appends: list[tuple[dict, dict]]  # (newly closed coarse bars, the one new fine bar) in wire form
+    opening: dict  # signal request without id
+    appends: list[dict]  # append requests without id
 
     @classmethod
-    def from_dataset(cls, name: str, needs: dict[str, int], n: int, session: str, seed: int = 0
+    def from_dataset(cls, name: str, inputs: ModelInputs, n: int, session: str, seed: int = 0
                      ) -> SessionRequestFactory:
         """A stream of ``n`` appends from a random start in the dataset (every fine bar after it, in order)."""
-        ds = load_dataset(name)
-        fine = ds.bars
-        coarse = resample(fine, default_coarse_rule(ds.timeframe))
-        n_c, n_f = int(needs["coarse"]), int(needs["fine"])
-        visible = np.searchsorted(coarse.t, fine.t, side="right")
-        starts = np.flatnonzero((visible >= n_c) & (np.arange(len(fine)) >= n_f - 1))
-        starts = starts[starts + n < len(fine)]
+        ds, cut = _cut(name, inputs)
+        starts = np.arange(cut.first, len(ds.bars) - n)
         if len(starts) == 0:
-            raise DataError(f"{name}: {len(fine)} bars; a stream of {n} appends needs {n} consecutive bars after a "
-                            f"first window of {n_f} fine and {n_c} coarse bars")
+            raise DataError(f"{name}: {len(ds.bars)} bars; a stream of {n} appends needs {n} consecutive bars after a "
+                            f"first window of {inputs.needs[1]} fine and {inputs.needs[0]} coarse bars")
         i = int(np.random.default_rng(seed).choice(starts))
-        k = int(visible[i])
-        opening = (bars_to_wire(coarse.slice(k - n_c, k)), bars_to_wire(fine.slice(i - n_f + 1, i + 1)))
-        appends = []
-        for j in range(i + 1, i + 1 + n):
-            appends.append((bars_to_wire(coarse.slice(k, int(visible[j]))), bars_to_wire(fine.slice(j, j + 1))))
-            k = int(visible[j])
-        return cls(ds.instrument, ds.timeframe, session, opening, appends)
-
-    def opener(self, request_id: str) -> dict:
-        coarse, fine = self.opening
-        return {"type": "signal", "id": request_id, "v": 1, "instrument": self.instrument,
-                "timeframe": self.timeframe, "coarse": coarse, "fine": fine, "session": self.session}
+        opening = signal_request(ds.instrument, ds.timeframe, *cut.at(i), session=session)
+        return cls(opening, [append_request(ds.instrument, session, *cut.new_at(j)) for j in range(i + 1, i + 1 + n)])
 
     def __call__(self, i: int, request_id: str) -> dict:
-        coarse, fine = self.appends[i]
-        return {"type": "append", "id": request_id, "instrument": self.instrument, "session": self.session,
-                "coarse": coarse, "fine": fine}
+        return {**self.appends[i], "id": request_id}

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import msgpack
 import zmq
@@ -49,6 +50,7 @@ class ServerProcess:
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen | None = None
         self.pong: dict | None = None
+        self._log: IO[bytes] | None = None  # the server's stdout and stderr, open while it runs
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "dualhrq", "serve", "--bundle", self.bundle, "--bind", self.address,
@@ -56,18 +58,25 @@ class ServerProcess:
         return cmd + ["--config", str(self.config)] if self.config else cmd
 
     def __enter__(self) -> ServerProcess:
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(self.command(), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     env=os.environ.copy())
+        try:
+            self.pong = self._ready_pong()
+        except BaseException:  # `with` calls no __exit__ when __enter__ raises: stop it here
+            self.stop()
+            raise
+        return self
+
+    def _ready_pong(self) -> dict:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise HRMError(f"server exited with code {self.proc.returncode} before it was ready{self._log_tail()}")
             pong = ping(self.address, 0.5)
             if pong and pong.get("ready"):
-                self.pong = pong
-                return self
-        self.stop()
-        raise HRMError(f"server not ready within {self.ready_timeout_s:.0f} s")
+                return pong
+        raise HRMError(f"server not ready within {self.ready_timeout_s:.0f} s{self._log_tail()}")
 
     def _log_tail(self, lines: int = 8) -> str:
         """The server's last log lines, for an error: the log may live in a directory removed right after."""
@@ -77,6 +86,15 @@ class ServerProcess:
         return "; its log ends:\n  " + "\n  ".join(tail) if tail else ""
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and close its log; its exit status."""
+        try:
+            return self._terminate(timeout_s)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _terminate(self, timeout_s: float) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)

@@ -26,7 +26,7 @@ from dualhrq.runtime import protocol as p
 def _signal_reply(rid: str, pass_us: int) -> p.SignalReply:
     """A well-formed signal reply (a client decodes it as the server's) carrying the pass as its engine time."""
     return p.SignalReply(
-        id=rid, model="transport-floor", action="HOLD", probs=[0.0, 0.0, 1.0, 0.0, 0.0], confidence=1.0,
+        id=rid, model="transport-floor", action="HOLD", probs=p.one_hot("HOLD"), confidence=1.0,
         quantity=0.0, forecast=p.Forecast(0.0, 0.0), value=0.0, regime=p.Regime(0, [1.0, 0.0, 0.0, 0.0]),
         patterns=p.Patterns(used=0, fail_open=False, reason=None), act=p.Act(1, "max"),
         compliance=p.Compliance(True, "HOLD", []), timing_us=p.Timing(0, 0, 0, 0, pass_us, pass_us))

@@ -16,11 +16,9 @@ import msgspec
 
 from dualhrq.data import bars as data_bars
 from dualhrq.errors import DataError
-from dualhrq.model.vocab import ACTIONS  # noqa: F401 - also the wire order of `probs`, re-exported here
+from dualhrq.model.vocab import ACTIONS  # the wire order of `probs` (and of the graph's policy_logits)
 
 PROTOCOL_VERSION = 1
-
-# ACTIONS is the wire order of `probs` and the index order of the graph's policy_logits (torch-free module).
 
 ErrorCode = Literal["bad_request", "invalid_input", "unsupported_version", "unknown_type", "deadline_exceeded",
                     "overloaded", "unauthorized", "internal", "resync_required"]
@@ -218,17 +216,33 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
+# What a decoder may raise on hostile bytes: its own errors, invalid UTF-8 in a str (UnicodeDecodeError is a
+# ValueError), nesting deeper than the interpreter allows.
+UNDECODABLE = (msgspec.MsgspecError, ValueError, RecursionError)
+
+
 def decode_reply(body: bytes) -> Reply:
-    """Client side: a reply body as its Struct (raises msgspec errors on a malformed reply)."""
+    """Client side: a reply body as its Struct (raises one of UNDECODABLE on a body that is not a reply)."""
     return _reply_decoder.decode(body)
 
 
+def reply_id(body: bytes) -> str | None:
+    """The id a body that `decode_reply` refused still carries, if it has a readable one: it says whose request
+    the unreadable reply answers."""
+    try:
+        obj = msgspec.msgpack.decode(body)
+    except UNDECODABLE:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) else None
+
+
+def one_hot(action: str) -> list[float]:
+    """`probs` that put all the weight on `action`, in the wire order: replies made without a model."""
+    return [float(a == action) for a in ACTIONS]
+
+
 # ---------------------------------------------------------------- decoding requests
-
-
-# What a decoder may raise on hostile bytes: its own errors, invalid UTF-8 in a str (UnicodeDecodeError is a
-# ValueError), nesting deeper than the interpreter allows.
-_UNDECODABLE = (msgspec.MsgspecError, ValueError, RecursionError)
 
 
 def decode_request(body: bytes, max_body_bytes: int) -> Request:
@@ -242,7 +256,7 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
         raise ProtocolError("bad_request", f"body of {len(body)} bytes exceeds the maximum of {max_body_bytes}")
     try:
         req = _request_decoder.decode(body)
-    except _UNDECODABLE:
+    except UNDECODABLE:
         raise _diagnose(body) from None
     if isinstance(req, (Signal, Append)):
         _check_signal_numbers(req)
@@ -253,7 +267,7 @@ def _diagnose(body: bytes) -> ProtocolError:
     """Why the typed decode failed, in the protocol's terms (runs only for bad bodies)."""
     try:
         obj = msgspec.msgpack.decode(body)
-    except _UNDECODABLE:
+    except UNDECODABLE:
         return ProtocolError("bad_request", "body is not valid MessagePack")
     if not isinstance(obj, dict):
         return ProtocolError("bad_request", f"body is a MessagePack {_kind(obj)}, not a map")

@@ -21,21 +21,37 @@ RETRIEVAL_TIMEOUT_S = 5.0  # offline: wait for the index (a replay must not depe
 
 
 class RequestWindows:
-    """The bars a request at the close of fine bar i carries, cut from a history: the last ``needs`` fine bars up
-    to i, and the coarse bars (resampled from them with ``coarse_rule``) closed by then."""
+    """The bars a request at the close of fine bar i carries, cut from a history: the last ``needs[1]`` fine bars
+    up to i, and the last ``needs[0]`` coarse bars closed by then, resampled from the history with
+    ``coarse_rule`` (the served model's). The one definition of a request's window: replays and the benchmarks
+    cut here."""
 
     def __init__(self, bars: Bars, coarse_rule: str, needs: tuple[int, int]) -> None:
         self.bars, self.coarse = bars, resample(bars, coarse_rule)
         self.coarse_n, self.fine_n = needs
+        self._closed = np.searchsorted(self.coarse.t, bars.t, side="right")  # coarse bars closed at each fine bar
+        # Both counts only grow with i, so every bar from the first with a whole window on has one.
+        self.first = min(len(bars), max(self.fine_n - 1, int(np.searchsorted(self._closed, self.coarse_n))))
 
     def at(self, i: int) -> tuple[Bars, Bars] | None:
-        """(coarse, fine) for bar i; None while the history before it is too short for the model."""
+        """(coarse, fine) for bar i; None while the history before it is too short for the model (i < first)."""
+        self._check(i)
+        if i < self.first:
+            return None
+        k = int(self._closed[i])
+        return self.coarse.slice(k - self.coarse_n, k), self.bars.slice(i + 1 - self.fine_n, i + 1)
+
+    def new_at(self, i: int) -> tuple[Bars, Bars]:
+        """(coarse, fine) of a stream's append at the close of bar i: the coarse bars that closed since bar i - 1,
+        and bar i."""
+        self._check(i)
+        if i == 0:
+            raise DataError("bar 0 has no bar before it to append to")
+        return self.coarse.slice(int(self._closed[i - 1]), int(self._closed[i])), self.bars.slice(i, i + 1)
+
+    def _check(self, i: int) -> None:
         if not 0 <= i < len(self.bars):
             raise DataError(f"bar {i} is outside the {len(self.bars)} bars given")
-        closed = self.coarse.until(int(self.bars.t[i]))
-        if i + 1 < self.fine_n or len(closed) < self.coarse_n:
-            return None
-        return closed.slice(len(closed) - self.coarse_n), self.bars.slice(i + 1 - self.fine_n, i + 1)
 
 
 def signal_fn_from_bundle(bundle_path: str | Path, bars: Bars, instrument: str | None = None,
