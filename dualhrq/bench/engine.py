@@ -23,7 +23,6 @@ from tqdm import tqdm
 from dualhrq.bench.arguments import names, nonnegative_int, positive_int
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms, plot_latencies
-from dualhrq.bench.requests import ModelInputs, RealWindows
 from dualhrq.config import ServeConfig
 from dualhrq.cpu import has_vnni, isa_flags, usable_cores
 from dualhrq.errors import DataError, HRMError, ModelLoadError
@@ -91,6 +90,7 @@ class EngineRun:
 
 def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tuple[list[dict], str]:
     """Graph feeds (batch rows each, zero carry) from real windows through the runtime's input path."""
+    from dualhrq.bench.requests import ModelInputs, RealWindows  # data and pandas: not for `--help`
     from dualhrq.runtime.host import load_host
 
     host = load_host(bundle.root, overlay={"serve": {"intra_op_threads": 1, "spinning": False}})

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from dualhrq.bench.floor import WeightMatmul
 from dualhrq.config import ModelConfig, ModuleConfig
 from dualhrq.contract import ort_session_options
-from dualhrq.export.segment import MIN_OPSET
+from dualhrq.export.options import MIN_OPSET
 from dualhrq.model.heads import READOUT_WIDTH
 from dualhrq.model.vocab import ACTIONS
 

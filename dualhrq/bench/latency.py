@@ -18,12 +18,12 @@ from tqdm import tqdm
 from dualhrq.bench.arguments import nonnegative_int, positive_float, positive_int
 from dualhrq.bench.loadgen import LoadResult, run_load
 from dualhrq.bench.report import format_floor, format_summary, plot_latencies, summarize
-from dualhrq.bench.requests import ModelInputs, SessionRequestFactory, SignalRequestFactory
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
 
 if TYPE_CHECKING:
+    from dualhrq.bench.requests import SessionRequestFactory
     from dualhrq.runtime.protocol import AdminReply
 
 HELP = """\
@@ -107,6 +107,8 @@ def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool,
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
+    from dualhrq.bench.requests import ModelInputs, SessionRequestFactory, SignalRequestFactory  # data, pandas
+
     inputs = ModelInputs.from_pong(model_pong or pong)
     mode = {"rate": args.rate} if args.rate is not None else {"concurrency": args.concurrency or 1}
     if args.session:

@@ -20,9 +20,7 @@ import msgspec
 import numpy as np
 
 from dualhrq.config import PatternsConfig
-from dualhrq.data.sources import load_dataset
 from dualhrq.errors import DataError
-from dualhrq.features import pattern_features
 from dualhrq.patterns.encoder import PatternEncoder
 from dualhrq.patterns.library import EXACT_MAX, PatternLibrary, exact_knn
 
@@ -40,6 +38,9 @@ def real_embeddings(embed_dim: int, windows: Sequence[int] = BENCH_WINDOWS,
     Each window length has its own feature width, so each gets its own encoder (fitted on all datasets'
     windows of that length); the embeddings then share one space of ``embed_dim`` dims.
     """
+    from dualhrq.data.sources import load_dataset  # pandas: not for the parser, which reads the defaults above
+    from dualhrq.features import pattern_features
+
     bars = [load_dataset(name).bars for name in datasets]
     parts = []
     for w in windows:
