@@ -413,8 +413,8 @@ class Cluster:
     ``compliance`` (one shared state file when it names one); ``loader(path, hooks)`` makes each one's host."""
 
     def __init__(self, loader, compliance, slots: str = "abc") -> None:
+        from dualhrq.runtime.backend import BrokerAddresses
         from dualhrq.runtime.broker import Broker
-        from dualhrq.runtime.workers import BrokerAddresses
 
         self.loader, self.compliance = loader, compliance
         self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")

@@ -12,7 +12,7 @@ from dualhrq.data.labels import BUY, CLOSE_LONG, CLOSE_SHORT, HOLD, SELL, UNKNOW
 from dualhrq.data.synthetic import random_bars
 from dualhrq.errors import ConfigurationError
 from dualhrq.features import BAR_WINDOW
-from dualhrq.runtime.protocol import ACTIONS
+from dualhrq.model.vocab import ACTIONS
 
 HOUR = 3600 * 10**9
 DAY = 24 * HOUR

@@ -13,9 +13,8 @@ import zmq
 from runtime_fixtures import free_port
 
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import HEARTBEAT
+from dualhrq.runtime.backend import HEARTBEAT, BrokerAddresses
 from dualhrq.runtime.broker import Broker
-from dualhrq.runtime.workers import BrokerAddresses
 
 MARKET = {"ts": 1, "last": 1.1, "bid": 1.0, "ask": 1.2, "prior_close": 1.1, "luld_tier": 1}
 
@@ -283,3 +282,17 @@ def test_the_broker_link_tells_the_server_after_every_call_on_their_shared_socke
     finally:
         sock.close(0)
         back.close(0)
+
+
+def test_a_client_address_in_use_is_a_configuration_error_naming_serve_bind():
+    from dualhrq.errors import ConfigurationError
+
+    taken = Broker(BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")).start()
+    addresses = BrokerAddresses.local(taken.addresses.frontend)
+    try:
+        with pytest.raises(ConfigurationError, match=r"serve.bind .*cannot listen on 'tcp://127.0.0.1:\d+'"):
+            Broker(addresses).start()
+    finally:
+        taken.stop()
+        for a in (addresses, taken.addresses):
+            shutil.rmtree(Path(a.backend.removeprefix("ipc://")).parent, ignore_errors=True)

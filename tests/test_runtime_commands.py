@@ -9,7 +9,7 @@ import yaml
 
 from dualhrq.errors import ConfigurationError
 from dualhrq.runtime import commands
-from dualhrq.runtime.workers import BrokerAddresses
+from dualhrq.runtime.backend import BrokerAddresses
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -50,3 +50,26 @@ def test_a_remote_broker_keeps_its_control_bus_on_the_next_two_ports():
                                                         "tcp://10.0.0.5:5558")
     with pytest.raises(ConfigurationError, match="tcp://HOST:PORT"):
         BrokerAddresses.remote("ipc:///tmp/x")
+
+
+def test_a_broker_config_with_a_bad_curve_section_is_a_configuration_error_naming_the_file(tmp_path):
+    config = tmp_path / "broker.yaml"
+    config.write_text(yaml.safe_dump({"serve": {"curve": {"allowed_clients_dir": 5}}}))
+    with pytest.raises(ConfigurationError, match=rf"{config}: serve: .*curve.allowed_clients_dir"):
+        commands._broker_curve(str(config))
+    config.write_text(yaml.safe_dump({"serve": {"curve": {"allowed_client_dir": "typo"}}}))
+    with pytest.raises(ConfigurationError, match=rf"{config}: serve: .*allowed_client_dir"):
+        commands._broker_curve(str(config))
+    config.write_text(yaml.safe_dump({"serve": {"curve": {"admin_keys_dir": "admins"}}}))
+    assert commands._broker_curve(str(config)).admin_keys_dir == "admins"
+
+
+def test_a_broker_on_the_network_and_its_workers_need_a_shared_control_key(monkeypatch):
+    monkeypatch.delenv(commands.CONTROL_KEY_ENV, raising=False)
+    with pytest.raises(ConfigurationError, match=f"{commands.CONTROL_KEY_ENV}: unset"):
+        commands._control_key()
+    monkeypatch.setenv(commands.CONTROL_KEY_ENV, "short")
+    with pytest.raises(ConfigurationError, match="shorter than 16"):
+        commands._control_key()
+    monkeypatch.setenv(commands.CONTROL_KEY_ENV, "0123456789abcdef0123")
+    assert commands._control_key() == b"0123456789abcdef0123"

@@ -88,3 +88,13 @@ def test_a_worker_connected_to_a_broker_drops_curve_since_the_broker_holds_the_k
     serve = ServeConfig(bind="tcp://127.0.0.1:*", curve=curve)
     assert Server(serve, lambda path, hooks: None, "b")._curve.enabled
     assert not Server(serve, lambda path, hooks: None, "b", connect="tcp://127.0.0.1:1")._curve.enabled
+
+
+def test_a_key_file_that_is_not_a_certificate_is_a_configuration_error_naming_the_setting_and_file(keys, tmp_path):
+    made, curve = keys
+    allowed = tmp_path / "allowed"
+    shutil.copytree(curve.allowed_clients_dir, allowed)
+    (allowed / "broken.key").write_text("this is not a certificate\n")
+    bad = CurveConfig(server_secret_key_file=str(made["server"][1]), allowed_clients_dir=str(allowed))
+    with pytest.raises(ConfigurationError, match="serve.curve.allowed_clients_dir: .*broken.key"):
+        CurveServer(bad)

@@ -308,3 +308,147 @@ def test_a_burst_beyond_the_in_flight_limit_admits_the_first_to_arrive(tiny_conf
             replies[reply["id"]] = reply.get("code", reply["type"])
         sock.close()
     assert replies == {"r0": "signal", "r1": "signal", **{f"r{i}": "overloaded" for i in range(2, 6)}}
+
+
+# ---------------------------------------------------------------- start-up errors, shutdown
+
+
+def _listening_port() -> tuple[object, int]:
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    return blocker, blocker.getsockname()[1]
+
+
+def test_an_address_in_use_is_a_configuration_error_naming_serve_bind_before_the_model_loads():
+    from dualhrq.errors import ConfigurationError
+
+    blocker, port = _listening_port()
+    loaded: list[str] = []
+    server = Server(ServeConfig(bind=f"tcp://127.0.0.1:{port}"), lambda path, hooks: loaded.append(path), "b")
+    try:
+        with pytest.raises(ConfigurationError, match="serve.bind"):
+            asyncio.run(server.run(handle_signals=False))
+        with pytest.raises(ConfigurationError, match="serve.bind"):  # malformed
+            asyncio.run(Server(ServeConfig(bind="tcp://127.0.0.1:notaport"), lambda path, hooks: None, "b").run(
+                handle_signals=False))
+    finally:
+        blocker.close()
+    assert loaded == []
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error_naming_serve_metrics_port(tiny_config):
+    from dualhrq.errors import ConfigurationError
+
+    blocker, port = _listening_port()
+    try:
+        with pytest.raises(ConfigurationError, match="serve.metrics_port"):
+            asyncio.run(server_for(tiny_config, serve_config(metrics_port=port)).run(handle_signals=False))
+    finally:
+        blocker.close()
+
+
+def test_the_metrics_endpoint_stops_with_the_server(tiny_config):
+    import urllib.error
+    import urllib.request
+
+    from runtime_fixtures import free_port
+
+    port = free_port()
+    with ServerThread(server_for(tiny_config, serve_config(metrics_port=port))):
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_an_append_whose_coarse_t_is_empty_but_another_column_is_not_is_invalid_input(tiny_config):
+    from types import SimpleNamespace
+
+    host = fake_host(tiny_config)
+    fine = p.WireBars(**{k: v[-1:] for k, v in signal_body()["fine"].items()})
+    window = SimpleNamespace(no_coarse="no coarse bars", extend=lambda coarse, fine: coarse)
+    empty = p.WireBars([], [], [], [], [], [])
+    assert host.extend(window, p.Append(id="a0", instrument="X", session="s", fine=fine, coarse=empty)) == \
+        "no coarse bars"
+    lopsided = p.WireBars(t=[], o=[1.0], h=[1.0], l=[1.0], c=[1.0], v=[1.0])
+    with pytest.raises(p.ProtocolError) as e:
+        host.extend(window, p.Append(id="a1", instrument="X", session="s", fine=fine, coarse=lopsided))
+    assert e.value.code == "invalid_input" and e.value.field.startswith("coarse")
+
+
+class _ClosingEngine(CountingEngine):
+    """Records its close; `close_s` makes the close take that long."""
+
+    def __init__(self, close_s: float = 0.0, on_close=lambda: None, **kw) -> None:
+        super().__init__(**kw)
+        self.closed, self._close_s, self._on_close = False, close_s, on_close
+
+    def close(self) -> None:
+        self.closed = True
+        self._on_close()
+        time.sleep(self._close_s)
+
+
+def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_config):
+    import threading
+
+    from dualhrq.runtime.backend import AdminState
+
+    closing = threading.Event()
+    hosts = []
+
+    def loader(path, hooks):
+        if path == "fake-2":  # the relayed reload: it finishes while the drain is closing the host it took
+            closing.wait(5)
+        host = fake_host(tiny_config, hooks, name=path, engine=_ClosingEngine(close_s=0.3, on_close=closing.set))
+        hosts.append(host)
+        return host
+
+    class RelayDuringTheDrain:
+        def publish(self, cmd: str, bundle: str = "") -> None:
+            pass
+
+        async def join(self, timeout_s: float) -> AdminState:
+            return AdminState()
+
+        async def listen(self, apply) -> None:
+            while not server.ready:
+                await asyncio.sleep(0.005)
+            while server.ready:  # the drain begins
+                await asyncio.sleep(0.005)
+            await apply("reload", "fake-2")
+
+    server = Server(serve_config(), loader, "fake-1", control=RelayDuringTheDrain())
+    with ServerThread(server):
+        pass
+    assert hosts and all(h.batcher.engine.closed for h in hosts), [h.name for h in hosts]
+
+
+def test_a_reload_that_ends_during_the_drain_has_its_old_host_closed_before_the_server_stops(tiny_config, caplog):
+    import logging
+
+    def loader(path, hooks):
+        if path == "fake-2":
+            time.sleep(0.15)
+        engine = _ClosingEngine(close_s=0.5 if path == "fake-1" else 0.0, delay_s=0.4 if path == "fake-1" else 0.0)
+        return fake_host(tiny_config, hooks, name=path, engine=engine, max_batch=1)
+
+    server = Server(serve_config(inline_engine=False), loader, "fake-1")
+
+    async def traffic(address):
+        async with AsyncClient(address, timeout_s=10, retries=0) as c:
+            slow = asyncio.create_task(c.request(signal_body()))  # holds fake-1 for 0.4 s
+            await asyncio.sleep(0.05)
+            reload = asyncio.create_task(c.admin("reload", token=TOKEN, bundle="fake-2"))
+            await asyncio.sleep(0.05)
+            server.stop()  # the reload ends during the drain: the old host's retirement starts then
+            return await asyncio.gather(slow, reload)
+
+    caplog.set_level(logging.INFO, logger="dualhrq.runtime.server")
+    with ServerThread(server) as st:
+        signal, reload = asyncio.run(traffic(st.address))
+    assert isinstance(signal, p.SignalReply) and reload.ok
+    said = [r.getMessage() for r in caplog.records if r.name == "dualhrq.runtime.server"]
+    assert "retired fake-1" in said and said.index("retired fake-1") < said.index("stopped"), said

@@ -1,21 +1,41 @@
 """`serve --workers 2` as a process: instrument affinity, admin relay, and a worker SIGKILLed under load
-(every request still gets exactly one reply, a replacement serves within seconds)."""
+(every request still gets exactly one reply, a replacement serves within seconds). In one process: the admin
+state a worker holds when it joins, and the control bus's refusal of messages it must not apply."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
 import yaml
 import zmq
-from runtime_fixtures import free_port, real_signal_body, runtime_cli, tiny_bundle, wait_ready  # noqa: F401
+import zmq.asyncio
+from runtime_fixtures import (  # noqa: F401
+    ServerThread,
+    fake_host,
+    free_port,
+    real_signal_body,
+    runtime_cli,
+    signal_body,
+    tiny_bundle,
+    wait_ready,
+)
 
+from dualhrq.compliance.gate import ComplianceGate
+from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
+from dualhrq.runtime.backend import AdminState, BrokerAddresses, ControlSeal
+from dualhrq.runtime.broker import Broker
 from dualhrq.runtime.client import Client
+from dualhrq.runtime.server import Server
+from dualhrq.runtime.workers import ControlBus
 
 TOKEN = "w-token"
 OVERLAY = {"serve": {"intra_op_threads": 1, "max_batch": 4, "admin_tokens": [TOKEN], "drain_timeout_s": 2.0}}
@@ -146,6 +166,20 @@ def test_two_workers_keep_affinity_relay_admin_and_lose_no_reply_when_one_is_kil
                 assert isinstance(c.request(real_signal_body(f"{sym}-after", needs, instrument=sym)), p.SignalReply)
         fresh = {pid: _signals(d) for pid, d in _stats_by_pid(address).items()}
         assert all(n > 0 for n in fresh.values()), fresh
+
+        # A worker restarted while the kill switch is on holds it from its first reply: the broker hands it over.
+        with Client(address, timeout_s=10, retries=0) as c:
+            assert c.admin("kill_switch_on", token=TOKEN).ok
+        (replacement,) = set(fresh) - set(owner.values())
+        os.kill(replacement, signal.SIGKILL)
+        until = time.monotonic() + 120
+        while set(_stats_by_pid(address)) & {replacement} or len(_stats_by_pid(address)) < 2:
+            assert time.monotonic() < until, "no second replacement in time"
+            time.sleep(0.2)
+        with Client(address, timeout_s=10, retries=0) as c:
+            held = [c.request(real_signal_body(f"{sym}-held", needs, instrument=sym)) for sym in INSTRUMENTS]
+        assert all((r.action, r.compliance.reasons) == ("HOLD", ["kill_switch"]) for r in held), held
+        assert all(d["kill_switch"] for d in _stats_by_pid(address).values())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
@@ -154,3 +188,166 @@ def test_two_workers_keep_affinity_relay_admin_and_lose_no_reply_when_one_is_kil
         output = log.read_text(errors="replace")
     assert code == 0, output
     assert "restarting it" in output
+
+
+# ---------------------------------------------------------------- admin state, in one process
+
+
+def _until(cond, timeout_s: float = 20.0) -> None:
+    until = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < until, "condition not met in time"
+        time.sleep(0.02)
+
+
+class Workers:
+    """The real broker and real worker Servers (fake hosts named after their bundle path) on the control bus,
+    each with its own fresh ComplianceGate; `loaded[slot]` lists the bundles each slot's latest worker loaded."""
+
+    def __init__(self, tiny_config, slots: str = "ab") -> None:
+        self.tiny_config = tiny_config
+        self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
+        self.broker = Broker(self.addresses, timeout_s=1.0).start()
+        self.loaded: dict[str, list[str]] = {}
+        self.workers = {slot: self.start(slot) for slot in slots}
+        _until(lambda: self.broker.live == len(slots))
+
+    def start(self, slot: str) -> tuple[ServerThread, ControlBus]:
+        self.loaded[slot] = loaded = []
+
+        def loader(path, hooks):
+            loaded.append(path)
+            return fake_host(self.tiny_config, hooks, name=path)
+
+        bus = ControlBus(self.addresses.control_in, self.addresses.control_out, self.broker.control_key)
+        server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1",
+                        gate=ComplianceGate(), connect=self.addresses.backend, control=bus, slot=slot)
+        return ServerThread(server).__enter__(), bus
+
+    def stop(self, slot: str) -> None:
+        thread, bus = self.workers.pop(slot)
+        thread.__exit__(None, None, None)
+        bus.close()
+
+    def stats(self, slot: str) -> dict:
+        return self.workers[slot][0].server.stats()
+
+    def close(self) -> None:
+        for slot in list(self.workers):
+            self.stop(slot)
+        self.broker.stop()
+        shutil.rmtree(Path(self.addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def test_a_worker_restarted_while_the_kill_switch_is_on_holds_it_and_the_other_admin_state_from_its_first_reply(
+        tiny_config):
+    cluster = Workers(tiny_config)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            for cmd, bundle in (("kill_switch_on", ""), ("disable_patterns", ""), ("reload", "fake-2")):
+                assert c.admin(cmd, token=TOKEN, bundle=bundle).ok, cmd
+            _until(lambda: all(cluster.stats(s)["model"] == "fake-2" and cluster.stats(s)["kill_switch"]
+                               for s in "ab"))
+            # The worker of slot a goes; its replacement starts with a fresh gate, as a restarted process does.
+            cluster.stop("a")
+            _until(lambda: cluster.broker.live == 1)
+            cluster.workers["a"] = cluster.start("a")
+            _until(lambda: cluster.broker.live == 2)
+            fresh = cluster.stats("a")
+            assert (fresh["kill_switch"], fresh["patterns_enabled"], fresh["model"]) == (True, False, "fake-2")
+            assert cluster.loaded["a"] == ["fake-2"]  # the reloaded bundle, loaded once: not the original first
+            replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(12)]
+        assert all((r.action, r.compliance.reasons, r.model) == ("HOLD", ["kill_switch"], "fake-2") for r in replies)
+        answered = cluster.stats("a")["counters"].get("dualhrq_requests_total|code=ok|type=signal", 0)
+        assert answered > 0  # the new worker answered some of them, every one HOLD
+    finally:
+        cluster.close()
+
+
+async def _recv_until(sock: zmq.asyncio.Socket, want: bytes) -> None:
+    while await sock.recv() != want:
+        pass
+
+
+def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_keeps_applying(tmp_path, caplog):
+    key = b"k" * 32
+    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
+    broker, sibling, forger = ControlSeal(key, "broker"), ControlSeal(key, "sibling"), ControlSeal(b"x" * 32, "x")
+    applied: list[tuple[str, str]] = []
+
+    async def apply(cmd: str, bundle: str) -> None:
+        applied.append((cmd, bundle))
+        if cmd == "reload":
+            raise RuntimeError("bundle does not load")  # a relay that fails must not end the listener either
+
+    async def main() -> tuple[AdminState | None, bool]:
+        ctx = zmq.asyncio.Context()
+        out = ctx.socket(zmq.XPUB)  # stands in for the broker's side of the bus
+        out.setsockopt(zmq.LINGER, 0)
+        out.bind(f"ipc://{tmp_path}/out")
+        joining = asyncio.create_task(bus.join(5.0))
+        await _recv_until(out, b"\x01state/" + bus.origin.encode())
+        await out.send_multipart([b"relay", b"not three frames"])  # refused while joining too
+        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState(kill_switch=True)))
+        state = await joining
+        listening = asyncio.create_task(bus.listen(apply))
+        unknown = sibling.relay("stats")  # sealed, but not a command that changes state
+        failing = sibling.relay("reload", "/elsewhere")
+        valid = sibling.relay("disable_patterns")
+        tampered = [valid[0], valid[1].replace(b"disable", b"enable_"), valid[2]]
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(time, "time", lambda: 1_000_000.0)
+            stale = sibling.relay("kill_switch_off")
+        garbage = [b"relay \xc1 garbage"]  # on a topic the bus subscribes to, or it would never arrive
+        for frames in (garbage, forger.relay("kill_switch_off"), tampered, unknown, failing, stale, valid,
+                       valid):  # the second `valid`: a replay
+            await out.send_multipart(frames)
+        await out.send_multipart(sibling.relay("enable_patterns"))
+        for _ in range(200):
+            if ("enable_patterns", "") in applied:
+                break
+            await asyncio.sleep(0.01)
+        alive = not listening.done()
+        listening.cancel()
+        out.close()
+        ctx.term()
+        return state, alive
+
+    try:
+        state, alive = asyncio.run(main())
+    finally:
+        bus.close()
+    assert state == AdminState(kill_switch=True)
+    assert alive and applied == [("reload", "/elsewhere"), ("disable_patterns", ""), ("enable_patterns", "")]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 7 and "stale" in refused[-2] and "replayed" in refused[-1], refused
+
+
+def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):
+    addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
+    broker = Broker(addresses).start()
+    sibling, forger = ControlSeal(broker.control_key, "sibling"), ControlSeal(b"x" * 32, "forger")
+
+    async def joined() -> AdminState | None:
+        bus = ControlBus(addresses.control_in, addresses.control_out, broker.control_key)
+        try:
+            return await bus.join(5.0)
+        finally:
+            bus.close()
+
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)  # a publisher that hears the broker's subscription, so nothing sent is lost
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(addresses.control_in)
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"
+        pub.send_multipart(forger.relay("kill_switch_on"))
+        pub.send_multipart(sibling.relay("disable_patterns"))
+        pub.send_multipart(sibling.relay("reload", "fake-9"))
+        time.sleep(0.2)
+        state = asyncio.run(joined())
+    finally:
+        pub.close()
+        broker.stop()
+        shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+    assert state == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9")

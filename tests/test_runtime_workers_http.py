@@ -46,3 +46,61 @@ def test_one_port_covers_every_worker_and_says_ready_while_one_is_live():
         assert _get(f"http://127.0.0.1:{port}/livez")[0] == 200
     finally:
         stop()
+
+
+def _serve_raw(response: bytes) -> tuple[object, int]:
+    """A TCP server that answers every connection with `response` and closes it: a worker gone wrong."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(response)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_a_worker_that_answers_with_something_else_than_metrics_is_left_out_of_the_scrape():
+    good = free_port()
+    m = ServerMetrics()
+    m.requests.labels("signal", "ok").inc(3)
+    m.serve_http(good)
+    not_http, bad_status = _serve_raw(b"garbage\r\n\r\n")  # http.client.BadStatusLine
+    not_metrics, bad_text = _serve_raw(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthis is { not metrics\n")
+    port = free_port()
+    stop = serve_http(port, {"w0": good, "w1": bad_status, "w2": bad_text}, lambda: 1)
+    try:
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        stop()
+        m.stop_http()
+        not_http.close()
+        not_metrics.close()
+    assert status == 200, text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {s.labels["worker"] for s in families["dualhrq_requests"].samples} == {"w0"}
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error_naming_serve_metrics_port():
+    import pytest
+
+    from dualhrq.errors import ConfigurationError
+
+    taken = free_port()
+    stop = serve_http(taken, {}, lambda: 0)
+    try:
+        with pytest.raises(ConfigurationError, match=f"serve.metrics_port: cannot serve metrics on 127.0.0.1:{taken}"):
+            serve_http(taken, {}, lambda: 0)
+    finally:
+        stop()

@@ -42,10 +42,10 @@ from datetime import date
 
 from dualhrq.compliance.journal import FORMAT_VERSION, BookState, StateJournal
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
-from dualhrq.compliance.sessions import NO_HOLIDAYS, previous_trading_day, session_of
+from dualhrq.compliance.sessions import Holidays, previous_trading_day, session_of
 from dualhrq.compliance.ssr import SSRState
 from dualhrq.config import ComplianceConfig, RiskConfig
-from dualhrq.data.market_rules import LULD
+from dualhrq.data.market_rules import LULD, NYSE_HOLIDAYS
 from dualhrq.errors import DataError
 from dualhrq.model.vocab import ACTIONS
 
@@ -111,7 +111,7 @@ class _Book:
     __slots__ = ("ssr", "reference", "limit", "position", "day", "prior_close", "last_ts", "luld_state", "band",
                  "version")
 
-    def __init__(self, holidays: frozenset[date]) -> None:
+    def __init__(self, holidays: Holidays) -> None:
         self.ssr = SSRState(holidays)
         self.reference = ReferencePriceTracker()
         self.limit = LimitStateMachine()
@@ -124,7 +124,7 @@ class _Book:
         self.version = 0  # of the journal row this book was read from or last written as; 0: none yet
 
     @classmethod
-    def restore(cls, state: BookState, version: int, holidays: frozenset[date]) -> _Book:
+    def restore(cls, state: BookState, version: int, holidays: Holidays) -> _Book:
         book = cls(holidays)
         book.ssr = SSRState.restore(state.ssr, holidays)
         book.reference = ReferencePriceTracker.restore(state.reference)
@@ -168,7 +168,7 @@ def risk_capacity(side: int, quantity: float, position: float, price: float, ris
 class ComplianceGate:
     """SSR, LULD and risk checks on model actions, with per-instrument state (see the module docstring)."""
 
-    def __init__(self, config: ComplianceConfig | None = None, *, holidays: frozenset[date] = NO_HOLIDAYS,
+    def __init__(self, config: ComplianceConfig | None = None, *, holidays: Holidays = NYSE_HOLIDAYS,
                  journal: StateJournal | None = None) -> None:
         """``journal``: the store to write through to; by default the one ``config.state_path`` names, and
         none (state in memory only) when that is unset."""

@@ -1,4 +1,5 @@
-"""The hop between the broker and its workers, and a worker's end of it (`BrokerLink`).
+"""The hops between the broker and its workers (their addresses, the backend's frames, the control bus's sealed
+messages), and a worker's end of the backend (`BrokerLink`).
 
 A worker's DEALER connects to the broker's backend ROUTER. Frames on that hop:
 
@@ -11,16 +12,33 @@ A worker's DEALER connects to the broker's backend ROUTER. Frames on that hop:
 A request's first frame is never empty (it is the broker's seq), so an empty first frame marks control. As
 every heartbeat registers, a worker re-registers by itself after the broker restarts, and a broker that
 restarted drops replies to seqs it never issued.
+
+Admin state travels beside it, on the control bus: PUB/SUB through the broker (dualhrq.runtime.workers has the
+workers' end). Every message there is [topic, body, HMAC-SHA256 of both] under a key only the broker and its
+workers hold (`ControlSeal`):
+
+    worker -> broker -> every worker   RELAY_TOPIC             an admin command one worker applied (`Relayed`)
+    broker -> one worker               HANDOVER_TOPIC + origin  the admin state, when that worker subscribes
+                                                               (`Handover`): it holds it before it answers
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import itertools
 import logging
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+import msgspec
 import zmq
+
+from dualhrq.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +48,134 @@ HEARTBEAT_S = 0.5
 # Silence after which the other side counts as gone: the broker then answers the worker's requests elsewhere,
 # the worker reconnects. Several heartbeats long, so a worker busy in a long engine call is not declared dead.
 TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class BrokerAddresses:
+    frontend: str  # where clients connect (serve.bind)
+    backend: str  # where workers connect
+    control_in: str  # workers publish relayed admin commands here (XSUB)
+    control_out: str  # and subscribe to them here (XPUB)
+
+    @classmethod
+    def remote(cls, backend: str, frontend: str = "") -> BrokerAddresses:
+        """A broker on the network: backend tcp://HOST:PORT, its control bus on PORT+1 and PORT+2."""
+        host, _, port = backend.rpartition(":")
+        if not backend.startswith("tcp://") or not port.isdigit():
+            raise ConfigurationError(f"--connect/--backend: expected tcp://HOST:PORT, got {backend!r}")
+        return cls(frontend, backend, f"{host}:{int(port) + 1}", f"{host}:{int(port) + 2}")
+
+    @classmethod
+    def local(cls, frontend: str) -> BrokerAddresses:
+        """Backend and control bus on ipc:// endpoints in a fresh private directory."""
+        d = Path(tempfile.mkdtemp(prefix="dualhrq-broker-"))
+        return cls(frontend, f"ipc://{d}/backend", f"ipc://{d}/control-in", f"ipc://{d}/control-out")
+
+
+# ---------------------------------------------------------------- the control bus
+
+RELAY_TOPIC = b"relay"
+HANDOVER_TOPIC = b"state/"  # + the subscriber's origin: the one topic only that worker subscribes to
+# A sealed message older than this (or this far in the future) is refused: a replay of an old relay to a worker
+# that never saw it is stale by then. Machines on one network agree on the time far better than this.
+MAX_AGE_S = 30.0
+# Admin commands that set a switch: its field in AdminState, and the value the command gives it.
+SWITCHES: dict[str, tuple[str, bool]] = {
+    "kill_switch_on": ("kill_switch", True), "kill_switch_off": ("kill_switch", False),
+    "enable_patterns": ("patterns_enabled", True), "disable_patterns": ("patterns_enabled", False),
+}
+RELAYED = (*SWITCHES, "reload")  # every admin command that changes state (all but `stats`)
+
+
+class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What every worker must hold whenever it joins: the last value of each admin setting."""
+
+    kill_switch: bool = False
+    patterns_enabled: bool = True
+    bundle: str = ""  # the bundle the last reload named ("": the one each worker was started with)
+
+    def after(self, cmd: str, bundle: str = "") -> AdminState:
+        """This state once `cmd` (a relayed admin command) is applied."""
+        if cmd in SWITCHES:
+            name, value = SWITCHES[cmd]
+            return msgspec.structs.replace(self, **{name: value})
+        if cmd == "reload" and bundle:  # an empty one reloads the path already held
+            return msgspec.structs.replace(self, bundle=bundle)
+        return self
+
+
+class _Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    origin: str  # the sender: one per process and bus
+    seq: int  # increasing per sender: a message at or below the last one seen from it is a replay
+    ts: float  # wall-clock send time (seconds since the epoch)
+
+
+class Relayed(_Sealed, frozen=True, tag="relay"):
+    cmd: str  # one of RELAYED
+    bundle: str = ""
+
+
+class Handover(_Sealed, frozen=True, tag="state"):
+    state: AdminState
+
+
+class BadControlMessage(Exception):
+    """A control-bus message refused: not sealed with this bus's key, malformed, stale or replayed."""
+
+
+class ControlSeal:
+    """Seals and opens control-bus messages. Whoever can reach a TCP control bus could otherwise switch the
+    kill switch off or reload any path on every worker: only holders of `key` (the broker and its workers) can
+    seal a message that `open` accepts."""
+
+    _encoder = msgspec.msgpack.Encoder()
+    _decoder = msgspec.msgpack.Decoder(Relayed | Handover)
+
+    def __init__(self, key: bytes, origin: str) -> None:
+        self.origin = origin
+        self._key = key
+        self._seq = itertools.count(1)
+        self._last: dict[str, int] = {}  # origin -> the highest seq opened from it
+
+    def relay(self, cmd: str, bundle: str = "") -> list[bytes]:
+        return self._frames(RELAY_TOPIC, Relayed(self.origin, next(self._seq), time.time(), cmd, bundle))
+
+    def handover(self, to: bytes, state: AdminState) -> list[bytes]:
+        """`state` for the subscriber whose origin is `to` alone."""
+        return self._frames(HANDOVER_TOPIC + to, Handover(self.origin, next(self._seq), time.time(), state))
+
+    def open(self, frames: list[bytes]) -> Relayed | Handover:
+        """The message `frames` carry; BadControlMessage saying why it is refused."""
+        if len(frames) != 3:
+            raise BadControlMessage(f"{len(frames)} frames, expected 3 (topic, body, signature)")
+        topic, body, mac = frames
+        if not hmac.compare_digest(mac, self._mac(topic, body)):
+            raise BadControlMessage("bad signature: not sealed with this bus's control key")
+        try:
+            msg = self._decoder.decode(body)
+        except (msgspec.MsgspecError, ValueError, RecursionError) as e:  # what hostile bytes make a decoder raise
+            raise BadControlMessage(f"malformed body: {type(e).__name__}: {e}") from None
+        if isinstance(msg, Relayed) and msg.cmd not in RELAYED:
+            raise BadControlMessage(f"{msg.cmd!r} is not an admin command that changes state")
+        age = time.time() - msg.ts
+        if abs(age) > MAX_AGE_S:
+            raise BadControlMessage(f"stale: sent {age:.0f} s ago by {msg.origin} (clocks {MAX_AGE_S:g} s apart?)")
+        if msg.seq <= self._last.get(msg.origin, 0):
+            raise BadControlMessage(f"replayed: seq {msg.seq} of {msg.origin} was already seen")
+        self._last[msg.origin] = msg.seq
+        return msg
+
+    def _frames(self, topic: bytes, msg: _Sealed) -> list[bytes]:
+        body = self._encoder.encode(msg)
+        return [topic, body, self._mac(topic, body)]
+
+    def _mac(self, topic: bytes, body: bytes) -> bytes:
+        # The topic is signed too: a relay cannot be re-addressed as a hand-over, nor one worker's hand-over
+        # as another's.
+        return hmac.new(self._key, len(topic).to_bytes(8, "big") + topic + body, hashlib.sha256).digest()
+
+
+# ---------------------------------------------------------------- a worker's registration
 
 
 class BrokerLink:

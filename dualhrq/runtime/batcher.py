@@ -129,8 +129,9 @@ class Batcher:
                 if b == 1:  # an ACT loop runs at most `limit` segments
                     self._solo_s.append((time.perf_counter() - start) * inference_bounds(self.act)[1])
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish what is queued (within `timeout`), then end the thread."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Finish what is queued (within `timeout`), then end the thread. False when the thread is still
+        running a batch after `timeout`: the engine is still in use then."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -140,6 +141,7 @@ class Batcher:
             except queue.Empty:
                 break
             _deliver(job, error=InferenceError("engine stopped before this request ran"))
+        return not self._thread.is_alive()
 
     # ------------------------------------------------------------ inference thread
 
@@ -152,8 +154,9 @@ class Batcher:
                     return
                 continue
             live = []
-            now = time.perf_counter()
-            for j in self._gather(first):
+            jobs = self._gather(first)
+            now = time.perf_counter()  # after the gather, which may wait up to max_wait_us
+            for j in jobs:
                 if j.deadline is not None and now >= j.deadline:
                     _deliver(j, error=Expired("deadline passed while queued"))
                 elif not j.future.done():

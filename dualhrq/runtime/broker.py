@@ -14,8 +14,10 @@ requests behind: each is sent to the instrument's new owner when it carries no `
 reached the compliance gate, so answering it twice changes nothing), otherwise answered `internal` saying the
 worker was lost. Either way it gets exactly one reply, and a late answer to a retired tag is dropped.
 
-Admin state travels on a separate control bus (an XSUB/XPUB proxy here, `ControlBus` in the workers). CURVE,
-when configured, terminates at the frontend: behind a broker admin commands authenticate by token.
+Admin state travels on a separate control bus (XSUB in, XPUB out, `ControlBus` in the workers). Its thread passes
+each sealed relay on and keeps the last value of every setting (`AdminState`), which it hands to each worker
+that joins (subscribes): a worker restarted after the kill switch went on holds it before its first reply.
+CURVE, when configured, terminates at the frontend: behind a broker admin commands authenticate by token.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -35,10 +38,21 @@ import msgspec
 import zmq
 
 from dualhrq.config import CurveConfig
+from dualhrq.errors import ConfigurationError
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import HEARTBEAT, HEARTBEAT_S, LEAVING, TIMEOUT_S
+from dualhrq.runtime.backend import (
+    HANDOVER_TOPIC,
+    HEARTBEAT,
+    HEARTBEAT_S,
+    LEAVING,
+    TIMEOUT_S,
+    AdminState,
+    BadControlMessage,
+    BrokerAddresses,
+    ControlSeal,
+    Relayed,
+)
 from dualhrq.runtime.security import CurveServer
-from dualhrq.runtime.workers import BrokerAddresses
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +100,18 @@ class _Pending:
 
 
 class Broker:
-    """The routing loop and the control-bus proxy, each on its own thread. `live` is read from any thread."""
+    """The routing loop and the control bus, each on its own thread. `live` is read from any thread.
+
+    `control_key` seals the control bus: its workers must be given the same (a fresh random one by default,
+    which the supervisor hands to the workers it starts)."""
 
     def __init__(self, addresses: BrokerAddresses, curve: CurveConfig = CurveConfig(),
-                 timeout_s: float = TIMEOUT_S) -> None:
+                 timeout_s: float = TIMEOUT_S, control_key: bytes | None = None) -> None:
         self.addresses = addresses
         self.live = 0  # workers registered and not draining
+        self.control_key = control_key or secrets.token_bytes(32)
+        self._seal = ControlSeal(self.control_key, f"broker-{uuid.uuid4().hex[:8]}")
+        self._state = AdminState()  # the control thread's alone
         self._timeout_s = timeout_s
         self._ctx = zmq.Context()
         self._curve = CurveServer(curve)
@@ -108,26 +128,29 @@ class Broker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> Broker:
+        """Bind every socket (ConfigurationError naming the address that cannot be bound) and start the threads."""
         a = self.addresses
-        front = self._ctx.socket(zmq.ROUTER)
-        front.setsockopt(zmq.LINGER, 1000)  # the last replies (shutting down) still leave
-        self._curve.secure(self._ctx, front)
-        front.bind(a.frontend)
-        back = self._ctx.socket(zmq.ROUTER)
-        back.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a request the worker cannot take must fail loudly
-        back.setsockopt(zmq.LINGER, 0)
-        back.bind(a.backend)
+        sockets: list[zmq.Socket] = []
+        try:
+            front = self._socket(sockets, zmq.ROUTER, a.frontend, "serve.bind (--bind)", linger=1000, curve=True)
+            back = self._socket(sockets, zmq.ROUTER, a.backend, "--backend", linger=0)
+            back.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a request the worker cannot take must fail loudly
+            xsub = self._socket(sockets, zmq.XSUB, a.control_in, "--backend (its port + 1: the control bus)")
+            xpub = self._socket(sockets, zmq.XPUB, a.control_out, "--backend (its port + 2: the control bus)")
+        except ConfigurationError:  # nothing is left running: the caller only reports the error
+            for s in sockets:
+                s.close(linger=0)
+            self._curve.stop()
+            self._ctx.term()
+            raise
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription comes up, a re-subscription too
         commands = self._ctx.socket(zmq.PULL)
         commands.bind(self._commands)
-        xsub = self._ctx.socket(zmq.XSUB)
-        xsub.bind(a.control_in)
-        xpub = self._ctx.socket(zmq.XPUB)
-        xpub.bind(a.control_out)
         steer = self._ctx.socket(zmq.PAIR)
         steer.bind(self._steer)
         self._threads = [threading.Thread(target=self._run, args=(front, back, commands), name="broker-requests",
                                           daemon=True),
-                         threading.Thread(target=self._proxy, args=(xsub, xpub, steer), name="broker-control",
+                         threading.Thread(target=self._control, args=(xsub, xpub, steer), name="broker-control",
                                           daemon=True)]
         for t in self._threads:
             t.start()
@@ -150,21 +173,67 @@ class Broker:
         self._curve.stop()
         self._ctx.term()
 
+    def _socket(self, opened: list[zmq.Socket], kind: int, address: str, setting: str, *, linger: int = -1,
+                curve: bool = False) -> zmq.Socket:
+        """A socket of `kind` bound to `address` (added to `opened`); a bind that fails names `setting`."""
+        sock = self._ctx.socket(kind)
+        opened.append(sock)
+        if linger >= 0:
+            sock.setsockopt(zmq.LINGER, linger)
+        if curve:
+            self._curve.secure(self._ctx, sock)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            raise ConfigurationError(f"{setting}: cannot listen on {address!r}: {e}") from None
+        return sock
+
     def _command(self, *frames: bytes) -> None:
         s = self._ctx.socket(zmq.PUSH)
         s.connect(self._commands)
         s.send_multipart(list(frames))
         s.close(linger=1000)
 
-    @staticmethod
-    def _proxy(xsub: zmq.Socket, xpub: zmq.Socket, steer: zmq.Socket) -> None:
+    # ------------------------------------------------------------ the control bus
+
+    def _control(self, xsub: zmq.Socket, xpub: zmq.Socket, steer: zmq.Socket) -> None:
+        """Pass relays from XSUB to XPUB and answer each hand-over subscription on XPUB, until steered to stop."""
+        xsub.send(b"\x01")  # subscribe to everything every worker publishes
+        poller = zmq.Poller()
+        for s in (xsub, xpub, steer):
+            poller.register(s, zmq.POLLIN)
         try:
-            zmq.proxy_steerable(xsub, xpub, None, steer)
-        except zmq.ContextTerminated:
-            pass
+            while True:
+                events = dict(poller.poll())
+                if steer in events:
+                    return
+                if xsub in events:
+                    self._drain(xsub, lambda frames: self._relay(frames, xpub))
+                if xpub in events:
+                    self._drain(xpub, lambda frames: self._subscribed(frames[0], xpub))
         finally:
             for s in (xsub, xpub, steer):
                 s.close(linger=0)
+
+    def _relay(self, frames: list[bytes], xpub: zmq.Socket) -> None:
+        """A worker's relayed command: checked, folded into the state, passed on to every worker."""
+        try:
+            msg = self._seal.open(frames)
+        except BadControlMessage as e:
+            log.warning("broker: control message refused: %s", e)
+            return
+        if not isinstance(msg, Relayed):
+            log.warning("broker: control message refused: a hand-over from %s (only the broker sends those)",
+                        msg.origin)
+            return
+        self._state = self._state.after(msg.cmd, msg.bundle)
+        xpub.send_multipart(frames)
+
+    def _subscribed(self, subscription: bytes, xpub: zmq.Socket) -> None:
+        """A worker joining subscribes to its own hand-over topic: the state goes to it alone, on that topic."""
+        topic = subscription[1:]
+        if subscription[:1] == b"\x01" and topic.startswith(HANDOVER_TOPIC):
+            xpub.send_multipart(self._seal.handover(topic[len(HANDOVER_TOPIC):], self._state))
 
     # ------------------------------------------------------------ the loop
 

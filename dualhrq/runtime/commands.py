@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from typing import TYPE_CHECKING
+
+from dualhrq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dualhrq.config import CurveConfig
+
+# The secret `dualhrq broker` and its `serve --connect` workers share to seal their control bus (a local
+# `serve --workers N` makes its own). An environment variable, not a flag: any user can read a command line.
+CONTROL_KEY_ENV = "DUALHRQ_CONTROL_KEY"
 
 SERVE_HELP = """\
 Serve a bundle to order gateways over ZeroMQ (protocol v1, docs/PROTOCOL.md).
@@ -28,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "of an instrument goes to the same worker, a worker that dies is restarted")
     serve.add_argument("--connect", default=None, metavar="ADDR",
                        help="run as one worker of a broker elsewhere (`dualhrq broker`): ADDR is its backend, "
-                            "e.g. tcp://broker-host:5556; the control bus is on the next two ports")
+                            "e.g. tcp://broker-host:5556; the control bus is on the next two ports, sealed with "
+                            f"the secret in ${CONTROL_KEY_ENV} (the broker's)")
     serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this HTTP port")
     serve.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line")
     serve.set_defaults(func=_cmd_serve)
@@ -36,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     broker = subparsers.add_parser(
         "broker", help="a broker that workers on other machines join",
         description="Clients connect to --bind; workers (`dualhrq serve --connect tcp://THIS-HOST:PORT`) connect "
-                    "to the backend --port, and relay admin state on the next two ports. CURVE, if configured "
-                    "in --config, is applied to the client side.")
+                    "to the backend --port, and relay admin state on the next two ports, sealed with the secret "
+                    f"in ${CONTROL_KEY_ENV} (give the workers the same). CURVE, if configured in --config, is "
+                    "applied to the client side.")
     broker.add_argument("--bind", default="tcp://127.0.0.1:5555", help="client address")
     broker.add_argument("--backend", default="tcp://127.0.0.1:5556",
                         help="worker address; control bus on the next two ports")
@@ -69,11 +82,12 @@ def _overlay(args: argparse.Namespace) -> tuple[dict, str]:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dualhrq.compliance.gate import ComplianceGate
+    from dualhrq.runtime.backend import BrokerAddresses
     from dualhrq.runtime.host import load_host, serve_settings
     from dualhrq.runtime.logs import use_json_logs
     from dualhrq.runtime.server import Server
     from dualhrq.runtime.supervisor import run_workers
-    from dualhrq.runtime.workers import BrokerAddresses, ControlBus
+    from dualhrq.runtime.workers import ControlBus
 
     if args.log_json:
         use_json_logs()
@@ -84,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     bus = None
     if args.connect:
         addresses = BrokerAddresses.remote(args.connect)
-        bus = ControlBus(addresses.control_in, addresses.control_out)
+        bus = ControlBus(addresses.control_in, addresses.control_out, _control_key())
     server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), args.bundle,
                     gate=ComplianceGate(cfg.compliance), connect=args.connect, control=bus)
     try:
@@ -99,16 +113,11 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     import threading
 
     from dualhrq.config import CurveConfig
+    from dualhrq.runtime.backend import BrokerAddresses
     from dualhrq.runtime.broker import Broker
-    from dualhrq.runtime.host import read_overlay
-    from dualhrq.runtime.workers import BrokerAddresses
 
-    curve = CurveConfig()
-    if args.config:
-        import msgspec
-
-        curve = msgspec.convert((read_overlay(args.config).get("serve") or {}).get("curve") or {}, CurveConfig)
-    broker = Broker(BrokerAddresses.remote(args.backend, frontend=args.bind), curve).start()
+    curve = _broker_curve(args.config) if args.config else CurveConfig()
+    broker = Broker(BrokerAddresses.remote(args.backend, frontend=args.bind), curve, control_key=_control_key()).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -116,6 +125,32 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     stop.wait()
     broker.stop()
     return 0
+
+
+def _broker_curve(path: str) -> CurveConfig:
+    """serve.curve of a serve config file, validated as strictly as `serve` validates it (ConfigurationError
+    naming the file and the key). The whole serve section is checked: a typo there is an error, not ignored."""
+    import msgspec
+
+    from dualhrq.config import ServeConfig
+    from dualhrq.runtime.host import read_overlay
+
+    try:
+        return msgspec.convert(read_overlay(path).get("serve") or {}, ServeConfig, strict=True).curve
+    except msgspec.ValidationError as e:
+        raise ConfigurationError(f"{path}: serve: {e}") from None
+
+
+def _control_key() -> bytes:
+    """The control bus's secret, from the environment; ConfigurationError when it is unset or too short."""
+    key = os.environ.get(CONTROL_KEY_ENV, "")
+    if len(key) < 16:
+        raise ConfigurationError(
+            f"{CONTROL_KEY_ENV}: {'unset' if not key else 'shorter than 16 characters'}; a broker on the network and "
+            "its workers seal their admin relays with a secret they share there, so that nobody else can switch "
+            f"the kill switch off or reload a bundle (e.g. export {CONTROL_KEY_ENV}=$(openssl rand -hex 32), the "
+            "same on every machine)")
+    return key.encode()
 
 
 def _cmd_keys_generate(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
@@ -126,8 +127,10 @@ class ModelHost:
     def extend(self, window: StreamWindow, req: Append) -> SampleBars:
         """An append's bars, validated (ProtocolError naming the field), added to its stream's window;
         `resync_required` when they do not follow on from it."""
-        # Most appends close no coarse bar: an empty column has nothing to validate.
-        coarse = check_bars(req.coarse, "coarse", 0, req.id) if len(req.coarse) else window.no_coarse
+        # Most appends close no coarse bar: nothing to validate when every column is empty. Not `len`, which
+        # counts `t` alone: other columns with bars must still be refused as of other lengths.
+        no_coarse = not any(msgspec.structs.astuple(req.coarse))
+        coarse = window.no_coarse if no_coarse else check_bars(req.coarse, "coarse", 0, req.id)
         fine = check_bars(req.fine, "fine", 1, req.id)
         try:
             return window.extend(coarse, fine)
@@ -205,8 +208,13 @@ class ModelHost:
             await self._idle.wait()
 
     def close(self, timeout: float = 5.0) -> None:
-        self.batcher.stop(timeout)
-        self.batcher.engine.close()
+        """Stop the inference thread (within `timeout`) and release the engine and the index. An engine whose
+        thread is still running a batch is left open: closing it under that batch could crash the process."""
+        if self.batcher.stop(timeout):
+            self.batcher.engine.close()
+        else:
+            log.warning("%s: the inference thread is still running a batch after %.1f s; its engine is left open",
+                        self.name, timeout)
         if self.retriever is not None:
             self.retriever.close()
 

@@ -1,15 +1,19 @@
 """Prometheus metrics of one server process, and the counters `admin stats` returns.
 
 Each Server owns its registry (several servers in one process, as in the tests, never collide), exposed on
-an optional HTTP port. Gauges that describe state (queue depth, in flight) are read at scrape time.
+an optional HTTP port for as long as the server runs. Gauges that describe state (queue depth, in flight) are
+read at scrape time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from dualhrq.errors import ConfigurationError
 
 STAGES = ("decode", "features", "retrieval", "queue", "engine", "total")
 # Seconds: from 50 us (the runtime's own stages) to 1 s (a full model under load).
@@ -36,6 +40,7 @@ class ServerMetrics:
         self.queue_depth = Gauge("dualhrq_queue_depth", "Rows waiting for the inference thread", registry=r)
         self.ready = Gauge("dualhrq_ready", "1 when a verified, warmed model is serving", registry=r)
         self._stage = {s: self.stage_seconds.labels(s) for s in STAGES}
+        self._http: WSGIServer | None = None
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
@@ -50,7 +55,18 @@ class ServerMetrics:
         self.engine_seconds.observe(seconds)
 
     def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Serve the registry on addr:port (its own daemon thread) until `stop_http`."""
+        try:
+            self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise ConfigurationError(f"serve.metrics_port: cannot serve metrics on {addr}:{port}: {e}") from None
+
+    def stop_http(self) -> None:
+        """Close the endpoint (a server that stopped must not look alive to its scraper); idempotent."""
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges as plain numbers (histograms as count and sum), for `admin stats`."""

@@ -40,10 +40,10 @@ import zmq
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
-from dualhrq.errors import DataError
+from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import BrokerLink
+from dualhrq.runtime.backend import SWITCHES, TIMEOUT_S, AdminState, BrokerLink
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
@@ -60,9 +60,12 @@ Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, war
 
 
 class Relay(Protocol):
-    """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus)."""
+    """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus): the state the
+    broker holds when it joins (None: none came within timeout_s), then the siblings' commands."""
 
     def publish(self, cmd: str, bundle: str = "") -> None: ...
+
+    async def join(self, timeout_s: float) -> AdminState | None: ...
 
     async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
 
@@ -115,17 +118,21 @@ class Server:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready."""
+        """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready.
+        An address or metrics port that cannot work is a ConfigurationError before the load, not after it."""
         self._loop = asyncio.get_running_loop()
         # The loop competes for the GIL with the retrieval, feature and inference threads: hand it over more
         # often than the default 5 ms, so that a waiting loop (or retrieval) is never held up long.
         sys.setswitchinterval(GIL_SWITCH_S)
-        host = await asyncio.to_thread(self._loader, self._bundle, self._hooks)
-        self._host = host.start()
+        if not self._link:
+            self._probe_bind()
         self.metrics.watch_queue(lambda: self._host.batcher.depth if self._host else 0)
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         if self.serve.metrics_port:
             self.metrics.serve_http(self.serve.metrics_port)
+        async with self._reload_lock:  # a reload relayed while this loads waits, then loads beside it
+            host = await asyncio.to_thread(self._loader, self._bundle, self._hooks)
+            self._host = host.start()
         self._ctx = zmq.Context()
         # A worker's one peer is the broker: a DEALER, whose replies carry the broker's tags back unchanged.
         sock = self._ctx.socket(zmq.DEALER if self._link else zmq.ROUTER)
@@ -137,7 +144,7 @@ class Server:
             self._link.attach(sock, self._waiting)
             self.endpoint = self._link.address
         else:
-            sock.bind(self.serve.bind)
+            self._bind(sock)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
         self.ready = True
@@ -146,41 +153,87 @@ class Server:
                  extra={"event": "ready", "model": host.name, "endpoint": self.endpoint})
 
     async def run(self, handle_signals: bool = True) -> int:
-        """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code."""
+        """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code. A start that fails
+        (a setting that cannot work) is drained too, then raised."""
         self._loop = asyncio.get_running_loop()
         if handle_signals:  # before loading, so a signal while loading also ends in a clean exit
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
-        await self.start()
-        listeners = [asyncio.create_task(self._control.listen(self._apply))] if self._control else []
-        if self._link:
-            listeners.append(asyncio.create_task(self._link.run()))
-        await self._receive()
-        log.info("stopping: no new requests; draining %d in flight", len(self._tasks))
-        await self._drain()
-        for t in listeners:
-            t.cancel()
+        relays = await self._join()
+        beats: asyncio.Task | None = None
+        try:
+            if not self._stopping.is_set():  # stopped while waiting for the broker: nothing to load
+                await self.start()
+                if self._link:
+                    beats = asyncio.create_task(self._link.run())
+                await self._receive()
+            log.info("stopping: no new requests; draining %d in flight", len(self._tasks))
+        finally:
+            if relays is not None:
+                relays.cancel()  # no relayed reload may begin during the drain
+            await self._drain()  # heartbeats go on meanwhile: the broker must not count this worker lost
+            if beats is not None:
+                beats.cancel()
         return 0
 
+    async def _join(self) -> asyncio.Task | None:
+        """A worker takes the admin state its broker holds (kill switch, patterns switch, reloaded bundle)
+        before it loads anything, and from then on (while loading too) applies its siblings' relays: a worker
+        restarted while the kill switch is on answers HOLD from its first reply. The listening task, or None."""
+        if self._control is None:
+            return None
+        while not self._stopping.is_set():
+            state = await self._control.join(TIMEOUT_S)
+            if state is not None:
+                self._hold(state)
+                log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
+                         "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
+                         self._bundle)
+                return asyncio.create_task(self._control.listen(self._apply))
+            log.warning("no admin state from the broker's control bus after %.0f s (is the broker up, and does it "
+                        "hold the same control key?); still waiting", TIMEOUT_S)
+        return None
+
+    def _probe_bind(self) -> None:
+        """Bind serve.bind and let go at once: an address in use or malformed fails before the load. The real
+        socket binds only once ready, so that no request waits in it before (the probe's context is ended,
+        which closes its listener, before the load begins)."""
+        ctx = zmq.Context()
+        try:
+            probe = ctx.socket(zmq.ROUTER)
+            probe.setsockopt(zmq.LINGER, 0)
+            try:
+                self._bind(probe)
+            finally:
+                probe.close()
+        finally:
+            ctx.term()
+
+    def _bind(self, sock: zmq.Socket) -> None:
+        try:
+            sock.bind(self.serve.bind)
+        except zmq.ZMQError as e:
+            raise ConfigurationError(f"serve.bind: cannot listen on {self.serve.bind!r}: {e}") from None
+
     def stop(self) -> None:
-        """Stop receiving; what is in flight is answered (bounded by serve.drain_timeout_s). Thread-safe."""
+        """Stop receiving; what is in flight is answered (bounded by serve.drain_timeout_s). Thread-safe, and a
+        no-op once the server has stopped."""
         if self._loop is None:
             self._stopping.set()  # before start: nothing runs yet, run() will return at once
-        else:
+            return
+        try:
             self._loop.call_soon_threadsafe(self._stopping.set)
+        except RuntimeError:  # its loop is closed: run() has returned already
+            pass
 
     async def _drain(self) -> None:
         self.ready = False
         if self._link:
             self._link.leave()
         self.metrics.ready.set(0)
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.serve.drain_timeout_s)
-            for t in late:  # each still sends its one reply (`internal`, shutting down) as it unwinds
-                t.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1.0)
-        host, self._host = self._host, None
+        await self._settle()
+        async with self._reload_lock:  # a reload still loading ends first; one asked for later is refused
+            host, self._host = self._host, None
         if host is not None:
             await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
         self._features_pool.shutdown(wait=False)
@@ -190,7 +243,21 @@ class Server:
         self._curve.stop()
         if self._ctx is not None:
             self._ctx.term()
+        self.metrics.stop_http()
         log.info("stopped")
+
+    async def _settle(self) -> None:
+        """Wait for every task, those started meanwhile too (a reload's retirement of the old host), within
+        serve.drain_timeout_s; then cancel the rest: each request still sends its one reply (`internal`,
+        shutting down) as it unwinds."""
+        deadline = time.monotonic() + self.serve.drain_timeout_s
+        while (pending := [t for t in self._tasks if not t.done()]) and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(pending, timeout=left)
+        late = [t for t in self._tasks if not t.done()]
+        for t in late:
+            t.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
 
     # ------------------------------------------------------------ receiving and replying
 
@@ -489,19 +556,30 @@ class Server:
         """One admin command's effect (also what a sibling worker's relayed command runs)."""
         if cmd == "stats":
             return self.stats()
-        if cmd in ("disable_patterns", "enable_patterns"):
-            self._patterns_enabled = cmd == "enable_patterns"
-            return {"patterns_enabled": self._patterns_enabled}
-        if cmd in ("kill_switch_on", "kill_switch_off"):
-            self._gate.set_kill_switch(cmd == "kill_switch_on")
-            return {"kill_switch": self._gate.kill_switch}
+        if cmd in SWITCHES:
+            state = self._switches().after(cmd)
+            self._hold(state)
+            name = SWITCHES[cmd][0]
+            return {name: getattr(state, name)}
         if cmd == "reload":
             return await self._reload(bundle or self._bundle)
         raise DataError(f"cmd: unknown admin command {cmd!r}")
 
+    def _switches(self) -> AdminState:
+        """The switches this server holds now (the bundle is left to `_reload`)."""
+        return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled)
+
+    def _hold(self, state: AdminState) -> None:
+        """Hold `state`'s switches; its bundle, if it names one, is what a start loads."""
+        self._gate.set_kill_switch(state.kill_switch)
+        self._patterns_enabled = state.patterns_enabled
+        self._bundle = state.bundle or self._bundle
+
     async def _reload(self, bundle: str) -> dict[str, Any]:
         """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done."""
         async with self._reload_lock:
+            if self._stopping.is_set():  # the drain closes the host it finds: one swapped in later would leak
+                raise ModelLoadError("reload: the server is shutting down")
             new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
             old, self._host = self._host, new
             self._bundle = bundle
@@ -513,9 +591,12 @@ class Server:
         return {"model": new.name, "previous": old.name if old else None, "bundle": bundle}
 
     async def _retire(self, host: ModelHost) -> None:
-        await host.drained()
-        await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
-        log.info("retired %s", host.name, extra={"event": "retired", "model": host.name})
+        """Close the old host once its last request is done, or once the drain cancelled them: never left open."""
+        try:
+            await host.drained()
+        finally:
+            await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
+            log.info("retired %s", host.name, extra={"event": "retired", "model": host.name})
 
     def stats(self) -> dict[str, Any]:
         host = self._host

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from dualhrq.config import ServeConfig
+from dualhrq.runtime.backend import BrokerAddresses
 from dualhrq.runtime.broker import Broker
-from dualhrq.runtime.workers import BrokerAddresses, worker_main
+from dualhrq.runtime.workers import worker_main
 from dualhrq.runtime.workers_http import serve_http, worker_port
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,11 @@ class Supervisor:
 
 
 def start_worker(slot: str, bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
-                 verbose: bool = False, json_logs: bool = False) -> mp.process.BaseProcess:
+                 control_key: bytes, verbose: bool = False, json_logs: bool = False) -> mp.process.BaseProcess:
+    """A worker process; `control_key` reaches it through the spawn pipe, never its command line."""
     ctx = mp.get_context("spawn")  # never fork a process that holds ZeroMQ contexts and threads
-    proc = ctx.Process(target=worker_main, args=(slot, bundle, overlay, source, addresses, verbose, json_logs),
+    proc = ctx.Process(target=worker_main,
+                       args=(slot, bundle, overlay, source, addresses, control_key, verbose, json_logs),
                        name=f"dualhrq-worker-{slot}")
     proc.start()
     return proc
@@ -107,24 +110,37 @@ def run_workers(bundle: str, overlay: dict[str, Any], source: str, serve: ServeC
     """The supervisor: broker + serve.workers workers, and with serve.metrics_port one HTTP endpoint for them
     all (dualhrq.runtime.workers_http); SIGTERM/SIGINT drain them all and exit 0."""
     addresses = BrokerAddresses.local(serve.bind)
-    broker = Broker(addresses, serve.curve).start()
+    try:
+        broker = Broker(addresses, serve.curve).start()
+        try:
+            return _supervise(broker, bundle, overlay, source, serve, verbose, json_logs)
+        finally:
+            broker.stop()  # answers whatever a worker left unanswered
+    finally:
+        shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def _supervise(broker: Broker, bundle: str, overlay: dict[str, Any], source: str, serve: ServeConfig,
+               verbose: bool, json_logs: bool) -> int:
+    """The workers (and their metrics endpoint) until SIGTERM/SIGINT, or until a slot crashes too often: the
+    exit code."""
     ports = {f"w{i}": worker_port(serve.metrics_port, i) if serve.metrics_port else 0 for i in range(serve.workers)}
     stop_http = serve_http(serve.metrics_port, ports, lambda: broker.live) if serve.metrics_port else None
 
     def spawn(slot: str) -> mp.process.BaseProcess:
         own = {**overlay, "serve": {**(overlay.get("serve") or {}), "metrics_port": ports[slot]}}
-        return start_worker(slot, bundle, own, source, addresses, verbose, json_logs)
+        return start_worker(slot, bundle, own, source, broker.addresses, broker.control_key, verbose, json_logs)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    supervisor = Supervisor(list(ports), spawn, broker.lost)
-    why = supervisor.watch(stop)
-    if why:
-        log.error("%s", why)
-    supervisor.stop(serve.drain_timeout_s + 10)
-    broker.stop()  # answers whatever a worker left unanswered
-    if stop_http is not None:
-        stop_http()
-    shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+    try:
+        supervisor = Supervisor(list(ports), spawn, broker.lost)
+        why = supervisor.watch(stop)
+        if why:
+            log.error("%s", why)
+        supervisor.stop(serve.drain_timeout_s + 10)
+    finally:
+        if stop_http is not None:
+            stop_http()
     return 1 if why else 0

@@ -6,8 +6,10 @@ serve --connect tcp://broker:PORT` (and `dualhrq broker` runs a broker alone); t
 restarted by dualhrq.runtime.supervisor.
 
 Admin state (kill switch, patterns on/off, reload) must hold for every worker, but an admin request reaches
-only one. So the worker that applies it relays it on a control bus (PUB/SUB through an XSUB/XPUB proxy in the
-broker), and every sibling applies it too. CURVE, when configured, terminates at the broker's frontend: the
+only one. So the worker that applies it relays it on a control bus (PUB/SUB through the broker, messages
+sealed as dualhrq.runtime.backend describes), and every sibling applies it too; the broker keeps the last value
+of each setting and hands it to every worker that joins, before that worker loads its bundle, so a restarted
+worker does not forget the kill switch. CURVE, when configured, terminates at the broker's frontend: the
 proxy does not carry the client key inward, so behind a broker admin commands authenticate by token.
 """
 
@@ -16,88 +18,108 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
-from dualhrq.errors import ConfigurationError
+from dualhrq.errors import EXIT_ERROR, HRMError
+from dualhrq.runtime.backend import (
+    HANDOVER_TOPIC,
+    RELAY_TOPIC,
+    AdminState,
+    BadControlMessage,
+    BrokerAddresses,
+    ControlSeal,
+    Handover,
+    Relayed,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BrokerAddresses:
-    frontend: str  # where clients connect (serve.bind)
-    backend: str  # where workers connect
-    control_in: str  # workers publish relayed admin commands here (XSUB)
-    control_out: str  # and subscribe to them here (XPUB)
-
-    @classmethod
-    def remote(cls, backend: str, frontend: str = "") -> BrokerAddresses:
-        """A broker on the network: backend tcp://HOST:PORT, its control bus on PORT+1 and PORT+2."""
-        host, _, port = backend.rpartition(":")
-        if not backend.startswith("tcp://") or not port.isdigit():
-            raise ConfigurationError(f"--connect/--backend: expected tcp://HOST:PORT, got {backend!r}")
-        return cls(frontend, backend, f"{host}:{int(port) + 1}", f"{host}:{int(port) + 2}")
-
-    @classmethod
-    def local(cls, frontend: str) -> BrokerAddresses:
-        """Backend and control bus on ipc:// endpoints in a fresh private directory."""
-        d = Path(tempfile.mkdtemp(prefix="dualhrq-broker-"))
-        return cls(frontend, f"ipc://{d}/backend", f"ipc://{d}/control-in", f"ipc://{d}/control-out")
-
-
 class ControlBus:
-    """A worker's link to its siblings: relay the admin commands it applied, apply theirs."""
+    """A worker's link to its siblings: take the admin state the broker holds when joining, relay the admin
+    commands it applied, apply theirs. `key` seals and checks every message (the broker holds the same)."""
 
-    _encoder = msgspec.msgpack.Encoder()
-
-    def __init__(self, publish_to: str, subscribe_to: str) -> None:
+    def __init__(self, publish_to: str, subscribe_to: str, key: bytes) -> None:
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._seal = ControlSeal(key, self.origin)
         self._ctx = zmq.asyncio.Context()
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 500)
         self._pub.connect(publish_to)
         self._subscribe_to = subscribe_to
+        self._sub: zmq.asyncio.Socket | None = None
 
     def publish(self, cmd: str, bundle: str = "") -> None:
-        self._pub.send(self._encoder.encode({"origin": self.origin, "cmd": cmd, "bundle": bundle}), zmq.NOBLOCK)
+        self._pub.send_multipart(self._seal.relay(cmd, bundle), zmq.NOBLOCK)
+
+    async def join(self, timeout_s: float) -> AdminState | None:
+        """Subscribe (the first time) and wait up to `timeout_s` for the state the broker hands over; None when
+        none came. Relays that arrive before it are already part of it."""
+        if self._sub is None:
+            self._sub = self._subscribe()
+        until = time.monotonic() + timeout_s
+        while (left := until - time.monotonic()) > 0:
+            if not await self._sub.poll(left * 1000):
+                return None
+            msg = self._read(await self._sub.recv_multipart())
+            if isinstance(msg, Handover):
+                return msg.state
+        return None
 
     async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None:
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(self._subscribe_to)
-        try:
-            while True:
-                msg = msgspec.msgpack.decode(await sub.recv())
-                if msg.get("origin") == self.origin:
-                    continue
-                try:
-                    await apply(msg["cmd"], msg.get("bundle", ""))
-                    log.info("applied %s relayed from worker %s", msg["cmd"], msg["origin"])
-                except Exception:  # noqa: BLE001 - one bad relay must not end the listener
-                    log.exception("relayed admin command %r failed", msg.get("cmd"))
-        finally:
-            sub.close()
+        """Apply the siblings' relayed commands until cancelled (after `join`: its socket holds what came since).
+        A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows less than this
+        worker."""
+        assert self._sub is not None, "join the bus before listening"
+        while True:
+            msg = self._read(await self._sub.recv_multipart())
+            if isinstance(msg, Relayed) and msg.origin != self.origin:
+                await self._apply(apply, msg)
 
     def close(self) -> None:
-        self._pub.close()
+        for sock in (self._pub, self._sub):
+            if sock is not None:
+                sock.close()
         self._ctx.term()
+
+    def _subscribe(self) -> zmq.asyncio.Socket:
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        # Relays first: by the time the broker sees the hand-over topic (and answers it), this socket already
+        # receives every relay, so none falls between the state and the relays after it.
+        sub.setsockopt(zmq.SUBSCRIBE, RELAY_TOPIC)
+        sub.setsockopt(zmq.SUBSCRIBE, HANDOVER_TOPIC + self.origin.encode())
+        sub.connect(self._subscribe_to)
+        return sub
+
+    def _read(self, frames: list[bytes]) -> Relayed | Handover | None:
+        """The message, or None (logged) for one that is forged, malformed, stale or replayed."""
+        try:
+            return self._seal.open(frames)
+        except BadControlMessage as e:
+            log.warning("control bus: message refused: %s", e)
+            return None
+
+    @staticmethod
+    async def _apply(apply: Callable[[str, str], Awaitable[Any]], msg: Relayed) -> None:
+        try:
+            await apply(msg.cmd, msg.bundle)
+            log.info("applied %s relayed from worker %s", msg.cmd, msg.origin)
+        except Exception:  # noqa: BLE001 - one relay that fails (a bundle that does not load) must not end the listener
+            log.exception("relayed admin command %r failed", msg.cmd)
 
 
 # ---------------------------------------------------------------- worker processes
 
 
 def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, addresses: BrokerAddresses,
-                verbose: bool = False, json_logs: bool = False) -> None:
+                control_key: bytes, verbose: bool = False, json_logs: bool = False) -> None:
     """One worker process: a Server connected to the broker's backend as `slot`, with the control bus."""
     from dualhrq.compliance.gate import ComplianceGate
     from dualhrq.runtime.host import load_host, serve_settings
@@ -111,11 +133,14 @@ def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, ad
     cfg = serve_settings(bundle, overlay, source)
     # CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to a worker is
     # this machine's ipc (or the operator's private network for remote workers).
-    bus = ControlBus(addresses.control_in, addresses.control_out)
+    bus = ControlBus(addresses.control_in, addresses.control_out, control_key)
     server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
                     gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus, slot=slot)
     try:
         code = asyncio.run(server.run())
+    except HRMError as e:  # a setting that cannot work (e.g. its metrics port in use): said once, no traceback
+        log.error("%s", e)
+        code = EXIT_ERROR
     finally:
         bus.close()
     raise SystemExit(code)

@@ -2,12 +2,15 @@
 
 Each worker serves its own registry on 127.0.0.1:P+1+i (slot w<i>); a scrape of P fetches them all and
 labels every sample with `worker`, beside the supervisor's `dualhrq_workers_live`. A worker that does not
-answer (restarting) is left out of that scrape. /livez is 200 while the supervisor runs; /readyz is 200 while
-at least one worker is registered with the broker and serving, 503 otherwise.
+answer (restarting), or answers with something that is not metrics, is left out of that scrape. /livez is
+200 while the supervisor runs; /readyz is 200 while at least one worker is registered with the broker and
+serving, 503 otherwise.
 """
 
 from __future__ import annotations
 
+import http.client
+import logging
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +19,10 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from dualhrq.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 
 def worker_port(port: int, slot_index: int) -> int:
@@ -31,17 +38,26 @@ class _Workers:
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
         for slot, port in self._ports.items():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-            for family in text_string_to_metric_families(text):
+            for family in self._scrape(slot, port):
                 m = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 m.samples += [s._replace(labels={**s.labels, "worker": slot}) for s in family.samples]
         yield from merged.values()
         yield GaugeMetricFamily("dualhrq_workers_live", "Workers registered with the broker and serving",
                                 value=self._live())
+
+    @staticmethod
+    def _scrape(slot: str, port: int) -> list[Metric]:
+        """One worker's metric families, parsed in full here: [] when it does not answer with metrics, so that
+        one worker never fails the scrape of the others."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as r:
+                return list(text_string_to_metric_families(r.read().decode()))
+        except OSError:  # not listening (restarting) or timed out: the usual case, not worth a log line
+            return []
+        except (http.client.HTTPException, ValueError) as e:  # a broken response, or text that is not metrics
+            log.warning("metrics of worker %s (port %d) left out of this scrape: %s: %s", slot, port,
+                        type(e).__name__, e)
+            return []
 
 
 class _Quiet(WSGIRequestHandler):
@@ -63,7 +79,10 @@ def serve_http(port: int, ports: dict[str, int], live: Callable[[], int], addr: 
             return [b"ok\n" if ok else b"no worker ready\n"]
         return metrics(environ, start_response)
 
-    server = make_server(addr, port, app, handler_class=_Quiet)
+    try:
+        server = make_server(addr, port, app, handler_class=_Quiet)
+    except OSError as e:
+        raise ConfigurationError(f"serve.metrics_port: cannot serve metrics on {addr}:{port}: {e}") from None
     threading.Thread(target=server.serve_forever, name="workers-http", daemon=True).start()
 
     def stop() -> None:
