@@ -203,8 +203,8 @@ class PatternsConfig(_Section):
 class ExecutionConfig(_Section):
     """How validation fills positions and what the fills cost (dualhrq.evaluate.execution).
 
-    The defaults are the seed's optimistic fill: at the close of the bar that produced the signal, no spread, no
-    impact, and a fee of half of ``data.cost_bps`` (a round trip) per unit of position change.
+    The defaults are the optimistic fill: at the close of the bar that produced the signal, no spread, no impact,
+    and a fee of half of ``data.cost_bps`` (a round trip) per unit of position change.
     """
 
     fill: Literal["close", "next_open"] = "close"  # the signal bar's close, or the next bar's open
@@ -223,8 +223,8 @@ class ExecutionConfig(_Section):
 class ValidateConfig(_Section):
     """Walk-forward / CPCV validation (dualhrq.evaluate.validate). Windows count samples (one per fine bar).
 
-    The defaults are the seed's daily ones (252/21/21/14/7 days); hourly configs override them. Every model
-    setting here is fixed before a run: nothing is tuned on the test windows.
+    The defaults suit daily bars (trading days: train 252, test and step 21, purge 14, embargo 7); hourly
+    configs override them. Every model setting here is fixed before a run: nothing is tuned on the test windows.
     """
 
     scheme: Literal["walk_forward", "cpcv"] = "walk_forward"
@@ -449,3 +449,22 @@ def load_config(path: str | Path) -> Config:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain-JSON form of a config (for checkpoints and manifests); `config_from_dict` reads it back."""
     return msgspec.to_builtins(cfg)
+
+
+# The sections a trained model's predictions depend on; validate (which splits, which baselines), serve,
+# compliance, budget and tracking are not among them.
+_PREDICTION_SECTIONS = ("model", "act", "data", "train", "patterns")
+# Settings of those sections that change no prediction: where output goes, how often a run logs, what it runs
+# on, and the pattern library's serving-time knobs (training and validation retrieve without a deadline).
+_NOT_PREDICTIVE = {
+    "train": frozenset({"out_dir", "log_every", "grad_norm_every", "device"}),
+    "patterns": frozenset({"fault", "timeout_ms", "pool_size"}),
+}
+
+
+def prediction_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that change what a model trained from ``cfg`` predicts, as plain JSON. A key of a result
+    built on such a model (a run ledger entry, a saved validation split, a split's model) adds what else the
+    result depends on, e.g. the splits."""
+    d = config_to_dict(cfg)
+    return {s: {k: v for k, v in d[s].items() if k not in _NOT_PREDICTIVE.get(s, ())} for s in _PREDICTION_SECTIONS}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pandas as pd
 import pytest
 from runtime_fixtures import tiny_bundle  # noqa: F401
 from subcommand import run_subcommand
@@ -40,8 +41,9 @@ def trading_bundle(tiny_bundle, tmp_path_factory):
 def test_the_fp32_bundle_decides_as_its_weights_in_pytorch_and_its_fills_pay_the_execution_costs(trading_bundle):
     tiny_bundle = trading_bundle
     dataset = load_dataset("eurusd_1h")
-    cfg = load_bundle(tiny_bundle, verify=False).config
-    start, end, kind = held_out_window(dataset, cfg)
+    bundle = load_bundle(tiny_bundle, verify=False)
+    cfg = bundle.config
+    start, end, kind = held_out_window(dataset, bundle)
     assert kind == "held-out tail" and end - start > 500  # a fifth of 5,000 hourly bars
     window = (start, start + BARS - 1, kind)
     report, pnl = pnl_replay(tiny_bundle, dataset, signal_fn_from_bundle(tiny_bundle, dataset.bars),
@@ -57,7 +59,7 @@ def test_the_fp32_bundle_decides_as_its_weights_in_pytorch_and_its_fills_pay_the
 
 def test_a_reference_that_decides_otherwise_fails_the_parity_bar(tiny_bundle):
     dataset = load_dataset("eurusd_1h")
-    start, _, kind = held_out_window(dataset, load_bundle(tiny_bundle, verify=False).config)
+    start, _, kind = held_out_window(dataset, load_bundle(tiny_bundle, verify=False))
     served = signal_fn_from_bundle(tiny_bundle, dataset.bars)
     _, pnl = pnl_replay(tiny_bundle, dataset, served, lambda i: ("HOLD", 0.0), ComplianceConfig(),
                         window=(start, start + 40, kind))
@@ -75,3 +77,38 @@ def test_cli_pnl_writes_the_report_and_exits_zero_at_parity(tiny_bundle, tmp_pat
     assert set(report["served"]) >= {"sharpe", "gross_return", "spread_cost", "fee_cost", "impact_cost",
                                      "break_even_bps"}
     assert "Action agreement with the PyTorch model" in capsys.readouterr().out
+
+
+def test_pnl_on_bars_the_bundle_never_saw_starts_at_the_first_bar_with_enough_history(tiny_bundle, tmp_path):
+    from dualhrq.runtime.signals import RequestWindows
+
+    b = load_dataset("eurusd_1h").bars
+    path = tmp_path / "other_eurusd.csv"  # not one of the bundle's training datasets
+    pd.DataFrame({"timestamp": pd.to_datetime(b.t, utc=True), "open": b.o, "high": b.h, "low": b.l, "close": b.c,
+                  "volume": b.v}).to_csv(path, index=False)
+    out = tmp_path / "pnl.json"
+    code = run_subcommand(register, "replay", "--data", str(path), "--bundle", str(tiny_bundle), "--pnl",
+                          "--pnl-bars", "20", "--pnl-json", str(out))
+    report = json.loads(out.read_text())
+    assert report["window"] == "all bars" and report["bars"] == 20
+    assert code == 0 and report["parity_ok"]
+
+    dataset = load_dataset(path)
+    bundle = load_bundle(tiny_bundle, verify=False)
+    start, end, kind = held_out_window(dataset, bundle)
+    inputs = bundle.inputs()
+    windows = RequestWindows(dataset.bars, inputs.coarse_rule, inputs.needs)
+    assert kind == "all bars" and end == len(dataset.bars) - 2
+    assert start > 0 and windows.at(start) is not None and windows.at(start - 1) is None
+    reference = reference_signals(tiny_bundle, dataset)
+    assert reference(0) == reference(start - 1) == ("HOLD", 0.0)  # as the served signals, not a DataError
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown", "--pnl-json", "--pnl-markdown"])
+def test_an_output_file_in_a_missing_directory_is_refused_before_the_replay(flag, tiny_bundle, tmp_path):
+    from dualhrq.errors import ConfigurationError
+
+    target = tmp_path / "missing" / "report.out"
+    with pytest.raises(ConfigurationError, match=f"^{flag}: .*no directory"):
+        run_subcommand(register, "replay", "--data", "eurusd_1h", "--bundle", str(tiny_bundle), "--pnl",
+                       "--pnl-bars", "5", flag, str(target))

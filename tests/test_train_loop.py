@@ -303,3 +303,42 @@ def test_a_run_into_a_directory_of_an_older_version_trains_and_takes_over_best(p
     result = run(trainer, 2, tmp_path, inputs=prepared.inputs,
                  eval_sets=EvalSets.of(prepared.train, prepared.val, prepared.test), progress=False)
     assert (tmp_path / "best").read_text() == result.checkpoint.name
+
+
+def test_a_resumed_train_run_is_recorded_with_the_config_it_trained_with(tmp_path):
+    from subcommand import run_subcommand
+
+    from dualhrq.evaluate.ledger import LEDGER_NAME, Ledger, config_hash
+    from dualhrq.train.commands import register
+
+    def write(name: str, lr: float) -> Path:
+        path = tmp_path / name
+        path.write_text(f"base: {ROOT / 'config' / 'train_eurusd.yaml'}\ntrain: {{steps: 4, batch_size: 8, lr: {lr}, "
+                        "device: cpu, checkpoint_every: 2, evaluate: false}\n")
+        return path
+
+    first, edited = write("first.yaml", 1e-3), write("edited.yaml", 5e-3)
+    out = tmp_path / "runs" / "run"
+    assert run_subcommand(register, "train", "--config", str(first), "--out", str(out), "--stop-at", "2",
+                          "--no-progress") == 0
+    # --resume trains on with the checkpoint's config whatever --config now says: that config is the run's.
+    assert run_subcommand(register, "train", "--config", str(edited), "--out", str(out), "--resume",
+                          "--no-progress") == 0
+    with Ledger(tmp_path / "runs" / LEDGER_NAME) as ledger:
+        runs = ledger.runs("train")
+    assert [r.metrics["step"] for r in runs] == [2, 4]
+    assert {r.config_hash for r in runs} == {config_hash(load_config(first))} != {config_hash(load_config(edited))}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3"])
+def test_a_count_flag_names_itself_and_what_it_expects(value, capsys):
+    import argparse
+
+    from dualhrq.train.commands import register
+
+    parser = argparse.ArgumentParser(prog="dualhrq")
+    register(parser.add_subparsers(dest="command", required=True))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--config", "c.yaml", "--steps", value])
+    err = capsys.readouterr().err
+    assert f"argument --steps: expected a positive integer, got '{value}'" in err and "_positive" not in err

@@ -3,6 +3,8 @@
 import argparse
 import json
 import sqlite3
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,46 @@ def test_without_tracking_nothing_goes_to_mlflow(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "mirror_run", refuse)
     validate(tmp_path)
     assert (tmp_path / "runs" / LEDGER_NAME).is_file()
+
+
+class _MlflowException(Exception):
+    pass
+
+
+def _unreachable_mlflow(monkeypatch, error: Exception) -> None:
+    """An MLflow whose client fails at its first call, as with an unreachable server or an unwritable store."""
+    class Client:
+        def __init__(self, tracking_uri=None):
+            pass
+
+        def get_experiment_by_name(self, name):
+            raise error
+
+    modules = {name: types.ModuleType(name) for name in ("mlflow", "mlflow.exceptions", "mlflow.entities",
+                                                          "mlflow.tracking")}
+    modules["mlflow.exceptions"].MlflowException = _MlflowException
+    modules["mlflow.entities"].Metric = modules["mlflow.entities"].Param = object
+    modules["mlflow.tracking"].MlflowClient = Client
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.mark.parametrize("error", [_MlflowException("API request to http://127.0.0.1:9 failed: Connection refused"),
+                                   PermissionError(13, "Permission denied")])
+def test_an_mlflow_failure_is_a_clear_error_that_says_the_ledger_has_the_run(tmp_path, monkeypatch, capsys, error):
+    _unreachable_mlflow(monkeypatch, error)
+    config = tmp_path / "v.yaml"
+    config.write_text(yaml.safe_dump({"base": str(TINY), "validate": {**VALIDATE, "permuted_control_splits": 0}}))
+    parser = argparse.ArgumentParser()
+    add_validate_args(parser)
+    args = parser.parse_args(["--config", str(config), "--out", str(tmp_path / "runs" / "o"), "--no-progress",
+                              "--tracking", "mlflow:http://127.0.0.1:9"])
+    assert run_validate_command(args, noise_hrm, load_data=lambda cfg: synthetic()) == 2
+    err = capsys.readouterr().err
+    assert "--tracking: MLflow at http://127.0.0.1:9 failed" in err and str(error) in err
+    assert "has the run already, as run 1" in err
+    with Ledger(tmp_path / "runs" / LEDGER_NAME) as ledger:
+        assert len(ledger.runs("validate")) == 1
 
 
 def test_a_bad_tracking_flag_is_a_clear_error(tmp_path, capsys):

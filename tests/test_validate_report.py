@@ -210,15 +210,19 @@ def command_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
     return parser.parse_args(["--config", str(config_path), "--out", str(tmp_path / "out"), "--no-progress", *argv])
 
 
-def test_command_exits_zero_on_clean_data_and_says_it_ran_baselines_only(tmp_path, capsys):
-    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: synthetic())
+def scripted_hrm(cfg, data, fail_open):
+    return [lambda d, _: Scripted(d)] + ([lambda d, _: Scripted(d, "hrm_regime_only")] if fail_open else [])
+
+
+def test_command_exits_zero_on_clean_data_and_prints_the_report(tmp_path, capsys):
+    code = run_validate_command(command_args(tmp_path), scripted_hrm, load_data=lambda cfg: synthetic())
     assert code == 0
     out = capsys.readouterr().out
-    assert "baselines only" in out and "report:" in out
+    assert "hrm: Sharpe" in out and "report:" in out
 
 
 def test_command_exits_non_zero_on_a_planted_leak(tmp_path, capsys):
-    code = run_validate_command(command_args(tmp_path), load_data=lambda cfg: synthetic(leak=True))
+    code = run_validate_command(command_args(tmp_path), scripted_hrm, load_data=lambda cfg: synthetic(leak=True))
     assert code == 1  # a check failed (the exit-code table in dualhrq.errors)
     out = capsys.readouterr().out
     assert "Leakage was found" in out
@@ -227,11 +231,8 @@ def test_command_exits_non_zero_on_a_planted_leak(tmp_path, capsys):
 
 
 def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
-    def hrm(cfg, data, fail_open):
-        return [lambda d, _: Scripted(d)] + ([lambda d, _: Scripted(d, "hrm_regime_only")] if fail_open else [])
-
     args = command_args(tmp_path, "--compare-fail-open")
-    code = run_validate_command(args, load_data=lambda cfg: synthetic(), hrm=hrm)
+    code = run_validate_command(args, scripted_hrm, load_data=lambda cfg: synthetic())
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["comparisons"][0]["a"] == "hrm" and report["comparisons"][0]["b"] == "hrm_regime_only"
@@ -240,7 +241,7 @@ def test_command_runs_the_wired_hrm_and_its_regime_only_variant(tmp_path):
 def test_command_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     args = command_args(tmp_path)
     Path(args.config).write_text(yaml.safe_dump({"base": str(TINY), "validate": {"test_bars": 0}}))
-    assert run_validate_command(args, load_data=lambda cfg: None) == 2  # bad input
+    assert run_validate_command(args, scripted_hrm, load_data=lambda cfg: None) == 2  # bad input
     assert "validate.test_bars" in capsys.readouterr().err
 
 

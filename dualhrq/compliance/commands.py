@@ -1,16 +1,19 @@
 """`dualhrq replay`: stream historical bars through the compliance gate and prove zero violations.
 
-The lead's cli.py calls ``register(subparsers)``. Exit status: 0 with zero violations, 1 with any (so CI can
+`dualhrq.cli` calls ``register(subparsers)``. Exit status: 0 with zero violations, 1 with any (so CI can
 gate on it), 2 on bad input (raised as HRMError and reported by the CLI).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dualhrq.compliance.policies import POLICIES
 from dualhrq.errors import ConfigurationError
+from dualhrq.train.commands import positive_int
 
 if TYPE_CHECKING:
     from dualhrq.compliance.replay import SignalFn
@@ -32,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--connect", metavar="ADDR",
                         help="a running server (e.g. tcp://127.0.0.1:5555, any number of workers) decides: its model "
                              "and its gate, re-checked here; only the bars' closes are fed (no quotes)")
-    source.add_argument("--policy", choices=("momentum", "random"),
+    source.add_argument("--policy", choices=POLICIES,
                         help="a built-in signal source instead of a model: momentum (sign of the 5-bar move) "
                         "or random (seeded)")
     p.add_argument("--events", help="quote events, CSV (header ts,bid,ask,last) or JSON list; ts in int ns UTC "
@@ -50,11 +53,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "is its dataset), fill the actions after the gate with validation's execution model and "
                         "report the P&L and the action agreement with the bundle's weights in PyTorch (exit 1 "
                         "when an fp32 bundle agrees on fewer than 99.5%% of bars)")
-    p.add_argument("--pnl-bars", type=int, default=None, metavar="N",
+    p.add_argument("--pnl-bars", type=positive_int, default=None, metavar="N",
                    help="--pnl over the window's first N bars only (a quick check)")
     p.add_argument("--pnl-json", metavar="FILE", help="write the --pnl report as JSON")
     p.add_argument("--pnl-markdown", metavar="FILE", help="write the --pnl report as Markdown")
     p.set_defaults(func=run_replay)
+
+
+_OUTPUTS = ("json", "markdown", "pnl_json", "pnl_markdown")  # the file flags, as argparse names them
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output file that cannot be written before the replay runs, not after it."""
+    for name in _OUTPUTS:
+        path = getattr(args, name)
+        if path is None:
+            continue
+        flag, parent = "--" + name.replace("_", "-"), Path(path).parent
+        if Path(path).is_dir():
+            raise ConfigurationError(f"{flag}: {path} is a directory; give a file path")
+        if not parent.is_dir():
+            raise ConfigurationError(f"{flag}: {path}: no directory {parent} to write the report into")
+        if not os.access(parent, os.W_OK):
+            raise ConfigurationError(f"{flag}: {path}: directory {parent} is not writable")
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -66,6 +87,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from dualhrq.config import ComplianceConfig, load_config
     from dualhrq.data.sources import load_dataset
 
+    _check_outputs(args)
     dataset = load_dataset(args.data)
     bars = dataset.bars
     instrument = args.instrument or dataset.instrument
@@ -80,10 +102,8 @@ def run_replay(args: argparse.Namespace) -> int:
         from dualhrq.compliance.pnl import held_out_window, pnl_replay, reference_signals
         from dualhrq.export.bundle import load_bundle
 
-        window = held_out_window(dataset, load_bundle(args.bundle, verify=False).config)
+        window = held_out_window(dataset, load_bundle(args.bundle, verify=False))
         if args.pnl_bars is not None:
-            if args.pnl_bars < 1:
-                raise ConfigurationError(f"--pnl-bars: expected a positive number of bars, got {args.pnl_bars}")
             window = (window[0], min(window[1], window[0] + args.pnl_bars - 1), window[2])
         report, pnl = pnl_replay(args.bundle, dataset, _bundle_signals(args.bundle, bars, instrument),
                                  reference_signals(args.bundle, dataset, instrument), config, events=events, instrument=instrument,

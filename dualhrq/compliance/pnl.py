@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,11 @@ from dualhrq.evaluate.execution import Fills, default_fee_bps, market_for
 from dualhrq.evaluate.ledger import strict_json
 from dualhrq.evaluate.metrics import periods_per_year, sharpe_ratio
 from dualhrq.model.vocab import replay_instrument
+
+if TYPE_CHECKING:  # the export and serving stacks load only when --pnl runs
+    from dualhrq.export.bundle import Bundle
+    from dualhrq.inputs import InputPipeline
+    from dualhrq.runtime.signals import RequestWindows
 
 AGREEMENT_FP32 = 0.995  # the bar an fp32 bundle must clear against its own weights in PyTorch
 
@@ -102,12 +107,28 @@ class PnLReport:
         ]) + "\n"
 
 
-def held_out_window(dataset: Dataset, bundle_config: Any) -> tuple[int, int, str]:
+def _request_windows(bars: Bars, inputs: InputPipeline) -> RequestWindows:
+    """The requests the served path cuts from ``bars`` (``at(i)`` is None before bar i has enough history)."""
+    from dualhrq.runtime.signals import RequestWindows
+
+    return RequestWindows(bars, inputs.coarse_rule, inputs.needs)
+
+
+def held_out_window(dataset: Dataset, bundle: Bundle) -> tuple[int, int, str]:
     """[start, end] bars decided and filled: the training config's held-out tail on one of its own datasets
-    (the tail of a list starts at one time for all of them), else all."""
+    (the tail of a list starts at one time for all of them), else every bar with enough history for a
+    decision."""
+    bundle_config = bundle.config
     names = bundle_config.data.datasets
     if dataset.name not in names:
-        return 0, len(dataset.bars) - 2, "all bars"
+        bars, inputs = dataset.bars, bundle.inputs()
+        windows = _request_windows(bars, inputs)
+        start = next((i for i in range(len(bars) - 1) if windows.at(i) is not None), None)
+        if start is None:
+            coarse, fine = inputs.needs
+            raise DataError(f"--data: {dataset.name}: {len(bars)} bars, too few for one decision with a return "
+                            f"after it (the model reads {fine} fine and {coarse} coarse bars)")
+        return start, len(bars) - 2, "all bars"
     from dualhrq.data.sources import load_datasets
     from dualhrq.data.windows import build_dataset
 
@@ -121,7 +142,7 @@ def held_out_window(dataset: Dataset, bundle_config: Any) -> tuple[int, int, str
 def reference_signals(bundle_path: str | Path, dataset: Dataset, instrument: str | None = None) -> SignalFn:
     """i -> (action, quantity) of the bundle's weights in PyTorch at the close of bar i, from the bars up to it,
     for the instrument (default: the dataset's) and timeframe `dualhrq.runtime.signals.signal_fn_from_bundle`
-    serves them as."""
+    serves them as, and HOLD where it does: before a bar has enough history for the model."""
     from dualhrq.api import HRMPolicy
     from dualhrq.export.bundle import load_bundle
     from dualhrq.model import HRM
@@ -135,8 +156,11 @@ def reference_signals(bundle_path: str | Path, dataset: Dataset, instrument: str
     instrument = replay_instrument(inputs.artifacts.instruments, instrument or dataset.instrument)
     timeframe = inputs.artifacts.timeframe
     bars = dataset.bars
+    windows = _request_windows(bars, inputs)
 
     def signal(i: int) -> tuple[str, float]:
+        if windows.at(i) is None:  # too little history: HOLD, as the served signals do
+            return "HOLD", 0.0
         d = policy.decide(bars.slice(0, i + 1), instrument, timeframe)
         return d.action, float(d.quantity)
 
@@ -168,7 +192,7 @@ def pnl_replay(bundle_path: str | Path, dataset: Dataset, served: SignalFn, refe
     bundle = load_bundle(bundle_path, verify=False)
     cfg = bundle.config
     bars = dataset.bars
-    start, end, kind = window if window is not None else held_out_window(dataset, cfg)
+    start, end, kind = window if window is not None else held_out_window(dataset, bundle)
     if not 0 <= start <= end < len(bars) - 1:
         raise DataError(f"--pnl: window [{start}, {end}] is not inside the {len(bars)} bars (the last bar has no "
                         "return to earn)")

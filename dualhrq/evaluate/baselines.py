@@ -17,8 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from dualhrq.errors import DataError
 from dualhrq.evaluate.metrics import Predictions
 from dualhrq.model.vocab import ACTIONS, position_from_probs
-
-N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.features.PositionRule)
+from dualhrq.train.evaluation import N_STATES, LabelBaselines
 
 
 class BuyAndHold:
@@ -84,9 +83,8 @@ class StateOnly:
         self.probs = np.full((N_STATES, len(ACTIONS)), 1.0 / len(ACTIONS))
 
     def fit(self, train_idx: np.ndarray, resume_from: object | None = None) -> None:
-        s, a = self.states[train_idx], self.actions[train_idx]
-        counts = np.stack([np.bincount(a[s == k], minlength=len(ACTIONS)) + 1.0 for k in range(N_STATES)])
-        self.probs = counts / counts.sum(axis=1, keepdims=True)
+        # the state-only baseline `dualhrq train` reports its held-out cross-entropy against
+        self.probs = LabelBaselines.fit(self.actions[train_idx], self.states[train_idx]).by_state
 
     def predict(self, test_idx: np.ndarray) -> Predictions:
         position = position_from_probs(self.probs[self.states[test_idx]])

@@ -11,6 +11,7 @@ import msgspec
 
 from dualhrq.config import Config, TrackingConfig, load_config
 from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
+from dualhrq.train.commands import positive_int
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
     from dualhrq.evaluate.fanout import Runner
@@ -22,15 +23,17 @@ if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `valida
 def _cmd_validate(args: argparse.Namespace) -> int:
     from dualhrq.evaluate.hrm_predictor import hrm_factories
 
-    return run_validate_command(args, hrm=hrm_factories)
+    return run_validate_command(args, hrm_factories)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser(
-        "validate", help="walk-forward / CPCV validation of the HRM against baselines, with leakage checks",
-        description="Fit and test the HRM and simple baselines on identical purged splits, check for leakage, "
-                    "and write a report with SPA, Reality Check and Deflated Sharpe Ratio. "
-                    "--compare-fail-open adds the HRM with its pattern context masked (regime-only).")
+        "validate", help="walk-forward validation of the HRM against baselines, with leakage checks",
+        description="Fit and test the HRM and simple baselines on identical purged walk-forward splits, check for "
+                    "leakage, and write a report with SPA, Reality Check and Deflated Sharpe Ratio. "
+                    "--compare-fail-open adds the HRM with its pattern context masked (regime-only). "
+                    "validate.scheme: cpcv is refused: its training groups follow its test groups, whose bars the "
+                    "HRM's input pipeline would be fitted on.")
     add_validate_args(v)
     v.set_defaults(func=_cmd_validate)
     r = subparsers.add_parser(
@@ -89,7 +92,7 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="ignore splits an earlier run saved; start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--seeds", type=_positive, default=1, metavar="K",
+    parser.add_argument("--seeds", type=positive_int, default=1, metavar="K",
                         help="validate the HRM with K training seeds (train.seed, +1, ...): the report gives their "
                              "mean and spread, the DSR and PBO count each (default 1)")
     parser.add_argument("--tracking", metavar="mlflow[:URI]", default=None,
@@ -99,15 +102,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
                         help="run each predictor's splits (and each seed) as Ray tasks (the ray extra): on a local Ray "
                              "started for the run, or the cluster at ADDRESS (e.g. ray://head:10001 or auto); the run "
                              "directory must be shared storage. The report is the sequential run's, bit for bit")
-    parser.add_argument("--workers", type=_positive, default=None, metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="run the predictors' tasks in N local processes instead (no Ray needed)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _renamed(factory: PredictorFactory, name: str) -> PredictorFactory:
@@ -130,15 +126,14 @@ def seed_factories(hrm: HRMFactories, cfg: Config, data: ValidationData, seeds: 
     return factories, names
 
 
-def run_validate_command(
-    args: argparse.Namespace, *, load_data: DataLoader | None = None, hrm: HRMFactories | None = None
-) -> int:
+def run_validate_command(args: argparse.Namespace, hrm: HRMFactories, *, load_data: DataLoader | None = None) -> int:
     """`dualhrq validate`: exit 0 on a clean run, 1 when leakage is found (a check failed), 2 on a configuration
     or data error (the CLI's exit-code table).
 
-    The CLI binds ``hrm`` once the HRM predictor exists; without it the baselines run alone and the report
-    says so. ``load_data`` defaults to the config's dataset; a config with several validates each instrument
-    in OUT/<instrument>/ and writes the pooled report in OUT (dualhrq.evaluate.pooled).
+    ``hrm``: the HRM's predictor factories (the CLI's are dualhrq.evaluate.hrm_predictor's; tests pass
+    stand-ins). ``load_data`` (tests: synthetic data) defaults to the config's dataset; a config with several
+    validates each instrument in OUT/<instrument>/ and writes the pooled report in OUT
+    (dualhrq.evaluate.pooled).
     """
     from dualhrq.evaluate.fanout import runner_for
     from dualhrq.evaluate.tracking import tracking_from_flag
@@ -149,12 +144,6 @@ def run_validate_command(
         tracking = tracking_from_flag(cfg.tracking, getattr(args, "tracking", None))
         runner = runner_for(getattr(args, "ray", None), getattr(args, "workers", None))  # bad flags fail first
         out = Path(args.out or cfg.validate.out_dir)
-        if hrm is None:
-            print("no HRM predictor is wired in: validating the baselines only")
-            if args.compare_fail_open:
-                print("--compare-fail-open compares two HRM variants: skipped")
-            if args.seeds > 1:
-                print("--seeds reruns the HRM: skipped")
         if load_data is None and len(cfg.data.datasets) > 1:
             panel = load_validation_panel(cfg)
             runs = {name: _validate_one(args, cfg, data, out / name, out, hrm, tracking, runner)
@@ -192,7 +181,7 @@ def run_validate_command(
 
 
 def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, out: Path, run_dir: Path,
-                  hrm: HRMFactories | None, tracking: TrackingConfig, runner: Runner) -> tuple[ValidationResult, str]:
+                  hrm: HRMFactories, tracking: TrackingConfig, runner: Runner) -> tuple[ValidationResult, str]:
     """One dataset's validation into ``out``, recorded in the run ledger beside ``run_dir`` (the command's
     output directory: one instrument of a list shares the ledger of a run on that instrument alone):
     (result, the ledger line to print)."""
@@ -200,14 +189,9 @@ def _validate_one(args: argparse.Namespace, cfg: Config, data: ValidationData, o
     from dualhrq.evaluate.tracking import record_run
     from dualhrq.evaluate.validate import baseline_factories, run_validation
 
-    factories = baseline_factories(cfg.validate)
-    comparisons: list[tuple[str, str]] = []
-    seeds: list[str] = []
-    if hrm is not None:
-        extra, seeds = seed_factories(hrm, cfg, data, args.seeds)
-        factories = hrm(cfg, data, args.compare_fail_open) + extra + factories
-        if args.compare_fail_open:
-            comparisons.append(("hrm", "hrm_regime_only"))
+    extra, seeds = seed_factories(hrm, cfg, data, args.seeds)
+    factories = hrm(cfg, data, args.compare_fail_open) + extra + baseline_factories(cfg.validate)
+    comparisons = [("hrm", "hrm_regime_only")] if args.compare_fail_open else []
     with Ledger(default_ledger_path(cfg, run_dir)) as ledger:
         fingerprint = data.data_fingerprint()
         result = run_validation(

@@ -16,7 +16,8 @@ With a ``participation_cap`` at most that share of the fill bar's volume fills; 
 following samples, so the executed position lags the target. A fill beyond the last bar never happens.
 
 Costs are charged on the executed position's change, the first entry from flat included. The defaults (close,
-no delay, no spread, no impact) are the seed's accounting: ``position * return - |change| * cost_bps / 2``.
+no delay, no spread, no impact) charge the fee alone: ``position * return - |change| * fee_bps * 1e-4``, with
+``fee_bps = cost_bps / 2`` per side by default (two sides make the round trip ``data.cost_bps``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Fills:
 
     @property
     def net(self) -> np.ndarray:
-        # fees first: with no spread and no impact this is the seed's `p * r - trades * cost_bps * 1e-4`, bit for bit
+        # fees first: with no spread and no impact this is exactly `position * r - traded * fee_bps * 1e-4`
         return self.gross - self.fees - self.spread - self.impact
 
     def break_even_bps(self) -> float:
@@ -111,7 +112,8 @@ def _capped(target: np.ndarray, capacity: np.ndarray) -> np.ndarray:
 
 
 def close_fill_market(returns: np.ndarray, fee_bps: float) -> Market:
-    """The seed's market: fills at the close of the signal bar, the sample's own return, a fee and nothing else."""
+    """Fills at the close of the signal bar, earning the sample's own return and paying a fee and nothing else
+    (the permuted-label control's market: its shuffled returns are no market to fill in)."""
     return Market(fill_return=np.asarray(returns, dtype=np.float64), fee_bps=fee_bps)
 
 
@@ -128,7 +130,7 @@ def needs_bars(cfg: ExecutionConfig) -> bool:
 def market_for(cfg: ExecutionConfig, round_trip_bps: float, returns: np.ndarray, bars: Bars | None,
                bar_index: np.ndarray | None) -> Market:
     """The market of every sample: sample i was decided at the close of ``bars[bar_index[i]]`` and its
-    close-to-close return is ``returns[i]`` (what the seed's accounting earned)."""
+    close-to-close return is ``returns[i]`` (what a fill at the signal bar's close earns)."""
     fee = default_fee_bps(cfg, round_trip_bps)
     if not needs_bars(cfg):
         return Market(fill_return=np.asarray(returns, dtype=np.float64), fee_bps=fee,

@@ -1,9 +1,11 @@
 """The HRM as a validation Predictor (dualhrq.evaluate.validate): walk-forward with the model, with and without
 its pattern context.
 
-Each split refits everything the inputs depend on from that split's training window alone: feature
-statistics, regime model, pattern encoder and library (the cut sits right after the split's last training
-sample), so no test window ever informs its own normalisation or retrieval. The model then trains for
+Each split refits everything the inputs depend on from the bars before a cut right after the split's last
+training sample: feature statistics, target scales, regime model, pattern encoder and library (with its
+realised outcomes). Under walk-forward every test window lies after that cut, so none ever informs its own
+normalisation or retrieval. Under CPCV training groups follow test groups, whose bars would then be fitted
+on, so the HRM refuses ``validate.scheme: cpcv`` (`check_scheme`). The model then trains for
 ``train.steps`` steps (from the previous split's weights when validation continues), keeps the checkpoint
 with the best cross-entropy on the purged tail of the split's training window, and predicts with the ACT
 loop as served.
@@ -30,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualhrq.config import Config, config_to_dict
+from dualhrq.config import Config, prediction_settings
 from dualhrq.data.splits import label_hulls, overlaps, validation_slice
 from dualhrq.data.windows import WindowDataset
-from dualhrq.errors import DataError, InferenceError
+from dualhrq.errors import ConfigurationError, DataError, InferenceError
 from dualhrq.evaluate.metrics import Predictions
 from dualhrq.evaluate.validate import PanelRows, PredictorFactory, ValidationData
 from dualhrq.model import HRM
@@ -89,12 +91,13 @@ class HRMPredictor:
 
     def fit(self, train_idx: np.ndarray, resume_from: object | None) -> str:
         """Train (or find the twin variant's identical run) and return the checkpoint path as the state."""
+        check_scheme(self.cfg)
         train_idx = np.asarray(train_idx, np.int64)
         self.prepared = self._prepare(int(train_idx.max()))
         rows = self._training_rows(train_idx)
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
-        setup = (json.dumps(_model_settings(self.cfg), sort_keys=True) + self.data.fingerprint()
+        setup = (json.dumps(prediction_settings(self.cfg), sort_keys=True) + self.data.fingerprint()
                  # the other instruments' samples and labels, so that a changed file among them retrains too
                  + self.windows.samples_fingerprint
                  + str(resume_from))
@@ -154,7 +157,7 @@ class HRMPredictor:
     def _training_rows(self, train_idx: np.ndarray) -> np.ndarray:
         """The windows' samples the split trains on: its own, and the other instruments' within the span of
         its own (first sample to last label) whose labels overlap none of the own samples the split leaves
-        out (its test windows, their purge gaps and embargoes, under CPCV also between its training parts)."""
+        out (its test windows, their purge gaps and embargoes)."""
         w, t, t_known = self.windows, self.data.t, self.data.t_known
         left_out = np.setdiff1d(np.arange(len(t)), train_idx)
         others = ((w.instrument_index != w.instrument_index[self.rows[0]]) & (w.t >= t[train_idx].min())
@@ -180,18 +183,22 @@ class HRMPredictor:
         return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(rows)), targets)
 
 
-def _model_settings(cfg: Config) -> dict:
-    """The config as a split's model key reads it: without the settings that only score or record a run
-    (execution costs, PBO blocks, tracking), so that changing them never retrains a model."""
-    d = config_to_dict(cfg)
-    d.pop("tracking", None)
-    for key in ("execution", "pbo_blocks"):
-        d["validate"].pop(key, None)
-    return d
+def check_scheme(cfg: Config) -> None:
+    """Refuse a validation scheme whose splits the HRM's inputs cannot be fitted for without the test data."""
+    if cfg.validate.scheme == "cpcv":
+        # The input pipeline fits on every bar before one cut (dualhrq.inputs.InputPipeline.fit): a split that
+        # trains on groups after its test groups would fit on the test groups' bars and retrieve their outcomes.
+        raise ConfigurationError(
+            "validate.scheme: cpcv cannot validate the HRM: its feature statistics, target scales, regime model "
+            "and pattern library are fitted on every bar before the split's last training sample, and a CPCV "
+            "split trains on groups after its test groups, so their bars and outcomes would inform the fit; use "
+            "walk_forward")
 
 
 def hrm_factories(cfg: Config, data: ValidationData, compare_fail_open: bool) -> list[PredictorFactory]:
-    """The HRM predictor, and with ``compare_fail_open`` its regime-only twin, for `dualhrq validate`."""
+    """The HRM predictor, and with ``compare_fail_open`` its regime-only twin, for `dualhrq validate`
+    (ConfigurationError for a scheme it cannot be validated under)."""
+    check_scheme(cfg)
     factories: list[PredictorFactory] = [lambda d, out: HRMPredictor(cfg, d, out, "hrm", patterns=True)]
     if compare_fail_open:
         factories.append(lambda d, out: HRMPredictor(cfg, d, out, "hrm_regime_only", patterns=False))

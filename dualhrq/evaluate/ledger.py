@@ -26,26 +26,19 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from dualhrq.config import VALIDATE_REPORTING_ONLY, Config
+from dualhrq.config import VALIDATE_REPORTING_ONLY, Config, prediction_settings
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError
 
 LEDGER_FORMAT = 1
 LEDGER_NAME = "ledger.sqlite"
 
-# Settings that only say where output goes, how often it is logged or how fast it runs: no new configuration.
-_BOOKKEEPING = {
-    "train": {"out_dir", "log_every", "grad_norm_every", "device"},
-    "patterns": {"fault", "timeout_ms", "pool_size"},
-    "validate": VALIDATE_REPORTING_ONLY,
-}
-_SECTIONS = ("model", "act", "data", "train", "patterns", "validate")  # serving, compliance and budget: no
-
 
 def config_hash(cfg: Config) -> str:
-    """Identifies a configuration tried: every setting that can change a model or a prediction (the seed too)."""
-    d = msgspec.to_builtins(cfg)
-    kept = {s: {k: v for k, v in d[s].items() if k not in _BOOKKEEPING.get(s, ())} for s in _SECTIONS}
+    """Identifies a configuration tried: every setting that can change a model or a prediction (the seed too):
+    the model's (`prediction_settings`) and validation's splits and baselines, not its reporting."""
+    validate = {k: v for k, v in msgspec.to_builtins(cfg.validate).items() if k not in VALIDATE_REPORTING_ONLY}
+    kept = {**prediction_settings(cfg), "validate": validate}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -56,15 +56,26 @@ def _flat(prefix: str, x: Any) -> Iterable[tuple[str, float]]:
 
 
 def mirror_run(tracking: TrackingConfig, record: RunRecord, cfg: Config, artifacts: Iterable[Path] = ()) -> str:
-    """Log one ledger run to MLflow; returns the MLflow run id."""
+    """Log one ledger run to MLflow; returns the MLflow run id. A missing MLflow, an unreachable server or a
+    store that refuses the run is a ConfigurationError naming --tracking."""
     try:
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
+        from mlflow.exceptions import MlflowException
     except ImportError:
         raise ConfigurationError("--tracking mlflow needs MLflow: pip install 'dualhrq[mlflow]'") from None
-    client = MlflowClient(tracking_uri=_uri(tracking.mlflow_uri) or None)
-    experiment = client.get_experiment_by_name(tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
+    uri = _uri(tracking.mlflow_uri)
+    try:
+        return _log_run(uri, tracking.experiment, record, cfg, artifacts)
+    except (MlflowException, OSError) as e:  # MLflow wraps HTTP failures in MlflowException; a file store, OSError
+        raise ConfigurationError(f"--tracking: MLflow at {uri or 'its default tracking URI'} failed: {e}") from None
+
+
+def _log_run(uri: str, experiment_name: str, record: RunRecord, cfg: Config, artifacts: Iterable[Path]) -> str:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or None)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
     tags = {"dualhrq.kind": record.kind, "dualhrq.dataset": record.dataset, "dualhrq.ledger_run": str(record.run_id),
             "dualhrq.run_dir": record.run_dir}
     if record.verdict:
@@ -87,8 +98,13 @@ def mirror_run(tracking: TrackingConfig, record: RunRecord, cfg: Config, artifac
 
 def record_run(tracking: TrackingConfig, ledger: Ledger, record: RunRecord, cfg: Config, trials: Sequence[Trial] = (),
                artifacts: Iterable[Path] = ()) -> RunRecord:
-    """Append a finished run to the ledger and, when tracking asks for it, mirror it to MLflow."""
+    """Append a finished run to the ledger and, when tracking asks for it, mirror it to MLflow (a failed mirror
+    is a ConfigurationError that says the ledger holds the run)."""
     record = ledger.append(record, trials)
     if tracking.mlflow:
-        mirror_run(tracking, record, cfg, artifacts)
+        try:
+            mirror_run(tracking, record, cfg, artifacts)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"{e} (the run ledger {ledger.path} has the run already, as run "
+                                     f"{record.run_id}; its MLflow copy is missing or incomplete)") from None
     return record

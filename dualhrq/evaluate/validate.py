@@ -20,12 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgspec
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dualhrq.config import VALIDATE_REPORTING_ONLY, Config, ValidateConfig
+from dualhrq.config import Config, ValidateConfig
 from dualhrq.data.bars import Bars, Dataset
 from dualhrq.data.resample import resample, visible_counts
 from dualhrq.data.sources import load_datasets
@@ -44,7 +43,7 @@ from dualhrq.evaluate.baselines import (
 )
 from dualhrq.evaluate.execution import Fills, Market, close_fill_market, default_fee_bps, market_for
 from dualhrq.evaluate.fanout import Runner, Sequential
-from dualhrq.evaluate.ledger import Trial, bars_fingerprint
+from dualhrq.evaluate.ledger import Trial, bars_fingerprint, config_hash
 from dualhrq.evaluate.metrics import Predictions, StrategyMetrics, compute_metrics, periods_per_year, sharpe_ratio
 from dualhrq.evaluate.overfitting import probability_of_backtest_overfitting
 from dualhrq.evaluate.report import Comparison, SplitInfo, ValidationResult, write_report
@@ -61,7 +60,7 @@ class ValidationData:
     ``returns[i]`` is the log return of holding one unit from sample i to sample i+1 (what a position taken
     at sample i earns); ``t_known[i]`` is when *all* of sample i's training labels are known, so that purging
     by [t, t_known] keeps every label out of reach. ``labels`` are further per-sample training targets (the
-    HRM's outA/outB/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
+    HRM's out_a/out_b/action/quantity) and ``inputs`` the model's own inputs (token windows...): validation
     never reads them, but permutes ``labels`` together with ``returns`` for the permuted-label control.
     ``probe`` recomputes the features on a prefix of the bars, for the truncation check. ``bars`` with
     ``bar_index`` (sample i was decided at the close of ``bars[bar_index[i]]``) let the execution model fill
@@ -279,12 +278,9 @@ def _json_state(state: object) -> object:
 
 
 def _split_fingerprint(data_fp: str, name: str, cfg: Config, split: Split) -> str:
-    """Identifies a split's result: data, predictor, every setting that can change it, and the split itself."""
-    settings = msgspec.to_builtins(cfg)
-    settings["validate"] = {k: v for k, v in settings["validate"].items() if k not in VALIDATE_REPORTING_ONLY}
-    settings.pop("tracking", None)
-    h = hashlib.sha256(f"{data_fp}/{name}/".encode())
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    """Identifies a split's result: data, predictor, every setting that can change it (the configuration
+    tried, as the run ledger identifies it), and the split itself."""
+    h = hashlib.sha256(f"{data_fp}/{name}/{config_hash(cfg)}/".encode())
     h.update(split.train.tobytes())
     h.update(split.test.tobytes())
     return h.hexdigest()[:16]

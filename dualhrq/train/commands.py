@@ -7,20 +7,26 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dualhrq.config import Config, TrackingConfig, load_config
+from dualhrq.config import Config, load_config
 
 if TYPE_CHECKING:
     from dualhrq.train.loop import RunResult
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+def positive_int(text: str) -> int:
+    """argparse type of a count flag (argparse puts the flag's name before the error)."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import msgspec
+
     from dualhrq.evaluate.tracking import tracking_from_flag
     from dualhrq.train.evaluation import instrument_table
     from dualhrq.train.loop import train
@@ -31,7 +37,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    ledger_path = _record(cfg, tracking, result)
+    # A resumed run trained with its checkpoint's config, which the ledger records; where it records the run
+    # is this command's tracking.
+    ledger_path = _record(msgspec.structs.replace(result.config, tracking=tracking), result)
     last = result.history[-1] if result.history else {}
     acc, seg = last.get("train_accuracy"), last.get("segments")
     print(f"trained to step {result.step}: training loss {last.get('loss', float('nan')):.4f}, training accuracy "
@@ -62,8 +70,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
-    """Append the finished run to the run ledger (and MLflow when tracking asks for it)."""
+def _record(cfg: Config, result: RunResult) -> Path:
+    """Append the finished run of ``cfg`` to the run ledger (and MLflow when ``cfg.tracking`` asks for it)."""
     from dualhrq.data.sources import load_datasets
     from dualhrq.evaluate.ledger import Ledger, RunRecord, config_hash, datasets_fingerprint, default_ledger_path
     from dualhrq.evaluate.tracking import record_run
@@ -79,7 +87,7 @@ def _record(cfg: Config, tracking: TrackingConfig, result: RunResult) -> Path:
                        dataset="+".join(cfg.data.datasets), seed=cfg.train.seed, run_dir=str(Path(result.out_dir).resolve()),
                        metrics=metrics)
     with Ledger(default_ledger_path(cfg, result.out_dir)) as ledger:
-        record_run(tracking, ledger, record, cfg, artifacts=[Path(result.out_dir) / "metrics.jsonl"])
+        record_run(cfg.tracking, ledger, record, cfg, artifacts=[Path(result.out_dir) / "metrics.jsonl"])
         return ledger.path
 
 
@@ -92,11 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "-m dualhrq train ... (gloo on CPU, NCCL on CUDA).")
     p.add_argument("--config", required=True, help="training config: a YAML path or a shipped name (`dualhrq config list`), e.g. train_eurusd")
     p.add_argument("--out", default=None, help="run directory (default: the config's train.out_dir)")
-    p.add_argument("--steps", type=_positive, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="total steps of the run, the schedule's length (default: train.steps)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint, bit-exactly on CPU")
-    p.add_argument("--stop-at", type=_positive, default=None, metavar="STEP",
+    p.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
                    help="stop after this step (a checkpoint is written); --resume continues later")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tracking", metavar="mlflow[:URI]", default=None,

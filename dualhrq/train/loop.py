@@ -369,6 +369,7 @@ class RunResult:
     step: int
     checkpoint: Path | None  # the last written
     history: list[dict[str, Any]]
+    config: Config  # the config the run trained with: a resumed run's is its checkpoint's, not the caller's
     best: Path | None = None  # lowest validation cross-entropy (None without evaluation)
     best_val: HeldOut | None = None  # the best checkpoint's figures on the validation slice
     best_test: HeldOut | None = None  # and on the held-out tail
@@ -387,7 +388,7 @@ def run(trainer: Trainer, until: int, out_dir: Path | None = None, *, inputs: In
     main = ctx.is_main and out_dir is not None
     history: list[dict[str, Any]] = []
     checkpoint: Path | None = None
-    result = RunResult(out_dir or Path(), trainer.step, None, history)
+    result = RunResult(out_dir or Path(), trainer.step, None, history, trainer.cfg)
     best_ce = _best_so_far(out_dir) if out_dir is not None else math.inf
     stale = 0  # evaluations since the best
     if main:
