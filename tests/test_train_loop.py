@@ -342,3 +342,13 @@ def test_a_count_flag_names_itself_and_what_it_expects(value, capsys):
         parser.parse_args(["train", "--config", "c.yaml", "--steps", value])
     err = capsys.readouterr().err
     assert f"argument --steps: expected a positive integer, got '{value}'" in err and "_positive" not in err
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    from dualhrq.train.loop import train
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a run")
+    with pytest.raises(ConfigurationError, match="--out: .* is a file"):
+        train(load_config(ROOT / "config" / "train_eurusd.yaml"), out_dir=taken, progress=False)
+    assert taken.read_text() == "not a run"

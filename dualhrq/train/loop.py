@@ -12,7 +12,8 @@ and a run stopped at k and resumed to 2k therefore end with identical weights.
 Layout of ``out_dir``: ``metrics.jsonl`` (one JSON line per log interval and per evaluation), ``latest`` (name
 of the newest checkpoint), ``best`` (the checkpoint with the lowest cross-entropy on the validation slice) and
 ``checkpoints/step_NNNNNNN/`` (model.safetensors + checkpoint.json from dualhrq.train.checkpoint,
-``train_state.pt``, and the pattern library in ``patterns/``).
+``train_state.pt``, and the pattern library in ``patterns/``), and ``finished`` (the step the last run ended
+at: its schedule's end, or an early stop).
 
 Evaluation (dualhrq.train.evaluation) scores the WHOLE validation slice (the purged tail of the training
 window: it picks the best checkpoint) and the whole held-out tail (reported, never used to choose anything).
@@ -503,6 +504,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, steps: int | None =
     ctx = init_distributed(cfg.train.device)
     try:
         out = Path(out_dir or cfg.train.out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigurationError(f"--out: {out} is a file, not a run directory (train.out_dir)")
         latest = latest_checkpoint(out)
         if resume and latest is None:
             raise ModelLoadError(f"{out}: nothing to resume (no {LATEST_FILE} checkpoint pointer)")
