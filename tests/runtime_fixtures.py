@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from contextlib import contextmanager
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from dualhrq.export.engines import Engine
 from dualhrq.model.vocab import ACTIONS
@@ -138,6 +142,51 @@ def _warm_bars(needs):
 
     return (synthetic_bars(needs[0], 86_400_000_000_000, 1_699_900_000_000_000_000),
             synthetic_bars(needs[1], 3_600_000_000_000, 1_700_000_000_000_000_000))
+
+
+class ScriptedPeer:
+    """A ROUTER on a free port that keeps every body it receives, decoded, and sends back what
+    ``respond(bodies)`` returns for them (encoded reply bodies, to the latest sender; by default nothing: a hung
+    or dead server)."""
+
+    def __init__(self, respond=None) -> None:
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.bodies: list[dict] = []
+        self._respond = respond or (lambda bodies: [])
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(self.address)
+        self._ready.set()
+        while not self._stop.is_set():
+            if sock.poll(20):
+                *envelope, body = sock.recv_multipart()
+                self.bodies.append(msgpack.unpackb(body))
+                for reply in self._respond(self.bodies):
+                    sock.send_multipart([*envelope, reply])
+        sock.close(0)
+        ctx.term()
+
+    def __enter__(self) -> ScriptedPeer:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def until(cond, timeout_s: float = 5.0) -> None:
+    """Wait for ``cond()`` to hold, failing the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def wire_bars(n: int, step: int = 3_600_000_000_000, end: int = 1_700_000_000_000_000_000) -> dict:
@@ -457,12 +506,7 @@ class Cluster:
 
     @staticmethod
     def _until(cond, timeout_s: float = 60.0) -> None:
-        import time
-
-        until = time.monotonic() + timeout_s
-        while not cond():
-            assert time.monotonic() < until, "condition not met in time"
-            time.sleep(0.02)
+        until(cond, timeout_s)
 
     def close(self) -> None:
         import shutil

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from runtime_fixtures import free_port
+from runtime_fixtures import free_port, until
 
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.backend import HEARTBEAT, BrokerAddresses
@@ -84,11 +84,6 @@ def broker():
     shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
 
 
-def _until(cond, timeout_s: float = 5.0) -> None:
-    until = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < until, "condition not met in time"
-        time.sleep(0.01)
 
 
 class Gateway:
@@ -127,7 +122,7 @@ class Gateway:
 def test_every_request_of_an_instrument_goes_to_one_worker_and_only_a_lost_workers_move(broker):
     b, workers = broker
     workers += [FakeWorker(b.addresses.backend, f"w{i}") for i in range(3)]
-    _until(lambda: b.live == 3)
+    until(lambda: b.live == 3)
     gw = Gateway(b.addresses.frontend)
     instruments = [f"SYM{i}" for i in range(30)]
     for round_ in range(4):
@@ -144,7 +139,7 @@ def test_every_request_of_an_instrument_goes_to_one_worker_and_only_a_lost_worke
 
     b.lost("w0")
     workers[0].close()
-    _until(lambda: b.live == 2)
+    until(lambda: b.live == 2)
     for sym in instruments:
         gw.send(f"{sym}-after", sym)
     after = {r["id"].split("-")[0]: r["worker"] for r in gw.collect(len(instruments))}
@@ -159,7 +154,7 @@ def test_a_lost_workers_requests_each_get_one_reply_resent_or_internal(broker):
     b, workers = broker
     holder = FakeWorker(b.addresses.backend, "w0", answer=False)
     workers.append(holder)
-    _until(lambda: b.live == 1)
+    until(lambda: b.live == 1)
     gw = Gateway(b.addresses.frontend)
     for i in range(10):
         gw.send(f"r{i}", "EURUSD", market=i % 2 == 0)
@@ -168,10 +163,10 @@ def test_a_lost_workers_requests_each_get_one_reply_resent_or_internal(broker):
     req.setsockopt(zmq.LINGER, 0)
     req.connect(b.addresses.frontend)
     req.send(msgpack.packb({"type": "signal", "id": "req-1", "instrument": "EURUSD"}))
-    _until(lambda: len(holder.held) == 12)
+    until(lambda: len(holder.held) == 12)
 
     workers.append(FakeWorker(b.addresses.backend, "w1"))
-    _until(lambda: b.live == 2)
+    until(lambda: b.live == 2)
     b.lost("w0")
     holder.release()  # its late answers must not reach anyone: those requests were answered already
     replies = gw.collect(11)
@@ -196,9 +191,9 @@ def test_a_lost_workers_requests_each_get_one_reply_resent_or_internal(broker):
 def test_a_silent_worker_is_lost_after_the_timeout_and_its_requests_answered(broker):
     b, workers = broker
     workers.append(FakeWorker(b.addresses.backend, "w0", answer=False, beat=False))
-    _until(lambda: b.live == 1)
+    until(lambda: b.live == 1)
     workers.append(FakeWorker(b.addresses.backend, "w1"))
-    _until(lambda: b.live == 2)
+    until(lambda: b.live == 2)
     gw = Gateway(b.addresses.frontend)
     for i in range(20):
         gw.send(f"r{i}", f"SYM{i}")
@@ -212,10 +207,10 @@ def test_a_silent_worker_is_lost_after_the_timeout_and_its_requests_answered(bro
 def test_a_body_the_broker_cannot_read_is_still_forwarded_and_answered(broker):
     b, workers = broker
     workers.append(FakeWorker(b.addresses.backend, "w0", answer=False))
-    _until(lambda: b.live == 1)
+    until(lambda: b.live == 1)
     gw = Gateway(b.addresses.frontend)
     gw.sock.send(b"\xc1 not msgpack")
-    _until(lambda: len(workers[0].held) == 1)
+    until(lambda: len(workers[0].held) == 1)
     b.lost("w0")  # no worker left to re-send to: the one reply is the error, with no id to repeat
     (reply,) = gw.collect(1)
     gw.close()
@@ -243,19 +238,19 @@ def test_real_workers_report_the_live_count_leave_when_stopping_and_re_register_
         second = worker("b")
         with worker("a"):
             second.__enter__()
-            _until(lambda: b.live == 2)
+            until(lambda: b.live == 2)
             with Client(addresses.frontend, timeout_s=5, retries=0) as c:
-                _until(lambda: c.ping().workers == 2)
+                until(lambda: c.ping().workers == 2)
                 assert isinstance(c.request(signal_body("s1")), p.SignalReply)
             b.stop()
             b = Broker(addresses).start()  # a new broker on the same addresses: the workers find it by themselves
-            _until(lambda: b.live == 2)
+            until(lambda: b.live == 2)
             with Client(addresses.frontend, timeout_s=5, retries=0) as c:
                 assert isinstance(c.request(signal_body("s2")), p.SignalReply)
             second.__exit__(None, None, None)  # a draining worker tells the broker to send it nothing new
-            _until(lambda: b.live == 1)
+            until(lambda: b.live == 1)
             with Client(addresses.frontend, timeout_s=5, retries=0) as c:
-                _until(lambda: c.ping().workers == 1)
+                until(lambda: c.ping().workers == 1)
     finally:
         b.stop()
         shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)

@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 import zmq
-from runtime_fixtures import ServerThread, fake_host, free_port, signal_body
+from runtime_fixtures import ScriptedPeer, ServerThread, fake_host, free_port, signal_body
 
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
@@ -19,44 +19,8 @@ from dualhrq.runtime.client import AsyncClient, BadReply, Client, RequestFailed,
 from dualhrq.runtime.server import Server
 
 
-class SilentPeer:
-    """A ROUTER that counts what it receives and never answers (a hung or dead server); `respond(bodies)`, given
-    every body received so far, returns the bodies to send back now (to the latest sender)."""
-
-    def __init__(self, respond=None) -> None:
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.bodies: list[dict] = []
-        self._respond = respond or (lambda bodies: [])
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.bind(self.address)
-        self._ready.set()
-        while not self._stop.is_set():
-            if sock.poll(20):
-                *envelope, body = sock.recv_multipart()
-                self.bodies.append(msgpack.unpackb(body))
-                for reply in self._respond(self.bodies):
-                    sock.send_multipart([*envelope, reply])
-        sock.close(0)
-        ctx.term()
-
-    def __enter__(self) -> SilentPeer:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def test_idempotent_requests_are_retried_with_the_same_id_then_time_out():
-    with SilentPeer() as peer, Client(peer.address, timeout_s=0.2, retries=2) as c:
+    with ScriptedPeer() as peer, Client(peer.address, timeout_s=0.2, retries=2) as c:
         with pytest.raises(RequestTimeout):
             c.ping()
         time.sleep(0.1)
@@ -64,7 +28,7 @@ def test_idempotent_requests_are_retried_with_the_same_id_then_time_out():
 
 
 def test_admin_commands_are_never_retried():
-    with SilentPeer() as peer, Client(peer.address, timeout_s=0.2, retries=3) as c:
+    with ScriptedPeer() as peer, Client(peer.address, timeout_s=0.2, retries=3) as c:
         with pytest.raises(RequestTimeout):
             c.admin("kill_switch_on", token="t")
         time.sleep(0.1)
@@ -87,7 +51,7 @@ def test_lazy_pirate_reaches_a_server_that_starts_late(tiny_config):
 
 
 def test_fallback_hold_turns_a_timeout_into_hold():
-    with SilentPeer() as peer, Client(peer.address, timeout_s=0.1, retries=0, fallback="hold") as c:
+    with ScriptedPeer() as peer, Client(peer.address, timeout_s=0.1, retries=0, fallback="hold") as c:
         body = signal_body()
         reply = c.signal("X", "1h", body["coarse"], body["fine"])
     assert (reply.action, reply.quantity, reply.model) == ("HOLD", 0.0, "fallback")
@@ -127,7 +91,7 @@ def test_the_async_client_times_out_and_falls_back():
             body = signal_body()
             return await c.signal("X", "1h", body["coarse"], body["fine"])
 
-    with SilentPeer() as peer:
+    with ScriptedPeer() as peer:
         reply = asyncio.run(go(peer.address))
         time.sleep(0.1)
     assert reply.action == "HOLD" and len(peer.bodies) == 2
@@ -191,7 +155,7 @@ def test_with_several_requests_out_a_reply_without_id_is_nobodys_and_the_rest_ar
             return await asyncio.gather(c.request(signal_body(instrument="BIG")),
                                         c.request(signal_body(instrument="SMALL")), return_exceptions=True)
 
-    with SilentPeer(respond) as peer:
+    with ScriptedPeer(respond) as peer:
         big, small = asyncio.run(go(peer.address))
     assert isinstance(big, RequestTimeout)  # could have been either's: given to neither, and said so
     assert "a reply without a readable id while 2 requests are outstanding: dropped" in caplog.text
@@ -210,7 +174,7 @@ def test_a_reply_of_no_protocol_is_a_bad_reply_in_either_client_and_hold_with_th
         async with AsyncClient(address, timeout_s=2.0, retries=2, **kw) as c:
             return await c.ping() if not kw else await c.request(signal_body())
 
-    with SilentPeer(respond) as peer, Client(peer.address, timeout_s=2.0, retries=2) as c:
+    with ScriptedPeer(respond) as peer, Client(peer.address, timeout_s=2.0, retries=2) as c:
         t0 = time.monotonic()
         with pytest.raises(BadReply, match="not a protocol v1 reply"):
             c.ping()
@@ -228,7 +192,7 @@ def test_an_append_is_retried_like_a_signal_and_the_timeout_counts_every_attempt
 
     fine = signal_body(n_fine=13)["fine"]
     coarse = signal_body()["coarse"]
-    with SilentPeer(respond) as peer, Client(peer.address, timeout_s=0.2, retries=2) as c:
+    with ScriptedPeer(respond) as peer, Client(peer.address, timeout_s=0.2, retries=2) as c:
         stream = c.stream("EURUSD", "1h")
         stream.signal(coarse, _rows(fine, 0, 12))
         with pytest.raises(RequestTimeout, match="x 3 attempts"):
@@ -254,7 +218,7 @@ def test_a_stream_whose_whole_window_failed_sends_it_whole_next_time_not_an_appe
 
     fine = signal_body(n_fine=14)["fine"]
     coarse = signal_body()["coarse"]
-    with SilentPeer(respond) as peer, Client(peer.address, timeout_s=2.0) as c:
+    with ScriptedPeer(respond) as peer, Client(peer.address, timeout_s=2.0) as c:
         stream = c.stream("EURUSD", "1h")
         stream.signal(coarse, _rows(fine, 0, 12))
         with pytest.raises(RequestFailed, match="internal"):

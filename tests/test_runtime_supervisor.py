@@ -6,6 +6,8 @@ import itertools
 import threading
 import time
 
+from runtime_fixtures import until
+
 from dualhrq.runtime.supervisor import RestartPolicy, Supervisor
 
 
@@ -28,11 +30,6 @@ def _watch(supervisor: Supervisor) -> tuple[threading.Event, list]:
     return stop, result
 
 
-def _until(cond, timeout_s: float = 5.0) -> None:
-    until = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < until, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_a_dead_worker_is_reported_and_restarted_in_its_slot_after_a_growing_delay():
@@ -43,16 +40,16 @@ def test_a_dead_worker_is_reported_and_restarted_in_its_slot_after_a_growing_del
     first, other = sup.procs["w0"], sup.procs["w1"]
     died = time.monotonic()
     first.die()
-    _until(lambda: sup.procs.get("w0") not in (None, first))
+    until(lambda: sup.procs.get("w0") not in (None, first))
     assert time.monotonic() - died >= 0.05 and lost == ["w0"]
     second = sup.procs["w0"]
     died = time.monotonic()
     second.die()
-    _until(lambda: sup.procs.get("w0") not in (None, second))
+    until(lambda: sup.procs.get("w0") not in (None, second))
     assert time.monotonic() - died >= 0.1  # doubled for the second crash within the window
     assert sup.procs["w1"] is other and sup.restarts == 2
     stop.set()
-    _until(lambda: result)
+    until(lambda: result)
     assert result == [None]
 
 
@@ -61,9 +58,9 @@ def test_a_slot_that_keeps_crashing_ends_the_supervisor_with_the_reason():
     sup = Supervisor(["w0"], lambda slot: FakeProcess(), lambda slot: None, policy)
     stop, result = _watch(sup)
     for _ in range(3):
-        _until(lambda: sup.procs.get("w0") is not None)
+        until(lambda: sup.procs.get("w0") is not None)
         proc = sup.procs["w0"]
         proc.die(3)
-        _until(lambda: sup.procs.get("w0") is not proc)
-    _until(lambda: result)
+        until(lambda: sup.procs.get("w0") is not proc)
+    until(lambda: result)
     assert "w0" in result[0] and "3 times" in result[0] and "exit code 3" in result[0] and "giving up" in result[0]

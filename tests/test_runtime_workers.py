@@ -25,6 +25,7 @@ from runtime_fixtures import (  # noqa: F401
     runtime_cli,
     signal_body,
     tiny_bundle,
+    until,
     wait_ready,
 )
 
@@ -193,11 +194,6 @@ def test_two_workers_keep_affinity_relay_admin_and_lose_no_reply_when_one_is_kil
 # ---------------------------------------------------------------- admin state, in one process
 
 
-def _until(cond, timeout_s: float = 20.0) -> None:
-    until = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < until, "condition not met in time"
-        time.sleep(0.02)
 
 
 class Workers:
@@ -210,7 +206,7 @@ class Workers:
         self.broker = Broker(self.addresses, timeout_s=1.0).start()
         self.loaded: dict[str, list[str]] = {}
         self.workers = {slot: self.start(slot) for slot in slots}
-        _until(lambda: self.broker.live == len(slots))
+        until(lambda: self.broker.live == len(slots), 20.0)
 
     def start(self, slot: str) -> tuple[ServerThread, ControlBus]:
         self.loaded[slot] = loaded = []
@@ -246,13 +242,13 @@ def test_a_worker_restarted_while_the_kill_switch_is_on_holds_it_and_the_other_a
         with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
             for cmd, bundle in (("kill_switch_on", ""), ("disable_patterns", ""), ("reload", "fake-2")):
                 assert c.admin(cmd, token=TOKEN, bundle=bundle).ok, cmd
-            _until(lambda: all(cluster.stats(s)["model"] == "fake-2" and cluster.stats(s)["kill_switch"]
-                               for s in "ab"))
+            until(lambda: all(cluster.stats(s)["model"] == "fake-2" and cluster.stats(s)["kill_switch"]
+                               for s in "ab"), 20.0)
             # The worker of slot a goes; its replacement starts with a fresh gate, as a restarted process does.
             cluster.stop("a")
-            _until(lambda: cluster.broker.live == 1)
+            until(lambda: cluster.broker.live == 1, 20.0)
             cluster.workers["a"] = cluster.start("a")
-            _until(lambda: cluster.broker.live == 2)
+            until(lambda: cluster.broker.live == 2, 20.0)
             fresh = cluster.stats("a")
             assert (fresh["kill_switch"], fresh["patterns_enabled"], fresh["model"]) == (True, False, "fake-2")
             assert cluster.loaded["a"] == ["fake-2"]  # the reloaded bundle, loaded once: not the original first
