@@ -108,6 +108,33 @@ def test_normalisation_is_fitted_on_the_training_window_only(tiny_config, synthe
     assert not np.array_equal(again.l_tokens[ds.test], ds.l_tokens[ds.test])
 
 
+def _marked(bars: Bars, first: int, stop: int) -> Bars:
+    """Bars [first, stop) with prices 1.5 times higher and 100 times the volume; the others unchanged."""
+    g = np.where((np.arange(len(bars)) >= first) & (np.arange(len(bars)) < stop), 1.5, 1.0)
+    return Bars(bars.t, bars.o * g, bars.h * g, bars.l * g, bars.c * g, bars.v * g ** 11.36)
+
+
+def test_fit_spans_fit_the_statistics_on_their_bars_alone(tiny_config, synthetic):
+    """Spans around a left-out stretch (as CPCV's test groups are): bars inside it inform no statistic, even
+    through a look-back or a coarse bar from the span after it, and every training label lies in one span."""
+    t = synthetic.bars.t
+    spans = [(int(np.iinfo(np.int64).min), int(t[1100])), (int(t[1200]), int(np.iinfo(np.int64).max))]
+    m, d = tiny_config.model, tiny_config.data
+    ds = build_dataset(synthetic, m, d, fit_spans=spans)
+    gap = dataclasses.replace(synthetic, bars=_marked(synthetic.bars, 1100, 1200))
+    assert build_dataset(gap, m, d, fit_spans=spans).stats.to_dict() == ds.stats.to_dict()
+    inside = dataclasses.replace(synthetic, bars=_marked(synthetic.bars, 1300, 1350))
+    assert build_dataset(inside, m, d, fit_spans=spans).stats.to_dict() != ds.stats.to_dict()
+    assert build_dataset(gap, m, d).stats.to_dict() != build_dataset(synthetic, m, d).stats.to_dict()  # one cut
+
+    in_span = [(ds.t >= lo) & (ds.t_known < hi) for lo, hi in spans]
+    np.testing.assert_array_equal(ds.train, np.flatnonzero(in_span[0] | in_span[1]))
+    np.testing.assert_array_equal(ds.test, np.setdiff1d(np.arange(len(ds)), ds.train))
+    assert in_span[0].any() and in_span[1].any()
+    with pytest.raises(DataError, match="not both"):
+        build_dataset(synthetic, m, d, test_from=int(t[700]), fit_spans=spans)
+
+
 def test_dataset_rows_equal_serving_samples_bit_for_bit(tiny_config):
     """No train/serve skew: sample i of the training set is what the runtime builds from the bars it would
     have had at that moment (the fine bars up to i, every coarse bar it is sent, closed or not)."""

@@ -83,3 +83,17 @@ def test_until_ns_cuts_the_training_window_before_that_time(goog_config):
     library, _, _ = build_library(cfg.model, cfg.patterns, cfg.data, until_ns=cut)
     hits = library.query(np.zeros((1, library.dim), np.float32), as_of=np.iinfo(np.int64).max, k=len(library))
     assert hits.available_at.max() == bars.t[1199]  # the last outcome known before the cut
+
+
+def test_fit_spans_keep_every_entry_inside_one_span(goog_config):
+    """Spans around a left-out stretch (as CPCV's test groups are): each span is a training window of its own,
+    so no entry's pattern window or outcome reaches into the stretch or across it."""
+    cfg = load_config(goog_config)
+    t = load_dataset("goog_1d").bars.t
+    spans = [(int(np.iinfo(np.int64).min), int(t[1000])), (int(t[1200]), int(np.iinfo(np.int64).max))]
+    library, _, _ = build_library(cfg.model, cfg.patterns, cfg.data, fit_spans=spans)
+    hits = library.query(np.zeros((1, library.dim), np.float32), as_of=np.iinfo(np.int64).max, k=len(library))
+    start, end = hits.window_start[0], hits.available_at[0]
+    in_span = [(start >= lo) & (end < hi) for lo, hi in spans]
+    assert (in_span[0] | in_span[1]).all() and in_span[0].any() and in_span[1].any()
+    assert end[in_span[0]].max() == t[999] and start[in_span[1]].min() >= t[1200]

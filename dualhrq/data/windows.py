@@ -244,11 +244,18 @@ class _Series:
         return int(self.t[n - n_test])
 
 
+def _normalised_rows(fine: Bars, rule: str, position: PositionRule) -> tuple[Bars, np.ndarray, np.ndarray, np.ndarray]:
+    """(coarse bars, coarse, fine and regime feature rows) of ``fine``: the rows the statistics normalise, from
+    these bars and coarse bars resampled from them alone."""
+    coarse = resample(fine, rule)
+    return coarse, bar_features(coarse), fine_features(fine, position), regime_features(fine, coarse)
+
+
 def _series(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, rule: str,
             pattern_window: int) -> _Series:
     fine = dataset.bars
-    coarse = resample(fine, rule)
     position = PositionRule.from_config(data_cfg)
+    coarse, coarse_x, fine_x, regime_x = _normalised_rows(fine, rule, position)
     labels = make_labels(fine, parse_rule(rule).ns, data_cfg)
     n_coarse, n_fine = needs(model_cfg, pattern_window, position)
     k = visible_counts(coarse.t, fine.t)
@@ -256,25 +263,48 @@ def _series(dataset: Dataset, model_cfg: ModelConfig, data_cfg: DataConfig, rule
     if len(idx) < 2:
         raise DataError(f"{dataset.name}: {len(idx)} complete samples ({len(fine)} bars, of which {n_fine} fine and "
                         f"{n_coarse} coarse bars of history per sample); too few to split into train and test")
-    return _Series(dataset.name, data_cfg.instrument or dataset.instrument, coarse, fine, bar_features(coarse),
-                   fine_features(fine, position), regime_features(fine, coarse), pattern_features(fine, pattern_window),
-                   labels, idx, k)
+    return _Series(dataset.name, data_cfg.instrument or dataset.instrument, coarse, fine, coarse_x, fine_x, regime_x,
+                   pattern_features(fine, pattern_window), labels, idx, k)
+
+
+def _span_stats(series: Sequence[_Series], fit_spans: Sequence[tuple[int, int]], rule: str,
+                position: PositionRule) -> FeatureStats:
+    """Statistics of the feature rows of the bars inside ``fit_spans``, each span's computed from its own bars:
+    a row's look-back (and a coarse bar) then never reaches across a span's edge into the bars left out."""
+    rows: list[list[np.ndarray]] = [[], [], []]
+    for s in series:
+        for start, end in fit_spans:
+            first, stop = np.searchsorted(s.fine.t, (start, end), side="left")
+            if stop > first:
+                for group, x in zip(rows, _normalised_rows(s.fine.slice(int(first), int(stop)), rule, position)[1:]):
+                    group.append(x)
+    return FeatureStats.fit(*(np.concatenate(group) for group in rows))
 
 
 def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig, data_cfg: DataConfig,
                   stats: FeatureStats | None = None, pattern_window: int = DEFAULT_PATTERN_WINDOW,
-                  test_from: int | None = None) -> WindowDataset:
+                  test_from: int | None = None, fit_spans: Sequence[tuple[int, int]] | None = None) -> WindowDataset:
     """All samples with complete inputs and labels, vectorised, of one dataset or of several (one instrument
     each, one fine timeframe). The held-out tail starts at ``test_from`` (ns), by default at the earliest of
     each dataset's own ``data.train_fraction`` cut: one time for all, so that no instrument trains on a time
     another is tested on (an instrument may then lack either part, as a validation split's cut does).
-    Without ``stats``, statistics are fitted on the bars closed before that time, of every dataset together."""
+    Without ``stats``, statistics are fitted on the bars closed before that time, of every dataset together.
+
+    ``fit_spans`` (closed-open [start, end) ns of bar time, instead of ``test_from``; CPCV validation, whose
+    training groups lie on both sides of its test groups): statistics come from the bars inside the spans,
+    each span's feature rows computed from its own bars; ``train`` holds the samples whose label interval
+    [t, t_known] lies inside one span, ``test`` the rest."""
     _check_widths(model_cfg)
+    if fit_spans is not None and test_from is not None:
+        raise DataError("build_dataset: give test_from (one cut) or fit_spans (time spans), not both")
     datasets = [datasets] if isinstance(datasets, Dataset) else list(datasets)
     rule = data_cfg.coarse_rule or default_coarse_rule(datasets[0].timeframe)
     series = [_series(d, model_cfg, data_cfg, rule, pattern_window) for d in datasets]
-    cut = min(s.default_cut(data_cfg.train_fraction) for s in series) if test_from is None else int(test_from)
-    if stats is None:  # features of the bars known before the first test sample, of every series together
+    if fit_spans is None:
+        cut = min(s.default_cut(data_cfg.train_fraction) for s in series) if test_from is None else int(test_from)
+    if stats is None and fit_spans is not None:
+        stats = _span_stats(series, fit_spans, rule, PositionRule.from_config(data_cfg))
+    elif stats is None:  # features of the bars known before the first test sample, of every series together
         coarse_rows = np.concatenate([s.coarse_x[s.coarse.t < cut] for s in series])
         fine_rows = np.concatenate([s.fine_x[s.fine.t < cut] for s in series])
         regime_rows = np.concatenate([s.regime_x[s.fine.t < cut] for s in series])
@@ -298,15 +328,21 @@ def build_dataset(datasets: Dataset | Sequence[Dataset], model_cfg: ModelConfig,
         order = np.lexsort((instrument, np.concatenate([p["t"] for p in parts])))  # time, then list order
         columns = {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]}
         instrument = instrument[order]
-    t = columns["t"]
-    test = np.flatnonzero(t >= cut)
-    if test_from is None:  # the default cut leaves every instrument both parts, or says which lacks one
-        for i, s in enumerate(series):
-            for part, rows in (("test", t[instrument == i] >= cut), ("training", t[instrument == i] < cut)):
-                if not rows.any():
-                    raise DataError(f"{s.name}: no {part} samples: its bars end before, or start after, "
-                                    f"{_day(cut)}, where the held-out tail of every dataset of the list starts")
-    train = purge(np.flatnonzero(t < cut), test, t, columns["t_known"], purge_bars=0, embargo_bars=0)
+    t, t_known = columns["t"], columns["t_known"]
+    if fit_spans is not None:
+        inside = np.zeros(len(t), dtype=bool)
+        for start, end in fit_spans:
+            inside |= (t >= start) & (t_known < end)
+        train, test = np.flatnonzero(inside), np.flatnonzero(~inside)
+    else:
+        test = np.flatnonzero(t >= cut)
+        if test_from is None:  # the default cut leaves every instrument both parts, or says which lacks one
+            for i, s in enumerate(series):
+                for part, rows in (("test", t[instrument == i] >= cut), ("training", t[instrument == i] < cut)):
+                    if not rows.any():
+                        raise DataError(f"{s.name}: no {part} samples: its bars end before, or start after, "
+                                        f"{_day(cut)}, where the held-out tail of every dataset of the list starts")
+        train = purge(np.flatnonzero(t < cut), test, t, t_known, purge_bars=0, embargo_bars=0)
     return WindowDataset(instruments=tuple(s.instrument for s in series), timeframe=datasets[0].timeframe,
                          coarse_rule=rule, **columns, instrument_index=instrument, train=train, test=test, stats=stats)
 

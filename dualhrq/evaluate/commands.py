@@ -28,12 +28,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser(
-        "validate", help="walk-forward validation of the HRM against baselines, with leakage checks",
-        description="Fit and test the HRM and simple baselines on identical purged walk-forward splits, check for "
-                    "leakage, and write a report with SPA, Reality Check and Deflated Sharpe Ratio. "
-                    "--compare-fail-open adds the HRM with its pattern context masked (regime-only). "
-                    "validate.scheme: cpcv is refused: its training groups follow its test groups, whose bars the "
-                    "HRM's input pipeline would be fitted on.")
+        "validate", help="walk-forward or CPCV validation of the HRM against baselines, with leakage checks",
+        description="Fit and test the HRM and simple baselines on identical purged walk-forward splits "
+                    "(validate.scheme: cpcv: combinatorial purged cross-validation), check for leakage, and write a "
+                    "report with SPA, Reality Check and Deflated Sharpe Ratio. Each split refits the HRM's input "
+                    "pipeline on its training bars alone: under CPCV on the time spans between its test groups, "
+                    "purge gaps and embargoes. --compare-fail-open adds the HRM with its pattern context masked "
+                    "(regime-only).")
     add_validate_args(v)
     v.set_defaults(func=_cmd_validate)
     r = subparsers.add_parser(

@@ -1,11 +1,13 @@
-"""The HRM as a validation Predictor (dualhrq.evaluate.validate): walk-forward with the model, with and without
-its pattern context.
+"""The HRM as a validation Predictor (dualhrq.evaluate.validate): walk-forward or CPCV with the model, with and
+without its pattern context.
 
-Each split refits everything the inputs depend on from the bars before a cut right after the split's last
-training sample: feature statistics, target scales, regime model, pattern encoder and library (with its
-realised outcomes). Under walk-forward every test window lies after that cut, so none ever informs its own
-normalisation or retrieval. Under CPCV training groups follow test groups, whose bars would then be fitted
-on, so the HRM refuses ``validate.scheme: cpcv`` (`check_scheme`). The model then trains for
+Each split refits everything the inputs depend on: feature statistics, target scales, regime model, pattern
+encoder and library (with its realised outcomes). Under walk-forward they come from the bars before a cut
+right after the split's last training sample, and every test window lies after that cut. Under CPCV training
+groups also follow test groups, which no one cut excludes: the fit reads only the bars inside the time spans
+between the left-out samples' label hulls (`fit_spans`), each span on its own, so a test group's bars never
+inform a statistic, a regime or a library entry (whose window and outcome lie inside one span). Either way no
+test window informs its own normalisation or retrieval. The model then trains for
 ``train.steps`` steps (from the previous split's weights when validation continues), keeps the checkpoint
 with the best cross-entropy on the purged tail of the split's training window, and predicts with the ACT
 loop as served.
@@ -91,9 +93,8 @@ class HRMPredictor:
 
     def fit(self, train_idx: np.ndarray, resume_from: object | None) -> str:
         """Train (or find the twin variant's identical run) and return the checkpoint path as the state."""
-        check_scheme(self.cfg)
         train_idx = np.asarray(train_idx, np.int64)
-        self.prepared = self._prepare(int(train_idx.max()))
+        self.prepared = self._prepare(train_idx)
         rows = self._training_rows(train_idx)
         # Same data, config, split and starting point: the same run (the regime-only twin finds the first
         # variant's model); anything else changed trains afresh instead of reusing a stale model.
@@ -143,12 +144,24 @@ class HRMPredictor:
 
     # ------------------------------------------------------------ inside
 
-    def _prepare(self, last_train: int) -> PreparedData:
+    def _prepare(self, train_idx: np.ndarray) -> PreparedData:
         """Inputs of every sample with an input pipeline (feature statistics, regimes, pattern library) fitted
-        on the bars closed before the split's first sample after ``last_train``."""
+        under walk-forward on the bars closed before the split's first sample after its last training sample,
+        under CPCV on the bars inside the split's `fit_spans`."""
         t = self.data.t
-        last = min(last_train, len(t) - 2)  # at least one sample after the cut, as `dualhrq train` keeps
-        prepared = prepare_training(self.cfg, test_from=int(t[last + 1]))
+        if self.cfg.validate.scheme == "cpcv":
+            spans = fit_spans(train_idx, t, self.data.t_known)
+            try:
+                prepared = prepare_training(self.cfg, fit_spans=spans)
+            except DataError as e:  # too few bars between the test groups for a statistic, regime or library
+                raise ConfigurationError(
+                    f"validate.cpcv_groups: with {self.cfg.validate.cpcv_groups} groups, "
+                    f"{self.cfg.validate.cpcv_test_groups} of them tested, a split's training spans between its "
+                    f"test groups are too short to fit the HRM's inputs on ({e}); use fewer groups or more bars"
+                ) from e
+        else:  # the samples a rolling window leaves out before it are older history, not test: one cut suffices
+            last = min(int(train_idx.max()), len(t) - 2)  # at least one sample after the cut, as `dualhrq train`
+            prepared = prepare_training(self.cfg, test_from=int(t[last + 1]))
         if not np.array_equal(prepared.windows.t, self.windows.t):
             raise DataError(f"{self.name}: the HRM's samples differ from the validation samples "
                             f"({len(prepared.windows.t)} vs {len(self.windows.t)}); build both from one config")
@@ -183,22 +196,28 @@ class HRMPredictor:
         return TrainingSet(index_inputs(self.prepared.samples.inputs, torch.as_tensor(rows)), targets)
 
 
-def check_scheme(cfg: Config) -> None:
-    """Refuse a validation scheme whose splits the HRM's inputs cannot be fitted for without the test data."""
-    if cfg.validate.scheme == "cpcv":
-        # The input pipeline fits on every bar before one cut (dualhrq.inputs.InputPipeline.fit): a split that
-        # trains on groups after its test groups would fit on the test groups' bars and retrieve their outcomes.
-        raise ConfigurationError(
-            "validate.scheme: cpcv cannot validate the HRM: its feature statistics, target scales, regime model "
-            "and pattern library are fitted on every bar before the split's last training sample, and a CPCV "
-            "split trains on groups after its test groups, so their bars and outcomes would inform the fit; use "
-            "walk_forward")
+def fit_spans(train_idx: np.ndarray, t: np.ndarray, t_known: np.ndarray) -> list[tuple[int, int]]:
+    """Closed-open [start, end) ns spans of bar time that a CPCV split's input pipeline may be fitted on: the
+    gaps between the label hulls [t, t_known] of the samples the split leaves out (its test groups, their purge
+    gaps and embargoes, and the training samples purged for labels that reach into them), those that hold a
+    training sample. ``train_idx`` indexes ``t``/``t_known``, the samples in time order."""
+    left_out = np.setdiff1d(np.arange(len(t)), train_idx)
+    merged: list[list[int]] = []
+    for lo, hi in label_hulls(left_out, t, t_known):
+        if merged and lo <= merged[-1][1] + 1:  # a label reaching over the training samples in between
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    bounds = np.iinfo(np.int64)
+    starts = [int(bounds.min)] + [hi + 1 for _, hi in merged]
+    ends = [lo for lo, _ in merged] + [int(bounds.max)]
+    train_t = t[train_idx]
+    return [(start, end) for start, end in zip(starts, ends)
+            if start < end and np.any((train_t >= start) & (train_t < end))]
 
 
 def hrm_factories(cfg: Config, data: ValidationData, compare_fail_open: bool) -> list[PredictorFactory]:
-    """The HRM predictor, and with ``compare_fail_open`` its regime-only twin, for `dualhrq validate`
-    (ConfigurationError for a scheme it cannot be validated under)."""
-    check_scheme(cfg)
+    """The HRM predictor, and with ``compare_fail_open`` its regime-only twin, for `dualhrq validate`."""
     factories: list[PredictorFactory] = [lambda d, out: HRMPredictor(cfg, d, out, "hrm", patterns=True)]
     if compare_fail_open:
         factories.append(lambda d, out: HRMPredictor(cfg, d, out, "hrm_regime_only", patterns=False))

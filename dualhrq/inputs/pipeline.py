@@ -13,7 +13,7 @@ run `dataset_inputs` over a whole history at once, which equals the per-request 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,15 +61,18 @@ class InputPipeline:
                    InstrumentVocab(artifacts.instruments))
 
     @classmethod
-    def fit(cls, cfg: Config, windows: WindowDataset, library_until: int | None = None) -> InputPipeline:
+    def fit(cls, cfg: Config, windows: WindowDataset, library_until: int | None = None,
+            fit_spans: Sequence[tuple[int, int]] | None = None) -> InputPipeline:
         """Library, encoder and regimes from the bars closed before ``library_until`` (ns; default: the first
-        data.train_fraction of the bars), feature statistics from the windows' own training fit, target scales
-        from the training samples."""
+        data.train_fraction of the bars) or, instead, inside ``fit_spans`` (closed-open [start, end) ns, as
+        `build_dataset` was given), feature statistics from the windows' own training fit, target scales from
+        the training samples (``windows.train``)."""
         if len(windows.instruments) >= cfg.model.instrument_vocab:  # row 0 is the unknown instrument's
             raise ConfigurationError(f"model.instrument_vocab: {cfg.model.instrument_vocab} embedding rows hold at "
                                      f"most {cfg.model.instrument_vocab - 1} instruments, and the data has "
                                      f"{len(windows.instruments)}")
-        library, encoder, regimes = build_library(cfg.model, cfg.patterns, cfg.data, cfg.train.seed, library_until)
+        library, encoder, regimes = build_library(cfg.model, cfg.patterns, cfg.data, cfg.train.seed, library_until,
+                                                  fit_spans)
         train = windows.train
         scale = TargetScale(*(float(np.std(getattr(windows, k)[train])) or 1.0 for k in ("out_a", "out_b")))
         artifacts = Artifacts.of(windows.stats, list(windows.instruments), scale, windows.timeframe,

@@ -5,7 +5,11 @@ Only the training window is used, and only entries whose outcome is known inside
 here never holds an outcome from the held-out tail. Coarse bars are resampled from the training bars alone
 for the same reason. The training window is the first ``data.train_fraction`` of the bars (of a list of
 datasets: the bars before the earliest of their cuts), or, given ``until_ns``, the bars closed before that
-time (so training and walk-forward validation can pass their own cut, e.g. the first test sample's time).
+time (so training and walk-forward validation can pass their own cut, e.g. the first test sample's time),
+or, given ``fit_spans``, the bars inside those time spans (CPCV validation: the training groups around
+its test groups). Each span is a window of its own: its coarse bars, features and entries come from its
+bars alone, so no entry's window or outcome, and no coarse bar, reaches from one span across a test group
+into the next.
 """
 
 from __future__ import annotations
@@ -32,25 +36,36 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainingWindow:
     instrument: str
-    fine: Bars  # the dataset's bars before the cut
+    fine: Bars  # the dataset's bars before the cut, or inside one fit span
     coarse: Bars  # resampled from those bars only
     regime_features: np.ndarray  # [len(fine), 20], NaN during warm-up
 
 
-def training_windows(data_cfg: DataConfig, until_ns: int | None = None) -> list[TrainingWindow]:
-    """The training window of every dataset of ``data.dataset``: the bars closed before ``until_ns``, by
-    default before the earliest of each dataset's own ``data.train_fraction`` of its bars (one time for all).
+def training_windows(data_cfg: DataConfig, until_ns: int | None = None,
+                     fit_spans: Sequence[tuple[int, int]] | None = None) -> list[TrainingWindow]:
+    """The training windows of every dataset of ``data.dataset``: the bars closed before ``until_ns``, by
+    default before the earliest of each dataset's own ``data.train_fraction`` of its bars (one time for all);
+    given ``fit_spans`` (closed-open [start, end) ns, instead of ``until_ns``), one window per dataset and
+    span with the bars inside it (a span without bars of a dataset adds none).
     NOTE: dualhrq.data.windows cuts by a fraction of complete samples, a little later: the library then ends
     before the held-out tail starts, never after it."""
+    if fit_spans is not None and until_ns is not None:
+        raise DataError("training_windows: give until_ns (one cut) or fit_spans (time spans), not both")
     datasets = load_datasets(data_cfg)
-    if until_ns is None:
-        until_ns = min(int(ds.bars.t[int(len(ds.bars) * data_cfg.train_fraction)]) for ds in datasets)
+    if fit_spans is None:
+        if until_ns is None:
+            until_ns = min(int(ds.bars.t[int(len(ds.bars) * data_cfg.train_fraction)]) for ds in datasets)
+        fit_spans = [(np.iinfo(np.int64).min, until_ns)]
     out = []
     for ds in datasets:
-        fine = ds.bars.slice(0, int(np.searchsorted(ds.bars.t, until_ns, side="left")))
-        coarse = resample(fine, data_cfg.coarse_rule or default_coarse_rule(ds.timeframe))
-        out.append(TrainingWindow(instrument=data_cfg.instrument or ds.instrument, fine=fine, coarse=coarse,
-                                  regime_features=regime_features(fine, coarse)))
+        for start, end in fit_spans:
+            first, stop = np.searchsorted(ds.bars.t, (start, end), side="left")
+            if stop <= first:
+                continue
+            fine = ds.bars.slice(int(first), int(stop))
+            coarse = resample(fine, data_cfg.coarse_rule or default_coarse_rule(ds.timeframe))
+            out.append(TrainingWindow(instrument=data_cfg.instrument or ds.instrument, fine=fine, coarse=coarse,
+                                      regime_features=regime_features(fine, coarse)))
     return out
 
 
@@ -72,13 +87,15 @@ def regime_table_inputs(window: TrainingWindow, rows: np.ndarray) -> tuple[np.nd
 
 
 def build_library(model_cfg: ModelConfig, patterns_cfg: PatternsConfig, data_cfg: DataConfig,
-                  seed: int = 0, until_ns: int | None = None) -> tuple[PatternLibrary, PatternEncoder, RegimeModel]:
+                  seed: int = 0, until_ns: int | None = None, fit_spans: Sequence[tuple[int, int]] | None = None,
+                  ) -> tuple[PatternLibrary, PatternEncoder, RegimeModel]:
     """One entry per training-window bar of every dataset with a complete pattern window, regime features
-    and a known outcome; one encoder and one regime model over all of them.
+    and a known outcome; one encoder and one regime model over all of them. ``until_ns``, ``fit_spans``: the
+    training windows (`training_windows`); an entry's window and outcome lie inside one of them.
 
     outcome = log return over the next ``data_cfg.label_horizon`` bars; available_at = close time of that bar.
     """
-    windows = training_windows(data_cfg, until_ns)
+    windows = training_windows(data_cfg, until_ns, fit_spans)
     regimes, _ = fit_training_regimes(windows, model_cfg.num_regimes, seed)
     w, h = patterns_cfg.window, data_cfg.label_horizon
     entries = []

@@ -87,14 +87,17 @@ def window_labels(windows: WindowDataset, regimes: np.ndarray) -> dict[str, np.n
             "quantity": windows.quantity, "regime": regimes, "state": windows.state}
 
 
-def prepare_training(cfg: Config, inputs: InputPipeline | None = None, test_from: int | None = None) -> PreparedData:
+def prepare_training(cfg: Config, inputs: InputPipeline | None = None, test_from: int | None = None,
+                     fit_spans: Sequence[tuple[int, int]] | None = None) -> PreparedData:
     """Every sample of ``data.dataset`` (one or a list) as tensors, with an InputPipeline fitted on the
     training window (or given: a resumed run rebuilds exactly the inputs it started with). ``test_from``: where
-    the held-out tail starts (ns; default: by data.train_fraction), and the library's cut with it."""
+    the held-out tail starts (ns; default: by data.train_fraction), and the library's cut with it;
+    ``fit_spans`` instead: the closed-open [start, end) ns spans of bars the whole pipeline is fitted on
+    (`build_dataset`, `InputPipeline.fit`)."""
     datasets = load_datasets(cfg.data)
     windows = build_dataset(datasets, cfg.model, cfg.data, inputs.stats if inputs else None, cfg.patterns.window,
-                            test_from)
-    inputs = inputs or InputPipeline.fit(cfg, windows, test_from)
+                            test_from, fit_spans)
+    inputs = inputs or InputPipeline.fit(cfg, windows, test_from, fit_spans)
     labels = window_labels(windows, regime_labels(windows, [d.bars for d in datasets], inputs.regimes))
     model_inputs = ModelInputs(**{k: torch.from_numpy(v) for k, v in inputs.dataset_inputs(windows).items()})
     samples = TrainingSet(model_inputs, make_targets(labels, inputs.artifacts.target_scale, cfg.data.cost_bps))
