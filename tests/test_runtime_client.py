@@ -35,6 +35,17 @@ def test_admin_commands_are_never_retried():
     assert [b["cmd"] for b in peer.bodies] == ["kill_switch_on"]
 
 
+def test_a_signal_carrying_market_is_never_retried_since_the_gate_would_decide_it_twice():
+    market = {"ts": 1, "last": 10.0, "bid": 9.99, "ask": 10.01, "prior_close": 10.0}
+    with ScriptedPeer() as peer, Client(peer.address, timeout_s=0.2, retries=3) as c:
+        with pytest.raises(RequestTimeout, match="x 1 attempts"):
+            c.request({**signal_body(), "market": market})
+        with pytest.raises(RequestTimeout, match="x 4 attempts"):  # without it, a repeat is harmless
+            c.request(signal_body())
+        time.sleep(0.1)
+    assert ["market" in b for b in peer.bodies] == [True] + [False] * 4
+
+
 def test_lazy_pirate_reaches_a_server_that_starts_late(tiny_config):
     port = free_port()
     server = Server(ServeConfig(bind=f"tcp://127.0.0.1:{port}"), lambda path, hooks: fake_host(tiny_config, hooks),

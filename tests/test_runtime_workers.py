@@ -314,9 +314,51 @@ def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_
     finally:
         bus.close()
     assert state == AdminState(kill_switch=True)
-    assert alive and applied == [("reload", "/elsewhere"), ("disable_patterns", ""), ("enable_patterns", "")]
+    # A reload runs beside the switches (it may take seconds): only the switches keep their order.
+    assert alive and sorted(applied) == [("disable_patterns", ""), ("enable_patterns", ""), ("reload", "/elsewhere")]
+    assert [c for c, _ in applied if c != "reload"] == ["disable_patterns", "enable_patterns"]
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 7 and "stale" in refused[-2] and "replayed" in refused[-1], refused
+
+
+def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after_the_load(tmp_path):
+    key = b"k" * 32
+    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
+    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    applied: dict[str, float] = {}
+
+    async def apply(cmd: str, bundle: str) -> None:
+        if cmd == "reload":
+            await asyncio.sleep(2.0)  # a bundle that takes seconds to load and warm
+        applied[cmd] = time.monotonic()
+
+    async def main() -> float:
+        ctx = zmq.asyncio.Context()
+        out = ctx.socket(zmq.XPUB)
+        out.setsockopt(zmq.LINGER, 0)
+        out.bind(f"ipc://{tmp_path}/out")
+        joining = asyncio.create_task(bus.join(5.0))
+        await _recv_until(out, b"\x01state/" + bus.origin.encode())
+        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
+        await joining
+        listening = asyncio.create_task(bus.listen(apply))
+        sent = time.monotonic()
+        await out.send_multipart(sibling.relay("reload", "/slow"))
+        await out.send_multipart(sibling.relay("kill_switch_on"))
+        for _ in range(300):
+            if "kill_switch_on" in applied:
+                break
+            await asyncio.sleep(0.01)
+        listening.cancel()
+        out.close()
+        ctx.term()
+        return applied.get("kill_switch_on", float("inf")) - sent
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        bus.close()
+    assert waited < 1.0 and "reload" not in applied  # the switch held while the load was still under way
 
 
 def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):

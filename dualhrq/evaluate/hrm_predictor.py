@@ -101,6 +101,8 @@ class HRMPredictor:
         setup = (json.dumps(prediction_settings(self.cfg), sort_keys=True) + self.data.fingerprint()
                  # the other instruments' samples and labels, so that a changed file among them retrains too
                  + self.windows.samples_fingerprint
+                 # the scheme decides what the inputs are fitted on (one cut, or CPCV's spans), not only the rows
+                 + self.cfg.validate.scheme
                  + str(resume_from))
         key = hashlib.sha256(rows.tobytes() + setup.encode()).hexdigest()[:16]
         run_dir = self.model_dir / key

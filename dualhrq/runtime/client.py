@@ -7,7 +7,8 @@ dropped. An error reply with a null id (the server could not read the request's 
 this protocol at all is matched the same way (by the id it still carries, if any) and ends its request with
 `BadReply`.
 
-A request unanswered within `timeout_s` is retried up to `retries` times if repeating it is harmless (RETRIED):
+A request unanswered within `timeout_s` is retried up to `retries` times if repeating it is harmless (RETRIED;
+never one carrying `market`, which the compliance gate would decide twice):
 the zguide's Lazy Pirate, which also closes and reopens the sync client's socket so nothing stale is queued
 towards a dead server. Admin commands are never retried, nor is a request that got any reply. With
 `fallback="hold"`, a signal or append that ends in an error reply, a bad reply or a timeout comes back as a
@@ -42,7 +43,8 @@ BarsLike = Union[Mapping[str, Union[Sequence[float], np.ndarray]], Bars]  # {t,o
 # The requests a lost reply may be repeated for (same id): a ping changes nothing, a signal carries its whole window
 # so the repeat is answered from the same bars, and an append the server had already applied is answered
 # resync_required (not newer) instead of being counted twice; the stream then resends its whole window. An admin
-# command may change state, so it is never repeated.
+# command may change state, so it is never repeated; nor is a request carrying `market`: the compliance gate
+# keeps state (the simulated position), and a repeat the server had already decided would be decided twice.
 RETRIED = frozenset({"ping", "signal", "append"})
 
 
@@ -157,18 +159,18 @@ class _Base:
         rid = uuid.uuid4().hex
         return rid, msgspec.msgpack.encode({**message, "id": rid})
 
-    def _attempts(self, kind: str) -> int:
-        """How many times a request of type `kind` is sent before it times out (see RETRIED)."""
-        return 1 + self.retries if kind in RETRIED else 1
+    def _attempts(self, message: Mapping[str, Any]) -> int:
+        """How many times a request is sent before it times out (see RETRIED)."""
+        return 1 + self.retries if message["type"] in RETRIED and not message.get("market") else 1
 
-    def _outcome(self, kind: str, rid: str, answer: Answer) -> p.Reply:
+    def _outcome(self, kind: str, rid: str, answer: Answer, attempts: int) -> p.Reply:
         if isinstance(answer, (p.Pong, p.SignalReply, p.AdminReply)):
             return answer
         if self.fallback == "hold" and kind in ("signal", "append"):
             return hold_reply(rid, _cause(answer))
         if answer is None:
             raise RequestTimeout(f"{kind} {rid}: no reply from {self.address} in {self.timeout_s:g} s "
-                                 f"x {self._attempts(kind)} attempts")
+                                 f"x {attempts} attempts")
         if isinstance(answer, UndecodableReply):
             raise BadReply(f"{kind} {rid}: {self.address} answered with {answer.why}")
         raise RequestFailed(answer)
@@ -201,14 +203,14 @@ class Client(_Base):
 
     def request(self, message: Mapping[str, Any]) -> p.Reply:
         """Send any request map (its id is set here) and return the typed reply."""
-        return self._outcome(*self.exchange(message))
+        return self._outcome(*self.exchange(message), self._attempts(message))
 
     def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, Answer]:
         """(type, id, the reply as it came, an UndecodableReply, or None after every attempt timed out):
         `request` before errors and the fallback are applied."""
         kind = message["type"]
         rid, body = self._body(message)
-        for _ in range(self._attempts(kind)):
+        for _ in range(self._attempts(message)):
             if self._abandoned:
                 self._reopen()
             until = time.monotonic() + self.timeout_s
@@ -326,9 +328,10 @@ class SignalStream(_StreamPlan):
         body = self.append(coarse, fine, deadline_ms, market)
         kind, rid, reply = self.client.exchange(body) if body else ("signal", "", None)
         if body is None or self.resync(reply):
-            kind, rid, reply = self.client.exchange(self.whole(coarse, fine, deadline_ms, market))
+            body = self.whole(coarse, fine, deadline_ms, market)
+            kind, rid, reply = self.client.exchange(body)
         self.settle(reply, coarse, fine)
-        return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
+        return self.client._outcome(kind, rid, reply, self.client._attempts(body))  # type: ignore[return-value]
 
 
 class AsyncSignalStream(_StreamPlan):
@@ -344,9 +347,10 @@ class AsyncSignalStream(_StreamPlan):
         body = self.append(coarse, fine, deadline_ms, market)
         kind, rid, reply = await self.client.exchange(body) if body else ("signal", "", None)
         if body is None or self.resync(reply):
-            kind, rid, reply = await self.client.exchange(self.whole(coarse, fine, deadline_ms, market))
+            body = self.whole(coarse, fine, deadline_ms, market)
+            kind, rid, reply = await self.client.exchange(body)
         self.settle(reply, coarse, fine)
-        return self.client._outcome(kind, rid, reply)  # type: ignore[return-value]
+        return self.client._outcome(kind, rid, reply, self.client._attempts(body))  # type: ignore[return-value]
 
 
 class _Rows(Mapping):
@@ -397,7 +401,7 @@ class AsyncClient(_Base):
         return AsyncSignalStream(self, instrument, timeframe, session)
 
     async def request(self, message: Mapping[str, Any]) -> p.Reply:
-        return self._outcome(*await self.exchange(message))
+        return self._outcome(*await self.exchange(message), self._attempts(message))
 
     async def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, Answer]:
         """(type, id, the reply as it came, an UndecodableReply, or None after every attempt timed out), as
@@ -408,7 +412,7 @@ class AsyncClient(_Base):
         rid, body = self._body(message)
         future = self._waiting[rid] = asyncio.get_running_loop().create_future()
         try:
-            for _ in range(self._attempts(kind)):
+            for _ in range(self._attempts(message)):
                 try:  # the send is inside the timeout: a DEALER without a peer would block it indefinitely
                     return kind, rid, await asyncio.wait_for(self._exchange(body, future), self.timeout_s)
                 except asyncio.TimeoutError:

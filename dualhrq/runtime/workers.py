@@ -77,10 +77,21 @@ class ControlBus:
         A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows less than this
         worker."""
         assert self._sub is not None, "join the bus before listening"
-        while True:
-            msg = self._read(await self._sub.recv_multipart())
-            if isinstance(msg, Relayed) and msg.origin != self.origin:
-                await self._apply(apply, msg)
+        loads: set[asyncio.Task] = set()
+        try:
+            while True:
+                msg = self._read(await self._sub.recv_multipart())
+                if not (isinstance(msg, Relayed) and msg.origin != self.origin):
+                    continue
+                if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for
+                    task = asyncio.create_task(self._apply(apply, msg))  # it (nor grow stale in the socket)
+                    loads.add(task)
+                    task.add_done_callback(loads.discard)
+                else:
+                    await self._apply(apply, msg)
+        finally:
+            for task in loads:
+                task.cancel()
 
     def close(self) -> None:
         for sock in (self._pub, self._sub):
