@@ -418,7 +418,7 @@ class PatternLibrary:
     def _embedding_t(self) -> np.ndarray:
         """The rows' embeddings transposed [E, slots], kept until an `add` changes them (readers may build it
         at once: each builds the same array). The caller holds the read lock."""
-        if self._transposed is None or self._transposed.shape[1] != self.slots:
+        if self._transposed is None:
             self._transposed = np.ascontiguousarray(self._rows["embedding"].T)
         return self._transposed
 

@@ -39,8 +39,17 @@ import msgspec
 import zmq
 
 from dualhrq.errors import ConfigurationError
+from dualhrq.runtime import protocol as p
 
 log = logging.getLogger(__name__)
+
+
+def bind(sock: zmq.Socket, address: str, setting: str) -> None:
+    """``sock.bind(address)``; an address in use or malformed is a ConfigurationError naming ``setting``."""
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as e:
+        raise ConfigurationError(f"{setting}: cannot listen on {address!r}: {e}") from None
 
 HEARTBEAT = b"HB"
 LEAVING = b"BYE"
@@ -153,7 +162,7 @@ class ControlSeal:
             raise BadControlMessage("bad signature: not sealed with this bus's control key")
         try:
             msg = self._decoder.decode(body)
-        except (msgspec.MsgspecError, ValueError, RecursionError) as e:  # what hostile bytes make a decoder raise
+        except p.UNDECODABLE as e:
             raise BadControlMessage(f"malformed body: {type(e).__name__}: {e}") from None
         if isinstance(msg, Relayed) and msg.cmd not in RELAYED:
             raise BadControlMessage(f"{msg.cmd!r} is not an admin command that changes state")

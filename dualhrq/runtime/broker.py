@@ -51,6 +51,7 @@ from dualhrq.runtime.backend import (
     BrokerAddresses,
     ControlSeal,
     Relayed,
+    bind,
 )
 from dualhrq.runtime.security import CurveServer
 
@@ -73,7 +74,7 @@ _head_decoder = msgspec.msgpack.Decoder(_Head)
 def _head(body: bytes) -> _Head:
     try:
         return _head_decoder.decode(body)
-    except (msgspec.MsgspecError, ValueError, RecursionError):
+    except p.UNDECODABLE:
         return _Head()  # not a request map: any worker answers it with the protocol's error
 
 
@@ -182,10 +183,7 @@ class Broker:
             sock.setsockopt(zmq.LINGER, linger)
         if curve:
             self._curve.secure(self._ctx, sock)
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as e:
-            raise ConfigurationError(f"{setting}: cannot listen on {address!r}: {e}") from None
+        bind(sock, address, setting)
         return sock
 
     def _command(self, *frames: bytes) -> None:

@@ -163,14 +163,15 @@ class _Base:
         """How many times a request is sent before it times out (see RETRIED)."""
         return 1 + self.retries if message["type"] in RETRIED and not message.get("market") else 1
 
-    def _outcome(self, kind: str, rid: str, answer: Answer, attempts: int) -> p.Reply:
+    def _outcome(self, kind: str, rid: str, answer: Answer, message: Mapping[str, Any]) -> p.Reply:
+        """The reply to `message` as `request` returns it (errors raised, the fallback applied)."""
         if isinstance(answer, (p.Pong, p.SignalReply, p.AdminReply)):
             return answer
         if self.fallback == "hold" and kind in ("signal", "append"):
             return hold_reply(rid, _cause(answer))
         if answer is None:
             raise RequestTimeout(f"{kind} {rid}: no reply from {self.address} in {self.timeout_s:g} s "
-                                 f"x {attempts} attempts")
+                                 f"x {self._attempts(message)} attempts")
         if isinstance(answer, UndecodableReply):
             raise BadReply(f"{kind} {rid}: {self.address} answered with {answer.why}")
         raise RequestFailed(answer)
@@ -203,7 +204,7 @@ class Client(_Base):
 
     def request(self, message: Mapping[str, Any]) -> p.Reply:
         """Send any request map (its id is set here) and return the typed reply."""
-        return self._outcome(*self.exchange(message), self._attempts(message))
+        return self._outcome(*self.exchange(message), message)
 
     def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, Answer]:
         """(type, id, the reply as it came, an UndecodableReply, or None after every attempt timed out):
@@ -331,7 +332,7 @@ class SignalStream(_StreamPlan):
             body = self.whole(coarse, fine, deadline_ms, market)
             kind, rid, reply = self.client.exchange(body)
         self.settle(reply, coarse, fine)
-        return self.client._outcome(kind, rid, reply, self.client._attempts(body))  # type: ignore[return-value]
+        return self.client._outcome(kind, rid, reply, body)  # type: ignore[return-value]
 
 
 class AsyncSignalStream(_StreamPlan):
@@ -350,7 +351,7 @@ class AsyncSignalStream(_StreamPlan):
             body = self.whole(coarse, fine, deadline_ms, market)
             kind, rid, reply = await self.client.exchange(body)
         self.settle(reply, coarse, fine)
-        return self.client._outcome(kind, rid, reply, self.client._attempts(body))  # type: ignore[return-value]
+        return self.client._outcome(kind, rid, reply, body)  # type: ignore[return-value]
 
 
 class _Rows(Mapping):
@@ -401,7 +402,7 @@ class AsyncClient(_Base):
         return AsyncSignalStream(self, instrument, timeframe, session)
 
     async def request(self, message: Mapping[str, Any]) -> p.Reply:
-        return self._outcome(*await self.exchange(message), self._attempts(message))
+        return self._outcome(*await self.exchange(message), message)
 
     async def exchange(self, message: Mapping[str, Any]) -> tuple[str, str, Answer]:
         """(type, id, the reply as it came, an UndecodableReply, or None after every attempt timed out), as

@@ -40,10 +40,10 @@ import zmq
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
-from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
+from dualhrq.errors import DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import SWITCHES, TIMEOUT_S, AdminState, BrokerLink
+from dualhrq.runtime.backend import SWITCHES, TIMEOUT_S, AdminState, BrokerLink, bind
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
@@ -210,10 +210,7 @@ class Server:
             ctx.term()
 
     def _bind(self, sock: zmq.Socket) -> None:
-        try:
-            sock.bind(self.serve.bind)
-        except zmq.ZMQError as e:
-            raise ConfigurationError(f"serve.bind: cannot listen on {self.serve.bind!r}: {e}") from None
+        bind(sock, self.serve.bind, "serve.bind")
 
     def stop(self) -> None:
         """Stop receiving; what is in flight is answered (bounded by serve.drain_timeout_s). Thread-safe, and a
