@@ -21,14 +21,18 @@ class CountingEngine(Engine):
     row's regime_features[:, 0]. Lets a test script how many segments each row wants and see the carry fed
     back. The heads echo the count so a test can tell which segment a row's outputs came from."""
 
-    def __init__(self, max_batch: int = 8, delay_s: float = 0.0, n_regimes: int = 3) -> None:
+    def __init__(self, max_batch: int = 8, delay_s: float = 0.0, n_regimes: int = 3,
+                 gate: "threading.Event | None" = None) -> None:
         self.name, self.max_batch = "counting", max_batch
         self.delay_s, self.n_regimes = delay_s, n_regimes
+        self.gate = gate  # when given, every call waits for it: a test holds requests in flight for as long as it needs
         self.calls: list[int] = []  # batch size of every call
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import time
 
+        if self.gate is not None:
+            self.gate.wait(10)
         if self.delay_s:
             time.sleep(self.delay_s)
         b = len(feeds["h_tokens"])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import msgspec
 import pytest
-from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_body
+from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_body, until
 
 from dualhrq.compliance.gate import ComplianceGate
 from dualhrq.config import ServeConfig
@@ -76,14 +77,24 @@ def test_deadline_exceeded_is_answered_when_the_deadline_passes_not_when_the_eng
 
 
 def test_overloaded_is_immediate_when_the_queue_is_full_and_everyone_gets_one_reply(tiny_config):
-    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.05), max_batch=1, queue_max=2)
+    # The engine holds every call until the first refusal is back: the queue is full however the requests
+    # and the server's wake-ups interleave, and the refusal came while the engine was still busy.
+    gate = threading.Event()
+    server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1, queue_max=2)
 
     async def burst(address):
         async with AsyncClient(address, timeout_s=10, retries=0) as c:
-            return await asyncio.gather(*(c.request(signal_body()) for _ in range(12)), return_exceptions=True)
+            async def one():
+                try:
+                    return await c.request(signal_body())
+                except RequestFailed as e:
+                    gate.set()
+                    return e
+            return await asyncio.gather(*(one() for _ in range(12)), return_exceptions=True)
 
     with ServerThread(server) as st:
         results = asyncio.run(burst(st.address))
+    gate.set()
     codes = [r.code if isinstance(r, RequestFailed) else repr(r) for r in results if not isinstance(r, p.SignalReply)]
     ok = [r for r in results if isinstance(r, p.SignalReply)]
     assert len(ok) + len(codes) == 12
@@ -178,18 +189,21 @@ def test_reload_swaps_the_model_with_requests_in_flight_and_none_fails(tiny_conf
 
 
 def test_stop_answers_what_is_in_flight_then_returns_zero(tiny_config):
-    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.1), max_batch=1)
+    gate = threading.Event()  # the engine holds every call until the stop has been asked for
+    server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1)
 
     async def inflight(address, st):
         async with AsyncClient(address, timeout_s=10, retries=0) as c:
             pending = [asyncio.create_task(c.request(signal_body())) for _ in range(5)]
-            await asyncio.sleep(0.05)
+            await asyncio.to_thread(until, lambda: server._in_flight == 5)
             server.stop()
+            gate.set()
             return await asyncio.gather(*pending, return_exceptions=True)
 
     st = ServerThread(server)
     with st:
         results = asyncio.run(inflight(st.address, st))
+    gate.set()
     assert all(isinstance(r, p.SignalReply) for r in results)
     assert st.exit_code == 0
 
@@ -294,18 +308,24 @@ def test_a_burst_beyond_the_in_flight_limit_admits_the_first_to_arrive(tiny_conf
     import msgpack
     import zmq
 
-    server = server_for(tiny_config, serve_config(max_in_flight=2), engine=CountingEngine(delay_s=0.05),
+    # The engine holds its first call until the burst's refusals are back: the first two stay in flight
+    # however the sends and the server's wake-ups interleave.
+    gate = threading.Event()
+    server = server_for(tiny_config, serve_config(max_in_flight=2), engine=CountingEngine(gate=gate),
                         max_batch=1, queue_max=100)
     with ServerThread(server) as st:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(st.address)
-        for i in range(6):  # at once: the server takes them all in one wake-up
+        for i in range(6):
             sock.send_multipart([b"", msgpack.packb(signal_body(f"r{i}"))])
         replies = {}
         while len(replies) < 6 and sock.poll(5000):
             reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
             replies[reply["id"]] = reply.get("code", reply["type"])
+            if len(replies) == 4:
+                gate.set()
+        gate.set()
         sock.close()
     assert replies == {"r0": "signal", "r1": "signal", **{f"r{i}": "overloaded" for i in range(2, 6)}}
 
