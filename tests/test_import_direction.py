@@ -1,6 +1,6 @@
 """Dependencies point one way: a module imports only from its own layer or the layers below it.
 
-Layers, bottom up: the foundation (config, contract, cpu, errors, hashing, persisted, seeding); data, features,
+Layers, bottom up: the foundation (arguments, config, contract, cpu, errors, hashing, persisted, seeding); data, features,
 inputs, model, patterns; train, evaluate, export; runtime, compliance, bench, api; cli. Every import counts,
 including those inside functions (a lazy import is still a dependency).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dualhrq"
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"config", "contract", "cpu", "errors", "hashing", "persisted", "seeding"}),
+    frozenset({"arguments", "config", "contract", "cpu", "errors", "hashing", "persisted", "seeding"}),
     frozenset({"data", "features", "inputs", "model", "patterns"}),
     frozenset({"train", "evaluate", "export"}),
     frozenset({"runtime", "compliance", "bench", "api"}),

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from dualhrq.bench.arguments import names, nonnegative_int, positive_int
+from dualhrq.arguments import names, nonnegative_int, positive_int
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms, plot_latencies
 from dualhrq.config import ServeConfig

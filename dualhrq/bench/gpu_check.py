@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from dualhrq.bench.arguments import names, positive_int, positive_ints
+from dualhrq.arguments import names, positive_int, positive_ints
 from dualhrq.bench.doctor import diagnose, to_dict
 from dualhrq.bench.machine import machine_description
 from dualhrq.bench.report import percentiles_ms

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from dualhrq.bench.arguments import nonnegative_int, positive_float, positive_int
+from dualhrq.arguments import nonnegative_int, positive_float, positive_int
 from dualhrq.bench.loadgen import LoadResult, run_load
 from dualhrq.bench.report import format_floor, format_summary, plot_latencies, summarize
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dualhrq.arguments import positive_int
 from dualhrq.compliance.policies import POLICIES
 from dualhrq.errors import ConfigurationError
-from dualhrq.train.commands import positive_int
 
 if TYPE_CHECKING:
     from dualhrq.compliance.replay import SignalFn

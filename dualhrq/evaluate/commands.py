@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from dualhrq.arguments import positive_int
 from dualhrq.config import Config, TrackingConfig, load_config
 from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
-from dualhrq.train.commands import positive_int
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
     from dualhrq.evaluate.fanout import Runner

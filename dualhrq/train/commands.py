@@ -7,21 +7,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dualhrq.arguments import positive_int
 from dualhrq.config import Config, load_config
 
 if TYPE_CHECKING:
     from dualhrq.train.loop import RunResult
-
-
-def positive_int(text: str) -> int:
-    """argparse type of a count flag (argparse puts the flag's name before the error)."""
-    try:
-        value: int | None = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

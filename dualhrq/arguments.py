@@ -1,4 +1,4 @@
-"""argparse types for the benchmark flags: a bad value stops the command before any work, with argparse's
+"""argparse types for count, size and list flags: a bad value stops the command before any work, with argparse's
 "argument --flag: ..." message, instead of a crash (or a silent change of meaning) minutes into a run."""
 
 from __future__ import annotations
