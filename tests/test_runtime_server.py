@@ -188,6 +188,27 @@ def test_reload_swaps_the_model_with_requests_in_flight_and_none_fails(tiny_conf
     assert {r.model for r in replies} == {"fake-1", "fake-2"}
 
 
+def test_a_reload_that_comes_back_as_its_own_echo_loads_only_if_another_came_between(tiny_config):
+    loaded: list[str] = []
+
+    def loader(path, hooks):
+        loaded.append(path)
+        return fake_host(tiny_config, hooks, name=path)
+
+    server = Server(serve_config(), loader, "fake-1")
+    with ServerThread(server) as st:
+        def apply(*args):
+            return asyncio.run_coroutine_threadsafe(server._apply(*args), st.loop).result(10)
+
+        apply("reload", "fake-2")  # this worker's own command
+        apply("reload", "fake-2", True)  # its echo: already held
+        apply("reload", "fake-3")  # a sibling's, relayed
+        apply("reload", "fake-2", True)  # an echo of this worker's, which the broker ordered after the sibling's
+        with Client(st.address) as c:
+            assert c.ping().model == "fake-2"
+    assert loaded == ["fake-1", "fake-2", "fake-3", "fake-2"]
+
+
 def test_stop_answers_what_is_in_flight_then_returns_zero(tiny_config):
     gate = threading.Event()  # the engine holds every call until the stop has been asked for
     server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1)

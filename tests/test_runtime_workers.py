@@ -271,7 +271,7 @@ def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_
     broker, sibling, forger = ControlSeal(key, "broker"), ControlSeal(key, "sibling"), ControlSeal(b"x" * 32, "x")
     applied: list[tuple[str, str]] = []
 
-    async def apply(cmd: str, bundle: str) -> None:
+    async def apply(cmd: str, bundle: str, echo: bool) -> None:
         applied.append((cmd, bundle))
         if cmd == "reload":
             raise RuntimeError("bundle does not load")  # a relay that fails must not end the listener either
@@ -327,7 +327,7 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
     broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
     applied: dict[str, float] = {}
 
-    async def apply(cmd: str, bundle: str) -> None:
+    async def apply(cmd: str, bundle: str, echo: bool) -> None:
         if cmd == "reload":
             await asyncio.sleep(2.0)  # a bundle that takes seconds to load and warm
         applied[cmd] = time.monotonic()
@@ -359,6 +359,70 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
     finally:
         bus.close()
     assert waited < 1.0 and "reload" not in applied  # the switch held while the load was still under way
+
+
+def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_them(tmp_path):
+    key = b"k" * 32
+    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
+    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    applied: list[tuple[str, str, bool]] = []
+
+    async def apply(cmd: str, bundle: str, echo: bool) -> None:
+        applied.append((cmd, bundle, echo))
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        out = ctx.socket(zmq.XPUB)  # the broker's side of the bus, out to the workers
+        out.setsockopt(zmq.LINGER, 0)
+        out.bind(f"ipc://{tmp_path}/out")
+        taken = ctx.socket(zmq.SUB)  # and in from them: what this worker publishes
+        taken.setsockopt(zmq.LINGER, 0)
+        taken.setsockopt(zmq.SUBSCRIBE, b"")
+        taken.bind(f"ipc://{tmp_path}/in")
+        joining = asyncio.create_task(bus.join(5.0))
+        await _recv_until(out, b"\x01state/" + bus.origin.encode())
+        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
+        await joining
+        listening = asyncio.create_task(bus.listen(apply))
+        while True:  # what the bus's PUB sends before its connection is up is dropped: wait for it
+            bus.publish("enable_patterns")
+            if await taken.poll(100):
+                break
+        while await taken.poll(100):
+            await taken.recv_multipart()
+        # This worker took kill_switch_off while a sibling took kill_switch_on; the broker passed the sibling's
+        # on first, then this worker's off: every worker must end off, as the broker's state does.
+        bus.publish("kill_switch_off")
+        own_off = await taken.recv_multipart()
+        # Then this worker took disable_patterns and enable_patterns in quick succession; the sibling's reload
+        # came between this worker's two reloads of its own.
+        bus.publish("disable_patterns")
+        own_disable = await taken.recv_multipart()
+        bus.publish("enable_patterns")
+        own_enable = await taken.recv_multipart()
+        bus.publish("reload", "/mine")
+        own_reload = await taken.recv_multipart()
+        for frames in (sibling.relay("kill_switch_on"), own_off, own_disable, own_enable,
+                       sibling.relay("reload", "/theirs"), own_reload):
+            await out.send_multipart(frames)
+        for _ in range(300):
+            if ("reload", "/mine", True) in applied:
+                break
+            await asyncio.sleep(0.01)
+        listening.cancel()
+        for sock in (out, taken):
+            sock.close()
+        ctx.term()
+
+    try:
+        asyncio.run(main())
+    finally:
+        bus.close()
+    # The sibling's on, then this worker's own off again: off, as the broker ordered. The echo of
+    # disable_patterns is skipped (re-applying it would switch the patterns off until the next echo came),
+    # enable_patterns is re-applied; this worker's reload comes back after the sibling's and is applied after it.
+    assert applied == [("kill_switch_on", "", False), ("kill_switch_off", "", True), ("enable_patterns", "", True),
+                       ("reload", "/theirs", False), ("reload", "/mine", True)]
 
 
 def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):

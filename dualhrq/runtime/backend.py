@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import itertools
 import logging
 import tempfile
 import time
@@ -143,15 +142,19 @@ class ControlSeal:
     def __init__(self, key: bytes, origin: str) -> None:
         self.origin = origin
         self._key = key
-        self._seq = itertools.count(1)
+        self.sealed = 0  # the seq of the last message sealed
         self._last: dict[str, int] = {}  # origin -> the highest seq opened from it
 
     def relay(self, cmd: str, bundle: str = "") -> list[bytes]:
-        return self._frames(RELAY_TOPIC, Relayed(self.origin, next(self._seq), time.time(), cmd, bundle))
+        return self._frames(RELAY_TOPIC, Relayed(self.origin, self._next(), time.time(), cmd, bundle))
 
     def handover(self, to: bytes, state: AdminState) -> list[bytes]:
         """`state` for the subscriber whose origin is `to` alone."""
-        return self._frames(HANDOVER_TOPIC + to, Handover(self.origin, next(self._seq), time.time(), state))
+        return self._frames(HANDOVER_TOPIC + to, Handover(self.origin, self._next(), time.time(), state))
+
+    def _next(self) -> int:
+        self.sealed += 1
+        return self.sealed
 
     def open(self, frames: list[bytes]) -> Relayed | Handover:
         """The message `frames` carry; BadControlMessage saying why it is refused."""

@@ -61,13 +61,14 @@ Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, war
 
 class Relay(Protocol):
     """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus): the state the
-    broker holds when it joins (None: none came within timeout_s), then the siblings' commands."""
+    broker holds when it joins (None: none came within timeout_s), then every relayed command in the broker's
+    order, this worker's own included (``apply``'s third argument: an echo, a no-op where already held)."""
 
     def publish(self, cmd: str, bundle: str = "") -> None: ...
 
     async def join(self, timeout_s: float) -> AdminState | None: ...
 
-    async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None: ...
+    async def listen(self, apply: Callable[[str, str, bool], Awaitable[Any]]) -> None: ...
 
 GIL_SWITCH_S = 0.0005
 # How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
@@ -549,8 +550,10 @@ class Server:
         log.info("admin %s applied", req.cmd, extra={"event": "admin", "cmd": req.cmd, "detail": detail})
         return p.AdminReply(id=req.id, cmd=req.cmd, ok=True, detail=detail)
 
-    async def _apply(self, cmd: str, bundle: str = "") -> dict[str, Any]:
-        """One admin command's effect (also what a sibling worker's relayed command runs)."""
+    async def _apply(self, cmd: str, bundle: str = "", echo: bool = False) -> dict[str, Any]:
+        """One admin command's effect (also what a relayed command runs). ``echo``: this worker's own command
+        come back in the broker's order, re-applied so that every worker ends on the last command the broker
+        passed on; a reload then loads only if a sibling's reload came in between."""
         if cmd == "stats":
             return self.stats()
         if cmd in SWITCHES:
@@ -559,7 +562,7 @@ class Server:
             name = SWITCHES[cmd][0]
             return {name: getattr(state, name)}
         if cmd == "reload":
-            return await self._reload(bundle or self._bundle)
+            return await self._reload(bundle or self._bundle, unless_held=echo)
         raise DataError(f"cmd: unknown admin command {cmd!r}")
 
     def _switches(self) -> AdminState:
@@ -572,11 +575,15 @@ class Server:
         self._patterns_enabled = state.patterns_enabled
         self._bundle = state.bundle or self._bundle
 
-    async def _reload(self, bundle: str) -> dict[str, Any]:
-        """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done."""
+    async def _reload(self, bundle: str, unless_held: bool = False) -> dict[str, Any]:
+        """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done.
+        ``unless_held``: nothing to do when `bundle` is the one loaded (decided in the lock's order, which is
+        the order the reloads were asked for)."""
         async with self._reload_lock:
             if self._stopping.is_set():  # the drain closes the host it finds: one swapped in later would leak
                 raise ModelLoadError("reload: the server is shutting down")
+            if unless_held and bundle == self._bundle and self._host is not None:
+                return {"model": self._host.name, "previous": self._host.name, "bundle": bundle}
             new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
             old, self._host = self._host, new
             self._bundle = bundle

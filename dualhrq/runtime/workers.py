@@ -30,6 +30,7 @@ from dualhrq.errors import EXIT_ERROR, HRMError
 from dualhrq.runtime.backend import (
     HANDOVER_TOPIC,
     RELAY_TOPIC,
+    SWITCHES,
     AdminState,
     BadControlMessage,
     BrokerAddresses,
@@ -54,9 +55,13 @@ class ControlBus:
         self._pub.connect(publish_to)
         self._subscribe_to = subscribe_to
         self._sub: zmq.asyncio.Socket | None = None
+        self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
 
     def publish(self, cmd: str, bundle: str = "") -> None:
-        self._pub.send_multipart(self._seal.relay(cmd, bundle), zmq.NOBLOCK)
+        frames = self._seal.relay(cmd, bundle)
+        self._pub.send_multipart(frames, zmq.NOBLOCK)
+        self._latest_own[_setting(cmd)] = self._seal.sealed
+
 
     async def join(self, timeout_s: float) -> AdminState | None:
         """Subscribe (the first time) and wait up to `timeout_s` for the state the broker hands over; None when
@@ -72,23 +77,32 @@ class ControlBus:
                 return msg.state
         return None
 
-    async def listen(self, apply: Callable[[str, str], Awaitable[Any]]) -> None:
-        """Apply the siblings' relayed commands until cancelled (after `join`: its socket holds what came since).
-        A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows less than this
-        worker."""
+    async def listen(self, apply: Callable[[str, str, bool], Awaitable[Any]]) -> None:
+        """Apply every relayed command, in the broker's order, until cancelled (after `join`: its socket holds
+        what came since). A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows
+        less than this worker.
+
+        This worker's own commands come back too, and are applied again (``apply(cmd, bundle, True)``):
+        two workers that took conflicting commands at once each applied its own first, and only the broker's
+        order, which every worker sees, makes them agree, as the broker's hand-over does. An echo followed by
+        a later command of this worker's on the same setting is skipped: re-applying it would undo that
+        command (a kill switch switched off again) until the later echo arrived."""
         assert self._sub is not None, "join the bus before listening"
         loads: set[asyncio.Task] = set()
         try:
             while True:
                 msg = self._read(await self._sub.recv_multipart())
-                if not (isinstance(msg, Relayed) and msg.origin != self.origin):
+                if not isinstance(msg, Relayed):
+                    continue
+                echo = msg.origin == self.origin
+                if echo and msg.seq != self._latest_own.get(_setting(msg.cmd)):
                     continue
                 if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for
-                    task = asyncio.create_task(self._apply(apply, msg))  # it (nor grow stale in the socket)
+                    task = asyncio.create_task(self._apply(apply, msg, echo))  # it (nor grow stale in the socket)
                     loads.add(task)
                     task.add_done_callback(loads.discard)
                 else:
-                    await self._apply(apply, msg)
+                    await self._apply(apply, msg, echo)
         finally:
             for task in loads:
                 task.cancel()
@@ -118,12 +132,18 @@ class ControlBus:
             return None
 
     @staticmethod
-    async def _apply(apply: Callable[[str, str], Awaitable[Any]], msg: Relayed) -> None:
+    async def _apply(apply: Callable[[str, str, bool], Awaitable[Any]], msg: Relayed, echo: bool) -> None:
         try:
-            await apply(msg.cmd, msg.bundle)
-            log.info("applied %s relayed from worker %s", msg.cmd, msg.origin)
+            await apply(msg.cmd, msg.bundle, echo)
+            if not echo:
+                log.info("applied %s relayed from worker %s", msg.cmd, msg.origin)
         except Exception:  # noqa: BLE001 - one relay that fails (a bundle that does not load) must not end the listener
             log.exception("relayed admin command %r failed", msg.cmd)
+
+
+def _setting(cmd: str) -> str:
+    """The admin setting a relayed command sets."""
+    return SWITCHES[cmd][0] if cmd in SWITCHES else "bundle"
 
 
 # ---------------------------------------------------------------- worker processes
