@@ -80,7 +80,9 @@ def test_overloaded_is_immediate_when_the_queue_is_full_and_everyone_gets_one_re
     # The engine holds every call until the first refusal is back: the queue is full however the requests
     # and the server's wake-ups interleave, and the refusal came while the engine was still busy.
     gate = threading.Event()
-    server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1, queue_max=2)
+    # On the inference thread: a request alone would otherwise run inline and hold the loop with the engine.
+    server = server_for(tiny_config, serve_config(inline_engine=False), engine=CountingEngine(gate=gate),
+                        max_batch=1, queue_max=2)
 
     async def burst(address):
         async with AsyncClient(address, timeout_s=10, retries=0) as c:
@@ -211,7 +213,8 @@ def test_a_reload_that_comes_back_as_its_own_echo_loads_only_if_another_came_bet
 
 def test_stop_answers_what_is_in_flight_then_returns_zero(tiny_config):
     gate = threading.Event()  # the engine holds every call until the stop has been asked for
-    server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1)
+    server = server_for(tiny_config, serve_config(inline_engine=False), engine=CountingEngine(gate=gate),
+                        max_batch=1)  # on the inference thread: one request alone must not hold the loop
 
     async def inflight(address, st):
         async with AsyncClient(address, timeout_s=10, retries=0) as c:
@@ -332,8 +335,8 @@ def test_a_burst_beyond_the_in_flight_limit_admits_the_first_to_arrive(tiny_conf
     # The engine holds its first call until the burst's refusals are back: the first two stay in flight
     # however the sends and the server's wake-ups interleave.
     gate = threading.Event()
-    server = server_for(tiny_config, serve_config(max_in_flight=2), engine=CountingEngine(gate=gate),
-                        max_batch=1, queue_max=100)
+    serve = serve_config(max_in_flight=2, inline_engine=False)  # alone, one would run inline and hold the loop
+    server = server_for(tiny_config, serve, engine=CountingEngine(gate=gate), max_batch=1, queue_max=100)
     with ServerThread(server) as st:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -361,6 +361,44 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
     assert waited < 1.0 and "reload" not in applied  # the switch held while the load was still under way
 
 
+def test_a_relayed_reload_under_way_when_the_listener_stops_runs_to_its_end(tmp_path):
+    key = b"k" * 32
+    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
+    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    events: list[str] = []
+
+    async def apply(cmd: str, bundle: str, echo: bool) -> None:
+        events.append("loading")
+        await asyncio.sleep(0.3)  # a thread loading a bundle: abandoned, the host it returns would stay open
+        events.append("loaded")
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        out = ctx.socket(zmq.XPUB)
+        out.setsockopt(zmq.LINGER, 0)
+        out.bind(f"ipc://{tmp_path}/out")
+        joining = asyncio.create_task(bus.join(5.0))
+        await _recv_until(out, b"\x01state/" + bus.origin.encode())
+        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
+        await joining
+        listening = asyncio.create_task(bus.listen(apply))
+        await out.send_multipart(sibling.relay("reload", "/slow"))
+        for _ in range(300):
+            if events:
+                break
+            await asyncio.sleep(0.01)
+        listening.cancel()  # the server stops: its drain begins
+        await asyncio.sleep(0.6)
+        out.close()
+        ctx.term()
+
+    try:
+        asyncio.run(main())
+    finally:
+        bus.close()
+    assert events == ["loading", "loaded"]
+
+
 def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_them(tmp_path):
     key = b"k" * 32
     bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)

@@ -56,6 +56,7 @@ class ControlBus:
         self._subscribe_to = subscribe_to
         self._sub: zmq.asyncio.Socket | None = None
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
+        self._loads: set[asyncio.Task] = set()  # relayed reloads under way
 
     def publish(self, cmd: str, bundle: str = "") -> None:
         frames = self._seal.relay(cmd, bundle)
@@ -86,26 +87,24 @@ class ControlBus:
         two workers that took conflicting commands at once each applied its own first, and only the broker's
         order, which every worker sees, makes them agree, as the broker's hand-over does. An echo followed by
         a later command of this worker's on the same setting is skipped: re-applying it would undo that
-        command (a kill switch switched off again) until the later echo arrived."""
+        command (a kill switch switched off again) until the later echo arrived.
+
+        A reload under way when the listener is cancelled runs to its end: cancelling it would abandon the
+        host its thread is still loading, open. The server's drain waits for it and closes what it loaded."""
         assert self._sub is not None, "join the bus before listening"
-        loads: set[asyncio.Task] = set()
-        try:
-            while True:
-                msg = self._read(await self._sub.recv_multipart())
-                if not isinstance(msg, Relayed):
-                    continue
-                echo = msg.origin == self.origin
-                if echo and msg.seq != self._latest_own.get(_setting(msg.cmd)):
-                    continue
-                if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for
-                    task = asyncio.create_task(self._apply(apply, msg, echo))  # it (nor grow stale in the socket)
-                    loads.add(task)
-                    task.add_done_callback(loads.discard)
-                else:
-                    await self._apply(apply, msg, echo)
-        finally:
-            for task in loads:
-                task.cancel()
+        while True:
+            msg = self._read(await self._sub.recv_multipart())
+            if not isinstance(msg, Relayed):
+                continue
+            echo = msg.origin == self.origin
+            if echo and msg.seq != self._latest_own.get(_setting(msg.cmd)):
+                continue
+            if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for it
+                task = asyncio.create_task(self._apply(apply, msg, echo))  # (nor grow stale in the socket)
+                self._loads.add(task)  # the loop holds tasks weakly
+                task.add_done_callback(self._loads.discard)
+            else:
+                await self._apply(apply, msg, echo)
 
     def close(self) -> None:
         for sock in (self._pub, self._sub):
