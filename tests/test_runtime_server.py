@@ -470,6 +470,47 @@ def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_confi
     assert hosts and all(h.batcher.engine.closed for h in hosts), [h.name for h in hosts]
 
 
+def test_a_relayed_reload_still_loading_when_the_server_stops_has_both_hosts_closed(tiny_config, caplog):
+    import logging
+
+    from dualhrq.runtime.backend import AdminState
+
+    loading = threading.Event()
+    hosts = []
+
+    def loader(path, hooks):
+        if path == "fake-2":
+            loading.set()
+            time.sleep(0.5)  # still loading when the drain begins
+        engine = _ClosingEngine(close_s=0.5 if path == "fake-1" else 0.0)  # the old host's close takes a while
+        host = fake_host(tiny_config, hooks, name=path, engine=engine)
+        hosts.append(host)
+        return host
+
+    class RelayedReload:  # as the control bus does: a relayed reload runs as a task of its own, not a request's
+        tasks: set = set()
+
+        def publish(self, cmd: str, bundle: str = "") -> None:
+            pass
+
+        async def join(self, timeout_s: float) -> AdminState:
+            return AdminState()
+
+        async def listen(self, apply) -> None:
+            while not server.ready:
+                await asyncio.sleep(0.005)
+            self.tasks.add(asyncio.create_task(apply("reload", "fake-2")))
+            await asyncio.Event().wait()
+
+    server = Server(serve_config(), loader, "fake-1", control=RelayedReload())
+    caplog.set_level(logging.INFO, logger="dualhrq.runtime.server")
+    with ServerThread(server):
+        assert loading.wait(5)
+    said = [r.getMessage() for r in caplog.records if r.name == "dualhrq.runtime.server"]
+    assert [h.name for h in hosts] == ["fake-1", "fake-2"] and all(h.batcher.engine.closed for h in hosts)
+    assert "retired fake-1" in said and said.index("retired fake-1") < said.index("stopped"), said
+
+
 def test_a_reload_that_ends_during_the_drain_has_its_old_host_closed_before_the_server_stops(tiny_config, caplog):
     import logging
 

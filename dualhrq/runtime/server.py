@@ -230,8 +230,11 @@ class Server:
             self._link.leave()
         self.metrics.ready.set(0)
         await self._settle()
-        async with self._reload_lock:  # a reload still loading ends first; one asked for later is refused
+        # A reload still loading ends first (a relayed one is no request's task: the settle did not wait for it);
+        # one asked for later is refused. The old host such a reload replaced retires in a second settle.
+        async with self._reload_lock:
             host, self._host = self._host, None
+        await self._settle()
         if host is not None:
             await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
         self._features_pool.shutdown(wait=False)
