@@ -181,3 +181,21 @@ def test_a_trigger_the_day_before_thanksgiving_lasts_through_the_friday_after_it
     assert s.on_trade(at(wed, 15, 0), 17.5)
     assert s.is_active(at(fri, 15, 59))  # Thursday was no trading day: Friday is the next one
     assert not s.is_active(at(mon, 0, 0))
+
+
+def test_a_snapshot_written_without_the_holidays_is_carried_over_the_holiday_it_ended_on():
+    wed, fri = date(2024, 11, 27), date(2024, 11, 29)  # the Thursday between: Thanksgiving
+    weekends_only = SSRState(frozenset())  # an older release's calendar
+    weekends_only.on_close(previous_trading_day(wed), 20.0)
+    assert weekends_only.on_trade(at(wed, 15, 0), 17.5)
+    assert not weekends_only.is_active(at(fri, 10, 0))  # ended with the holiday: too soon
+    restored = SSRState.restore(weekends_only.snapshot())  # under the exchange's calendar
+    assert restored.is_active(at(fri, 23, 59, 59)) and not restored.is_active(at(date(2024, 11, 30), 0, 0))
+    assert restored.is_active(at(wed, 15, 0)) and not restored.is_active(at(wed, 14, 59))
+
+
+def test_restoring_a_snapshot_this_calendar_wrote_changes_nothing():
+    s = state_with_close(FRI, 20.0)
+    s.on_trade(at(FRI, 15, 0), 17.5)
+    for snap in (s.snapshot(), SSRState().snapshot()):  # a restriction, and none at all
+        assert SSRState.restore(snap, frozenset()).snapshot() == snap

@@ -15,7 +15,7 @@ from datetime import date
 
 import msgspec
 
-from dualhrq.compliance.sessions import Holidays, next_trading_day, session_for_day, session_of
+from dualhrq.compliance.sessions import Holidays, is_trading_day, next_trading_day, session_for_day, session_of
 from dualhrq.data.market_rules import NYSE_HOLIDAYS, SSR
 from dualhrq.errors import DataError
 
@@ -45,9 +45,17 @@ class SSRState:
 
     @classmethod
     def restore(cls, snapshot: SSRSnapshot, holidays: Holidays = NYSE_HOLIDAYS) -> SSRState:
+        """The state a snapshot holds. A restriction written to end on a day that is no trading day under
+        ``holidays`` (a journal from a release that knew only weekends) is carried to the end of the next
+        trading day, where this calendar's trigger would have put it: never shortened, and a no-op for a
+        snapshot this calendar wrote."""
         state = cls(holidays)
         state._closes = sorted(snapshot.closes)[-2:]
         state._active_from, state._active_until = snapshot.active_from, snapshot.active_until
+        if state._active_until > state._active_from:
+            last = session_of(state._active_until - 1).day
+            if not is_trading_day(last, holidays):
+                state._active_until = session_for_day(next_trading_day(last, holidays)).end_ns
         return state
 
     def snapshot(self) -> SSRSnapshot:
