@@ -43,7 +43,7 @@ from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.errors import DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import SWITCHES, TIMEOUT_S, AdminState, BrokerLink, bind
+from dualhrq.runtime.backend import MAX_AGE_S, SWITCHES, TIMEOUT_S, AdminState, BrokerLink, bind
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
@@ -191,8 +191,9 @@ class Server:
                          "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
                          self._bundle)
                 return asyncio.create_task(self._control.listen(self._apply))
-            log.warning("no admin state from the broker's control bus after %.0f s (is the broker up, and does it "
-                        "hold the same control key?); still waiting", TIMEOUT_S)
+            log.warning("no admin state from the broker's control bus after %.0f s (is the broker up, does it hold "
+                        "the same control key, and is its clock within %.0f s of this one? a hand-over refused is "
+                        "logged as such); still waiting", TIMEOUT_S, MAX_AGE_S)
         return None
 
     def _probe_bind(self) -> None:
