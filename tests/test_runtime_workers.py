@@ -484,10 +484,9 @@ def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):
         pub.send_multipart(forger.relay("kill_switch_on"))
         pub.send_multipart(sibling.relay("disable_patterns"))
         pub.send_multipart(sibling.relay("reload", "fake-9"))
-        time.sleep(0.2)
-        state = asyncio.run(joined())
+        # Joined until the broker has folded the relays in: the forged kill switch, had it counted, would stay on.
+        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9"))
     finally:
         pub.close()
         broker.stop()
         shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
-    assert state == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9")
