@@ -257,18 +257,18 @@ def test_real_workers_report_the_live_count_leave_when_stopping_and_re_register_
 
 
 
-def test_the_broker_link_tells_the_server_after_every_call_on_their_shared_socket():
+def test_the_broker_link_tells_the_server_after_every_call_on_their_shared_socket(tmp_path):
     """Its heartbeats share the worker's socket: each can take the descriptor's wake-up for a request, so the
     server is told to look again after each one."""
     from dualhrq.runtime.backend import BrokerLink
 
     ctx = zmq.Context.instance()
     back = ctx.socket(zmq.ROUTER)
-    port = back.bind_to_random_port("tcp://127.0.0.1")
+    back.bind(f"ipc://{tmp_path}/back")
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     looked: list[int] = []
-    link = BrokerLink(f"tcp://127.0.0.1:{port}", "a")
+    link = BrokerLink(f"ipc://{tmp_path}/back", "a")
     try:
         link.attach(sock, lambda: looked.append(1))  # registers: one send
         link.leave()
@@ -291,3 +291,62 @@ def test_a_client_address_in_use_is_a_configuration_error_naming_serve_bind():
         taken.stop()
         for a in (addresses, taken.addresses):
             shutil.rmtree(Path(a.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def _three_free_ports() -> int:
+    """A port whose next two are free too (a remote broker's backend and its control bus)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port + 1))
+                b.bind(("127.0.0.1", port + 2))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no three consecutive free ports")
+
+
+def test_a_tcp_backend_takes_only_workers_holding_the_control_key(tiny_config):
+    from runtime_fixtures import ServerThread, fake_host, signal_body
+
+    from dualhrq.config import ServeConfig
+    from dualhrq.errors import ConfigurationError
+    from dualhrq.runtime.backend import BackendKeys, BrokerLink
+    from dualhrq.runtime.client import Client
+    from dualhrq.runtime.server import Server
+
+    key = b"k" * 32
+    addresses = BrokerAddresses.remote(f"tcp://127.0.0.1:{_three_free_ports()}",
+                                       frontend=f"tcp://127.0.0.1:{free_port()}")
+    with pytest.raises(ConfigurationError, match="--connect: .* tcp:// backend"):
+        BrokerLink(addresses.backend, "keyless")
+    serve = ServeConfig(drain_timeout_s=1.0)
+    worker = Server(serve, lambda path, hooks: fake_host(tiny_config, hooks), "b", connect=addresses.backend,
+                    slot="a", backend_keys=BackendKeys.derive(key))
+    ctx = zmq.Context()
+    intruders = []
+    for keys in (None, BackendKeys.derive(b"x" * 32)):  # one in plain ZMTP, one with keys of another control key
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.connect(sock)
+        sock.connect(addresses.backend)
+        intruders.append(sock)
+    b = Broker(addresses, control_key=key).start()
+    try:
+        with ServerThread(worker):
+            until(lambda: b.live == 1)
+            for sock in intruders:
+                sock.send_multipart([b"", HEARTBEAT, b"intruder"], zmq.NOBLOCK)
+            with Client(addresses.frontend, timeout_s=5, retries=0) as c:
+                replies = [c.request(signal_body(f"r{i}", instrument=f"SYM{i}")) for i in range(8)]
+            assert b.live == 1 and all(isinstance(r, p.SignalReply) for r in replies)
+            assert not any(sock.poll(200) for sock in intruders)  # no request reached them, nor a heartbeat
+    finally:
+        for sock in intruders:
+            sock.close()
+        ctx.term()
+        b.stop()

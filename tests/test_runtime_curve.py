@@ -84,10 +84,13 @@ def test_half_configured_curve_is_a_clear_error(keys):
 
 
 def test_a_worker_connected_to_a_broker_drops_curve_since_the_broker_holds_the_keys(keys):
+    from dualhrq.runtime.backend import BackendKeys
+
     _, curve = keys
     serve = ServeConfig(bind="tcp://127.0.0.1:*", curve=curve)
     assert Server(serve, lambda path, hooks: None, "b")._curve.enabled
-    assert not Server(serve, lambda path, hooks: None, "b", connect="tcp://127.0.0.1:1")._curve.enabled
+    keys = BackendKeys.derive(b"k" * 32)  # the hop to the broker has its own keys, derived from the control key
+    assert not Server(serve, lambda path, hooks: None, "b", connect="tcp://127.0.0.1:1", backend_keys=keys)._curve.enabled
 
 
 def test_a_key_file_that_is_not_a_certificate_is_a_configuration_error_naming_the_setting_and_file(keys, tmp_path):

@@ -13,6 +13,10 @@ A request's first frame is never empty (it is the broker's seq), so an empty fir
 every heartbeat registers, a worker re-registers by itself after the broker restarts, and a broker that
 restarted drops replies to seqs it never issued.
 
+On tcp:// the hop is CURVE (`BackendKeys`, derived from the control key): only the broker's workers can connect,
+so nobody else on the network takes a client's requests or answers them, and nobody on the path reads them.
+An ipc:// backend (`serve --workers N` on one machine) lies in a private directory of the broker's.
+
 Admin state travels beside it, on the control bus: PUB/SUB through the broker (dualhrq.runtime.workers has the
 workers' end). Every message there is [topic, body, HMAC-SHA256 of both] under a key only the broker and its
 workers hold (`ControlSeal`):
@@ -36,6 +40,8 @@ from pathlib import Path
 
 import msgspec
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from dualhrq.errors import ConfigurationError
 from dualhrq.runtime import protocol as p
@@ -187,6 +193,58 @@ class ControlSeal:
         return hmac.new(self._key, len(topic).to_bytes(8, "big") + topic + body, hashlib.sha256).digest()
 
 
+# ---------------------------------------------------------------- the backend's keys
+
+
+@dataclass(frozen=True)
+class BackendKeys:
+    """CURVE key pairs for a tcp:// backend, the broker's and the workers', each derived from the control key
+    (HMAC-SHA256 of a label as the secret): whoever holds the key can be a worker, nobody else can."""
+
+    server_public: bytes
+    server_secret: bytes
+    worker_public: bytes
+    worker_secret: bytes
+
+    @classmethod
+    def derive(cls, control_key: bytes) -> BackendKeys:
+        def pair(label: bytes) -> tuple[bytes, bytes]:
+            secret = z85.encode(hmac.new(control_key, label, hashlib.sha256).digest())
+            return zmq.curve_public(secret), secret
+
+        return cls(*pair(b"dualhrq backend: broker"), *pair(b"dualhrq backend: worker"))
+
+    def serve(self, context: zmq.Context, sock: zmq.Socket) -> ThreadAuthenticator:
+        """Before bind: `sock` a CURVE server that admits the workers' key alone. `context` must be the
+        socket's own, with no other authenticator (one per context); the returned one is stopped by the
+        caller."""
+        auth = ThreadAuthenticator(context)
+        auth.start()
+        auth.configure_curve_callback("*", _OneKey(self.worker_public))
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = self.server_secret, self.server_public, True
+        return auth
+
+    def connect(self, sock: zmq.Socket) -> None:
+        """Before connect: `sock` a worker's CURVE client."""
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey, sock.curve_secretkey = self.worker_public, self.worker_secret
+
+
+@dataclass(frozen=True)
+class _OneKey:
+    """A ZAP credentials provider that admits one public key (z85)."""
+
+    public: bytes
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return hmac.compare_digest(key, self.public)
+
+
+def secured(address: str) -> bool:
+    """Whether the backend at `address` needs CURVE: tcp:// does, a private ipc:// directory does not."""
+    return address.startswith("tcp://")
+
+
 # ---------------------------------------------------------------- a worker's registration
 
 
@@ -194,8 +252,12 @@ class BrokerLink:
     """A worker's registration with the broker: heartbeats, reconnects after TIMEOUT_S of silence, and the
     number of live workers the broker last announced (what `pong.workers` reports)."""
 
-    def __init__(self, address: str, slot: str, heartbeat_s: float = HEARTBEAT_S, timeout_s: float = TIMEOUT_S):
-        self.address, self.slot = address, slot
+    def __init__(self, address: str, slot: str, keys: BackendKeys | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 timeout_s: float = TIMEOUT_S):
+        if secured(address) and keys is None:
+            raise ConfigurationError(f"--connect: {address} is a tcp:// backend, which takes only workers holding "
+                                     "the control key; none was given")
+        self.address, self.slot, self._keys = address, slot, keys
         self.workers = 1  # this one, until the broker says more
         self._heartbeat_s, self._timeout_s = heartbeat_s, timeout_s
         self._sock: zmq.Socket | None = None
@@ -206,6 +268,8 @@ class BrokerLink:
         """Connect the worker's DEALER and register at once. ``after_io`` runs after every operation here on the
         socket: one can take the edge of its descriptor for a request that arrived meanwhile, and the server
         must look again."""
+        if self._keys is not None and secured(self.address):
+            self._keys.connect(sock)
         sock.connect(self.address)
         self._sock, self._after_io = sock, after_io
         self._heard = time.monotonic()

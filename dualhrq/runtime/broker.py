@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from dualhrq.config import CurveConfig
 from dualhrq.errors import ConfigurationError
@@ -47,11 +48,13 @@ from dualhrq.runtime.backend import (
     LEAVING,
     TIMEOUT_S,
     AdminState,
+    BackendKeys,
     BadControlMessage,
     BrokerAddresses,
     ControlSeal,
     Relayed,
     bind,
+    secured,
 )
 from dualhrq.runtime.security import CurveServer
 
@@ -116,6 +119,8 @@ class Broker:
         self._timeout_s = timeout_s
         self._ctx = zmq.Context()
         self._curve = CurveServer(curve)
+        self._back_ctx: zmq.Context | None = None  # a tcp:// backend's, with its authenticator
+        self._back_auth: ThreadAuthenticator | None = None
         self._threads: list[threading.Thread] = []
         self._commands = f"inproc://broker-commands-{uuid.uuid4().hex}"
         self._steer = f"inproc://broker-steer-{uuid.uuid4().hex}"
@@ -134,7 +139,7 @@ class Broker:
         sockets: list[zmq.Socket] = []
         try:
             front = self._socket(sockets, zmq.ROUTER, a.frontend, "serve.bind (--bind)", linger=1000, curve=True)
-            back = self._socket(sockets, zmq.ROUTER, a.backend, "--backend", linger=0)
+            back = self._socket(sockets, zmq.ROUTER, a.backend, "--backend", linger=0, backend=True)
             back.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a request the worker cannot take must fail loudly
             xsub = self._socket(sockets, zmq.XSUB, a.control_in, "--backend (its port + 1: the control bus)")
             xpub = self._socket(sockets, zmq.XPUB, a.control_out, "--backend (its port + 2: the control bus)")
@@ -142,6 +147,7 @@ class Broker:
             for s in sockets:
                 s.close(linger=0)
             self._curve.stop()
+            self._end_backend()
             self._ctx.term()
             raise
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription comes up, a re-subscription too
@@ -172,12 +178,25 @@ class Broker:
         for t in self._threads:
             t.join(5)
         self._curve.stop()
+        self._end_backend()
         self._ctx.term()
 
+    def _end_backend(self) -> None:
+        if self._back_auth is not None:
+            self._back_auth.stop()
+        if self._back_ctx is not None:
+            self._back_ctx.term()
+
     def _socket(self, opened: list[zmq.Socket], kind: int, address: str, setting: str, *, linger: int = -1,
-                curve: bool = False) -> zmq.Socket:
-        """A socket of `kind` bound to `address` (added to `opened`); a bind that fails names `setting`."""
-        sock = self._ctx.socket(kind)
+                curve: bool = False, backend: bool = False) -> zmq.Socket:
+        """A socket of `kind` bound to `address` (added to `opened`); a bind that fails names `setting`.
+        `curve`: the clients' CURVE (serve.curve); `backend`: the workers' (BackendKeys) on a tcp:// address."""
+        if backend and secured(address):  # its own context: one authenticator per context, the clients' is apart
+            self._back_ctx = zmq.Context()
+            sock = self._back_ctx.socket(kind)
+            self._back_auth = BackendKeys.derive(self.control_key).serve(self._back_ctx, sock)
+        else:
+            sock = self._ctx.socket(kind)
         opened.append(sock)
         if linger >= 0:
             sock.setsockopt(zmq.LINGER, linger)

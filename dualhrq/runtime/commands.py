@@ -82,7 +82,7 @@ def _overlay(args: argparse.Namespace) -> tuple[dict, str]:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dualhrq.compliance.gate import ComplianceGate
-    from dualhrq.runtime.backend import BrokerAddresses
+    from dualhrq.runtime.backend import BackendKeys, BrokerAddresses
     from dualhrq.runtime.host import load_host, serve_settings
     from dualhrq.runtime.logs import use_json_logs
     from dualhrq.runtime.server import Server
@@ -95,12 +95,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = serve_settings(args.bundle, overlay, source)
     if cfg.serve.workers > 1 and not args.connect:
         return run_workers(args.bundle, overlay, source, cfg.serve, getattr(args, "verbose", False), args.log_json)
-    bus = None
+    bus, keys = None, None
     if args.connect:
-        addresses = BrokerAddresses.remote(args.connect)
-        bus = ControlBus(addresses.control_in, addresses.control_out, _control_key())
+        addresses, key = BrokerAddresses.remote(args.connect), _control_key()
+        bus, keys = ControlBus(addresses.control_in, addresses.control_out, key), BackendKeys.derive(key)
     server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), args.bundle,
-                    gate=ComplianceGate(cfg.compliance), connect=args.connect, control=bus)
+                    gate=ComplianceGate(cfg.compliance), connect=args.connect, control=bus, backend_keys=keys)
     try:
         return asyncio.run(server.run())
     finally:

@@ -43,7 +43,7 @@ from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.errors import DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import MAX_AGE_S, SWITCHES, TIMEOUT_S, AdminState, BrokerLink, bind
+from dualhrq.runtime.backend import MAX_AGE_S, SWITCHES, TIMEOUT_S, AdminState, BackendKeys, BrokerLink, bind
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
@@ -81,20 +81,21 @@ _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
 
 class Server:
     """Serve one bundle on `serve.bind` (or, as a worker, on a broker's backend via `connect`, registered as
-    `slot`: by default this host and process)."""
+    `slot`: by default this host and process; a tcp:// backend needs `backend_keys`)."""
 
     def __init__(self, serve: ServeConfig, loader: Loader, bundle: str, *, gate: ComplianceGate | None = None,
-                 connect: str | None = None, control: Relay | None = None, slot: str = "") -> None:
+                 connect: str | None = None, control: Relay | None = None, slot: str = "",
+                 backend_keys: BackendKeys | None = None) -> None:
         self.serve = serve
         self.metrics = ServerMetrics()
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
         self._loader, self._bundle = loader, bundle
         self._gate = gate if gate is not None else ComplianceGate()
-        self._link = BrokerLink(connect, slot or f"{socket.gethostname()}-{os.getpid()}") if connect else None
+        self._link = BrokerLink(connect, slot or f"{socket.gethostname()}-{os.getpid()}", backend_keys) if connect else None
         self._control = control  # workers: relays state-changing admin commands to the sibling workers
-        # CURVE ends at the client-facing socket: a worker connected to a broker's backend speaks plain ZMTP
-        # to it (the broker holds the keys), or the handshake would never complete and no request arrive.
+        # The clients' CURVE ends at the client-facing socket: a worker connected to a broker's backend uses the
+        # backend's own keys instead (BrokerLink), or the handshake would never complete and no request arrive.
         self._curve = CurveServer(CurveConfig() if connect else serve.curve)
         self._host: ModelHost | None = None
         self._patterns_enabled = True

@@ -32,6 +32,7 @@ from dualhrq.runtime.backend import (
     RELAY_TOPIC,
     SWITCHES,
     AdminState,
+    BackendKeys,
     BadControlMessage,
     BrokerAddresses,
     ControlSeal,
@@ -161,11 +162,12 @@ def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, ad
     if json_logs:
         use_json_logs()
     cfg = serve_settings(bundle, overlay, source)
-    # CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to a worker is
-    # this machine's ipc (or the operator's private network for remote workers).
+    # The clients' CURVE ends at the broker (Server drops it for a connected worker); the hop from the broker to
+    # a worker is this machine's ipc, or CURVE under keys derived from the control key on tcp.
     bus = ControlBus(addresses.control_in, addresses.control_out, control_key)
     server = Server(cfg.serve, lambda path, hooks: load_host(path, overlay, hooks, source), bundle,
-                    gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus, slot=slot)
+                    gate=ComplianceGate(cfg.compliance), connect=addresses.backend, control=bus, slot=slot,
+                    backend_keys=BackendKeys.derive(control_key))
     try:
         code = asyncio.run(server.run())
     except HRMError as e:  # a setting that cannot work (e.g. its metrics port in use): said once, no traceback
