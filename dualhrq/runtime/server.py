@@ -92,7 +92,8 @@ class Server:
         self.ready = False
         self._loader, self._bundle = loader, bundle
         self._gate = gate if gate is not None else ComplianceGate()
-        self._link = BrokerLink(connect, slot or f"{socket.gethostname()}-{os.getpid()}", backend_keys) if connect else None
+        slot = slot or f"{socket.gethostname()}-{os.getpid()}"
+        self._link = BrokerLink(connect, slot, backend_keys) if connect else None
         self._control = control  # workers: relays state-changing admin commands to the sibling workers
         # The clients' CURVE ends at the client-facing socket: a worker connected to a broker's backend uses the
         # backend's own keys instead (BrokerLink), or the handshake would never complete and no request arrive.
