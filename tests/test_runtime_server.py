@@ -251,16 +251,19 @@ def test_replies_are_plain_msgpack_maps(tiny_config):
 def test_a_reply_to_a_vanished_client_is_counted_and_never_blocks(tiny_config):
     import zmq
 
-    server = server_for(tiny_config, engine=CountingEngine(delay_s=0.2), max_batch=1)
+    gate = threading.Event()  # the engine holds the ghost's request until its client has gone
+    server = server_for(tiny_config, engine=CountingEngine(gate=gate), max_batch=1)
     with ServerThread(server) as st:
         ctx = zmq.Context()
         gone = ctx.socket(zmq.DEALER)
         gone.setsockopt(zmq.LINGER, 0)
         gone.connect(st.address)
         gone.send(msgspec.msgpack.encode(signal_body("ghost")))
-        time.sleep(0.05)
+        until(lambda: server._in_flight == 1)
         gone.close()  # its reply will find nobody
         ctx.term()
+        time.sleep(0.2)  # the server's socket sees the peer go
+        gate.set()
         with Client(st.address, timeout_s=5) as c:
             assert isinstance(c.request(signal_body()), p.SignalReply)  # the server carried on
             counters = c.admin("stats", token=TOKEN).detail["counters"]
