@@ -51,7 +51,8 @@ def test_closing_a_host_whose_thread_still_runs_a_batch_leaves_its_engine_open(c
 
     async def go() -> None:
         running = host.batcher.submit(row_inputs())
-        await asyncio.sleep(0.1)  # the thread is inside engine.run now
+        while host.batcher.depth:  # until the thread has taken the row: it is in its 0.5 s run then
+            await asyncio.sleep(0.005)
         host.close(timeout=0.05)
         assert not engine.closed
         await running  # the batch finishes on its engine

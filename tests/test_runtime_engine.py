@@ -117,7 +117,8 @@ def test_batcher_refuses_at_once_when_the_queue_is_full():
 
     async def go():
         first = batcher.submit(row_inputs())
-        await asyncio.sleep(0.05)  # the thread has taken the first row and is busy with it
+        while batcher.depth:  # until the thread has taken the first row (it is busy with it for 0.2 s)
+            await asyncio.sleep(0.005)
         queued = [batcher.submit(row_inputs()) for _ in range(2)]
         with pytest.raises(Overloaded):
             batcher.submit(row_inputs())
