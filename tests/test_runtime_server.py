@@ -13,6 +13,7 @@ from runtime_fixtures import CountingEngine, ServerThread, fake_host, signal_bod
 from dualhrq.compliance.gate import ComplianceGate
 from dualhrq.config import ServeConfig
 from dualhrq.runtime import protocol as p
+from dualhrq.runtime.backend import AdminState
 from dualhrq.runtime.client import AsyncClient, Client, RequestFailed
 from dualhrq.runtime.server import Server
 
@@ -438,11 +439,17 @@ class _ClosingEngine(CountingEngine):
         time.sleep(self._close_s)
 
 
+class _QuietRelay:
+    """A control bus with no siblings: the default admin state, nothing to relay; tests script `listen`."""
+
+    def publish(self, cmd: str, bundle: str = "") -> None:
+        pass
+
+    async def join(self, timeout_s: float) -> AdminState:
+        return AdminState()
+
+
 def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_config):
-    import threading
-
-    from dualhrq.runtime.backend import AdminState
-
     closing = threading.Event()
     hosts = []
 
@@ -453,13 +460,7 @@ def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_confi
         hosts.append(host)
         return host
 
-    class RelayDuringTheDrain:
-        def publish(self, cmd: str, bundle: str = "") -> None:
-            pass
-
-        async def join(self, timeout_s: float) -> AdminState:
-            return AdminState()
-
+    class RelayDuringTheDrain(_QuietRelay):
         async def listen(self, apply) -> None:
             while not server.ready:
                 await asyncio.sleep(0.005)
@@ -476,8 +477,6 @@ def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_confi
 def test_a_relayed_reload_still_loading_when_the_server_stops_has_both_hosts_closed(tiny_config, caplog):
     import logging
 
-    from dualhrq.runtime.backend import AdminState
-
     loading = threading.Event()
     hosts = []
 
@@ -490,14 +489,8 @@ def test_a_relayed_reload_still_loading_when_the_server_stops_has_both_hosts_clo
         hosts.append(host)
         return host
 
-    class RelayedReload:  # as the control bus does: a relayed reload runs as a task of its own, not a request's
+    class RelayedReload(_QuietRelay):  # as the control bus does: a relayed reload runs as a task of its own
         tasks: set = set()
-
-        def publish(self, cmd: str, bundle: str = "") -> None:
-            pass
-
-        async def join(self, timeout_s: float) -> AdminState:
-            return AdminState()
 
         async def listen(self, apply) -> None:
             while not server.ready:

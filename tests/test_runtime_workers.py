@@ -5,12 +5,15 @@ state a worker holds when it joins, and the control bus's refusal of messages it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -321,10 +324,44 @@ def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_
     assert len(refused) == 7 and "stale" in refused[-2] and "replayed" in refused[-1], refused
 
 
+KEY = b"k" * 32
+
+
+@contextlib.asynccontextmanager
+async def _joined(bus: ControlBus, tmp_path: Path) -> AsyncIterator[tuple[zmq.asyncio.Context, zmq.asyncio.Socket]]:
+    """Stands in for the broker's side of `bus` (made with KEY on tmp_path's endpoints): its XPUB, out to the
+    worker, once the bus has joined with the default state. Yields (its context, that socket)."""
+    ctx = zmq.asyncio.Context()
+    out = ctx.socket(zmq.XPUB)
+    out.setsockopt(zmq.LINGER, 0)
+    out.bind(f"ipc://{tmp_path}/out")
+    try:
+        joining = asyncio.create_task(bus.join(5.0))
+        await _recv_until(out, b"\x01state/" + bus.origin.encode())
+        await out.send_multipart(ControlSeal(KEY, "broker").handover(bus.origin.encode(), AdminState()))
+        await joining
+        yield ctx, out
+    finally:
+        out.close()
+        ctx.term()
+
+
+async def _eventually(cond: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _on_bus(tmp_path: Path, main: Callable[[ControlBus], Awaitable[Any]]) -> Any:
+    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", KEY)
+    try:
+        return asyncio.run(main(bus))
+    finally:
+        bus.close()
+
+
 def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after_the_load(tmp_path):
-    key = b"k" * 32
-    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
-    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    sibling = ControlSeal(KEY, "sibling")
     applied: dict[str, float] = {}
 
     async def apply(cmd: str, bundle: str, echo: bool) -> None:
@@ -332,39 +369,22 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
             await asyncio.sleep(2.0)  # a bundle that takes seconds to load and warm
         applied[cmd] = time.monotonic()
 
-    async def main() -> float:
-        ctx = zmq.asyncio.Context()
-        out = ctx.socket(zmq.XPUB)
-        out.setsockopt(zmq.LINGER, 0)
-        out.bind(f"ipc://{tmp_path}/out")
-        joining = asyncio.create_task(bus.join(5.0))
-        await _recv_until(out, b"\x01state/" + bus.origin.encode())
-        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
-        await joining
-        listening = asyncio.create_task(bus.listen(apply))
-        sent = time.monotonic()
-        await out.send_multipart(sibling.relay("reload", "/slow"))
-        await out.send_multipart(sibling.relay("kill_switch_on"))
-        for _ in range(300):
-            if "kill_switch_on" in applied:
-                break
-            await asyncio.sleep(0.01)
-        listening.cancel()
-        out.close()
-        ctx.term()
+    async def main(bus: ControlBus) -> float:
+        async with _joined(bus, tmp_path) as (_, out):
+            listening = asyncio.create_task(bus.listen(apply))
+            sent = time.monotonic()
+            await out.send_multipart(sibling.relay("reload", "/slow"))
+            await out.send_multipart(sibling.relay("kill_switch_on"))
+            await _eventually(lambda: "kill_switch_on" in applied)
+            listening.cancel()
         return applied.get("kill_switch_on", float("inf")) - sent
 
-    try:
-        waited = asyncio.run(main())
-    finally:
-        bus.close()
+    waited = _on_bus(tmp_path, main)
     assert waited < 1.0 and "reload" not in applied  # the switch held while the load was still under way
 
 
 def test_a_relayed_reload_under_way_when_the_listener_stops_runs_to_its_end(tmp_path):
-    key = b"k" * 32
-    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
-    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    sibling = ControlSeal(KEY, "sibling")
     events: list[str] = []
 
     async def apply(cmd: str, bundle: str, echo: bool) -> None:
@@ -372,90 +392,61 @@ def test_a_relayed_reload_under_way_when_the_listener_stops_runs_to_its_end(tmp_
         await asyncio.sleep(0.3)  # a thread loading a bundle: abandoned, the host it returns would stay open
         events.append("loaded")
 
-    async def main() -> None:
-        ctx = zmq.asyncio.Context()
-        out = ctx.socket(zmq.XPUB)
-        out.setsockopt(zmq.LINGER, 0)
-        out.bind(f"ipc://{tmp_path}/out")
-        joining = asyncio.create_task(bus.join(5.0))
-        await _recv_until(out, b"\x01state/" + bus.origin.encode())
-        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
-        await joining
-        listening = asyncio.create_task(bus.listen(apply))
-        await out.send_multipart(sibling.relay("reload", "/slow"))
-        for _ in range(300):
-            if events:
-                break
-            await asyncio.sleep(0.01)
-        listening.cancel()  # the server stops: its drain begins
-        await asyncio.sleep(0.6)
-        out.close()
-        ctx.term()
+    async def main(bus: ControlBus) -> None:
+        async with _joined(bus, tmp_path) as (_, out):
+            listening = asyncio.create_task(bus.listen(apply))
+            await out.send_multipart(sibling.relay("reload", "/slow"))
+            await _eventually(lambda: bool(events))
+            listening.cancel()  # the server stops: its drain begins
+            await asyncio.sleep(0.6)
 
-    try:
-        asyncio.run(main())
-    finally:
-        bus.close()
+    _on_bus(tmp_path, main)
     assert events == ["loading", "loaded"]
 
 
 def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_them(tmp_path):
-    key = b"k" * 32
-    bus = ControlBus(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", key)
-    broker, sibling = ControlSeal(key, "broker"), ControlSeal(key, "sibling")
+    sibling = ControlSeal(KEY, "sibling")
     applied: list[tuple[str, str, bool]] = []
 
     async def apply(cmd: str, bundle: str, echo: bool) -> None:
         applied.append((cmd, bundle, echo))
 
-    async def main() -> None:
-        ctx = zmq.asyncio.Context()
-        out = ctx.socket(zmq.XPUB)  # the broker's side of the bus, out to the workers
-        out.setsockopt(zmq.LINGER, 0)
-        out.bind(f"ipc://{tmp_path}/out")
-        taken = ctx.socket(zmq.SUB)  # and in from them: what this worker publishes
-        taken.setsockopt(zmq.LINGER, 0)
-        taken.setsockopt(zmq.SUBSCRIBE, b"")
-        taken.bind(f"ipc://{tmp_path}/in")
-        joining = asyncio.create_task(bus.join(5.0))
-        await _recv_until(out, b"\x01state/" + bus.origin.encode())
-        await out.send_multipart(broker.handover(bus.origin.encode(), AdminState()))
-        await joining
-        listening = asyncio.create_task(bus.listen(apply))
-        while True:  # what the bus's PUB sends before its connection is up is dropped: wait for it
-            bus.publish("enable_patterns")
-            if await taken.poll(100):
-                break
-        while await taken.poll(100):
-            await taken.recv_multipart()
-        # This worker took kill_switch_off while a sibling took kill_switch_on; the broker passed the sibling's
-        # on first, then this worker's off: every worker must end off, as the broker's state does.
-        bus.publish("kill_switch_off")
-        own_off = await taken.recv_multipart()
-        # Then this worker took disable_patterns and enable_patterns in quick succession; the sibling's reload
-        # came between this worker's two reloads of its own.
-        bus.publish("disable_patterns")
-        own_disable = await taken.recv_multipart()
-        bus.publish("enable_patterns")
-        own_enable = await taken.recv_multipart()
-        bus.publish("reload", "/mine")
-        own_reload = await taken.recv_multipart()
-        for frames in (sibling.relay("kill_switch_on"), own_off, own_disable, own_enable,
-                       sibling.relay("reload", "/theirs"), own_reload):
-            await out.send_multipart(frames)
-        for _ in range(300):
-            if ("reload", "/mine", True) in applied:
-                break
-            await asyncio.sleep(0.01)
-        listening.cancel()
-        for sock in (out, taken):
-            sock.close()
-        ctx.term()
+    async def main(bus: ControlBus) -> None:
+        async with _joined(bus, tmp_path) as (ctx, out):
+            taken = ctx.socket(zmq.SUB)  # the broker's side in from the workers: what this one publishes
+            taken.setsockopt(zmq.LINGER, 0)
+            taken.setsockopt(zmq.SUBSCRIBE, b"")
+            taken.bind(f"ipc://{tmp_path}/in")
+            try:
+                listening = asyncio.create_task(bus.listen(apply))
+                while True:  # what the bus's PUB sends before its connection is up is dropped: wait for it
+                    bus.publish("enable_patterns")
+                    if await taken.poll(100):
+                        break
+                while await taken.poll(100):
+                    await taken.recv_multipart()
 
-    try:
-        asyncio.run(main())
-    finally:
-        bus.close()
+                async def published(cmd: str, bundle: str = "") -> list[bytes]:
+                    bus.publish(cmd, bundle)
+                    return await taken.recv_multipart()
+
+                # This worker took kill_switch_off while a sibling took kill_switch_on; the broker passed the
+                # sibling's on first, then this worker's off: every worker must end off, as the broker's state does.
+                own_off = await published("kill_switch_off")
+                # Then this worker took disable_patterns and enable_patterns in quick succession, and a reload;
+                # the sibling's reload came between this worker's reload and its echo.
+                own_disable = await published("disable_patterns")
+                own_enable = await published("enable_patterns")
+                own_reload = await published("reload", "/mine")
+                for frames in (sibling.relay("kill_switch_on"), own_off, own_disable, own_enable,
+                               sibling.relay("reload", "/theirs"), own_reload):
+                    await out.send_multipart(frames)
+                await _eventually(lambda: ("reload", "/mine", True) in applied)
+                listening.cancel()
+            finally:
+                taken.close()
+
+    _on_bus(tmp_path, main)
     # The sibling's on, then this worker's own off again: off, as the broker ordered. The echo of
     # disable_patterns is skipped (re-applying it would switch the patterns off until the next echo came),
     # enable_patterns is re-applied; this worker's reload comes back after the sibling's and is applied after it.
