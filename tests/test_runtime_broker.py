@@ -328,7 +328,12 @@ def test_a_tcp_backend_takes_only_workers_holding_the_control_key(tiny_config):
                     slot="a", backend_keys=BackendKeys.derive(key))
     ctx = zmq.Context()
     intruders = []
-    for keys in (None, BackendKeys.derive(b"x" * 32)):  # one in plain ZMTP, one with keys of another control key
+    right = BackendKeys.derive(key)
+    public, secret = zmq.curve_keypair()
+    foreign = BackendKeys(right.server_public, right.server_secret, public, secret)  # the broker's key, not a worker's
+    # One in plain ZMTP, one with keys of another control key, one that knows the broker's public key but holds a
+    # client pair of its own: only the worker key check refuses that one.
+    for keys in (None, BackendKeys.derive(b"x" * 32), foreign):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if keys is not None:

@@ -35,7 +35,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -202,9 +202,9 @@ class BackendKeys:
     (HMAC-SHA256 of a label as the secret): whoever holds the key can be a worker, nobody else can."""
 
     server_public: bytes
-    server_secret: bytes
+    server_secret: bytes = field(repr=False)
     worker_public: bytes
-    worker_secret: bytes
+    worker_secret: bytes = field(repr=False)
 
     @classmethod
     def derive(cls, control_key: bytes) -> BackendKeys:

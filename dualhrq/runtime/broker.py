@@ -194,10 +194,14 @@ class Broker:
         if backend and secured(address):  # its own context: one authenticator per context, the clients' is apart
             self._back_ctx = zmq.Context()
             sock = self._back_ctx.socket(kind)
-            self._back_auth = BackendKeys.derive(self.control_key).serve(self._back_ctx, sock)
+            opened.append(sock)
+            try:
+                self._back_auth = BackendKeys.derive(self.control_key).serve(self._back_ctx, sock)
+            except (zmq.ZMQError, RuntimeError) as e:
+                raise ConfigurationError(f"{setting}: cannot secure {address!r} with CURVE: {e}") from None
         else:
             sock = self._ctx.socket(kind)
-        opened.append(sock)
+            opened.append(sock)
         if linger >= 0:
             sock.setsockopt(zmq.LINGER, linger)
         if curve:
