@@ -2,10 +2,11 @@
 
 from datetime import date, time
 
+import msgspec
 import pytest
 
 from dualhrq.compliance.sessions import NS_PER_S, next_trading_day, previous_trading_day, session_of, wall_ns
-from dualhrq.compliance.ssr import SSRState
+from dualhrq.compliance.ssr import SSRSnapshot, SSRState
 from dualhrq.data.market_rules import NYSE_HOLIDAYS, nyse_holidays
 from dualhrq.errors import DataError
 
@@ -189,9 +190,20 @@ def test_a_snapshot_written_without_the_holidays_is_carried_over_the_holiday_it_
     weekends_only.on_close(previous_trading_day(wed), 20.0)
     assert weekends_only.on_trade(at(wed, 15, 0), 17.5)
     assert not weekends_only.is_active(at(fri, 10, 0))  # ended with the holiday: too soon
-    restored = SSRState.restore(weekends_only.snapshot())  # under the exchange's calendar
+    old_row = msgspec.json.decode(  # as a release from before the calendar wrote it: without the marker
+        msgspec.json.encode(msgspec.structs.asdict(weekends_only.snapshot()) | {"holiday_calendar": None})
+        .replace(b',"holiday_calendar":null', b""), type=SSRSnapshot)
+    restored = SSRState.restore(old_row)  # under the exchange's calendar
     assert restored.is_active(at(fri, 23, 59, 59)) and not restored.is_active(at(date(2024, 11, 30), 0, 0))
     assert restored.is_active(at(wed, 15, 0)) and not restored.is_active(at(wed, 14, 59))
+
+
+def test_a_restriction_the_feed_held_on_a_saturday_still_ends_that_saturday_after_a_restore():
+    sat = date(2024, 11, 30)
+    s = SSRState()
+    s.hold(at(sat, 10, 0))  # the feed says a restriction is in force on a weekend day
+    restored = SSRState.restore(s.snapshot())
+    assert restored.is_active(at(sat, 23, 59, 59)) and not restored.is_active(at(date(2024, 12, 2), 10, 0))
 
 
 def test_restoring_a_snapshot_this_calendar_wrote_changes_nothing():

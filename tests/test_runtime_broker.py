@@ -293,8 +293,9 @@ def test_a_client_address_in_use_is_a_configuration_error_naming_serve_bind():
             shutil.rmtree(Path(a.backend.removeprefix("ipc://")).parent, ignore_errors=True)
 
 
-def _three_free_ports() -> int:
-    """A port whose next two are free too (a remote broker's backend and its control bus)."""
+def _remote_broker_ports() -> tuple[int, int]:
+    """A backend port whose next two are free too (a remote broker's control bus), and a frontend port apart
+    from all three."""
     import socket
 
     for _ in range(50):
@@ -303,9 +304,11 @@ def _three_free_ports() -> int:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port + 1))
                 b.bind(("127.0.0.1", port + 2))
-            return port
         except OSError:
             continue
+        frontend = free_port()
+        if frontend not in range(port, port + 3):
+            return port, frontend
     raise AssertionError("no three consecutive free ports")
 
 
@@ -319,8 +322,8 @@ def test_a_tcp_backend_takes_only_workers_holding_the_control_key(tiny_config):
     from dualhrq.runtime.server import Server
 
     key = b"k" * 32
-    addresses = BrokerAddresses.remote(f"tcp://127.0.0.1:{_three_free_ports()}",
-                                       frontend=f"tcp://127.0.0.1:{free_port()}")
+    backend, frontend = _remote_broker_ports()
+    addresses = BrokerAddresses.remote(f"tcp://127.0.0.1:{backend}", frontend=f"tcp://127.0.0.1:{frontend}")
     with pytest.raises(ConfigurationError, match="--connect: .* tcp:// backend"):
         BrokerLink(addresses.backend, "keyless")
     serve = ServeConfig(drain_timeout_s=1.0)

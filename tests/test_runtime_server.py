@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -203,13 +204,63 @@ def test_a_reload_that_comes_back_as_its_own_echo_loads_only_if_another_came_bet
         def apply(*args):
             return asyncio.run_coroutine_threadsafe(server._apply(*args), st.loop).result(10)
 
+        def latest() -> bool:
+            return True  # no later reload of this worker's
+
         apply("reload", "fake-2")  # this worker's own command
-        apply("reload", "fake-2", True)  # its echo: already held
+        apply("reload", "fake-2", latest)  # its echo: already held
         apply("reload", "fake-3")  # a sibling's, relayed
-        apply("reload", "fake-2", True)  # an echo of this worker's, which the broker ordered after the sibling's
+        apply("reload", "fake-2", latest)  # an echo of this worker's, which the broker ordered after the sibling's
         with Client(st.address) as c:
             assert c.ping().model == "fake-2"
     assert loaded == ["fake-1", "fake-2", "fake-3", "fake-2"]
+
+
+def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_load_the_earlier_bundle(tiny_config):
+    loading, release = threading.Event(), threading.Event()
+    loaded: list[str] = []
+
+    def loader(path, hooks):
+        if path == "fake-3":
+            loading.set()
+            release.wait(10)  # a bundle that takes a while to load and warm
+        loaded.append(path)
+        return fake_host(tiny_config, hooks, name=path)
+
+    class Bus(_QuietRelay):
+        published: list[str] = []
+
+        def publish(self, cmd: str, bundle: str = ""):
+            self.published.append(bundle)
+            return super().publish(cmd, bundle)
+
+    bus = Bus()
+    server = Server(serve_config(), loader, "fake-1", control=bus)
+    with ServerThread(server) as st, Client(st.address) as c:
+        assert c.admin("reload", token=TOKEN, bundle="fake-2").ok
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            later = pool.submit(c.admin, "reload", token=TOKEN, bundle="fake-3")
+            assert loading.wait(10)
+            # fake-2's echo comes back from the broker while fake-3 loads: it waits for the reload lock
+            echo = asyncio.run_coroutine_threadsafe(
+                server._apply("reload", "fake-2", lambda: bus.published[-1] == "fake-2"), st.loop)
+            release.set()
+            assert later.result(10).ok
+            echo.result(10)
+        assert c.ping().model == "fake-3"
+    assert loaded == ["fake-1", "fake-2", "fake-3"]
+
+
+def test_an_admin_command_the_broker_never_passes_on_is_applied_here_and_says_it_was_not_relayed(tiny_config):
+    class Unheard(_QuietRelay):
+        def publish(self, cmd: str, bundle: str = ""):
+            return asyncio.get_running_loop().create_future()  # PUB dropped it: no echo ever comes back
+
+    server = Server(serve_config(), lambda path, hooks: fake_host(tiny_config, hooks), "fake", control=Unheard())
+    with ServerThread(server) as st, Client(st.address) as c:
+        reply = c.admin("kill_switch_on", token=TOKEN)
+        assert reply.ok and reply.detail == {"kill_switch": True, "relayed": False}
+        assert server._gate.kill_switch
 
 
 def test_stop_answers_what_is_in_flight_then_returns_zero(tiny_config):
@@ -442,11 +493,16 @@ class _ClosingEngine(CountingEngine):
 class _QuietRelay:
     """A control bus with no siblings: the default admin state, nothing to relay; tests script `listen`."""
 
-    def publish(self, cmd: str, bundle: str = "") -> None:
-        pass
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
+        relayed = asyncio.get_running_loop().create_future()
+        relayed.set_result(None)
+        return relayed
 
     async def join(self, timeout_s: float) -> AdminState:
         return AdminState()
+
+    async def listen(self, apply) -> None:
+        await asyncio.Event().wait()
 
 
 def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_config):

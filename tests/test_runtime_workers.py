@@ -274,7 +274,7 @@ def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_
     broker, sibling, forger = ControlSeal(key, "broker"), ControlSeal(key, "sibling"), ControlSeal(b"x" * 32, "x")
     applied: list[tuple[str, str]] = []
 
-    async def apply(cmd: str, bundle: str, echo: bool) -> None:
+    async def apply(cmd: str, bundle: str, echo) -> None:
         applied.append((cmd, bundle))
         if cmd == "reload":
             raise RuntimeError("bundle does not load")  # a relay that fails must not end the listener either
@@ -364,7 +364,7 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
     sibling = ControlSeal(KEY, "sibling")
     applied: dict[str, float] = {}
 
-    async def apply(cmd: str, bundle: str, echo: bool) -> None:
+    async def apply(cmd: str, bundle: str, echo) -> None:
         if cmd == "reload":
             await asyncio.sleep(2.0)  # a bundle that takes seconds to load and warm
         applied[cmd] = time.monotonic()
@@ -387,7 +387,7 @@ def test_a_relayed_reload_under_way_when_the_listener_stops_runs_to_its_end(tmp_
     sibling = ControlSeal(KEY, "sibling")
     events: list[str] = []
 
-    async def apply(cmd: str, bundle: str, echo: bool) -> None:
+    async def apply(cmd: str, bundle: str, echo) -> None:
         events.append("loading")
         await asyncio.sleep(0.3)  # a thread loading a bundle: abandoned, the host it returns would stay open
         events.append("loaded")
@@ -408,8 +408,9 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
     sibling = ControlSeal(KEY, "sibling")
     applied: list[tuple[str, str, bool]] = []
 
-    async def apply(cmd: str, bundle: str, echo: bool) -> None:
-        applied.append((cmd, bundle, echo))
+    async def apply(cmd: str, bundle: str, echo) -> None:  # as the server does: an echo only while still current
+        if echo is None or echo():
+            applied.append((cmd, bundle, echo is not None))
 
     async def main(bus: ControlBus) -> None:
         async with _joined(bus, tmp_path) as (ctx, out):
@@ -426,8 +427,10 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
                 while await taken.poll(100):
                     await taken.recv_multipart()
 
+                acks: list[asyncio.Future] = []
+
                 async def published(cmd: str, bundle: str = "") -> list[bytes]:
-                    bus.publish(cmd, bundle)
+                    acks.append(bus.publish(cmd, bundle))
                     return await taken.recv_multipart()
 
                 # This worker took kill_switch_off while a sibling took kill_switch_on; the broker passed the
@@ -442,6 +445,7 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
                                sibling.relay("reload", "/theirs"), own_reload):
                     await out.send_multipart(frames)
                 await _eventually(lambda: ("reload", "/mine", True) in applied)
+                assert all(ack.done() for ack in acks)  # each came back: the broker passed each on
                 listening.cancel()
             finally:
                 taken.close()

@@ -30,6 +30,9 @@ class SSRSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     closes: list[tuple[date, float]]
     active_from: int
     active_until: int
+    # False in journals written before SSRState knew exchange holidays (they knew only weekends): their
+    # restrictions may end on a holiday, where this calendar's trigger would not have put the end.
+    holiday_calendar: bool = False
 
 
 class SSRState:
@@ -45,21 +48,22 @@ class SSRState:
 
     @classmethod
     def restore(cls, snapshot: SSRSnapshot, holidays: Holidays = NYSE_HOLIDAYS) -> SSRState:
-        """The state a snapshot holds. A restriction written to end on a day that is no trading day under
-        ``holidays`` (a journal from a release that knew only weekends) is carried to the end of the next
-        trading day, where this calendar's trigger would have put it: never shortened, and a no-op for a
-        snapshot this calendar wrote."""
+        """The state a snapshot holds. In a snapshot from before the holiday calendar, a restriction written
+        to end on a day that is no trading day under ``holidays`` is carried to the end of the next trading
+        day, where this calendar's trigger would have put it: never shortened. A snapshot written since is
+        taken as it is (a restriction the feed held on a weekend ends that day)."""
         state = cls(holidays)
         state._closes = sorted(snapshot.closes)[-2:]
         state._active_from, state._active_until = snapshot.active_from, snapshot.active_until
-        if state._active_until > state._active_from:
+        if not snapshot.holiday_calendar and state._active_until > state._active_from:
             last = session_of(state._active_until - 1).day
             if not is_trading_day(last, holidays):
                 state._active_until = session_for_day(next_trading_day(last, holidays)).end_ns
         return state
 
     def snapshot(self) -> SSRSnapshot:
-        return SSRSnapshot(closes=list(self._closes), active_from=self._active_from, active_until=self._active_until)
+        return SSRSnapshot(closes=list(self._closes), active_from=self._active_from, active_until=self._active_until,
+                           holiday_calendar=True)
 
     def on_close(self, day: date, close: float) -> None:
         """Record the official close of ``day``; it is the prior close of the next trading day."""

@@ -99,6 +99,9 @@ SWITCHES: dict[str, tuple[str, bool]] = {
     "enable_patterns": ("patterns_enabled", True), "disable_patterns": ("patterns_enabled", False),
 }
 RELAYED = (*SWITCHES, "reload")  # every admin command that changes state (all but `stats`)
+# A worker's own relayed command come back from the broker: true while it is still the last command this worker
+# took on that setting (when false, applying it again would undo the later one).
+Echo = Callable[[], bool]
 
 
 class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -43,7 +43,16 @@ from dualhrq.data.market_rules import RULES_VERSION
 from dualhrq.errors import DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import MAX_AGE_S, SWITCHES, TIMEOUT_S, AdminState, BackendKeys, BrokerLink, bind
+from dualhrq.runtime.backend import (
+    MAX_AGE_S,
+    SWITCHES,
+    TIMEOUT_S,
+    AdminState,
+    BackendKeys,
+    BrokerLink,
+    Echo,
+    bind,
+)
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
@@ -62,15 +71,20 @@ Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, war
 class Relay(Protocol):
     """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus): the state the
     broker holds when it joins (None: none came within timeout_s), then every relayed command in the broker's
-    order, this worker's own included (``apply``'s third argument: an echo, a no-op where already held)."""
+    order, this worker's own included (``apply``'s third argument: for those, an `Echo` check; None for a
+    sibling's). `publish`'s future is done once the broker has passed the command on."""
 
-    def publish(self, cmd: str, bundle: str = "") -> None: ...
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]: ...
 
     async def join(self, timeout_s: float) -> AdminState | None: ...
 
-    async def listen(self, apply: Callable[[str, str, bool], Awaitable[Any]]) -> None: ...
+    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]]) -> None: ...
+
 
 GIL_SWITCH_S = 0.0005
+# How long an admin reply waits for the broker to pass the command on to the sibling workers (milliseconds, when
+# it is up; a gateway's default timeout is 1 s).
+RELAY_ACK_S = 0.25
 # How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
 # descriptor missed (an operation on the socket can take a message's edge).
 RESCAN_S = 0.05
@@ -551,24 +565,41 @@ class Server:
         except Exception as e:  # noqa: BLE001 - e.g. a reload of a bundle that fails verification
             log.exception("admin %s failed", req.cmd)
             return p.AdminReply(id=req.id, cmd=req.cmd, ok=False, detail={"error": f"{type(e).__name__}: {e}"})
+        # NOTE: nothing awaits between the apply and the publish: an echo of this worker's previous reload,
+        # waiting for the reload lock, asks whether it is still the latest as soon as it runs.
         if self._control is not None and req.cmd != "stats":
-            self._control.publish(req.cmd, req.bundle)
+            detail["relayed"] = await self._relay(req)
         log.info("admin %s applied", req.cmd, extra={"event": "admin", "cmd": req.cmd, "detail": detail})
         return p.AdminReply(id=req.id, cmd=req.cmd, ok=True, detail=detail)
 
-    async def _apply(self, cmd: str, bundle: str = "", echo: bool = False) -> dict[str, Any]:
-        """One admin command's effect (also what a relayed command runs). ``echo``: this worker's own command
-        come back in the broker's order, re-applied so that every worker ends on the last command the broker
-        passed on; a reload then loads only if a sibling's reload came in between."""
+    async def _relay(self, req: p.Admin) -> bool:
+        """Pass an applied command on to the sibling workers; False (logged) when the broker did not pass it on
+        within RELAY_ACK_S: this worker holds it, the others may not, and the gateway should send it again."""
+        assert self._control is not None
+        try:
+            await asyncio.wait_for(self._control.publish(req.cmd, req.bundle), RELAY_ACK_S)
+            return True
+        except TimeoutError:
+            log.warning("admin %s: applied here, but the broker did not relay it within %.1f s (is it up?); the "
+                        "other workers may not hold it: send it again", req.cmd, RELAY_ACK_S)
+            return False
+
+    async def _apply(self, cmd: str, bundle: str = "", echo: Echo | None = None) -> dict[str, Any]:
+        """One admin command's effect (also what a relayed command runs). ``echo``: for this worker's own
+        command come back in the broker's order, re-applied so that every worker ends on the last command the
+        broker passed on, unless a later one of this worker's set the same since (``echo()`` false); a reload
+        then loads only if a sibling's reload came in between."""
         if cmd == "stats":
             return self.stats()
+        if echo is not None and cmd in SWITCHES and not echo():
+            return {}
         if cmd in SWITCHES:
             state = self._switches().after(cmd)
             self._hold(state)
             name = SWITCHES[cmd][0]
             return {name: getattr(state, name)}
         if cmd == "reload":
-            return await self._reload(bundle or self._bundle, unless_held=echo)
+            return await self._reload(bundle or self._bundle, echo)
         raise DataError(f"cmd: unknown admin command {cmd!r}")
 
     def _switches(self) -> AdminState:
@@ -581,15 +612,16 @@ class Server:
         self._patterns_enabled = state.patterns_enabled
         self._bundle = state.bundle or self._bundle
 
-    async def _reload(self, bundle: str, unless_held: bool = False) -> dict[str, Any]:
+    async def _reload(self, bundle: str, echo: Echo | None = None) -> dict[str, Any]:
         """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done.
-        ``unless_held``: nothing to do when `bundle` is the one loaded (decided in the lock's order, which is
-        the order the reloads were asked for)."""
+        ``echo`` (this worker's own reload come back): nothing to do when `bundle` is the one loaded or a later
+        reload of this worker's followed it, decided in the lock's order (the order the reloads were asked
+        for): a reload of this worker's that loaded meanwhile is the later one."""
         async with self._reload_lock:
             if self._stopping.is_set():  # the drain closes the host it finds: one swapped in later would leak
                 raise ModelLoadError("reload: the server is shutting down")
-            if unless_held and bundle == self._bundle and self._host is not None:
-                return {"model": self._host.name, "previous": self._host.name, "bundle": bundle}
+            if echo is not None and self._host is not None and (bundle == self._bundle or not echo()):
+                return {"model": self._host.name, "previous": self._host.name, "bundle": self._bundle}
             new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
             old, self._host = self._host, new
             self._bundle = bundle

@@ -36,6 +36,7 @@ from dualhrq.runtime.backend import (
     BadControlMessage,
     BrokerAddresses,
     ControlSeal,
+    Echo,
     Handover,
     Relayed,
 )
@@ -57,13 +58,19 @@ class ControlBus:
         self._subscribe_to = subscribe_to
         self._sub: zmq.asyncio.Socket | None = None
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
+        self._unechoed: dict[int, asyncio.Future[None]] = {}  # seq -> done when the broker relayed it back
         self._loads: set[asyncio.Task] = set()  # relayed reloads under way
 
-    def publish(self, cmd: str, bundle: str = "") -> None:
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
+        """Relay a command this worker applied. The future is done once the broker has passed it on (its echo
+        came back): PUB drops what it cannot deliver, so only that echo says the siblings were sent it."""
         frames = self._seal.relay(cmd, bundle)
+        seq = self._seal.sealed
+        self._latest_own[_setting(cmd)] = seq
+        echoed = self._unechoed[seq] = asyncio.get_running_loop().create_future()
+        echoed.add_done_callback(lambda _: self._unechoed.pop(seq, None))
         self._pub.send_multipart(frames, zmq.NOBLOCK)
-        self._latest_own[_setting(cmd)] = self._seal.sealed
-
+        return echoed
 
     async def join(self, timeout_s: float) -> AdminState | None:
         """Subscribe (the first time) and wait up to `timeout_s` for the state the broker hands over; None when
@@ -79,16 +86,18 @@ class ControlBus:
                 return msg.state
         return None
 
-    async def listen(self, apply: Callable[[str, str, bool], Awaitable[Any]]) -> None:
+    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]]) -> None:
         """Apply every relayed command, in the broker's order, until cancelled (after `join`: its socket holds
         what came since). A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows
         less than this worker.
 
-        This worker's own commands come back too, and are applied again (``apply(cmd, bundle, True)``):
-        two workers that took conflicting commands at once each applied its own first, and only the broker's
-        order, which every worker sees, makes them agree, as the broker's hand-over does. An echo followed by
-        a later command of this worker's on the same setting is skipped: re-applying it would undo that
-        command (a kill switch switched off again) until the later echo arrived.
+        This worker's own commands come back too, and are applied again (``apply(cmd, bundle, echo)``, with
+        echo a check; None for a sibling's): two workers that took conflicting commands at once each applied its
+        own first, and only the broker's order, which every worker sees, makes them agree, as the broker's
+        hand-over does. An echo is applied only while ``echo()`` holds, i.e. no later command of this worker's
+        set the same setting: re-applying it would undo that command (a kill switch switched off again, the
+        previous bundle loaded over the new one) until the later echo arrived. `apply` asks at the moment it
+        would act, which for a reload is once it holds the reload lock.
 
         A reload under way when the listener is cancelled runs to its end: cancelling it would abandon the
         host its thread is still loading, open. The server's drain waits for it and closes what it loaded."""
@@ -97,9 +106,11 @@ class ControlBus:
             msg = self._read(await self._sub.recv_multipart())
             if not isinstance(msg, Relayed):
                 continue
-            echo = msg.origin == self.origin
-            if echo and msg.seq != self._latest_own.get(_setting(msg.cmd)):
-                continue
+            echo = None
+            if msg.origin == self.origin:
+                if (echoed := self._unechoed.get(msg.seq)) is not None and not echoed.done():
+                    echoed.set_result(None)
+                echo = self._still_latest(msg)
             if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for it
                 task = asyncio.create_task(self._apply(apply, msg, echo))  # (nor grow stale in the socket)
                 self._loads.add(task)  # the loop holds tasks weakly
@@ -131,11 +142,16 @@ class ControlBus:
             log.warning("control bus: message refused: %s", e)
             return None
 
+    def _still_latest(self, msg: Relayed) -> Echo:
+        setting, seq = _setting(msg.cmd), msg.seq
+        return lambda: self._latest_own.get(setting) == seq
+
     @staticmethod
-    async def _apply(apply: Callable[[str, str, bool], Awaitable[Any]], msg: Relayed, echo: bool) -> None:
+    async def _apply(apply: Callable[[str, str, Echo | None], Awaitable[Any]], msg: Relayed,
+                     echo: Echo | None) -> None:
         try:
             await apply(msg.cmd, msg.bundle, echo)
-            if not echo:
+            if echo is None:
                 log.info("applied %s relayed from worker %s", msg.cmd, msg.origin)
         except Exception:  # noqa: BLE001 - one relay that fails (a bundle that does not load) must not end the listener
             log.exception("relayed admin command %r failed", msg.cmd)
