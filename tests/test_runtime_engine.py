@@ -186,6 +186,28 @@ def test_onnx_engine_matches_torch_on_first_and_bound_calls(tiny_config, tiny_en
             np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
 
 
+def test_onnx_engine_bindings_kept_between_calls_read_new_arrays_and_arrays_changed_in_place(
+        tiny_config, tiny_engine, tiny_graph):
+    """Inputs are bound again only when another array is fed: a new request's arrays, or the same arrays
+    rewritten in place, must both be what the next call reads."""
+    onnx_engine = OnnxEngine(tiny_graph, threads=1)
+    first, second = (_model_feeds(tiny_config, 1, seed=s) for s in (11, 12))
+    for feeds in (first, second):
+        feeds["z_H"], feeds["z_L"] = _carry(tiny_config, 1)
+    for _ in range(3):  # the first call runs plainly; then each output set's binding is kept
+        onnx_engine.run(first)
+    for feeds in (second, first):  # another request's arrays, then the first's again
+        got, want = onnx_engine.run(feeds), tiny_engine.run(feeds)
+        for k in OUTPUT_NAMES:  # (not q_logits alone: an untrained Q head answers the same for any input)
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+    for name, value in second.items():  # the same array objects, given the second request's values
+        first[name][...] = value
+    for _ in range(2):  # through both output sets' bindings
+        got = onnx_engine.run(first)
+        for k in OUTPUT_NAMES:
+            np.testing.assert_allclose(got[k], tiny_engine.run(second)[k], rtol=1e-4, atol=1e-4)
+
+
 def test_onnx_act_with_the_carry_fed_back_matches_torch(tiny_config, tiny_engine, tiny_graph):
     act = ActConfig(min_segments=3, max_segments=3)  # three segments: the carry goes round twice
     feeds = _model_feeds(tiny_config, 3, seed=7)

@@ -23,6 +23,8 @@ from dualhrq.contract import CARRY, HEADS, INPUT_NAMES, OUTPUT_NAMES, as_feeds, 
 from dualhrq.errors import ConfigurationError, InferenceError
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from dualhrq.config import ServeConfig
     from dualhrq.model import HRM
 
@@ -132,6 +134,31 @@ class HostLoop(SegmentLoop):
 # ---------------------------------------------------------------- ONNX Runtime
 
 
+class _BoundSet:
+    """One set of preallocated outputs with its own I/O binding, outputs bound once. An input is bound again
+    only when another array is fed for it: the binding holds the array it was given (ORT reads its buffer at
+    each run), and a request's ACT segments feed the same arrays, the carry the other set's outputs."""
+
+    def __init__(self, session: ort.InferenceSession, out: dict[str, np.ndarray], device: str) -> None:
+        self.out = out
+        self.binding = session.io_binding()
+        self._fed: dict[str, np.ndarray] = {}
+        for name, buf in out.items():
+            self.binding.bind_output(name, device, 0, buf.dtype, buf.shape, buf.ctypes.data)
+
+    def bind(self, feeds: dict[str, np.ndarray]) -> None:
+        fed = self._fed
+        for name, arr in feeds.items():
+            if fed.get(name) is not arr:
+                self.binding.bind_cpu_input(name, arr)
+                fed[name] = arr
+
+    def clear(self) -> None:
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        self._fed.clear()
+
+
 class OnnxEngine(Engine):
     """ONNX Runtime with the serving settings (dualhrq.contract.ort_session) and I/O binding into
     preallocated outputs (no allocation per call after the first call at a batch size, which the warm-up
@@ -141,40 +168,37 @@ class OnnxEngine(Engine):
                  max_batch: int = 8) -> None:
         self._session = ort_session(graph, threads, spinning, backend)
         self.name, self.max_batch = backend, max_batch
-        self._binding = self._session.io_binding()
         self._device = "cpu"
-        self._out: dict[int, list[dict[str, np.ndarray]]] = {}  # batch size -> two sets of output buffers
+        self._sets: dict[int, list[_BoundSet]] = {}  # batch size -> two output sets, used in turn
         self._flip: dict[int, int] = {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         b = len(feeds["h_tokens"])
-        sets = self._out.get(b)
+        sets = self._sets.get(b)
         feeds = as_feeds(feeds)
         try:
             if sets is None:  # first call at this batch size: learn the output shapes, then bind from now on
                 out = dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds)))
-                self._out[b] = [{k: np.empty_like(v) for k, v in out.items()} for _ in range(2)]
+                self._sets[b] = [_BoundSet(self._session, {k: np.empty_like(v) for k, v in out.items()},
+                                           self._device) for _ in range(2)]
                 self._flip[b] = 0
                 return out
             # Two buffer sets used in turn: the carry returned by one call is the input of the next, so the
             # next call must write elsewhere.
             i = self._flip[b]
             self._flip[b] = 1 - i
-            out = sets[i]
-            binding = self._binding
-            for name, arr in feeds.items():
-                binding.bind_cpu_input(name, arr)
-            for name, buf in out.items():
-                binding.bind_output(name, self._device, 0, buf.dtype, buf.shape, buf.ctypes.data)
-            self._session.run_with_iobinding(binding)
-            return out
+            bound = sets[i]
+            bound.bind(feeds)
+            self._session.run_with_iobinding(bound.binding)
+            return bound.out
         except Exception as e:
             raise InferenceError(f"{self.name}: segment failed at batch {b}: {e}") from e
 
     def close(self) -> None:
-        self._binding.clear_binding_inputs()
-        self._binding.clear_binding_outputs()
-        self._out.clear()
+        for sets in self._sets.values():
+            for bound in sets:
+                bound.clear()
+        self._sets.clear()
 
 
 # ---------------------------------------------------------------- PyTorch eager
