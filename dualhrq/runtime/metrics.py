@@ -8,12 +8,15 @@ read at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from dualhrq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dualhrq.runtime.protocol import Timing
 
 STAGES = ("decode", "features", "retrieval", "queue", "engine", "total")
 # Seconds: from 50 us (the runtime's own stages) to 1 s (a full model under load).
@@ -45,9 +48,10 @@ class ServerMetrics:
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
 
-    def observe_stages(self, seconds: dict[str, float]) -> None:
-        for stage, s in seconds.items():
-            self._stage[stage].observe(s)
+    def observe_stages(self, timing_us: Timing) -> None:
+        """A signal reply's stages (its `timing_us`, microseconds), observed once the reply has gone."""
+        for stage in STAGES[:-1]:  # the total is observed apart: it runs until the reply is sent
+            self._stage[stage].observe(getattr(timing_us, stage) / 1e6)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Called from the inference thread (prometheus_client metrics are thread-safe)."""

@@ -359,9 +359,12 @@ class Server:
             self._in_flight -= 1
             self._running -= 1
         self._send(frames[:-1], p.encode(reply))
+        # The metrics after the send: the gateway is not kept waiting for them.
+        self.metrics.stage_seconds.labels("total").observe(time.perf_counter() - t0)
+        if isinstance(reply, p.SignalReply):
+            self.metrics.observe_stages(reply.timing_us)
         code = reply.code if isinstance(reply, p.ErrorReply) else "ok"
         self.metrics.requests.labels(kind, code).inc()
-        self.metrics.stage_seconds.labels("total").observe(time.perf_counter() - t0)
 
     async def _answer(self, body: bytes, user: str | None, t0: float) -> tuple[str, p.Reply]:
         try:
@@ -445,9 +448,7 @@ class Server:
             host.release()
         stages = {"decode": t_decode - t0, "features": t_features - t_decode, "retrieval": t_retrieval - t_features,
                   "queue": row.queue_s, "engine": row.engine_s}
-        reply = self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
-        self.metrics.observe_stages(stages)
-        return reply
+        return self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
 
     async def _features(self, req: p.BarRequest, host: ModelHost, bars: SampleBars, key: np.ndarray,
                         stream: Stream | None) -> Prepared:
