@@ -275,21 +275,28 @@ def test_the_serving_lookup_gives_the_context_of_the_full_query(space):
 
 
 @pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
-def test_the_one_pass_scan_of_a_bounded_library_matches_the_full_query_after_deletions_and_with_fewer_than_k(space):
-    """Queries that see every live entry take one compiled pass (scan, gather, context); it must give what
-    `context(query(...))` gives when deleted rows sit among the live ones, and when fewer than k are live."""
+def test_the_one_pass_scan_of_a_bounded_library_matches_the_full_query_at_any_time_after_deletions_and_with_fewer_than_k(
+        space):
+    """Queries at one time take one compiled pass (time filter, scan, gather, context); it must give what
+    `context(query(...))` gives when deleted rows sit among the live ones, when some entries are not known yet
+    or have expired by then, and when fewer than k are known."""
     cfg = PatternsConfig(m=8, ef_construction=64, ef=32, max_elements=2_000, space=space)
     t = np.arange(600, dtype=np.int64) * 100
-    lib, _ = make_library(600, cfg, expires_at=np.where(t % 300 == 0, t + 60, 0))
+    expiring = np.where(t % 300 == 0, t + 60, 0)
+    lib, _ = make_library(600, cfg, expires_at=expiring)
     assert lib.expire(10**9) == 200 and lib.bounded
+    unexpired, _ = make_library(600, cfg, expires_at=expiring)  # expiries still ahead: the scan filters them
     tiny, _ = make_library(4, cfg, seed=2)
     q = np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float32)
-    for library in (lib, tiny):
-        ctx, mask = library.pattern_context(q, 10**9, pattern_dim=12, k=6)
-        want_ctx, want_mask = library.context(library.query(q, 10**9, 6), pattern_dim=12, k=6)
+    for library, as_of in ((lib, 10**9), (tiny, 10**9), (lib, 30_170), (unexpired, 30_170), (unexpired, 30_000),
+                           (unexpired, 449), (unexpired, 0)):
+        ctx, mask = library.pattern_context(q, as_of, pattern_dim=12, k=6)
+        want_ctx, want_mask = library.context(library.query(q, as_of, 6), pattern_dim=12, k=6)
         np.testing.assert_array_equal(mask, want_mask)
         np.testing.assert_array_equal(ctx.view(np.uint32), want_ctx.view(np.uint32))
-    assert mask.sum(axis=1).tolist() == [4] * 5
+    assert tiny.pattern_context(q, 10**9, pattern_dim=12, k=6)[1].sum(axis=1).tolist() == [4] * 5
+    # at 449: entries 0..3 are known (t + 50 <= 449), and entries 0 and 3 expired (at 60 and 360)
+    assert unexpired.pattern_context(q, 449, pattern_dim=12, k=6)[1].sum(axis=1).tolist() == [2] * 5
 
 
 @pytest.mark.parametrize("space", ["l2", "cosine", "ip"])
@@ -323,7 +330,9 @@ def test_a_library_within_the_exact_bound_answers_serving_lookups_without_the_gr
     monkeypatch.setattr(lib, "_index", None)  # any graph search would raise
     ctx, mask = lib.pattern_context(x[:3], 10**9, pattern_dim=12, k=4)
     assert mask.all() and np.array_equal(ctx[:, 0, -1], [1.0, 1.0, 1.0])  # each query's twin, similarity 1
-    _, mask = lib.pattern_context(x[:3], 100 * 2 + 50, pattern_dim=12, k=4)  # a time filter: 3 entries known
+    # A time filter (3 entries known) is the same one compiled pass, not the general search's numpy steps.
+    monkeypatch.setattr(lib, "_nearest", None)
+    _, mask = lib.pattern_context(x[:3], 100 * 2 + 50, pattern_dim=12, k=4)
     assert mask.sum(axis=1).tolist() == [3, 3, 3]
 
 

@@ -315,8 +315,8 @@ class PatternLibrary:
     def _pattern_context(self, q: np.ndarray, as_of: int | np.ndarray, pattern_dim: int,
                          k: int) -> tuple[np.ndarray, np.ndarray]:
         """The caller holds the read lock."""
-        if self.bounded and isinstance(as_of, (int, np.integer)) and self._sees_all_live(int(as_of)):
-            return self._scanned_context(q, pattern_dim, k)
+        if self.bounded and isinstance(as_of, (int, np.integer)):
+            return self._scanned_context(q, self._known_rows(int(as_of)), pattern_dim, k)
         rows, dist = self._nearest(q, as_of, k)
         valid = rows >= 0
         padded = not valid.all()
@@ -328,15 +328,24 @@ class PatternLibrary:
         return self._context(sim=self._similarity(valid, dist), valid=valid, pattern_dim=pattern_dim, k=k,
                              **fields)
 
-    def _scanned_context(self, q: np.ndarray, pattern_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`_pattern_context` of queries that see every live entry of a bounded library (the serving case): the
-        exact scan, the gather and the context in one compiled call, where the steps' numpy calls on arrays this
-        small would cost ten times the scan. The same kernels as the general path, so the same numbers."""
+    def _known_rows(self, as_of: int) -> np.ndarray:
+        """The live rows known at ``as_of`` and not expired by then, in row order; the caller holds the read lock.
+        A query after every live entry's time (the serving case) needs no pass over the rows."""
+        if self._sees_all_live(as_of):
+            return self._live_rows
+        r = self._rows
+        return _known_at(r["alive"], r["available_at"], r["expires_at"], as_of)
+
+    def _scanned_context(self, q: np.ndarray, rows: np.ndarray, pattern_dim: int,
+                         k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`_pattern_context` of queries at one time in a bounded library, among ``rows`` (those known then):
+        the exact scan, the gather and the context in one compiled call, where the steps' numpy calls on arrays
+        this small would cost ten times the scan. The same kernels as the general path, so the same numbers."""
         _check_context(pattern_dim, k)
         ctx = np.empty((len(q), k, pattern_dim), np.float32)
         mask = np.empty((len(q), k), np.float32)
         r = self._rows
-        _scan_context(q, self._embedding_t(), self._live_rows, _SPACES.index(self.cfg.space), r["embedding"],
+        _scan_context(q, self._embedding_t(), rows, _SPACES.index(self.cfg.space), r["embedding"],
                       r["outcome"], r["quality"], self.outcome_scale, _OUTCOME_CLIP, ctx, mask)
         return ctx, mask
 
@@ -584,11 +593,25 @@ def _check_context(pattern_dim: int, k: int) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _known_at(alive: np.ndarray, available_at: np.ndarray, expires_at: np.ndarray, t: int) -> np.ndarray:
+    """The rows alive, available at ``t`` and not expired by then (expires_at 0: never), in order: the time
+    filter of `_nearest`, as one pass."""
+    out = np.empty(len(alive), np.int64)
+    n = 0
+    for r in range(len(alive)):
+        if alive[r] and available_at[r] <= t and (expires_at[r] == 0 or expires_at[r] > t):
+            out[n] = r
+            n += 1
+    return out[:n]
+
+
+@njit(cache=True, nogil=True)
 def _scan_context(q: np.ndarray, vt: np.ndarray, live: np.ndarray, space: int, embedding: np.ndarray,
                   outcome: np.ndarray, quality: np.ndarray, outcome_scale: float, clip: float, ctx: np.ndarray,
                   mask: np.ndarray) -> None:
-    """The context of queries q [B, E] among every ``live`` row: `_knn_rows`, the hits' fields and similarity
-    (distances rounded to float32 first, as `_exact` returns them), then `_context_rows`."""
+    """The context of queries q [B, E] among the ``live`` rows: `_knn_rows`, the hits' fields and similarity
+    (distances rounded to float32 first, as `_exact` returns them), then `_context_rows`; fewer rows than K
+    leave the rest padding."""
     b_n, width = q.shape[0], min(mask.shape[1], live.shape[0])
     idx = np.empty((b_n, width), np.int64)
     dist = np.empty((b_n, width))
