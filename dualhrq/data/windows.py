@@ -42,6 +42,7 @@ from dualhrq.features import (
     regime_features,
     state_of,
 )
+from dualhrq.features.newest import newest_rows
 
 DEFAULT_PATTERN_WINDOW = PatternsConfig().window
 
@@ -73,9 +74,14 @@ class Sample:
     state: int  # the label rule's position state at the last fine bar (FLAT, LONG, SHORT)
 
 
-def _complete(name: str, x: np.ndarray) -> None:
-    if not np.isfinite(x).all():  # needs() guarantees enough history, so this is a bug, not bad input
-        raise DataError(f"{name}: incomplete features (NaN) despite enough bars")
+def _incomplete(name: str) -> DataError:
+    # needs() guarantees enough history, so this is a bug, not bad input
+    return DataError(f"{name}: incomplete features (NaN) despite enough bars")
+
+
+def check_complete(name: str, x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        raise _incomplete(name)
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class SampleBuilder:
     def pattern_features(self, bars: SampleBars) -> np.ndarray:
         """float32 [pattern_window + 5]: the pattern features of the last fine bar (the retrieval key)."""
         pattern = pattern_features(bars.fine, self.pattern_window, last=1)[0].astype(np.float32)
-        _complete("pattern", pattern)
+        check_complete("pattern", pattern)
         return pattern
 
     def sample(self, bars: SampleBars, pattern: np.ndarray | None = None) -> Sample:
@@ -147,12 +153,22 @@ class SampleBuilder:
         raw = fine_features(fine, self.position, last=last)
         return self.stats.fine.apply(raw), state_of(raw[-1, len(BAR_FEATURES):])
 
+    def newest(self, bars: SampleBars, k: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """(`fine_tokens` of the last ``k`` fine bars, their state, the sample's normalised regime row and its
+        pattern features) in one compiled call: a stream's append, whose h tokens and older l tokens are
+        already computed. DataError, as `assemble`, when one of them is incomplete."""
+        tokens, state, regime, pattern, incomplete = newest_rows(bars.fine, bars.coarse, k, self.position,
+                                                                 self.stats, self.pattern_window)
+        if incomplete is not None:
+            raise _incomplete(incomplete)
+        return tokens, state, regime, pattern
+
     def assemble(self, bars: SampleBars, h_tokens: np.ndarray, l_tokens: np.ndarray, state: int,
                  pattern: np.ndarray | None = None) -> Sample:
         """The sample at ``bars``' last fine bar from its tokens (computed at once or a stream's, bar by bar)."""
         regime = self.stats.regime.apply(regime_features(bars.fine, bars.coarse, last=1)[0])
         for name, x in (("coarse", h_tokens), ("fine", l_tokens), ("regime", regime)):
-            _complete(name, x)
+            check_complete(name, x)
         return Sample(h_tokens, l_tokens, regime, self.pattern_features(bars) if pattern is None else pattern,
                       bars.as_of, state)
 

@@ -411,3 +411,73 @@ def pattern_rows(c: np.ndarray, v: np.ndarray, first: int, w: int, out: np.ndarr
         row[w + 3] = math.sqrt(recent_sq / recent)  # recent_vol
         row[w + 4] = _zscore(lv[i], mean_lv, _wssd(lv, i, w, mean_lv), w)  # volume_z
 
+
+
+# ---------------------------------------------------------------- normalisation (dualhrq.features.stats)
+
+
+@_kernel
+def _normalised(x: float, mean: float, std: float, clip: float) -> np.float32:
+    """(x - mean) / std clipped to +-clip, as float32; NaN stays NaN."""
+    return np.float32(_min(_max((x - mean) / std, -clip), clip))
+
+
+@_kernel
+def normalise_rows(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float, out: np.ndarray) -> None:
+    """out[i, j] = `_normalised` x[i, j] by column j's mean and std."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = _normalised(x[i, j], mean[j], std[j], clip)
+
+
+@_kernel
+def _all_finite(x: np.ndarray) -> bool:
+    for value in x.ravel():
+        if not math.isfinite(value):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- a stream's newest bars (dualhrq.features.newest)
+
+
+@_kernel
+def newest_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,  # noqa: E741
+                v: np.ndarray, log_close: np.ndarray, coarse_t: np.ndarray, coarse_l: np.ndarray,
+                coarse_h: np.ndarray, coarse_c: np.ndarray, bar_w: int, horizon: int, cost_bps: float,
+                vol_threshold: float, flat: int, long: int, short: int, unknown: int, regime_w: int, quarter: int,
+                coarse_w: int, k_slow: int, ssr_ratio: float, luld: np.ndarray, pattern_w: int,
+                fine_mean: np.ndarray, fine_std: np.ndarray, regime_mean: np.ndarray, regime_std: np.ndarray,
+                clip: float, tokens: np.ndarray, regime: np.ndarray, pattern: np.ndarray) -> tuple[int, int]:
+    """The normalised fine tokens of the last len(tokens) bars (bar_rows, then the position state of
+    state_rows over ``log_close``, the closes' logs from bar len(c) - len(log_close) on), the normalised regime
+    row and the pattern row of the last bar: what each family's function and `normalise_rows` give, in one
+    call. Returns (the newest bar's state, flat when unknown; the first incomplete output: -1 none, 0 tokens,
+    1 regime, 2 pattern)."""
+    n, k = len(c), tokens.shape[0]
+    raw = np.empty((k, BAR_WIDTH))
+    bar_rows(o, h, l, c, v, n - k, bar_w, raw)
+    states = np.empty(k, np.int64)
+    state_rows(log_close, len(log_close) - k, bar_w, horizon, cost_bps, vol_threshold, flat, long, short, unknown,
+               states)
+    for i in range(k):
+        for j in range(BAR_WIDTH):
+            tokens[i, j] = _normalised(raw[i, j], fine_mean[j], fine_std[j], clip)
+        for j, side in enumerate((long, short)):  # the position columns, as `position_features` lays them out
+            flag = np.nan if states[i] == unknown else (1.0 if states[i] == side else 0.0)
+            tokens[i, BAR_WIDTH + j] = _normalised(flag, fine_mean[BAR_WIDTH + j], fine_std[BAR_WIDTH + j], clip)
+    regime_raw = np.empty((1, REGIME_WIDTH))
+    regime_rows(t, h, l, c, v, coarse_t, coarse_l, coarse_h, coarse_c, n - 1, regime_w, quarter, coarse_w, k_slow,
+                ssr_ratio, luld, regime_raw)
+    for j in range(REGIME_WIDTH):
+        regime[j] = _normalised(regime_raw[0, j], regime_mean[j], regime_std[j], clip)
+    pattern_raw = np.empty((1, pattern.shape[0]))
+    pattern_rows(c, v, n - 1, pattern_w, pattern_raw)
+    for j in range(pattern.shape[0]):
+        pattern[j] = np.float32(pattern_raw[0, j])
+    state = flat if states[k - 1] == unknown else states[k - 1]
+    incomplete = -1
+    for code, x in enumerate((tokens, regime.reshape(1, -1), pattern.reshape(1, -1))):
+        if incomplete < 0 and not _all_finite(x):
+            incomplete = code
+    return state, incomplete

@@ -43,8 +43,9 @@ REGIME_WINDOW = 48  # fine bars
 REGIME_COARSE_WINDOW = 20  # coarse bars
 REGIME_WARMUP = REGIME_WINDOW  # fine rows before this index are NaN
 REGIME_COARSE_WARMUP = REGIME_COARSE_WINDOW + 1  # coarse bars needed: the window's returns need one more close
-_QUARTER = REGIME_WINDOW // 4  # the window's last quarter: recent volatility and volume against the whole
-_LULD_TIER1 = luld_table(1)
+REGIME_QUARTER = REGIME_WINDOW // 4  # the window's last quarter: recent volatility and volume against the whole
+REGIME_LULD_TABLE = luld_table(1)  # luld_distance reads tier 1's bands
+REGIME_TSRV_K = tsrv_k(REGIME_WINDOW)  # tsrv_vol's slow scale
 
 REGIME_FEATURES: tuple[str, ...] = (
     "rv_vol", "tsrv_vol", "bpv_vol", "jump_share", "vol_ratio", "range_vol", "trend_z", "efficiency", "autocorr",
@@ -61,6 +62,6 @@ def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.nda
     out = np.empty((m, kernels.REGIME_WIDTH))
     kernels.regime_rows(np.ascontiguousarray(fine.t, np.int64), f64(fine.h), f64(fine.l), f64(fine.c), f64(fine.v),
                         np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c),
-                        n - m, REGIME_WINDOW, _QUARTER, REGIME_COARSE_WINDOW, tsrv_k(REGIME_WINDOW),
-                        SSR.trigger_ratio, _LULD_TIER1, out)
+                        n - m, REGIME_WINDOW, REGIME_QUARTER, REGIME_COARSE_WINDOW, REGIME_TSRV_K,
+                        SSR.trigger_ratio, REGIME_LULD_TABLE, out)
     return out

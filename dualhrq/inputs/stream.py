@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.windows import Sample, SampleBars, SampleBuilder
+from dualhrq.data.windows import Sample, SampleBars, SampleBuilder, check_complete
 from dualhrq.errors import DataError
 
 
@@ -74,19 +74,25 @@ class StreamWindow:
         self.bars = SampleBars(self._coarse.slice(0, n_coarse), self._fine, as_of)
         return self.bars
 
-    def sample(self, pattern: np.ndarray | None = None) -> Sample:
+    def sample(self) -> Sample:
         """The sample at the stream's newest fine bar, computing the tokens of the bars added since the last
-        call; ``pattern``: its retrieval key when already computed."""
+        call (with its regime row and retrieval key, in one compiled call)."""
         t_h, t_l = self.builder.model.coarse_len, self.builder.model.fine_len
         bars, k, closed = self.bars, self._new_fine, self._closed
-        if k:
-            rows, self._state = self.builder.fine_tokens(bars.fine, min(k, t_l))
-            self._l = rows if k >= t_l else np.concatenate([self._l[k:], rows])
+        h = self._h
         if closed:
             rows = self.builder.coarse_tokens(bars.coarse, min(closed, t_h))
-            self._h = rows if closed >= t_h else np.concatenate([self._h[closed:], rows])
+            check_complete("coarse", rows)
+            h = rows if closed >= t_h else np.concatenate([h[closed:], rows])
+        if not k:  # nothing new: the regime row and the key as a full window computes them
+            self._h, self._closed = h, 0
+            return self.builder.assemble(bars, self._h, self._l, self._state)
+        rows, state, regime, pattern = self.builder.newest(bars, min(k, t_l))
+        # Only now, every row computed: an error above leaves the stream as it was.
+        self._h, self._state = h, state
+        self._l = rows if k >= t_l else np.concatenate([self._l[k:], rows])
         self._new_fine = self._closed = 0
-        return self.builder.assemble(bars, self._h, self._l, self._state, pattern)
+        return Sample(self._h, self._l, regime, pattern, bars.as_of, state)
 
     def _check_follows(self, coarse: Bars, fine: Bars) -> None:
         if len(fine) == 0:

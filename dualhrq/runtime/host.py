@@ -137,10 +137,11 @@ class ModelHost:
         except Resync as e:
             raise ProtocolError("resync_required", str(e), "session", req.id) from None
 
-    def prepare_stream(self, window: StreamWindow, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
-        """The graph inputs at a stream's newest bar (`extend` first): only its new token rows were computed."""
-        s = window.sample(key[0])
-        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, s)
+    def prepare_stream(self, window: StreamWindow, instrument: str, timeframe: str) -> Prepared:
+        """The graph inputs at a stream's newest bar (`extend` first) and its retrieval key: only the new bars'
+        rows were computed."""
+        s = window.sample()
+        return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), s.pattern_features[None], s)
 
     def prepare_bars(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
         """Graph inputs (but the pattern context) from numpy bars, validated here (offline callers)."""

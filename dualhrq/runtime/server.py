@@ -434,10 +434,10 @@ class Server:
             # Retrieval starts after the features, not beside them: the features are a few compiled calls, and
             # a worker started first takes the GIL at each of them (measured on 2 cores: features 0.41 ms
             # instead of 0.23 ms on the tiny model, for no shorter wait after them).
-            key = host.key(bars)
-            prepared = await self._features(req, host, bars, key, stream)
+            prepared = await self._features(req, host, bars, stream)
             t_features = time.perf_counter()
-            lookup = self._lookup(host, key, bars.as_of)  # a lookup of fixed cost is answered here and now
+            # a lookup of fixed cost is answered here and now
+            lookup = self._lookup(host, prepared.key, bars.as_of)
             context, mask, used, reason = await self._retrieved(host, lookup)
             t_retrieval = time.perf_counter()
             # Not upstream any more before it is queued: the inference thread must not wait for this one.
@@ -453,12 +453,14 @@ class Server:
                   "queue": row.queue_s, "engine": row.engine_s}
         return self._signal_reply(req, host, row, prepared.state, used, reason, stages, t0)
 
-    async def _features(self, req: p.BarRequest, host: ModelHost, bars: SampleBars, key: np.ndarray,
+    async def _features(self, req: p.BarRequest, host: ModelHost, bars: SampleBars,
                         stream: Stream | None) -> Prepared:
-        """The graph inputs but the pattern context; a signal that names a session opens its stream with them."""
+        """The graph inputs but the pattern context, and the retrieval key; a signal that names a session opens
+        its stream with them."""
         if stream is not None:  # only the new bars' rows, on the loop: a stream's appends extend it in order
-            return host.prepare_stream(stream.window, key, req.instrument, stream.timeframe)
+            return host.prepare_stream(stream.window, req.instrument, stream.timeframe)
         assert isinstance(req, p.Signal)
+        key = host.key(bars)
         # Alone in flight, nothing waits on the loop, so the hand-off to a thread and back is pure cost
         # (~0.5 ms measured at 1 in flight); with company, dear features leave the loop to the others.
         if host.features_inline or self._in_flight == 1:

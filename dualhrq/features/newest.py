@@ -1,0 +1,55 @@
+"""The model inputs of a stream's newest fine bars in one compiled call: what an `append` computes.
+
+An append needs the fine tokens of its new bars, the regime row and the retrieval key of the newest one, all
+normalised. Each family's own function (bar, position, regime, pattern, then stats) gives them in a dozen
+calls whose cost, on a window this small, is the calls and not the arithmetic; `kernels.newest_rows` runs the
+same kernels and the same normalisation in one, so the rows are bit for bit those of the families' functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualhrq.data.bars import Bars
+from dualhrq.data.market_rules import SSR
+from dualhrq.features import kernels
+from dualhrq.features.bar import BAR_WINDOW
+from dualhrq.features.fine import FINE_FEATURES
+from dualhrq.features.kernels import f64
+from dualhrq.features.position import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
+from dualhrq.features.regime import (
+    REGIME_COARSE_WINDOW,
+    REGIME_FEATURES,
+    REGIME_LULD_TABLE,
+    REGIME_QUARTER,
+    REGIME_TSRV_K,
+    REGIME_WINDOW,
+)
+from dualhrq.features.stats import CLIP, FeatureStats
+
+INCOMPLETE = ("fine", "regime", "pattern")  # what `newest_rows` names when a row has NaN despite enough bars
+
+
+def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: FeatureStats,
+                pattern_window: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, str | None]:
+    """(fine tokens float32 [k, FINE_FEATURES] of the last k fine bars, the label rule's state at the last one,
+    its regime row float32 [REGIME_FEATURES] and its pattern row float32 [pattern_window + 5], the first of
+    INCOMPLETE holding a NaN or None): ``stats.fine.apply(fine_features(fine, rule, k))``, `state_of` its last
+    row, ``stats.regime.apply(regime_features(fine, coarse, 1)[0])`` and ``pattern_features(fine,
+    pattern_window, 1)[0]`` as float32, in one call. ``coarse``: the coarse bars closed by the last fine bar."""
+    c = f64(fine.c)
+    n = len(c)
+    k = min(k, n)
+    # The position state reads numpy's log of the closes from `warmup` bars before its rows, as
+    # `PositionRule.states` computes it (numpy's log, as the labels use, not the compiled one).
+    log_close = np.log(c[max(0, n - k - rule.warmup):])
+    tokens = np.empty((k, len(FINE_FEATURES)), np.float32)
+    regime = np.empty(len(REGIME_FEATURES), np.float32)
+    pattern = np.empty(pattern_window + kernels.PATTERN_SUMMARY_WIDTH, np.float32)
+    state, incomplete = kernels.newest_rows(
+        np.ascontiguousarray(fine.t, np.int64), f64(fine.o), f64(fine.h), f64(fine.l), c, f64(fine.v), log_close,
+        np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c), BAR_WINDOW,
+        rule.horizon, rule.cost_bps, rule.vol_threshold, FLAT, LONG, SHORT, UNKNOWN_STATE, REGIME_WINDOW, REGIME_QUARTER,
+        REGIME_COARSE_WINDOW, REGIME_TSRV_K, SSR.trigger_ratio, REGIME_LULD_TABLE, pattern_window,
+        stats.fine.mean, stats.fine.std, stats.regime.mean, stats.regime.std, CLIP, tokens, regime, pattern)
+    return tokens, int(state), regime, pattern, None if incomplete < 0 else INCOMPLETE[incomplete]
