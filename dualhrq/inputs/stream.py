@@ -39,15 +39,12 @@ class StreamWindow:
                  sample: Sample) -> None:
         """From a full window: its bars (all closed by its last fine bar) and the sample built from them."""
         self.builder, self.fine_ns, self.closure_ns = builder, fine_ns, closure_ns
+        self._needs = builder.needs
         self._fine, self._coarse = _own(bars.fine), _own(bars.coarse)
+        self.no_coarse = self._coarse.slice(0, 0)  # no coarse bars: what an append that closed none carries
         self._h, self._l, self._state = sample.h_tokens, sample.l_tokens, sample.state
         self._new_fine = self._closed = 0  # bars added since the tokens were last computed
         self.bars = SampleBars(self._coarse, self._fine, bars.as_of)  # its own copies, not the request's views
-
-    @property
-    def no_coarse(self) -> Bars:
-        """No coarse bars (an append that closed none)."""
-        return self._coarse.slice(0, 0)
 
     @property
     def nbytes(self) -> int:
@@ -60,11 +57,14 @@ class StreamWindow:
         `sample` then computes the new bars' tokens. Raises Resync, leaving the stream as it was, when they do
         not follow on."""
         self._check_follows(coarse, fine)
-        n_coarse, n_fine = self.builder.needs
+        n_coarse, n_fine = self._needs
         as_of = int(fine.t[-1])
         joined = _joined(self._fine, fine)
         every_coarse = _joined(self._coarse, coarse) if len(coarse) else self._coarse
-        visible = int(np.searchsorted(every_coarse.t, as_of, side="right"))
+        # Most appends carry no coarse bar and none waits to close: all are visible, without a search.
+        visible = len(every_coarse)
+        if every_coarse.t[-1] > as_of:
+            visible = int(np.searchsorted(every_coarse.t, as_of, side="right"))
         self._fine = joined.slice(len(joined) - n_fine)
         self._new_fine += len(fine)
         # The stream keeps n_coarse closed coarse bars (and any appended that have not closed yet): the rest of
