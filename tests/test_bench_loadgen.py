@@ -1,5 +1,6 @@
 """The load generator against a scripted ROUTER on loopback: one reply per request, honest open-loop timing."""
 
+import gc
 import threading
 import time
 
@@ -63,6 +64,13 @@ def test_closed_loop_gets_one_sample_per_request(server):
     # what the runtime adds: each request's latency less the engine's 0.1 ms
     assert s["overhead_ms"]["p50"] == pytest.approx(s["latency_ms"]["p50"] - 0.1, abs=0.05)
     assert "end-to-end p95 minus engine p95" in format_summary("x", s)
+
+
+def test_the_cyclic_collector_is_off_while_requests_are_timed_and_on_again_after(server):
+    """A full collection of the bench's own heap would be charged to the server (seen: a 0.15 s max)."""
+    during = []
+    run_load(server, req, 50, concurrency=2, progress=lambda n: during.append(gc.isenabled()))
+    assert len(during) == 50 and not any(during) and gc.isenabled()
 
 
 @pytest.mark.parametrize("server", [{"error_every": 5}], indirect=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
 
@@ -589,3 +590,16 @@ def test_a_reload_that_ends_during_the_drain_has_its_old_host_closed_before_the_
     assert isinstance(signal, p.SignalReply) and reload.ok
     said = [r.getMessage() for r in caplog.records if r.name == "dualhrq.runtime.server"]
     assert "retired fake-1" in said and said.index("retired fake-1") < said.index("stopped"), said
+
+
+def _tracked(obj: object) -> bool:
+    """Whether the cyclic collector would traverse ``obj`` in a full collection (frozen objects it skips)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_the_loaded_model_is_out_of_the_cyclic_collectors_reach_once_ready_and_after_a_reload(tiny_config):
+    """A full collection traverses every tracked object: the model's would make it a pause in some reply."""
+    with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
+        assert not _tracked(st.server._host.inputs)
+        c.admin("reload", token=TOKEN, bundle="fake-2")
+        assert st.server._host.name == "fake-2" and not _tracked(st.server._host.inputs)
