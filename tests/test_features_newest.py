@@ -8,7 +8,7 @@ import pytest
 from dualhrq.data.resample import resample
 from dualhrq.data.sources import load_dataset
 from dualhrq.data.windows import build_dataset
-from dualhrq.errors import DataError
+from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.features import PositionRule, fine_features, pattern_features, regime_features, state_of
 from dualhrq.features.bar import BAR_FEATURES
 from dualhrq.features.newest import newest_rows
@@ -36,6 +36,19 @@ def test_the_newest_rows_equal_the_feature_families_and_their_normalisation_bit_
         np.testing.assert_array_equal(regime, stats.regime.apply(regime_features(fine, coarse, last=1)[0]))
         np.testing.assert_array_equal(pattern, pattern_features(fine, 16, last=1)[0].astype(np.float32))
         assert tokens.dtype == regime.dtype == pattern.dtype == np.float32 and incomplete is None
+
+
+def test_rows_whose_position_state_is_unknown_are_nan_there_as_in_the_families(history):
+    fine_all, coarse_all, stats, rule = history
+    fine = fine_all.slice(3_000, 3_069)
+    coarse = coarse_all.until(int(fine.t[-1]))
+    tokens, state, *_ = newest_rows(fine, coarse.slice(len(coarse) - 40), 69, rule, stats, 16)
+    raw = fine_features(fine, rule)
+    assert np.isnan(raw[:, len(BAR_FEATURES):]).any()  # the first rows have no state yet
+    np.testing.assert_array_equal(tokens, stats.fine.apply(raw))
+    assert state == state_of(raw[-1, len(BAR_FEATURES):])
+    with pytest.raises(ConfigurationError, match="last: must be >= 1"):
+        newest_rows(fine, coarse, 0, rule, stats, 16)
 
 
 def test_rows_without_enough_history_are_named_as_incomplete(history):

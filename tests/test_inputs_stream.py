@@ -102,3 +102,21 @@ def test_a_weekend_is_a_market_closure_not_a_missing_bar(series):
     stream = _start(builder, fine, coarse, weekend)
     stream.extend(_between(coarse, int(fine.t[weekend - 1]), int(fine.t[weekend])), fine.slice(weekend, weekend + 1))
     _assert_same(stream.sample(), builder(coarse, fine.slice(0, weekend + 1)))
+
+
+def test_a_sample_that_fails_leaves_the_stream_as_it_was(series, monkeypatch):
+    fine, coarse, builder = series
+    start = 3_000
+    stream = _start(builder, fine, coarse, start)
+    new = fine.slice(start, start + 1)
+    stream.extend(_between(coarse, int(fine.t[start - 1]), int(new.t[-1])), new)
+
+    def broken(*args, **kwargs):
+        raise DataError("fine: incomplete features (NaN) despite enough bars")
+
+    with monkeypatch.context() as m:
+        m.setattr(SampleBuilder, "newest", broken)
+        with pytest.raises(DataError):
+            stream.sample()
+    # Nothing was taken as computed: the next call computes the new bar's rows, as the full window has them.
+    _assert_same(stream.sample(), builder(coarse, fine.slice(0, start + 1)))

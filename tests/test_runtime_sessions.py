@@ -89,6 +89,22 @@ def test_a_skipped_bar_gets_resync_required_and_the_stream_client_recovers_with_
         assert stream.resyncs == 1 and _numbers(got) == _numbers(client.signal("EURUSD", "1h", *windows.at(i + 3)))
 
 
+def test_an_append_whose_deadline_passed_before_its_turn_is_refused_without_extending_its_stream(served):
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(served.address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        i = next(j for j in range(1150, 1300) if history.t[j + 1] - history.t[j] == 3600 * 10**9)
+        _open(client, windows, i, "late")
+        new = history.slice(i + 1, i + 2)
+        late = append_request("EURUSD", "late", history.slice(0, 0), new, deadline_ms=1e-6)  # gone on arrival
+        assert client.exchange(late)[2].code == "deadline_exceeded"
+        # The bar is still new to the stream: sent again in time, it is answered as the full window is.
+        reply = client.exchange(append_request("EURUSD", "late", history.slice(0, 0), new))[2]
+        assert isinstance(reply, p.SignalReply)
+        assert _numbers(reply) == _numbers(client.signal("EURUSD", "1h", *windows.at(i + 1)))
+
+
 def test_an_append_one_bar_long_is_under_a_kilobyte_on_the_wire():
     history = eurusd_history(bars=2)
     body = append_request("EURUSD", "a" * 64, history.slice(0, 1), history.slice(1, 2), deadline_ms=5.0,

@@ -287,6 +287,32 @@ def state_rows(log_close: np.ndarray, first: int, w: int, horizon: int, cost_bps
             out[i - first] = flat
 
 
+@_kernel
+def _position_flag(state: int, side: int, unknown: int) -> float:
+    """A position column: 1.0 in its side's state, 0.0 in the others, NaN where the state is unknown."""
+    if state == unknown:
+        return np.nan
+    return 1.0 if state == side else 0.0
+
+
+@_kernel
+def position_rows(states: np.ndarray, long: int, short: int, unknown: int, out: np.ndarray) -> None:
+    """POSITION_FEATURES (state_long, state_short) of each state."""
+    for i in range(len(states)):
+        out[i, 0] = _position_flag(states[i], long, unknown)
+        out[i, 1] = _position_flag(states[i], short, unknown)
+
+
+@_kernel
+def state_of_flags(flags: np.ndarray, long: int, short: int, flat: int) -> int:
+    """The state a row of POSITION_FEATURES encodes: flat where neither flag is set (or the state was unknown)."""
+    if flags[0] == 1.0:
+        return long
+    if flags[1] == 1.0:
+        return short
+    return flat
+
+
 # ---------------------------------------------------------------- regime features (dualhrq.features.regime)
 
 
@@ -412,7 +438,6 @@ def pattern_rows(c: np.ndarray, v: np.ndarray, first: int, w: int, out: np.ndarr
         row[w + 4] = _zscore(lv[i], mean_lv, _wssd(lv, i, w, mean_lv), w)  # volume_z
 
 
-
 # ---------------------------------------------------------------- normalisation (dualhrq.features.stats)
 
 
@@ -460,12 +485,14 @@ def newest_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: n
     states = np.empty(k, np.int64)
     state_rows(log_close, len(log_close) - k, bar_w, horizon, cost_bps, vol_threshold, flat, long, short, unknown,
                states)
+    position = np.empty((k, POSITION_WIDTH))
+    position_rows(states, long, short, unknown, position)
     for i in range(k):
         for j in range(BAR_WIDTH):
             tokens[i, j] = _normalised(raw[i, j], fine_mean[j], fine_std[j], clip)
-        for j, side in enumerate((long, short)):  # the position columns, as `position_features` lays them out
-            flag = np.nan if states[i] == unknown else (1.0 if states[i] == side else 0.0)
-            tokens[i, BAR_WIDTH + j] = _normalised(flag, fine_mean[BAR_WIDTH + j], fine_std[BAR_WIDTH + j], clip)
+        for j in range(POSITION_WIDTH):
+            tokens[i, BAR_WIDTH + j] = _normalised(position[i, j], fine_mean[BAR_WIDTH + j], fine_std[BAR_WIDTH + j],
+                                                   clip)
     regime_raw = np.empty((1, REGIME_WIDTH))
     regime_rows(t, h, l, c, v, coarse_t, coarse_l, coarse_h, coarse_c, n - 1, regime_w, quarter, coarse_w, k_slow,
                 ssr_ratio, luld, regime_raw)
@@ -475,7 +502,7 @@ def newest_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: n
     pattern_rows(c, v, n - 1, pattern_w, pattern_raw)
     for j in range(pattern.shape[0]):
         pattern[j] = np.float32(pattern_raw[0, j])
-    state = flat if states[k - 1] == unknown else states[k - 1]
+    state = state_of_flags(position[k - 1], long, short, flat)
     incomplete = -1
     for code, x in enumerate((tokens, regime.reshape(1, -1), pattern.reshape(1, -1))):
         if incomplete < 0 and not _all_finite(x):

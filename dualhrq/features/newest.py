@@ -15,7 +15,7 @@ from dualhrq.data.market_rules import SSR
 from dualhrq.features import kernels
 from dualhrq.features.bar import BAR_WINDOW
 from dualhrq.features.fine import FINE_FEATURES
-from dualhrq.features.kernels import f64
+from dualhrq.features.kernels import f64, tail_rows
 from dualhrq.features.position import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
 from dualhrq.features.regime import (
     REGIME_COARSE_WINDOW,
@@ -38,11 +38,8 @@ def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: Fea
     row, ``stats.regime.apply(regime_features(fine, coarse, 1)[0])`` and ``pattern_features(fine,
     pattern_window, 1)[0]`` as float32, in one call. ``coarse``: the coarse bars closed by the last fine bar."""
     c = f64(fine.c)
-    n = len(c)
-    k = min(k, n)
-    # The position state reads numpy's log of the closes from `warmup` bars before its rows, as
-    # `PositionRule.states` computes it (numpy's log, as the labels use, not the compiled one).
-    log_close = np.log(c[max(0, n - k - rule.warmup):])
+    k = tail_rows(len(c), k)
+    log_close = rule.log_closes(c, k)
     tokens = np.empty((k, len(FINE_FEATURES)), np.float32)
     regime = np.empty(len(REGIME_FEATURES), np.float32)
     pattern = np.empty(pattern_window + kernels.PATTERN_SUMMARY_WIDTH, np.float32)

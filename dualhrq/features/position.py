@@ -22,6 +22,7 @@ UNKNOWN_STATE = -1  # not enough history for the rule's threshold a horizon ago
 # column name -> the state it is 1.0 in (0.0 in the others; flat is the row without a 1.0)
 POSITION_SIDES: dict[str, int] = {"state_long": LONG, "state_short": SHORT}
 POSITION_FEATURES: tuple[str, ...] = tuple(POSITION_SIDES)
+assert tuple(POSITION_SIDES.values()) == (LONG, SHORT)  # the order kernels.position_rows lays them out in
 
 
 @dataclass(frozen=True)
@@ -62,30 +63,32 @@ class PositionRule:
     def states(self, close: np.ndarray, last: int | None = None) -> np.ndarray:
         """[n] (or the last ``last``) int64 FLAT/LONG/SHORT, UNKNOWN_STATE without enough history. Each row
         reads the bars from i - warmup to i only, so it is the same over a whole history or a short tail."""
-        c = f64(close)
-        n = len(c)
-        m = tail_rows(n, last)
-        c = c[max(0, n - m - self.warmup):]  # only the bars the rows read
+        m = tail_rows(len(close), last)
+        log_close = self.log_closes(close, m)
         out = np.empty(m, np.int64)
-        kernels.state_rows(np.log(c), len(c) - m, BAR_WINDOW, self.horizon, self.cost_bps, self.vol_threshold,
-                           FLAT, LONG, SHORT, UNKNOWN_STATE, out)
+        kernels.state_rows(log_close, len(log_close) - m, BAR_WINDOW, self.horizon, self.cost_bps,
+                           self.vol_threshold, FLAT, LONG, SHORT, UNKNOWN_STATE, out)
         return out
+
+    def log_closes(self, close: np.ndarray, m: int) -> np.ndarray:
+        """numpy's log of the closes that the states of the last ``m`` bars read (as the labels' forward returns
+        use numpy's log, not the compiled one): from ``warmup`` bars before them."""
+        c = f64(close)
+        return np.log(c[max(0, len(c) - m - self.warmup):])
 
 
 def position_features(close: np.ndarray, rule: PositionRule, last: int | None = None) -> np.ndarray:
     """[n, len(POSITION_FEATURES)] float64 (or the last ``last`` rows); NaN where the state is unknown."""
     state = rule.states(close, last)
     out = np.empty((len(state), kernels.POSITION_WIDTH))
-    for j, side in enumerate(POSITION_SIDES.values()):
-        np.equal(state, side, out=out[:, j])
-    out[state == UNKNOWN_STATE] = np.nan
+    kernels.position_rows(state, LONG, SHORT, UNKNOWN_STATE, out)
     return out
 
 
 def state_of(position_columns: np.ndarray) -> int:
     """The state a `position_features` row encodes (FLAT, LONG, SHORT): serving reads it off the columns it
     has computed anyway instead of computing the state again."""
-    for flag, side in zip(position_columns, POSITION_SIDES.values(), strict=True):
-        if flag == 1.0:
-            return side
-    return FLAT
+    flags = f64(position_columns)
+    if flags.shape != (kernels.POSITION_WIDTH,):  # the compiled read is unchecked
+        raise ValueError(f"position columns: expected {kernels.POSITION_WIDTH} values, got shape {list(flags.shape)}")
+    return int(kernels.state_of_flags(flags, LONG, SHORT, FLAT))

@@ -41,7 +41,9 @@ class StreamWindow:
         self.builder, self.fine_ns, self.closure_ns = builder, fine_ns, closure_ns
         self._needs = builder.needs
         self._fine, self._coarse = _own(bars.fine), _own(bars.coarse)
-        self.no_coarse = self._coarse.slice(0, 0)  # no coarse bars: what an append that closed none carries
+        # No coarse bars, what an append that closed none carries: arrays of its own, not a view that would keep
+        # the first window's columns alive.
+        self.no_coarse = Bars(*(np.empty(0, x.dtype) for x in self._coarse.columns))
         self._h, self._l, self._state = sample.h_tokens, sample.l_tokens, sample.state
         self._new_fine = self._closed = 0  # bars added since the tokens were last computed
         self.bars = SampleBars(self._coarse, self._fine, bars.as_of)  # its own copies, not the request's views
@@ -79,14 +81,13 @@ class StreamWindow:
         call (with its regime row and retrieval key, in one compiled call)."""
         t_h, t_l = self.builder.model.coarse_len, self.builder.model.fine_len
         bars, k, closed = self.bars, self._new_fine, self._closed
+        if not k:  # nothing new since the last call (an append adds fine bars, and with them any coarse ones)
+            return self.builder.assemble(bars, self._h, self._l, self._state)
         h = self._h
         if closed:
             rows = self.builder.coarse_tokens(bars.coarse, min(closed, t_h))
             check_complete("coarse", rows)
             h = rows if closed >= t_h else np.concatenate([h[closed:], rows])
-        if not k:  # nothing new: the regime row and the key as a full window computes them
-            self._h, self._closed = h, 0
-            return self.builder.assemble(bars, self._h, self._l, self._state)
         rows, state, regime, pattern = self.builder.newest(bars, min(k, t_l))
         # Only now, every row computed: an error above leaves the stream as it was.
         self._h, self._state = h, state

@@ -427,13 +427,19 @@ class Server:
         if not deadline_ms:
             return await self._pipeline(req, host, t0, None)
         deadline = t0 + deadline_ms / 1000.0
+        exceeded = p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}")
+        left = deadline - time.perf_counter()
+        if left <= 0:  # passed while it waited for its turn: do nothing of it (an append would extend its stream)
+            raise exceeded
         # In this task, not wait_for's: a task of its own would cost a pass of the loop before it starts.
-        loop = asyncio.get_running_loop()
+        timeout = asyncio.timeout(left)
         try:
-            async with asyncio.timeout_at(loop.time() + (deadline - time.perf_counter())):
+            async with timeout:
                 return await self._pipeline(req, host, t0, deadline)
         except TimeoutError:
-            raise p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}") from None
+            if timeout.expired():
+                raise exceeded from None
+            raise
 
     async def _pipeline(self, req: p.BarRequest, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
         host.acquire()
