@@ -56,6 +56,7 @@ from dualhrq.runtime.backend import (
     bind,
     secured,
 )
+from dualhrq.runtime.heap import freeze_heap
 from dualhrq.runtime.security import CurveServer
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Broker:
                                           daemon=True),
                          threading.Thread(target=self._control, args=(xsub, xpub, steer), name="broker-control",
                                           daemon=True)]
+        freeze_heap(collect=True)  # before the first request: its imports would be a full collection's pause
         for t in self._threads:
             t.start()
         log.info("broker: clients on %s, workers on %s", a.frontend, a.backend)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import hmac
 import logging
 import os
@@ -55,6 +54,7 @@ from dualhrq.runtime.backend import (
     bind,
 )
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
+from dualhrq.runtime.heap import freeze_heap
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
 from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
@@ -89,17 +89,6 @@ RELAY_ACK_S = 0.25
 # How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
 # descriptor missed (an operation on the socket can take a message's edge).
 RESCAN_S = 0.05
-
-
-def freeze_heap(collect: bool) -> None:
-    """Move every object alive now out of the cyclic collector's reach (``collect``: after collecting the
-    garbage of the load). NOTE: a loaded model leaves ~150k objects (numba, ONNX Runtime, the pattern library)
-    that every full collection would traverse: ~100 ms measured, a pause in some request's reply, seen as the
-    max of a bench run. Frozen, a full collection looks only at what was allocated since. A host replaced by a
-    reload is still freed: by reference counting, which freezing leaves alone (only garbage in cycles stays)."""
-    if collect:
-        gc.collect()
-    gc.freeze()
 
 
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
