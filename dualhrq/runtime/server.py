@@ -90,7 +90,6 @@ RELAY_ACK_S = 0.25
 # descriptor missed (an operation on the socket can take a message's edge).
 RESCAN_S = 0.05
 
-
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
 _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
 
@@ -416,10 +415,9 @@ class Server:
         if not deadline_ms:
             return await self._pipeline(req, host, t0, None)
         deadline = t0 + deadline_ms / 1000.0
-        exceeded = p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}")
         left = deadline - time.perf_counter()
         if left <= 0:  # passed while it waited for its turn: do nothing of it (an append would extend its stream)
-            raise exceeded
+            raise self._exceeded(deadline_ms)
         # In this task, not wait_for's: a task of its own would cost a pass of the loop before it starts.
         timeout = asyncio.timeout(left)
         try:
@@ -427,8 +425,13 @@ class Server:
                 return await self._pipeline(req, host, t0, deadline)
         except TimeoutError:
             if timeout.expired():
-                raise exceeded from None
+                raise self._exceeded(deadline_ms) from None
             raise
+
+    @staticmethod
+    def _exceeded(deadline_ms: float) -> p.ProtocolError:
+        """Made only when a deadline passes: the request path does not build an error per request."""
+        return p.ProtocolError("deadline_exceeded", f"no answer within deadline_ms={deadline_ms:g}")
 
     async def _pipeline(self, req: p.BarRequest, host: ModelHost, t0: float, deadline: float | None) -> p.SignalReply:
         host.acquire()
