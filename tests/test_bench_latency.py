@@ -3,20 +3,25 @@ and a run whose requests all fail is a failed run."""
 
 from __future__ import annotations
 
+import json
+
+import msgspec
 import numpy as np
 import pytest
 from runtime_fixtures import ScriptedPeer
 
+from dualhrq.bench.latency import load_rate
 from dualhrq.cli import main as cli
+from dualhrq.errors import HRMError
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import hold_reply
 
 DAY_NS = 86_400_000_000_000
 
 
-def scripted_server(coarse_rule: str, fail_with: str | None = None) -> ScriptedPeer:
+def scripted_server(coarse_rule: str, fail_with: str | None = None, engine_us: int = 0) -> ScriptedPeer:
     """A server that answers a ping with a ready pong for a model of `coarse_rule`, and every other request with
-    a signal reply (or the error `fail_with`)."""
+    a signal reply reporting `engine_us` of engine time (or the error `fail_with`)."""
 
     def reply(req: dict) -> p.Reply:
         if req["type"] == "ping":
@@ -24,7 +29,8 @@ def scripted_server(coarse_rule: str, fail_with: str | None = None) -> ScriptedP
                           rules_version="", timeframe="1h", coarse_rule=coarse_rule)
         if fail_with:
             return p.ErrorReply(id=req["id"], code=fail_with, message="scripted", field="fine")
-        return hold_reply(req["id"], "scripted")
+        reply = hold_reply(req["id"], "scripted")
+        return msgspec.structs.replace(reply, timing_us=msgspec.structs.replace(reply.timing_us, engine=engine_us))
 
     return ScriptedPeer(lambda bodies: [p.encode(reply(bodies[-1]))])
 
@@ -60,3 +66,24 @@ def test_a_server_that_reports_no_coarse_rule_is_refused(capsys):
     with scripted_server("") as server:
         assert cli(["bench", "latency", "--connect", server.address, "--requests", "1", "--warmup", "0"]) == 2
     assert "has no coarse_rule" in capsys.readouterr().err and not requests_of(server)
+
+
+def test_load_mode_runs_batch_one_then_an_open_loop_at_the_fraction_of_its_engine_p50(tmp_path, capsys):
+    """--load 0.5 against an engine of 20 ms: 25 requests per second, open loop, judged against twice its p99."""
+    out = tmp_path / "bench.json"
+    with scripted_server("1d", engine_us=20_000) as server:
+        assert cli(["bench", "latency", "--connect", server.address, "--requests", "5", "--warmup", "0",
+                    "--load", "0.5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["normal"]["mode"] == "closed" and report["load"]["mode"] == "open"
+    assert report["load"]["requests"] == 5
+    # five requests due 40 ms apart: the phase lasts at least the 160 ms from the first to the last
+    assert report["load"]["throughput_rps"] <= 5 / 0.16
+    assert "under load (open loop at" in printed and "against twice the engine's batch-1 p99 40.000 ms" in printed
+
+
+def test_the_load_rate_is_the_fraction_over_the_batch_one_engine_p50():
+    assert load_rate({"engine_ms": {"p50": 20.0}}, 0.8) == pytest.approx(40.0)
+    with pytest.raises(HRMError, match="measured no engine time"):
+        load_rate({"engine_ms": {"p50": float("nan")}}, 0.8)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dualhrq.arguments import nonnegative_int, positive_float, positive_int
 from dualhrq.bench.loadgen import LoadResult, run_load
-from dualhrq.bench.report import format_floor, format_summary, plot_latencies, summarize
+from dualhrq.bench.report import format_floor, format_load, format_summary, plot_latencies, summarize
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
@@ -37,6 +37,10 @@ stall charges every request that should have been sent during it. Counting from 
 hides stalls ("coordinated omission"); this is the honest mode for an order gateway that sends on market events.
 Closed loop (--concurrency C, the default with C=1): C requests in flight, each reply releases the next; this is
 service time at a fixed load and, by construction, cannot see stalls.
+Under load (--load F): the closed loop at 1 in flight first, then an open-loop phase `load` at F / (the server's
+engine p50 in that first phase) requests per second: F = 0.8 sends 80% of what batch 1 alone could serve. Its
+end-to-end p99 is reported beside twice the engine's batch-1 p99 of the first phase, both from the same server
+in the same run.
 
 --fail-open adds a second phase with the pattern index drill on (a server started here gets
 patterns.fault.delay_ms; with --connect the phase switches patterns off with the admin command instead), to show
@@ -59,6 +63,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                       help="open loop: R requests per second on a fixed schedule")
     load.add_argument("--concurrency", type=positive_int, metavar="C",
                       help="closed loop: keep C requests in flight (default 1)")
+    load.add_argument("--load", type=positive_float, metavar="F",
+                      help="closed loop at 1 in flight, then open loop at F / its engine p50 (e.g. 0.8)")
     p.add_argument("--requests", type=positive_int, default=1000, metavar="N",
                    help="measured requests per phase (default 1000)")
     p.add_argument("--warmup", type=nonnegative_int, default=50, help="unmeasured requests first (default 50)")
@@ -101,16 +107,18 @@ def _admin(address: str, cmd: str, token: str) -> AdminReply:
 
 
 def _phase(address: str, args: argparse.Namespace, name: str, quiet: bool,
-           model_pong: dict | None = None) -> tuple[LoadResult, dict]:
+           model_pong: dict | None = None, rate: float | None = None) -> tuple[LoadResult, dict]:
     """``model_pong``: the pong of the server whose model the requests are cut for (default: the one at
-    ``address``; the floor's echo has no model of its own)."""
+    ``address``; the floor's echo has no model of its own). ``rate``: open loop at that rate, whatever the
+    arguments say."""
     pong = ping(address, 5.0)
     if not pong or not pong.get("ready"):
         raise HRMError(f"no ready server at {address}")
     from dualhrq.bench.requests import ModelInputs, SessionRequestFactory, SignalRequestFactory  # data, pandas
 
     inputs = ModelInputs.from_pong(model_pong or pong)
-    mode = {"rate": args.rate} if args.rate is not None else {"concurrency": args.concurrency or 1}
+    rate = rate if rate is not None else args.rate
+    mode = {"rate": rate} if rate is not None else {"concurrency": args.concurrency or 1}
     if args.session:
         # The warm-up and the measured requests continue one stream: the first append measured follows on.
         factory = SessionRequestFactory.from_dataset(args.dataset, inputs, args.warmup + args.requests,
@@ -158,6 +166,14 @@ def _graph_bytes(bundle: str, config: str | None) -> int:
     return sum(f.stat().st_size for f in graph_files(load_bundle(bundle, verify=False).graph_path(precision)))
 
 
+def load_rate(batch1: dict, fraction: float) -> float:
+    """Requests per second for ``fraction`` of what batch 1 alone serves: fraction / the engine's p50."""
+    p50_ms = batch1["engine_ms"]["p50"]
+    if not p50_ms > 0:  # NaN without a signal reply: _require_signals names the phase
+        raise HRMError("--load: the 1-in-flight phase measured no engine time, so there is no rate to derive")
+    return fraction * 1e3 / p50_ms
+
+
 def _require_signals(report: dict[str, dict]) -> None:
     """Fail a run with a phase that got no signal reply: its percentiles would time errors or timeouts."""
     failed = {name: s["replies_by_kind"] for name, s in report.items() if not s["replies_by_kind"].get("signal")}
@@ -180,6 +196,8 @@ def run_latency_bench(args: argparse.Namespace) -> int:
         else:
             address = args.connect
         phases["normal"] = _phase(address, args, "normal", quiet)
+        if args.load is not None:
+            phases["load"] = _phase(address, args, "load", quiet, rate=load_rate(phases["normal"][1], args.load))
         if args.fail_open:
             if args.bundle:
                 srv.stop()
@@ -202,6 +220,8 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     _require_signals(report)
     if "floor" in report:
         print(format_floor(report["normal"], report["floor"]))
+    if "load" in report:
+        print(format_load(report["normal"], report["load"], args.load))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

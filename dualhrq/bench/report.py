@@ -78,6 +78,14 @@ def format_floor(server: dict[str, Any], floor: dict[str, Any]) -> str:
             f"{host:.3f} ms, {host - wire:.3f} ms above the floor")
 
 
+def format_load(batch1: dict[str, Any], load: dict[str, Any], fraction: float) -> str:
+    """The open-loop phase's end-to-end p99 beside twice the engine's batch-1 p99 of the 1-in-flight phase."""
+    p99, bound = load["latency_ms"]["p99"], 2 * batch1["engine_ms"]["p99"]
+    return (f"under load (open loop at {load['throughput_rps']:.1f} req/s, {fraction:g} / the batch-1 engine p50 "
+            f"{batch1['engine_ms']['p50']:.3f} ms): end-to-end p99 {p99:.3f} ms against twice the engine's batch-1 "
+            f"p99 {bound:.3f} ms, ratio {p99 / bound:.2f} ({'within' if p99 <= bound else 'above'})")
+
+
 def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
     """Latency CDF (log x) and histogram, one line per named series, saved as PNG (headless)."""
     import matplotlib
