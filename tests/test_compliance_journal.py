@@ -233,3 +233,27 @@ def test_the_journal_runs_in_wal_mode(store):
     StateJournal(store).close()
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_kill_switch_is_held_by_a_gate_started_on_the_same_store_until_it_is_switched_off(store):
+    first = ComplianceGate(config(store))
+    assert not first.kill_switch  # a new store: off
+    first.set_kill_switch(True)
+    first.close()
+    restarted = ComplianceGate(config(store))
+    assert restarted.kill_switch
+    assert restarted.check("X", "BUY", 1.0, snap(at(10, 0))).reasons == ["kill_switch"]
+    restarted.set_kill_switch(False)
+    restarted.close()
+    assert not ComplianceGate(config(store)).kill_switch
+
+
+def test_a_store_written_before_the_kill_switch_was_stored_opens_with_it_off(store):
+    db = sqlite3.connect(store)
+    db.execute("CREATE TABLE books (instrument TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL)")
+    db.commit()
+    db.close()
+    gate = ComplianceGate(config(store))
+    assert not gate.kill_switch
+    gate.set_kill_switch(True)
+    assert StateJournal(store).kill_switch()

@@ -33,7 +33,7 @@ from runtime_fixtures import (  # noqa: F401
 )
 
 from dualhrq.compliance.gate import ComplianceGate
-from dualhrq.config import ServeConfig
+from dualhrq.config import ComplianceConfig, ServeConfig
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.backend import AdminState, BrokerAddresses, ControlSeal
 from dualhrq.runtime.broker import Broker
@@ -201,10 +201,12 @@ def test_two_workers_keep_affinity_relay_admin_and_lose_no_reply_when_one_is_kil
 
 class Workers:
     """The real broker and real worker Servers (fake hosts named after their bundle path) on the control bus,
-    each with its own fresh ComplianceGate; `loaded[slot]` lists the bundles each slot's latest worker loaded."""
+    each with its own fresh ComplianceGate (on the compliance store `state_path` when given); `loaded[slot]` lists
+    the bundles each slot's latest worker loaded."""
 
-    def __init__(self, tiny_config, slots: str = "ab") -> None:
+    def __init__(self, tiny_config, slots: str = "ab", state_path: Path | None = None) -> None:
         self.tiny_config = tiny_config
+        self.compliance = ComplianceConfig(state_path=None if state_path is None else str(state_path))
         self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
         self.broker = Broker(self.addresses, timeout_s=1.0).start()
         self.loaded: dict[str, list[str]] = {}
@@ -220,7 +222,7 @@ class Workers:
 
         bus = ControlBus(self.addresses.control_in, self.addresses.control_out, self.broker.control_key)
         server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1",
-                        gate=ComplianceGate(), connect=self.addresses.backend, control=bus, slot=slot)
+                        gate=ComplianceGate(self.compliance), connect=self.addresses.backend, control=bus, slot=slot)
         return ServerThread(server).__enter__(), bus
 
     def stop(self, slot: str) -> None:
@@ -259,6 +261,40 @@ def test_a_worker_restarted_while_the_kill_switch_is_on_holds_it_and_the_other_a
         assert all((r.action, r.compliance.reasons, r.model) == ("HOLD", ["kill_switch"], "fake-2") for r in replies)
         answered = cluster.stats("a")["counters"].get("dualhrq_requests_total|code=ok|type=signal", 0)
         assert answered > 0  # the new worker answered some of them, every one HOLD
+    finally:
+        cluster.close()
+
+
+def test_a_restarted_server_holds_the_kill_switch_its_compliance_store_holds_until_it_is_switched_off(
+        tiny_config, tmp_path):
+    """Broker and workers all restarted (the broker's own state starts off): the store written through by the
+    workers keeps the switch on from the first reply; switched off, the next restart starts off."""
+    store = tmp_path / "compliance.sqlite"
+
+    def holds(cluster: Workers) -> list[bool]:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(6)]
+        return [r.compliance.reasons == ["kill_switch"] for r in replies]
+
+    cluster = Workers(tiny_config, state_path=store)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("kill_switch_on", token=TOKEN).ok
+        until(lambda: all(cluster.stats(s)["kill_switch"] for s in "ab"), 20.0)
+    finally:
+        cluster.close()
+    cluster = Workers(tiny_config, state_path=store)
+    try:
+        assert all(cluster.stats(s)["kill_switch"] for s in "ab")
+        assert all(holds(cluster))
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("kill_switch_off", token=TOKEN).ok
+        until(lambda: not any(cluster.stats(s)["kill_switch"] for s in "ab"), 20.0)
+    finally:
+        cluster.close()
+    cluster = Workers(tiny_config, state_path=store)
+    try:
+        assert not any(holds(cluster))
     finally:
         cluster.close()
 

@@ -25,7 +25,8 @@ Durability: with a StateJournal (``compliance.state_path``) every decision reads
 writes the changed state back in one transaction committed before the decision is returned, so a gate that
 starts, or takes an instrument over from a dead worker, resumes exactly where the last decision left it. A
 cached book is reused only while the row's version is the one this gate wrote; otherwise it is read again.
-Without a journal the state lives in memory only.
+The kill switch is written through too: a gate started on the file holds it as it was last set. Without a
+journal the state lives in memory only, and a restart starts with the kill switch off.
 
 Single-threaded: call it from one thread (one asyncio loop); it takes no locks. A check costs microseconds
 in memory (plain arithmetic on the instrument's state, the ET session of a timestamp computed once per day),
@@ -178,7 +179,7 @@ class ComplianceGate:
             journal = StateJournal(self.config.state_path, self.config.state_sync)
         self._journal = journal
         self._books: dict[str, _Book] = {}
-        self._kill_switch = False
+        self._kill_switch = journal.kill_switch() if journal is not None else False
 
     def close(self) -> None:
         """Close the journal (every decision is already committed: this only releases the file)."""
@@ -190,8 +191,12 @@ class ComplianceGate:
         return self._kill_switch
 
     def set_kill_switch(self, on: bool) -> None:
-        """While on, every action becomes HOLD with reason ``kill_switch`` (whatever ``enabled`` says)."""
+        """While on, every action becomes HOLD with reason ``kill_switch`` (whatever ``enabled`` says). Written
+        through to the journal, so that a restart keeps it; held here first, so that an "on" holds at once
+        even when the write fails (the error is raised after)."""
         self._kill_switch = bool(on)
+        if self._journal is not None:
+            self._journal.set_kill_switch(self._kill_switch)
 
     def observe(self, instrument: str, market: MarketSnapshot) -> None:
         """Feed a market snapshot (a trade and a quote) without deciding anything."""

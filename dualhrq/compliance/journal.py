@@ -1,11 +1,14 @@
-"""A durable store of the gate's per-instrument state, so a restarted or replacement worker resumes it.
+"""A durable store of the gate's per-instrument state and of its kill switch, so a restarted or replacement
+worker resumes them.
 
 One SQLite file, one row per instrument: ``(instrument, version, state)``, where ``state`` is a BookState
 encoded as JSON (readable with the ``sqlite3`` shell when an operator needs to see why an order was held)
 and ``version`` counts the writes. The gate reads and writes a row inside one short ``BEGIN IMMEDIATE``
 transaction per decision, committed before the decision is returned: the reply never promises an order the
 store does not know about, and two processes that both touch an instrument (a worker taking over from a
-dead one, or briefly overlapping owners) serialise on the file instead of overwriting each other.
+dead one, or briefly overlapping owners) serialise on the file instead of overwriting each other. The kill
+switch is a row of its own (``switches``), written before the admin command that set it is answered: a
+process started on the file, or the whole server restarted, holds it as it was last set.
 
 Journal mode WAL: readers never block the writer, and a commit is one append to the log. ``synchronous``
 is NORMAL by default: in WAL mode a committed transaction survives the process being killed at any point
@@ -55,7 +58,8 @@ class _Versioned(msgspec.Struct):
     format_version: object = None
 
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS books (instrument TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL)"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS books (instrument TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL)",
+           "CREATE TABLE IF NOT EXISTS switches (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
 class StateJournal:
@@ -77,7 +81,8 @@ class StateJournal:
                 raise ConfigurationError(f"compliance.state_path: {self.path}: the file system refuses WAL mode "
                                          f"(journal_mode stays {mode}); use a local disk")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute(_SCHEMA)
+            for table in _SCHEMA:
+                self._db.execute(table)
         except sqlite3.Error as e:
             self._db.close()
             raise ConfigurationError(f"compliance.state_path: cannot use {self.path} as the state store: {e}") from None
@@ -113,6 +118,17 @@ class StateJournal:
         self._db.execute("INSERT INTO books (instrument, version, state) VALUES (?, ?, ?) ON CONFLICT (instrument) "
                          "DO UPDATE SET version = excluded.version, state = excluded.state",
                          (instrument, version, msgspec.json.encode(state).decode()))
+
+    def kill_switch(self) -> bool:
+        """The kill switch as last set (off in a store that never had it set)."""
+        row = self._db.execute("SELECT value FROM switches WHERE name = 'kill_switch'").fetchone()
+        return row is not None and bool(row[0])
+
+    def set_kill_switch(self, on: bool) -> None:
+        """Set it, committed when this returns."""
+        with self.exclusive():
+            self._db.execute("INSERT INTO switches (name, value) VALUES ('kill_switch', ?) ON CONFLICT (name) "
+                             "DO UPDATE SET value = excluded.value", (int(on),))
 
     def _decode(self, instrument: str, raw: object) -> BookState:
         where = f"{self.path}: instrument {instrument!r}"

@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -198,12 +199,19 @@ class Server:
     async def _join(self) -> asyncio.Task | None:
         """A worker takes the admin state its broker holds (kill switch, patterns switch, reloaded bundle)
         before it loads anything, and from then on (while loading too) applies its siblings' relays: a worker
-        restarted while the kill switch is on answers HOLD from its first reply. The listening task, or None."""
+        restarted while the kill switch is on answers HOLD from its first reply, and so does every worker of a
+        restarted server whose compliance store holds it on. The listening task, or None."""
         if self._control is None:
             return None
         while not self._stopping.is_set():
             state = await self._control.join(TIMEOUT_S)
             if state is not None:
+                if self._gate.kill_switch and not state.kill_switch:
+                    # The compliance store says on (every worker writes it through), the broker says off: the
+                    # broker restarted since it was set. A switch turned off since would read off in the store.
+                    log.warning("the kill switch is on in compliance.state_path, off in the broker's state (it "
+                                "restarted since): kept on; send kill_switch_off to clear it")
+                    state = msgspec.structs.replace(state, kill_switch=True)
                 self._hold(state)
                 log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
                          "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
