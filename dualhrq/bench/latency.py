@@ -50,7 +50,8 @@ what failing open to regime-only conditioning costs.
 model's host work: it reads as many bytes as the served graph before each reply (evicting the caches as the
 engine does), decodes the request and encodes a reply, and reports the pass as its engine time. Its end-to-end
 minus engine is the transport floor, the ZeroMQ round trip between two processes on cold caches, under the
-server's own figure. It has no broker hop: compare it with a one-worker server.
+server's own figure. It has no broker hop: compare it with a one-worker server. A second echo phase
+(`floor_warm`) makes no pass: the bare round trip on warm caches, the least any reply can cost here.
 """
 
 
@@ -80,8 +81,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drill-delay-ms", type=positive_float, default=50.0,
                    help="index delay of the fail-open drill (default 50 ms, far above any retrieval timeout)")
     p.add_argument("--floor", action="store_true",
-                   help="last phase against an echo that only decodes and encodes: the transport floor (needs "
-                        "--bundle)")
+                   help="last phases against an echo that only decodes and encodes, after a pass over the graph's "
+                        "bytes and without one: the transport floor, cold and warm (needs --bundle)")
     p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
     p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
     p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
@@ -214,12 +215,14 @@ def run_latency_bench(args: argparse.Namespace) -> int:
             srv.stop()  # the echo alone on the machine, as the server was
             with EchoProcess(_graph_bytes(args.bundle, args.config), tmp / "echo.log") as echo:
                 phases["floor"] = _phase(echo.address, args, "floor", quiet, srv.pong)
+            with EchoProcess(0, tmp / "echo_warm.log") as echo:
+                phases["floor_warm"] = _phase(echo.address, args, "floor-warm", quiet, srv.pong)
     report = {name: s for name, (_, s) in phases.items()}
     for name, s in report.items():
         print(format_summary(name, s))
     _require_signals(report)
     if "floor" in report:
-        print(format_floor(report["normal"], report["floor"]))
+        print(format_floor(report["normal"], report["floor"], report["floor_warm"]))
     if "load" in report:
         print(format_load(report["normal"], report["load"], args.load))
     if args.json:

@@ -66,16 +66,19 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_floor(server: dict[str, Any], floor: dict[str, Any]) -> str:
+def format_floor(server: dict[str, Any], floor: dict[str, Any], warm: dict[str, Any] | None = None) -> str:
     """The server's end-to-end minus engine p95 beside the transport floor's (an echo that only decodes and
-    encodes)."""
+    encodes, after a pass over the graph's bytes), and the bare round trip's p95 (``warm``: no pass)."""
     def above_engine(s: dict[str, Any]) -> float:
         return s["latency_ms"]["p95"] - s["engine_ms"]["p95"]
 
     host, wire = above_engine(server), above_engine(floor)
-    return (f"transport floor (an echo that only decodes and encodes, after a pass over the graph's bytes): "
+    line = (f"transport floor (an echo that only decodes and encodes, after a pass over the graph's bytes): "
             f"end-to-end p95 minus pass p95 {wire:.3f} ms; the server's end-to-end p95 minus engine p95 "
             f"{host:.3f} ms, {host - wire:.3f} ms above the floor")
+    if warm is not None:
+        line += f"; the bare round trip (no pass, warm caches): p95 {warm['latency_ms']['p95']:.3f} ms"
+    return line
 
 
 def format_load(batch1: dict[str, Any], load: dict[str, Any], fraction: float) -> str:
