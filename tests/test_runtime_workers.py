@@ -34,6 +34,7 @@ from runtime_fixtures import (  # noqa: F401
 
 from dualhrq.compliance.gate import ComplianceGate
 from dualhrq.config import ComplianceConfig, ServeConfig
+from dualhrq.errors import ModelLoadError
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.backend import AdminState, BrokerAddresses, ControlSeal
 from dualhrq.runtime.broker import Broker
@@ -207,23 +208,31 @@ class Workers:
     def __init__(self, tiny_config, slots: str = "ab", state_path: Path | None = None) -> None:
         self.tiny_config = tiny_config
         self.compliance = ComplianceConfig(state_path=None if state_path is None else str(state_path))
+        self.broken: set[str] = set()  # bundles whose load fails
         self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
         self.broker = Broker(self.addresses, timeout_s=1.0).start()
         self.loaded: dict[str, list[str]] = {}
         self.workers = {slot: self.start(slot) for slot in slots}
         until(lambda: self.broker.live == len(slots), 20.0)
 
-    def start(self, slot: str) -> tuple[ServerThread, ControlBus]:
+    def start(self, slot: str, wait: bool = True) -> tuple[ServerThread, ControlBus]:
         self.loaded[slot] = loaded = []
 
         def loader(path, hooks):
+            if path in self.broken:
+                raise ModelLoadError(f"{path}: scripted to fail")
             loaded.append(path)
             return fake_host(self.tiny_config, hooks, name=path)
 
         bus = ControlBus(self.addresses.control_in, self.addresses.control_out, self.broker.control_key)
         server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1",
                         gate=ComplianceGate(self.compliance), connect=self.addresses.backend, control=bus, slot=slot)
-        return ServerThread(server).__enter__(), bus
+        thread = ServerThread(server)
+        if wait:
+            thread.__enter__()
+        else:
+            thread._thread.start()
+        return thread, bus
 
     def stop(self, slot: str) -> None:
         thread, bus = self.workers.pop(slot)
@@ -261,6 +270,30 @@ def test_a_worker_restarted_while_the_kill_switch_is_on_holds_it_and_the_other_a
         assert all((r.action, r.compliance.reasons, r.model) == ("HOLD", ["kill_switch"], "fake-2") for r in replies)
         answered = cluster.stats("a")["counters"].get("dualhrq_requests_total|code=ok|type=signal", 0)
         assert answered > 0  # the new worker answered some of them, every one HOLD
+    finally:
+        cluster.close()
+
+
+def test_a_worker_that_cannot_load_the_handed_over_bundle_waits_off_the_broker_instead_of_crashing(tiny_config):
+    """A reloaded bundle broken since: the restarted worker does not exit (a crash loop would end the server),
+    takes no requests meanwhile (its siblings serve every instrument), and joins once a reload loads."""
+    cluster = Workers(tiny_config)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("reload", token=TOKEN, bundle="fake-2").ok
+            until(lambda: all(cluster.stats(s)["model"] == "fake-2" for s in "ab"), 20.0)
+            cluster.broken.add("fake-2")
+            cluster.stop("a")
+            until(lambda: cluster.broker.live == 1, 20.0)
+            cluster.workers["a"] = cluster.start("a", wait=False)
+            time.sleep(2.5)  # two tries at least
+            thread = cluster.workers["a"][0]
+            assert thread._thread.is_alive() and not thread.server.ready and cluster.broker.live == 1
+            replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(8)]
+            assert {r.model for r in replies} == {"fake-2"}
+            assert c.admin("reload", token=TOKEN, bundle="fake-3").ok  # relayed to the waiting worker too
+            until(lambda: cluster.broker.live == 2, 20.0)
+            assert cluster.stats("a")["model"] == "fake-3" and cluster.loaded["a"] == ["fake-3"]
     finally:
         cluster.close()
 

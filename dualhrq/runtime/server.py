@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import logging
 import os
@@ -90,6 +91,9 @@ RELAY_ACK_S = 0.25
 # How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
 # descriptor missed (an operation on the socket can take a message's edge).
 RESCAN_S = 0.05
+# A handed-over bundle that does not load is tried again after FIRST_RETRY_S, doubling up to LAST_RETRY_S; a reload
+# relayed meanwhile is noticed within RETRY_POLL_S.
+FIRST_RETRY_S, LAST_RETRY_S, RETRY_POLL_S = 1.0, 30.0, 0.2
 
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
 _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
@@ -107,6 +111,7 @@ class Server:
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
         self._loader, self._bundle = loader, bundle
+        self._own_bundle = bundle  # the one it was started with; a broker may hand over another
         self._gate = gate if gate is not None else ComplianceGate()
         slot = slot or f"{socket.gethostname()}-{os.getpid()}"
         self._link = BrokerLink(connect, slot, backend_keys) if connect else None
@@ -149,9 +154,9 @@ class Server:
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         if self.serve.metrics_port:
             self.metrics.serve_http(self.serve.metrics_port)
-        async with self._reload_lock:  # a reload relayed while this loads waits, then loads beside it
-            host = await asyncio.to_thread(self._loader, self._bundle, self._hooks)
-            self._host = host.start()
+        host = await self._first_host()
+        if host is None:  # stopped before any bundle loaded
+            return
         freeze_heap(collect=True)  # before any request: the collection's pause is the start's
         self._ctx = zmq.Context()
         # A worker's one peer is the broker: a DEALER, whose replies carry the broker's tags back unchanged.
@@ -172,6 +177,32 @@ class Server:
         log.info("serving %s on %s (ready)", host.name, self.endpoint,
                  extra={"event": "ready", "model": host.name, "endpoint": self.endpoint})
 
+    async def _first_host(self) -> ModelHost | None:
+        """The host to serve: the bundle held now (None: stopped first). A bundle the broker handed over (a
+        sibling's reload) that does not load here is retried, not fatal: this worker stays off the broker, so
+        that its instruments go to the workers that serve it, until the bundle loads, a relayed reload loads one,
+        or stop(). Its own bundle failing is fatal as before: a configuration that cannot work."""
+        next_try, delay = 0.0, FIRST_RETRY_S
+        while not self._stopping.is_set():
+            async with self._reload_lock:  # a reload relayed while this loads waits, then loads beside it
+                if self._host is not None:  # a relayed reload loaded one meanwhile
+                    return self._host
+                bundle = self._bundle
+                if time.monotonic() >= next_try:
+                    try:
+                        self._host = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
+                        return self._host
+                    except Exception as e:
+                        if bundle == self._own_bundle:
+                            raise
+                        log.error("cannot load %s, the bundle the broker handed over (%s: %s): this worker takes "
+                                  "no requests until it loads; retrying in %.0f s, or at the next reload", bundle,
+                                  type(e).__name__, e, delay)
+                    next_try, delay = time.monotonic() + delay, min(2 * delay, LAST_RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RETRY_POLL_S)
+        return None
+
     async def run(self, handle_signals: bool = True) -> int:
         """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code. A start that fails
         (a setting that cannot work) is drained too, then raised."""
@@ -184,6 +215,7 @@ class Server:
         try:
             if not self._stopping.is_set():  # stopped while waiting for the broker: nothing to load
                 await self.start()
+            if self.ready:  # not when stopped while loading
                 if self._link:
                     beats = asyncio.create_task(self._link.run())
                 await self._receive()
