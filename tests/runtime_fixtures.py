@@ -231,10 +231,19 @@ class ServerThread:
 
         asyncio.run(main())
 
+    def start(self) -> ServerThread:
+        """Start the server's thread without waiting for it to be ready."""
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def __enter__(self):
         import time
 
-        self._thread.start()
+        self.start()
         until = time.monotonic() + 30
         while not self.server.ready:
             assert self._thread.is_alive(), "server thread died while starting"

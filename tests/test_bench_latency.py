@@ -76,11 +76,20 @@ def test_load_mode_runs_batch_one_then_an_open_loop_at_the_fraction_of_its_engin
                     "--load", "0.5", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["normal"]["mode"] == "closed" and report["load"]["mode"] == "open"
-    assert report["load"]["requests"] == 5
+    load = report["load"]
+    assert report["normal"]["mode"] == "closed" and load["mode"] == "open" and load["requests"] == 5
+    assert load["offered_rps"] == pytest.approx(25.0)
     # five requests due 40 ms apart: the phase lasts at least the 160 ms from the first to the last
-    assert report["load"]["throughput_rps"] <= 5 / 0.16
-    assert "under load (open loop at" in printed and "against twice the engine's batch-1 p99 40.000 ms" in printed
+    assert load["throughput_rps"] <= 5 / 0.16
+    assert load["against_batch1"]["bound_ms"] == pytest.approx(40.0)
+    assert "open loop offered 25.0 req/s" in printed and "against twice the engine's batch-1 p99 40.000 ms" in printed
+
+
+def test_load_mode_against_a_server_that_answers_no_signal_fails_naming_the_phase(capsys):
+    with scripted_server("1d", fail_with="invalid_input") as server:
+        assert cli(["bench", "latency", "--connect", server.address, "--requests", "3", "--warmup", "0",
+                    "--load", "0.8"]) == 2
+    assert "no request got a signal reply in phase normal" in capsys.readouterr().err
 
 
 def test_the_load_rate_is_the_fraction_over_the_batch_one_engine_p50():

@@ -257,3 +257,19 @@ def test_a_store_written_before_the_kill_switch_was_stored_opens_with_it_off(sto
     assert not gate.kill_switch
     gate.set_kill_switch(True)
     assert StateJournal(store).kill_switch()
+
+
+def test_a_kill_switch_the_store_cannot_take_errs_on_the_side_of_holding(store, monkeypatch):
+    """The write fails (a full disk, a lock held too long): an "on" holds anyway, an "off" does not happen."""
+    gate = ComplianceGate(config(store))
+
+    def refuse(journal: StateJournal, on: bool) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(StateJournal, "set_kill_switch", refuse)
+    with pytest.raises(sqlite3.OperationalError):
+        gate.set_kill_switch(True)
+    assert gate.kill_switch
+    with pytest.raises(sqlite3.OperationalError):
+        gate.set_kill_switch(False)
+    assert gate.kill_switch

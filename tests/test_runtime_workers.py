@@ -33,6 +33,7 @@ from runtime_fixtures import (  # noqa: F401
 )
 
 from dualhrq.compliance.gate import ComplianceGate
+from dualhrq.compliance.journal import StateJournal
 from dualhrq.config import ComplianceConfig, ServeConfig
 from dualhrq.errors import ModelLoadError
 from dualhrq.runtime import protocol as p
@@ -209,30 +210,29 @@ class Workers:
         self.tiny_config = tiny_config
         self.compliance = ComplianceConfig(state_path=None if state_path is None else str(state_path))
         self.broken: set[str] = set()  # bundles whose load fails
+        self.broken_in: dict[str, set[str]] = {}  # slot -> bundles whose load fails in that slot alone
+        self.failed: list[str] = []  # the loads that failed, in order
         self.addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
         self.broker = Broker(self.addresses, timeout_s=1.0).start()
         self.loaded: dict[str, list[str]] = {}
         self.workers = {slot: self.start(slot) for slot in slots}
         until(lambda: self.broker.live == len(slots), 20.0)
 
-    def start(self, slot: str, wait: bool = True) -> tuple[ServerThread, ControlBus]:
+    def start(self, slot: str, wait: bool = True, gate: ComplianceGate | None = None) -> tuple[ServerThread, ControlBus]:
         self.loaded[slot] = loaded = []
 
         def loader(path, hooks):
-            if path in self.broken:
+            if path in self.broken or path in self.broken_in.get(slot, ()):
+                self.failed.append(path)
                 raise ModelLoadError(f"{path}: scripted to fail")
             loaded.append(path)
             return fake_host(self.tiny_config, hooks, name=path)
 
         bus = ControlBus(self.addresses.control_in, self.addresses.control_out, self.broker.control_key)
         server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1",
-                        gate=ComplianceGate(self.compliance), connect=self.addresses.backend, control=bus, slot=slot)
-        thread = ServerThread(server)
-        if wait:
-            thread.__enter__()
-        else:
-            thread._thread.start()
-        return thread, bus
+                        gate=gate or ComplianceGate(self.compliance), connect=self.addresses.backend, control=bus,
+                        slot=slot)
+        return (ServerThread(server).__enter__() if wait else ServerThread(server).start()), bus
 
     def stop(self, slot: str) -> None:
         thread, bus = self.workers.pop(slot)
@@ -286,14 +286,76 @@ def test_a_worker_that_cannot_load_the_handed_over_bundle_waits_off_the_broker_i
             cluster.stop("a")
             until(lambda: cluster.broker.live == 1, 20.0)
             cluster.workers["a"] = cluster.start("a", wait=False)
-            time.sleep(2.5)  # two tries at least
+            until(lambda: cluster.failed == ["fake-2", "fake-2"], 20.0)  # tried, and tried again
             thread = cluster.workers["a"][0]
-            assert thread._thread.is_alive() and not thread.server.ready and cluster.broker.live == 1
+            assert thread.alive and not thread.server.ready and cluster.broker.live == 1
             replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(8)]
             assert {r.model for r in replies} == {"fake-2"}
-            assert c.admin("reload", token=TOKEN, bundle="fake-3").ok  # relayed to the waiting worker too
+            # The sibling reloads fake-3, which fails here too: the retries go on with it, the cluster's latest,
+            # not with fake-2 (broken for good), or the worker would never join.
+            cluster.broken_in["a"] = {"fake-3"}
+            assert c.admin("reload", token=TOKEN, bundle="fake-3").ok
+            until(lambda: cluster.failed[-1] == "fake-3", 20.0)
+            cluster.broken_in.clear()
             until(lambda: cluster.broker.live == 2, 20.0)
             assert cluster.stats("a")["model"] == "fake-3" and cluster.loaded["a"] == ["fake-3"]
+    finally:
+        cluster.close()
+
+
+def test_after_a_reload_of_the_same_path_a_worker_whose_bundle_broke_since_waits_instead_of_crashing(tiny_config):
+    """A reload that names no bundle reloads the path each worker holds (a replaced symlink): if what it points
+    to breaks later, a restarted worker must wait too, though the path is the one it was started with."""
+    cluster = Workers(tiny_config)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("reload", token=TOKEN).ok
+        cluster.broken.add("fake-1")
+        cluster.stop("a")
+        until(lambda: cluster.broker.live == 1, 20.0)
+        cluster.workers["a"] = cluster.start("a", wait=False)
+        until(lambda: len(cluster.failed) >= 2, 20.0)
+        assert cluster.workers["a"][0].alive and cluster.broker.live == 1
+        cluster.broken.clear()
+        until(lambda: cluster.broker.live == 2, 20.0)
+    finally:
+        cluster.close()
+
+
+def test_a_worker_restarted_after_the_kill_switch_was_switched_off_is_off_though_its_store_read_on(tiny_config,
+                                                                                                  tmp_path):
+    """Its gate opened the store while the switch was on; `kill_switch_off` came before it joined. The broker,
+    which relayed that command, decides: off, and the store stays off."""
+    store = tmp_path / "compliance.sqlite"
+    cluster = Workers(tiny_config, state_path=store)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("kill_switch_on", token=TOKEN).ok
+            until(lambda: all(cluster.stats(s)["kill_switch"] for s in "ab"), 20.0)
+            cluster.stop("a")
+            until(lambda: cluster.broker.live == 1, 20.0)
+            early = ComplianceGate(cluster.compliance)
+            assert early.kill_switch
+            assert c.admin("kill_switch_off", token=TOKEN).ok
+            cluster.workers["a"] = cluster.start("a", gate=early)
+            until(lambda: cluster.broker.live == 2, 20.0)
+            assert not cluster.stats("a")["kill_switch"] and not StateJournal(store).kill_switch()
+    finally:
+        cluster.close()
+
+
+def test_a_patterns_switch_does_not_write_a_workers_kill_switch_over_the_stores(tiny_config, tmp_path):
+    """The store says off (set by a process this worker did not hear from); this worker still holds on. Its
+    `disable_patterns` must leave the store as it is: only a kill switch command writes it."""
+    store = tmp_path / "compliance.sqlite"
+    cluster = Workers(tiny_config, slots="a", state_path=store)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            assert c.admin("kill_switch_on", token=TOKEN).ok
+            StateJournal(store).set_kill_switch(False)
+            assert c.admin("disable_patterns", token=TOKEN).ok
+            assert not StateJournal(store).kill_switch()
+            assert cluster.stats("a")["kill_switch"]  # this worker keeps what it was told
     finally:
         cluster.close()
 
@@ -320,6 +382,14 @@ def test_a_restarted_server_holds_the_kill_switch_its_compliance_store_holds_unt
     try:
         assert all(cluster.stats(s)["kill_switch"] for s in "ab")
         assert all(holds(cluster))
+        # and the workers relayed it: the broker hands it over to a worker that has no store of its own
+        bare = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]),
+                      lambda path, hooks: fake_host(tiny_config, hooks, name=path), "fake-1", gate=ComplianceGate(),
+                      connect=cluster.addresses.backend,
+                      control=ControlBus(cluster.addresses.control_in, cluster.addresses.control_out,
+                                         cluster.broker.control_key), slot="c")
+        with ServerThread(bare):
+            assert bare.stats()["kill_switch"]
         with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
             assert c.admin("kill_switch_off", token=TOKEN).ok
         until(lambda: not any(cluster.stats(s)["kill_switch"] for s in "ab"), 20.0)
@@ -549,7 +619,8 @@ def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):
         pub.send_multipart(sibling.relay("disable_patterns"))
         pub.send_multipart(sibling.relay("reload", "fake-9"))
         # Joined until the broker has folded the relays in: the forged kill switch, had it counted, would stay on.
-        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9"))
+        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
+                                                          kill_switch_set=False, reloaded=True))
     finally:
         pub.close()
         broker.stop()

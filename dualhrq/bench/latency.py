@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dualhrq.arguments import nonnegative_int, positive_float, positive_int
 from dualhrq.bench.loadgen import LoadResult, run_load
-from dualhrq.bench.report import format_floor, format_load, format_summary, plot_latencies, summarize
+from dualhrq.bench.report import format_floor, format_load, format_summary, judge_load, plot_latencies, summarize
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
@@ -170,7 +170,7 @@ def _graph_bytes(bundle: str, config: str | None) -> int:
 def load_rate(batch1: dict, fraction: float) -> float:
     """Requests per second for ``fraction`` of what batch 1 alone serves: fraction / the engine's p50."""
     p50_ms = batch1["engine_ms"]["p50"]
-    if not p50_ms > 0:  # NaN without a signal reply: _require_signals names the phase
+    if not p50_ms > 0:
         raise HRMError("--load: the 1-in-flight phase measured no engine time, so there is no rate to derive")
     return fraction * 1e3 / p50_ms
 
@@ -198,7 +198,10 @@ def run_latency_bench(args: argparse.Namespace) -> int:
             address = args.connect
         phases["normal"] = _phase(address, args, "normal", quiet)
         if args.load is not None:
-            phases["load"] = _phase(address, args, "load", quiet, rate=load_rate(phases["normal"][1], args.load))
+            _require_signals({"normal": phases["normal"][1]})  # no engine time to derive a rate from
+            rate = load_rate(phases["normal"][1], args.load)
+            phases["load"] = _phase(address, args, "load", quiet, rate=rate)
+            phases["load"][1]["offered_rps"] = rate
         if args.fail_open:
             if args.bundle:
                 srv.stop()
@@ -224,6 +227,7 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     if "floor" in report:
         print(format_floor(report["normal"], report["floor"], report["floor_warm"]))
     if "load" in report:
+        report["load"]["against_batch1"] = judge_load(report["normal"], report["load"])
         print(format_load(report["normal"], report["load"], args.load))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

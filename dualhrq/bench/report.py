@@ -66,7 +66,7 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_floor(server: dict[str, Any], floor: dict[str, Any], warm: dict[str, Any] | None = None) -> str:
+def format_floor(server: dict[str, Any], floor: dict[str, Any], warm: dict[str, Any]) -> str:
     """The server's end-to-end minus engine p95 beside the transport floor's (an echo that only decodes and
     encodes, after a pass over the graph's bytes), and the bare round trip's p95 (``warm``: no pass)."""
     def above_engine(s: dict[str, Any]) -> float:
@@ -76,17 +76,22 @@ def format_floor(server: dict[str, Any], floor: dict[str, Any], warm: dict[str, 
     line = (f"transport floor (an echo that only decodes and encodes, after a pass over the graph's bytes): "
             f"end-to-end p95 minus pass p95 {wire:.3f} ms; the server's end-to-end p95 minus engine p95 "
             f"{host:.3f} ms, {host - wire:.3f} ms above the floor")
-    if warm is not None:
-        line += f"; the bare round trip (no pass, warm caches): p95 {warm['latency_ms']['p95']:.3f} ms"
-    return line
+    return line + f"; the bare round trip (no pass, warm caches): p95 {warm['latency_ms']['p95']:.3f} ms"
+
+
+def judge_load(batch1: dict[str, Any], load: dict[str, Any]) -> dict[str, float]:
+    """The open-loop phase's end-to-end p99 against twice the engine's batch-1 p99 of the 1-in-flight phase."""
+    p99, bound = load["latency_ms"]["p99"], 2 * batch1["engine_ms"]["p99"]
+    return {"p99_ms": p99, "bound_ms": bound, "ratio": p99 / bound}
 
 
 def format_load(batch1: dict[str, Any], load: dict[str, Any], fraction: float) -> str:
-    """The open-loop phase's end-to-end p99 beside twice the engine's batch-1 p99 of the 1-in-flight phase."""
-    p99, bound = load["latency_ms"]["p99"], 2 * batch1["engine_ms"]["p99"]
-    return (f"under load (open loop at {load['throughput_rps']:.1f} req/s, {fraction:g} / the batch-1 engine p50 "
-            f"{batch1['engine_ms']['p50']:.3f} ms): end-to-end p99 {p99:.3f} ms against twice the engine's batch-1 "
-            f"p99 {bound:.3f} ms, ratio {p99 / bound:.2f} ({'within' if p99 <= bound else 'above'})")
+    """`judge_load` in words, with the rate offered (and the one served)."""
+    j = judge_load(batch1, load)
+    return (f"under load (open loop offered {load['offered_rps']:.1f} req/s, {fraction:g} / the batch-1 engine p50 "
+            f"{batch1['engine_ms']['p50']:.3f} ms; served {load['throughput_rps']:.1f}): end-to-end p99 "
+            f"{j['p99_ms']:.3f} ms against twice the engine's batch-1 p99 {j['bound_ms']:.3f} ms, ratio "
+            f"{j['ratio']:.2f} ({'within' if j['ratio'] <= 1 else 'above'})")
 
 
 def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) -> Path:

@@ -192,11 +192,19 @@ class ComplianceGate:
 
     def set_kill_switch(self, on: bool) -> None:
         """While on, every action becomes HOLD with reason ``kill_switch`` (whatever ``enabled`` says). Written
-        through to the journal, so that a restart keeps it; held here first, so that an "on" holds at once
-        even when the write fails (the error is raised after)."""
-        self._kill_switch = bool(on)
+        through to the journal, so that a restart keeps it. When the write fails (raised), an "on" holds here
+        all the same and an "off" does not: either way the gate errs on the side of holding."""
+        on = bool(on)
+        if on:
+            self._kill_switch = True
         if self._journal is not None:
-            self._journal.set_kill_switch(self._kill_switch)
+            self._journal.set_kill_switch(on)
+        self._kill_switch = on
+
+    def stored_kill_switch(self) -> bool | None:
+        """The kill switch as the journal holds it now (another process may have set it since this gate started);
+        None without a journal."""
+        return None if self._journal is None else self._journal.kill_switch()
 
     def observe(self, instrument: str, market: MarketSnapshot) -> None:
         """Feed a market snapshot (a trade and a quote) without deciding anything."""

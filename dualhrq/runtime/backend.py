@@ -110,14 +110,19 @@ class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kill_switch: bool = False
     patterns_enabled: bool = True
     bundle: str = ""  # the bundle the last reload named ("": the one each worker was started with)
+    # Whether a kill switch command passed through this broker since it started: until one has, `kill_switch`
+    # is its default, not the operator's, and a worker keeps what its compliance store holds.
+    kill_switch_set: bool = False
+    reloaded: bool = False  # whether a reload passed through since it started (one of the path held, too)
 
     def after(self, cmd: str, bundle: str = "") -> AdminState:
         """This state once `cmd` (a relayed admin command) is applied."""
         if cmd in SWITCHES:
             name, value = SWITCHES[cmd]
-            return msgspec.structs.replace(self, **{name: value})
-        if cmd == "reload" and bundle:  # an empty one reloads the path already held
-            return msgspec.structs.replace(self, bundle=bundle)
+            return msgspec.structs.replace(self, **{name: value}, **({"kill_switch_set": True}
+                                                                      if name == "kill_switch" else {}))
+        if cmd == "reload":  # an empty bundle reloads the path already held
+            return msgspec.structs.replace(self, bundle=bundle or self.bundle, reloaded=True)
         return self
 
 

@@ -112,6 +112,7 @@ class Server:
         self.ready = False
         self._loader, self._bundle = loader, bundle
         self._own_bundle = bundle  # the one it was started with; a broker may hand over another
+        self._reloaded = False  # whether the broker has passed a reload on since it started (see _first_host)
         self._gate = gate if gate is not None else ComplianceGate()
         slot = slot or f"{socket.gethostname()}-{os.getpid()}"
         self._link = BrokerLink(connect, slot, backend_keys) if connect else None
@@ -143,7 +144,8 @@ class Server:
 
     async def start(self) -> None:
         """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready.
-        An address or metrics port that cannot work is a ConfigurationError before the load, not after it."""
+        An address or metrics port that cannot work is a ConfigurationError before the load, not after it.
+        Returns without becoming ready when stopped before a bundle loaded (see `_first_host`)."""
         self._loop = asyncio.get_running_loop()
         # The loop competes for the GIL with the retrieval, feature and inference threads: hand it over more
         # often than the default 5 ms, so that a waiting loop (or retrieval) is never held up long.
@@ -178,10 +180,12 @@ class Server:
                  extra={"event": "ready", "model": host.name, "endpoint": self.endpoint})
 
     async def _first_host(self) -> ModelHost | None:
-        """The host to serve: the bundle held now (None: stopped first). A bundle the broker handed over (a
-        sibling's reload) that does not load here is retried, not fatal: this worker stays off the broker, so
-        that its instruments go to the workers that serve it, until the bundle loads, a relayed reload loads one,
-        or stop(). Its own bundle failing is fatal as before: a configuration that cannot work."""
+        """The host to serve: the bundle held now (None: stopped first). After a reload has passed through the
+        broker (a sibling's: another bundle, or the same path replaced), a bundle that does not load here is
+        retried, not fatal: this worker stays off the broker, so that its instruments go to the workers that
+        serve it, until the bundle loads, a relayed reload loads one, or stop(); it logs each failure, and the
+        supervisor's /readyz fails while no worker is registered. Without a reload, its own bundle failing is
+        fatal as before: a configuration that cannot work."""
         next_try, delay = 0.0, FIRST_RETRY_S
         while not self._stopping.is_set():
             async with self._reload_lock:  # a reload relayed while this loads waits, then loads beside it
@@ -193,11 +197,11 @@ class Server:
                         self._host = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
                         return self._host
                     except Exception as e:
-                        if bundle == self._own_bundle:
+                        if bundle == self._own_bundle and not self._reloaded:
                             raise
-                        log.error("cannot load %s, the bundle the broker handed over (%s: %s): this worker takes "
-                                  "no requests until it loads; retrying in %.0f s, or at the next reload", bundle,
-                                  type(e).__name__, e, delay)
+                        log.error("cannot load %s, the bundle of the broker's last reload (%s: %s): this worker "
+                                  "takes no requests until it loads; retrying in %.0f s, or at the next reload",
+                                  bundle, type(e).__name__, e, delay)
                     next_try, delay = time.monotonic() + delay, min(2 * delay, LAST_RETRY_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), RETRY_POLL_S)
@@ -215,7 +219,7 @@ class Server:
         try:
             if not self._stopping.is_set():  # stopped while waiting for the broker: nothing to load
                 await self.start()
-            if self.ready:  # not when stopped while loading
+            if self.ready:  # not when stopped before a bundle loaded
                 if self._link:
                     beats = asyncio.create_task(self._link.run())
                 await self._receive()
@@ -238,13 +242,18 @@ class Server:
         while not self._stopping.is_set():
             state = await self._control.join(TIMEOUT_S)
             if state is not None:
-                if self._gate.kill_switch and not state.kill_switch:
-                    # The compliance store says on (every worker writes it through), the broker says off: the
-                    # broker restarted since it was set. A switch turned off since would read off in the store.
-                    log.warning("the kill switch is on in compliance.state_path, off in the broker's state (it "
-                                "restarted since): kept on; send kill_switch_off to clear it")
+                # Until a kill switch command has passed through the broker since it started, its "off" is a
+                # default: the compliance store (written through by every worker) holds the operator's last.
+                stored = None if state.kill_switch_set else self._gate.stored_kill_switch()
+                if stored:
+                    log.warning("the kill switch is on in compliance.state_path and no kill switch command has "
+                                "passed through the broker since it started: kept on, and relayed to the other "
+                                "workers; send kill_switch_off to clear it")
                     state = msgspec.structs.replace(state, kill_switch=True)
                 self._hold(state)
+                self._reloaded = state.reloaded
+                if stored:  # so that the broker hands it over, and workers without this store hold it too
+                    self._control.publish("kill_switch_on")
                 log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
                          "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
                          self._bundle)
@@ -653,8 +662,8 @@ class Server:
             return {}
         if cmd in SWITCHES:
             state = self._switches().after(cmd)
-            self._hold(state)
             name = SWITCHES[cmd][0]
+            self._hold(state, kill_switch_command=name == "kill_switch")
             return {name: getattr(state, name)}
         if cmd == "reload":
             return await self._reload(bundle or self._bundle, echo)
@@ -664,11 +673,14 @@ class Server:
         """The switches this server holds now (the bundle is left to `_reload`)."""
         return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled)
 
-    def _hold(self, state: AdminState) -> None:
-        """Hold `state`'s switches; its bundle, if it names one, is what a start loads."""
-        self._gate.set_kill_switch(state.kill_switch)
+    def _hold(self, state: AdminState, kill_switch_command: bool = False) -> None:
+        """Hold `state`'s switches; its bundle, if it names one, is what a start loads. The kill switch is
+        written to the compliance store only by a kill switch command or when it changes here: a patterns
+        switch must not write this worker's value over a newer one (and cannot fail on the store)."""
         self._patterns_enabled = state.patterns_enabled
         self._bundle = state.bundle or self._bundle
+        if kill_switch_command or state.kill_switch != self._gate.kill_switch:
+            self._gate.set_kill_switch(state.kill_switch)
 
     async def _reload(self, bundle: str, echo: Echo | None = None) -> dict[str, Any]:
         """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done.
@@ -680,7 +692,12 @@ class Server:
                 raise ModelLoadError("reload: the server is shutting down")
             if echo is not None and self._host is not None and (bundle == self._bundle or not echo()):
                 return {"model": self._host.name, "previous": self._host.name, "bundle": self._bundle}
-            new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
+            try:
+                new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
+            except Exception:
+                if self._host is None:  # still waiting for a first bundle: try the cluster's latest next
+                    self._bundle, self._reloaded = bundle, True
+                raise
             freeze_heap(collect=False)  # in flight requests would wait out a collection
             old, self._host = self._host, new
             self._bundle = bundle
