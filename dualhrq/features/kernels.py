@@ -466,19 +466,25 @@ def _all_finite(x: np.ndarray) -> bool:
 # ---------------------------------------------------------------- a stream's newest bars (dualhrq.features.newest)
 
 
+# NOTE: `newest_rows` takes its inputs grouped in plain tuples, unpacked first thing: numba types a plain tuple
+# of arrays in its compiled dispatch, where a named tuple goes through Python's typeof at ~2 us an array.
+
+
 @_kernel
-def newest_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,  # noqa: E741
-                v: np.ndarray, log_close: np.ndarray, coarse_t: np.ndarray, coarse_l: np.ndarray,
-                coarse_h: np.ndarray, coarse_c: np.ndarray, bar_w: int, horizon: int, cost_bps: float,
-                vol_threshold: float, flat: int, long: int, short: int, unknown: int, regime_w: int, quarter: int,
-                coarse_w: int, k_slow: int, ssr_ratio: float, luld: np.ndarray, pattern_w: int,
-                fine_mean: np.ndarray, fine_std: np.ndarray, regime_mean: np.ndarray, regime_std: np.ndarray,
-                clip: float, tokens: np.ndarray, regime: np.ndarray, pattern: np.ndarray) -> tuple[int, int]:
+def newest_rows(fine: tuple, coarse: tuple, rule: tuple, regime_rule: tuple, scaling: tuple, tokens: np.ndarray,
+                regime: np.ndarray, pattern: np.ndarray) -> tuple[int, int]:
     """The normalised fine tokens of the last len(tokens) bars (bar_rows, then the position state of
-    state_rows over ``log_close``, the closes' logs from bar len(c) - len(log_close) on), the normalised regime
-    row and the pattern row of the last bar: what each family's function and `normalise_rows` give, in one
-    call. Returns (the newest bar's state, flat when unknown; the first incomplete output: -1 none, 0 tokens,
-    1 regime, 2 pattern)."""
+    state_rows), the normalised regime row and the pattern row (its window: len(pattern) less the summary) of
+    the last bar: what each family's function and `normalise_rows` give, in one call. The tuples are unpacked
+    below: the fine bars' columns and ``log_close``, the closes' logs from bar len(c) - len(log_close) on; the
+    coarse bars closed by the last fine bar; `state_rows`' arguments; `regime_rows`' arguments; the training
+    statistics. Returns (the newest
+    bar's state, flat when unknown; the first incomplete output: -1 none, 0 tokens, 1 regime, 2 pattern)."""
+    t, o, h, l, c, v, log_close = fine  # noqa: E741
+    coarse_t, coarse_l, coarse_h, coarse_c = coarse
+    bar_w, horizon, cost_bps, vol_threshold, flat, long, short, unknown = rule
+    regime_w, quarter, coarse_w, k_slow, ssr_ratio, luld = regime_rule
+    fine_mean, fine_std, regime_mean, regime_std, clip = scaling
     n, k = len(c), tokens.shape[0]
     raw = np.empty((k, BAR_WIDTH))
     bar_rows(o, h, l, c, v, n - k, bar_w, raw)
@@ -499,7 +505,7 @@ def newest_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: n
     for j in range(REGIME_WIDTH):
         regime[j] = _normalised(regime_raw[0, j], regime_mean[j], regime_std[j], clip)
     pattern_raw = np.empty((1, pattern.shape[0]))
-    pattern_rows(c, v, n - 1, pattern_w, pattern_raw)
+    pattern_rows(c, v, n - 1, pattern.shape[0] - PATTERN_SUMMARY_WIDTH, pattern_raw)
     for j in range(pattern.shape[0]):
         pattern[j] = np.float32(pattern_raw[0, j])
     state = state_of_flags(position[k - 1], long, short, flat)

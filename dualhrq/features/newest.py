@@ -28,6 +28,8 @@ from dualhrq.features.regime import (
 from dualhrq.features.stats import CLIP, FeatureStats
 
 INCOMPLETE = ("fine", "regime", "pattern")  # what `newest_rows` names when a row has NaN despite enough bars
+# `regime_rows`' fixed arguments: its windows, the SSR trigger and the LULD band table
+_REGIME_RULE = (REGIME_WINDOW, REGIME_QUARTER, REGIME_COARSE_WINDOW, REGIME_TSRV_K, SSR.trigger_ratio, REGIME_LULD_TABLE)
 
 
 def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: FeatureStats,
@@ -39,14 +41,14 @@ def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: Fea
     pattern_window, 1)[0]`` as float32, in one call. ``coarse``: the coarse bars closed by the last fine bar."""
     c = f64(fine.c)
     k = tail_rows(len(c), k)
-    log_close = rule.log_closes(c, k)
     tokens = np.empty((k, len(FINE_FEATURES)), np.float32)
     regime = np.empty(len(REGIME_FEATURES), np.float32)
     pattern = np.empty(pattern_window + kernels.PATTERN_SUMMARY_WIDTH, np.float32)
     state, incomplete = kernels.newest_rows(
-        np.ascontiguousarray(fine.t, np.int64), f64(fine.o), f64(fine.h), f64(fine.l), c, f64(fine.v), log_close,
-        np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c), BAR_WINDOW,
-        rule.horizon, rule.cost_bps, rule.vol_threshold, FLAT, LONG, SHORT, UNKNOWN_STATE, REGIME_WINDOW, REGIME_QUARTER,
-        REGIME_COARSE_WINDOW, REGIME_TSRV_K, SSR.trigger_ratio, REGIME_LULD_TABLE, pattern_window,
-        stats.fine.mean, stats.fine.std, stats.regime.mean, stats.regime.std, CLIP, tokens, regime, pattern)
+        (np.ascontiguousarray(fine.t, np.int64), f64(fine.o), f64(fine.h), f64(fine.l), c, f64(fine.v),
+         rule.log_closes(c, k)),
+        (np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c)),
+        (BAR_WINDOW, rule.horizon, rule.cost_bps, rule.vol_threshold, FLAT, LONG, SHORT, UNKNOWN_STATE),
+        _REGIME_RULE, (stats.fine.mean, stats.fine.std, stats.regime.mean, stats.regime.std, CLIP),
+        tokens, regime, pattern)
     return tokens, int(state), regime, pattern, None if incomplete < 0 else INCOMPLETE[incomplete]
