@@ -18,6 +18,7 @@ from pathlib import Path
 from dualhrq.config import Config
 from dualhrq.contract import require_onnxruntime
 from dualhrq.errors import HRMError
+from dualhrq.inputs.artifacts import Artifacts
 
 TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any directory
 
@@ -108,6 +109,10 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
           f"{m.get('test_macro_f1', float('nan')):.3f}  IC of the position {m.get('test_position_ic', float('nan')):+.3f} "
           f"[{m.get('test_position_ic_low', float('nan')):+.3f}, {m.get('test_position_ic_high', float('nan')):+.3f}]")
     print(f"  served over ZeroMQ on {n_served} held-out windows: {100 * non_hold:.1f}% not HOLD")
+    rule = Artifacts.read(bundle).decision_rule
+    if rule is not None and rule.min_edge is None:
+        print(f"  (the decision rule fitted on the {rule.fitted_on} never trades: no margin of the model's edge "
+              "paid the cost there, so the bundle serves HOLD by that rule, whatever its probabilities say)")
     if m.get("test_input_independent"):
         print("  WARNING: the model looks input-independent (see the training summary above)")
     report = json.loads(bench_json.read_text())
