@@ -9,13 +9,14 @@ from hypothesis import strategies as st
 
 from dualhrq.compliance.checker import ViolationChecker
 from dualhrq.compliance.gate import ACTIONS, REASONS, ComplianceGate, MarketSnapshot, implied_order
-from dualhrq.compliance.sessions import NS_PER_S, next_trading_day, session_of, wall_ns
+from dualhrq.compliance.sessions import next_trading_day, session_of, wall_ns
 from dualhrq.config import ComplianceConfig, RiskConfig
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import DataError
 
 DAY = date(2021, 3, 3)  # a Wednesday, Amendment 18 in force
 NEXT = date(2021, 3, 4)
-S = NS_PER_S
+S = SECOND_NS
 
 
 def at(hh: int, mm: int, ss: int = 0, day: date = DAY) -> int:

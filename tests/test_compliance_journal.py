@@ -18,12 +18,13 @@ import pytest
 
 from dualhrq.compliance.gate import ComplianceGate, MarketSnapshot
 from dualhrq.compliance.journal import StateJournal
-from dualhrq.compliance.sessions import NS_PER_S, wall_ns
+from dualhrq.compliance.sessions import wall_ns
 from dualhrq.config import ComplianceConfig, RiskConfig
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import ConfigurationError, DataError
 
 DAY, NEXT, AFTER = date(2021, 3, 3), date(2021, 3, 4), date(2021, 3, 5)  # Wednesday to Friday
-S = NS_PER_S
+S = SECOND_NS
 REPO = Path(__file__).resolve().parents[1]
 
 

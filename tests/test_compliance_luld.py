@@ -1,4 +1,4 @@
-"""LULD bands, reference price and limit-state/pause transitions, hand-computed from ../shared/RULES.md."""
+"""LULD bands, reference price and limit-state/pause transitions, hand-computed from the LULD plan's rule tables (dualhrq.data.market_rules)."""
 
 import dataclasses
 from datetime import date, time
@@ -6,8 +6,9 @@ from datetime import date, time
 import pytest
 
 from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, ReferencePriceTracker, bands
-from dualhrq.compliance.sessions import NS_PER_S, wall_ns
+from dualhrq.compliance.sessions import wall_ns
 from dualhrq.data.market_rules import LULD, RULES_VERSION, SSR
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import DataError
 
 AFTER = date(2021, 3, 3)  # Amendment 18 in force
@@ -21,7 +22,7 @@ def at(day: date, hh: int, mm: int, ss: int = 0) -> int:
 @pytest.mark.parametrize(
     "reference, prior_close, tier, ts, expected",
     [
-        # RULES.md worked example: Tier 1, prior close $50
+        # the plan's worked example: Tier 1, prior close $50
         (50.00, 50.00, 1, at(AFTER, 10, 0), (47.50, 52.50)),
         (50.62, 50.00, 1, at(AFTER, 10, 0), (48.09, 53.15)),  # 50.62 ± 2.531
         (50.62, 50.00, 1, at(AFTER, 15, 40), (45.56, 55.68)),  # doubled to 10%
@@ -88,7 +89,7 @@ def test_rule_tables_are_frozen_and_versioned():
         LULD.regimes[0].tier2_max_reference = 1.0  # type: ignore[misc]
 
 
-MIN = 60 * NS_PER_S
+MIN = 60 * SECOND_NS
 OPEN = at(AFTER, 9, 30)
 
 
@@ -137,7 +138,7 @@ def test_reopening_trade_is_the_new_reference():
     assert tracker.reference == 47.0
 
 
-S = NS_PER_S
+S = SECOND_NS
 LOW, UP = 47.50, 52.50
 
 

@@ -17,12 +17,13 @@ from dualhrq.compliance import commands
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, implied_order
 from dualhrq.compliance.policies import policy
 from dualhrq.compliance.replay import QuoteEvent, Transition, load_quote_events, replay
-from dualhrq.compliance.sessions import NS_PER_S, wall_ns
+from dualhrq.compliance.sessions import wall_ns
 from dualhrq.data.bars import Bars
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import ConfigurationError, DataError
 
 DAY = date(2021, 3, 3)
-MIN = 60 * NS_PER_S
+MIN = 60 * SECOND_NS
 
 
 def et(hh: int, mm: int, ss: int = 0) -> int:

@@ -5,9 +5,10 @@ from datetime import date, time
 import msgspec
 import pytest
 
-from dualhrq.compliance.sessions import NS_PER_S, next_trading_day, previous_trading_day, session_of, wall_ns
+from dualhrq.compliance.sessions import next_trading_day, previous_trading_day, session_of, wall_ns
 from dualhrq.compliance.ssr import SSRSnapshot, SSRState
 from dualhrq.data.market_rules import NYSE_HOLIDAYS, nyse_holidays
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import DataError
 
 MON, TUE, WED, THU, FRI = (date(2021, 3, d) for d in (1, 2, 3, 4, 5))
@@ -155,7 +156,7 @@ def test_calendar_skips_weekends_and_holidays():
     # a timestamp one nanosecond before midnight ET belongs to the earlier day (DST-correct)
     assert session_of(at(date(2021, 3, 14), 0, 0) - 1).day == date(2021, 3, 13)
     assert session_of(at(date(2021, 3, 15), 9, 30)).open_ns == at(date(2021, 3, 15), 9, 30)
-    assert at(date(2021, 3, 15), 9, 30) - at(date(2021, 3, 12), 9, 30) == (3 * 24 - 1) * 3600 * NS_PER_S
+    assert at(date(2021, 3, 15), 9, 30) - at(date(2021, 3, 12), 9, 30) == (3 * 24 - 1) * 3600 * SECOND_NS
 
 
 @pytest.mark.parametrize("year, closed", [

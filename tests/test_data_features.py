@@ -159,7 +159,7 @@ def test_pattern_features_are_scale_free():
                                rtol=1e-9, atol=1e-12)
 
 
-# ---------------------------------------------------------------- market rules (RULES.md)
+# ---------------------------------------------------------------- market rules (dualhrq.data.market_rules)
 
 
 def test_luld_bands_follow_the_rules_worked_example():

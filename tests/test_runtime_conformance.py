@@ -92,7 +92,7 @@ def real(tiny_bundle):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_ping(real, style):
+def test_a_ping_gets_a_pong_with_exactly_the_documented_fields(real, style):
     address, needs, _ = real
     reply = talk(address, msgpack.packb({"type": "ping", "id": "p-1"}), style)
     assert set(reply) == {"type", "id", "model", "ready", "uptime_s", "needs", "rules_version", "workers",
@@ -106,7 +106,7 @@ def test_ping(real, style):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_signal(real, style):
+def test_a_signal_gets_a_reply_with_exactly_the_documented_fields(real, style):
     address, needs, _ = real
     reply = talk(address, msgpack.packb(real_signal_body("s-1", needs)), style)
     check_signal(reply, "s-1")
@@ -175,7 +175,7 @@ def _bad(needs):
 
 
 @pytest.mark.parametrize("style", ["req", "dealer"])
-def test_error_codes(real, style):
+def test_each_kind_of_bad_request_gets_its_documented_error_code_and_field(real, style):
     address, needs, _ = real
     for what, body, rid, code, field in _bad(needs):
         reply = talk(address, body, style)

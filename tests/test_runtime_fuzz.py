@@ -74,13 +74,13 @@ def test_the_decoder_on_random_maps(body):
 
 @FUZZ
 @given(st.binary(max_size=3000))
-def test_random_bytes(dealer, body):
+def test_any_bytes_get_exactly_one_protocol_reply_and_never_internal(dealer, body):
     exchange(dealer, body)
 
 
 @FUZZ
 @given(st.dictionaries(keys, values, max_size=8))
-def test_random_maps(dealer, body):
+def test_any_map_gets_exactly_one_protocol_reply_and_never_internal(dealer, body):
     exchange(dealer, msgpack.packb(body))
 
 

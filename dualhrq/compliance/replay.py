@@ -33,9 +33,10 @@ import numpy as np
 from dualhrq.compliance.checker import ViolationChecker
 from dualhrq.compliance.gate import LULD_OFF, REASONS, ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.compliance.luld import NORMAL
-from dualhrq.compliance.sessions import NS_PER_S, session_for_day, session_of
+from dualhrq.compliance.sessions import session_for_day, session_of
 from dualhrq.data.bars import Bars
 from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import ConfigurationError, DataError
 
 SignalFn = Callable[[int], tuple[str, float]]
@@ -44,7 +45,7 @@ OnDecision = Callable[[int, GateDecision, float], None]
 # Bar i's decision as another gate made it (a server's, for `replay --connect`) given the market at its close.
 Decide = Callable[[int, MarketSnapshot], GateDecision]
 
-_DAILY_GAP_NS = 20 * 3600 * NS_PER_S
+_DAILY_GAP_NS = 20 * 3600 * SECOND_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ class ReplayReport:
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts / NS_PER_S, tz=MARKET_TZ).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts / SECOND_NS, tz=MARKET_TZ).isoformat(timespec="seconds")
 
 
 def load_quote_events(path: str | Path) -> list[QuoteEvent]:
@@ -193,7 +194,7 @@ def _parse_ts(value: Any, where: str) -> int:
         raise DataError(f"{where}: ts: expected int ns or ISO-8601 with offset, got {value!r}") from None
     if moment.tzinfo is None:
         raise DataError(f"{where}: ts: {value!r} has no UTC offset (naive times are ambiguous)")
-    return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
+    return int(moment.timestamp()) * SECOND_NS + moment.microsecond * 1000
 
 
 def _bar_spans(t: np.ndarray) -> list[tuple[int, int]]:

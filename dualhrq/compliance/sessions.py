@@ -16,15 +16,14 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
 from dualhrq.data.market_rules import MARKET_TZ, NYSE_HOLIDAYS, REGULAR_CLOSE, REGULAR_OPEN
+from dualhrq.data.resample import SECOND_NS
 
-NS_PER_S = 1_000_000_000
-NO_HOLIDAYS: frozenset[date] = frozenset()  # weekdays alone
 Holidays = Container[date]
 
 
 def wall_ns(day: date, at: time) -> int:
     """Nanoseconds since epoch of an ET wall-clock time (DST-correct)."""
-    return int(datetime.combine(day, at, tzinfo=MARKET_TZ).timestamp()) * NS_PER_S
+    return int(datetime.combine(day, at, tzinfo=MARKET_TZ).timestamp()) * SECOND_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ def session_of(ts: int) -> Session:
     hint = _latest
     if hint.start_ns <= ts < hint.end_ns:
         return hint
-    day = datetime.fromtimestamp(ts // NS_PER_S, tz=MARKET_TZ).date()  # floor: exact at midnight
+    day = datetime.fromtimestamp(ts // SECOND_NS, tz=MARKET_TZ).date()  # floor: exact at midnight
     _latest = session_for_day(day)
     return _latest
 

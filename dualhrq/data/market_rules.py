@@ -19,6 +19,7 @@ from datetime import date, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import DataError
 
 # Named after the newest regime in the tables (Amendment 18), and the calendar the trading days come from.
@@ -28,7 +29,6 @@ MARKET_TZ = ZoneInfo("America/New_York")
 REGULAR_OPEN = time(9, 30)
 REGULAR_CLOSE = time(16, 0)
 
-_NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,15 @@ SSR = SSRRule(effective=date(2011, 2, 28), trigger_ratio=0.90)
 
 LULD = LULDRules(
     effective=date(2013, 4, 8),
-    reference_window_ns=5 * 60 * _NS_PER_S,
+    reference_window_ns=5 * 60 * SECOND_NS,
     reference_move=0.01,
     high_price=3.00,
     low_price=0.75,
     above_high=BandPercentage(tier1=0.05, tier2=0.10),
     middle=BandPercentage(tier1=0.20, tier2=0.20),
     below_low=BandPercentage(tier1=0.75, tier2=0.75, cap=0.15),
-    limit_state_ns=15 * _NS_PER_S,
-    pause_ns=5 * 60 * _NS_PER_S,
+    limit_state_ns=15 * SECOND_NS,
+    pause_ns=5 * 60 * SECOND_NS,
     regimes=(
         DoublingRegime(
             effective=date(2013, 4, 8),

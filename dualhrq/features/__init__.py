@@ -15,7 +15,7 @@ from dualhrq.features.bar import BAR_FEATURES, BAR_WARMUP, BAR_WINDOW, bar_featu
 from dualhrq.features.estimators import bipower_variation, log_returns, realized_variance, tsrv
 from dualhrq.features.fine import FINE_FEATURES, fine_features
 from dualhrq.features.kernels import MU1
-from dualhrq.features.market import luld_band_distance, luld_half_width, ssr_triggered
+from dualhrq.features.market import luld_band_distance, luld_half_width
 from dualhrq.features.pattern import PATTERN_SUMMARY, pattern_features
 from dualhrq.features.position import (
     FLAT,
@@ -43,5 +43,5 @@ __all__ = [
     "REGIME_WINDOW", "SHORT", "UNKNOWN_STATE", "ColumnStats", "FeatureStats", "PositionRule", "bar_features",
     "bipower_variation", "fine_features", "log_returns", "luld_band_distance", "luld_half_width",
     "pattern_features", "position_features", "realized_variance", "regime_features",
-    "ssr_triggered", "state_of", "tsrv",
+    "state_of", "tsrv",
 ]

@@ -188,12 +188,6 @@ def _band_distance(price: float, reference: float, prior_close: float, table: np
 
 
 @_kernel
-def ssr_triggered_rows(price: np.ndarray, prior_close: np.ndarray, trigger_ratio: float, out: np.ndarray) -> None:
-    for j in range(len(out)):
-        out[j] = _ssr_triggered(price[j], prior_close[j], trigger_ratio)
-
-
-@_kernel
 def luld_half_width_rows(reference: np.ndarray, prior_close: np.ndarray, table: np.ndarray,
                          out: np.ndarray) -> None:
     for j in range(len(out)):

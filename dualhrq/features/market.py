@@ -1,7 +1,8 @@
-"""US equity market rules as features: Rule 201's short-sale restriction trigger and the LULD price bands.
+"""US equity market rules as features: the LULD price bands.
 
 The thresholds come from the compliance gate's rule tables (dualhrq.data.market_rules), so the model sees
-the same rules the gate enforces. The regime kernel reads the same table (`luld_table`) row by row.
+the same rules the gate enforces. The regime kernel reads the same table (`luld_table`) row by row, and
+Rule 201's short-sale trigger from the same tables (`SSR.trigger_ratio`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dualhrq.data.market_rules import LULD, SSR
+from dualhrq.data.market_rules import LULD
 from dualhrq.errors import DataError
 from dualhrq.features import kernels
-
-
-def ssr_triggered(price: np.ndarray, prior_close: np.ndarray) -> np.ndarray:
-    """Rule 201's trigger: a price at or below 90% of the prior close (bool, numpy's broadcasting)."""
-    cols = np.broadcast_arrays(*(np.asarray(c, np.float64) for c in (price, prior_close)))
-    out = np.empty(cols[0].size, np.bool_)
-    kernels.ssr_triggered_rows(*(np.ascontiguousarray(c).ravel() for c in cols), SSR.trigger_ratio, out)
-    return out.reshape(cols[0].shape)
 
 
 def luld_table(tier: int = 1) -> np.ndarray:

@@ -24,9 +24,8 @@ import msgspec
 import numpy as np
 from numba import njit
 
-from dualhrq.model.vocab import ACTIONS, EXPOSURE_AFTER, STATE_EXPOSURE
+from dualhrq.model.vocab import ACTIONS, EXPOSURE_AFTER, HOLD, STATE_EXPOSURE
 
-HOLD = ACTIONS.index("HOLD")
 ALLOWED: tuple[tuple[int, ...], ...] = tuple(
     tuple(ACTIONS.index(a) for a in names)
     for names in (("BUY", "SELL", "HOLD"), ("HOLD", "CLOSE_LONG"), ("HOLD", "CLOSE_SHORT")))  # FLAT, LONG, SHORT

@@ -10,6 +10,7 @@ UNKNOWN_ID = 0
 
 # The policy head's output order: the index order of policy_logits, action labels and replies.
 ACTIONS: tuple[str, ...] = ("BUY", "SELL", "HOLD", "CLOSE_LONG", "CLOSE_SHORT")
+HOLD = ACTIONS.index("HOLD")
 
 # The position each action leaves, by the position state before it (rows FLAT, LONG, SHORT of
 # dualhrq.features; columns ACTIONS): BUY means "be long", SELL "be short", HOLD keeps what is held, a

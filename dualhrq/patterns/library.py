@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from dualhrq.config import PatternsConfig
+from dualhrq.data.resample import DAY_NS
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.patterns.arrays import column, finite_matrix
 from dualhrq.patterns.checksums import verify_checksums, write_checksums
@@ -43,7 +44,6 @@ from dualhrq.patterns.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 
-_NS_PER_DAY = 86_400 * 10**9
 # When at most this many entries qualify for an as_of, or they are under _EXACT_FRACTION of the live ones, the
 # compiled exact search beats the graph and over-fetching from it. A library of at most this many rows is
 # `bounded`: every query scans all of them (~4 us per query over 3,600 entries of 16 dims), a fixed cost.
@@ -258,7 +258,7 @@ class PatternLibrary:
         qual = column(self.cfg.initial_quality if quality is None else quality, "quality", n, np.float32)
         if expires_at is None:
             days = self.cfg.expiry_days
-            exp = avail + int(days * _NS_PER_DAY) if days > 0 else np.zeros(n, np.int64)
+            exp = avail + int(days * DAY_NS) if days > 0 else np.zeros(n, np.int64)
         else:
             exp = column(expires_at, "expires_at", n, np.int64)
         for name, bad in (("window_end", end < start), ("available_at", avail < end), ("regime", reg < 0),

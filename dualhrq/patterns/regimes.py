@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from dualhrq.data.resample import DAY_NS
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
 from dualhrq.patterns.arrays import finite_matrix, standardizer
-
-_NS_PER_DAY = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def regime_summary(ids: np.ndarray, returns: np.ndarray, vol: np.ndarray, timest
     if (np.diff(t) <= 0).any():
         raise DataError("timestamps: must be strictly increasing")
     count = int(ids.max()) + 1 if n_regimes is None else n_regimes
-    days = (t[-1] - t[0]) / _NS_PER_DAY
+    days = (t[-1] - t[0]) / DAY_NS
     switched = ids[1:] != ids[:-1]
     rows = []
     for k in range(count):

@@ -22,13 +22,12 @@ from dualhrq.config import ActConfig
 from dualhrq.evaluate.metrics import ic_interval, information_coefficient
 from dualhrq.model import ACTIONS, HRM
 from dualhrq.model.decision import DecisionRule
-from dualhrq.model.vocab import position_from_probs
+from dualhrq.model.vocab import HOLD, position_from_probs
 from dualhrq.train.act import act_inference
 from dualhrq.train.batches import TrainingSet
 
 log = logging.getLogger(__name__)
 
-HOLD = ACTIONS.index("HOLD")
 N_STATES = 3  # FLAT, LONG, SHORT (dualhrq.features)
 COLLAPSE_CE_MARGIN = 0.01  # CE this close to frequency-only: the model ignores its input
 COLLAPSE_MIN_NON_HOLD = 0.01  # fewer non-HOLD predictions than this: the policy is a constant
