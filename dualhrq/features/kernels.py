@@ -312,11 +312,12 @@ def state_of_flags(flags: np.ndarray, long: int, short: int, flat: int) -> int:
 
 @_kernel
 def regime_rows(fine_t: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray, v: np.ndarray,  # noqa: E741
-                coarse_t: np.ndarray, coarse_l: np.ndarray, coarse_h: np.ndarray, coarse_c: np.ndarray,
-                first: int, w: int, quarter: int, coarse_w: int, k_slow: int, ssr_ratio: float,
-                luld: np.ndarray, out: np.ndarray) -> None:
+                coarse: tuple, first: int, rule: tuple, out: np.ndarray) -> None:
     """REGIME_FEATURES of fine rows first..n-1: the w fine bars ending at each and the coarse bars visible then
-    (coarse.t <= its time); rows before w are NaN."""
+    (coarse.t <= its time); rows before w are NaN. ``coarse``: the coarse bars' (t, l, h, c); ``rule``: (w, the
+    window's last quarter, the coarse window, TSRV's slow scale, the SSR trigger ratio, the LULD band table)."""
+    coarse_t, coarse_l, coarse_h, coarse_c = coarse
+    w, quarter, coarse_w, k_slow, ssr_ratio, luld = rule
     lc = np.log(c)
     r = _diff(lc)
     r2 = r * r
@@ -471,13 +472,12 @@ def newest_rows(fine: tuple, coarse: tuple, rule: tuple, regime_rule: tuple, sca
     state_rows), the normalised regime row and the pattern row (its window: len(pattern) less the summary) of
     the last bar: what each family's function and `normalise_rows` give, in one call. The tuples are unpacked
     below: the fine bars' columns and ``log_close``, the closes' logs from bar len(c) - len(log_close) on; the
-    coarse bars closed by the last fine bar; `state_rows`' arguments; `regime_rows`' arguments; the training
+    coarse bars closed by the last fine bar, as `regime_rows` reads them; `state_rows`' arguments; `regime_rows`'
+    rule; the training
     statistics. Returns (the newest
     bar's state, flat when unknown; the first incomplete output: -1 none, 0 tokens, 1 regime, 2 pattern)."""
     t, o, h, l, c, v, log_close = fine  # noqa: E741
-    coarse_t, coarse_l, coarse_h, coarse_c = coarse
     bar_w, horizon, cost_bps, vol_threshold, flat, long, short, unknown = rule
-    regime_w, quarter, coarse_w, k_slow, ssr_ratio, luld = regime_rule
     fine_mean, fine_std, regime_mean, regime_std, clip = scaling
     n, k = len(c), tokens.shape[0]
     raw = np.empty((k, BAR_WIDTH))
@@ -494,8 +494,7 @@ def newest_rows(fine: tuple, coarse: tuple, rule: tuple, regime_rule: tuple, sca
             tokens[i, BAR_WIDTH + j] = _normalised(position[i, j], fine_mean[BAR_WIDTH + j], fine_std[BAR_WIDTH + j],
                                                    clip)
     regime_raw = np.empty((1, REGIME_WIDTH))
-    regime_rows(t, h, l, c, v, coarse_t, coarse_l, coarse_h, coarse_c, n - 1, regime_w, quarter, coarse_w, k_slow,
-                ssr_ratio, luld, regime_raw)
+    regime_rows(t, h, l, c, v, coarse, n - 1, regime_rule, regime_raw)
     for j in range(REGIME_WIDTH):
         regime[j] = _normalised(regime_raw[0, j], regime_mean[j], regime_std[j], clip)
     pattern_raw = np.empty((1, pattern.shape[0]))

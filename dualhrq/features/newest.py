@@ -11,25 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from dualhrq.data.bars import Bars
-from dualhrq.data.market_rules import SSR
 from dualhrq.features import kernels
 from dualhrq.features.bar import BAR_WINDOW
 from dualhrq.features.fine import FINE_FEATURES
 from dualhrq.features.kernels import f64, tail_rows
 from dualhrq.features.position import FLAT, LONG, SHORT, UNKNOWN_STATE, PositionRule
-from dualhrq.features.regime import (
-    REGIME_COARSE_WINDOW,
-    REGIME_FEATURES,
-    REGIME_LULD_TABLE,
-    REGIME_QUARTER,
-    REGIME_TSRV_K,
-    REGIME_WINDOW,
-)
+from dualhrq.features.regime import REGIME_FEATURES, REGIME_RULE, coarse_columns
 from dualhrq.features.stats import CLIP, FeatureStats
 
 INCOMPLETE = ("fine", "regime", "pattern")  # what `newest_rows` names when a row has NaN despite enough bars
-# `regime_rows`' fixed arguments: its windows, the SSR trigger and the LULD band table
-_REGIME_RULE = (REGIME_WINDOW, REGIME_QUARTER, REGIME_COARSE_WINDOW, REGIME_TSRV_K, SSR.trigger_ratio, REGIME_LULD_TABLE)
 
 
 def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: FeatureStats,
@@ -47,8 +37,8 @@ def newest_rows(fine: Bars, coarse: Bars, k: int, rule: PositionRule, stats: Fea
     state, incomplete = kernels.newest_rows(
         (np.ascontiguousarray(fine.t, np.int64), f64(fine.o), f64(fine.h), f64(fine.l), c, f64(fine.v),
          rule.log_closes(c, k)),
-        (np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c)),
+        coarse_columns(coarse),
         (BAR_WINDOW, rule.horizon, rule.cost_bps, rule.vol_threshold, FLAT, LONG, SHORT, UNKNOWN_STATE),
-        _REGIME_RULE, (stats.fine.mean, stats.fine.std, stats.regime.mean, stats.regime.std, CLIP),
+        REGIME_RULE, (stats.fine.mean, stats.fine.std, stats.regime.mean, stats.regime.std, CLIP),
         tokens, regime, pattern)
     return tokens, int(state), regime, pattern, None if incomplete < 0 else INCOMPLETE[incomplete]

@@ -46,6 +46,8 @@ REGIME_COARSE_WARMUP = REGIME_COARSE_WINDOW + 1  # coarse bars needed: the windo
 REGIME_QUARTER = REGIME_WINDOW // 4  # the window's last quarter: recent volatility and volume against the whole
 REGIME_LULD_TABLE = luld_table(1)  # luld_distance reads tier 1's bands
 REGIME_TSRV_K = tsrv_k(REGIME_WINDOW)  # tsrv_vol's slow scale
+# `kernels.regime_rows`' fixed arguments
+REGIME_RULE = (REGIME_WINDOW, REGIME_QUARTER, REGIME_COARSE_WINDOW, REGIME_TSRV_K, SSR.trigger_ratio, REGIME_LULD_TABLE)
 
 REGIME_FEATURES: tuple[str, ...] = (
     "rv_vol", "tsrv_vol", "bpv_vol", "jump_share", "vol_ratio", "range_vol", "trend_z", "efficiency", "autocorr",
@@ -61,7 +63,10 @@ def regime_features(fine: Bars, coarse: Bars, last: int | None = None) -> np.nda
     m = tail_rows(n, last)
     out = np.empty((m, kernels.REGIME_WIDTH))
     kernels.regime_rows(np.ascontiguousarray(fine.t, np.int64), f64(fine.h), f64(fine.l), f64(fine.c), f64(fine.v),
-                        np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c),
-                        n - m, REGIME_WINDOW, REGIME_QUARTER, REGIME_COARSE_WINDOW, REGIME_TSRV_K,
-                        SSR.trigger_ratio, REGIME_LULD_TABLE, out)
+                        coarse_columns(coarse), n - m, REGIME_RULE, out)
     return out
+
+
+def coarse_columns(coarse: Bars) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The coarse bars' (t, l, h, c) as `kernels.regime_rows` reads them."""
+    return np.ascontiguousarray(coarse.t, np.int64), f64(coarse.l), f64(coarse.h), f64(coarse.c)
