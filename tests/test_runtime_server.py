@@ -231,7 +231,7 @@ def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_lo
     class Bus(_QuietRelay):
         published: list[str] = []
 
-        def publish(self, cmd: str, bundle: str = ""):
+        def publish(self, cmd: str, bundle: str = "", taught: bool = False):
             self.published.append(bundle)
             return super().publish(cmd, bundle)
 
@@ -254,7 +254,7 @@ def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_lo
 
 def test_an_admin_command_the_broker_never_passes_on_is_applied_here_and_says_it_was_not_relayed(tiny_config):
     class Unheard(_QuietRelay):
-        def publish(self, cmd: str, bundle: str = ""):
+        def publish(self, cmd: str, bundle: str = "", taught: bool = False):
             return asyncio.get_running_loop().create_future()  # PUB dropped it: no echo ever comes back
 
     server = Server(serve_config(), lambda path, hooks: fake_host(tiny_config, hooks), "fake", control=Unheard())
@@ -494,7 +494,7 @@ class _ClosingEngine(CountingEngine):
 class _QuietRelay:
     """A control bus with no siblings: the default admin state, nothing to relay; tests script `listen`."""
 
-    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
+    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]:
         relayed = asyncio.get_running_loop().create_future()
         relayed.set_result(None)
         return relayed
@@ -502,7 +502,7 @@ class _QuietRelay:
     async def join(self, timeout_s: float) -> AdminState:
         return AdminState()
 
-    async def listen(self, apply) -> None:
+    async def listen(self, apply, held) -> None:
         await asyncio.Event().wait()
 
 
@@ -518,7 +518,7 @@ def test_a_reload_relayed_while_the_server_drains_leaves_no_host_open(tiny_confi
         return host
 
     class RelayDuringTheDrain(_QuietRelay):
-        async def listen(self, apply) -> None:
+        async def listen(self, apply, held) -> None:
             while not server.ready:
                 await asyncio.sleep(0.005)
             while server.ready:  # the drain begins
@@ -549,7 +549,7 @@ def test_a_relayed_reload_still_loading_when_the_server_stops_has_both_hosts_clo
     class RelayedReload(_QuietRelay):  # as the control bus does: a relayed reload runs as a task of its own
         tasks: set = set()
 
-        async def listen(self, apply) -> None:
+        async def listen(self, apply, held) -> None:
             while not server.ready:
                 await asyncio.sleep(0.005)
             self.tasks.add(asyncio.create_task(apply("reload", "fake-2")))

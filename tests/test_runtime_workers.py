@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 import yaml
 import zmq
@@ -428,7 +429,7 @@ def test_the_control_bus_skips_forged_malformed_stale_and_replayed_messages_and_
         await out.send_multipart([b"relay", b"not three frames"])  # refused while joining too
         await out.send_multipart(broker.handover(bus.origin.encode(), AdminState(kill_switch=True)))
         state = await joining
-        listening = asyncio.create_task(bus.listen(apply))
+        listening = asyncio.create_task(bus.listen(apply, AdminState))
         unknown = sibling.relay("stats")  # sealed, but not a command that changes state
         failing = sibling.relay("reload", "/elsewhere")
         valid = sibling.relay("disable_patterns")
@@ -510,7 +511,7 @@ def test_a_kill_switch_relayed_behind_a_slow_reload_is_applied_at_once_not_after
 
     async def main(bus: ControlBus) -> float:
         async with _joined(bus, tmp_path) as (_, out):
-            listening = asyncio.create_task(bus.listen(apply))
+            listening = asyncio.create_task(bus.listen(apply, AdminState))
             sent = time.monotonic()
             await out.send_multipart(sibling.relay("reload", "/slow"))
             await out.send_multipart(sibling.relay("kill_switch_on"))
@@ -533,7 +534,7 @@ def test_a_relayed_reload_under_way_when_the_listener_stops_runs_to_its_end(tmp_
 
     async def main(bus: ControlBus) -> None:
         async with _joined(bus, tmp_path) as (_, out):
-            listening = asyncio.create_task(bus.listen(apply))
+            listening = asyncio.create_task(bus.listen(apply, AdminState))
             await out.send_multipart(sibling.relay("reload", "/slow"))
             await _eventually(lambda: bool(events))
             listening.cancel()  # the server stops: its drain begins
@@ -558,7 +559,7 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
             taken.setsockopt(zmq.SUBSCRIBE, b"")
             taken.bind(f"ipc://{tmp_path}/in")
             try:
-                listening = asyncio.create_task(bus.listen(apply))
+                listening = asyncio.create_task(bus.listen(apply, AdminState))
                 while True:  # what the bus's PUB sends before its connection is up is dropped: wait for it
                     bus.publish("enable_patterns")
                     if await taken.poll(100):
@@ -620,8 +621,110 @@ def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):
         pub.send_multipart(sibling.relay("reload", "fake-9"))
         # Joined until the broker has folded the relays in: the forged kill switch, had it counted, would stay on.
         until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
-                                                          kill_switch_set=False, reloaded=True))
+                                                          kill_switch_set=False, patterns_set=True, reloaded=True))
     finally:
         pub.close()
         broker.stop()
         shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def test_a_rejoined_brokers_hand_over_is_applied_where_commanded_since_it_started_and_taught_where_default():
+    held = AdminState(kill_switch=True, patterns_enabled=False, bundle="b-2", reloaded=True)
+    # A restarted broker holds the defaults, nothing set since it started: the worker teaches what it holds.
+    assert AdminState().differences(held) == [("kill_switch_on", "", True), ("disable_patterns", "", True),
+                                              ("reload", "b-2", True)]
+    # The same broker after a break in which commands passed through it: the worker applies them.
+    commanded = AdminState(kill_switch_set=True, patterns_set=True, bundle="b-3", reloaded=True)
+    assert commanded.differences(held) == [("kill_switch_off", "", False), ("enable_patterns", "", False),
+                                           ("reload", "b-3", False)]
+    assert msgspec.structs.replace(held, kill_switch_set=True, patterns_set=True).differences(held) == []
+    assert AdminState().differences(AdminState(bundle="b-1")) == []  # its own bundle, the defaults: nothing
+
+
+def test_a_later_hand_over_applies_what_the_broker_was_commanded_and_teaches_it_the_rest(tmp_path):
+    applied: list[tuple[str, str, bool]] = []
+    held = AdminState(kill_switch=True, patterns_enabled=False)  # what this worker holds
+
+    async def apply(cmd: str, bundle: str, echo) -> None:
+        applied.append((cmd, bundle, echo is not None))
+
+    async def main(bus: ControlBus) -> list:
+        async with _joined(bus, tmp_path) as (ctx, out):
+            taken = ctx.socket(zmq.SUB)  # the broker's side in from the workers: what this one publishes
+            taken.setsockopt(zmq.LINGER, 0)
+            taken.setsockopt(zmq.SUBSCRIBE, b"")
+            taken.bind(f"ipc://{tmp_path}/in")
+            try:
+                listening = asyncio.create_task(bus.listen(apply, lambda: held))
+                # The broker again: the patterns were switched on through it meanwhile, its kill switch is its
+                # default. The taught value is sent again until it comes through (the PUB may not be up yet).
+                await out.send_multipart(ControlSeal(KEY, "broker-again").handover(
+                    bus.origin.encode(), AdminState(patterns_enabled=True, patterns_set=True)))
+                assert await taken.poll(5000)
+                relayed = ControlSeal(KEY, "reader").open(await taken.recv_multipart())
+                await _eventually(lambda: bool(applied))
+                listening.cancel()
+            finally:
+                taken.close()
+        return [relayed]
+
+    [relayed] = _on_bus(tmp_path, main)
+    assert (relayed.cmd, relayed.taught) == ("kill_switch_on", True)
+    assert applied == [("enable_patterns", "", False)]
+
+
+def test_the_broker_passes_a_taught_value_on_only_until_a_command_of_its_setting_came(tmp_path):
+    addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
+    broker = Broker(addresses).start()
+    worker = ControlSeal(broker.control_key, "worker")
+
+    async def joined() -> AdminState | None:
+        bus = ControlBus(addresses.control_in, addresses.control_out, broker.control_key)
+        try:
+            return await bus.join(5.0)
+        finally:
+            bus.close()
+
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(addresses.control_in)
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"
+        pub.send_multipart(worker.relay("disable_patterns", taught=True))  # nothing set it yet: taken
+        pub.send_multipart(worker.relay("kill_switch_off"))  # the operator's
+        pub.send_multipart(worker.relay("kill_switch_on", taught=True))  # a late teacher: refused
+        pub.send_multipart(worker.relay("reload", "fake-9"))  # the last: once it is in, so are those before
+        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
+                                                          kill_switch_set=True, patterns_set=True, reloaded=True))
+    finally:
+        pub.close()
+        broker.stop()
+        shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def test_a_restarted_broker_is_taught_what_its_workers_hold_and_hands_it_to_a_worker_that_joins_it(tiny_config):
+    cluster = Workers(tiny_config)
+    try:
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            for cmd, bundle in (("kill_switch_on", ""), ("disable_patterns", ""), ("reload", "fake-2")):
+                assert c.admin(cmd, token=TOKEN, bundle=bundle).ok, cmd
+        held = (True, False, "fake-2")
+
+        def holds(slot: str) -> bool:
+            s = cluster.stats(slot)
+            return (s["kill_switch"], s["patterns_enabled"], s["model"]) == held
+
+        until(lambda: holds("a") and holds("b"), 20.0)
+        key = cluster.broker.control_key
+        cluster.broker.stop()
+        cluster.broker = Broker(cluster.addresses, timeout_s=1.0, control_key=key).start()  # its defaults
+        until(lambda: cluster.broker.live == 2, 20.0)
+        cluster.workers["c"] = cluster.start("c")  # a worker that joins it: a fresh gate, the original bundle
+        until(lambda: cluster.broker.live == 3 and holds("c"), 20.0)
+        assert holds("a") and holds("b")
+        with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
+            replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(12)]
+        assert all((r.action, r.model) == ("HOLD", "fake-2") for r in replies)
+    finally:
+        cluster.close()

@@ -110,20 +110,47 @@ class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kill_switch: bool = False
     patterns_enabled: bool = True
     bundle: str = ""  # the bundle the last reload named ("": the one each worker was started with)
-    # Whether a kill switch command passed through this broker since it started: until one has, `kill_switch`
-    # is its default, not the operator's, and a worker keeps what its compliance store holds.
+    # Whether a command of each setting passed through this broker since it started: until one has, the
+    # setting is the broker's default, not the operator's, and the workers that hold another teach it theirs
+    # (a kill switch: also a worker whose compliance store holds it on).
     kill_switch_set: bool = False
-    reloaded: bool = False  # whether a reload passed through since it started (one of the path held, too)
+    patterns_set: bool = False
+    reloaded: bool = False  # a reload (one of the path held, too)
 
     def after(self, cmd: str, bundle: str = "") -> AdminState:
         """This state once `cmd` (a relayed admin command) is applied."""
         if cmd in SWITCHES:
             name, value = SWITCHES[cmd]
-            return msgspec.structs.replace(self, **{name: value}, **({"kill_switch_set": True}
-                                                                      if name == "kill_switch" else {}))
+            return msgspec.structs.replace(self, **{name: value, _SET[name]: True})
         if cmd == "reload":  # an empty bundle reloads the path already held
             return msgspec.structs.replace(self, bundle=bundle or self.bundle, reloaded=True)
         return self
+
+    def set_since_start(self, cmd: str) -> bool:
+        """Whether a command of `cmd`'s setting passed through the broker since it started."""
+        return getattr(self, _SET[SWITCHES[cmd][0]] if cmd in SWITCHES else "reloaded")
+
+    def differences(self, held: AdminState) -> list[tuple[str, str, bool]]:
+        """What a worker holding `held` does with this hand-over of a broker it joined again (restarted, or
+        the same one after a break in which relays may have been lost): (cmd, bundle, taught) for each setting
+        where they differ. A setting set through the broker since it started is the latest: the worker applies
+        it (taught False). One not set since is the broker's default: the worker relays what it holds, to be
+        taught to the broker and to the workers that joined it since (taught True)."""
+        out = []
+        if held.kill_switch != self.kill_switch:
+            on = self.kill_switch if self.kill_switch_set else held.kill_switch
+            out.append(("kill_switch_on" if on else "kill_switch_off", "", not self.kill_switch_set))
+        if held.patterns_enabled != self.patterns_enabled:
+            enabled = self.patterns_enabled if self.patterns_set else held.patterns_enabled
+            out.append(("enable_patterns" if enabled else "disable_patterns", "", not self.patterns_set))
+        if self.reloaded and held.bundle != self.bundle:
+            out.append(("reload", self.bundle, False))
+        elif not self.reloaded and held.reloaded:
+            out.append(("reload", held.bundle, True))
+        return out
+
+
+_SET = {"kill_switch": "kill_switch_set", "patterns_enabled": "patterns_set"}  # a switch -> its AdminState flag
 
 
 class _Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -135,6 +162,10 @@ class _Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field
 class Relayed(_Sealed, frozen=True, tag="relay"):
     cmd: str  # one of RELAYED
     bundle: str = ""
+    # A worker's value taught to a broker that holds the setting's default (`AdminState.differences`): the
+    # broker passes it on only while no command of that setting has passed through it since it started, so a
+    # teaching worker that joined late cannot undo the operator's command.
+    taught: bool = False
 
 
 class Handover(_Sealed, frozen=True, tag="state"):
@@ -159,8 +190,8 @@ class ControlSeal:
         self.sealed = 0  # the seq of the last message sealed
         self._last: dict[str, int] = {}  # origin -> the highest seq opened from it
 
-    def relay(self, cmd: str, bundle: str = "") -> list[bytes]:
-        return self._frames(RELAY_TOPIC, Relayed(self.origin, self._next(), time.time(), cmd, bundle))
+    def relay(self, cmd: str, bundle: str = "", taught: bool = False) -> list[bytes]:
+        return self._frames(RELAY_TOPIC, Relayed(self.origin, self._next(), time.time(), cmd, bundle, taught))
 
     def handover(self, to: bytes, state: AdminState) -> list[bytes]:
         """`state` for the subscriber whose origin is `to` alone."""

@@ -249,6 +249,10 @@ class Broker:
             log.warning("broker: control message refused: a hand-over from %s (only the broker sends those)",
                         msg.origin)
             return
+        if msg.taught and self._state.set_since_start(msg.cmd):
+            log.info("broker: %s taught by %s not passed on: a command of that setting came since", msg.cmd,
+                     msg.origin)
+            return
         self._state = self._state.after(msg.cmd, msg.bundle)
         xpub.send_multipart(frames)
 

@@ -77,11 +77,12 @@ class Relay(Protocol):
     order, this worker's own included (``apply``'s third argument: for those, an `Echo` check; None for a
     sibling's). `publish`'s future is done once the broker has passed the command on."""
 
-    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]: ...
+    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]: ...
 
     async def join(self, timeout_s: float) -> AdminState | None: ...
 
-    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]]) -> None: ...
+    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]],
+                     held: Callable[[], AdminState]) -> None: ...
 
 
 GIL_SWITCH_S = 0.0005
@@ -112,7 +113,9 @@ class Server:
         self.ready = False
         self._loader, self._bundle = loader, bundle
         self._own_bundle = bundle  # the one it was started with; a broker may hand over another
-        self._reloaded = False  # whether the broker has passed a reload on since it started (see _first_host)
+        # Whether the bundle held is one a reload named (a sibling's, or this worker's): what `_first_host` retries
+        # instead of failing, and what a broker that rejoined with its defaults is taught.
+        self._reloaded = False
         self._gate = gate if gate is not None else ComplianceGate()
         slot = slot or f"{socket.gethostname()}-{os.getpid()}"
         self._link = BrokerLink(connect, slot, backend_keys) if connect else None
@@ -253,11 +256,11 @@ class Server:
                 self._hold(state)
                 self._reloaded = state.reloaded
                 if stored:  # so that the broker hands it over, and workers without this store hold it too
-                    self._control.publish("kill_switch_on")
+                    self._control.publish("kill_switch_on", taught=True)
                 log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
                          "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
                          self._bundle)
-                return asyncio.create_task(self._control.listen(self._apply))
+                return asyncio.create_task(self._control.listen(self._apply, self._held))
             log.warning("no admin state from the broker's control bus after %.0f s (is the broker up, does it hold "
                         "the same control key, and is its clock within %.0f s of this one? a hand-over refused is "
                         "logged as such); still waiting", TIMEOUT_S, MAX_AGE_S)
@@ -661,7 +664,7 @@ class Server:
         if echo is not None and cmd in SWITCHES and not echo():
             return {}
         if cmd in SWITCHES:
-            state = self._switches().after(cmd)
+            state = self._held().after(cmd)
             name = SWITCHES[cmd][0]
             self._hold(state, kill_switch_command=name == "kill_switch")
             return {name: getattr(state, name)}
@@ -669,9 +672,10 @@ class Server:
             return await self._reload(bundle or self._bundle, echo)
         raise DataError(f"cmd: unknown admin command {cmd!r}")
 
-    def _switches(self) -> AdminState:
-        """The switches this server holds now (the bundle is left to `_reload`)."""
-        return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled)
+    def _held(self) -> AdminState:
+        """The admin state this server holds now: what it teaches a broker that rejoined with its defaults."""
+        return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled,
+                          bundle=self._bundle, reloaded=self._reloaded)
 
     def _hold(self, state: AdminState, kill_switch_command: bool = False) -> None:
         """Hold `state`'s switches; its bundle, if it names one, is what a start loads. The kill switch is
@@ -700,7 +704,7 @@ class Server:
                 raise
             freeze_heap(collect=False)  # in flight requests would wait out a collection
             old, self._host = self._host, new
-            self._bundle = bundle
+            self._bundle, self._reloaded = bundle, True
             self._streams.clear()  # their windows were built with the old model's inputs
         if old is not None:
             task = asyncio.create_task(self._retire(old))

@@ -9,13 +9,15 @@ Admin state (kill switch, patterns on/off, reload) must hold for every worker, b
 only one. So the worker that applies it relays it on a control bus (PUB/SUB through the broker, messages
 sealed as dualhrq.runtime.backend describes), and every sibling applies it too; the broker keeps the last value
 of each setting and hands it to every worker that joins, before that worker loads its bundle, so a restarted
-worker does not forget the kill switch. CURVE, when configured, terminates at the broker's frontend: the
+worker does not forget the kill switch; a restarted broker, which starts from the defaults, is taught what the
+workers that reconnect to it hold. CURVE, when configured, terminates at the broker's frontend: the
 proxy does not carry the client key inward, so behind a broker admin commands authenticate by token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -43,6 +45,10 @@ from dualhrq.runtime.backend import (
 
 log = logging.getLogger(__name__)
 
+# A value taught to a broker that rejoined with its defaults is sent again until the broker passes it back:
+# this worker's PUB may not be connected to it yet, and drops what it cannot deliver.
+TEACH_TRIES, TEACH_WAIT_S = 5, 0.5
+
 
 class ControlBus:
     """A worker's link to its siblings: take the admin state the broker holds when joining, relay the admin
@@ -60,11 +66,13 @@ class ControlBus:
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
         self._unechoed: dict[int, asyncio.Future[None]] = {}  # seq -> done when the broker relayed it back
         self._loads: set[asyncio.Task] = set()  # relayed reloads under way
+        self._teaching: set[asyncio.Task] = set()  # values taught to a broker that rejoined with its defaults
 
-    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
-        """Relay a command this worker applied. The future is done once the broker has passed it on (its echo
-        came back): PUB drops what it cannot deliver, so only that echo says the siblings were sent it."""
-        frames = self._seal.relay(cmd, bundle)
+    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]:
+        """Relay a command this worker applied (``taught``: a value it holds, for a broker that holds the
+        setting's default). The future is done once the broker has passed it on (its echo came back): PUB drops
+        what it cannot deliver, so only that echo says the siblings were sent it."""
+        frames = self._seal.relay(cmd, bundle, taught)
         seq = self._seal.sealed
         self._latest_own[_setting(cmd)] = seq
         echoed = self._unechoed[seq] = asyncio.get_running_loop().create_future()
@@ -86,10 +94,13 @@ class ControlBus:
                 return msg.state
         return None
 
-    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]]) -> None:
+    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]],
+                     held: Callable[[], AdminState]) -> None:
         """Apply every relayed command, in the broker's order, until cancelled (after `join`: its socket holds
-        what came since). A later hand-over (a restarted broker's, on reconnecting) is not applied: it knows
-        less than this worker.
+        what came since). A later hand-over comes from a broker this worker joined again, restarted or after a
+        break: where it differs from what this worker holds (``held()``), the settings commanded through the
+        broker since it started are applied, and this worker teaches it the others (`AdminState.differences`),
+        so that a restarted broker and the workers that joined it since hold what the cluster held.
 
         This worker's own commands come back too, and are applied again (``apply(cmd, bundle, echo)``, with
         echo a check; None for a sibling's): two workers that took conflicting commands at once each applied its
@@ -102,21 +113,22 @@ class ControlBus:
         A reload under way when the listener is cancelled runs to its end: cancelling it would abandon the
         host its thread is still loading, open. The server's drain waits for it and closes what it loaded."""
         assert self._sub is not None, "join the bus before listening"
-        while True:
-            msg = self._read(await self._sub.recv_multipart())
-            if not isinstance(msg, Relayed):
-                continue
-            echo = None
-            if msg.origin == self.origin:
-                if (echoed := self._unechoed.get(msg.seq)) is not None and not echoed.done():
-                    echoed.set_result(None)
-                echo = self._still_latest(msg)
-            if msg.cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for it
-                task = asyncio.create_task(self._apply(apply, msg, echo))  # (nor grow stale in the socket)
-                self._loads.add(task)  # the loop holds tasks weakly
-                task.add_done_callback(self._loads.discard)
-            else:
-                await self._apply(apply, msg, echo)
+        try:
+            while True:
+                msg = self._read(await self._sub.recv_multipart())
+                if isinstance(msg, Handover):
+                    await self._rejoined(msg.state, held(), apply)
+                if not isinstance(msg, Relayed):
+                    continue
+                echo = None
+                if msg.origin == self.origin:
+                    if (echoed := self._unechoed.get(msg.seq)) is not None and not echoed.done():
+                        echoed.set_result(None)
+                    echo = self._still_latest(msg.cmd, msg.seq)
+                await self._dispatch(apply, msg.cmd, msg.bundle, echo, f"worker {msg.origin}")
+        finally:
+            for task in self._teaching:
+                task.cancel()
 
     def close(self) -> None:
         for sock in (self._pub, self._sub):
@@ -142,19 +154,55 @@ class ControlBus:
             log.warning("control bus: message refused: %s", e)
             return None
 
-    def _still_latest(self, msg: Relayed) -> Echo:
-        setting, seq = _setting(msg.cmd), msg.seq
+    def _still_latest(self, cmd: str, seq: int) -> Echo:
+        setting = _setting(cmd)
         return lambda: self._latest_own.get(setting) == seq
 
+    async def _dispatch(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]], cmd: str, bundle: str,
+                        echo: Echo | None, source: str) -> None:
+        if cmd == "reload":  # a load takes seconds: a kill switch relayed behind it must not wait for it
+            task = asyncio.create_task(self._apply(apply, cmd, bundle, echo, source))  # (nor grow stale in the socket)
+            self._loads.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._loads.discard)
+        else:
+            await self._apply(apply, cmd, bundle, echo, source)
+
+    async def _rejoined(self, state: AdminState, held: AdminState,
+                        apply: Callable[[str, str, Echo | None], Awaitable[Any]]) -> None:
+        for cmd, bundle, taught in state.differences(held):
+            if taught:
+                log.warning("the broker holds the default of %s: this worker teaches it what it holds", cmd)
+                task = asyncio.create_task(self._teach(cmd, bundle))
+                self._teaching.add(task)
+                task.add_done_callback(self._teaching.discard)
+            else:
+                log.warning("the broker passed on %s while this worker was away from it: applied now", cmd)
+                await self._dispatch(apply, cmd, bundle, None, "the broker's hand-over")
+
+    async def _teach(self, cmd: str, bundle: str) -> None:
+        """Relay a taught value until the broker passes it back, or a later command of this worker's on that
+        setting makes it stale; the broker refuses it (logged there) once the operator has set the setting."""
+        for _ in range(TEACH_TRIES):
+            echoed = self.publish(cmd, bundle, taught=True)
+            seq = self._seal.sealed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(echoed), TEACH_WAIT_S)
+                return
+            echoed.cancel()  # not waited for any more: its entry goes
+            if not self._still_latest(cmd, seq)():
+                return
+        log.warning("%s taught to the broker did not come back after %d tries: a command of that setting came "
+                    "since, or the broker is unreachable", cmd, TEACH_TRIES)
+
     @staticmethod
-    async def _apply(apply: Callable[[str, str, Echo | None], Awaitable[Any]], msg: Relayed,
-                     echo: Echo | None) -> None:
+    async def _apply(apply: Callable[[str, str, Echo | None], Awaitable[Any]], cmd: str, bundle: str,
+                     echo: Echo | None, source: str) -> None:
         try:
-            await apply(msg.cmd, msg.bundle, echo)
+            await apply(cmd, bundle, echo)
             if echo is None:
-                log.info("applied %s relayed from worker %s", msg.cmd, msg.origin)
+                log.info("applied %s relayed from %s", cmd, source)
         except Exception:  # noqa: BLE001 - one relay that fails (a bundle that does not load) must not end the listener
-            log.exception("relayed admin command %r failed", msg.cmd)
+            log.exception("relayed admin command %r failed", cmd)
 
 
 def _setting(cmd: str) -> str:
