@@ -231,7 +231,7 @@ def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_lo
     class Bus(_QuietRelay):
         published: list[str] = []
 
-        def publish(self, cmd: str, bundle: str = "", taught: bool = False):
+        def publish(self, cmd: str, bundle: str = ""):
             self.published.append(bundle)
             return super().publish(cmd, bundle)
 
@@ -254,7 +254,7 @@ def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_lo
 
 def test_an_admin_command_the_broker_never_passes_on_is_applied_here_and_says_it_was_not_relayed(tiny_config):
     class Unheard(_QuietRelay):
-        def publish(self, cmd: str, bundle: str = "", taught: bool = False):
+        def publish(self, cmd: str, bundle: str = ""):
             return asyncio.get_running_loop().create_future()  # PUB dropped it: no echo ever comes back
 
     server = Server(serve_config(), lambda path, hooks: fake_host(tiny_config, hooks), "fake", control=Unheard())
@@ -494,7 +494,7 @@ class _ClosingEngine(CountingEngine):
 class _QuietRelay:
     """A control bus with no siblings: the default admin state, nothing to relay; tests script `listen`."""
 
-    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]:
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
         relayed = asyncio.get_running_loop().create_future()
         relayed.set_result(None)
         return relayed

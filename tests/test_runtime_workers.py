@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -722,9 +723,58 @@ def test_a_restarted_broker_is_taught_what_its_workers_hold_and_hands_it_to_a_wo
         until(lambda: cluster.broker.live == 2, 20.0)
         cluster.workers["c"] = cluster.start("c")  # a worker that joins it: a fresh gate, the original bundle
         until(lambda: cluster.broker.live == 3 and holds("c"), 20.0)
-        assert holds("a") and holds("b")
+        # The two teachers each held fake-2: the one whose value the broker took is not reloaded by the other's
+        # (a reload would only load it again, and drop its sessions' windows).
+        assert cluster.loaded["a"] == cluster.loaded["b"] == ["fake-1", "fake-2"]
+        assert cluster.loaded["c"][-1] == "fake-2"
         with Client(cluster.addresses.frontend, timeout_s=10, retries=0) as c:
             replies = [c.request(signal_body(f"s{i}", instrument=f"SYM{i}")) for i in range(12)]
         assert all((r.action, r.model) == ("HOLD", "fake-2") for r in replies)
     finally:
         cluster.close()
+
+
+def test_a_hand_over_does_not_undo_a_command_of_this_workers_still_on_its_way_nor_apply_what_it_holds(tmp_path):
+    applied: list[tuple[str, str, bool]] = []
+    held = AdminState(kill_switch=True, bundle="b-2", reloaded=True)
+    sibling = ControlSeal(KEY, "sibling")
+
+    async def apply(cmd: str, bundle: str, echo) -> None:
+        applied.append((cmd, bundle, echo is not None))
+
+    async def main(bus: ControlBus) -> None:
+        async with _joined(bus, tmp_path) as (_, out):
+            listening = asyncio.create_task(bus.listen(apply, lambda: held))
+            bus.publish("kill_switch_on")  # this worker's own: the broker has not passed it back yet
+            # The broker after a break: its kill switch was switched off through it before this worker's on.
+            await out.send_multipart(ControlSeal(KEY, "broker-again").handover(
+                bus.origin.encode(), AdminState(kill_switch_set=True, bundle="b-2", reloaded=True)))
+            await out.send_multipart(sibling.relay("reload", "b-2", taught=True))  # what this worker holds
+            await out.send_multipart(sibling.relay("disable_patterns", taught=True))  # what it does not
+            await _eventually(lambda: bool(applied))
+            await asyncio.sleep(0.1)
+            listening.cancel()
+
+    _on_bus(tmp_path, main)
+    assert applied == [("disable_patterns", "", False)]
+
+
+def test_a_server_loading_a_reload_holds_the_bundle_it_loads(tiny_config):
+    """What it would teach a broker that rejoins meanwhile: the bundle it is loading, not the one it replaces."""
+    release, loading = threading.Event(), threading.Event()
+
+    def loader(path, hooks):
+        if path == "fake-3":
+            loading.set()
+            release.wait(10)
+        return fake_host(tiny_config, hooks, name=path)
+
+    server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1")
+    with ServerThread(server) as thread:
+        reloading = asyncio.run_coroutine_threadsafe(server._reload("fake-3"), thread.loop)
+        assert loading.wait(10)
+        held = server._held()
+        release.set()
+        reloading.result(10)
+    assert (held.bundle, held.reloaded) == ("fake-3", True)
+    assert (server._held().bundle, server._held().reloaded) == ("fake-3", True)

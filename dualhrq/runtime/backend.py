@@ -126,6 +126,13 @@ class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             return msgspec.structs.replace(self, bundle=bundle or self.bundle, reloaded=True)
         return self
 
+    def holds(self, cmd: str, bundle: str = "") -> bool:
+        """Whether this state has what `cmd` sets already (a reload: of this bundle)."""
+        if cmd in SWITCHES:
+            name, value = SWITCHES[cmd]
+            return getattr(self, name) == value
+        return cmd == "reload" and bundle in ("", self.bundle)
+
     def set_since_start(self, cmd: str) -> bool:
         """Whether a command of `cmd`'s setting passed through the broker since it started."""
         return getattr(self, _SET[SWITCHES[cmd][0]] if cmd in SWITCHES else "reloaded")
@@ -135,7 +142,9 @@ class AdminState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         the same one after a break in which relays may have been lost): (cmd, bundle, taught) for each setting
         where they differ. A setting set through the broker since it started is the latest: the worker applies
         it (taught False). One not set since is the broker's default: the worker relays what it holds, to be
-        taught to the broker and to the workers that joined it since (taught True)."""
+        taught to the broker and to the workers that joined it since (taught True); the first value taught
+        counts as a command of that setting, so the others' are refused. A missed reload of the same path (a
+        bundle replaced in place) does not show."""
         out = []
         if held.kill_switch != self.kill_switch:
             on = self.kill_switch if self.kill_switch_set else held.kill_switch
@@ -163,8 +172,8 @@ class Relayed(_Sealed, frozen=True, tag="relay"):
     cmd: str  # one of RELAYED
     bundle: str = ""
     # A worker's value taught to a broker that holds the setting's default (`AdminState.differences`): the
-    # broker passes it on only while no command of that setting has passed through it since it started, so a
-    # teaching worker that joined late cannot undo the operator's command.
+    # broker passes it on only while no command of that setting (a taught value included) has passed through
+    # it since it started, so a teaching worker that joined late cannot undo the operator's command.
     taught: bool = False
 
 

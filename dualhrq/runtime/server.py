@@ -77,7 +77,9 @@ class Relay(Protocol):
     order, this worker's own included (``apply``'s third argument: for those, an `Echo` check; None for a
     sibling's). `publish`'s future is done once the broker has passed the command on."""
 
-    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]: ...
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]: ...
+
+    def teach(self, cmd: str, bundle: str = "") -> None: ...
 
     async def join(self, timeout_s: float) -> AdminState | None: ...
 
@@ -116,6 +118,7 @@ class Server:
         # Whether the bundle held is one a reload named (a sibling's, or this worker's): what `_first_host` retries
         # instead of failing, and what a broker that rejoined with its defaults is taught.
         self._reloaded = False
+        self._loading: str | None = None  # the bundle a reload is loading now
         self._gate = gate if gate is not None else ComplianceGate()
         slot = slot or f"{socket.gethostname()}-{os.getpid()}"
         self._link = BrokerLink(connect, slot, backend_keys) if connect else None
@@ -256,7 +259,7 @@ class Server:
                 self._hold(state)
                 self._reloaded = state.reloaded
                 if stored:  # so that the broker hands it over, and workers without this store hold it too
-                    self._control.publish("kill_switch_on", taught=True)
+                    self._control.teach("kill_switch_on")
                 log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
                          "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
                          self._bundle)
@@ -675,7 +678,7 @@ class Server:
     def _held(self) -> AdminState:
         """The admin state this server holds now: what it teaches a broker that rejoined with its defaults."""
         return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled,
-                          bundle=self._bundle, reloaded=self._reloaded)
+                          bundle=self._loading or self._bundle, reloaded=self._reloaded or self._loading is not None)
 
     def _hold(self, state: AdminState, kill_switch_command: bool = False) -> None:
         """Hold `state`'s switches; its bundle, if it names one, is what a start loads. The kill switch is
@@ -697,11 +700,14 @@ class Server:
             if echo is not None and self._host is not None and (bundle == self._bundle or not echo()):
                 return {"model": self._host.name, "previous": self._host.name, "bundle": self._bundle}
             try:
+                self._loading = bundle  # a broker that rejoins meanwhile is taught this one, not the one it replaces
                 new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
             except Exception:
                 if self._host is None:  # still waiting for a first bundle: try the cluster's latest next
                     self._bundle, self._reloaded = bundle, True
                 raise
+            finally:
+                self._loading = None
             freeze_heap(collect=False)  # in flight requests would wait out a collection
             old, self._host = self._host, new
             self._bundle, self._reloaded = bundle, True

@@ -66,12 +66,24 @@ class ControlBus:
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
         self._unechoed: dict[int, asyncio.Future[None]] = {}  # seq -> done when the broker relayed it back
         self._loads: set[asyncio.Task] = set()  # relayed reloads under way
-        self._teaching: set[asyncio.Task] = set()  # values taught to a broker that rejoined with its defaults
+        self._teaching: dict[str, asyncio.Task] = {}  # setting -> its value being taught to the broker
 
-    def publish(self, cmd: str, bundle: str = "", taught: bool = False) -> asyncio.Future[None]:
-        """Relay a command this worker applied (``taught``: a value it holds, for a broker that holds the
-        setting's default). The future is done once the broker has passed it on (its echo came back): PUB drops
-        what it cannot deliver, so only that echo says the siblings were sent it."""
+    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]:
+        """Relay a command this worker applied. The future is done once the broker has passed it on (its echo
+        came back): PUB drops what it cannot deliver, so only that echo says the siblings were sent it."""
+        return self._publish(cmd, bundle, taught=False)
+
+    def teach(self, cmd: str, bundle: str = "") -> None:
+        """Relay the value this worker holds of `cmd`'s setting to a broker that holds its default (one that
+        restarted), again until the broker passes it back or passes another's value of the setting: the
+        broker refuses the later ones (`Relayed.taught`)."""
+        setting = _setting(cmd)
+        if (old := self._teaching.pop(setting, None)) is not None:
+            old.cancel()
+        task = self._teaching[setting] = asyncio.create_task(self._teach(cmd, bundle))
+        task.add_done_callback(lambda t: self._teaching.pop(setting) if self._teaching.get(setting) is t else None)
+
+    def _publish(self, cmd: str, bundle: str, taught: bool) -> asyncio.Future[None]:
         frames = self._seal.relay(cmd, bundle, taught)
         seq = self._seal.sealed
         self._latest_own[_setting(cmd)] = seq
@@ -125,9 +137,14 @@ class ControlBus:
                     if (echoed := self._unechoed.get(msg.seq)) is not None and not echoed.done():
                         echoed.set_result(None)
                     echo = self._still_latest(msg.cmd, msg.seq)
+                else:
+                    if (teaching := self._teaching.pop(_setting(msg.cmd), None)) is not None:
+                        teaching.cancel()  # the broker passed another's value of it: this one would be refused
+                    if msg.taught and held().holds(msg.cmd, msg.bundle):
+                        continue  # a sibling teaching what this worker holds: a reload would only reload
                 await self._dispatch(apply, msg.cmd, msg.bundle, echo, f"worker {msg.origin}")
         finally:
-            for task in self._teaching:
+            for task in list(self._teaching.values()):
                 task.cancel()
 
     def close(self) -> None:
@@ -172,27 +189,33 @@ class ControlBus:
         for cmd, bundle, taught in state.differences(held):
             if taught:
                 log.warning("the broker holds the default of %s: this worker teaches it what it holds", cmd)
-                task = asyncio.create_task(self._teach(cmd, bundle))
-                self._teaching.add(task)
-                task.add_done_callback(self._teaching.discard)
+                self.teach(cmd, bundle)
+            elif self._awaiting_echo(_setting(cmd)):
+                continue  # a later command of this worker's on it is on its way through the broker
             else:
                 log.warning("the broker passed on %s while this worker was away from it: applied now", cmd)
                 await self._dispatch(apply, cmd, bundle, None, "the broker's hand-over")
+
+    def _awaiting_echo(self, setting: str) -> bool:
+        seq = self._latest_own.get(setting)
+        return seq is not None and seq in self._unechoed
 
     async def _teach(self, cmd: str, bundle: str) -> None:
         """Relay a taught value until the broker passes it back, or a later command of this worker's on that
         setting makes it stale; the broker refuses it (logged there) once the operator has set the setting."""
         for _ in range(TEACH_TRIES):
-            echoed = self.publish(cmd, bundle, taught=True)
+            echoed = self._publish(cmd, bundle, taught=True)
             seq = self._seal.sealed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(echoed), TEACH_WAIT_S)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(echoed), TEACH_WAIT_S)
+                    return
+            finally:
+                echoed.cancel()  # not waited for any more (done already, or cancelled): its entry goes
+            if not self._still_latest(cmd, seq)():  # this worker took a command of it since
                 return
-            echoed.cancel()  # not waited for any more: its entry goes
-            if not self._still_latest(cmd, seq)():
-                return
-        log.warning("%s taught to the broker did not come back after %d tries: a command of that setting came "
-                    "since, or the broker is unreachable", cmd, TEACH_TRIES)
+        log.warning("%s taught to the broker did not come back after %d tries (is the broker reachable?)", cmd,
+                    TEACH_TRIES)
 
     @staticmethod
     async def _apply(apply: Callable[[str, str, Echo | None], Awaitable[Any]], cmd: str, bundle: str,
