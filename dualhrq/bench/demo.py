@@ -111,8 +111,8 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     print(f"  served over ZeroMQ on {n_served} held-out windows: {100 * non_hold:.1f}% not HOLD")
     rule = Artifacts.read(bundle).decision_rule
     if rule is not None and rule.min_edge is None:
-        print(f"  (the decision rule fitted on the {rule.fitted_on} never trades: no margin of the model's edge "
-              "paid the cost there, so the bundle serves HOLD by that rule, whatever its probabilities say)")
+        print(f"  (HOLD by the bundle's decision rule: fitted on the {rule.fitted_on}, it never trades, as no margin of "
+              "the model's edge paid the cost there; the probabilities in the replies are the model's own)")
     if m.get("test_input_independent"):
         print("  WARNING: the model looks input-independent (see the training summary above)")
     report = json.loads(bench_json.read_text())
