@@ -39,6 +39,7 @@ from dualhrq.compliance.journal import StateJournal
 from dualhrq.config import ComplianceConfig, ServeConfig
 from dualhrq.errors import ModelLoadError
 from dualhrq.runtime import protocol as p
+from dualhrq.runtime import workers
 from dualhrq.runtime.backend import AdminState, BrokerAddresses, ControlSeal
 from dualhrq.runtime.broker import Broker
 from dualhrq.runtime.client import Client
@@ -778,3 +779,26 @@ def test_a_server_loading_a_reload_holds_the_bundle_it_loads(tiny_config):
         reloading.result(10)
     assert (held.bundle, held.reloaded) == ("fake-3", True)
     assert (server._held().bundle, server._held().reloaded) == ("fake-3", True)
+
+
+def test_a_command_of_this_workers_the_broker_never_passed_back_gives_way_to_the_brokers_value_on_a_hand_over(
+        tmp_path, monkeypatch):
+    """Its reply said `relayed: false`; held back for an echo that never comes, the worker would differ from its
+    siblings until the next command of that setting."""
+    applied: list[tuple[str, str, bool]] = []
+
+    async def apply(cmd: str, bundle: str, echo) -> None:
+        applied.append((cmd, bundle, echo is not None))
+
+    async def main(bus: ControlBus) -> None:
+        async with _joined(bus, tmp_path) as (_, out):
+            listening = asyncio.create_task(bus.listen(apply, lambda: AdminState(kill_switch=True)))
+            bus.publish("kill_switch_on")  # lost: the broker never passes it back
+            monkeypatch.setattr(workers, "ECHO_LOST_S", 0.0)  # as if that was long ago
+            await out.send_multipart(ControlSeal(KEY, "broker-again").handover(
+                bus.origin.encode(), AdminState(kill_switch_set=True)))
+            await _eventually(lambda: bool(applied))
+            listening.cancel()
+
+    _on_bus(tmp_path, main)
+    assert applied == [("kill_switch_off", "", False)]

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # A value taught to a broker that rejoined with its defaults is sent again until the broker passes it back:
 # this worker's PUB may not be connected to it yet, and drops what it cannot deliver.
 TEACH_TRIES, TEACH_WAIT_S = 5, 0.5
+# A command of this worker's the broker has not passed back within this long is taken as lost (its reply said
+# `relayed: false`): a hand-over of the broker's value of that setting is applied, not held back for its echo.
+ECHO_LOST_S = 1.0
 
 
 class ControlBus:
@@ -65,6 +68,7 @@ class ControlBus:
         self._sub: zmq.asyncio.Socket | None = None
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
         self._unechoed: dict[int, asyncio.Future[None]] = {}  # seq -> done when the broker relayed it back
+        self._sent_at: dict[int, float] = {}  # seq -> when it was published, while unechoed
         self._loads: set[asyncio.Task] = set()  # relayed reloads under way
         self._teaching: dict[str, asyncio.Task] = {}  # setting -> its value being taught to the broker
 
@@ -88,7 +92,8 @@ class ControlBus:
         seq = self._seal.sealed
         self._latest_own[_setting(cmd)] = seq
         echoed = self._unechoed[seq] = asyncio.get_running_loop().create_future()
-        echoed.add_done_callback(lambda _: self._unechoed.pop(seq, None))
+        self._sent_at[seq] = time.monotonic()
+        echoed.add_done_callback(lambda _: (self._unechoed.pop(seq, None), self._sent_at.pop(seq, None)))
         self._pub.send_multipart(frames, zmq.NOBLOCK)
         return echoed
 
@@ -197,8 +202,9 @@ class ControlBus:
                 await self._dispatch(apply, cmd, bundle, None, "the broker's hand-over")
 
     def _awaiting_echo(self, setting: str) -> bool:
-        seq = self._latest_own.get(setting)
-        return seq is not None and seq in self._unechoed
+        """Whether this worker's last command of `setting` is still on its way through the broker."""
+        sent = self._sent_at.get(self._latest_own.get(setting, -1))
+        return sent is not None and time.monotonic() - sent < ECHO_LOST_S
 
     async def _teach(self, cmd: str, bundle: str) -> None:
         """Relay a taught value until the broker passes it back, or a later command of this worker's on that
