@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -488,6 +488,15 @@ async def _joined(bus: ControlBus, tmp_path: Path) -> AsyncIterator[tuple[zmq.as
         ctx.term()
 
 
+def _taken(ctx: zmq.asyncio.Context, tmp_path: Path) -> zmq.asyncio.Socket:
+    """The broker's side in from the workers, on tmp_path's endpoint: what the bus publishes arrives here."""
+    taken = ctx.socket(zmq.SUB)
+    taken.setsockopt(zmq.LINGER, 0)
+    taken.setsockopt(zmq.SUBSCRIBE, b"")
+    taken.bind(f"ipc://{tmp_path}/in")
+    return taken
+
+
 async def _eventually(cond: Callable[[], bool], timeout_s: float = 3.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond() and time.monotonic() < deadline:
@@ -556,10 +565,7 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
 
     async def main(bus: ControlBus) -> None:
         async with _joined(bus, tmp_path) as (ctx, out):
-            taken = ctx.socket(zmq.SUB)  # the broker's side in from the workers: what this one publishes
-            taken.setsockopt(zmq.LINGER, 0)
-            taken.setsockopt(zmq.SUBSCRIBE, b"")
-            taken.bind(f"ipc://{tmp_path}/in")
+            taken = _taken(ctx, tmp_path)
             try:
                 listening = asyncio.create_task(bus.listen(apply, AdminState))
                 while True:  # what the bus's PUB sends before its connection is up is dropped: wait for it
@@ -600,34 +606,41 @@ def test_conflicting_commands_taken_by_two_workers_end_as_the_broker_ordered_the
                        ("reload", "/theirs", False), ("reload", "/mine", True)]
 
 
-def test_the_broker_hands_over_only_what_sealed_relays_set(tmp_path):
+@contextlib.contextmanager
+def _publishing_to_a_broker() -> Iterator[tuple[Broker, zmq.Socket, Callable[[], AdminState | None]]]:
+    """A started broker; an XPUB into its control bus, which hears the broker's subscription, so nothing sent on it
+    is lost; and the state a worker joining the broker now is handed."""
     addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
     broker = Broker(addresses).start()
-    sibling, forger = ControlSeal(broker.control_key, "sibling"), ControlSeal(b"x" * 32, "forger")
 
-    async def joined() -> AdminState | None:
+    async def join() -> AdminState | None:
         bus = ControlBus(addresses.control_in, addresses.control_out, broker.control_key)
         try:
             return await bus.join(5.0)
         finally:
             bus.close()
 
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)  # a publisher that hears the broker's subscription, so nothing sent is lost
+    pub = zmq.Context.instance().socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.connect(addresses.control_in)
     try:
         assert pub.poll(5000) and pub.recv() == b"\x01"
-        pub.send_multipart(forger.relay("kill_switch_on"))
-        pub.send_multipart(sibling.relay("disable_patterns"))
-        pub.send_multipart(sibling.relay("reload", "fake-9"))
-        # Joined until the broker has folded the relays in: the forged kill switch, had it counted, would stay on.
-        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
-                                                          kill_switch_set=False, patterns_set=True, reloaded=True))
+        yield broker, pub, lambda: asyncio.run(join())
     finally:
         pub.close()
         broker.stop()
         shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
+def test_the_broker_hands_over_only_what_sealed_relays_set():
+    with _publishing_to_a_broker() as (broker, pub, joined):
+        sibling, forger = ControlSeal(broker.control_key, "sibling"), ControlSeal(b"x" * 32, "forger")
+        pub.send_multipart(forger.relay("kill_switch_on"))
+        pub.send_multipart(sibling.relay("disable_patterns"))
+        pub.send_multipart(sibling.relay("reload", "fake-9"))
+        # Joined until the broker has folded the relays in: the forged kill switch, had it counted, would stay on.
+        until(lambda: joined() == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
+                                             kill_switch_set=False, patterns_set=True, reloaded=True))
 
 
 def test_a_rejoined_brokers_hand_over_is_applied_where_commanded_since_it_started_and_taught_where_default():
@@ -652,10 +665,7 @@ def test_a_later_hand_over_applies_what_the_broker_was_commanded_and_teaches_it_
 
     async def main(bus: ControlBus) -> list:
         async with _joined(bus, tmp_path) as (ctx, out):
-            taken = ctx.socket(zmq.SUB)  # the broker's side in from the workers: what this one publishes
-            taken.setsockopt(zmq.LINGER, 0)
-            taken.setsockopt(zmq.SUBSCRIBE, b"")
-            taken.bind(f"ipc://{tmp_path}/in")
+            taken = _taken(ctx, tmp_path)
             try:
                 listening = asyncio.create_task(bus.listen(apply, lambda: held))
                 # The broker again: the patterns were switched on through it meanwhile, its kill switch is its
@@ -675,34 +685,15 @@ def test_a_later_hand_over_applies_what_the_broker_was_commanded_and_teaches_it_
     assert applied == [("enable_patterns", "", False)]
 
 
-def test_the_broker_passes_a_taught_value_on_only_until_a_command_of_its_setting_came(tmp_path):
-    addresses = BrokerAddresses.local(f"tcp://127.0.0.1:{free_port()}")
-    broker = Broker(addresses).start()
-    worker = ControlSeal(broker.control_key, "worker")
-
-    async def joined() -> AdminState | None:
-        bus = ControlBus(addresses.control_in, addresses.control_out, broker.control_key)
-        try:
-            return await bus.join(5.0)
-        finally:
-            bus.close()
-
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.connect(addresses.control_in)
-    try:
-        assert pub.poll(5000) and pub.recv() == b"\x01"
+def test_the_broker_passes_a_taught_value_on_only_until_a_command_of_its_setting_came():
+    with _publishing_to_a_broker() as (broker, pub, joined):
+        worker = ControlSeal(broker.control_key, "worker")
         pub.send_multipart(worker.relay("disable_patterns", taught=True))  # nothing set it yet: taken
         pub.send_multipart(worker.relay("kill_switch_off"))  # the operator's
         pub.send_multipart(worker.relay("kill_switch_on", taught=True))  # a late teacher: refused
         pub.send_multipart(worker.relay("reload", "fake-9"))  # the last: once it is in, so are those before
-        until(lambda: asyncio.run(joined()) == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
-                                                          kill_switch_set=True, patterns_set=True, reloaded=True))
-    finally:
-        pub.close()
-        broker.stop()
-        shutil.rmtree(Path(addresses.backend.removeprefix("ipc://")).parent, ignore_errors=True)
+        until(lambda: joined() == AdminState(kill_switch=False, patterns_enabled=False, bundle="fake-9",
+                                             kill_switch_set=True, patterns_set=True, reloaded=True))
 
 
 def test_a_restarted_broker_is_taught_what_its_workers_hold_and_hands_it_to_a_worker_that_joins_it(tiny_config):
