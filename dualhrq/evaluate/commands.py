@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -68,7 +68,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _headline(kind: str, metrics: dict, verdict: str | None) -> str:
+def _headline(kind: str, metrics: dict[str, Any], verdict: str | None) -> str:
     if kind == "train":
         ce = metrics.get("best_test.cross_entropy")
         return f"step {metrics.get('step')}" + (f", held-out CE {ce:.4f}" if isinstance(ce, float) else "")

@@ -32,6 +32,7 @@ from pathlib import Path
 import hnswlib
 import msgspec
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from dualhrq.config import PatternsConfig
@@ -235,9 +236,9 @@ class PatternLibrary:
 
     # ------------------------------------------------------------ growth
 
-    def add(self, embeddings: np.ndarray, *, instrument: str | list[str] | np.ndarray, window_start: object,
-            window_end: object, available_at: object, outcome: object, regime: object,
-            quality: object = None, expires_at: object = None) -> np.ndarray:
+    def add(self, embeddings: np.ndarray, *, instrument: str | list[str] | np.ndarray, window_start: npt.ArrayLike,
+            window_end: npt.ArrayLike, available_at: npt.ArrayLike, outcome: npt.ArrayLike, regime: npt.ArrayLike,
+            quality: npt.ArrayLike | None = None, expires_at: npt.ArrayLike | None = None) -> np.ndarray:
         """Add n entries (metadata: scalars or length-n vectors; times int ns). Returns their labels [n].
 
         ``quality`` defaults to ``cfg.initial_quality``; ``expires_at`` to ``available_at + expiry_days`` when

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from dualhrq.data.resample import DAY_NS
 from dualhrq.errors import ConfigurationError, DataError, ModelLoadError
@@ -102,7 +103,7 @@ class RegimeSummary:
     switch_rate: float  # share of bar-to-bar steps whose regime changes (under 5%: persistent enough to condition on)
 
 
-def regime_summary(ids: np.ndarray, returns: np.ndarray, vol: np.ndarray, timestamps: object,
+def regime_summary(ids: np.ndarray, returns: np.ndarray, vol: np.ndarray, timestamps: npt.ArrayLike,
                    n_regimes: int | None = None) -> RegimeSummary:
     """Per regime: share of time, mean volatility, mean return, exits per day; plus the overall switch rates.
 
