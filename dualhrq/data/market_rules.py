@@ -30,7 +30,6 @@ REGULAR_OPEN = time(9, 30)
 REGULAR_CLOSE = time(16, 0)
 
 
-
 @dataclass(frozen=True)
 class SSRRule:
     """SEC Rule 201: a trade at or below ``trigger_ratio`` × prior close, in regular hours, restricts short

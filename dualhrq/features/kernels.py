@@ -461,10 +461,6 @@ def _all_finite(x: np.ndarray) -> bool:
 # ---------------------------------------------------------------- a stream's newest bars (dualhrq.features.newest)
 
 
-# NOTE: `newest_rows` takes its inputs grouped in plain tuples, unpacked first thing: numba types a plain tuple
-# of arrays in its compiled dispatch, where a named tuple goes through Python's typeof at ~2 us an array.
-
-
 @_kernel
 def newest_rows(fine: tuple, coarse: tuple, rule: tuple, regime_rule: tuple, scaling: tuple, tokens: np.ndarray,
                 regime: np.ndarray, pattern: np.ndarray) -> tuple[int, int]:
@@ -473,9 +469,11 @@ def newest_rows(fine: tuple, coarse: tuple, rule: tuple, regime_rule: tuple, sca
     the last bar: what each family's function and `normalise_rows` give, in one call. The tuples are unpacked
     below: the fine bars' columns and ``log_close``, the closes' logs from bar len(c) - len(log_close) on; the
     coarse bars closed by the last fine bar, as `regime_rows` reads them; `state_rows`' arguments; `regime_rows`'
-    rule; the training
-    statistics. Returns (the newest
-    bar's state, flat when unknown; the first incomplete output: -1 none, 0 tokens, 1 regime, 2 pattern)."""
+    rule; the training statistics. Returns (the newest bar's state, flat when unknown; the first incomplete
+    output: -1 none, 0 tokens, 1 regime, 2 pattern).
+
+    NOTE: plain tuples, not named ones: numba types a plain tuple of arrays in its compiled dispatch, a named
+    tuple through Python's typeof, at ~2 us an array on every call."""
     t, o, h, l, c, v, log_close = fine  # noqa: E741
     bar_w, horizon, cost_bps, vol_threshold, flat, long, short, unknown = rule
     fine_mean, fine_std, regime_mean, regime_std, clip = scaling

@@ -67,8 +67,8 @@ class ControlBus:
         self._subscribe_to = subscribe_to
         self._sub: zmq.asyncio.Socket | None = None
         self._latest_own: dict[str, int] = {}  # setting -> seq of the last command of this worker's that sets it
-        self._unechoed: dict[int, asyncio.Future[None]] = {}  # seq -> done when the broker relayed it back
-        self._sent_at: dict[int, float] = {}  # seq -> when it was published, while unechoed
+        # seq -> (done when the broker relayed it back, when it was published), while unechoed
+        self._unechoed: dict[int, tuple[asyncio.Future[None], float]] = {}
         self._loads: set[asyncio.Task] = set()  # relayed reloads under way
         self._teaching: dict[str, asyncio.Task] = {}  # setting -> its value being taught to the broker
 
@@ -91,9 +91,9 @@ class ControlBus:
         frames = self._seal.relay(cmd, bundle, taught)
         seq = self._seal.sealed
         self._latest_own[_setting(cmd)] = seq
-        echoed = self._unechoed[seq] = asyncio.get_running_loop().create_future()
-        self._sent_at[seq] = time.monotonic()
-        echoed.add_done_callback(lambda _: (self._unechoed.pop(seq, None), self._sent_at.pop(seq, None)))
+        echoed = asyncio.get_running_loop().create_future()
+        self._unechoed[seq] = echoed, time.monotonic()
+        echoed.add_done_callback(lambda _: self._unechoed.pop(seq, None))
         self._pub.send_multipart(frames, zmq.NOBLOCK)
         return echoed
 
@@ -139,8 +139,8 @@ class ControlBus:
                     continue
                 echo = None
                 if msg.origin == self.origin:
-                    if (echoed := self._unechoed.get(msg.seq)) is not None and not echoed.done():
-                        echoed.set_result(None)
+                    if (unechoed := self._unechoed.get(msg.seq)) is not None and not unechoed[0].done():
+                        unechoed[0].set_result(None)
                     echo = self._still_latest(msg.cmd, msg.seq)
                 else:
                     if (teaching := self._teaching.pop(_setting(msg.cmd), None)) is not None:
@@ -203,8 +203,8 @@ class ControlBus:
 
     def _awaiting_echo(self, setting: str) -> bool:
         """Whether this worker's last command of `setting` is still on its way through the broker."""
-        sent = self._sent_at.get(self._latest_own.get(setting, -1))
-        return sent is not None and time.monotonic() - sent < ECHO_LOST_S
+        unechoed = self._unechoed.get(self._latest_own.get(setting, -1))
+        return unechoed is not None and time.monotonic() - unechoed[1] < ECHO_LOST_S
 
     async def _teach(self, cmd: str, bundle: str) -> None:
         """Relay a taught value until the broker passes it back, or a later command of this worker's on that
