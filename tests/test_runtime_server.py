@@ -203,7 +203,7 @@ def test_a_reload_that_comes_back_as_its_own_echo_loads_only_if_another_came_bet
     server = Server(serve_config(), loader, "fake-1")
     with ServerThread(server) as st:
         def apply(*args):
-            return asyncio.run_coroutine_threadsafe(server._apply(*args), st.loop).result(10)
+            return asyncio.run_coroutine_threadsafe(server._admin.apply(*args), st.loop).result(10)
 
         def latest() -> bool:
             return True  # no later reload of this worker's
@@ -244,7 +244,7 @@ def test_an_echo_of_a_reload_that_arrives_while_a_later_reload_loads_does_not_lo
             assert loading.wait(10)
             # fake-2's echo comes back from the broker while fake-3 loads: it waits for the reload lock
             echo = asyncio.run_coroutine_threadsafe(
-                server._apply("reload", "fake-2", lambda: bus.published[-1] == "fake-2"), st.loop)
+                server._admin.apply("reload", "fake-2", lambda: bus.published[-1] == "fake-2"), st.loop)
             release.set()
             assert later.result(10).ok
             echo.result(10)
@@ -556,10 +556,10 @@ def test_a_relayed_reload_still_loading_when_the_server_stops_has_both_hosts_clo
             await asyncio.Event().wait()
 
     server = Server(serve_config(), loader, "fake-1", control=RelayedReload())
-    caplog.set_level(logging.INFO, logger="dualhrq.runtime.server")
+    caplog.set_level(logging.INFO, logger="dualhrq.runtime")
     with ServerThread(server):
         assert loading.wait(5)
-    said = [r.getMessage() for r in caplog.records if r.name == "dualhrq.runtime.server"]
+    said = [r.getMessage() for r in caplog.records if r.name in ("dualhrq.runtime.server", "dualhrq.runtime.hosting")]
     assert [h.name for h in hosts] == ["fake-1", "fake-2"] and all(h.batcher.engine.closed for h in hosts)
     assert "retired fake-1" in said and said.index("retired fake-1") < said.index("stopped"), said
 
@@ -584,11 +584,11 @@ def test_a_reload_that_ends_during_the_drain_has_its_old_host_closed_before_the_
             server.stop()  # the reload ends during the drain: the old host's retirement starts then
             return await asyncio.gather(slow, reload)
 
-    caplog.set_level(logging.INFO, logger="dualhrq.runtime.server")
+    caplog.set_level(logging.INFO, logger="dualhrq.runtime")
     with ServerThread(server) as st:
         signal, reload = asyncio.run(traffic(st.address))
     assert isinstance(signal, p.SignalReply) and reload.ok
-    said = [r.getMessage() for r in caplog.records if r.name == "dualhrq.runtime.server"]
+    said = [r.getMessage() for r in caplog.records if r.name in ("dualhrq.runtime.server", "dualhrq.runtime.hosting")]
     assert "retired fake-1" in said and said.index("retired fake-1") < said.index("stopped"), said
 
 
@@ -600,6 +600,6 @@ def _tracked(obj: object) -> bool:
 def test_the_loaded_model_is_out_of_the_cyclic_collectors_reach_once_ready_and_after_a_reload(tiny_config):
     """A full collection traverses every tracked object: the model's would make it a pause in some reply."""
     with ServerThread(server_for(tiny_config)) as st, Client(st.address) as c:
-        assert not _tracked(st.server._host.inputs)
+        assert not _tracked(st.server._hosting.host.inputs)
         c.admin("reload", token=TOKEN, bundle="fake-2")
-        assert st.server._host.name == "fake-2" and not _tracked(st.server._host.inputs)
+        assert st.server._hosting.host.name == "fake-2" and not _tracked(st.server._hosting.host.inputs)

@@ -763,13 +763,13 @@ def test_a_server_loading_a_reload_holds_the_bundle_it_loads(tiny_config):
 
     server = Server(ServeConfig(drain_timeout_s=0.5, admin_tokens=[TOKEN]), loader, "fake-1")
     with ServerThread(server) as thread:
-        reloading = asyncio.run_coroutine_threadsafe(server._reload("fake-3"), thread.loop)
+        reloading = asyncio.run_coroutine_threadsafe(server._hosting.reload("fake-3"), thread.loop)
         assert loading.wait(10)
-        held = server._held()
+        held = server._admin.held()
         release.set()
         reloading.result(10)
     assert (held.bundle, held.reloaded) == ("fake-3", True)
-    assert (server._held().bundle, server._held().reloaded) == ("fake-3", True)
+    assert (server._admin.held().bundle, server._admin.held().reloaded) == ("fake-3", True)
 
 
 def test_a_command_of_this_workers_the_broker_never_passed_back_gives_way_to_the_brokers_value_on_a_hand_over(

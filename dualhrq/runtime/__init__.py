@@ -1,7 +1,9 @@
 """The serving runtime: `dualhrq serve` answers order gateways over ZeroMQ (docs/PROTOCOL.md).
 
 protocol.py       messages, strict decoding, the error each bad body earns
-server.py         asyncio + ROUTER, one reply per request       host.py     a loaded bundle (reload swaps hosts)
+server.py         asyncio + ROUTER, one reply per request       host.py     a loaded bundle
+hosting.py        the bundle served: first load, reloads that swap hosts, the old one retired
+admin.py          admin commands: who may, what each changes, the relay to sibling workers
 streams.py        `append` sessions' windows (LRU, expiry)      batcher.py  the engine's queue and micro-batches
 act.py            ACT at serve time: segments until each row halts, the carry fed back
 metrics.py        Prometheus metrics      logs.py  JSON log lines      security.py  CURVE keys and allow-lists

@@ -24,40 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import hmac
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 import numpy as np
 import zmq
 
 from dualhrq.compliance.gate import ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.config import CurveConfig, ServeConfig
 from dualhrq.data.market_rules import RULES_VERSION
-from dualhrq.errors import DataError, ModelLoadError
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
-from dualhrq.runtime.backend import (
-    MAX_AGE_S,
-    SWITCHES,
-    TIMEOUT_S,
-    AdminState,
-    BackendKeys,
-    BrokerLink,
-    Echo,
-    bind,
-)
+from dualhrq.runtime.admin import Admin, Relay
+from dualhrq.runtime.backend import BackendKeys, BrokerLink, bind
 from dualhrq.runtime.batcher import Expired, Overloaded, RowResult
 from dualhrq.runtime.heap import freeze_heap
 from dualhrq.runtime.host import HostHooks, ModelHost, Prepared
+from dualhrq.runtime.hosting import Hosting, Loader
 from dualhrq.runtime.metrics import ServerMetrics
 from dualhrq.runtime.security import CurveServer
 from dualhrq.runtime.streams import Stream, Streams
@@ -68,35 +57,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[str, HostHooks], ModelHost]  # bundle path -> a verified, warmed host (blocking)
-
-
-class Relay(Protocol):
-    """How a worker shares admin state with its siblings (dualhrq.runtime.workers.ControlBus): the state the
-    broker holds when it joins (None: none came within timeout_s), then every relayed command in the broker's
-    order, this worker's own included (``apply``'s third argument: for those, an `Echo` check; None for a
-    sibling's). `publish`'s future is done once the broker has passed the command on."""
-
-    def publish(self, cmd: str, bundle: str = "") -> asyncio.Future[None]: ...
-
-    def teach(self, cmd: str, bundle: str = "") -> None: ...
-
-    async def join(self, timeout_s: float) -> AdminState | None: ...
-
-    async def listen(self, apply: Callable[[str, str, Echo | None], Awaitable[Any]],
-                     held: Callable[[], AdminState]) -> None: ...
-
-
 GIL_SWITCH_S = 0.0005
-# How long an admin reply waits for the broker to pass the command on to the sibling workers (milliseconds, when
-# it is up; a gateway's default timeout is 1 s).
-RELAY_ACK_S = 0.25
 # How often the loop looks at the socket whatever its descriptor says: a bound on any wake-up the edge-triggered
 # descriptor missed (an operation on the socket can take a message's edge).
 RESCAN_S = 0.05
-# A handed-over bundle that does not load is tried again after FIRST_RETRY_S, doubling up to LAST_RETRY_S; a reload
-# relayed meanwhile is noticed within RETRY_POLL_S.
-FIRST_RETRY_S, LAST_RETRY_S, RETRY_POLL_S = 1.0, 30.0, 0.2
 
 # The retriever's "busy" (every worker stuck) and "tripped" (recent lookups timed out) are timeouts on the wire.
 _REPLY_REASON = {"busy": "timeout", "tripped": "timeout"}
@@ -113,31 +77,24 @@ class Server:
         self.metrics = ServerMetrics()
         self.endpoint = ""  # the bound (or connected) address once started
         self.ready = False
-        self._loader, self._bundle = loader, bundle
-        self._own_bundle = bundle  # the one it was started with; a broker may hand over another
-        # Whether the bundle held is one a reload named (a sibling's, or this worker's): what `_first_host` retries
-        # instead of failing, and what a broker that rejoined with its defaults is taught.
-        self._reloaded = False
-        self._loading: str | None = None  # the bundle a reload is loading now
         self._gate = gate if gate is not None else ComplianceGate()
         slot = slot or f"{socket.gethostname()}-{os.getpid()}"
         self._link = BrokerLink(connect, slot, backend_keys) if connect else None
-        self._control = control  # workers: relays state-changing admin commands to the sibling workers
         # The clients' CURVE ends at the client-facing socket: a worker connected to a broker's backend uses the
         # backend's own keys instead (BrokerLink), or the handshake would never complete and no request arrive.
         self._curve = CurveServer(CurveConfig() if connect else serve.curve)
-        self._host: ModelHost | None = None
-        self._patterns_enabled = True
         self._upstream = 0  # signals past decode and not yet queued: the batcher's hint to wait for more
         self._in_flight = 0  # taken from the socket and not yet answered
         self._running = 0  # of those, whose task has started: what the in-flight limit admits by, in order
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
         self._started = time.monotonic()
         self._features_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="features")
         self._streams = Streams(serve.sessions)
-        self._hooks = HostHooks(upstream=lambda: self._upstream, on_batch=self.metrics.observe_batch)
+        hooks = HostHooks(upstream=lambda: self._upstream, on_batch=self.metrics.observe_batch)
+        self._hosting = Hosting(loader, bundle, hooks, self._stopping, self._swapped)
+        # `control`: a worker's relay of state-changing admin commands to its siblings
+        self._admin = Admin(serve, self._gate, self._hosting, control, self._curve.admin_keys, self.stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: zmq.Context | None = None
         # A plain socket the loop watches through its descriptor: every receive and send is a non-blocking call,
@@ -151,18 +108,18 @@ class Server:
     async def start(self) -> None:
         """Load, verify and warm the model (off the loop), then bind: nothing is answered before it is ready.
         An address or metrics port that cannot work is a ConfigurationError before the load, not after it.
-        Returns without becoming ready when stopped before a bundle loaded (see `_first_host`)."""
+        Returns without becoming ready when stopped before a bundle loaded (see `Hosting.first`)."""
         self._loop = asyncio.get_running_loop()
         # The loop competes for the GIL with the retrieval, feature and inference threads: hand it over more
         # often than the default 5 ms, so that a waiting loop (or retrieval) is never held up long.
         sys.setswitchinterval(GIL_SWITCH_S)
         if not self._link:
             self._probe_bind()
-        self.metrics.watch_queue(lambda: self._host.batcher.depth if self._host else 0)
+        self.metrics.watch_queue(lambda: self._hosting.host.batcher.depth if self._hosting.host else 0)
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         if self.serve.metrics_port:
             self.metrics.serve_http(self.serve.metrics_port)
-        host = await self._first_host()
+        host = await self._hosting.first()
         if host is None:  # stopped before any bundle loaded
             return
         freeze_heap(collect=True)  # before any request: the collection's pause is the start's
@@ -185,34 +142,6 @@ class Server:
         log.info("serving %s on %s (ready)", host.name, self.endpoint,
                  extra={"event": "ready", "model": host.name, "endpoint": self.endpoint})
 
-    async def _first_host(self) -> ModelHost | None:
-        """The host to serve: the bundle held now (None: stopped first). After a reload has passed through the
-        broker (a sibling's: another bundle, or the same path replaced), a bundle that does not load here is
-        retried, not fatal: this worker stays off the broker, so that its instruments go to the workers that
-        serve it, until the bundle loads, a relayed reload loads one, or stop(); it logs each failure, and the
-        supervisor's /readyz fails while no worker is registered. Without a reload, its own bundle failing is
-        fatal as before: a configuration that cannot work."""
-        next_try, delay = 0.0, FIRST_RETRY_S
-        while not self._stopping.is_set():
-            async with self._reload_lock:  # a reload relayed while this loads waits, then loads beside it
-                if self._host is not None:  # a relayed reload loaded one meanwhile
-                    return self._host
-                bundle = self._bundle
-                if time.monotonic() >= next_try:
-                    try:
-                        self._host = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
-                        return self._host
-                    except Exception as e:
-                        if bundle == self._own_bundle and not self._reloaded:
-                            raise
-                        log.error("cannot load %s, the bundle of the broker's last reload (%s: %s): this worker "
-                                  "takes no requests until it loads; retrying in %.0f s, or at the next reload",
-                                  bundle, type(e).__name__, e, delay)
-                    next_try, delay = time.monotonic() + delay, min(2 * delay, LAST_RETRY_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RETRY_POLL_S)
-        return None
-
     async def run(self, handle_signals: bool = True) -> int:
         """Start, serve until stop() (or SIGTERM/SIGINT), drain, and return the exit code. A start that fails
         (a setting that cannot work) is drained too, then raised."""
@@ -220,7 +149,7 @@ class Server:
         if handle_signals:  # before loading, so a signal while loading also ends in a clean exit
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
-        relays = await self._join()
+        relays = await self._admin.join(self._stopping)
         beats: asyncio.Task | None = None
         try:
             if not self._stopping.is_set():  # stopped while waiting for the broker: nothing to load
@@ -237,37 +166,6 @@ class Server:
             if beats is not None:
                 beats.cancel()
         return 0
-
-    async def _join(self) -> asyncio.Task | None:
-        """A worker takes the admin state its broker holds (kill switch, patterns switch, reloaded bundle)
-        before it loads anything, and from then on (while loading too) applies its siblings' relays: a worker
-        restarted while the kill switch is on answers HOLD from its first reply, and so does every worker of a
-        restarted server whose compliance store holds it on. The listening task, or None."""
-        if self._control is None:
-            return None
-        while not self._stopping.is_set():
-            state = await self._control.join(TIMEOUT_S)
-            if state is not None:
-                # Until a kill switch command has passed through the broker since it started, its "off" is a
-                # default: the compliance store (written through by every worker) holds the operator's last.
-                stored = None if state.kill_switch_set else self._gate.stored_kill_switch()
-                if stored:
-                    log.warning("the kill switch is on in compliance.state_path and no kill switch command has "
-                                "passed through the broker since it started: kept on, and relayed to the other "
-                                "workers; send kill_switch_off to clear it")
-                    state = msgspec.structs.replace(state, kill_switch=True)
-                self._hold(state)
-                self._reloaded = state.reloaded
-                if stored:  # so that the broker hands it over, and workers without this store hold it too
-                    self._control.teach("kill_switch_on")
-                log.info("admin state from the broker: kill switch %s, patterns %s, bundle %s",
-                         "on" if state.kill_switch else "off", "on" if state.patterns_enabled else "off",
-                         self._bundle)
-                return asyncio.create_task(self._control.listen(self._apply, self._held))
-            log.warning("no admin state from the broker's control bus after %.0f s (is the broker up, does it hold "
-                        "the same control key, and is its clock within %.0f s of this one? a hand-over refused is "
-                        "logged as such); still waiting", TIMEOUT_S, MAX_AGE_S)
-        return None
 
     def _probe_bind(self) -> None:
         """Bind serve.bind and let go at once: an address in use or malformed fails before the load. The real
@@ -306,8 +204,7 @@ class Server:
         await self._settle()
         # A reload still loading ends first (a relayed one is no request's task: the settle did not wait for it);
         # one asked for later is refused. The old host such a reload replaced retires in a second settle.
-        async with self._reload_lock:
-            host, self._host = self._host, None
+        host = await self._hosting.take()
         await self._settle()
         if host is not None:
             await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
@@ -366,10 +263,14 @@ class Server:
             # In flight from now, not from when its task starts: one taken in the same drain must not look
             # alone to the one before it.
             self._in_flight += 1
-            task = asyncio.create_task(self._handle(frames, time.perf_counter()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._handle(frames, time.perf_counter()))
         self._drain_later()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the drain waits for."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _drain_later(self) -> None:
         if not self._draining and self._loop is not None:
@@ -434,7 +335,7 @@ class Server:
                 return kind, await self._signal(req, t0)
             if isinstance(req, p.Ping):
                 return kind, self._pong(req)
-            return kind, await self._admin(req, user)
+            return kind, await self._admin.answer(req, user)
         except p.ProtocolError as e:
             e.request_id = req.id
             return kind, e.reply()
@@ -447,7 +348,7 @@ class Server:
     # ------------------------------------------------------------ ping
 
     def _pong(self, req: p.Ping) -> p.Pong:
-        host = self._host
+        host = self._hosting.host
         coarse, fine = host.needs if host else (0, 0)
         return p.Pong(id=req.id, model=host.name if host else "", ready=self.ready and host is not None,
                       uptime_s=round(time.monotonic() - self._started, 3), needs=p.Needs(coarse, fine),
@@ -463,7 +364,7 @@ class Server:
     async def _signal(self, req: p.BarRequest, t0: float) -> p.Reply:
         if self._running > self.serve.max_in_flight:
             raise p.ProtocolError("overloaded", f"more than {self.serve.max_in_flight} requests in flight")
-        host = self._host
+        host = self._hosting.host
         if host is None:
             raise p.ProtocolError("overloaded", "no model loaded (shutting down); retry elsewhere or later")
         deadline_ms = req.deadline_ms or self.serve.default_deadline_ms
@@ -572,7 +473,7 @@ class Server:
 
     def _lookup(self, host: ModelHost, key: np.ndarray, as_of: int) -> Lookup | None:
         """Start the pattern lookup (None: patterns are off)."""
-        if not (self._patterns_enabled and host.retriever is not None):
+        if not (self._admin.patterns_enabled and host.retriever is not None):
             return None
         return host.retriever.begin(key, as_of)
 
@@ -623,115 +524,19 @@ class Server:
 
     # ------------------------------------------------------------ admin
 
-    def _authorized(self, req: p.Admin, user: str | None) -> bool:
-        token = req.token.encode()
-        by_token = bool(token) and any(hmac.compare_digest(token, t.encode()) for t in self.serve.admin_tokens)
-        return by_token or (user is not None and user in self._curve.admin_keys)
-
-    async def _admin(self, req: p.Admin, user: str | None) -> p.Reply:
-        if not self._authorized(req, user):
-            log.warning("admin %s refused: no valid token or admin key", req.cmd)
-            return p.ErrorReply(id=req.id, code="unauthorized", message="admin needs a valid token or admin "
-                                "CURVE key", field="token")
-        try:
-            detail = await self._apply(req.cmd, req.bundle)
-        except Exception as e:  # noqa: BLE001 - e.g. a reload of a bundle that fails verification
-            log.exception("admin %s failed", req.cmd)
-            return p.AdminReply(id=req.id, cmd=req.cmd, ok=False, detail={"error": f"{type(e).__name__}: {e}"})
-        # NOTE: nothing awaits between the apply and the publish: an echo of this worker's previous reload,
-        # waiting for the reload lock, asks whether it is still the latest as soon as it runs.
-        if self._control is not None and req.cmd != "stats":
-            detail["relayed"] = await self._relay(req)
-        log.info("admin %s applied", req.cmd, extra={"event": "admin", "cmd": req.cmd, "detail": detail})
-        return p.AdminReply(id=req.id, cmd=req.cmd, ok=True, detail=detail)
-
-    async def _relay(self, req: p.Admin) -> bool:
-        """Pass an applied command on to the sibling workers; False (logged) when the broker did not pass it on
-        within RELAY_ACK_S: this worker holds it, the others may not, and the gateway should send it again."""
-        assert self._control is not None
-        try:
-            await asyncio.wait_for(self._control.publish(req.cmd, req.bundle), RELAY_ACK_S)
-            return True
-        except TimeoutError:
-            log.warning("admin %s: applied here, but the broker did not relay it within %.1f s (is it up?); the "
-                        "other workers may not hold it: send it again", req.cmd, RELAY_ACK_S)
-            return False
-
-    async def _apply(self, cmd: str, bundle: str = "", echo: Echo | None = None) -> dict[str, Any]:
-        """One admin command's effect (also what a relayed command runs). ``echo``: for this worker's own
-        command come back in the broker's order, re-applied so that every worker ends on the last command the
-        broker passed on, unless a later one of this worker's set the same since (``echo()`` false); a reload
-        then loads only if a sibling's reload came in between."""
-        if cmd == "stats":
-            return self.stats()
-        if echo is not None and cmd in SWITCHES and not echo():
-            return {}
-        if cmd in SWITCHES:
-            state = self._held().after(cmd)
-            name = SWITCHES[cmd][0]
-            self._hold(state, kill_switch_command=name == "kill_switch")
-            return {name: getattr(state, name)}
-        if cmd == "reload":
-            return await self._reload(bundle or self._bundle, echo)
-        raise DataError(f"cmd: unknown admin command {cmd!r}")
-
-    def _held(self) -> AdminState:
-        """The admin state this server holds now: what it teaches a broker that rejoined with its defaults."""
-        return AdminState(kill_switch=self._gate.kill_switch, patterns_enabled=self._patterns_enabled,
-                          bundle=self._loading or self._bundle, reloaded=self._reloaded or self._loading is not None)
-
-    def _hold(self, state: AdminState, kill_switch_command: bool = False) -> None:
-        """Hold `state`'s switches; its bundle, if it names one, is what a start loads. The kill switch is
-        written to the compliance store only by a kill switch command or when it changes here: a patterns
-        switch must not write this worker's value over a newer one (and cannot fail on the store)."""
-        self._patterns_enabled = state.patterns_enabled
-        self._bundle = state.bundle or self._bundle
-        if kill_switch_command or state.kill_switch != self._gate.kill_switch:
-            self._gate.set_kill_switch(state.kill_switch)
-
-    async def _reload(self, bundle: str, echo: Echo | None = None) -> dict[str, Any]:
-        """Load and warm the new bundle beside the old, swap, and retire the old once its requests are done.
-        ``echo`` (this worker's own reload come back): nothing to do when `bundle` is the one loaded or a later
-        reload of this worker's followed it, decided in the lock's order (the order the reloads were asked
-        for): a reload of this worker's that loaded meanwhile is the later one."""
-        async with self._reload_lock:
-            if self._stopping.is_set():  # the drain closes the host it finds: one swapped in later would leak
-                raise ModelLoadError("reload: the server is shutting down")
-            if echo is not None and self._host is not None and (bundle == self._bundle or not echo()):
-                return {"model": self._host.name, "previous": self._host.name, "bundle": self._bundle}
-            try:
-                self._loading = bundle  # a broker that rejoins meanwhile is taught this one, not the one it replaces
-                new = (await asyncio.to_thread(self._loader, bundle, self._hooks)).start()
-            except Exception:
-                if self._host is None:  # still waiting for a first bundle: try the cluster's latest next
-                    self._bundle, self._reloaded = bundle, True
-                raise
-            finally:
-                self._loading = None
-            freeze_heap(collect=False)  # in flight requests would wait out a collection
-            old, self._host = self._host, new
-            self._bundle, self._reloaded = bundle, True
-            self._streams.clear()  # their windows were built with the old model's inputs
+    def _swapped(self, old: ModelHost | None) -> None:
+        """A reload swapped hosts: the streams' windows were built with the old model's inputs; the old host
+        retires once its last request is done."""
+        self._streams.clear()
         if old is not None:
-            task = asyncio.create_task(self._retire(old))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return {"model": new.name, "previous": old.name if old else None, "bundle": bundle}
-
-    async def _retire(self, host: ModelHost) -> None:
-        """Close the old host once its last request is done, or once the drain cancelled them: never left open."""
-        try:
-            await host.drained()
-        finally:
-            await asyncio.to_thread(host.close, self.serve.drain_timeout_s)
-            log.info("retired %s", host.name, extra={"event": "retired", "model": host.name})
+            self._spawn(Hosting.retire(old, self.serve.drain_timeout_s))
 
     def stats(self) -> dict[str, Any]:
-        host = self._host
+        host = self._hosting.host
         return {"model": host.name if host else "", "ready": self.ready, "pid": os.getpid(),
                 "workers": self._workers(),
                 "uptime_s": time.monotonic() - self._started,
-                "patterns_enabled": self._patterns_enabled, "kill_switch": self._gate.kill_switch,
+                "patterns_enabled": self._admin.patterns_enabled, "kill_switch": self._gate.kill_switch,
                 "in_flight": self._in_flight, "queue_depth": host.batcher.depth if host else 0,
                 "sessions": len(self._streams), "sessions_bytes": self._streams.nbytes,
                 "counters": self.metrics.snapshot()}
