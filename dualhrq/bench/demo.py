@@ -14,11 +14,15 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dualhrq.config import Config
 from dualhrq.contract import require_onnxruntime
 from dualhrq.errors import HRMError
 from dualhrq.inputs.artifacts import Artifacts
+
+if TYPE_CHECKING:
+    from dualhrq.train.checkpoint import CheckpointMeta
 
 TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any directory
 
@@ -99,6 +103,16 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
     _done(t0)
 
     _step("6/6 summary")
+    _summary(meta, best, bundle, served, json.loads(bench_json.read_text()))
+    print(f"\ncheckpoint: {best}\nbundle:     {bundle}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
+          f"bench:      {bench_json}\nplot:       {bench_plot}")
+    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def _summary(meta: CheckpointMeta, best: Path, bundle: Path, served: dict[str, int],
+             report: dict[str, Any]) -> None:
+    """The model's held-out figures beside what it served, and the latency of each bench phase."""
     m = meta.metrics
     n_served = sum(served.values())
     non_hold = 1 - served.get("HOLD", 0) / max(n_served, 1)
@@ -115,15 +129,10 @@ def run_demo(args: argparse.Namespace, cli: Callable[[list[str]], int]) -> int:
               "the model's edge paid the cost there; the probabilities in the replies are the model's own)")
     if m.get("test_input_independent"):
         print("  WARNING: the model looks input-independent (see the training summary above)")
-    report = json.loads(bench_json.read_text())
     for phase, s in report.items():
         lat = s["latency_ms"]
         print(f"{phase:>10}: p50 {lat['p50']:.2f} ms  p95 {lat['p95']:.2f} ms  p99 {lat['p99']:.2f} ms  "
               f"fail-open {s['fail_open_rate']:.0%}  replies {s['replies_by_kind']}")
-    print(f"\ncheckpoint: {best}\nbundle:     {bundle}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
-          f"bench:      {bench_json}\nplot:       {bench_plot}")
-    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s")
-    return 0
 
 
 def served_actions(bundle: Path, cfg: Config, n: int) -> dict[str, int]:
