@@ -51,6 +51,29 @@ def _parse(body: bytes, due: float, now: float) -> RequestTiming:
                   reply.get("timing_us") or {})
 
 
+def _check_mode(rate: float | None, concurrency: int | None) -> None:
+    if (rate is None) == (concurrency is None):
+        raise ConfigurationError("rate, concurrency: give exactly one of rate (open loop) or concurrency (closed loop)")
+    if rate is not None and rate <= 0:
+        raise ConfigurationError(f"rate: must be > 0 requests per second, got {rate}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigurationError(f"concurrency: must be >= 1, got {concurrency}")
+
+
+def _dealer(address: str, curve: Sequence[bytes] | None) -> zmq.Socket:
+    """A DEALER connected to `address` that never drops nor blocks on its own queues (unbounded both ways): a
+    request the bench lost to a high-water mark would count against the server."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if curve:
+        server_public, client_public, client_secret = curve
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, client_public, client_secret
+    sock.connect(address)
+    return sock
+
+
 def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, rate: float | None = None,
              concurrency: int | None = None, timeout_s: float = 5.0, curve: Sequence[bytes] | None = None,
              progress: Callable[[int], None] | None = None) -> LoadResult:
@@ -59,21 +82,8 @@ def run_load(address: str, make_request: Callable[[int, str], dict], n: int, *, 
     Exactly one of `rate` (open loop, requests/s) and `concurrency` (closed loop) must be given. A request
     without a reply after `timeout_s` counts as kind "timeout" with latency = timeout.
     """
-    if (rate is None) == (concurrency is None):
-        raise ConfigurationError("rate, concurrency: give exactly one of rate (open loop) or concurrency (closed loop)")
-    if rate is not None and rate <= 0:
-        raise ConfigurationError(f"rate: must be > 0 requests per second, got {rate}")
-    if concurrency is not None and concurrency < 1:
-        raise ConfigurationError(f"concurrency: must be >= 1, got {concurrency}")
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    if curve:
-        server_public, client_public, client_secret = curve
-        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, client_public, client_secret
-    sock.connect(address)
+    _check_mode(rate, concurrency)
+    sock = _dealer(address, curve)
     prefix = uuid.uuid4().hex[:8]
     # Encode everything up front so the timed loop only does socket work.
     bodies = [msgpack.packb(make_request(i, f"{prefix}-{i}"), use_bin_type=True) for i in range(n)]
