@@ -11,6 +11,7 @@ import yaml
 
 from dualhrq.config import Config, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars, Dataset
+from dualhrq.errors import ConfigurationError
 from dualhrq.evaluate.commands import add_validate_args, run_validate_command
 from dualhrq.evaluate.leakage import FeatureProbe, truncation_check
 from dualhrq.evaluate.metrics import Predictions
@@ -254,3 +255,8 @@ def test_an_unreadable_saved_split_is_recomputed(tiny_config, tmp_path):
     assert seen[0].fits == [{"fits": 1}]
     saved = json.loads((tmp_path / "splits" / "hrm" / "split_0001.json").read_text())
     assert saved["state"] == {"fits": 2} and set(saved["metrics"]) >= {"sharpe", "hit_rate", "ic"}
+
+
+def test_validation_without_a_predictor_is_refused_naming_the_argument(tiny_config, tmp_path):
+    with pytest.raises(ConfigurationError, match="predictors: none given"):
+        run_validation(config(tiny_config), synthetic(), [], tmp_path, progress=False)

@@ -184,116 +184,169 @@ def _metric_row(m: StrategyMetrics) -> list[str]:
 
 
 def render_markdown(result: ValidationResult, plot_name: str | None) -> str:
-    """The human-readable report."""
-    s = result.settings
-    lines = [
+    """The human-readable report, section by section; a section with nothing to show is left out."""
+    sections = [
+        _header(result),
+        _leakage_section(result.leakage),
+        _overall_section(result),
+        _costs_section(result.overall),
+        _cpcv_paths_section(result.path_sharpes),
+        _plot_section(plot_name),
+        _spa_section(result),
+        _dsr_section(result.dsr),
+        _pbo_section(result),
+        _seed_spread_section(result),
+        *(_comparison_section(result, c) for c in result.comparisons),
+        _per_split_section(result),
+    ]
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _header(result: ValidationResult) -> list[str]:
+    return [
         f"# Validation report: {result.dataset}",
         "",
         f"**Verdict.** {result.verdict()}",
         "",
         f"Scheme: {result.scheme}, {len(result.splits)} splits; settings: "
-        + ", ".join(f"{k} = {v}" for k, v in s.items())
+        + ", ".join(f"{k} = {v}" for k, v in result.settings.items())
         + ".",
         "Every setting was fixed before the run; nothing was tuned on the test windows.",
         *(f"\n> {note}" for note in result.notes),
-        "",
-        "## Leakage checks",
-        "",
-        *_table(["check", "outcome"], [[c, o] for c, o in result.leakage.checks.items()]),
     ]
-    worst = result.leakage.max_future_corr
+
+
+def _leakage_section(leakage: LeakageReport) -> list[str]:
+    lines = ["", "## Leakage checks", "", *_table(["check", "outcome"], [[c, o] for c, o in leakage.checks.items()])]
+    worst = leakage.max_future_corr
     lags = sorted({lag for d in worst.values() for lag in d})
     if lags:
         lines += ["", "Largest |rank correlation| with the return k samples ahead (features: over all columns):", ""]
         rows = [[subject, *(_fmt(d.get(k)) for k in lags)] for subject, d in worst.items()]
         lines += _table(["subject", *(f"k = {k}" for k in lags)], rows)
-    if result.leakage.findings:
+    if leakage.findings:
         lines += ["", "**Leakage found — the figures below are not to be trusted.**", ""]
-        lines += [f"- {f.check}: {f.subject}: {f.detail}" for f in result.leakage.findings]
-    lines += ["", "## Out of sample, all splits together", ""]
-    lines += _table(
+        lines += [f"- {f.check}: {f.subject}: {f.detail}" for f in leakage.findings]
+    return lines
+
+
+def _overall_section(result: ValidationResult) -> list[str]:
+    return ["", "## Out of sample, all splits together", "", *_table(
         ["predictor", *_METRIC_COLUMNS, "DSR"],
         [
             [p, *_metric_row(m), _fmt(result.dsr[p].dsr) if p in result.dsr else "n/a"]
             for p, m in result.overall.items()
         ],
-    )
-    lines += ["", "## Execution costs", ""]
-    lines += ["Gross and net are mean log returns per year; each cost is the total over the series, in log-return"
-              " units. Break-even: the cost per unit of turnover, in bps, that would consume the gross return.", ""]
-    lines += _table(
-        ["predictor", "gross / year", "spread", "fees", "impact", "net / year", "turnover", "break-even bps"],
-        [[p, _fmt(m.gross_return, 4), _fmt(m.spread_cost, 4), _fmt(m.fee_cost, 4), _fmt(m.impact_cost, 4),
-          _fmt(m.annual_return, 4), _fmt(m.turnover), _fmt(m.break_even_bps, 2)] for p, m in result.overall.items()],
-    )
-    if result.path_sharpes:
-        lines += ["", "CPCV backtest paths, Sharpe per path:", ""]
-        lines += _table(
-            ["predictor", "mean", "std", "min", "max"],
-            [[p, *(_fmt(f(v)) for f in (np.mean, np.std, np.min, np.max))] for p, v in result.path_sharpes.items()],
-        )
-    if plot_name:
-        lines += ["", f"![equity curves]({plot_name})"]
-    if result.spa:
-        lines += ["", f"## {result.candidate} against each baseline (SPA and White's Reality Check)", ""]
-        lines += [
-            "p-values of 'the candidate does not beat the baseline' (losses = −returns after costs, stationary"
-            " bootstrap). Reality Check: White's test, the un-studentized upper p-value.",
-            "",
-        ]
-        lines += _table(
+    )]
+
+
+def _costs_section(overall: dict[str, StrategyMetrics]) -> list[str]:
+    return [
+        "", "## Execution costs", "",
+        "Gross and net are mean log returns per year; each cost is the total over the series, in log-return"
+        " units. Break-even: the cost per unit of turnover, in bps, that would consume the gross return.", "",
+        *_table(
+            ["predictor", "gross / year", "spread", "fees", "impact", "net / year", "turnover", "break-even bps"],
+            [[p, _fmt(m.gross_return, 4), _fmt(m.spread_cost, 4), _fmt(m.fee_cost, 4), _fmt(m.impact_cost, 4),
+              _fmt(m.annual_return, 4), _fmt(m.turnover), _fmt(m.break_even_bps, 2)] for p, m in overall.items()],
+        ),
+    ]
+
+
+def _cpcv_paths_section(path_sharpes: dict[str, list[float]]) -> list[str]:
+    """CPCV only: how far the Sharpe ratio varies over the backtest paths, the overall figures being path 0's."""
+    if not path_sharpes:
+        return []
+    return ["", "CPCV backtest paths, Sharpe per path:", "", *_table(
+        ["predictor", "mean", "std", "min", "max"],
+        [[p, *(_fmt(f(v)) for f in (np.mean, np.std, np.min, np.max))] for p, v in path_sharpes.items()],
+    )]
+
+
+def _plot_section(plot_name: str | None) -> list[str]:
+    return ["", f"![equity curves]({plot_name})"] if plot_name else []
+
+
+def _spa_section(result: ValidationResult) -> list[str]:
+    if not result.spa:
+        return []
+    return [
+        "", f"## {result.candidate} against each baseline (SPA and White's Reality Check)", "",
+        "p-values of 'the candidate does not beat the baseline' (losses = −returns after costs, stationary"
+        " bootstrap). Reality Check: White's test, the un-studentized upper p-value.",
+        "",
+        *_table(
             ["baseline", "SPA lower", "SPA consistent", "SPA upper", "Reality Check"],
             [[b, *(_fmt(x) for x in (r.lower, r.consistent, r.upper, r.reality_check))] for b, r in result.spa.items()],
-        )
-    if result.dsr:
-        lines += ["", "## Deflated Sharpe Ratio", ""]
-        lines += _table(
-            ["predictor", "DSR", "SR per sample", "SR0 (expected max of luck)", "trials", "skew", "kurtosis"],
-            [
-                [p, _fmt(r.dsr), _fmt(r.sharpe, 4), _fmt(r.sr0, 4), str(r.n_trials), _fmt(r.skew, 2),
-                 _fmt(r.kurtosis, 2)]
-                for p, r in result.dsr.items()
-            ],
-        )
-    if result.pbo is not None:
-        pbo = result.pbo
-        slope, intercept = pbo.degradation()
-        lines += ["", "## Probability of backtest overfitting (CSCV)", ""]
-        earlier = len(pbo.names) - len(result.net_returns)
-        lines += [f"Over {len(pbo.names)} trials on these samples ({earlier} of them from earlier runs in the run"
-                  f" ledger), {pbo.n_blocks} blocks, {pbo.n_combinations} combinations: "
-                  f"**PBO {_fmt(pbo.pbo)}**, probability of an out-of-sample loss {_fmt(pbo.prob_oos_loss)}; "
-                  f"out-of-sample Sharpe of the pick = {_fmt(slope)} x in-sample + {_fmt(intercept, 4)}"
-                  " (per sample).", ""]
-        quantiles = [float(np.quantile(pbo.logits, q)) for q in LOGIT_QUANTILES]
-        lines += _table([f"logit q{int(q * 100)}" for q in LOGIT_QUANTILES], [[_fmt(v) for v in quantiles]])
-        lines += ["", "In-sample pick, share of combinations: "
-                  + ", ".join(f"{n} {_fmt(v, 2)}" for n, v in sorted(pbo.pick_shares().items(), key=lambda x: -x[1]))
-                  + "."]
+        ),
+    ]
+
+
+def _dsr_section(dsr: dict[str, DSRResult]) -> list[str]:
+    if not dsr:
+        return []
+    return ["", "## Deflated Sharpe Ratio", "", *_table(
+        ["predictor", "DSR", "SR per sample", "SR0 (expected max of luck)", "trials", "skew", "kurtosis"],
+        [
+            [p, _fmt(r.dsr), _fmt(r.sharpe, 4), _fmt(r.sr0, 4), str(r.n_trials), _fmt(r.skew, 2),
+             _fmt(r.kurtosis, 2)]
+            for p, r in dsr.items()
+        ],
+    )]
+
+
+def _pbo_section(result: ValidationResult) -> list[str]:
+    pbo = result.pbo
+    if pbo is None:
+        return []
+    slope, intercept = pbo.degradation()
+    earlier = len(pbo.names) - len(result.net_returns)
+    quantiles = [float(np.quantile(pbo.logits, q)) for q in LOGIT_QUANTILES]
+    return [
+        "", "## Probability of backtest overfitting (CSCV)", "",
+        f"Over {len(pbo.names)} trials on these samples ({earlier} of them from earlier runs in the run"
+        f" ledger), {pbo.n_blocks} blocks, {pbo.n_combinations} combinations: "
+        f"**PBO {_fmt(pbo.pbo)}**, probability of an out-of-sample loss {_fmt(pbo.prob_oos_loss)}; "
+        f"out-of-sample Sharpe of the pick = {_fmt(slope)} x in-sample + {_fmt(intercept, 4)}"
+        " (per sample).", "",
+        *_table([f"logit q{int(q * 100)}" for q in LOGIT_QUANTILES], [[_fmt(v) for v in quantiles]]),
+        "", "In-sample pick, share of combinations: "
+        + ", ".join(f"{n} {_fmt(v, 2)}" for n, v in sorted(pbo.pick_shares().items(), key=lambda x: -x[1]))
+        + ".",
+    ]
+
+
+def _seed_spread_section(result: ValidationResult) -> list[str]:
     spread = result.seed_spread()
-    if spread:
-        lines += ["", f"## Spread over {len(result.seeds)} seeds ({', '.join(result.seeds)})", ""]
-        lines += _table(["score", "mean", "std", "min", "max"],
-                        [[k, *(_fmt(v[s], 4) for s in ("mean", "std", "min", "max"))] for k, v in spread.items()])
-    for c in result.comparisons:
-        lines += ["", f"## {c.a} against {c.b} on the same splits", ""]
-        a, b = result.overall[c.a], result.overall[c.b]
-        difference = [_fmt(getattr(a, k) - getattr(b, k)) for k in _METRIC_COLUMNS]
-        rows = [[c.a, *_metric_row(a)], [c.b, *_metric_row(b)], ["difference", *difference]]
-        lines += _table(["predictor", *_METRIC_COLUMNS], rows)
-        lines += ["", f"SPA p-values that {c.a} does not beat {c.b}: lower {_fmt(c.spa.lower)},"
-                  f" consistent {_fmt(c.spa.consistent)}, upper {_fmt(c.spa.upper)}."]
-    lines += ["", "## Per split", ""]
+    if not spread:
+        return []
+    return ["", f"## Spread over {len(result.seeds)} seeds ({', '.join(result.seeds)})", "", *_table(
+        ["score", "mean", "std", "min", "max"],
+        [[k, *(_fmt(v[s], 4) for s in ("mean", "std", "min", "max"))] for k, v in spread.items()],
+    )]
+
+
+def _comparison_section(result: ValidationResult, c: Comparison) -> list[str]:
+    a, b = result.overall[c.a], result.overall[c.b]
+    difference = [_fmt(getattr(a, k) - getattr(b, k)) for k in _METRIC_COLUMNS]
+    rows = [[c.a, *_metric_row(a)], [c.b, *_metric_row(b)], ["difference", *difference]]
+    return [
+        "", f"## {c.a} against {c.b} on the same splits", "",
+        *_table(["predictor", *_METRIC_COLUMNS], rows),
+        "", f"SPA p-values that {c.a} does not beat {c.b}: lower {_fmt(c.spa.lower)},"
+        f" consistent {_fmt(c.spa.consistent)}, upper {_fmt(c.spa.upper)}.",
+    ]
+
+
+def _per_split_section(result: ValidationResult) -> list[str]:
     header = ["split", "train", "test", "n train", "n test", "predictor", *_METRIC_COLUMNS]
-    rows = []
-    for k, info in enumerate(result.splits):
-        for p, ms in result.per_split.items():
-            rows.append(
-                [str(info.index), f"{info.train_start} → {info.train_end}", f"{info.test_start} → {info.test_end}",
-                 str(info.n_train), str(info.n_test), p, *_metric_row(ms[k])]
-            )
-    lines += _table(header, rows)
-    return "\n".join(lines) + "\n"
+    rows = [
+        [str(info.index), f"{info.train_start} → {info.train_end}", f"{info.test_start} → {info.test_end}",
+         str(info.n_train), str(info.n_test), p, *_metric_row(ms[k])]
+        for k, info in enumerate(result.splits)
+        for p, ms in result.per_split.items()
+    ]
+    return ["", "## Per split", "", *_table(header, rows)]
 
 
 def plot_equity(result: ValidationResult, path: Path) -> None:

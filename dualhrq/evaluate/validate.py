@@ -436,6 +436,30 @@ def _predictor_task(data: ValidationData, task: _Task) -> _TaskResult:
     return _TaskResult(predictor.name, scored, control)
 
 
+def _run_predictors(cfg: Config, data: ValidationData, predictors: Sequence[PredictorFactory], splits: list[Split],
+                    control_splits: list[Split], out: Path, *, resume: bool, periods: float, runner: Runner,
+                    progress: bool) -> list[_TaskResult]:
+    """Every predictor's task on the runner, behind one progress bar."""
+    vcfg = cfg.validate
+    continue_states = vcfg.continue_from_previous and vcfg.scheme == "walk_forward"
+    total = len(predictors) * (len(splits) + len(control_splits))
+    here = isinstance(runner, Sequential)  # tasks run in this process, one after another
+    names: set[str] = set()
+    if not here:  # names first: two tasks running at once must never write one directory
+        for factory in predictors:
+            _claim(names, factory(data, out / "models").name)
+    with tqdm(total=total, desc="validate", unit="split", disable=not progress,
+              mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
+        tasks = [_Task(factory, cfg, splits, control_splits, out, resume, continue_states, periods,
+                       (lambda: bar.update(1)) if here else None, names if here else None) for factory in predictors]
+        if not here:
+            bar.set_postfix_str(runner.name)
+        results = runner.run(_predictor_task, data, tasks)
+        if not here:
+            bar.update(total)
+    return results
+
+
 def run_validation(
     cfg: Config,
     data: ValidationData,
@@ -459,90 +483,24 @@ def run_validation(
     ``runner`` runs each predictor's splits (here one after another by default; dualhrq.evaluate.fanout).
     Returns the result; ``result.leak_found`` tells the caller to fail.
     """
+    if not predictors:  # nothing to score: the report, the statistics and the CPCV paths all need one
+        raise ConfigurationError("predictors: none given; validation needs at least one predictor")
     vcfg = cfg.validate
     out = Path(out_dir)
     market = market_for(vcfg.execution, cfg.data.cost_bps, data.returns, data.bars, data.bar_index)
     periods = vcfg.periods_per_year or periods_per_year(data.t)
     layout = splits_from_config(vcfg, data.t, data.t_known)
     splits = layout.splits if isinstance(layout, CPCV) else layout
-    continue_states = vcfg.continue_from_previous and vcfg.scheme == "walk_forward"
     report = _check_features(data, vcfg)
     control_splits = splits[: vcfg.permuted_control_splits]
-    permuted = data.permuted(vcfg.seed) if control_splits else None
-    total = len(predictors) * (len(splits) + len(control_splits))
-
+    results = _run_predictors(cfg, data, predictors, splits, control_splits, out, resume=resume, periods=periods,
+                              runner=runner or Sequential(), progress=progress)
+    _check_permuted_labels(report, data, vcfg.seed, control_splits, results)
     score = _scorer(data, market, periods)
-    runner = runner or Sequential()
-    here = isinstance(runner, Sequential)  # tasks run in this process, one after another
-    names: set[str] = set()
-    if not here:  # names first: two tasks running at once must never write one directory
-        for factory in predictors:
-            _claim(names, factory(data, out / "models").name)
-
-    preds: dict[str, list[Predictions]] = {}
-    per_split: dict[str, list[StrategyMetrics]] = {}
-    with tqdm(total=total, desc="validate", unit="split", disable=not progress,
-              mininterval=0.1 if sys.stderr.isatty() else 10.0) as bar:
-        tasks = [_Task(factory, cfg, splits, control_splits, out, resume, continue_states, periods,
-                       (lambda: bar.update(1)) if here else None, names if here else None) for factory in predictors]
-        if not here:
-            bar.set_postfix_str(runner.name)
-        results = runner.run(_predictor_task, data, tasks)
-        if not here:
-            bar.update(total)
-    for r in results:
-        preds[r.name] = [pr for pr, _ in r.scored]
-        per_split[r.name] = [m for _, m in r.scored]
-        if permuted is not None:
-            test = np.concatenate([s.test for s in control_splits])
-            report.record(
-                "permuted_label",
-                leakage.permuted_label_finding(r.name, Predictions.concat(r.control).forecast, permuted.returns[test]),
-            )
-    if permuted is None:
-        report.skip("permuted_label", "permuted_control_splits is 0")
-
-    notes: list[str] = []
-    path_sharpes: dict[str, list[float]] = {}
-    if isinstance(layout, CPCV):
-        overall_pred: dict[str, Predictions] = {}
-        # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
-        for p, ps in preds.items():
-            assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
-            path_sharpes[p] = [score(pr, idx).sharpe for idx, pr in assembled]
-            oos_idx, overall_pred[p] = assembled[0]
-        notes.append(f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}.")
-    else:
-        oos_idx = np.concatenate([s.test for s in splits])
-        overall_pred = {p: Predictions.concat(ps) for p, ps in preds.items()}
-
-    for p, pr in overall_pred.items():
-        worst, found = leakage.future_correlation(
-            pr.forecast, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=[p], index=oos_idx
-        )
-        report.max_future_corr[p] = worst
-        report.record("future_correlation", found)
-
-    fills = {p: market.execute(pr.position, oos_idx) for p, pr in overall_pred.items()}  # once per predictor
-    overall = {p: score(pr, oos_idx, fills[p]) for p, pr in overall_pred.items()}
-    net = {p: f.net for p, f in fills.items()}
-    result = ValidationResult(
-        dataset=data.name,
-        scheme=vcfg.scheme,
-        settings=_settings(vcfg, cfg.data.cost_bps, periods),
-        candidate=candidate,
-        splits=[_split_info(data, s) for s in splits],
-        per_split=per_split,
-        overall=overall,
-        oos_time=data.t[oos_idx],
-        net_returns=net,
-        leakage=report,
-        path_sharpes=path_sharpes,
-        notes=notes,
-        positions={p: pr.position for p, pr in overall_pred.items()},
-        seeds=[candidate, *seeds] if seeds else [],
-    )
-    _add_statistics(result, vcfg, comparisons, _earlier_trials(result, earlier, market, oos_idx))
+    oos = _out_of_sample(layout, {r.name: [pr for pr, _ in r.scored] for r in results}, score)
+    _check_forecasts(report, data, vcfg, oos)
+    result = _validation_result(cfg, data, splits, results, oos, market, score, periods, report, candidate, seeds)
+    _add_statistics(result, vcfg, comparisons, _earlier_trials(result, earlier, market, oos.index))
     paths = write_report(result, out)
     log.info("validation report written to %s", paths["markdown"])
     return result
@@ -561,6 +519,83 @@ def _check_features(data: ValidationData, vcfg: ValidateConfig) -> leakage.Leaka
     else:
         report.skip("truncation", "the dataset came without a feature probe")
     return report
+
+
+def _check_permuted_labels(report: leakage.LeakageReport, data: ValidationData, seed: int,
+                           control_splits: list[Split], results: list[_TaskResult]) -> None:
+    """The permuted-label control: forecasts of returns a predictor never saw in order must not track them."""
+    if not control_splits:
+        report.skip("permuted_label", "permuted_control_splits is 0")
+        return
+    permuted = data.permuted(seed)
+    test = np.concatenate([s.test for s in control_splits])
+    for r in results:
+        report.record(
+            "permuted_label",
+            leakage.permuted_label_finding(r.name, Predictions.concat(r.control).forecast, permuted.returns[test]),
+        )
+
+
+@dataclass(frozen=True)
+class _OutOfSample:
+    """The out-of-sample series every predictor is judged on."""
+
+    index: np.ndarray  # sample indices, in order
+    predictions: dict[str, Predictions]  # per predictor, aligned with index
+    path_sharpes: dict[str, list[float]]  # CPCV only
+    notes: list[str]
+
+
+def _out_of_sample(layout: CPCV | list[Split], preds: dict[str, list[Predictions]],
+                   score: Callable[..., StrategyMetrics]) -> _OutOfSample:
+    """Walk-forward: the test windows one after another; CPCV: backtest path 0, with every path's Sharpe ratio."""
+    if not isinstance(layout, CPCV):
+        return _OutOfSample(np.concatenate([s.test for s in layout]),
+                            {p: Predictions.concat(ps) for p, ps in preds.items()}, {}, [])
+    overall_pred: dict[str, Predictions] = {}
+    path_sharpes: dict[str, list[float]] = {}
+    # Each path is a full out-of-sample history; the first one stands for the whole in the statistics.
+    for p, ps in preds.items():
+        assembled = [_assemble_path(layout, path, ps) for path in layout.paths]
+        path_sharpes[p] = [score(pr, idx).sharpe for idx, pr in assembled]
+        oos_idx, overall_pred[p] = assembled[0]
+    notes = [f"CPCV: overall figures and statistics use backtest path 0 of {len(layout.paths)}."]
+    return _OutOfSample(oos_idx, overall_pred, path_sharpes, notes)
+
+
+def _check_forecasts(report: leakage.LeakageReport, data: ValidationData, vcfg: ValidateConfig,
+                     oos: _OutOfSample) -> None:
+    """Future correlation of every predictor's out-of-sample forecasts."""
+    for p, pr in oos.predictions.items():
+        worst, found = leakage.future_correlation(
+            pr.forecast, data.returns, lags=vcfg.leak_lags, max_corr=vcfg.leak_max_corr, names=[p], index=oos.index
+        )
+        report.max_future_corr[p] = worst
+        report.record("future_correlation", found)
+
+
+def _validation_result(cfg: Config, data: ValidationData, splits: list[Split], results: list[_TaskResult],
+                       oos: _OutOfSample, market: Market, score: Callable[..., StrategyMetrics], periods: float,
+                       report: leakage.LeakageReport, candidate: str, seeds: Sequence[str]) -> ValidationResult:
+    """Every predictor scored on the out-of-sample series after execution costs, before any statistics."""
+    fills = {p: market.execute(pr.position, oos.index) for p, pr in oos.predictions.items()}  # once per predictor
+    overall = {p: score(pr, oos.index, fills[p]) for p, pr in oos.predictions.items()}
+    return ValidationResult(
+        dataset=data.name,
+        scheme=cfg.validate.scheme,
+        settings=_settings(cfg.validate, cfg.data.cost_bps, periods),
+        candidate=candidate,
+        splits=[_split_info(data, s) for s in splits],
+        per_split={r.name: [m for _, m in r.scored] for r in results},
+        overall=overall,
+        oos_time=data.t[oos.index],
+        net_returns={p: f.net for p, f in fills.items()},
+        leakage=report,
+        path_sharpes=oos.path_sharpes,
+        notes=oos.notes,
+        positions={p: pr.position for p, pr in oos.predictions.items()},
+        seeds=[candidate, *seeds] if seeds else [],
+    )
 
 
 def _settings(vcfg: ValidateConfig, round_trip_bps: float, periods: float) -> dict[str, Any]:
