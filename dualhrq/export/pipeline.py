@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 
+from dualhrq.config import Config
 from dualhrq.cpu import has_vnni, isa_flags
 from dualhrq.errors import ConfigurationError
 from dualhrq.export.bundle import GRAPH_FILES, PLAN_FILE, WEIGHTS_FILE, load_bundle
@@ -45,12 +46,20 @@ from dualhrq.export.manifest import (
 from dualhrq.export.options import MIN_OPSET, ExportOptions
 from dualhrq.export.parity import MIN_PARITY_WINDOWS, Parity, ParityError, measure_parity, torch_rollout
 from dualhrq.export.precision import FP16_CPU_NOTE, int8_schemes, to_fp16, to_int8, weight_matmuls
-from dualhrq.export.segment import check_segment_graph, export_segment, graph_files, ort_optimized_counts, run_torch
+from dualhrq.export.segment import (
+    GraphCheck,
+    check_segment_graph,
+    export_segment,
+    graph_files,
+    ort_optimized_counts,
+    run_torch,
+)
 from dualhrq.export.tensorrt_build import build_engine, tensorrt_unavailable_reason
 from dualhrq.hashing import sha256_file
 from dualhrq.inputs.artifacts import ARTIFACTS_FILE, PATTERNS_DIR
+from dualhrq.model import HRM
 from dualhrq.patterns.artifacts import load_artifacts
-from dualhrq.train.checkpoint import META_FILE, load_checkpoint
+from dualhrq.train.checkpoint import META_FILE, CheckpointMeta, load_checkpoint
 from dualhrq.train.checkpoint import WEIGHTS_FILE as CHECKPOINT_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -78,101 +87,38 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     started = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     _check_options(options, out)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _fresh_staging(out)
     steps = _Steps(progress, 4 + options.fp16 + options.int8 + (options.tensorrt or options.fp16))
     warnings: list[str] = []
     try:
         with steps("loading the checkpoint"):
             model, meta = load_checkpoint(checkpoint)
-            config = meta.config
             patterns = _patterns_source(options.patterns, checkpoint)
             if patterns is not None:
-                load_artifacts(patterns, config.patterns)  # refuse a corrupted library before packing it
+                load_artifacts(patterns, meta.config.patterns)  # refuse a corrupted library before packing it
         with steps("building parity inputs from real data"):
-            feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
-            reference = run_torch(model, feeds.feeds)
-            windows = len(reference["policy_logits"])
-            # The carry check's windows spread over all of them, not the first few (a few days of one market).
-            carry_rows = spread(windows, options.carry_samples)
-            carry_feeds = {name: x[carry_rows] for name, x in feeds.feeds.items()}
-            carry_references = torch_rollout(model, carry_feeds, options.carry_segments)  # once for every variant
-            progress(f"  {windows} samples: {feeds.source}")
-            if windows < MIN_PARITY_WINDOWS:
-                warnings.append(f"parity measured on {windows} held-out windows, fewer than {MIN_PARITY_WINDOWS}: "
-                                "a 1% disagreement rate is not resolved")
-                log.warning(warnings[-1])
-
-        precisions: dict[str, Variant] = {}
-        span = config.model.quantity_max - config.model.quantity_min
-
-        def check(precision: str, engine: Engine) -> Checked:
-            """One segment on every parity window, then the carry over several segments on the carry windows
-            (engine_parity: through the loop serving drives), against the PyTorch figures computed above."""
-            parity = measure_parity(reference, run_rows(engine, feeds.feeds), precision, quantity_span=span)
-            carry = engine_parity(model, engine, carry_feeds, precision, options.carry_segments,
-                                  references=carry_references)
-            progress(f"  {precision} {carry.carry_summary()}")
-            return parity, carry
-
-        def check_graph(precision: str, path: Path) -> Checked:
-            engine = OnnxEngine(path, threads=options.threads, max_batch=windows)
-            try:
-                return check(precision, engine)
-            finally:
-                engine.close()
-
+            ref = _reference(model, meta.config, checkpoint, feeds, options, progress, warnings)
         with steps("exporting the fp32 segment graph"):
             fp32 = export_segment(model, staging / GRAPH_FILES["fp32"], options.opset, options.external_data)
             summary = check_segment_graph(fp32)
-            parity, carry = check_graph("fp32", fp32)
-            failures = _failures(parity, carry)
-            if failures and not options.force:
-                raise ParityError("the fp32 graph does not reproduce PyTorch: " + "; ".join(failures))
-            precisions["fp32"] = _judge(parity, carry, fp32, options, progress, warnings)
-
+            precisions = {"fp32": _fp32(fp32, ref, options, progress, warnings)}
         if options.fp16:
             with steps("deriving the fp16 graph"):
-                path = to_fp16(fp32, staging / GRAPH_FILES["fp16"])
-                parity, carry = check_graph("fp16", path)
-                precisions["fp16"] = msgspec.structs.replace(_judge(parity, carry, path, options, progress, warnings),
-                                                             note=FP16_CPU_NOTE)
-
+                precisions["fp16"] = _fp16(fp32, staging / GRAPH_FILES["fp16"], ref.check_graph, options, progress,
+                                           warnings)
         if options.int8:
             with steps("deriving the int8 graph"):
-                precisions["int8"] = _int8(fp32, staging / GRAPH_FILES["int8"], check_graph, options, progress,
+                precisions["int8"] = _int8(fp32, staging / GRAPH_FILES["int8"], ref.check_graph, options, progress,
                                            warnings)
-
         tensorrt = TensorRT(built=False, requested=options.tensorrt)
         if options.tensorrt or options.fp16:
             with steps("building the TensorRT engine"):
-                fp16 = precisions.get("fp16")  # the engine takes the precision of the graph it is built from
-                source = staging / fp16.file if fp16 is not None and fp16.file else fp32
-                tensorrt = _tensorrt(source, staging, check, options, progress, warnings)
-
+                source = _tensorrt_source(precisions, staging, fp32)
+                tensorrt = _tensorrt(source, staging, ref.check, options, progress, warnings)
         with steps("writing the bundle"):
-            shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
-            has_inputs = (checkpoint / ARTIFACTS_FILE).is_file()
-            if has_inputs:
-                shutil.copyfile(checkpoint / ARTIFACTS_FILE, staging / ARTIFACTS_FILE)
-            if patterns is not None:
-                shutil.copytree(patterns, staging / PATTERNS_DIR)
-            weights_sha = sha256_file(checkpoint / CHECKPOINT_WEIGHTS)
-            act = config.act
-            manifest = write_manifest(staging, Manifest(
-                format_version=FORMAT_VERSION, model_version=f"hrm-step{meta.step}-{weights_sha[:12]}",
-                config=config, param_count=sum(p.numel() for p in model.parameters()),
-                n_cycles=config.model.n_cycles, t_steps=config.model.t_steps,
-                act=ActSummary(act.min_segments, act.max_segments, act.fixed_segments),
-                graph=GraphSummary(summary.opset, summary.node_count, summary.inputs, summary.outputs,
-                                   summary.inputs[0]["shape"][0]),
-                precisions=precisions, tensorrt=tensorrt,
-                parity_inputs=ParityInputs(feeds.source, int(len(reference["policy_logits"]))),
-                versions=_versions(),
-                source_checkpoint=SourceCheckpoint(str(checkpoint.resolve()), meta.step, weights_sha,
-                                                   sha256_file(checkpoint / META_FILE)),
-                inputs=has_inputs and patterns is not None, weights=WEIGHTS_FILE))
+            has_inputs = _copy_checkpoint_files(checkpoint, staging, patterns)
+            manifest = write_manifest(staging, _manifest(checkpoint, model, meta, summary, ref, precisions, tensorrt,
+                                                         inputs=has_inputs and patterns is not None))
             load_bundle(staging)  # what serve will do: re-hash everything, read the config back
             _swap_into_place(staging, out)
     except BaseException:
@@ -196,6 +142,14 @@ def _check_options(options: ExportOptions, out: Path) -> None:
         raise ConfigurationError(f"--out: {out} exists and is not a bundle; refusing to replace it")
 
 
+def _fresh_staging(out: Path) -> Path:
+    """An empty directory beside `out` to assemble the bundle in, clearing whatever a killed export left there."""
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
 def _patterns_source(given: Path | None, checkpoint: Path) -> Path | None:
     if given is not None:
         if not Path(given).is_dir():
@@ -203,6 +157,69 @@ def _patterns_source(given: Path | None, checkpoint: Path) -> Path | None:
         return Path(given)
     own = checkpoint / PATTERNS_DIR
     return own if own.is_dir() else None
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The PyTorch figures every variant is held to, computed once up front, and the checks against them."""
+
+    model: HRM
+    feeds: ParityFeeds
+    outputs: dict[str, np.ndarray]  # one segment on every parity window
+    carry_feeds: dict[str, np.ndarray]
+    carry_outputs: list[dict[str, np.ndarray]]  # the carry check's segments on the carry windows
+    quantity_span: float
+    options: ExportOptions
+    progress: Progress
+
+    @property
+    def windows(self) -> int:
+        return len(self.outputs["policy_logits"])
+
+    def check(self, precision: str, engine: Engine) -> Checked:
+        """One segment on every parity window, then the carry over several segments on the carry windows
+        (engine_parity: through the loop serving drives)."""
+        parity = measure_parity(self.outputs, run_rows(engine, self.feeds.feeds), precision,
+                                quantity_span=self.quantity_span)
+        carry = engine_parity(self.model, engine, self.carry_feeds, precision, self.options.carry_segments,
+                              references=self.carry_outputs)
+        self.progress(f"  {precision} {carry.carry_summary()}")
+        return parity, carry
+
+    def check_graph(self, precision: str, path: Path) -> Checked:
+        engine = OnnxEngine(path, threads=self.options.threads, max_batch=self.windows)
+        try:
+            return self.check(precision, engine)
+        finally:
+            engine.close()
+
+
+def _reference(model: HRM, config: Config, checkpoint: Path, feeds: ParityFeeds | None, options: ExportOptions,
+               progress: Progress, warnings: list[str]) -> _Reference:
+    feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
+    outputs = run_torch(model, feeds.feeds)
+    windows = len(outputs["policy_logits"])
+    # The carry check's windows spread over all of them, not the first few (a few days of one market).
+    carry_rows = spread(windows, options.carry_samples)
+    carry_feeds = {name: x[carry_rows] for name, x in feeds.feeds.items()}
+    carry_outputs = torch_rollout(model, carry_feeds, options.carry_segments)
+    progress(f"  {windows} samples: {feeds.source}")
+    if windows < MIN_PARITY_WINDOWS:
+        warnings.append(f"parity measured on {windows} held-out windows, fewer than {MIN_PARITY_WINDOWS}: "
+                        "a 1% disagreement rate is not resolved")
+        log.warning(warnings[-1])
+    return _Reference(model, feeds, outputs, carry_feeds, carry_outputs,
+                      config.model.quantity_max - config.model.quantity_min, options, progress)
+
+
+def _fp32(path: Path, ref: _Reference, options: ExportOptions, progress: Progress, warnings: list[str]) -> Variant:
+    """The fp32 graph's manifest entry; unlike the other variants a miss stops the export (unless `force`):
+    every other variant is derived from this graph."""
+    parity, carry = ref.check_graph("fp32", path)
+    failures = _failures(parity, carry)
+    if failures and not options.force:
+        raise ParityError("the fp32 graph does not reproduce PyTorch: " + "; ".join(failures))
+    return _judge(parity, carry, path, options, progress, warnings)
 
 
 def _failures(parity: Parity, carry: EngineParity) -> list[str]:
@@ -243,6 +260,13 @@ def _judge(parity: Parity, carry: EngineParity, path: Path, options: ExportOptio
                    **extra)
 
 
+def _fp16(fp32: Path, path: Path, check: Callable[[str, Path], Checked],
+          options: ExportOptions, progress: Progress, warnings: list[str]) -> Variant:
+    path = to_fp16(fp32, path)
+    parity, carry = check("fp16", path)
+    return msgspec.structs.replace(_judge(parity, carry, path, options, progress, warnings), note=FP16_CPU_NOTE)
+
+
 def _int8(fp32: Path, path: Path, check: Callable[[str, Path], Checked],
           options: ExportOptions, progress: Progress, warnings: list[str]) -> Variant:
     """The first int8 scheme for this CPU (VNNI or not) that holds every parity bound; the choice, the CPU it
@@ -267,6 +291,12 @@ def _int8(fp32: Path, path: Path, check: Callable[[str, Path], Checked],
                     "tried": tried}
     progress(f"  int8 scheme {scheme.name}, chosen for {quantization['chosen_for']}")
     return _judge(parity, carry, path, options, progress, warnings, quantization=quantization)
+
+
+def _tensorrt_source(precisions: dict[str, Variant], staging: Path, fp32: Path) -> Path:
+    """The graph the engine is built from, whose precision it takes: the fp16 one where it was written."""
+    fp16 = precisions.get("fp16")
+    return staging / fp16.file if fp16 is not None and fp16.file else fp32
 
 
 def _tensorrt(source: Path, staging: Path, check: Callable[[str, Engine], Checked], options: ExportOptions,
@@ -300,6 +330,36 @@ def _tensorrt(source: Path, staging: Path, check: Callable[[str, Engine], Checke
                     tensorrt_version=target.tensorrt_version, passed=passed, forced=not passed and options.force,
                     parity=parity.to_dict(), gpu_name=target.gpu_name, compute_capability=target.compute_capability,
                     carry=carry.to_dict())
+
+
+def _copy_checkpoint_files(checkpoint: Path, staging: Path, patterns: Path | None) -> bool:
+    """Copies the weights and whatever of the input pipeline there is; whether the checkpoint had its inputs file."""
+    shutil.copyfile(checkpoint / CHECKPOINT_WEIGHTS, staging / WEIGHTS_FILE)
+    has_inputs = (checkpoint / ARTIFACTS_FILE).is_file()
+    if has_inputs:
+        shutil.copyfile(checkpoint / ARTIFACTS_FILE, staging / ARTIFACTS_FILE)
+    if patterns is not None:
+        shutil.copytree(patterns, staging / PATTERNS_DIR)
+    return has_inputs
+
+
+def _manifest(checkpoint: Path, model: HRM, meta: CheckpointMeta, summary: GraphCheck, ref: _Reference,
+              precisions: dict[str, Variant], tensorrt: TensorRT, inputs: bool) -> Manifest:
+    weights_sha = sha256_file(checkpoint / CHECKPOINT_WEIGHTS)
+    config, act = meta.config, meta.config.act
+    return Manifest(
+        format_version=FORMAT_VERSION, model_version=f"hrm-step{meta.step}-{weights_sha[:12]}",
+        config=config, param_count=sum(p.numel() for p in model.parameters()),
+        n_cycles=config.model.n_cycles, t_steps=config.model.t_steps,
+        act=ActSummary(act.min_segments, act.max_segments, act.fixed_segments),
+        graph=GraphSummary(summary.opset, summary.node_count, summary.inputs, summary.outputs,
+                           summary.inputs[0]["shape"][0]),
+        precisions=precisions, tensorrt=tensorrt,
+        parity_inputs=ParityInputs(ref.feeds.source, ref.windows),
+        versions=_versions(),
+        source_checkpoint=SourceCheckpoint(str(checkpoint.resolve()), meta.step, weights_sha,
+                                           sha256_file(checkpoint / META_FILE)),
+        inputs=inputs, weights=WEIGHTS_FILE)
 
 
 def _ort_version() -> str:
