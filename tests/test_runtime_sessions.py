@@ -201,3 +201,14 @@ def test_the_asyncio_client_streams_the_same_way(served):
 
     pairs, resyncs = asyncio.run(both())
     assert resyncs == 0 and all(_numbers(a) == _numbers(b) for a, b in pairs)
+
+
+def test_a_loaded_host_has_run_an_append_so_the_first_live_bar_pays_no_compilation(tiny_bundle, monkeypatch):
+    from dualhrq.inputs.stream import StreamWindow
+
+    appended = []
+    extend, sample = StreamWindow.extend, StreamWindow.sample
+    monkeypatch.setattr(StreamWindow, "extend", lambda self, *a: appended.append("extend") or extend(self, *a))
+    monkeypatch.setattr(StreamWindow, "sample", lambda self: appended.append("sample") or sample(self))
+    load_host(tiny_bundle, OVERLAY).close()
+    assert appended == ["extend", "sample"]

@@ -30,7 +30,15 @@ from dualhrq.inputs.stream import Resync, StreamWindow
 from dualhrq.model.decision import Decision
 from dualhrq.model.vocab import ACTIONS
 from dualhrq.runtime.batcher import Batcher
-from dualhrq.runtime.protocol import PROTOCOL_VERSION, Append, ProtocolError, Signal, check_bars, wire_bars
+from dualhrq.runtime.protocol import (
+    PROTOCOL_VERSION,
+    Append,
+    ProtocolError,
+    Signal,
+    WireBars,
+    check_bars,
+    wire_bars,
+)
 
 if TYPE_CHECKING:  # the retriever (hnswlib) loads with the bundle, not with this module
     from dualhrq.patterns.retriever import Retriever
@@ -178,6 +186,7 @@ class ModelHost:
             prepared = self.prepare(bars, self.key(bars), req.instrument, req.timeframe)
             timings.append(time.perf_counter() - t)
         self.features_inline = float(np.median(timings)) <= FEATURES_INLINE_MAX_S
+        self._warm_stream(bars, prepared, fine)
         if self.retriever is not None:  # the index's first query pays for page faults (and a worker's start-up)
             for _ in range(rounds):
                 self.retriever.retrieve(prepared.key, prepared.as_of, timeout_s=5.0)
@@ -188,6 +197,16 @@ class ModelHost:
             self.inputs.rule.choose_row(np.zeros(len(ACTIONS)), 0)  # the server's one-row call
         log.info("warmed %s: features %.0f us (%s), engine batches 1..%d", self.name, 1e6 * float(np.median(timings)),
                  "inline" if self.features_inline else "in a thread", self.batcher.max_batch)
+
+    def _warm_stream(self, bars: SampleBars, prepared: Prepared, fine: Bars) -> None:
+        """A stream opened on the warm-up window and one bar appended: an append's compiled path loads (or
+        compiles, on a fresh install: seconds, on the loop) now, not at a gateway's first live bar."""
+        window = self.open_stream(bars, prepared, self.config.serve.sessions)
+        last = float(fine.c[-1])
+        bar = WireBars([int(fine.t[-1]) + self._fine_ns], [last], [last], [last], [last], [float(fine.v[-1])])
+        self.extend(window, Append(id="warm-up", instrument="warm-up", session="warm-up", fine=bar,
+                                   coarse=WireBars([], [], [], [], [], [])))
+        self.prepare_stream(window, "warm-up", self.inputs.timeframe)
 
     def start(self) -> ModelHost:
         self.batcher.start()
