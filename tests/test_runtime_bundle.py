@@ -77,6 +77,21 @@ def test_bars_of_another_timeframe_are_refused_naming_it(served):
             assert e.value.code == "invalid_input" and e.value.field == field, e.value
 
 
+def test_bar_times_sent_in_seconds_are_invalid_input_on_fine_t_not_an_internal_error(served):
+    from runtime_fixtures import wire_bars
+
+    with Client(served.address) as c:
+        pong = c.ping()
+        hour = 3_600_000_000_000
+        fine = wire_bars(pong.needs.fine + 5, step=hour)
+        coarse = wire_bars(pong.needs.coarse + 5, step=24 * hour, end=1_700_000_000_000_000_000 - 24 * hour)
+        fine["t"] = [t // 10**9 for t in fine["t"]]
+        with pytest.raises(RequestFailed) as e:
+            c.signal("EURUSD", "1h", coarse, fine)
+        assert e.value.code == "invalid_input" and e.value.field == "fine.t", e.value
+        assert "3600 ns (times are ns since the epoch)" in str(e.value), e.value
+
+
 def test_the_server_decides_what_the_python_api_decides(served, tiny_bundle):
     """Same bars through the server (features -> retrieval -> ONNX -> ACT) and through HRMPolicy (PyTorch):
     same action and segments, forecasts and probabilities within the fp32 export bound."""

@@ -105,7 +105,7 @@ class ModelHost:
         coarse = check_bars(req.coarse, "coarse", coarse_n, req.id)
         fine = check_bars(req.fine, "fine", fine_n, req.id)
         if int(fine.t[-1] - fine.t[-2]) != self._fine_ns:  # the common case costs one subtraction
-            spacing = timeframe_name(int(np.median(np.diff(fine.t))))  # weekend and holiday gaps are no new
+            spacing = _spacing(int(np.median(np.diff(fine.t))))  # weekend and holiday gaps are no new
             if spacing != trained.lower():  # timeframe: judge by the median
                 raise ProtocolError("invalid_input", f"the fine bars are {spacing} apart, but the model was trained "
                                     f"on {trained} bars", "fine.t", req.id)
@@ -265,6 +265,15 @@ def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str
     from dualhrq.export.bundle import load_bundle
 
     return overlay_config(load_bundle(bundle_path, verify=False).config, overlay, source)
+
+
+def _spacing(ns: int) -> str:
+    """A bar spacing in words: its timeframe's name, or, off the whole seconds (times sent in seconds or ms
+    instead of ns, say), the nanoseconds with a reminder of the unit."""
+    try:
+        return timeframe_name(ns)
+    except DataError:
+        return f"{ns} ns (times are ns since the epoch)"
 
 
 def synthetic_bars(n: int, step_ns: int, end_ns: int, seed: int = 0) -> Bars:
