@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {ORT_MISSING}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # a path that cannot be made, read or written: a file where a directory goes, a full disk
+        logging.getLogger(__name__).debug("the operating system refused", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (check the paths given, e.g. --out)", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

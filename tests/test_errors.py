@@ -73,6 +73,16 @@ def test_a_missing_onnx_runtime_names_the_install_command_instead_of_a_traceback
     assert "pip install 'dualhrq[cpu]'" in capsys.readouterr().err
 
 
+def test_a_path_the_system_refuses_is_an_error_naming_it_not_a_traceback(tmp_path, capsys):
+    from dualhrq import cli
+
+    a_file = tmp_path / "bars.csv"
+    a_file.write_text("not a directory")
+    assert cli.main(["train", "--config", "hrm_tiny", "--out", str(a_file / "run"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and str(a_file) in err and "Traceback" not in err, err
+
+
 def test_the_demo_without_onnx_runtime_stops_before_training(monkeypatch, tmp_path):
     import importlib.util
 
