@@ -1,9 +1,9 @@
 """Typed configuration: one msgspec Struct per YAML section, loaded with clear, path-naming errors.
 
-A YAML file may start from another with ``base: other.yaml`` (path relative to the file); its keys are
-merged over the base's, section by section. The shipped configs are package data (``dualhrq/configs``): a
-``--config`` that is not a file is looked up there by name (``train_eurusd`` or ``train_eurusd.yaml``), so
-an installed ``dualhrq`` finds them from any directory. Unknown keys, wrong types and out-of-range values are refused
+A YAML file may start from another with ``base: other.yaml`` (a path relative to the file, or a shipped config's
+name); its keys are merged over the base's, section by section. The shipped configs are package data
+(``dualhrq/configs``): a ``--config`` that is not a file is looked up there by name (``train_eurusd`` or
+``train_eurusd.yaml``), so an installed ``dualhrq`` finds them from any directory. Unknown keys, wrong types and out-of-range values are refused
 with ``<file>: <section.key.path>: <what was expected>``.
 """
 
@@ -428,7 +428,20 @@ def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(base, str):
         raise ConfigurationError(f"{path}: base: expected a path string")
-    return merge_sections(read_yaml(path.parent / base, seen + (path.resolve(),)), raw)
+    return merge_sections(read_yaml(_base_path(path, base), seen + (path.resolve(),)), raw)
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """`base:` of the file at `path`: a file beside it, else (a bare name) the shipped config of that name, so
+    that a user's file extends `train_eurusd` from any directory."""
+    local = path.parent / base
+    if local.is_file():
+        return local
+    for shipped in (SHIPPED_CONFIGS / base, SHIPPED_CONFIGS / f"{base}.yaml") if "/" not in base else ():
+        if shipped.is_file():
+            return shipped
+    raise ConfigurationError(f"{path}: base: {local} is not a file, nor {base!r} a shipped config (`dualhrq config "
+                             "list` shows them)")
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:

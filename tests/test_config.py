@@ -57,6 +57,14 @@ def test_base_file_is_merged_under_the_overrides(tmp_path):
     assert cfg.train.steps == 5 and cfg.train.lr == 0.01 and cfg.model.h_module.hidden_dim == 64
 
 
+def test_a_base_that_names_a_shipped_config_is_found_from_any_directory_and_a_missing_one_named(tmp_path):
+    cfg = load_config(write(tmp_path, "base: train_eurusd\ntrain: {steps: 7}"))
+    assert cfg.train.steps == 7 and cfg.data == load_config("train_eurusd").data
+    bad = write(tmp_path, "base: nope.yaml", "bad.yaml")
+    with pytest.raises(ConfigurationError, match=f"{bad}: base: {tmp_path / 'nope.yaml'} is not a file"):
+        load_config(bad)
+
+
 def test_round_trip_through_plain_dict(tiny_config):
     assert config_from_dict(config_to_dict(tiny_config)) == tiny_config
 
