@@ -75,6 +75,26 @@ def free_port() -> int:
 # ---------------------------------------------------------------- a host and a server for the server tests
 
 
+class _FakeStream:
+    """StreamWindow stand-in: an append's fine bars become the window's newest; its sample is FakeInputs'."""
+
+    no_coarse = None
+
+    def __init__(self, inputs, bars):
+        self.inputs, self.bars = inputs, bars
+
+    def extend(self, coarse, fine):
+        from types import SimpleNamespace
+
+        self.bars = SimpleNamespace(coarse=self.bars.coarse, fine=fine, as_of=int(fine.t[-1]))
+        return self.bars
+
+    def sample(self):
+        s = self.inputs.sample(self.bars)
+        s.pattern_features = np.zeros(5)
+        return s
+
+
 class FakeInputs:
     """InputPipeline stand-in (its per-request steps): shapes the CountingEngine accepts; every row halts
     after 1 segment; the retrieval key is the last five log closes, as_of the last fine bar; the decision is
@@ -110,6 +130,9 @@ class FakeInputs:
 
     def regime_only(self, n=1):
         return np.zeros((n, 2, 8), np.float32), np.zeros((n, 2), np.float32)
+
+    def stream(self, bars, sample, closure_bars):
+        return _FakeStream(self, bars)
 
     def decide(self, heads, state):
         from dualhrq.model.decision import Decision, softmax

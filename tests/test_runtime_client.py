@@ -9,6 +9,7 @@ import threading
 import time
 
 import msgpack
+import numpy as np
 import pytest
 import zmq
 from runtime_fixtures import ScriptedPeer, ServerThread, fake_host, free_port, signal_body
@@ -44,6 +45,15 @@ def test_a_signal_carrying_market_is_never_retried_since_the_gate_would_decide_i
             c.request(signal_body())
         time.sleep(0.1)
     assert ["market" in b for b in peer.bodies] == [True] + [False] * 4
+
+
+def test_numpy_numbers_in_a_request_are_sent_as_the_numbers_they_hold():
+    market = {"ts": np.int64(1), "last": np.float64(10.0), "bid": np.float32(9.5), "ask": 10.01, "prior_close": 10.0}
+    with ScriptedPeer() as peer, Client(peer.address, timeout_s=0.2, retries=0) as c:
+        with pytest.raises(RequestTimeout):
+            c.request({**signal_body(), "market": market})
+        time.sleep(0.1)
+    assert peer.bodies[0]["market"] == {"ts": 1, "last": 10.0, "bid": 9.5, "ask": 10.01, "prior_close": 10.0}
 
 
 def test_lazy_pirate_reaches_a_server_that_starts_late(tiny_config):

@@ -48,6 +48,17 @@ BarsLike = Union[Mapping[str, Union[Sequence[float], np.ndarray]], Bars]  # {t,o
 RETRIED = frozenset({"ping", "signal", "append"})
 
 
+
+def _numpy_scalar(obj: Any) -> Any:
+    """A numpy number (a bar's close, its time) as the Python number it holds: the bars take numpy arrays, so
+    `market` built from them must encode too."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_numpy_scalar)
+
 class RequestFailed(HRMError):
     """The server answered with an error reply (`code`, `field` as in the protocol)."""
 
@@ -157,7 +168,7 @@ class _Base:
     @staticmethod
     def _body(message: Mapping[str, Any]) -> tuple[str, bytes]:
         rid = uuid.uuid4().hex
-        return rid, msgspec.msgpack.encode({**message, "id": rid})
+        return rid, _ENCODER.encode({**message, "id": rid})
 
     def _attempts(self, message: Mapping[str, Any]) -> int:
         """How many times a request is sent before it times out (see RETRIED)."""
