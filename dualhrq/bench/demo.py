@@ -28,7 +28,7 @@ TRAIN_CONFIG = "train_eurusd"  # a shipped config, found by name from any direct
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="where checkpoints, the bundle, reports and plots go")
+    p.add_argument("--out", default="runs/demo", help="where checkpoints, the bundle, reports and plots go (default runs/demo)")
     p.add_argument("--config", default=TRAIN_CONFIG, help=f"training config (default {TRAIN_CONFIG})")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the config's train.steps; the best checkpoint by validation "

@@ -70,10 +70,10 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                    help="measured requests per phase (default 1000)")
     p.add_argument("--warmup", type=nonnegative_int, default=50, help="unmeasured requests first (default 50)")
     p.add_argument("--config", help="serve config for a server started here (default: the bundle's)")
-    p.add_argument("--workers", type=positive_int, default=1, help="worker processes for a server started here")
-    p.add_argument("--dataset", default="eurusd_1h", help="bundled dataset the request windows come from")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes for a server started here (default 1)")
+    p.add_argument("--dataset", default="eurusd_1h", help="bundled dataset the request windows come from (default eurusd_1h)")
     p.add_argument("--timeout-s", type=positive_float, default=5.0,
-                   help="a request unanswered this long counts as timeout")
+                   help="a request unanswered this long counts as timeout (default 5)")
     p.add_argument("--session", action="store_true",
                    help="stream mode: each phase opens one session with a full window, then sends every following "
                         "bar of the dataset as an `append` of that one bar (a live gateway's traffic)")

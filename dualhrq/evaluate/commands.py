@@ -104,7 +104,8 @@ def add_validate_args(parser: argparse.ArgumentParser) -> None:
                              "started for the run, or the cluster at ADDRESS (e.g. ray://head:10001 or auto); the run "
                              "directory must be shared storage. The report is the sequential run's, bit for bit")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="run the predictors' tasks in N local processes instead (no Ray needed)")
+                        help="run the predictors' tasks in N local processes instead (no Ray needed; default: one after "
+                             "another in this process)")
 
 
 def _renamed(factory: PredictorFactory, name: str) -> PredictorFactory:

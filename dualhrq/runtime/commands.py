@@ -48,12 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     broker = subparsers.add_parser(
         "broker", help="a broker that workers on other machines join",
         description="Clients connect to --bind; workers (`dualhrq serve --connect tcp://THIS-HOST:PORT`) connect "
-                    "to the backend --port, and relay admin state on the next two ports, sealed with the secret "
+                    "to the --backend address, and relay admin state on the next two ports, sealed with the secret "
                     f"in ${CONTROL_KEY_ENV} (give the workers the same). CURVE, if configured in --config, is "
                     "applied to the client side.")
-    broker.add_argument("--bind", default="tcp://127.0.0.1:5555", help="client address")
+    broker.add_argument("--bind", default="tcp://127.0.0.1:5555", help="client address (default tcp://127.0.0.1:5555)")
     broker.add_argument("--backend", default="tcp://127.0.0.1:5556",
-                        help="worker address; control bus on the next two ports")
+                        help="worker address (default tcp://127.0.0.1:5556); control bus on the next two ports")
     broker.add_argument("--config", default=None, help="serve config (for serve.curve)")
     broker.set_defaults(func=_cmd_broker)
 
