@@ -522,7 +522,7 @@ class Server:
             return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
         return GateDecision(action, quantity, True, action, [])
 
-    # ------------------------------------------------------------ admin
+    # ------------------------------------------------------------ reloads and stats (admin commands: admin.py)
 
     def _swapped(self, old: ModelHost | None) -> None:
         """A reload swapped hosts: the streams' windows were built with the old model's inputs; the old host
