@@ -196,6 +196,7 @@ class _Reference:
 
 def _reference(model: HRM, config: Config, checkpoint: Path, feeds: ParityFeeds | None, options: ExportOptions,
                progress: Progress, warnings: list[str]) -> _Reference:
+    """Runs PyTorch once on the parity windows and once on the carry windows; warns when the windows are few."""
     feeds = feeds or parity_feeds(checkpoint, config, options.parity_samples)
     outputs = run_torch(model, feeds.feeds)
     windows = len(outputs["policy_logits"])
