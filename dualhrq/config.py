@@ -3,8 +3,8 @@
 A YAML file may start from another with ``base: other.yaml`` (a path relative to the file, or a shipped config's
 name); its keys are merged over the base's, section by section. The shipped configs are package data
 (``dualhrq/configs``): a ``--config`` that is not a file is looked up there by name (``train_eurusd`` or
-``train_eurusd.yaml``), so an installed ``dualhrq`` finds them from any directory. Unknown keys, wrong types and out-of-range values are refused
-with ``<file>: <section.key.path>: <what was expected>``.
+``train_eurusd.yaml``), so an installed ``dualhrq`` finds them from any directory. Unknown keys, wrong types and
+out-of-range values are refused with ``<file>: <section.key.path>: <what was expected>``.
 """
 
 from __future__ import annotations
@@ -395,15 +395,24 @@ def shipped_configs() -> list[Path]:
     return sorted(SHIPPED_CONFIGS.glob("*.yaml"))
 
 
+def _shipped(name: str) -> Path | None:
+    """The shipped config called `name` (with or without .yaml); None when it is a path or there is none."""
+    if Path(name).parent != Path("."):
+        return None
+    for candidate in (SHIPPED_CONFIGS / name, SHIPPED_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def resolve_config(path: str | Path) -> Path:
     """A config file: the path itself when it is a file, else the shipped config of that name."""
     p = Path(path)
     if p.is_file():
         return p
-    if p.parent == Path("."):
-        for candidate in (SHIPPED_CONFIGS / p.name, SHIPPED_CONFIGS / f"{p.name}.yaml"):
-            if candidate.is_file():
-                return candidate
+    shipped = _shipped(str(p))
+    if shipped is not None:
+        return shipped
     names = ", ".join(c.stem for c in shipped_configs())
     raise ConfigurationError(f"{path}: config file not found (not a file, nor a shipped config: {names}; "
                              "`dualhrq config list` shows them)")
@@ -437,9 +446,9 @@ def _base_path(path: Path, base: str) -> Path:
     local = path.parent / base
     if local.is_file():
         return local
-    for shipped in (SHIPPED_CONFIGS / base, SHIPPED_CONFIGS / f"{base}.yaml") if "/" not in base else ():
-        if shipped.is_file():
-            return shipped
+    shipped = _shipped(base)
+    if shipped is not None:
+        return shipped
     raise ConfigurationError(f"{path}: base: {local} is not a file, nor {base!r} a shipped config (`dualhrq config "
                              "list` shows them)")
 

@@ -48,7 +48,6 @@ BarsLike = Union[Mapping[str, Union[Sequence[float], np.ndarray]], Bars]  # {t,o
 RETRIED = frozenset({"ping", "signal", "append"})
 
 
-
 def _numpy_scalar(obj: Any) -> Any:
     """A numpy number (a bar's close, its time) as the Python number it holds: the bars take numpy arrays, so
     `market` built from them must encode too."""
@@ -58,6 +57,7 @@ def _numpy_scalar(obj: Any) -> Any:
 
 
 _ENCODER = msgspec.msgpack.Encoder(enc_hook=_numpy_scalar)
+
 
 class RequestFailed(HRMError):
     """The server answered with an error reply (`code`, `field` as in the protocol)."""
