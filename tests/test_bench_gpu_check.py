@@ -96,3 +96,28 @@ def test_an_engine_that_misses_parity_fails_the_check(bundle, tmp_path, monkeypa
     assert gpu_check.run_gpu_check(_args(bundle, tmp_path / "r.json"), _Cli()) == 1
     report = json.loads((tmp_path / "r.json").read_text())
     assert not report["parity"]["torch/fp32"]["passed"] and report["parity"]["onnx-cpu/fp32"]["passed"]
+
+
+def test_a_checkpoint_is_exported_with_the_parity_windows_and_threads_asked_for(bundle, tmp_path,
+                                                                                 synthetic_windows):
+    import shutil
+
+    class Exporting(_Cli):
+        def __call__(self, argv):
+            if argv[0] != "export":
+                return super().__call__(argv)
+            self.commands.append(argv)
+            shutil.copytree(bundle, argv[argv.index("--out") + 1])
+            return 0
+
+    p = argparse.ArgumentParser()
+    gpu_check.add_gpu_check_args(p)
+    args = p.parse_args(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "r.json"), "--runs", "2",
+                         "--batches", "1", "--segments", "2", "--backends", "torch", "--parity-samples", "64",
+                         "--threads", "3"])
+    cli = Exporting()
+    assert gpu_check.run_gpu_check(args, cli) == 0
+    export = cli.commands[0]
+    assert export[:3] == ["export", "--checkpoint", str(tmp_path / "ckpt")]
+    assert export[export.index("--parity-samples") + 1] == "64" and export[export.index("--threads") + 1] == "3"
+    assert json.loads((tmp_path / "r.json").read_text())["parity"]["torch/fp32"]["passed"]

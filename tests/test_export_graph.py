@@ -144,6 +144,31 @@ def test_no_constant_of_the_fp32_or_fp16_graph_is_beyond_fp16_range(exported, tm
         assert beyond == [], f"{path.name}: {beyond}"
 
 
+def test_the_fp16_graph_loads_when_the_converter_writes_a_cast_once_per_reader(exported, tmp_path, monkeypatch):
+    """ONNX Runtime's converter before 1.32 writes the Cast before kept nodes once per reader, all under one
+    name; ONNX Runtime refuses such a graph (it happened on the first GPU machine's ONNX Runtime 1.30)."""
+    import onnxruntime.transformers.float16 as float16
+
+    model, fp32 = exported
+    expected = run_session(ort_session(to_fp16(fp32, tmp_path / "current.onnx")), example_feeds(model.cfg, 2))
+    convert = float16.convert_float_to_float16
+
+    def once_per_reader(proto, **kwargs):
+        proto = convert(proto, **kwargs)
+        copies = [n for n in proto.graph.node if n.op_type == "Cast" and n.name.endswith("_cast_to_fp32_node")]
+        assert copies
+        proto.graph.node.extend(copies)
+        proto.graph.value_info.extend([v for v in proto.graph.value_info if v.name.endswith("_cast_to_fp32")])
+        return proto
+
+    monkeypatch.setattr(float16, "convert_float_to_float16", once_per_reader)
+    proto = onnx.load(str(to_fp16(fp32, tmp_path / "older.onnx")))
+    names = [n.name for n in proto.graph.node]
+    assert len(names) == len(set(names))
+    out = run_session(ort_session(tmp_path / "older.onnx"), example_feeds(model.cfg, 2))
+    assert all(np.array_equal(out[name], expected[name]) for name in OUTPUT_NAMES)
+
+
 def test_the_fp16_graph_normalises_in_fp32_from_square_to_scale(exported, tmp_path):
     """Every RMSNorm node reads and writes fp32 (no fp16 round trip between its steps), and activations whose
     squares overflow fp16 (|x| > 256) still normalise to finite outputs."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,12 @@ def add_gpu_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="with --train: training steps (default: the config's)")
     p.add_argument("--backends", type=names, metavar="LIST", help="only these backends (default: every one present)")
+    p.add_argument("--parity-samples", type=positive_int, metavar="N",
+                   help="with --train or --checkpoint: the export's held-out parity windows, which the engines' "
+                        "parity here reuses (default: export's, 1000; the full model's CPU variants take minutes "
+                        "on that many)")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="ONNX Runtime threads of the export's parity runs (default: every core, %(default)s here)")
 
 
 def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
@@ -83,8 +90,10 @@ def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
         checkpoint = str(work / "train")  # export takes a run directory's best checkpoint
     if checkpoint:
         print(f"== export {checkpoint} -> {bundle_path}", flush=True)
+        samples = ["--parity-samples", str(args.parity_samples)] if args.parity_samples else []
         rc = cli(["export", "--checkpoint", checkpoint, "--out", str(bundle_path), "--fp16", "--int8", "--tensorrt",
-                  "--max-batch", str(args.max_batch), "--carry-segments", str(args.segments)])
+                  "--max-batch", str(args.max_batch), "--carry-segments", str(args.segments),
+                  "--threads", str(args.threads), *samples])
         report["export_exit_status"] = rc
         if rc not in (0, 1):  # 1: a reduced precision missed parity and was left out; the rest is there
             raise HRMError(f"export failed (exit status {rc}); see its output above")

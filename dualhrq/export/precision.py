@@ -49,8 +49,37 @@ def to_fp16(src: str | Path, dst: str | Path, external_data: bool | None = None)
         proto = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
     finally:
         converter_log.setLevel(level)
+    _merge_duplicate_casts(proto.graph)
     _drop_fp16_round_trips(proto.graph, kept)
     return save_graph(proto, dst, external_data)
+
+
+def _merge_duplicate_casts(graph: onnx.GraphProto) -> None:
+    """Keep one of each Cast that the converter wrote more than once under one name.
+
+    ONNX Runtime's converter before 1.32 adds a Cast (and its value_info) for every kept node that reads an fp16
+    value, all named after that value: a value read by two kept nodes (a norm's input feeds its square and its
+    scaling) gives two nodes of one name writing one output, which ONNX Runtime refuses to load. Such copies
+    are the same cast, so one serves every reader."""
+    seen: set[bytes] = set()
+    nodes = []
+    for node in graph.node:
+        key = node.SerializeToString()  # name, inputs, outputs and the target type
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        nodes.append(node)
+    if len(nodes) == len(graph.node):
+        return
+    del graph.node[:]
+    graph.node.extend(nodes)
+    infos, named = [], set()
+    for info in graph.value_info:
+        if info.name not in named:
+            named.add(info.name)
+            infos.append(info)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def _drop_fp16_round_trips(graph: onnx.GraphProto, fp32_nodes: list[str]) -> None:
