@@ -169,6 +169,17 @@ def test_each_matmul_of_the_independent_floor_reads_a_weight_of_its_own():
     assert not np.array_equal(weights[0], weights[1]) and not np.array_equal(weights[1], weights[2])
 
 
+def test_the_independent_floor_graph_has_the_lowest_ir_version_of_its_opset():
+    """onnx writes its newest IR version by default, which an older ONNX Runtime refuses to load."""
+    import onnx
+    from onnx import helper
+
+    from dualhrq.bench.independent_floor import _matmuls_graph
+
+    proto = onnx.load_from_string(_matmuls_graph((4, 8, 16), 1, np.random.default_rng(0)))
+    assert proto.ir_version == helper.find_min_ir_version_for(list(proto.opset_import))
+
+
 def test_the_independent_floor_is_flagged_beyond_ten_percent_of_the_bench_floor():
     from dualhrq.bench.independent_floor import ConfigMatmul, ShapeTimes, shape_counts, summarize_independent
 

@@ -121,3 +121,18 @@ def test_a_checkpoint_is_exported_with_the_parity_windows_and_threads_asked_for(
     assert export[:3] == ["export", "--checkpoint", str(tmp_path / "ckpt")]
     assert export[export.index("--parity-samples") + 1] == "64" and export[export.index("--threads") + 1] == "3"
     assert json.loads((tmp_path / "r.json").read_text())["parity"]["torch/fp32"]["passed"]
+
+
+def test_a_gpu_step_that_breaks_is_reported_and_the_later_steps_still_run(bundle, tmp_path, synthetic_windows):
+    class BrokenEngineBench(_Cli):
+        def __call__(self, argv):
+            if argv[:2] == ["bench", "engine"]:
+                raise RuntimeError("Unsupported model IR version: 14")
+            return super().__call__(argv)
+
+    cli = BrokenEngineBench()
+    assert gpu_check.run_gpu_check(_args(bundle, tmp_path / "r.json", "--backends", "torch-cuda"), cli) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "IR version" in report["bench_engine"]["error"]
+    assert report["bench_latency"]["torch-cuda/fp32"]["normal"]["latency_ms"]["p95"] == 0.7
+    assert report["engine_latency"]["torch-cuda/fp32"]["act_segments"] >= 1

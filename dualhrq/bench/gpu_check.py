@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigurationError, HRMEr
 from dualhrq.export.engines import GPU_BACKENDS, Engine
 
 Cli = Callable[[list[str]], int]
+log = logging.getLogger(__name__)
 GOAL_P95_MS = 1.0  # end-to-end p95 over ZeroMQ the GPU path aims at on an H100-class GPU
 
 HELP = """\
@@ -119,27 +121,51 @@ def run_gpu_check(args: argparse.Namespace, cli: Cli) -> int:
     timed = [(n, p) for n, p in engines if n in GPU_BACKENDS and (on_gpu or wanted)]
     print(f"== engine latency per batch size: {', '.join(f'{n}/{p}' for n, p in timed) or 'no GPU backend here'}",
           flush=True)
-    report["engine_latency"] = {f"{n}/{p}": _engine_latency(bundle, n, p, feeds, batches, args.runs, args.max_batch)
-                                for n, p in timed}
-
+    report["engine_latency"], report["bench_latency"] = {}, {}
+    for name, precision in timed:
+        key = f"{name}/{precision}"
+        failed |= not _phase(report["engine_latency"], key, out, report, lambda: _engine_latency(
+            bundle, name, precision, feeds, batches, args.runs, args.max_batch))
+        print("\n".join(_engine_lines(key, report["engine_latency"][key])), flush=True)
     if timed:
         print("== bench engine", flush=True)
-        engine_json = work / "bench_engine.json"
-        rc = cli(["bench", "engine", "--bundle", str(bundle_path), "--runs", str(args.runs), "--warmup", "20",
-                  "--json", str(engine_json)])
-        report["bench_engine"] = json.loads(engine_json.read_text()) if rc == 0 else {"exit_status": rc}
-        report["bench_latency"] = {}
+        failed |= not _phase(report, "bench_engine", out, report, lambda: _bench_engine(cli, bundle_path, work,
+                                                                                        args.runs))
         for name, precision in timed:
             print(f"== bench latency, {name} {precision}", flush=True)
-            report["bench_latency"][f"{name}/{precision}"] = _latency(cli, bundle_path, name, precision, work,
-                                                                      args.requests, args.max_batch)
+            failed |= not _phase(report["bench_latency"], f"{name}/{precision}", out, report, lambda: _latency(
+                cli, bundle_path, name, precision, work, args.requests, args.max_batch))
     report["goal_p95_ms"] = GOAL_P95_MS
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=_jsonable))
+    _write(out, report)
     print(format_check(report))
     print(f"report: {out}")
     return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _phase(into: dict[str, Any], key: str, out: Path, report: dict[str, Any], measure: Callable[[], Any]) -> bool:
+    """into[key] = measure(), or the error it raised; the report is written after every phase, so what was
+    measured before a break is kept. False when it raised or measured an error."""
+    try:
+        into[key] = measure()
+        return "error" not in into[key]
+    except Exception as e:  # one broken GPU step must not lose the figures of the others: it is reported
+        log.exception("gpu-check: %s failed", key)
+        into[key] = {"error": f"{type(e).__name__}: {e}"}
+        return False
+    finally:
+        _write(out, report)
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=_jsonable))
+
+
+def _bench_engine(cli: Cli, bundle: Path, work: Path, runs: int) -> dict[str, Any]:
+    result = work / "bench_engine.json"
+    rc = cli(["bench", "engine", "--bundle", str(bundle), "--runs", str(runs), "--warmup", "20", "--json", str(result)])
+    return json.loads(result.read_text()) if rc == 0 else {"error": f"bench engine: exit status {rc}"}
 
 
 def _model(bundle: Any) -> Any:
@@ -271,7 +297,7 @@ def _latency(cli: Cli, bundle: Path, backend: str, precision: str, work: Path, r
         rc = cli(["bench", "latency", "--bundle", str(bundle), "--config", str(config), "--requests", str(requests),
                   "--warmup", "100", "--concurrency", "1", "--json", str(result)])
     if rc not in (0, 1) or not result.is_file():
-        return {"exit_status": rc}
+        return {"error": f"bench latency: exit status {rc}"}
     return json.loads(result.read_text())
 
 
@@ -281,6 +307,20 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON: {type(x).__name__}")
 
 
+def _engine_lines(key: str, lat: dict[str, Any]) -> list[str]:
+    if "error" in lat:
+        return [f"  {key:<22}did not run: {lat['error']}"]
+    lines = []
+    for mode in ("cuda_graphs", "no_graphs"):
+        for b, s in lat.get(mode, {}).items():
+            seg, act = s["segment_ms"], s["act_ms"]
+            lines.append(f"  {key:<22}{mode:<12} batch {b}: segment p50 {seg['p50']:.3f} / p95 {seg['p95']:.3f} "
+                         f"ms, ACT ({lat['act_segments']} segments) p50 {act['p50']:.3f} / p95 {act['p95']:.3f} ms")
+    for b, gain in lat.get("cuda_graph_gain_p50", {}).items():
+        lines.append(f"  {key:<22}CUDA-graph gain at batch {b}: {gain:.2f}x (segment p50)")
+    return lines
+
+
 def format_check(report: dict[str, Any]) -> str:
     lines = [f"\nGPU check: {report['machine']}", f"bundle {report['bundle']}: {report['model_version']}, "
              f"{report['param_count']:,} parameters"]
@@ -288,13 +328,7 @@ def format_check(report: dict[str, Any]) -> str:
         lines.append(f"  parity {key:<22}" + (p["error"] if "error" in p else "passed" if p["passed"] else
                                              "FAILED: " + "; ".join(p["failures"][:3])))
     for key, lat in report["engine_latency"].items():
-        for mode in ("cuda_graphs", "no_graphs"):
-            for b, s in lat.get(mode, {}).items():
-                seg, act = s["segment_ms"], s["act_ms"]
-                lines.append(f"  {key:<22}{mode:<12} batch {b}: segment p50 {seg['p50']:.3f} / p95 {seg['p95']:.3f} "
-                             f"ms, ACT ({lat['act_segments']} segments) p50 {act['p50']:.3f} / p95 {act['p95']:.3f} ms")
-        for b, gain in lat.get("cuda_graph_gain_p50", {}).items():
-            lines.append(f"  {key:<22}CUDA-graph gain at batch {b}: {gain:.2f}x (segment p50)")
+        lines += _engine_lines(key, lat)
     for key, lat in report.get("bench_latency", {}).items():
         normal = lat.get("normal")
         if normal:

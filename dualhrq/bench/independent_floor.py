@@ -129,7 +129,11 @@ def _matmuls_graph(shape: Shape, count: int, rng: np.random.Generator) -> bytes:
     graph = helper.make_graph(nodes, "one_shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [m, n])
                                for i in range(count)], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)]).SerializeToString()
+    # The lowest IR version that carries the opset: onnx's own default (its newest) can be beyond what an older
+    # ONNX Runtime reads (onnx 1.23's IR 14 against ONNX Runtime 1.30's 13 on the first GPU machine).
+    opset = [helper.make_opsetid("", MIN_OPSET)]
+    return helper.make_model(graph, opset_imports=opset,
+                             ir_version=helper.find_min_ir_version_for(opset)).SerializeToString()
 
 
 class ShapeTimes:
