@@ -43,6 +43,7 @@ WHEEL_ARGS = --no-deps --only-binary=:all: --python-version 3.12 --implementatio
              --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 GPU_RUNS  ?= train_eurusd:300 train_eurusd_27m:30
 GPU_OUT   ?= runs/gpu
+GPU_ARGS  ?=
 
 gpu-wheels:
 	mkdir -p .whl
@@ -53,4 +54,4 @@ gpu-check:
 	$(PYTHON) -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl .whl/hnswlib-*.tar.gz
 	status=0; for run in $(GPU_RUNS); do \
 	  PYTHONPATH=/tmp/site:$(CURDIR) PYTHONUNBUFFERED=1 $(PYTHON) -m dualhrq gpu-check --train $${run%%:*} \
-	    --steps $${run##*:} --out $(GPU_OUT)/$${run%%:*}.json || status=$$?; done; exit $$status
+	    --steps $${run##*:} --out $(GPU_OUT)/$${run%%:*}.json $(GPU_ARGS) || status=$$?; done; exit $$status
