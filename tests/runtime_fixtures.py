@@ -167,7 +167,7 @@ def fake_host(config, hooks=None, *, engine=None, retriever=None, patterns=None,
 def _warm_bars(needs):
     from dualhrq.runtime.host import synthetic_bars
 
-    return (synthetic_bars(needs[0], 86_400_000_000_000, 1_699_900_000_000_000_000),
+    return (synthetic_bars(needs[0], 86_400_000_000_000, 1_699_920_000_000_000_000),
             synthetic_bars(needs[1], 3_600_000_000_000, 1_700_000_000_000_000_000))
 
 
@@ -225,7 +225,7 @@ def wire_bars(n: int, step: int = 3_600_000_000_000, end: int = 1_700_000_000_00
 
 def signal_body(rid: str = "s1", n_coarse: int = 6, n_fine: int = 12, **over) -> dict:
     body = {"type": "signal", "id": rid, "v": 1, "instrument": "EURUSD", "timeframe": "1h",
-            "coarse": wire_bars(n_coarse, step=86_400_000_000_000, end=1_699_900_000_000_000_000),
+            "coarse": wire_bars(n_coarse, step=86_400_000_000_000, end=1_699_920_000_000_000_000),
             "fine": wire_bars(n_fine)}
     body.update(over)
     return body

@@ -187,6 +187,7 @@ def test_disabled_gate_passes_actions_through():
     ("BUY", -1.0, None, "quantity"),
     ("BUY", float("nan"), None, "quantity"),
     ("BUY", 1.0, float("inf"), "position"),
+    ("CLOSE_LONG", 0.0, 1e300, "position"),  # finite, but no order of that many units is an order
 ])
 def test_bad_decision_input_is_refused_naming_the_field(action, quantity, position, field):
     with pytest.raises(DataError, match=field):
@@ -199,6 +200,8 @@ def test_bad_decision_input_is_refused_naming_the_field(action, quantity, positi
     ({"ask": float("nan")}, "market.ask"),
     ({"prior_close": -1.0}, "market.prior_close"),
     ({"luld_tier": 3}, "market.luld_tier"),
+    ({"bid": 50.02, "ask": 50.01}, "market.bid"),  # a crossed quote
+    ({"ts": -(2**63)}, "market.ts"),
 ])
 def test_bad_market_snapshot_is_refused_naming_the_field(kwargs, field):
     fields = {"ts": at(10, 0), "last": 50.0, "bid": 49.99, "ask": 50.01, "prior_close": 50.0, "luld_tier": 1}

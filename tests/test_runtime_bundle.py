@@ -92,6 +92,28 @@ def test_bar_times_sent_in_seconds_are_invalid_input_on_fine_t_not_an_internal_e
         assert "3600 ns (times are ns since the epoch)" in str(e.value), e.value
 
 
+@pytest.mark.parametrize("case", ["hourly bars as daily", "stamped at the exchange's close", "years older"])
+def test_coarse_bars_not_made_as_training_made_them_are_invalid_input_naming_coarse_t(served, case):
+    from runtime_fixtures import wire_bars
+
+    hour, midnight = 3_600_000_000_000, 1_699_920_000_000_000_000  # 2023-11-14 00:00 UTC
+    with Client(served.address) as c:
+        pong = c.ping()
+        fine = wire_bars(pong.needs.fine + 5, step=hour, end=midnight + 20 * hour)
+        n = pong.needs.coarse + 5
+        coarse, field, words = {
+            "hourly bars as daily": (wire_bars(n, step=hour, end=midnight + 19 * hour), "coarse.t[0]", "1d period"),
+            "stamped at the exchange's close": (wire_bars(n, step=24 * hour, end=midnight - 3 * hour), "coarse.t[0]",
+                                                "1d period"),
+            "years older": (wire_bars(n, step=24 * hour, end=midnight - 3 * 365 * 24 * hour), "coarse.t",
+                            "days older than the newest fine bar"),
+        }[case]
+        with pytest.raises(RequestFailed) as e:
+            c.signal("EURUSD", "1h", coarse, fine)
+        assert e.value.code == "invalid_input" and e.value.field == field and words in str(e.value), e.value
+        c.signal("EURUSD", "1h", wire_bars(n, step=24 * hour, end=midnight), fine)  # made as training made them
+
+
 def test_the_server_decides_what_the_python_api_decides(served, tiny_bundle):
     """Same bars through the server (features -> retrieval -> ONNX -> ACT) and through HRMPolicy (PyTorch):
     same action and segments, forecasts and probabilities within the fp32 export bound."""

@@ -105,6 +105,12 @@ def test_another_protocol_version_is_unsupported_version(body):
      "market.last"),
     ({"market": {"ts": 1, "last": 1.0, "bid": 1.0, "ask": 1.0, "prior_close": 1.0, "luld_tier": 2,
                  "position": math.nan}}, "market.position"),
+    ({"market": {"ts": 1, "last": 1.0, "bid": 1.0, "ask": 1.0, "prior_close": 1.0, "luld_tier": 2,
+                 "position": 1e300}}, "market.position"),
+    ({"market": {"ts": 1, "last": 1.0, "bid": 1.02, "ask": 1.01, "prior_close": 1.0, "luld_tier": 1}},
+     "market.bid"),  # a crossed quote
+    ({"market": {"ts": 2**63 - 1, "last": 1.0, "bid": 1.0, "ask": 1.0, "prior_close": 1.0, "luld_tier": 1}},
+     "market.ts"),
 ])
 def test_unusable_numbers_are_invalid_input(over, field):
     err = error_of(msgpack.packb(signal(**over)))
@@ -130,6 +136,15 @@ def bars_error(wire: dict, minimum: int = 10) -> ProtocolError:
         check_bars(req.fine, "fine", minimum, req.id)
     assert (e.value.code, e.value.request_id) == ("invalid_input", "r1")
     return e.value
+
+
+@pytest.mark.parametrize("times, row", [([2**63 - 1], 0), ([-(2**63)], 0), ([2**64 - 1], 0),
+                                        ([10**18, 2**64 - 1], 1), ([-(2**62), 10**18], 0)])
+def test_a_bar_time_outside_1900_to_2200_is_named(times, row):
+    n = len(times)
+    wire = {"t": times, "o": [1.0] * n, "h": [1.0] * n, "l": [1.0] * n, "c": [1.0] * n, "v": [0.0] * n}
+    err = bars_error(wire, minimum=1)
+    assert err.field == f"fine.t[{row}]" and "1900 to 2200" in err.message
 
 
 def test_clean_bars_become_numpy_columns():

@@ -138,6 +138,23 @@ def test_an_unknown_session_another_instrument_or_a_bar_not_newer_get_resync_req
         assert isinstance(reply, p.ErrorReply) and reply.code == "resync_required"
 
 
+def test_an_appended_coarse_bar_off_its_period_end_is_invalid_input_and_the_stream_goes_on(served):
+    from dualhrq.data.bars import Bars
+
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(served.address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        i = 1300
+        _open(client, windows, i, "grid")
+        bar = history.slice(i + 1, i + 2)  # an hourly bar sent as the day's coarse bar
+        reply = client.exchange(append_request("EURUSD", "grid", Bars(*(c.copy() for c in bar.columns)), bar))[2]
+        assert isinstance(reply, p.ErrorReply) and (reply.code, reply.field) == ("invalid_input", "coarse.t[0]")
+        assert "1d period" in reply.message
+        reply = client.exchange(append_request("EURUSD", "grid", history.slice(0, 0), bar))[2]
+        assert isinstance(reply, p.SignalReply)
+
+
 def test_streams_are_bounded_least_recently_used_first_and_expire_when_idle():
     now = [0.0]
     streams = Streams(SessionsConfig(max_streams=2, idle_s=10.0), clock=lambda: now[0])

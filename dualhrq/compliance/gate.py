@@ -46,6 +46,7 @@ from dualhrq.compliance.luld import LIMIT, NORMAL, PAUSED, LimitStateMachine, Re
 from dualhrq.compliance.sessions import Holidays, previous_trading_day, session_of
 from dualhrq.compliance.ssr import SSRState
 from dualhrq.config import ComplianceConfig, RiskConfig
+from dualhrq.data.bars import T_MAX_NS, T_MIN_NS
 from dualhrq.data.market_rules import LULD, NYSE_HOLIDAYS
 from dualhrq.errors import DataError
 from dualhrq.model.vocab import ACTIONS
@@ -54,6 +55,21 @@ REASONS = ("ssr", "luld_band", "luld_pause", "risk_limit", "kill_switch")
 LULD_OFF = "off"  # LULD state outside regular hours or before the plan existed
 
 _FLAT = 1e-12  # positions this close to zero are zero (repeated float buys and sells leave dust)
+POSITION_LIMIT = 2.0**53  # units: beyond, a float no longer counts single units (and |position| x price overflows)
+
+
+class MarketError(DataError):
+    """A bad market field: ``field`` names it (``market.bid``), ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def check_position(position: float | None, field: str = "position") -> None:
+    """A caller's position: None (the gate simulates it), or a finite number of units within POSITION_LIMIT."""
+    if position is not None and not (math.isfinite(position) and abs(position) <= POSITION_LIMIT):
+        raise MarketError(field, f"expected a finite number of units within +-2^53, got {position!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +87,19 @@ class MarketSnapshot:
 
     def __post_init__(self) -> None:
         if not isinstance(self.ts, int) or isinstance(self.ts, bool):
-            raise DataError(f"market.ts: expected int nanoseconds since epoch, got {self.ts!r}")
+            raise MarketError("market.ts", f"expected int nanoseconds since epoch, got {self.ts!r}")
+        if not T_MIN_NS <= self.ts < T_MAX_NS:
+            raise MarketError("market.ts", f"expected a time from 1900 to 2200 in ns since the epoch, got {self.ts}")
         for name in ("last", "bid", "ask", "prior_close"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise DataError(f"market.{name}: expected a positive finite price, got {value!r}")
+                raise MarketError(f"market.{name}", f"expected a positive finite price, got {value!r}")
+        if self.bid > self.ask:  # SSR's test of a short sale against the bid means nothing on a crossed quote
+            raise MarketError("market.bid", f"{self.bid!r} is above the ask {self.ask!r}: a crossed quote")
         if self.luld_tier not in (1, 2):
-            raise DataError(f"market.luld_tier: expected 1 or 2, got {self.luld_tier!r}")
+            raise MarketError("market.luld_tier", f"expected 1 or 2, got {self.luld_tier!r}")
         if not isinstance(self.ssr_active, bool):
-            raise DataError(f"market.ssr_active: expected a boolean, got {self.ssr_active!r}")
+            raise MarketError("market.ssr_active", f"expected a boolean, got {self.ssr_active!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +248,7 @@ class ComplianceGate:
             raise DataError(f"quantity: expected a number, got {quantity!r}") from None
         if not (math.isfinite(quantity) and quantity >= 0):
             raise DataError(f"quantity: expected a finite number >= 0, got {quantity!r}")
-        if position is not None and not math.isfinite(position):
-            raise DataError(f"position: expected a finite number, got {position!r}")
+        check_position(position)
         if self._kill_switch:
             return GateDecision("HOLD", 0.0, False, action, ["kill_switch"])
         if not self.config.enabled:

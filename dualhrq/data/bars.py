@@ -21,6 +21,12 @@ from dualhrq.errors import DataError
 # Long names for messages: the wire and the arrays use the short ones.
 COLUMN_NAMES: dict[str, str] = {"t": "timestamp", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
 
+# Bar times are ns since the epoch from 1900 to 2200: a time beyond is a unit mistake or garbage, and near the
+# end of int64 a bar's spacing added to it would wrap around.
+T_MIN_NS = -2_208_988_800 * 10**9  # 1900-01-01 UTC
+T_MAX_NS = 7_258_118_400 * 10**9  # 2200-01-01 UTC
+T_RANGE = "must be a time from 1900 to 2200 in ns since the epoch"
+
 
 class BarsError(DataError):
     """The first bad bar of the series ``where`` ('fine', 'coarse' or ''): ``row`` (0-based index), ``field``
@@ -75,7 +81,11 @@ class Bars:
         if len(set(lengths.values())) > 1:
             raise DataError(f"{where}: columns differ in length: {lengths}")
         t = np.asarray(columns["t"])
-        if t.size and t.dtype.kind not in "iu":
+        if t.size and (t.dtype.kind not in "iu" or (t.dtype.kind == "u" and int(t.max()) > T_MAX_NS)):
+            raw = list(columns["t"])
+            beyond = [i for i, x in enumerate(raw) if isinstance(x, int) and not T_MIN_NS <= x < T_MAX_NS]
+            if beyond and all(isinstance(x, (int, np.integer)) for x in raw):  # ints numpy cannot hold as int64
+                raise BarsError(beyond[0], "t", T_RANGE, raw[beyond[0]], where)
             raise DataError(f"{where}: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
         return cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv")).validate(where)
 
@@ -97,7 +107,8 @@ class Bars:
                    ("h", self.h < np.maximum(self.o, self.c), "must be >= max(open, close)"),
                    ("l", self.l > np.minimum(self.o, self.c), "must be <= min(open, close)")]
         # A time not after its predecessor is the later row's fault.
-        checks.append(("t", np.concatenate([[False], self.t[1:] <= self.t[:-1]]), "must be after the previous row's"))
+        checks += [("t", (self.t < T_MIN_NS) | (self.t >= T_MAX_NS), T_RANGE),
+                   ("t", np.concatenate([[False], self.t[1:] <= self.t[:-1]]), "must be after the previous row's")]
         first = None
         for field, bad, reason in checks:
             idx = np.flatnonzero(bad)
@@ -106,7 +117,8 @@ class Bars:
         if first is not None:
             row, field, rule = first
             value = getattr(self, field)[row]
-            raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if field == "t" else value, where)
+            order = field == "t" and rule != T_RANGE
+            raise BarsError(row, field, rule, f"{value} <= {self.t[row - 1]}" if order else value, where)
         return self
 
 
@@ -116,6 +128,8 @@ def _clean(bars: Bars) -> bool:
     if len(bars.t) == 0:
         return True
     t, *prices = bars.columns
+    if not (T_MIN_NS <= int(t[0]) and int(t[-1]) < T_MAX_NS):  # the rows' order is checked below: ends suffice
+        return False
     return _clean_rows(np.ascontiguousarray(t, np.int64), *(np.ascontiguousarray(x, np.float64) for x in prices))
 
 

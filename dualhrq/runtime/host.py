@@ -22,7 +22,7 @@ import numpy as np
 
 from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.data.resample import parse_rule, timeframe_name
+from dualhrq.data.resample import DAY_NS, Period, parse_rule, timeframe_name
 from dualhrq.data.windows import Sample, SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
@@ -94,6 +94,10 @@ class ModelHost:
     def _fine_ns(self) -> int:
         return parse_rule(self.inputs.timeframe).ns
 
+    @cached_property
+    def _coarse_period(self) -> Period:
+        return parse_rule(self.inputs.coarse_rule)
+
     def window(self, req: Signal) -> SampleBars:
         """A request's bars, validated once (ProtocolError naming the bad field), trimmed to what the sample
         reads. Cheap next to the features: it runs on the event loop."""
@@ -109,10 +113,39 @@ class ModelHost:
             if spacing != trained.lower():  # timeframe: judge by the median
                 raise ProtocolError("invalid_input", f"the fine bars are {spacing} apart, but the model was trained "
                                     f"on {trained} bars", "fine.t", req.id)
+        self._check_coarse_times(coarse, req.id)
+        self._check_coarse_current(coarse, fine, req.id)
         try:
             return self.inputs.window(coarse, fine, validated=True)
         except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
             raise ProtocolError("invalid_input", str(e), "coarse", req.id) from None
+
+    def _check_coarse_times(self, coarse: Bars, request_id: str) -> None:
+        """Coarse bars close at the ends of coarse_rule's periods, as training resampled them: another spacing
+        or clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused."""
+        period = self._coarse_period
+        off = (coarse.t - period.anchor_ns) % period.ns
+        if off.any():
+            i = int(np.flatnonzero(off)[0])
+            start = "Monday 00:00 UTC" if period.anchor_ns else "00:00 UTC"
+            raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} is not the end of a "
+                                f"{self.inputs.coarse_rule} period: coarse bars close every {self.inputs.coarse_rule} "
+                                f"from {start}, as training made them from the fine bars", f"coarse.t[{i}]", request_id)
+
+    def _check_coarse_current(self, coarse: Bars, fine: Bars, request_id: str) -> None:
+        """The newest closed coarse bar is within two coarse periods and a week of closures (holidays, a long
+        weekend) of the newest fine bar: older, the coarse context is another window's."""
+        as_of = int(fine.t[-1])
+        closed = int(np.searchsorted(coarse.t, as_of, side="right"))
+        if not closed:
+            return  # the window counts its closed coarse bars, and says so
+        newest = int(coarse.t[closed - 1])
+        allowed = 2 * self._coarse_period.ns + 7 * DAY_NS
+        if as_of - newest > allowed:
+            raise ProtocolError("invalid_input", f"the newest closed coarse bar ({_when(newest)}) is "
+                                f"{(as_of - newest) / DAY_NS:.1f} days older than the newest fine bar ({_when(as_of)}), "
+                                f"more than the {allowed / DAY_NS:g} days allowed: send this window's coarse bars",
+                                "coarse.t", request_id)
 
     def key(self, bars: SampleBars) -> np.ndarray:
         """The retrieval key [1, F] float32 of a window, computed before the rest of the features so that
@@ -139,6 +172,8 @@ class ModelHost:
         # counts `t` alone: other columns with bars must still be refused as of other lengths.
         no_coarse = not any(msgspec.structs.astuple(req.coarse))
         coarse = window.no_coarse if no_coarse else check_bars(req.coarse, "coarse", 0, req.id)
+        if not no_coarse:
+            self._check_coarse_times(coarse, req.id)
         fine = check_bars(req.fine, "fine", 1, req.id)
         try:
             return window.extend(coarse, fine)
@@ -267,6 +302,11 @@ def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str
     return overlay_config(load_bundle(bundle_path, verify=False).config, overlay, source)
 
 
+def _when(ns: int) -> str:
+    """A bar time for a message: ISO 8601 UTC to the second."""
+    return f"{np.datetime64(ns, 'ns').astype('datetime64[s]')}Z"
+
+
 def _spacing(ns: int) -> str:
     """A bar spacing in words: its timeframe's name, or, off the whole seconds (times sent in seconds or ms
     instead of ns, say), the nanoseconds with a reminder of the unit."""
@@ -311,9 +351,10 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     batcher = Batcher(engine, cfg.act, serve, bundle.initial_carry, upstream=hooks.upstream, on_batch=hooks.on_batch)
     host = ModelHost(name=bundle.model_version, config=cfg, inputs=inputs, batcher=batcher, retriever=retriever)
     coarse_n, fine_n = host.needs
-    fine_ns, coarse_ns = parse_rule(inputs.timeframe).ns, parse_rule(inputs.coarse_rule).ns
+    fine_ns, coarse = parse_rule(inputs.timeframe).ns, parse_rule(inputs.coarse_rule)
     end = 1_700_000_000 * 10**9
-    host.warm(synthetic_bars(coarse_n, coarse_ns, end - coarse_ns), synthetic_bars(fine_n, fine_ns, end))
+    end -= (end - coarse.anchor_ns) % coarse.ns  # coarse bars close at period ends
+    host.warm(synthetic_bars(coarse_n, coarse.ns, end - coarse.ns), synthetic_bars(fine_n, fine_ns, end))
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host

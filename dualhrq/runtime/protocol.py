@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
+from dualhrq.compliance.gate import MarketError, MarketSnapshot, check_position
 from dualhrq.data import bars as data_bars
 from dualhrq.errors import DataError
 from dualhrq.model.vocab import ACTIONS  # the wire order of `probs` (and of the graph's policy_logits)
@@ -332,15 +333,12 @@ def _check_signal_numbers(req: BarRequest) -> None:
                    f"v{PROTOCOL_VERSION}", "v")
     if req.deadline_ms is not None and not (math.isfinite(req.deadline_ms) and req.deadline_ms > 0):
         raise fail("invalid_input", f"deadline_ms must be a finite number > 0, got {req.deadline_ms}", "deadline_ms")
-    if req.market is not None:
-        for name in ("last", "bid", "ask", "prior_close"):
-            value = getattr(req.market, name)
-            if not math.isfinite(value):
-                raise fail("invalid_input", f"{value} is not a finite number", f"market.{name}")
-            if value <= 0:
-                raise fail("invalid_input", f"price must be > 0, got {value}", f"market.{name}")
-        if req.market.position is not None and not math.isfinite(req.market.position):
-            raise fail("invalid_input", f"{req.market.position} is not a finite number", "market.position")
+    if (m := req.market) is not None:
+        try:  # the gate's own checks, here at decoding: a bad market costs no features and no engine time
+            MarketSnapshot(m.ts, m.last, m.bid, m.ask, m.prior_close, m.luld_tier, m.ssr_active)
+            check_position(m.position, "market.position")
+        except MarketError as e:
+            raise fail("invalid_input", e.reason, e.field) from None
 
 
 # ---------------------------------------------------------------- bars for the model
