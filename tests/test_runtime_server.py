@@ -463,6 +463,30 @@ def test_the_metrics_endpoint_stops_with_the_server(tiny_config):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
 
+def test_one_servers_readyz_follows_its_readiness_and_livez_its_life(tiny_config):
+    """Before, /readyz and /livez of a single server (no --workers) answered with the metrics page: 200 even
+    while it drained."""
+    import urllib.error
+    import urllib.request
+
+    from runtime_fixtures import free_port
+
+    def status(port: int, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    port = free_port()
+    with ServerThread(server_for(tiny_config, serve_config(metrics_port=port))) as st:
+        assert (status(port, "/readyz"), status(port, "/livez")) == (200, 200)
+        st.server.ready = False  # as from the first moment of a drain
+        assert (status(port, "/readyz"), status(port, "/livez")) == (503, 200)
+        assert b"dualhrq_ready" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        st.server.ready = True
+
+
 def test_an_append_whose_coarse_t_is_empty_but_another_column_is_not_is_invalid_input(tiny_config):
     from types import SimpleNamespace
 

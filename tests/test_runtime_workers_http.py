@@ -26,7 +26,7 @@ def test_one_port_covers_every_worker_and_says_ready_while_one_is_live():
     for slot, port in ports.items():
         m = ServerMetrics()
         m.requests.labels("signal", "ok").inc(3 if slot == "w0" else 5)
-        m.serve_http(port)
+        m.serve_http(port, ready=lambda: True)
     live = [2]
     port = free_port()
     stop = serve_http(port, {**ports, "w2": free_port()}, lambda: live[0])  # w2: restarting, not answering
@@ -75,7 +75,7 @@ def test_a_worker_that_answers_with_something_else_than_metrics_is_left_out_of_t
     good = free_port()
     m = ServerMetrics()
     m.requests.labels("signal", "ok").inc(3)
-    m.serve_http(good)
+    m.serve_http(good, ready=lambda: True)
     not_http, bad_status = _serve_raw(b"garbage\r\n\r\n")  # http.client.BadStatusLine
     not_metrics, bad_text = _serve_raw(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthis is { not metrics\n")
     port = free_port()

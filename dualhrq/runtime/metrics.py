@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from dualhrq.errors import ConfigurationError
+from dualhrq.runtime.probes import probe_app, serve_app
 
 if TYPE_CHECKING:
     from dualhrq.runtime.protocol import Timing
@@ -43,7 +42,7 @@ class ServerMetrics:
         self.queue_depth = Gauge("dualhrq_queue_depth", "Rows waiting for the inference thread", registry=r)
         self.ready = Gauge("dualhrq_ready", "1 when a verified, warmed model is serving", registry=r)
         self._stage = {s: self.stage_seconds.labels(s) for s in STAGES}
-        self._http: WSGIServer | None = None
+        self._stop_http: Callable[[], None] | None = None
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
@@ -58,19 +57,15 @@ class ServerMetrics:
         self.batch_size.observe(size)
         self.engine_seconds.observe(seconds)
 
-    def serve_http(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve the registry on addr:port (its own daemon thread) until `stop_http`."""
-        try:
-            self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as e:
-            raise ConfigurationError(f"serve.metrics_port: cannot serve metrics on {addr}:{port}: {e}") from None
+    def serve_http(self, port: int, ready: Callable[[], bool], addr: str = "127.0.0.1") -> None:
+        """Serve the registry, /livez and /readyz (200 while `ready()`) on addr:port until `stop_http`."""
+        self._stop_http = serve_app(probe_app(self.registry, ready, "not ready"), port, addr, "metrics-http")
 
     def stop_http(self) -> None:
         """Close the endpoint (a server that stopped must not look alive to its scraper); idempotent."""
-        http, self._http = self._http, None
-        if http is not None:
-            http.shutdown()
-            http.server_close()
+        stop, self._stop_http = self._stop_http, None
+        if stop is not None:
+            stop()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges as plain numbers (histograms as count and sum), for `admin stats`."""

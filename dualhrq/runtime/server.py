@@ -118,7 +118,7 @@ class Server:
         self.metrics.watch_queue(lambda: self._hosting.host.batcher.depth if self._hosting.host else 0)
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         if self.serve.metrics_port:
-            self.metrics.serve_http(self.serve.metrics_port)
+            self.metrics.serve_http(self.serve.metrics_port, ready=lambda: self.ready)
         host = await self._hosting.first()
         if host is None:  # stopped before any bundle loaded
             return

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import http.client
 import logging
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from dualhrq.errors import ConfigurationError
+from dualhrq.runtime.probes import probe_app, serve_app
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +58,8 @@ class _Workers:
             return []
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *args: object) -> None:  # scrapes every few seconds must not flood the log
-        pass
-
-
 def serve_http(port: int, ports: dict[str, int], live: Callable[[], int], addr: str = "127.0.0.1") -> Callable[[], None]:
     """Start the endpoint on a daemon thread; returns the function that stops it."""
     registry = CollectorRegistry()
     registry.register(_Workers(ports, live))
-    metrics = make_wsgi_app(registry)
-
-    def app(environ: dict, start_response: Callable) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path in ("/livez", "/readyz"):
-            ok = path == "/livez" or live() > 0
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"ok\n" if ok else b"no worker ready\n"]
-        return metrics(environ, start_response)
-
-    try:
-        server = make_server(addr, port, app, handler_class=_Quiet)
-    except OSError as e:
-        raise ConfigurationError(f"serve.metrics_port: cannot serve metrics on {addr}:{port}: {e}") from None
-    threading.Thread(target=server.serve_forever, name="workers-http", daemon=True).start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-
-    return stop
+    return serve_app(probe_app(registry, lambda: live() > 0, "no worker ready"), port, addr, "workers-http")
