@@ -418,6 +418,15 @@ def resolve_config(path: str | Path) -> Path:
                              "`dualhrq config list` shows them)")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: `lr: 1e-3` is a number (YAML 1.1 wants 1.0e-3 and reads
+    1e-3 as a string, which the config would then refuse as not a float)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
 def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config file (a path, or a shipped config's name) as raw sections, with its `base:` chain merged
     in; not yet validated."""
@@ -427,7 +436,7 @@ def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigurationError(f"{path}: base: circular reference")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise ConfigurationError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -32,6 +32,13 @@ def test_wrong_type_names_key_path(tmp_path):
         load_config(p)
 
 
+def test_a_float_written_without_its_point_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML's default) reads `1e-3` as a string, which the config would refuse as not a float."""
+    p = write(tmp_path, "model: {h_module: {hidden_dim: 64}, l_module: {hidden_dim: 64}}\ntrain: {lr: 1e-3, weight_decay: 5E-2}")
+    cfg = load_config(p)
+    assert (cfg.train.lr, cfg.train.weight_decay) == (0.001, 0.05)
+
+
 def test_unknown_key_is_rejected_with_its_path(tmp_path):
     p = write(tmp_path, "model: {h_module: {hidden_dim: 64}, l_module: {hidden_dim: 64}}\nserve: {bindd: x}")
     with pytest.raises(ConfigurationError, match=r"serve\.bindd: unknown key"):
