@@ -214,6 +214,6 @@ def test_the_input_windows_are_cut_with_the_bundles_coarse_rule_and_a_batch_beyo
     assert "--batch: 1000000 rows per call, but eurusd_1h has only" in capsys.readouterr().err
     host = load_host(tiny_bundle)
     try:
-        assert seen == [requests.ModelInputs(host.needs, host.inputs.coarse_rule)]
+        assert seen == [requests.ModelInputs(host.needs, host.inputs.coarse_rule, host.inputs.timeframe)]
     finally:
         host.close()

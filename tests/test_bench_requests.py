@@ -40,3 +40,12 @@ def test_the_first_bar_with_a_whole_window_is_where_windows_start():
     bars = load_dataset("eurusd_1h").bars
     windows = RequestWindows(bars, "1w", (3, 10))
     assert windows.at(windows.first - 1) is None and windows.at(windows.first) is not None
+
+
+def test_a_dataset_of_another_timeframe_than_the_models_is_refused_naming_both():
+    import pytest
+
+    from dualhrq.errors import DataError
+
+    with pytest.raises(DataError, match=r"--dataset: goog_1d holds 1d bars, but the model was trained on 1h bars"):
+        RealWindows.from_dataset("goog_1d", ModelInputs((3, 10), "1d", "1h"), pool=2)

@@ -42,6 +42,11 @@ def test_missing_file_is_named(saved, missing):
         load_checkpoint(d)
 
 
+def test_a_checkpoint_path_that_does_not_exist_says_so_not_that_a_file_in_it_is_missing(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such checkpoint directory"):
+        load_checkpoint(tmp_path / "typo")
+
+
 def test_corrupted_weights_are_refused(saved):
     _, d = saved
     raw = bytearray((d / WEIGHTS_FILE).read_bytes())

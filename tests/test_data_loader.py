@@ -216,6 +216,8 @@ def test_data_show_prints_a_users_file_and_refuses_a_bad_one(tmp_path, capsys):
     assert shown == [1, 2, 49, 50]  # the first two and the last two bars, numbered like data rows
     with pytest.raises(DataError, match="data row 3 .*close"):
         _run_data_command("data", "show", str(_write_csv(tmp_path, _corrupt(_frame(), 3, "Close", -2.0))))
+    with pytest.raises(DataError, match=r"^data show: 'typo' is neither a bundled dataset"):  # not data.dataset:
+        _run_data_command("data", "show", "typo")
 
 
 @pytest.mark.slow  # imports every bundled dataset's package

@@ -96,7 +96,7 @@ def real_feeds(bundle: Any, dataset: str | None, windows: int, batch: int) -> tu
     host = load_host(bundle.root, overlay={"serve": {"intra_op_threads": 1, "spinning": False}})
     try:
         name = dataset or host.config.data.datasets[0]
-        real = RealWindows.from_dataset(name, ModelInputs(host.needs, host.inputs.coarse_rule), pool=windows * batch)
+        real = RealWindows.from_dataset(name, ModelInputs(host.needs, host.inputs.coarse_rule, host.inputs.timeframe), pool=windows * batch)
         if len(real.windows) < batch:
             raise DataError(f"--batch: {batch} rows per call, but {name} has only {len(real.windows)} request "
                             "windows")

@@ -25,18 +25,23 @@ class ModelInputs:
 
     needs: tuple[int, int]
     coarse_rule: str
+    timeframe: str | None = None  # the fine bars' timeframe, where known: a dataset of another is refused
 
     @classmethod
     def from_pong(cls, pong: Mapping[str, Any]) -> ModelInputs:
-        """From a server's pong (as a dict): the server reports both."""
+        """From a server's pong (as a dict): the server reports all three."""
         if not pong.get("coarse_rule"):
             raise HRMError(f"the server's pong has no coarse_rule (model {pong.get('model')!r}): it cannot say how "
                            "to make the coarse bars its model was trained on")
-        return cls((int(pong["needs"]["coarse"]), int(pong["needs"]["fine"])), str(pong["coarse_rule"]))
+        return cls((int(pong["needs"]["coarse"]), int(pong["needs"]["fine"])), str(pong["coarse_rule"]),
+                   pong.get("timeframe") or None)
 
 
 def _cut(name: str, inputs: ModelInputs) -> tuple[Dataset, RequestWindows]:
-    ds = load_dataset(name)
+    ds = load_dataset(name, where="--dataset")
+    if inputs.timeframe and ds.timeframe.lower() != inputs.timeframe.lower():
+        raise DataError(f"--dataset: {name} holds {ds.timeframe} bars, but the model was trained on "
+                        f"{inputs.timeframe} bars: pick a dataset of {inputs.timeframe} bars (`dualhrq data list`)")
     return ds, RequestWindows(ds.bars, inputs.coarse_rule, inputs.needs)
 
 

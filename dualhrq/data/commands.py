@@ -30,7 +30,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from dualhrq.data.resample import default_coarse_rule, resample
     from dualhrq.data.sources import info, load_dataset
 
-    ds = load_dataset(args.name, timestamps=args.timestamps)
+    ds = load_dataset(args.name, timestamps=args.timestamps, where="data show")
     d = info(ds)
     rule = args.coarse_rule
     if rule is None:

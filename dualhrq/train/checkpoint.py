@@ -53,7 +53,10 @@ def save_checkpoint(directory: str | Path, model: HRM, config: Config, step: int
 
 def read_checkpoint_meta(directory: str | Path) -> CheckpointMeta:
     """Read and validate the JSON sidecar only (cheap; no weights)."""
-    return read_record(Path(directory) / META_FILE, CheckpointMeta, FORMAT_VERSION,
+    d = Path(directory)
+    if not d.is_dir():
+        raise ModelLoadError(f"{d}: no such checkpoint directory (a checkpoint or a training run's directory)")
+    return read_record(d / META_FILE, CheckpointMeta, FORMAT_VERSION,
                        "it was written by another version of dualhrq: retrain with this one")
 
 
