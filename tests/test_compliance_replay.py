@@ -187,7 +187,8 @@ def test_cli_replays_a_file_with_a_builtin_policy(crash_files, capsys):
     rc = _cli("--data", str(d / "crash.csv"), "--policy", "momentum", "--events", str(d / "quotes.csv"),
               "--prior-close", "100", "--json", str(d / "r.json"), "--markdown", str(d / "r.md"))
     assert rc == 0
-    assert "violations: 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "violations: 0" in out and "CRASH was gated as a US-listed stock" in out  # FX users must not assume
     assert json.loads((d / "r.json").read_text())["instrument"] == "CRASH"
     assert (d / "r.md").read_text().startswith("# Compliance replay: CRASH")
 
