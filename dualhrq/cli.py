@@ -181,11 +181,22 @@ def _command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
             compliance.register]
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines that never land inside a progress bar: the bars on the same stream are cleared before the line
+    and drawn again after it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # at the first log line, not for --help
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler(sys.stderr)])
     try:
         return int(args.func(args) or 0)
     except HRMError as e:

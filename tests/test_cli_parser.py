@@ -1,5 +1,5 @@
 """The CLI's parser, built at every start: without torch or onnx (the serving runtime starts without PyTorch), and
-with a help text for every option of every command."""
+with a help text for every option of every command; and its log lines, which never land inside a progress bar."""
 
 from __future__ import annotations
 
@@ -43,3 +43,27 @@ def _options(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 def test_every_option_of_every_command_has_help():
     missing = [f"{command} {option}" for command, option, text in _options(build_parser()) if not text]
     assert missing == []
+
+
+def test_a_log_line_during_a_progress_bar_starts_a_line_of_its_own():
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from dualhrq.cli import _BarSafeHandler
+
+    stream = io.StringIO()
+    log = logging.getLogger("dualhrq.test_bar")
+    handler = _BarSafeHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        with tqdm(total=2, file=stream, mininterval=0) as bar:
+            bar.update(1)
+            log.warning("hello")
+            bar.update(1)
+    finally:
+        log.removeHandler(handler)
+    before = stream.getvalue().split("WARNING hello")[0]
+    assert before.endswith("\r") and before.rstrip("\r").endswith(" ")  # the bar was cleared, then the line
