@@ -224,7 +224,9 @@ def test_lookups_that_could_be_slow_go_to_a_worker_and_keep_their_deadline(featu
         time.sleep(0.05)
         t0 = time.monotonic()
         assert_fail_open(r.retrieve(features[:1], as_of=10**9, timeout_s=0.05), "timeout", 1)
-        assert time.monotonic() - t0 < 0.05 + EPSILON_S
+        # Searched here instead, the lookup would wait forever (behind the writer, behind this thread's read
+        # lock): a bound well above the slack of a loaded machine still tells the two apart.
+        assert time.monotonic() - t0 < 0.05 + 10 * EPSILON_S
     writer.join()
     assert submitted == [1]
     bound = library_module.EXACT_MAX
