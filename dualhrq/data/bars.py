@@ -128,8 +128,6 @@ def _clean(bars: Bars) -> bool:
     if len(bars.t) == 0:
         return True
     t, *prices = bars.columns
-    if not (T_MIN_NS <= int(t[0]) and int(t[-1]) < T_MAX_NS):  # the rows' order is checked below: ends suffice
-        return False
     return _clean_rows(np.ascontiguousarray(t, np.int64), *(np.ascontiguousarray(x, np.float64) for x in prices))
 
 
@@ -137,6 +135,8 @@ def _clean(bars: Bars) -> bool:
 def _clean_rows(t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,  # noqa: E741
                 v: np.ndarray) -> bool:
     """Every row's checks, as `Bars.validate` words them; a NaN fails every comparison it is in."""
+    if t[0] < T_MIN_NS or t[len(t) - 1] >= T_MAX_NS:  # the rows' order is checked below: the ends suffice
+        return False
     for i in range(len(t)):
         for x in (o[i], h[i], l[i], c[i]):
             if not (x > 0.0 and x < np.inf):

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError, DataError
@@ -83,6 +84,20 @@ def resample(fine: Bars, rule: str) -> Bars:
     coarse = Bars(end, fine.o[starts], np.maximum.reduceat(fine.h, starts), np.minimum.reduceat(fine.l, starts),
                   fine.c[lasts], np.add.reduceat(fine.v, starts))
     return coarse.slice(0, int(closed.sum()))  # only the last period can still be open
+
+
+def first_off_period_end(t: np.ndarray, period: Period) -> int:
+    """The index of the first time in ``t`` that is not the end of one of `period`'s periods (as `resample`
+    stamps its bars), or -1: the check of coarse bars a caller made, without an array per call."""
+    return _first_off(np.ascontiguousarray(t, np.int64), period.anchor_ns, period.ns)
+
+
+@njit(cache=True, nogil=True)
+def _first_off(t: np.ndarray, anchor: int, length: int) -> int:
+    for i in range(len(t)):
+        if (t[i] - anchor) % length:
+            return i
+    return -1
 
 
 def visible_counts(coarse_t: np.ndarray, fine_t: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.data.resample import DAY_NS, Period, parse_rule, timeframe_name
+from dualhrq.data.resample import DAY_NS, Period, first_off_period_end, parse_rule, timeframe_name
 from dualhrq.data.windows import Sample, SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
@@ -124,9 +124,8 @@ class ModelHost:
         """Coarse bars close at the ends of coarse_rule's periods, as training resampled them: another spacing
         or clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused."""
         period = self._coarse_period
-        off = (coarse.t - period.anchor_ns) % period.ns
-        if off.any():
-            i = int(np.flatnonzero(off)[0])
+        i = first_off_period_end(coarse.t, period)
+        if i >= 0:
             start = "Monday 00:00 UTC" if period.anchor_ns else "00:00 UTC"
             raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} is not the end of a "
                                 f"{self.inputs.coarse_rule} period: coarse bars close every {self.inputs.coarse_rule} "
@@ -135,11 +134,12 @@ class ModelHost:
     def _check_coarse_current(self, coarse: Bars, fine: Bars, request_id: str) -> None:
         """The newest closed coarse bar is within two coarse periods and a week of closures (holidays, a long
         weekend) of the newest fine bar: older, the coarse context is another window's."""
-        as_of = int(fine.t[-1])
-        closed = int(np.searchsorted(coarse.t, as_of, side="right"))
-        if not closed:
-            return  # the window counts its closed coarse bars, and says so
-        newest = int(coarse.t[closed - 1])
+        as_of, newest = int(fine.t[-1]), int(coarse.t[-1])
+        if newest > as_of:  # the newest has not closed yet (most requests send none such: no search)
+            closed = int(np.searchsorted(coarse.t, as_of, side="right"))
+            if not closed:
+                return  # the window counts its closed coarse bars, and says so
+            newest = int(coarse.t[closed - 1])
         allowed = 2 * self._coarse_period.ns + 7 * DAY_NS
         if as_of - newest > allowed:
             raise ProtocolError("invalid_input", f"the newest closed coarse bar ({_when(newest)}) is "
