@@ -186,10 +186,13 @@ class _BarSafeHandler(logging.StreamHandler):
     and drawn again after it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm  # at the first log line, not for --help
+        try:
+            from tqdm import tqdm  # at the first log line, not for --help
 
-        with tqdm.external_write_mode(file=self.stream):
-            super().emit(record)
+            with tqdm.external_write_mode(file=self.stream):
+                super().emit(record)
+        except Exception:  # as logging's own handlers do: a log line never raises into the code that logged
+            self.handleError(record)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,6 +159,8 @@ def test_quote_events_load_from_csv_and_json(tmp_path):
     ("ts,bid,ask,last\n1,0,1,1\n", "row 0: bid"),
     ("ts,bid,ask,last\n1,1,x,1\n", "row 0: ask"),
     ("ts,bid,ask,last\n2021-03-03T10:00:00,1,1,1\n", "no UTC offset"),
+    ("ts,bid,ask,last\n1,1,1,1\n1,95.01,94.99,95\n", "row 1: bid 95.01 is above ask 94.99: a crossed quote"),
+    ("ts,bid,ask,last\n9223372036854775807,1,1,1\n", "row 0: ts: expected a time from 1900 to 2200"),
 ])
 def test_bad_quote_events_are_refused_naming_the_field(tmp_path, body, message):
     path = tmp_path / "q.csv"

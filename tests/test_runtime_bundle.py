@@ -92,7 +92,8 @@ def test_bar_times_sent_in_seconds_are_invalid_input_on_fine_t_not_an_internal_e
         assert "3600 ns (times are ns since the epoch)" in str(e.value), e.value
 
 
-@pytest.mark.parametrize("case", ["hourly bars as daily", "stamped at the exchange's close", "years older"])
+@pytest.mark.parametrize("case", ["hourly bars as daily", "stamped at the exchange's close", "years older",
+                                  "a day missing"])
 def test_coarse_bars_not_made_as_training_made_them_are_invalid_input_naming_coarse_t(served, case):
     from runtime_fixtures import wire_bars
 
@@ -101,17 +102,41 @@ def test_coarse_bars_not_made_as_training_made_them_are_invalid_input_naming_coa
         pong = c.ping()
         fine = wire_bars(pong.needs.fine + 5, step=hour, end=midnight + 20 * hour)
         n = pong.needs.coarse + 5
+        first_read = f"coarse.t[{n - pong.needs.coarse}]"  # older history than the window reads is not checked
         coarse, field, words = {
-            "hourly bars as daily": (wire_bars(n, step=hour, end=midnight + 19 * hour), "coarse.t[0]", "1d period"),
-            "stamped at the exchange's close": (wire_bars(n, step=24 * hour, end=midnight - 3 * hour), "coarse.t[0]",
+            "hourly bars as daily": (wire_bars(n, step=hour, end=midnight + 19 * hour), first_read, "1d period"),
+            "stamped at the exchange's close": (wire_bars(n, step=24 * hour, end=midnight - 3 * hour), first_read,
                                                 "1d period"),
             "years older": (wire_bars(n, step=24 * hour, end=midnight - 3 * 365 * 24 * hour), "coarse.t",
-                            "days older than the newest fine bar"),
+                            "2023-11-14T00:00:00Z is missing"),
+            "a day missing": (wire_bars(n, step=24 * hour, end=midnight - 24 * hour), "coarse.t",
+                              "2023-11-14T00:00:00Z is missing"),
         }[case]
         with pytest.raises(RequestFailed) as e:
             c.signal("EURUSD", "1h", coarse, fine)
         assert e.value.code == "invalid_input" and e.value.field == field and words in str(e.value), e.value
         c.signal("EURUSD", "1h", wire_bars(n, step=24 * hour, end=midnight), fine)  # made as training made them
+
+
+def test_coarse_bars_the_window_ignores_are_not_checked_and_a_long_closure_needs_no_coarse_bar(served):
+    from runtime_fixtures import wire_bars
+
+    hour, day, midnight = 3_600_000_000_000, 86_400_000_000_000, 1_699_920_000_000_000_000
+    with Client(served.address) as c:
+        pong = c.ping()
+        n = pong.needs.coarse
+        coarse = wire_bars(n, step=day, end=midnight)
+        fine = wire_bars(pong.needs.fine, step=hour, end=midnight + 20 * hour)
+        forming = {k: v + [v[-1]] for k, v in coarse.items()}
+        forming["t"][-1] = midnight + 20 * hour + 30 * 60 * 10**9  # a forming daily bar stamped at the wall clock
+        history = {k: [v[0]] * 3 + v for k, v in coarse.items()}
+        history["t"][:3] = [midnight - (n + 10) * day + 7 * hour + i * hour for i in range(3)]  # off the grid
+        for sent in (forming, history):
+            c.signal("EURUSD", "1h", sent, fine)
+        # Ten days closed (Golden Week): the fine window spans the closure, its last closed day has its bar.
+        before = wire_bars(pong.needs.fine - 3, step=hour, end=midnight - 2 * hour)
+        after = wire_bars(3, step=hour, end=midnight + 10 * day + 3 * hour)
+        c.signal("EURUSD", "1h", coarse, {k: before[k] + after[k] for k in before})
 
 
 def test_the_server_decides_what_the_python_api_decides(served, tiny_bundle):

@@ -155,6 +155,28 @@ def test_an_appended_coarse_bar_off_its_period_end_is_invalid_input_and_the_stre
         assert isinstance(reply, p.SignalReply)
 
 
+def test_a_stream_missing_a_closed_coarse_bar_is_refused_until_the_bar_comes(served):
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(served.address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        i = 1300
+        _open(client, windows, i, "late")
+        held_back, refused = [], 0
+        for j in range(i + 1, i + 40):  # past the next close of a day: its coarse bar is held back
+            coarse, fine = windows.new_at(j)
+            held_back += [coarse] if len(coarse) else []
+            reply = client.exchange(append_request("EURUSD", "late", history.slice(0, 0), fine))[2]
+            if isinstance(reply, p.ErrorReply):
+                assert (reply.code, reply.field) == ("invalid_input", "coarse.t") and "is missing" in reply.message
+                refused += 1
+                break
+        assert held_back and refused == 1
+        j += 1
+        reply = client.exchange(append_request("EURUSD", "late", held_back[0], windows.new_at(j)[1]))[2]
+        assert isinstance(reply, p.SignalReply)
+
+
 def test_streams_are_bounded_least_recently_used_first_and_expire_when_idle():
     now = [0.0]
     streams = Streams(SessionsConfig(max_streams=2, idle_s=10.0), clock=lambda: now[0])

@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_fixtures import free_port
 
@@ -104,3 +105,20 @@ def test_a_metrics_port_in_use_is_a_configuration_error_naming_serve_metrics_por
             serve_http(taken, {}, lambda: 0)
     finally:
         stop()
+
+
+def test_a_connection_that_sends_nothing_holds_neither_the_probes_nor_the_stop():
+    import socket
+
+    from dualhrq.runtime.probes import probe_app, serve_app
+
+    port = free_port()
+    stop = serve_app(probe_app(CollectorRegistry(), lambda: True, "not ready"), port, "127.0.0.1", "test-probes")
+    idle = socket.create_connection(("127.0.0.1", port))
+    try:
+        t0 = time.monotonic()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz/", timeout=2).read() == b"ok\n"
+        stop()
+        assert time.monotonic() - t0 < 2.0  # not until the idle client's timeout
+    finally:
+        idle.close()

@@ -127,8 +127,9 @@ def run_replay(args: argparse.Namespace) -> int:
     blocked = ", ".join(f"{reason} {n}" for reason, n in sorted(report.blocked.items())) or "none"
     print(f"{report.instrument}: {report.decisions} decisions over {report.bars} bars, rules {report.rules_version}")
     # The gate knows one market's rules: on an FX pair or a future they are applied as if to a US stock.
-    print(f"note: {report.instrument} was gated as a US-listed stock (SEC Rule 201 SSR, LULD bands and pauses in "
-          "NYSE regular hours); the gate has no rules of other markets")
+    if config.enabled or args.connect:  # --connect: the server's gate decided
+        print(f"note: {report.instrument} was gated as a US-listed stock (SEC Rule 201 SSR, LULD bands and pauses "
+              "in NYSE regular hours); the gate has no rules of other markets")
     print(f"held back {report.held}, clipped {report.clipped} (by reason: {blocked}); "
           f"{len(report.transitions)} state transitions")
     print(f"violations: {len(report.violations)}")

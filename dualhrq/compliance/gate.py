@@ -55,7 +55,7 @@ REASONS = ("ssr", "luld_band", "luld_pause", "risk_limit", "kill_switch")
 LULD_OFF = "off"  # LULD state outside regular hours or before the plan existed
 
 _FLAT = 1e-12  # positions this close to zero are zero (repeated float buys and sells leave dust)
-POSITION_LIMIT = 2.0**53  # units: beyond, a float no longer counts single units (and |position| x price overflows)
+POSITION_LIMIT = 2.0**53  # units: beyond, a float no longer counts single units
 
 
 class MarketError(DataError):

@@ -34,7 +34,7 @@ from dualhrq.compliance.checker import ViolationChecker
 from dualhrq.compliance.gate import LULD_OFF, REASONS, ComplianceGate, GateDecision, MarketSnapshot
 from dualhrq.compliance.luld import NORMAL
 from dualhrq.compliance.sessions import session_for_day, session_of
-from dualhrq.data.bars import Bars
+from dualhrq.data.bars import T_MAX_NS, T_MIN_NS, Bars
 from dualhrq.data.market_rules import MARKET_TZ, RULES_VERSION
 from dualhrq.data.resample import SECOND_NS
 from dualhrq.errors import ConfigurationError, DataError
@@ -179,6 +179,11 @@ def _quote_event(row: Mapping[str, Any], where: str) -> QuoteEvent:
         if not (math.isfinite(value) and value > 0):
             raise DataError(f"{where}: {name}: expected a positive finite price, got {value!r}")
         prices.append(value)
+    bid, ask, _ = prices
+    if bid > ask:  # the gate refuses a crossed quote (as the server does): name the row now, not mid-run
+        raise DataError(f"{where}: bid {bid!r} is above ask {ask!r}: a crossed quote; drop or correct the row")
+    if not T_MIN_NS <= ts < T_MAX_NS:
+        raise DataError(f"{where}: ts: expected a time from 1900 to 2200, got {ts} ns")
     return QuoteEvent(ts, *prices)
 
 

@@ -83,9 +83,10 @@ class Bars:
         t = np.asarray(columns["t"])
         if t.size and (t.dtype.kind not in "iu" or (t.dtype.kind == "u" and int(t.max()) > T_MAX_NS)):
             raw = list(columns["t"])
-            beyond = [i for i, x in enumerate(raw) if isinstance(x, int) and not T_MIN_NS <= x < T_MAX_NS]
-            if beyond and all(isinstance(x, (int, np.integer)) for x in raw):  # ints numpy cannot hold as int64
-                raise BarsError(beyond[0], "t", T_RANGE, raw[beyond[0]], where)
+            whole = all(isinstance(x, (int, np.integer)) for x in raw)  # ints that int64 cannot hold
+            beyond = [i for i, x in enumerate(raw) if whole and not T_MIN_NS <= int(x) < T_MAX_NS]
+            if beyond:
+                raise BarsError(beyond[0], "t", T_RANGE, int(raw[beyond[0]]), where)
             raise DataError(f"{where}: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
         return cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv")).validate(where)
 

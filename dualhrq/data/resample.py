@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numba import njit
 
 from dualhrq.data.bars import Bars
 from dualhrq.errors import ConfigurationError, DataError
+
+T = TypeVar("T", int, np.ndarray)
 
 SECOND_NS = 10**9
 DAY_NS = 86_400 * SECOND_NS
@@ -79,11 +82,17 @@ def resample(fine: Bars, rule: str) -> Bars:
     pid = (fine.t - 1 - period.anchor_ns) // period.ns
     starts = np.flatnonzero(np.concatenate([[True], pid[1:] != pid[:-1]]))
     lasts = np.concatenate([starts[1:], [len(fine)]]) - 1
-    end = (pid[starts] + 1) * period.ns + period.anchor_ns
+    end = period_end(fine.t[starts], period)
     closed = end <= fine.t[-1]
     coarse = Bars(end, fine.o[starts], np.maximum.reduceat(fine.h, starts), np.minimum.reduceat(fine.l, starts),
                   fine.c[lasts], np.add.reduceat(fine.v, starts))
     return coarse.slice(0, int(closed.sum()))  # only the last period can still be open
+
+
+def period_end(t: T, period: Period) -> T:
+    """The end of the period that a bar closing at `t` (ns, an int or an array) belongs to: a bar closing
+    exactly at a period's end is that period's last."""
+    return ((t - 1 - period.anchor_ns) // period.ns + 1) * period.ns + period.anchor_ns
 
 
 def first_off_period_end(t: np.ndarray, period: Period) -> int:

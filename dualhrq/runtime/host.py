@@ -22,7 +22,7 @@ import numpy as np
 
 from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
-from dualhrq.data.resample import DAY_NS, Period, first_off_period_end, parse_rule, timeframe_name
+from dualhrq.data.resample import Period, first_off_period_end, parse_rule, period_end, timeframe_name
 from dualhrq.data.windows import Sample, SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
@@ -113,39 +113,57 @@ class ModelHost:
             if spacing != trained.lower():  # timeframe: judge by the median
                 raise ProtocolError("invalid_input", f"the fine bars are {spacing} apart, but the model was trained "
                                     f"on {trained} bars", "fine.t", req.id)
-        self._check_coarse_times(coarse, req.id)
-        self._check_coarse_current(coarse, fine, req.id)
+        self._check_coarse(coarse, fine, coarse_n, req.id)
         try:
             return self.inputs.window(coarse, fine, validated=True)
         except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
             raise ProtocolError("invalid_input", str(e), "coarse", req.id) from None
 
-    def _check_coarse_times(self, coarse: Bars, request_id: str) -> None:
-        """Coarse bars close at the ends of coarse_rule's periods, as training resampled them: another spacing
-        or clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused."""
+    def _check_coarse(self, coarse: Bars, fine: Bars, n: int, request_id: str) -> None:
+        """The `n` closed coarse bars a window reads (not a forming one, which it ignores, nor older history)
+        are made as training made them: at the ends of coarse_rule's periods, and the newest one current."""
+        as_of = int(fine.t[-1])
+        closed = len(coarse)
+        if int(coarse.t[-1]) > as_of:  # a forming bar sent along (most requests send none: no search)
+            closed = int(np.searchsorted(coarse.t, as_of, side="right"))
+        if not closed:
+            return  # the window counts its closed coarse bars, and says so
+        start = max(0, closed - n)
+        self._check_period_ends(coarse.slice(start, closed), request_id, start)
+        self._check_current(int(coarse.t[closed - 1]), fine, request_id)
+
+    def _check_period_ends(self, coarse: Bars, request_id: str, offset: int = 0) -> None:
+        """Coarse bars close at the ends of coarse_rule's periods, as `resample` stamps them: another spacing or
+        clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused."""
         period = self._coarse_period
         i = first_off_period_end(coarse.t, period)
         if i >= 0:
-            start = "Monday 00:00 UTC" if period.anchor_ns else "00:00 UTC"
-            raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} is not the end of a "
-                                f"{self.inputs.coarse_rule} period: coarse bars close every {self.inputs.coarse_rule} "
-                                f"from {start}, as training made them from the fine bars", f"coarse.t[{i}]", request_id)
+            rule = self.inputs.coarse_rule
+            origin = "Monday 1970-01-05" if period.anchor_ns else "1970-01-01"
+            raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} is not the end of a {rule} period: "
+                                f"coarse bars close every {rule} from {origin} 00:00 UTC, as training made them "
+                                "from the fine bars", f"coarse.t[{offset + i}]", request_id)
 
-    def _check_coarse_current(self, coarse: Bars, fine: Bars, request_id: str) -> None:
-        """The newest closed coarse bar is within two coarse periods and a week of closures (holidays, a long
-        weekend) of the newest fine bar: older, the coarse context is another window's."""
-        as_of, newest = int(fine.t[-1]), int(coarse.t[-1])
-        if newest > as_of:  # the newest has not closed yet (most requests send none such: no search)
-            closed = int(np.searchsorted(coarse.t, as_of, side="right"))
-            if not closed:
-                return  # the window counts its closed coarse bars, and says so
-            newest = int(coarse.t[closed - 1])
-        allowed = 2 * self._coarse_period.ns + 7 * DAY_NS
-        if as_of - newest > allowed:
-            raise ProtocolError("invalid_input", f"the newest closed coarse bar ({_when(newest)}) is "
-                                f"{(as_of - newest) / DAY_NS:.1f} days older than the newest fine bar ({_when(as_of)}), "
-                                f"more than the {allowed / DAY_NS:g} days allowed: send this window's coarse bars",
-                                "coarse.t", request_id)
+    def _check_current(self, newest: int, fine: Bars, request_id: str) -> None:
+        """The newest closed coarse bar is the one of the latest closed period that holds fine bars of the
+        request, as training's windows have it. Older, a coarse bar is missing and the coarse context is another
+        window's; a closure of any length (a weekend, a week of holidays) holds no fine bars and needs none."""
+        period, as_of = self._coarse_period, int(fine.t[-1])
+        current_end = period_end(as_of, period)
+        if current_end == as_of:  # the newest fine bar closed its period: that coarse bar is due now
+            due = as_of
+        else:
+            current_start = current_end - period.ns
+            if newest >= current_start:  # the common case: the previous period's bar is there
+                return
+            last = int(np.searchsorted(fine.t, current_start, side="right")) - 1  # the last fine bar before it
+            if last < 0:
+                return  # every fine bar is in the forming period: nothing to compare with
+            due = period_end(int(fine.t[last]), period)
+        if newest < due:
+            raise ProtocolError("invalid_input", f"the coarse bar closing at {_when(due)} is missing (the fine bars "
+                                f"have bars in its period; the newest closed coarse bar sent closes at "
+                                f"{_when(newest)}): send this window's coarse bars", "coarse.t", request_id)
 
     def key(self, bars: SampleBars) -> np.ndarray:
         """The retrieval key [1, F] float32 of a window, computed before the rest of the features so that
@@ -172,13 +190,17 @@ class ModelHost:
         # counts `t` alone: other columns with bars must still be refused as of other lengths.
         no_coarse = not any(msgspec.structs.astuple(req.coarse))
         coarse = window.no_coarse if no_coarse else check_bars(req.coarse, "coarse", 0, req.id)
-        if not no_coarse:
-            self._check_coarse_times(coarse, req.id)
+        if not no_coarse:  # every appended bar counts once it closes
+            self._check_period_ends(coarse, req.id)
         fine = check_bars(req.fine, "fine", 1, req.id)
         try:
-            return window.extend(coarse, fine)
+            bars = window.extend(coarse, fine)
         except Resync as e:
             raise ProtocolError("resync_required", str(e), "session", req.id) from None
+        # As the same bars in a signal: refused while a coarse bar is missing. The stream has the bars, as
+        # the client's copy of the window has: the append that brings the missing bar answers again.
+        self._check_current(int(bars.coarse.t[-1]), bars.fine, req.id)
+        return bars
 
     def prepare_stream(self, window: StreamWindow, instrument: str, timeframe: str) -> Prepared:
         """The graph inputs at a stream's newest bar (`extend` first) and its retrieval key: only the new bars'
@@ -353,8 +375,8 @@ def load_host(bundle_path: str | Path, overlay: dict[str, Any] | None = None, ho
     coarse_n, fine_n = host.needs
     fine_ns, coarse = parse_rule(inputs.timeframe).ns, parse_rule(inputs.coarse_rule)
     end = 1_700_000_000 * 10**9
-    end -= (end - coarse.anchor_ns) % coarse.ns  # coarse bars close at period ends
-    host.warm(synthetic_bars(coarse_n, coarse.ns, end - coarse.ns), synthetic_bars(fine_n, fine_ns, end))
+    end -= (end - coarse.anchor_ns) % coarse.ns  # a period end: the fine bars close it, its coarse bar is due
+    host.warm(synthetic_bars(coarse_n, coarse.ns, end), synthetic_bars(fine_n, fine_ns, end))
     log.info("loaded %s from %s in %.1f s (hashes verified, engine %s warm)", host.name, bundle_path,
              time.perf_counter() - t0, engine.name)
     return host

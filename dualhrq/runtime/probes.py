@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
@@ -24,7 +25,7 @@ def probe_app(registry: CollectorRegistry, ready: Callable[[], bool], not_ready:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
+        path = environ.get("PATH_INFO", "").rstrip("/")
         if path in ("/livez", "/readyz"):
             ok = path == "/livez" or ready()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
@@ -35,15 +36,24 @@ def probe_app(registry: CollectorRegistry, ready: Callable[[], bool], not_ready:
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 5.0  # seconds a connection may send nothing: an idle client's thread ends then
+
     def log_message(self, *args: object) -> None:  # scrapes every few seconds must not flood the log
         pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, none waited for: a client that connects and sends nothing (a port scan, a
+    half-open health check) holds neither the other probes nor the server's stop."""
+
+    daemon_threads = True
 
 
 def serve_app(app: App, port: int, addr: str, thread_name: str) -> Callable[[], None]:
     """Serve `app` on addr:port from a daemon thread; returns the function that stops it (and frees the port).
     A port that cannot be bound is a ConfigurationError naming serve.metrics_port."""
     try:
-        server = make_server(addr, port, app, handler_class=_Quiet)
+        server = make_server(addr, port, app, server_class=_Server, handler_class=_Quiet)
     except OSError as e:
         raise ConfigurationError(f"serve.metrics_port: cannot serve metrics on {addr}:{port}: {e}") from None
     threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()

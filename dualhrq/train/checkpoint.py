@@ -55,7 +55,8 @@ def read_checkpoint_meta(directory: str | Path) -> CheckpointMeta:
     """Read and validate the JSON sidecar only (cheap; no weights)."""
     d = Path(directory)
     if not d.is_dir():
-        raise ModelLoadError(f"{d}: no such checkpoint directory (a checkpoint or a training run's directory)")
+        what = "is a file, not" if d.exists() else "no such"
+        raise ModelLoadError(f"{d}: {what} checkpoint directory (a checkpoint or a training run's directory)")
     return read_record(d / META_FILE, CheckpointMeta, FORMAT_VERSION,
                        "it was written by another version of dualhrq: retrain with this one")
 
