@@ -3,11 +3,15 @@ missing, an unknown session or another instrument gets `resync_required`; stream
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import msgspec
 import pytest
 from runtime_fixtures import Cluster, ServerThread, eurusd_history, serving, tiny_bundle  # noqa: F401
 
 from dualhrq.config import ComplianceConfig, SessionsConfig
+from dualhrq.data.bars import Bars
 from dualhrq.inputs.stream import Resync
 from dualhrq.runtime import protocol as p
 from dualhrq.runtime.client import Client, append_request, signal_request
@@ -65,6 +69,17 @@ def _open(client: Client, windows: RequestWindows, i: int, session: str) -> None
     client.request({**signal_request("EURUSD", "1h", *windows.at(i)), "session": session})
 
 
+@contextmanager
+def _opened(address: str, session: str, i: int = 1300) -> Iterator[tuple[Client, Bars, RequestWindows]]:
+    """A client, an EURUSD history and the server's request windows of it, with `session` opened at bar i."""
+    history = eurusd_history(end=-3, bars=1400)
+    with Client(address, timeout_s=30, retries=0) as client:
+        pong = client.ping()
+        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
+        _open(client, windows, i, session)
+        yield client, history, windows
+
+
 def test_a_skipped_bar_gets_resync_required_and_the_stream_client_recovers_with_a_full_window(served):
     history = eurusd_history(end=-3, bars=1400)
     with Client(served.address, timeout_s=30, retries=0) as client:
@@ -115,12 +130,8 @@ def test_an_append_one_bar_long_is_under_a_kilobyte_on_the_wire():
 
 
 def test_an_unknown_session_another_instrument_or_a_bar_not_newer_get_resync_required(served):
-    history = eurusd_history(end=-3, bars=1400)
-    with Client(served.address, timeout_s=30, retries=0) as client:
-        pong = client.ping()
-        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
-        i = 1300
-        _open(client, windows, i, "known")
+    i = 1300
+    with _opened(served.address, "known", i) as (client, history, windows):
         new = history.slice(i + 1, i + 2)
         for session, instrument, fine in (("never-opened", "EURUSD", new), ("known", "GBPUSD", new),
                                           ("known", "EURUSD", history.slice(i, i + 1))):
@@ -139,14 +150,8 @@ def test_an_unknown_session_another_instrument_or_a_bar_not_newer_get_resync_req
 
 
 def test_an_appended_coarse_bar_off_its_period_end_is_invalid_input_and_the_stream_goes_on(served):
-    from dualhrq.data.bars import Bars
-
-    history = eurusd_history(end=-3, bars=1400)
-    with Client(served.address, timeout_s=30, retries=0) as client:
-        pong = client.ping()
-        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
-        i = 1300
-        _open(client, windows, i, "grid")
+    i = 1300
+    with _opened(served.address, "grid", i) as (client, history, windows):
         bar = history.slice(i + 1, i + 2)  # an hourly bar sent as the day's coarse bar
         reply = client.exchange(append_request("EURUSD", "grid", Bars(*(c.copy() for c in bar.columns)), bar))[2]
         assert isinstance(reply, p.ErrorReply) and (reply.code, reply.field) == ("invalid_input", "coarse.t[0]")
@@ -156,12 +161,8 @@ def test_an_appended_coarse_bar_off_its_period_end_is_invalid_input_and_the_stre
 
 
 def test_a_stream_missing_a_closed_coarse_bar_is_refused_until_the_bar_comes(served):
-    history = eurusd_history(end=-3, bars=1400)
-    with Client(served.address, timeout_s=30, retries=0) as client:
-        pong = client.ping()
-        windows = RequestWindows(history, pong.coarse_rule, (pong.needs.coarse, pong.needs.fine))
-        i = 1300
-        _open(client, windows, i, "late")
+    i = 1300
+    with _opened(served.address, "late", i) as (client, history, windows):
         held_back, refused = [], 0
         for j in range(i + 1, i + 40):  # past the next close of a day: its coarse bar is held back
             coarse, fine = windows.new_at(j)
