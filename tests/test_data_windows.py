@@ -46,6 +46,19 @@ def test_weekly_bars_start_on_monday():
     assert coarse.o[0] == fine.o[0] and len(coarse) == 4
 
 
+@pytest.mark.parametrize("rule, timeframe", [("1d", "1h"), ("1w", "1d"), ("4h", "1h")])
+def test_resampled_bars_are_the_period_ends_the_server_checks_coarse_bars_against(rule, timeframe):
+    from dualhrq.data.resample import first_off_period_end, period_end
+
+    fine = random_bars(24 * 40, timeframe=timeframe)
+    coarse, period = resample(fine, rule), parse_rule(rule)
+    assert len(coarse) > 3 and first_off_period_end(coarse.t, period) == -1
+    assert (period_end(fine.t, period) >= fine.t).all() and period_end(int(coarse.t[1]), period) == coarse.t[1]
+    shifted = coarse.t.copy()
+    shifted[2] -= 3 * HOUR  # stamped at an exchange's close instead
+    assert first_off_period_end(shifted, period) == 2
+
+
 @pytest.mark.parametrize("rule, message", [("1M", "not a fixed period"), ("3q", "not a fixed period"),
                                            ("0h", "at least 1")])
 def test_bad_coarse_rules_are_refused(rule, message):
