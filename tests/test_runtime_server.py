@@ -490,11 +490,15 @@ def test_one_servers_readyz_follows_its_readiness_and_livez_its_life(tiny_config
 def test_an_append_whose_coarse_t_is_empty_but_another_column_is_not_is_invalid_input(tiny_config):
     from types import SimpleNamespace
 
+    from runtime_fixtures import _warm_bars
+
     host = fake_host(tiny_config)
     fine = p.WireBars(**{k: v[-1:] for k, v in signal_body()["fine"].items()})
-    window = SimpleNamespace(no_coarse="no coarse bars", extend=lambda coarse, fine: coarse)
+    window_coarse, window_fine = _warm_bars(host.needs)  # the bars of the window the stand-in stream holds
+    window = SimpleNamespace(no_coarse="no coarse bars", extend=lambda coarse, fine: SimpleNamespace(
+        added=coarse, coarse=window_coarse, fine=window_fine))
     empty = p.WireBars([], [], [], [], [], [])
-    assert host.extend(window, p.Append(id="a0", instrument="X", session="s", fine=fine, coarse=empty)) == \
+    assert host.extend(window, p.Append(id="a0", instrument="X", session="s", fine=fine, coarse=empty)).added == \
         "no coarse bars"
     lopsided = p.WireBars(t=[], o=[1.0], h=[1.0], l=[1.0], c=[1.0], v=[1.0])
     with pytest.raises(p.ProtocolError) as e:
