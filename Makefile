@@ -43,7 +43,7 @@ WHEEL_ARGS = --no-deps --only-binary=:all: --python-version 3.12 --implementatio
              --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 GPU_RUNS  ?= train_eurusd:300 train_eurusd_27m:30
 GPU_OUT   ?= runs/gpu
-# 256 parity windows, not export's 1000: the 27M model's CPU parity runs take minutes, not a quarter hour.
+# 256 parity windows, not export's 1000: the 27M model's CPU parity runs then take minutes, not (estimated) 15-20.
 GPU_ARGS  ?= --parity-samples 256
 
 gpu-wheels:
