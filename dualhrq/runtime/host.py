@@ -113,40 +113,33 @@ class ModelHost:
             if spacing != trained.lower():  # timeframe: judge by the median
                 raise ProtocolError("invalid_input", f"the fine bars are {spacing} apart, but the model was trained "
                                     f"on {trained} bars", "fine.t", req.id)
-        self._check_coarse(coarse, fine, coarse_n, req.id)
         try:
-            return self.inputs.window(coarse, fine, validated=True)
+            bars = self.inputs.window(coarse, fine, validated=True)
         except DataError as e:  # check_bars counted every bar; too few of the coarse ones have closed
             raise ProtocolError("invalid_input", str(e), "coarse", req.id) from None
+        # The closed coarse bars the window reads (not a forming one, which it ignores, nor older history) are
+        # made as training made them: at the ends of coarse_rule's periods, and the newest one current.
+        self._check_period_ends(bars.coarse.t, req.id, coarse.t)
+        self._check_current(int(bars.coarse.t[-1]), bars.fine, req.id)
+        return bars
 
-    def _check_coarse(self, coarse: Bars, fine: Bars, n: int, request_id: str) -> None:
-        """The `n` closed coarse bars a window reads (not a forming one, which it ignores, nor older history)
-        are made as training made them: at the ends of coarse_rule's periods, and the newest one current."""
-        as_of = int(fine.t[-1])
-        closed = len(coarse)
-        if int(coarse.t[-1]) > as_of:  # a forming bar sent along (most requests send none: no search)
-            closed = int(np.searchsorted(coarse.t, as_of, side="right"))
-        if not closed:
-            return  # the window counts its closed coarse bars, and says so
-        start = max(0, closed - n)
-        self._check_period_ends(coarse.slice(start, closed), request_id, start)
-        self._check_current(int(coarse.t[closed - 1]), fine, request_id)
-
-    def _check_period_ends(self, coarse: Bars, request_id: str, offset: int = 0) -> None:
+    def _check_period_ends(self, t: np.ndarray, request_id: str, sent: np.ndarray | None = None) -> None:
         """Coarse bars close at the ends of coarse_rule's periods, as `resample` stamps them: another spacing or
-        clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused."""
+        clock (hourly bars sent as daily ones, daily bars stamped at an exchange's close) is refused. `sent`:
+        the request's coarse times, when `t` is a part of them, for the field's index."""
         period = self._coarse_period
-        i = first_off_period_end(coarse.t, period)
+        i = first_off_period_end(t, period)
         if i >= 0:
             rule = self.inputs.coarse_rule
             origin = "Monday 1970-01-05" if period.anchor_ns else "1970-01-01"
-            raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} is not the end of a {rule} period: "
+            row = i if sent is None else int(np.searchsorted(sent, t[i]))
+            raise ProtocolError("invalid_input", f"{_when(int(t[i]))} is not the end of a {rule} period: "
                                 f"coarse bars close every {rule} from {origin} 00:00 UTC, as training made them "
-                                "from the fine bars", f"coarse.t[{offset + i}]", request_id)
+                                "from the fine bars", f"coarse.t[{row}]", request_id)
 
     def _check_current(self, newest: int, fine: Bars, request_id: str) -> None:
         """The newest closed coarse bar is the one of the latest closed period that holds fine bars of the
-        request, as training's windows have it. Older, a coarse bar is missing and the coarse context is another
+        window, as training's windows have it. Older, a coarse bar is missing and the coarse context is another
         window's; a closure of any length (a weekend, a week of holidays) holds no fine bars and needs none."""
         period, as_of = self._coarse_period, int(fine.t[-1])
         current_end = period_end(as_of, period)
@@ -191,7 +184,7 @@ class ModelHost:
         no_coarse = not any(msgspec.structs.astuple(req.coarse))
         coarse = window.no_coarse if no_coarse else check_bars(req.coarse, "coarse", 0, req.id)
         if not no_coarse:  # every appended bar counts once it closes
-            self._check_period_ends(coarse, req.id)
+            self._check_period_ends(coarse.t, req.id)
         fine = check_bars(req.fine, "fine", 1, req.id)
         try:
             bars = window.extend(coarse, fine)
