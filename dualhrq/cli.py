@@ -18,6 +18,7 @@ import sys
 from typing import Callable
 
 from dualhrq.errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HRMError
+from dualhrq.runtime.logs import LineFormatter
 
 log = logging.getLogger("dualhrq")
 
@@ -198,8 +199,9 @@ class _BarSafeHandler(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler(sys.stderr)])
+    handler = _BarSafeHandler(sys.stderr)
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return int(args.func(args) or 0)
     except HRMError as e:

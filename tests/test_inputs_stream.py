@@ -58,23 +58,6 @@ def test_a_stream_extended_by_random_splits_of_a_real_series_equals_the_full_win
         _assert_same(stream.sample(), builder(coarse, fine.slice(0, end)))
 
 
-def test_a_coarse_bar_sent_before_it_closes_counts_once_a_fine_bar_passes_it(series):
-    fine, coarse, builder = series
-    _, n_fine = builder.needs
-    start = n_fine + 24 * 60
-    stream = _start(builder, fine, coarse, start)
-    nxt = int(np.searchsorted(coarse.t, fine.t[start - 1], side="right"))  # the next coarse bar, not closed yet
-    early = coarse.slice(nxt, nxt + 1)
-    end = start
-    stream.extend(early, fine.slice(end, end + 1))
-    end += 1
-    while fine.t[end - 1] < early.t[0] + 3 * parse_rule("1h").ns:
-        _assert_same(stream.sample(), builder(coarse, fine.slice(0, end)))
-        stream.extend(_between(coarse, int(early.t[0]), int(fine.t[end])), fine.slice(end, end + 1))
-        end += 1
-    _assert_same(stream.sample(), builder(coarse, fine.slice(0, end)))
-
-
 def test_a_missing_bar_or_one_not_newer_asks_for_a_resync_and_leaves_the_stream_as_it_was(series):
     fine, coarse, builder = series
     _, n_fine = builder.needs

@@ -96,10 +96,13 @@ class Gateway:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
 
-    def send(self, rid: str, instrument: str | None = None, market: bool = False) -> None:
-        body = {"type": "signal" if instrument else "ping", "id": rid, "fine": {"t": [1, 2]}}
+    def send(self, rid: str, instrument: str | None = None, market: bool = False, kind: str = "signal",
+             session: str | None = None) -> None:
+        body = {"type": kind if instrument else "ping", "id": rid, "fine": {"t": [1, 2]}}
         if instrument:
             body["instrument"] = instrument
+        if session:
+            body["session"] = session
         if market:
             body["market"] = MARKET
         self.sock.send(msgpack.packb(body))
@@ -149,6 +152,41 @@ def test_every_request_of_an_instrument_goes_to_one_worker_and_only_a_lost_worke
     assert {after[sym] for sym, w in before.items() if w == "w0"} <= {"w1", "w2"}
     # Requests without an instrument go round the live workers; the workers hear how many are live.
     assert workers[1].live_announced[-1] == 2
+
+
+def test_an_append_that_would_reach_another_worker_than_its_streams_is_answered_resync_required(broker):
+    b, workers = broker
+    workers += [FakeWorker(b.addresses.backend, f"w{i}") for i in range(2)]
+    until(lambda: b.live == 2)
+    gw = Gateway(b.addresses.frontend)
+
+    def ask(rid: str, kind: str) -> dict:
+        gw.send(rid, "EURUSD", kind=kind, session="s1")
+        (reply,) = gw.collect(1, settle_s=0.05)
+        return reply
+
+    owner = ask("open", "signal")["worker"]
+    other = next(w for w in workers if w.slot != owner)
+    assert ask("a1", "append")["worker"] == owner
+    slot = int(owner[1:])
+    b.lost(owner)  # the stream's worker goes: its instrument moves to the other
+    workers[slot].close()
+    until(lambda: b.live == 1)
+    reply = ask("a2", "append")
+    assert (reply.get("code"), reply.get("field")) == ("resync_required", "session")
+    assert ask("reopen", "signal")["worker"] == other.slot
+    assert ask("a3", "append")["worker"] == other.slot
+    workers[slot] = FakeWorker(b.addresses.backend, owner)  # it comes back and takes its instrument back
+    until(lambda: b.live == 2)
+    assert ask("a4", "append").get("code") == "resync_required"
+    assert ask("reopen-2", "signal")["worker"] == owner
+    b.lost(owner)  # and goes again: the other worker's window of s1 is from before the stream came back
+    workers[slot].close()
+    until(lambda: b.live == 1)
+    assert ask("a5", "append").get("code") == "resync_required"
+    gw.send("plain", "EURUSD")  # a request without a session goes where its instrument goes, as ever
+    assert gw.collect(1)[0]["worker"] == other.slot
+    gw.close()
 
 
 def test_a_lost_workers_requests_each_get_one_reply_resent_or_internal(broker):

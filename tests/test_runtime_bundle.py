@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
+import msgspec
 import numpy as np
 import pytest
 from runtime_fixtures import ServerThread, eurusd_history, real_signal_body, serving, tiny_bundle  # noqa: F401
@@ -180,11 +182,11 @@ def test_coarse_bars_not_closed_by_the_last_fine_bar_do_not_count_towards_needs(
 
 
 def test_a_signals_bars_are_validated_once_each(served, monkeypatch):
-    from dualhrq.data.bars import Bars
+    from dualhrq.data import bars
 
     checked = []
-    validate = Bars.validate
-    monkeypatch.setattr(Bars, "validate", lambda self, where="": checked.append(len(self)) or validate(self, where))
+    rows = bars._clean_rows  # the one pass every validation of clean bars makes
+    monkeypatch.setattr(bars, "_clean_rows", lambda t, *columns: checked.append(len(t)) or rows(t, *columns))
     with Client(served.address, timeout_s=10) as c:
         pong = c.ping()
         reply = c.request(real_signal_body("once", (pong.needs.coarse, pong.needs.fine)))
@@ -207,3 +209,14 @@ def test_the_shipped_serve_config_lays_over_a_bundle(tiny_bundle):
     cfg = overlay_config(load_bundle(tiny_bundle).config, read_overlay(path), str(path))
     assert cfg.serve.bind == "tcp://127.0.0.1:5555" and cfg.patterns.timeout_ms == 2.0
     assert cfg.model == load_bundle(tiny_bundle).config.model
+
+
+def test_a_hold_carries_quantity_zero_and_a_trade_the_quantity_head(tiny_bundle):
+    inputs = load_bundle(tiny_bundle).inputs()
+    inputs = dataclasses.replace(inputs, artifacts=msgspec.structs.replace(inputs.artifacts, decision_rule=None))
+    heads = {"quantity": np.float32(0.4), "forecast_coarse": np.float32(0), "forecast_fine": np.float32(0),
+             "value": np.float32(0), "regime_probs": np.ones(3)}
+    for action in ("HOLD", "BUY"):  # without a rule, the argmax
+        logits = np.where(np.asarray(p.ACTIONS) == action, 5.0, 0.0)
+        d = inputs.decide({**heads, "policy_logits": logits}, 0)
+        assert (d.action, d.quantity) == (action, 0.0 if action == "HOLD" else pytest.approx(0.4))

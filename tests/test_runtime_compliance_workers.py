@@ -146,3 +146,12 @@ def test_three_workers_hold_the_position_limit_in_total_and_keep_ssr_across_a_ki
     except BaseException:
         print(log.read_text(errors="replace")[-4000:])
         raise
+
+
+def test_a_locked_compliance_store_fails_its_request_long_before_a_broker_would_count_the_worker_lost():
+    # The lock wait blocks the worker's loop, heartbeats included: past the broker's timeout every instrument of
+    # the worker would move and its requests in flight fail, for one stuck lock.
+    from dualhrq.compliance import journal
+    from dualhrq.runtime import backend
+
+    assert journal.BUSY_TIMEOUT_MS / 1000 <= backend.TIMEOUT_S / 2

@@ -218,3 +218,13 @@ def test_overloaded_and_internal(tiny_config):
     with ServerThread(broken) as st:
         failing.fail = True
         check_error(talk(st.address, msgpack.packb(signal_body("boom")), "dealer"), "boom", "internal", None)
+
+
+def test_bars_whose_numbers_give_non_finite_features_are_invalid_input_not_internal(real):
+    address, needs, _ = real
+    body = real_signal_body("tiny-prices", needs)
+    for k in "ohlc":  # finite, > 0 and bracketed, but each a few subnormals: the features' ratios are 0/0
+        body["fine"][k] = [5e-324] * len(body["fine"]["t"])
+    check_error(talk(address, msgpack.packb(body), "dealer"), "tiny-prices", "invalid_input", "fine")
+    check_signal(talk(address, msgpack.packb(real_signal_body("after", needs)), "dealer"), "after")
+

@@ -174,3 +174,12 @@ def test_columns_of_different_lengths_are_invalid_input():
     wire = bars(20)
     wire["v"] = wire["v"][:-1]
     assert bars_error(wire).field == "fine"
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"\x83\xa4type\xa4ping\xa2id\x05\xa2id\xa4good", "id"),  # id 5, then "good"
+    (b"\x85\xa4type\xa4ping\xa2id\xa1a\xa4type\xa5admin\xa3cmd\xa5stats\xa5token\xa0", "type"),
+])
+def test_a_repeated_key_that_only_its_last_value_makes_valid_is_bad_request_naming_it(body, field):
+    err = error_of(body)
+    assert (err.code, err.field) == ("bad_request", field) and "more than once" in err.message

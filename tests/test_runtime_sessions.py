@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import msgspec
+import numpy as np
 import pytest
 from runtime_fixtures import Cluster, ServerThread, eurusd_history, serving, tiny_bundle  # noqa: F401
 
@@ -175,6 +176,25 @@ def test_a_stream_missing_a_closed_coarse_bar_is_refused_until_the_bar_comes(ser
         assert held_back and refused == 1
         j += 1
         reply = client.exchange(append_request("EURUSD", "late", held_back[0], windows.new_at(j)[1]))[2]
+        assert isinstance(reply, p.SignalReply)
+
+
+def test_an_append_of_coarse_bars_not_closed_yet_is_refused_and_the_stream_holds_no_more(served):
+    i = 1300
+    with _opened(served.address, "early", i) as (client, history, windows):
+        held = client.admin("stats", token="t").detail["sessions_bytes"]
+        coarse, fine = windows.new_at(i + 1)
+        day = 86_400 * 10**9
+        last = int(windows.at(i)[0].t[-1])
+        future = [last + k * day for k in range(1, 200)]  # period ends, each after the append's fine bar
+        early = Bars(*(np.asarray(future, np.int64),
+                       *(np.full(len(future), float(history.c[i])) for _ in "ohlc"), np.ones(len(future))))
+        reply = client.exchange(append_request("EURUSD", "early", early, fine))[2]
+        assert isinstance(reply, p.ErrorReply) and reply.code == "invalid_input"
+        first_open = int(np.searchsorted(early.t, fine.t[-1], side="right"))
+        assert reply.field == f"coarse.t[{first_open}]" and "has not closed" in reply.message
+        assert client.admin("stats", token="t").detail["sessions_bytes"] == held  # nothing of it kept
+        reply = client.exchange(append_request("EURUSD", "early", coarse, fine))[2]  # the stream is as it was
         assert isinstance(reply, p.SignalReply)
 
 

@@ -57,7 +57,8 @@ def test_train_command_writes_a_checkpoint_and_a_metrics_log(run_dir):
 def test_act_returns_an_action_and_a_bounded_quantity_for_a_backtesting_frame(policy):
     action, quantity = policy.act(_frame(1200), instrument="EURUSD", timeframe="1h")
     assert action in ACTIONS
-    assert policy.config.model.quantity_min <= quantity <= policy.config.model.quantity_max
+    m = policy.config.model
+    assert quantity == 0.0 if action == "HOLD" else m.quantity_min <= quantity <= m.quantity_max  # HOLD sends none
     d = policy.decide(_frame(1200), "EURUSD", "1h")
     assert 1 <= d.segments <= policy.config.act.max_segments and d.patterns_used > 0
     assert abs(sum(d.probs) - 1) < 1e-5

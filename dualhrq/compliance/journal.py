@@ -34,7 +34,11 @@ from dualhrq.compliance.ssr import SSRSnapshot
 from dualhrq.errors import ConfigurationError, DataError
 
 FORMAT_VERSION = 1
-BUSY_TIMEOUT_MS = 5_000  # transactions last microseconds; a wait this long means a stuck process
+# Transactions last microseconds: a wait this long means a stuck process. The wait blocks the server's event loop,
+# a worker's heartbeats to its broker included, so it stays well below the 3 s of silence after which a broker
+# counts a worker lost (that would move all its instruments and fail its requests in flight): the one request
+# fails instead (its decision is not returned, nothing was recorded), and the worker serves on.
+BUSY_TIMEOUT_MS = 1_000
 
 SyncMode = Literal["normal", "full"]
 

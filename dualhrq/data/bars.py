@@ -90,6 +90,14 @@ class Bars:
             raise DataError(f"{where}: {COLUMN_NAMES['t']}: must be integers (ns since the epoch), got {t.dtype}")
         return cls(t.astype(np.int64), *(np.asarray(columns[k], dtype=np.float64) for k in "ohlcv")).validate(where)
 
+    @classmethod
+    def checked(cls, t: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,  # noqa: E741
+                v: np.ndarray, where: str = "") -> Bars:
+        """Validated Bars of columns already 1-D, of one length and contiguous (t int64, the others float64), as
+        the server reads a request's: one compiled pass, and `validate`'s search only when it fails."""
+        bars = cls(t, o, h, l, c, v)
+        return bars if len(t) == 0 or _clean_rows(t, o, h, l, c, v) else bars.validate(where)
+
     def validate(self, where: str = "") -> Bars:
         """Raise BarsError for the first bad row (ties: the first failed check below); return self when clean."""
         n = len(self.t)

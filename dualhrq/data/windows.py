@@ -74,14 +74,20 @@ class Sample:
     state: int  # the label rule's position state at the last fine bar (FLAT, LONG, SHORT)
 
 
-def _incomplete(name: str) -> DataError:
-    # needs() guarantees enough history, so this is a bug, not bad input
-    return DataError(f"{name}: incomplete features (NaN) despite enough bars")
+class IncompleteFeatures(DataError):
+    """Features that came out non-finite from enough validated bars (``part``: coarse, fine, regime or pattern).
+    needs() guarantees the history, so either the bars hold numbers at the edge of float64 (prices of a few
+    subnormals, whose ratios are 0/0), or it is a bug."""
+
+    def __init__(self, part: str) -> None:
+        super().__init__(f"{part}: incomplete features (not finite) despite enough bars: prices or volumes too "
+                         "small or too large to compute with?")
+        self.part = part
 
 
 def check_complete(name: str, x: np.ndarray) -> None:
     if not np.isfinite(x).all():
-        raise _incomplete(name)
+        raise IncompleteFeatures(name)
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ class SampleBuilder:
         tokens, state, regime, pattern, incomplete = newest_rows(bars.fine, bars.coarse, k, self.position,
                                                                  self.stats, self.pattern_window)
         if incomplete is not None:
-            raise _incomplete(incomplete)
+            raise IncompleteFeatures(incomplete)
         return tokens, state, regime, pattern
 
     def assemble(self, bars: SampleBars, h_tokens: np.ndarray, l_tokens: np.ndarray, state: int,

@@ -29,7 +29,7 @@ from dualhrq.features import FeatureStats, PositionRule
 from dualhrq.inputs.artifacts import PATTERNS_DIR, Artifacts, TargetScale
 from dualhrq.inputs.stream import StreamWindow
 from dualhrq.model.decision import Decision, DecisionRule, softmax
-from dualhrq.model.vocab import ACTIONS, InstrumentVocab, timeframe_id
+from dualhrq.model.vocab import ACTIONS, HOLD, InstrumentVocab, timeframe_id
 from dualhrq.patterns.artifacts import load_artifacts, save_artifacts
 from dualhrq.patterns.build import build_library
 from dualhrq.patterns.context import pattern_context
@@ -185,6 +185,8 @@ class InputPipeline:
         best = int(probs.argmax()) if rule is None else rule.choose_row(logits, state)
         regime = np.asarray(heads["regime_probs"], np.float64)
         scale = self.artifacts.target_scale
-        return Decision(ACTIONS[best], float(heads["quantity"]), probs.tolist(), float(probs[best]),
+        # HOLD sends no order: its quantity is 0, with or without the gate (the quantity head sizes trades).
+        quantity = 0.0 if best == HOLD else float(heads["quantity"])
+        return Decision(ACTIONS[best], quantity, probs.tolist(), float(probs[best]),
                         float(heads["forecast_coarse"]) * scale.out_a, float(heads["forecast_fine"]) * scale.out_b,
                         float(heads["value"]), int(regime.argmax()), regime.tolist())

@@ -31,8 +31,7 @@ def _own(b: Bars) -> Bars:
 
 
 class StreamWindow:
-    """The last ``needs`` bars of a stream, the coarse bars appended that have not closed yet, and the tokens of
-    the sample at its last fine bar. ``fine_ns``: the fine timeframe; ``closure_ns``: the shortest spacing between two
+    """The last ``needs`` bars of a stream and the tokens of the sample at its last fine bar. ``fine_ns``: the fine timeframe; ``closure_ns``: the shortest spacing between two
     fine bars that is a market closure rather than a missing bar."""
 
     def __init__(self, builder: SampleBuilder, fine_ns: int, closure_ns: int, bars: SampleBars,
@@ -55,25 +54,19 @@ class StreamWindow:
         return sum(x.nbytes for b in held for x in b.columns) + self._h.nbytes + self._l.nbytes
 
     def extend(self, coarse: Bars, fine: Bars) -> SampleBars:
-        """Add validated new bars (``fine`` at least one) and return the bars of the sample at the newest one;
-        `sample` then computes the new bars' tokens. Raises Resync, leaving the stream as it was, when they do
-        not follow on."""
+        """Add validated new bars (``fine`` at least one; ``coarse`` all closed by its last bar, which the caller
+        checks) and return the bars of the sample at the newest one; `sample` then computes the new bars'
+        tokens. Raises Resync, leaving the stream as it was, when they do not follow on."""
         self._check_follows(coarse, fine)
         n_coarse, n_fine = self._needs
-        as_of = int(fine.t[-1])
         joined = _joined(self._fine, fine)
-        every_coarse = _joined(self._coarse, coarse) if len(coarse) else self._coarse
-        # Most appends carry no coarse bar and none waits to close: all are visible, without a search.
-        visible = len(every_coarse)
-        if every_coarse.t[-1] > as_of:
-            visible = int(np.searchsorted(every_coarse.t, as_of, side="right"))
         self._fine = joined.slice(len(joined) - n_fine)
         self._new_fine += len(fine)
-        # The stream keeps n_coarse closed coarse bars (and any appended that have not closed yet): the rest of
-        # the visible ones closed with these fine bars.
-        self._closed += visible - n_coarse
-        self._coarse = every_coarse.slice(visible - n_coarse)
-        self.bars = SampleBars(self._coarse.slice(0, n_coarse), self._fine, as_of)
+        if len(coarse):  # the stream keeps its n_coarse newest coarse bars
+            every_coarse = _joined(self._coarse, coarse)
+            self._coarse = every_coarse.slice(len(every_coarse) - n_coarse)
+            self._closed += len(coarse)
+        self.bars = SampleBars(self._coarse, self._fine, int(fine.t[-1]))
         return self.bars
 
     def sample(self) -> Sample:

@@ -8,6 +8,11 @@ and, when a worker goes, only its instruments move. An instrument with requests 
 worker holding them (a worker that joins takes its instruments over between requests, never beside one).
 Requests without an instrument (ping, admin) go round the live workers in turn.
 
+A stream (`append` session) lives in the worker that opened it. The loop remembers which worker took each
+session's last request: an `append` that would reach another one (its instrument moved since: a worker left, or
+came back and took its instruments back) is answered `resync_required` here, since the worker it reaches may
+hold an older window of the same session, from before the instrument last moved away from it.
+
 The loop tags every request it forwards with a sequence number and keeps it until the reply comes back. A
 worker that goes (its process exited, as the supervisor reports, or it fell silent for TIMEOUT_S) leaves its
 requests behind: each is sent to the instrument's new owner when it carries no `market` section (it never
@@ -30,6 +35,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,11 +74,16 @@ class _Head(msgspec.Struct):
     """Just enough of a request to route it: every other field (the bars) is skipped, not built."""
 
     id: Any = None
+    type: Any = None
     instrument: Any = None
+    session: Any = None
     market: Any = None
 
 
 _head_decoder = msgspec.msgpack.Decoder(_Head)
+# Sessions whose worker the loop remembers; the least recently used is forgotten first, and its next `append`
+# resyncs (as after a broker restart: the loop knows no session then).
+MAX_SESSIONS = 100_000
 
 
 def _head(body: bytes) -> _Head:
@@ -129,6 +140,7 @@ class Broker:
         self._routable: list[_Worker] = []
         self._pending: dict[bytes, _Pending] = {}
         self._busy: dict[bytes, list] = {}  # instrument -> [worker holding its requests, how many]
+        self._sessions: OrderedDict[str, bytes] = OrderedDict()  # session -> wid of the worker of its last request
         self._seq = itertools.count(random.getrandbits(62))  # a restarted broker never reuses a live tag
         self._turn = 0
 
@@ -385,6 +397,11 @@ class Broker:
 
     def _dispatch(self, envelope: list[bytes], body: bytes, head: _Head, instrument: bytes | None) -> None:
         while (worker := self._route(instrument)) is not None:
+            if not self._follows_stream(head, worker):
+                self._reply(envelope, head, "resync_required", f"session {head.session!r}: its previous request "
+                            "went to another worker (a worker left or joined since): send the whole window as a "
+                            "signal with the session", "session")
+                return
             seq = next(self._seq).to_bytes(8, "big")
             try:
                 self._back.send_multipart([worker.wid, seq, *envelope, body], zmq.NOBLOCK)
@@ -405,6 +422,20 @@ class Broker:
             return
         self._reply(envelope, head, "internal", "no worker is alive to answer")
 
+    def _follows_stream(self, head: _Head, worker: _Worker) -> bool:
+        """Whether a request may go to `worker` as far as its session goes (noting where a stream's request
+        goes): a signal naming a session (re)opens its stream there; an append must reach that same worker."""
+        session = head.session
+        if not isinstance(session, str) or head.type not in ("signal", "append"):
+            return True
+        if head.type == "append" and self._sessions.get(session) != worker.wid:
+            return False
+        self._sessions[session] = worker.wid
+        self._sessions.move_to_end(session)
+        if len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return True
+
     def _finish(self, seq: bytes) -> _Pending:
         pending = self._pending.pop(seq)
         pending.worker.pending.discard(seq)
@@ -415,6 +446,8 @@ class Broker:
                 del self._busy[pending.instrument]
         return pending
 
-    def _reply(self, envelope: list[bytes], head: _Head, code: p.ErrorCode, message: str) -> None:
+    def _reply(self, envelope: list[bytes], head: _Head, code: p.ErrorCode, message: str,
+               field: str | None = None) -> None:
         rid = head.id if isinstance(head.id, str) and 1 <= len(head.id) <= 64 else None
-        self._front.send_multipart([*envelope, p.encode(p.ErrorReply(id=rid, code=code, message=message))])
+        self._front.send_multipart([*envelope, p.encode(p.ErrorReply(id=rid, code=code, message=message,
+                                                                     field=field))])

@@ -9,9 +9,10 @@ the engine, and warms every batch size the batcher can form, so the first reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from dualhrq.config import Config, SessionsConfig, config_from_dict, config_to_dict
 from dualhrq.data.bars import Bars
 from dualhrq.data.resample import Period, first_off_period_end, parse_rule, period_end, timeframe_name
-from dualhrq.data.windows import Sample, SampleBars
+from dualhrq.data.windows import IncompleteFeatures, Sample, SampleBars
 from dualhrq.errors import ConfigurationError, DataError
 from dualhrq.inputs import InputPipeline
 from dualhrq.inputs.stream import Resync, StreamWindow
@@ -166,7 +167,8 @@ class ModelHost:
     def prepare(self, bars: SampleBars, key: np.ndarray, instrument: str, timeframe: str) -> Prepared:
         """The graph inputs but the pattern context. Pure numpy and CPU-bound: the server runs it off the
         event loop when `warm` found it dearer than ~0.2 ms."""
-        s = self.inputs.sample(bars, key)
+        with _refused_features():
+            s = self.inputs.sample(bars, key)
         return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), key, s)
 
     # ------------------------------------------------------------ streams (append sessions)
@@ -181,11 +183,16 @@ class ModelHost:
         `resync_required` when they do not follow on from it."""
         # Most appends close no coarse bar: nothing to validate when every column is empty. Not `len`, which
         # counts `t` alone: other columns with bars must still be refused as of other lengths.
-        no_coarse = not any(msgspec.structs.astuple(req.coarse))
+        no_coarse = not any(len(column) for column in msgspec.structs.astuple(req.coarse))
         coarse = window.no_coarse if no_coarse else check_bars(req.coarse, "coarse", 0, req.id)
-        if not no_coarse:  # every appended bar counts once it closes
-            self._check_period_ends(coarse.t, req.id)
         fine = check_bars(req.fine, "fine", 1, req.id)
+        if not no_coarse:  # every appended bar counts: each must be a closed period's
+            self._check_period_ends(coarse.t, req.id)
+            if coarse.t[-1] > fine.t[-1]:  # kept, a bar not closed yet would count before its period ends
+                i = int(np.searchsorted(coarse.t, fine.t[-1], side="right"))
+                raise ProtocolError("invalid_input", f"{_when(int(coarse.t[i]))} has not closed by the last fine bar "
+                                    f"({_when(int(fine.t[-1]))}): append a coarse bar once it has closed",
+                                    f"coarse.t[{i}]", req.id)
         try:
             bars = window.extend(coarse, fine)
         except Resync as e:
@@ -198,7 +205,8 @@ class ModelHost:
     def prepare_stream(self, window: StreamWindow, instrument: str, timeframe: str) -> Prepared:
         """The graph inputs at a stream's newest bar (`extend` first) and its retrieval key: only the new bars'
         rows were computed."""
-        s = window.sample()
+        with _refused_features():
+            s = window.sample()
         return Prepared(self.inputs.graph_inputs(s, instrument, timeframe), s.pattern_features[None], s)
 
     def prepare_bars(self, coarse: Bars, fine: Bars, instrument: str, timeframe: str) -> Prepared:
@@ -320,6 +328,16 @@ def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str
 def _when(ns: int) -> str:
     """A bar time for a message: ISO 8601 UTC to the second."""
     return f"{np.datetime64(ns, 'ns').astype('datetime64[s]')}Z"
+
+
+@contextlib.contextmanager
+def _refused_features() -> Iterator[None]:
+    """Features that come out non-finite from validated bars are the bars' numbers' doing (a few subnormal
+    prices): `invalid_input` naming the bars, not `internal`, which a client would retry."""
+    try:
+        yield
+    except IncompleteFeatures as e:
+        raise ProtocolError("invalid_input", str(e), "coarse" if e.part == "coarse" else "fine") from None
 
 
 def _spacing(ns: int) -> str:

@@ -1,10 +1,24 @@
-"""Structured logs for the server: one JSON object per line, with any `extra={...}` fields of the record."""
+"""Log lines that a client cannot forge: plain text with the message's control characters escaped, or one JSON
+object per line with any `extra={...}` fields of the record."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a newline, a carriage return, a NUL, an escape sequence
+
+
+class LineFormatter(logging.Formatter):
+    """One record, one line (a traceback follows as ever): a request id, an instrument or a path that a client
+    sent is logged with its control characters escaped (\\n, \\x00), so that it cannot start a line of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.message)
+        return super().formatMessage(record)
+
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 

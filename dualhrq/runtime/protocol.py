@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
+import numpy as np
 
 from dualhrq.compliance.gate import MarketError, MarketSnapshot, check_position
 from dualhrq.data import bars as data_bars
 from dualhrq.errors import DataError
 from dualhrq.model.vocab import ACTIONS  # the wire order of `probs` (and of the graph's policy_logits)
+from dualhrq.runtime import bar_columns
 
 PROTOCOL_VERSION = 1
 
@@ -53,14 +56,15 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class WireBars(_Strict):
-    """One timeframe's bars, oldest first; `t` in ns since the epoch."""
+    """One timeframe's bars, oldest first; `t` in ns since the epoch. Lists where a client builds them; numpy
+    columns (int64 `t`, float64 prices) in a request `decode_request` read."""
 
-    t: list[int]
-    o: list[float]
-    h: list[float]
-    l: list[float]  # noqa: E741 - the wire name
-    c: list[float]
-    v: list[float]
+    t: Sequence[int]
+    o: Sequence[float]
+    h: Sequence[float]
+    l: Sequence[float]  # noqa: E741 - the wire name
+    c: Sequence[float]
+    v: Sequence[float]
 
     def __len__(self) -> int:
         return len(self.t)
@@ -208,7 +212,21 @@ class ErrorReply(_Reply, tag_field="type", tag="error"):
 
 Reply = Union[Pong, SignalReply, AdminReply, ErrorReply]
 
-_request_decoder = msgspec.msgpack.Decoder(Request)
+
+def _raw_bars_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """`cls` with its bars kept as raw MessagePack: the server decodes a bar request into this, then reads the
+    bars in one compiled pass (dualhrq.runtime.bar_columns) instead of a Python float per number."""
+    fields = [(f.name, msgspec.Raw if f.type is WireBars else f.type, *(() if f.required else (f.default,)))
+              for f in msgspec.structs.fields(cls)]
+    return msgspec.defstruct(f"Raw{cls.__name__}", fields, bases=(_Strict,), tag_field="type",
+                             tag=cls.__struct_config__.tag, frozen=True, forbid_unknown_fields=True)
+
+
+_RAW_BARS = {twin: cls for cls in (Signal, Append) for twin in (_raw_bars_twin(cls),)}  # twin -> the request
+_request_decoder = msgspec.msgpack.Decoder(Union[(Ping, Admin, *_RAW_BARS)])
+_wire_bars_decoder = msgspec.msgpack.Decoder(WireBars)
+_NO_BARS = msgspec.msgpack.encode(WireBars([], [], [], [], [], []))
+_NO_WIRE_BARS = WireBars(np.empty(0, np.int64), *(np.empty(0) for _ in range(5)))
 _reply_decoder = msgspec.msgpack.Decoder(Reply)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -259,9 +277,33 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
         req = _request_decoder.decode(body)
     except UNDECODABLE:
         raise _diagnose(body) from None
-    if isinstance(req, (Signal, Append)):
-        _check_signal_numbers(req)
-    return req
+    if (cls := _RAW_BARS.get(type(req))) is None:
+        return req
+    kind = cls.__struct_config__.tag
+    if cls is Signal and req.v != PROTOCOL_VERSION:
+        raise ProtocolError("unsupported_version", f"protocol version {req.v} is not supported; this server "
+                            f"speaks v{PROTOCOL_VERSION}", "v", req.id, kind)
+    values = {f: getattr(req, f) for f in cls.__struct_fields__}
+    for name in ("coarse", "fine"):
+        values[name] = _read_bars(values[name], name, req.id, kind)
+    bar_request = cls(**values)
+    _check_signal_numbers(bar_request)
+    return bar_request
+
+
+def _read_bars(raw: msgspec.Raw, name: str, request_id: str, kind: str) -> WireBars:
+    """A request's `coarse` or `fine` map: numpy columns in one pass where it holds plain numbers; otherwise the
+    typed decode's lists, or its error (bad_request naming e.g. ``fine.c[3]``)."""
+    if len(raw) == len(_NO_BARS) and memoryview(raw) == _NO_BARS:  # an append's coarse bars, mostly
+        return _NO_WIRE_BARS
+    if (columns := bar_columns.read_columns(raw)) is not None:
+        return WireBars(*columns)
+    try:
+        return _wire_bars_decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        field, message = _readable(str(e))
+        raise ProtocolError("bad_request", message, f"{name}.{field}" if field else name, request_id,
+                            kind) from None
 
 
 def _diagnose(body: bytes) -> ProtocolError:
@@ -296,7 +338,26 @@ def _diagnose(body: bytes) -> ProtocolError:
     except msgspec.ValidationError as e:
         field, message = _readable(str(e))
         return ProtocolError("bad_request", message, field, rid, kind)
+    # The map decoded generically keeps a repeated key's last value, which can pass where an earlier one did not.
+    if (repeated := _repeated_key(body)) is not None:
+        return ProtocolError("bad_request", f"key {repeated!r} appears more than once in a map", repeated, rid, kind)
     return ProtocolError("internal", "request rejected by the decoder for an unrecognised reason", None, rid, kind)
+
+
+def _repeated_key(body: bytes) -> str | None:
+    """The first key that a map of `body` repeats, if one does (msgspec cannot tell; an error path alone)."""
+    import msgpack
+
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[Any, Any]]) -> dict:
+        keys = [k for k, _ in items]
+        if not repeated and len(set(map(repr, keys))) < len(keys):
+            repeated.append(next(str(k) for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(items)
+
+    msgpack.unpackb(body, object_pairs_hook=pairs, strict_map_key=False)
+    return repeated[0] if repeated else None
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -328,9 +389,6 @@ def _check_signal_numbers(req: BarRequest) -> None:
     def fail(code: ErrorCode, message: str, field: str) -> ProtocolError:
         return ProtocolError(code, message, field, req.id, kind)
 
-    if isinstance(req, Signal) and req.v != PROTOCOL_VERSION:
-        raise fail("unsupported_version", f"protocol version {req.v} is not supported; this server speaks "
-                   f"v{PROTOCOL_VERSION}", "v")
     if req.deadline_ms is not None and not (math.isfinite(req.deadline_ms) and req.deadline_ms > 0):
         raise fail("invalid_input", f"deadline_ms must be a finite number > 0, got {req.deadline_ms}", "deadline_ms")
     if (m := req.market) is not None:
@@ -351,6 +409,8 @@ def check_bars(wire: WireBars, name: str, minimum: int, request_id: str) -> data
         raise ProtocolError("invalid_input", f"{len(wire)} bars, the model needs at least {minimum}", name,
                             request_id)
     try:
+        if isinstance(wire.t, np.ndarray):  # as decode_request reads bars: six columns of one length, typed
+            return data_bars.Bars.checked(*msgspec.structs.astuple(wire), name)
         return data_bars.Bars.from_columns(msgspec.structs.asdict(wire), name)
     except data_bars.BarsError as e:
         raise ProtocolError("invalid_input", str(e), f"{name}.{e.field}[{e.row}]", request_id) from None

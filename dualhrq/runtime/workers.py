@@ -247,11 +247,12 @@ def worker_main(slot: str, bundle: str, overlay: dict[str, Any], source: str, ad
     """One worker process: a Server connected to the broker's backend as `slot`, with the control bus."""
     from dualhrq.compliance.gate import ComplianceGate
     from dualhrq.runtime.host import load_host, serve_settings
-    from dualhrq.runtime.logs import use_json_logs
+    from dualhrq.runtime.logs import LineFormatter, use_json_logs
     from dualhrq.runtime.server import Server
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"%(asctime)s %(levelname)s worker-{slot}-{os.getpid()} %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(LineFormatter(f"%(asctime)s %(levelname)s worker-{slot}-{os.getpid()} %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if json_logs:
         use_json_logs()
     cfg = serve_settings(bundle, overlay, source)
