@@ -240,3 +240,26 @@ def test_data_show_prints_weekly_bars_without_a_coarse_view_unless_one_is_given(
     assert re.search(r"coarse timeframe 4w: [1-9]\d* closed bars", capsys.readouterr().out)
     with pytest.raises(ConfigurationError, match="data.coarse_rule: '1d' is not longer than the fine bars"):
         _run_data_command("data", "show", str(path), "--coarse-rule", "1d")
+
+
+def test_bars_closer_together_than_the_files_bar_length_are_refused_naming_the_row(tmp_path):
+    frame = _frame(40)
+    stamps = pd.to_datetime(frame["Timestamp"])
+    stamps.iloc[30:] = stamps.iloc[29] + pd.to_timedelta(5 * np.arange(1, 11), "min")  # 5-minute bars after 30 hourly
+    frame["Timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
+    with pytest.raises(DataError, match=r"data row 31 .*: timestamp: .* 5m after the previous row, closer than the "
+                                        r"file's bar length 1h"):
+        load_ohlcv(_write_csv(tmp_path, frame))
+
+
+def test_a_second_timeframe_as_common_as_a_third_of_the_spacings_is_warned_of(tmp_path, caplog):
+    frame = _frame(40)
+    stamps = pd.to_datetime(frame["Timestamp"])
+    stamps.iloc[15:] = stamps.iloc[14] + pd.to_timedelta(5 * np.arange(1, 26), "min")  # 15 hourly, then 25 five-minute
+    frame["Timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
+    ds = load_ohlcv(_write_csv(tmp_path, frame))
+    assert ds.timeframe == "5m"
+    assert "of consecutive bars are 1h apart" in caplog.text and "two timeframes" in caplog.text
+    caplog.clear()
+    load_ohlcv(_write_csv(tmp_path, _frame(40)))  # one timeframe: nothing said
+    assert "two timeframes" not in caplog.text

@@ -9,6 +9,7 @@ the bar's close (open + the most common spacing), the convention of `dualhrq.dat
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,8 @@ import pandas as pd
 from dualhrq.data.bars import COLUMN_NAMES, Bars, BarsError, Dataset
 from dualhrq.data.resample import timeframe_name
 from dualhrq.errors import DataError
+
+log = logging.getLogger(__name__)
 
 Stamp = Literal["open", "close"]
 _SUFFIXES = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -101,13 +104,46 @@ def bars_from_frame(frame: pd.DataFrame, source: str, timestamps: Stamp = "open"
         raise DataError(f"{source}: {_row_text(e.row)}: {name}: {e.rule} (got {shown})") from None
     if n < len(raw):
         raise DataError(f"{source}: {_row_text(n)}: timestamp: cannot parse {_cell(raw['timestamp'].iloc[n])}")
-    steps, counts = np.unique(np.diff(t), return_counts=True)
+    spacing = np.diff(t)
+    steps, counts = np.unique(spacing, return_counts=True)
     bar_ns = int(steps[np.argmax(counts)])  # the most common spacing: gaps (weekends, holidays) are rarer
+    _check_one_timeframe(spacing, steps, counts, bar_ns, source, raw["timestamp"])
     if timestamps == "open":
         bars = Bars(t + bar_ns, *(prices[k] for k in "ohlcv"))
     for k in COLUMN_NAMES:
         getattr(bars, k).flags.writeable = False  # datasets are cached and shared: nobody may edit them
     return bars, timeframe_name(bar_ns)
+
+
+# A spacing other than the bar length this common is no closure: daily bars' weekends are about a fifth of theirs.
+MIXED_SHARE = 0.3
+
+
+def _length(ns: int) -> str:
+    try:
+        return timeframe_name(ns)
+    except DataError:  # not a whole number of seconds
+        return f"{ns} ns"
+
+
+def _check_one_timeframe(spacing: np.ndarray, steps: np.ndarray, counts: np.ndarray, bar_ns: int, source: str,
+                         stamps: pd.Series) -> None:
+    """One bar length per file: bars closer together than the most common spacing overlap (DataError naming the
+    row); another spacing as common as MIXED_SHARE of them is a second timeframe in the file (a warning: a
+    market with such closures is possible)."""
+    if steps[0] < bar_ns:
+        row = int(np.flatnonzero(spacing < bar_ns)[0]) + 1
+        raise DataError(f"{source}: {_row_text(row)}: timestamp: {_cell(stamps.iloc[row])} is "
+                        f"{_length(int(spacing[row - 1]))} after the previous row, closer than the file's bar "
+                        f"length {timeframe_name(bar_ns)} (the most common spacing): one timeframe per file")
+    share = counts / counts.sum()
+    other = [i for i in np.argsort(-counts) if steps[i] != bar_ns and share[i] >= MIXED_SHARE]
+    if other:
+        i = other[0]
+        row = int(np.flatnonzero(spacing == steps[i])[0]) + 1
+        log.warning("%s: %.0f%% of consecutive bars are %s apart (from %s), not the bar length %s: two timeframes "
+                    "in one file? They are read as %s bars with gaps", source, 100 * share[i],
+                    _length(int(steps[i])), _row_text(row), timeframe_name(bar_ns), timeframe_name(bar_ns))
 
 
 def load_ohlcv(path: str | Path, timestamps: Stamp = "open", instrument: str = "") -> Dataset:
