@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+
+from dualhrq.config import MAX_PORT, tcp_port_problem
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -54,3 +57,33 @@ def names(text: str) -> list[str]:
 def positive_ints(text: str) -> list[int]:
     """A comma-separated list of integers >= 1, at least one."""
     return [positive_int(item) for item in _items(text, "1,2,4")]
+
+
+def port(text: str) -> int:
+    """A TCP port number, 0..65535 (0: none)."""
+    value = nonnegative_int(text)
+    if value > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_PORT}, got {text!r}")
+    return value
+
+
+def tcp_address(following: int = 0) -> Callable[[str], str]:
+    """argparse type of an address whose tcp:// port (and the ``following`` ports after it, which it implies too)
+    is in range: ZeroMQ would take 99999 modulo 65536 and listen on 34463."""
+    def check(text: str) -> str:
+        problem = tcp_port_problem(text, following)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return check
+
+
+def zmq_address(text: str) -> str:
+    """argparse type of --connect: an address a client connects to, tcp://HOST:PORT or ipc://PATH (ZeroMQ itself
+    raises on a malformed one only at the first socket, with no flag named)."""
+    scheme, _, rest = text.partition("://")
+    host, _, number = rest.rpartition(":")
+    if not ((scheme == "ipc" and rest) or (scheme == "tcp" and host and number.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected tcp://HOST:PORT or ipc://PATH, got {text!r}")
+    return tcp_address()(text)

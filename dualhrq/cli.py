@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Callable
 
+from dualhrq.arguments import nonnegative_int, positive_int
 from dualhrq.errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, HRMError
 from dualhrq.runtime.logs import LineFormatter
 
@@ -32,9 +33,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
     from dualhrq.model.diagnostics import convergence_diagnostics
 
     cfg = load_config(args.config)
-    torch.manual_seed(0)
-    model = HRM(cfg.model)
-    rows = parameter_table(model, cfg.budget)
+    with torch.device("meta"):  # counting needs shapes only: nothing is allocated, however large the config
+        rows = parameter_table(HRM(cfg.model), cfg.budget)
     total = sum(r.params for r in rows)
     problems = budget_violations(rows, cfg.budget)
     if args.json:
@@ -49,7 +49,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
         ok = b.total_min <= total <= b.total_max
         print(f"{'total':<18}{total:>14,}{f'{b.total_min:,}-{b.total_max:,}':>24}  {'ok' if ok else 'OUT'}")
     if args.diagnose:
-        rep = convergence_diagnostics(model, ModelInputs.random(cfg.model, 4))
+        torch.manual_seed(0)
+        rep = convergence_diagnostics(HRM(cfg.model), ModelInputs.random(cfg.model, 4))
         print("\nconvergence diagnostics (random inputs, untrained weights):")
         for i, (deltas, hn) in enumerate(zip(rep.l_deltas, rep.h_norms)):
             print(f"  cycle {i}: L-state relative change per step {['%.4f' % d for d in deltas]}, |z_H| {hn:.3f}")
@@ -146,10 +147,11 @@ def _register_bench_forward(bench_sub: argparse._SubParsersAction) -> None:
                              description="Median and p95 of one segment's forward pass on this CPU, after warm-up.")
     p.add_argument("--config", default="hrm_27m", help="model config: a YAML path or a shipped name (default "
                    "hrm_27m, the full model: on a CPU a pass takes tens of ms to seconds)")
-    p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
-    p.add_argument("--runs", type=int, default=30, help="timed forward passes (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes before them (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--batch", type=positive_int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--runs", type=positive_int, default=30, help="timed forward passes (default 30)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed forward passes before them (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=_cmd_bench_forward)
 
 

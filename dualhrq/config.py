@@ -9,6 +9,7 @@ out-of-range values are refused with ``<file>: <section.key.path>: <what was exp
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,8 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 Prob = Annotated[float, msgspec.Meta(ge=0, le=1)]
+MAX_PORT = 65535
+Port = Annotated[int, msgspec.Meta(ge=0, le=MAX_PORT)]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -308,7 +311,7 @@ class ServeConfig(_Section):
     max_in_flight: PosInt = 4096  # requests received and unanswered; beyond it new ones get `overloaded`
     max_body_bytes: PosInt = 1_000_000
     default_deadline_ms: NonNegFloat = 0.0  # 0: no deadline unless the request gives one
-    metrics_port: NonNegInt = 0  # 0: no Prometheus endpoint
+    metrics_port: Port = 0  # 0: no Prometheus endpoint; workers > 1: the workers' own on the ports after it
     admin_tokens: list[str] = msgspec.field(default_factory=list)
     curve: CurveConfig = CurveConfig()
     drain_timeout_s: PosFloat = 5.0
@@ -316,6 +319,28 @@ class ServeConfig(_Section):
     # A request alone in flight, with the engine idle, runs the engine on the event loop's thread: no hand-off to
     # the inference thread and back. The loop is busy for that run; requests arriving meanwhile wait in the socket.
     inline_engine: bool = True
+
+    def __post_init__(self) -> None:
+        problem = tcp_port_problem(self.bind)
+        if problem:
+            raise ValueError(f"bind: {problem}")
+
+
+def tcp_port_problem(address: str, following: int = 0) -> str | None:
+    """Why the port of a ``tcp://HOST:PORT`` address (and the ``following`` ports after it, which the address
+    implies too) cannot be used, or None. ZeroMQ itself takes a port number modulo 65536 (99999 listens on 34463,
+    -1 on 65535), so a number out of range is refused here; ``*`` (any free port) and other transports pass, and
+    a port that is no number at all is ZeroMQ's to refuse."""
+    if not address.startswith("tcp://"):
+        return None
+    port = address.rpartition(":")[2]
+    if not re.fullmatch(r"[-+]?[0-9]+", port):
+        return None
+    top = MAX_PORT - following
+    if not 1 <= int(port) <= top:
+        any_port = "; `*` for any free port" if int(port) == 0 else ""
+        return f"port {port} of {address!r} is out of range 1-{top}{any_port}"
+    return None
 
 
 class RiskConfig(_Section):
@@ -463,12 +488,38 @@ def _base_path(path: Path, base: str) -> Path:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
-    """Validate a plain mapping into a Config, raising ConfigurationError that names source and key path."""
+    """Validate a plain mapping into a Config, raising ConfigurationError that names source and key path.
+
+    Config files and serve overlays are all decoded here, so one rule holds for all their floats: finite, besides
+    in range (a range check with only a lower bound lets infinity through, an unconstrained float NaN too)."""
     try:
-        return msgspec.convert(data, Config, strict=True)
+        cfg = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as e:
         path, msg = _readable(e)
         raise ConfigurationError(f"{source}: {path}: {msg}") from None
+    bad = _non_finite(cfg, "")
+    if bad is not None:
+        raise ConfigurationError(f"{source}: {bad[0]}: expected a finite number, got {bad[1]}")
+    return cfg
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """The key path and value of the first NaN or infinity in a decoded config (sections, lists, mappings)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, msgspec.Struct):
+        items: Any = ((name, getattr(value, name)) for name in value.__struct_fields__)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_config(path: str | Path) -> Config:

@@ -95,3 +95,35 @@ def test_a_plan_built_on_another_gpu_is_not_offered(bundle, tmp_path, monkeypatc
     r = diagnose(copy)
     assert r.backends["tensorrt"].precisions == [] and "A100" in r.backends["tensorrt"].why
     assert r.backends["torch-cuda"].precisions == ["fp32", "fp16"]
+
+
+@pytest.mark.parametrize("damage", ["truncated graph", "edited manifest"])
+def test_a_bundle_that_fails_its_hash_check_is_refused_not_listed_as_servable(bundle, tmp_path, damage, capsys):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    if damage == "truncated graph":
+        graph = copy / "segment_fp32.onnx"
+        graph.write_bytes(graph.read_bytes()[:100])
+    else:
+        m = load_bundle(copy, verify=False).manifest
+        files = {**m.files, "weights.safetensors": msgspec.structs.replace(m.files["weights.safetensors"],
+                                                                            sha256="0" * 64)}
+        write_record(copy / MANIFEST, msgspec.structs.replace(m, files=files))
+    assert run_subcommand(doctor.register, "doctor", "--bundle", str(copy)) == 1
+    out = capsys.readouterr().out
+    assert "bundle refused:" in out and "SHA-256 does not match the manifest" in out
+    assert not any(b.available or b.precisions for b in diagnose(copy).backends.values())
+
+
+def test_doctor_help_names_the_exit_statuses_it_gives(tmp_path, capsys):
+    from dualhrq.cli import main
+
+    assert main(["doctor", "--bundle", str(tmp_path / "none")]) == 2
+    assert "not a bundle directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["doctor", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Always exit status 0" not in text
+    assert "1 when the --bundle fails its hash check" in text and "2 when --bundle is not a bundle" in text

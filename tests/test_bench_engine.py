@@ -15,9 +15,9 @@ from dualhrq.cli import main as cli
 
 
 def test_bench_engine_reports_each_engine_against_eager_with_manifest_parity(tiny_bundle, tmp_path, capsys):
-    out, plot = tmp_path / "engine.json", tmp_path / "engine.png"
+    out, plot = tmp_path / "engine.json", tmp_path / "plots" / "engine.png"
     rc = cli(["bench", "engine", "--bundle", str(tiny_bundle), "--runs", "6", "--warmup", "1", "--windows", "4",
-              "--json", str(out), "--plot", str(plot)])
+              "--json", str(out), "--plot", str(plot.with_suffix(""))])  # no extension: the PNG written is named
     assert rc == 0
     report = json.loads(out.read_text())
     engines = report["engines"]
@@ -43,6 +43,7 @@ def test_bench_engine_reports_each_engine_against_eager_with_manifest_parity(tin
     printed = capsys.readouterr().out
     assert "x eager p50" in printed and "skipped tensorrt" in printed
     assert "x floor" in printed and "GFLOP/s on" in printed and "cpu flags:" in printed
+    assert f"plot: {plot} (made the directory {plot.parent})" in printed
     assert "independent floor:" in printed and "the graph's count agrees" in printed
 
 

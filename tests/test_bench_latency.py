@@ -96,3 +96,16 @@ def test_the_load_rate_is_the_fraction_over_the_batch_one_engine_p50():
     assert load_rate({"engine_ms": {"p50": 20.0}}, 0.8) == pytest.approx(40.0)
     with pytest.raises(HRMError, match="measured no engine time"):
         load_rate({"engine_ms": {"p50": float("nan")}}, 0.8)
+
+
+def test_json_and_plot_in_a_missing_directory_are_written_and_reported_where_they_are(tmp_path, capsys):
+    """The directory is made and said so; a plot named without an extension is the .png written."""
+    new = tmp_path / "new" / "dir"
+    with scripted_server("1d") as server:
+        assert cli(["bench", "latency", "--connect", server.address, "--requests", "2", "--warmup", "0",
+                    "--json", str(new / "r.json"), "--plot", str(new / "latency")]) == 0
+    printed = capsys.readouterr().out
+    assert f"json: {new / 'r.json'} (made the directory {new})" in printed
+    assert f"plot: {new / 'latency.png'}\n" in printed
+    assert json.loads((new / "r.json").read_text())["normal"]["requests"] == 2
+    assert (new / "latency.png").stat().st_size > 0 and not (new / "latency").exists()

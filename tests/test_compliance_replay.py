@@ -146,7 +146,7 @@ def test_replay_refuses_bad_input():
 
 def test_quote_events_load_from_csv_and_json(tmp_path):
     csv = tmp_path / "q.csv"
-    csv.write_text(f"ts,bid,ask,last\n{et(10, 0, 1)},99.9,100.1,100\n2021-03-03T10:00:00-05:00,99.8,100.2,100\n")
+    csv.write_text(f"ts,bid,ask,last\n2021-03-03T10:00:00-05:00,99.8,100.2,100\n{et(10, 0, 1)},99.9,100.1,100\n")
     js = tmp_path / "q.json"
     js.write_text(json.dumps([{"ts": et(10, 0, 1), "bid": 99.9, "ask": 100.1, "last": 100.0}]))
     assert load_quote_events(csv) == [QuoteEvent(et(10, 0), 99.8, 100.2, 100.0),
@@ -161,11 +161,28 @@ def test_quote_events_load_from_csv_and_json(tmp_path):
     ("ts,bid,ask,last\n2021-03-03T10:00:00,1,1,1\n", "no UTC offset"),
     ("ts,bid,ask,last\n1,1,1,1\n1,95.01,94.99,95\n", "row 1: bid 95.01 is above ask 94.99: a crossed quote"),
     ("ts,bid,ask,last\n9223372036854775807,1,1,1\n", "row 0: ts: expected a time from 1900 to 2200"),
+    ("ts,bid,ask,last\n", "no quote events"),
+    ("", "empty file: no quote events"),
+    (f"ts,bid,ask,last\n{et(10, 0)},1,1,1\n{et(10, 0)},1,1,1\n{et(9, 59)},1,1,1\n",
+     r"row 2: ts 2021-03-03T09:59:00-05:00 is before row 1's 2021-03-03T10:00:00-05:00 \(times ET\): events must "
+     "be in time order"),
 ])
 def test_bad_quote_events_are_refused_naming_the_field(tmp_path, body, message):
     path = tmp_path / "q.csv"
     path.write_text(body)
     with pytest.raises(DataError, match=message):
+        load_quote_events(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[{"ts": ', "not valid JSON: Expecting value at line 1 column 9"),
+    (" \n", "empty file: no quote events"),
+    ("[]", "no quote events"),
+])
+def test_a_json_events_file_broken_or_empty_is_refused_naming_the_file_and_position(tmp_path, body, message):
+    path = tmp_path / "bad.json"
+    path.write_text(body)
+    with pytest.raises(DataError, match=f"{path}: {message}"):
         load_quote_events(path)
 
 
@@ -216,3 +233,22 @@ def test_cli_bundle_of_another_timeframe_names_bundle_and_data(crash_files, monk
                         types.SimpleNamespace(signal_fn_from_bundle=signal_fn_from_bundle))
     with pytest.raises(ConfigurationError, match=r"--bundle B cannot produce signals for these --data bars.*'1d'"):
         _cli("--data", str(crash_files / "crash.csv"), "--bundle", "B")
+
+
+def test_cli_refuses_events_that_all_fall_outside_what_the_replay_feeds(crash_files, capsys):
+    """Without --prior-close the crash day only gives the prior close: every quote of it is skipped."""
+    d = crash_files
+    with pytest.raises(DataError, match=r"--events .*quotes.csv: all 4 quote events were skipped, none reached the "
+                                        r"gate: .*--data's bars close from 2021-03-03T14:31:00 to 2021-03-03T16:00:00"):
+        _cli("--data", str(d / "crash.csv"), "--policy", "momentum", "--events", str(d / "quotes.csv"),
+             "--json", str(d / "r.json"))
+    assert not (d / "r.json").exists()
+
+
+def test_cli_warns_with_the_count_of_events_skipped(crash_files, capsys):
+    d = crash_files
+    with (d / "quotes.csv").open("a") as f:
+        f.write(f"{et(12, 0)},99.9,100.1,100\n")  # after the last bar's close at 11:00
+    assert _cli("--data", str(d / "crash.csv"), "--policy", "momentum", "--events", str(d / "quotes.csv"),
+                "--prior-close", "100") == 0
+    assert "warning: --events " in (out := capsys.readouterr().out) and "1 of 5 quote events skipped" in out

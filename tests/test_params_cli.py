@@ -26,3 +26,12 @@ def test_bad_config_exits_with_clear_error(tmp_path, capsys):
     cfg.write_text("model: {h_module: {hidden_dim: 64}}\n")
     assert main(["params", "--config", str(cfg)]) == 2
     assert "model.l_module" in capsys.readouterr().err
+
+
+def test_a_config_of_half_a_trillion_parameters_is_counted_without_allocating_them(tmp_path, capsys):
+    cfg = tmp_path / "giant.yaml"
+    cfg.write_text("base: " + str(ROOT / "config/hrm_27m.yaml") + "\nmodel:\n"
+                   "  h_module: {hidden_dim: 65536, ffn_dim: 262144, num_layers: 8, num_heads: 8}\n"
+                   "  l_module: {hidden_dim: 65536, ffn_dim: 262144, num_layers: 8, num_heads: 8}\n")
+    assert main(["params", "--config", str(cfg), "--json"]) == 0  # ~2 TB of float32 were it built
+    assert json.loads(capsys.readouterr().out)["total"] > 100_000_000_000

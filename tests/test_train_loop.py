@@ -353,3 +353,17 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigurationError, match="--out: .* is a file"):
         train(load_config(ROOT / "config" / "train_eurusd.yaml"), out_dir=taken, progress=False)
     assert taken.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("content", [b"garbage, not a pickle", None])
+def test_a_train_state_that_is_not_one_is_refused_in_our_words_not_torchs(tmp_path, content):
+    from dualhrq.errors import ModelLoadError
+
+    path = tmp_path / STATE_FILE
+    if content is None:
+        torch.save({"step": 3}, path)  # loads, but holds no train state
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match="not a train state written by dualhrq train") as e:
+        load_train_state(tmp_path)
+    assert "weights_only" not in str(e.value)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from dualhrq.bench.machine import cpu
+from dualhrq.bench.report import made_parent, output_file
 
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 ORT_FOR_TENSORRT_11 = (1, 27)  # the first ONNX Runtime whose TensorRT provider builds with TensorRT 11
@@ -49,6 +50,7 @@ class Report(msgspec.Struct, frozen=True):
     problems: list[str]
     backends: dict[str, Backend]
     bundle: str | None = None
+    bundle_problems: list[str] = []  # the bundle's files against its manifest's hashes: any is no backend's to serve
 
 
 def _torch() -> tuple[str | None, str | None, list[Gpu]]:
@@ -123,10 +125,11 @@ def diagnose(bundle: str | Path | None = None) -> Report:
                               "no CUDA device: runs on the CPU without CUDA graphs (for parity checks, not speed)"
                               if torch_version else "PyTorch does not import"),
     }
+    bundle_problems: list[str] = []
     if bundle is not None:
-        backends = _for_bundle(Path(bundle), backends, gpus, trt_version)
+        backends, bundle_problems = _for_bundle(Path(bundle), backends, gpus, trt_version)
     return Report(model, cores, list(flags), gpus, torch_version, torch_cuda, trt_version, trt_problem, packages,
-                  providers, problems, backends, str(bundle) if bundle is not None else None)
+                  providers, problems, backends, str(bundle) if bundle is not None else None, bundle_problems)
 
 
 def _older(version: str, than: tuple[int, ...]) -> bool:
@@ -146,11 +149,17 @@ def _provider(name: str, providers: list[str], gpu: str | None) -> Backend:
 
 
 def _for_bundle(root: Path, backends: dict[str, Backend], gpus: list[Gpu], trt_version: str | None
-                ) -> dict[str, Backend]:
-    from dualhrq.export.bundle import load_bundle
+                ) -> tuple[dict[str, Backend], list[str]]:
+    """What each backend can serve of the bundle at ``root`` here, and the bundle's hash problems (with any, the
+    server refuses the bundle, so no backend can serve it)."""
+    from dualhrq.export.bundle import load_bundle, verify_bundle
     from dualhrq.export.gpu_target import GpuTarget
 
     bundle = load_bundle(root, verify=False)
+    problems = verify_bundle(root).problems
+    if problems:
+        refused = Backend(False, "the bundle fails its hash check (below): nothing can serve it", [])
+        return {name: refused for name in backends}, problems
     written = bundle.precisions
     out = {}
     for name, b in backends.items():
@@ -176,7 +185,7 @@ def _for_bundle(root: Path, backends: dict[str, Backend], gpus: list[Gpu], trt_v
             else:
                 precisions = ["fp16" if trt.fp16 else "fp32"]
         out[name] = Backend(b.available and bool(precisions), why, precisions if b.available else [])
-    return out
+    return out, []
 
 
 def format_report(r: Report) -> str:
@@ -197,6 +206,7 @@ def format_report(r: Report) -> str:
     if r.bundle:
         lines.append(f"(precisions: what {r.bundle} holds that each backend can serve here)")
     lines += [f"problem: {p}" for p in r.problems]
+    lines += [f"bundle refused: {p}" for p in r.bundle_problems]
     return "\n".join(lines)
 
 
@@ -205,23 +215,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "which backends and precisions a bundle can use here",
                        description="Probe this machine for inference: CPU flags, GPUs, PyTorch's CUDA, TensorRT, the "
                                    "ONNX Runtime packages and providers; with --bundle, which backends and precisions "
-                                   "can serve it here. Always exit status 0: problems are printed.")
+                                   "can serve it here. Exit status 0 (the machine's problems are printed), 1 when the "
+                                   "--bundle fails its hash check (a changed, missing or extra file), 2 when --bundle "
+                                   "is not a bundle or --json cannot be written.")
     add_doctor_args(p)
     p.set_defaults(func=run_doctor)
 
 
 def add_doctor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", metavar="B", help="also say which backends and precisions can serve this bundle here")
-    p.add_argument("--json", metavar="F", help="write the report as JSON")
+    p.add_argument("--json", type=output_file, metavar="F",
+                   help="write the report as JSON (missing directories are made)")
 
 
 def run_doctor(args: argparse.Namespace) -> int:
     report = diagnose(args.bundle)
     print(format_report(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(to_dict(report), indent=2))
-    return 0
+        made = made_parent(args.json)
+        args.json.write_text(json.dumps(to_dict(report), indent=2))
+        print(f"json: {args.json}{made}")
+    return 1 if report.bundle_problems else 0
 
 
 def to_dict(report: Report) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from dualhrq.arguments import names, nonnegative_int, positive_int
 from dualhrq.bench.machine import machine_description
-from dualhrq.bench.report import percentiles_ms, plot_latencies
+from dualhrq.bench.report import made_parent, output_file, percentiles_ms, plot_file, plot_latencies
 from dualhrq.config import ServeConfig
 from dualhrq.cpu import has_vnni, isa_flags, usable_cores
 from dualhrq.errors import DataError, HRMError, ModelLoadError
@@ -76,8 +75,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="distinct real windows cycled (default 64)")
     p.add_argument("--engines", type=names, metavar="LIST",
                    help="comma-separated subset, e.g. torch-eager,onnx-fp32,onnx-int8 (default: all available)")
-    p.add_argument("--json", metavar="F", help="write every figure as JSON")
-    p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per engine")
+    p.add_argument("--json", type=output_file, metavar="F",
+                   help="write every figure as JSON (missing directories are made)")
+    p.add_argument("--plot", type=plot_file, metavar="F.png", help="latency CDF and histogram per engine, in the "
+                   "format the extension names: .png (the default), .pdf, .svg, ...")
 
 
 @dataclass
@@ -282,16 +283,17 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
+        made = made_parent(args.json)
+        args.json.write_text(json.dumps({
             "bundle": str(bundle.root), "model_version": bundle.manifest.model_version,
             "param_count": bundle.manifest.param_count, "n_cycles": m.n_cycles, "t_steps": m.t_steps,
             "batch": args.batch, "threads": threads, "spin": args.spin, "runs": args.runs, "warmup": args.warmup,
             "inputs": source, "machine": machine_description(), "cpu_flags": isa_flags(), "vnni": has_vnni(),
             "date": time.strftime("%Y-%m-%d"), "floor": floor_summary, "engines": summary, "skipped": skipped},
             indent=2))
-        print(f"json: {args.json}")
+        print(f"json: {args.json}{made}")
     if args.plot:
+        made = made_parent(args.plot)
         plot_latencies(times, args.plot, f"one segment, batch {args.batch}: {bundle.manifest.model_version}")
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}{made}")
     return 0

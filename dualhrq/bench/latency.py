@@ -15,9 +15,19 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from dualhrq.arguments import nonnegative_int, positive_float, positive_int
+from dualhrq.arguments import nonnegative_int, positive_float, positive_int, zmq_address
 from dualhrq.bench.loadgen import LoadResult, run_load
-from dualhrq.bench.report import format_floor, format_load, format_summary, judge_load, plot_latencies, summarize
+from dualhrq.bench.report import (
+    format_floor,
+    format_load,
+    format_summary,
+    judge_load,
+    made_parent,
+    output_file,
+    plot_file,
+    plot_latencies,
+    summarize,
+)
 from dualhrq.bench.server_process import EchoProcess, ServerProcess, ping
 from dualhrq.config import resolve_config
 from dualhrq.errors import HRMError
@@ -57,7 +67,8 @@ server's own figure. It has no broker hop: compare it with a one-worker server. 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--connect", metavar="ADDR", help="address of a running server, e.g. tcp://127.0.0.1:5555")
+    src.add_argument("--connect", type=zmq_address, metavar="ADDR",
+                     help="address of a running server, tcp://HOST:PORT or ipc://PATH, e.g. tcp://127.0.0.1:5555")
     src.add_argument("--bundle", metavar="B", help="start `dualhrq serve --bundle B` here for the run")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=positive_float, metavar="R",
@@ -84,11 +95,15 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                    help="last phases against an echo that only decodes and encodes, after a pass over the graph's "
                         "bytes and without one: the transport floor, cold and warm (needs --bundle)")
     p.add_argument("--admin-token", default="", help="admin token for --connect --fail-open (disable_patterns)")
-    p.add_argument("--p95", action="store_true", help="print the p95 in ms alone as the last line (for scripts)")
-    p.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line")
+    alone = p.add_mutually_exclusive_group()  # one bare number: which one it is must not be left to guess
+    alone.add_argument("--p95", action="store_true",
+                       help="print the p95 in ms alone as the last line (for scripts; not with --p99)")
+    alone.add_argument("--p99", action="store_true", help="print the p99 in ms alone as the last line (not with --p95)")
     p.add_argument("--slo-ms", type=positive_float, metavar="X", help="exit 1 when the p95 exceeds X ms")
-    p.add_argument("--json", metavar="F", help="write every figure as JSON")
-    p.add_argument("--plot", metavar="F.png", help="latency CDF and histogram per phase")
+    p.add_argument("--json", type=output_file, metavar="F",
+                   help="write every figure as JSON (missing directories are made)")
+    p.add_argument("--plot", type=plot_file, metavar="F.png", help="latency CDF and histogram per phase, in the "
+                   "format the extension names: .png (the default), .pdf, .svg, ...")
 
 
 def _drill_config(base: str | None, delay_ms: float, tmp: Path) -> Path:
@@ -230,12 +245,13 @@ def run_latency_bench(args: argparse.Namespace) -> int:
         report["load"]["against_batch1"] = judge_load(report["normal"], report["load"])
         print(format_load(report["normal"], report["load"], args.load))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"json: {args.json}")
+        made = made_parent(args.json)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"json: {args.json}{made}")
     if args.plot:
         series = {n: np.array([x.latency_ms for x in r.samples]) for n, (r, _) in phases.items()}
-        print(f"plot: {plot_latencies(series, args.plot, 'end-to-end latency over ZeroMQ')}")
+        made = made_parent(args.plot)
+        print(f"plot: {plot_latencies(series, args.plot, 'end-to-end latency over ZeroMQ')}{made}")
     p95 = report["normal"]["latency_ms"]["p95"]
     if args.p95:
         print(f"{p95:.3f}")

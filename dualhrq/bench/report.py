@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,48 @@ def format_load(batch1: dict[str, Any], load: dict[str, Any], fraction: float) -
             f"{j['ratio']:.2f} ({'within' if j['ratio'] <= 1 else 'above'})")
 
 
-def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
-    """Latency CDF (log x) and histogram, one line per named series, saved as PNG (headless)."""
+def output_file(text: str) -> Path:
+    """argparse type of a file a bench writes (--json, --plot): refused before the run when it names a directory
+    or its directory can neither be found nor made; a missing directory is made when the file is written
+    (`made_parent`), and said so."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    existing = next(d for d in path.absolute().parents if d.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: directory {existing} is not writable")
+    return path
+
+
+def plot_file(text: str) -> Path:
+    """argparse type of --plot: an `output_file` whose extension names a format matplotlib writes; without one it
+    is PNG, and .png is appended (as matplotlib itself would, so the path reported is the one written)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = output_file(text)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(f"{text}: matplotlib writes no {path.suffix} files; end the name in one of "
+                                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
+
+
+def made_parent(path: Path) -> str:
+    """Make the missing directories above ``path``; returns what was made, in words for the line naming the file
+    ("" when nothing was)."""
+    if path.parent.is_dir():
+        return ""
+    path.parent.mkdir(parents=True)
+    return f" (made the directory {path.parent})"
+
+
+def plot_latencies(series: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Latency CDF (log x) and histogram, one line per named series, saved headless in the format ``path``'s
+    extension names (see `plot_file`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,8 +162,6 @@ def plot_latencies(series: dict[str, np.ndarray], path: str | Path, title: str) 
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=path.suffix[1:].lower())
     plt.close(fig)
     return path

@@ -11,12 +11,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dualhrq.arguments import positive_int
+import numpy as np
+
+from dualhrq.arguments import nonnegative_int, positive_float, positive_int, zmq_address
 from dualhrq.compliance.policies import POLICIES
-from dualhrq.errors import ConfigurationError
+from dualhrq.errors import ConfigurationError, DataError
 
 if TYPE_CHECKING:
-    from dualhrq.compliance.replay import SignalFn
+    from dualhrq.compliance.replay import ReplayReport, SignalFn
     from dualhrq.data.bars import Bars
 
 
@@ -32,22 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "CSV/Parquet file (timestamp, open, high, low, close, volume; stamped at the bar's open)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", help="model bundle directory (from `dualhrq export`) that produces the signals")
-    source.add_argument("--connect", metavar="ADDR",
+    source.add_argument("--connect", type=zmq_address, metavar="ADDR",
                         help="a running server (e.g. tcp://127.0.0.1:5555, any number of workers) decides: its model "
                              "and its gate, re-checked here; only the bars' closes are fed (no quotes)")
     source.add_argument("--policy", choices=POLICIES,
                         help="a built-in signal source instead of a model: momentum (sign of the 5-bar move) "
                         "or random (seeded)")
-    p.add_argument("--events", help="quote events, CSV (header ts,bid,ask,last) or JSON list; ts in int ns UTC "
-                   "or ISO-8601 with offset")
+    p.add_argument("--events", help="quote events, CSV (header ts,bid,ask,last) or JSON list, in time order; ts in "
+                   "int ns UTC or ISO-8601 with offset; events on a day without a prior close or after the last bar "
+                   "are skipped (a warning says how many; all skipped is an error)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the report as Markdown")
     p.add_argument("--config", help="config YAML whose compliance section sets the risk limits (default: built-in)")
     p.add_argument("--instrument", help="instrument name in the report (default: the dataset's)")
     p.add_argument("--tier", type=int, choices=(1, 2), default=1, help="LULD tier of the instrument (default 1)")
-    p.add_argument("--prior-close", type=float, help="close of the day before the first bar; without it the "
+    p.add_argument("--prior-close", type=positive_float, help="close of the day before the first bar; without it the "
                    "first day only provides the prior close")
-    p.add_argument("--seed", type=int, default=0, help="seed of --policy random (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --policy random (default 0)")
     p.add_argument("--pnl", action="store_true",
                    help="with --bundle: on the held-out window (the tail the bundle's training kept out, when --data "
                         "is its dataset), fill the actions after the gate with validation's execution model and "
@@ -120,6 +123,7 @@ def run_replay(args: argparse.Namespace) -> int:
                      else policy(args.policy, bars, args.seed))
         report = replay(bars, signal_fn, events, gate, instrument=instrument, tier=args.tier,
                         prior_close=args.prior_close)
+    skipped = _skipped_events(args.events, report, bars) if events else ""
     if args.json:
         Path(args.json).write_text(report.to_json())
     if args.markdown:
@@ -132,6 +136,8 @@ def run_replay(args: argparse.Namespace) -> int:
               "in NYSE regular hours); the gate has no rules of other markets")
     print(f"held back {report.held}, clipped {report.clipped} (by reason: {blocked}); "
           f"{len(report.transitions)} state transitions")
+    if skipped:
+        print(skipped)
     print(f"violations: {len(report.violations)}")
     if pnl is not None:
         if args.pnl_json:
@@ -142,6 +148,20 @@ def run_replay(args: argparse.Namespace) -> int:
         if not pnl.parity_ok:
             return 1
     return 1 if report.violations else 0
+
+
+def _skipped_events(path: str, report: ReplayReport, bars: Bars) -> str:
+    """The warning line for quote events the replay skipped ("" for none); all of them skipped is an error, as
+    the replay then ran on synthetic quotes alone, which is not what --events asked for."""
+    if not report.skipped_events:
+        return ""
+    where = ("an event counts only up to the last bar's close, on a day with a prior close, which the first day "
+             "replayed has only with --prior-close")
+    if report.skipped_events == report.events:
+        span = " to ".join(str(np.datetime64(int(t), "ns").astype("datetime64[s]")) for t in (bars.t[0], bars.t[-1]))
+        raise DataError(f"--events {path}: all {report.events} quote events were skipped, none reached the gate: "
+                        f"{where}; --data's bars close from {span} UTC")
+    return f"warning: --events {path}: {report.skipped_events} of {report.events} quote events skipped ({where})"
 
 
 def _bundle_signals(bundle: str, bars: Bars, instrument: str) -> SignalFn:

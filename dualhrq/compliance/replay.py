@@ -147,22 +147,40 @@ def _iso(ts: int) -> str:
 def load_quote_events(path: str | Path) -> list[QuoteEvent]:
     """Quote events from CSV (header ts,bid,ask,last) or JSON (a list of {ts,bid,ask,last} objects).
 
-    ``ts`` is int ns since epoch UTC or an ISO-8601 time with a UTC offset. Events are returned sorted by ts.
+    ``ts`` is int ns since epoch UTC or an ISO-8601 time with a UTC offset. Events must be in time order (equal
+    times allowed): a tape out of order is a merge or time-zone mistake that sorting would hide. A file without
+    events is refused too: --events given means quotes are expected.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: events file not found")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a text file (byte {e.start} is not UTF-8); expected CSV or JSON quote events") from None
+    if not text.strip():
+        raise DataError(f"{p}: empty file: no quote events (expected CSV with header ts,bid,ask,last or a JSON list "
+                        "of objects)")
     if p.suffix.lower() == ".json":
-        rows = json.loads(p.read_text())
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataError(f"{p}: expected a JSON list of objects with ts, bid, ask, last")
     else:
         import csv
+        import io
 
-        with p.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     events = [_quote_event(row, f"{p}: row {i}") for i, row in enumerate(rows)]
-    return sorted(events, key=lambda e: e.ts)
+    if not events:
+        raise DataError(f"{p}: no quote events (expected CSV with header ts,bid,ask,last or a JSON list of objects)")
+    for i in range(1, len(events)):
+        if events[i].ts < events[i - 1].ts:
+            raise DataError(f"{p}: row {i}: ts {_iso(events[i].ts)} is before row {i - 1}'s {_iso(events[i - 1].ts)}"
+                            " (times ET): events must be in time order")
+    return events
 
 
 def _quote_event(row: Mapping[str, Any], where: str) -> QuoteEvent:

@@ -9,6 +9,7 @@ import argparse
 
 import numpy as np
 
+from dualhrq.arguments import nonnegative_int
 from dualhrq.errors import ConfigurationError
 
 
@@ -48,7 +49,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     b = ds.bars
     rows = [*range(min(args.rows, len(b)))]
     rows += [i for i in range(max(len(b) - args.rows, 0), len(b)) if i not in rows]
-    print(f"\n{'row':>6}  {'close time (UTC)':<17}{'open':>12}{'high':>12}{'low':>12}{'close':>12}{'volume':>14}")
+    if rows:
+        print(f"\n{'row':>6}  {'close time (UTC)':<17}{'open':>12}{'high':>12}{'low':>12}{'close':>12}{'volume':>14}")
     for j, i in enumerate(rows):
         if j and i != rows[j - 1] + 1:
             print(f"{'...':>6}")
@@ -74,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("name", help="a name from `dualhrq data list`, or a .csv/.csv.gz/.parquet path")
     show.add_argument("--timestamps", choices=("open", "close"), default="open",
                       help="what a file's timestamps mark (default: open; stored as the bar's close)")
-    show.add_argument("--rows", type=int, default=5, help="bars to print from each end (default 5)")
+    show.add_argument("--rows", type=nonnegative_int, default=5,
+                      help="bars to print from each end (default 5; 0: the summary alone)")
     show.add_argument("--coarse-rule", metavar="RULE",
                       help="coarse timeframe to count, e.g. 4h, 1d, 1w (the config's data.coarse_rule; default "
                            "1d for intraday bars, 1w for daily ones, none for longer ones)")

@@ -11,7 +11,7 @@ import msgspec
 
 from dualhrq.arguments import positive_int
 from dualhrq.config import Config, TrackingConfig, load_config
-from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, HRMError
+from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_ERROR, ConfigurationError, HRMError
 
 if TYPE_CHECKING:  # the validation stack (pandas, arch) loads only when `validate` runs
     from dualhrq.evaluate.fanout import Runner
@@ -50,12 +50,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     import json
     from datetime import datetime, timezone
 
-    from dualhrq.errors import ConfigurationError
     from dualhrq.evaluate.ledger import Ledger
 
     if not Path(args.ledger).is_file():
         raise ConfigurationError(f"--ledger: {args.ledger}: no run ledger there (train or validate writes one)")
-    with Ledger(args.ledger) as ledger:
+    with Ledger(args.ledger, read_only=True, setting="--ledger") as ledger:
         runs = ledger.runs(args.kind)
     if args.json:
         print(json.dumps([{**r.__dict__} for r in runs], indent=2))
@@ -117,15 +116,37 @@ def _renamed(factory: PredictorFactory, name: str) -> PredictorFactory:
     return build
 
 
+def _further_seeds(cfg: Config, seeds: int) -> dict[str, int]:
+    """The seeds after train.seed that --seeds K adds, by the name of the HRM trained with each."""
+    return {f"hrm_seed{cfg.train.seed + k}": cfg.train.seed + k for k in range(1, seeds)}
+
+
 def seed_factories(hrm: HRMFactories, cfg: Config, data: ValidationData, seeds: int) -> tuple[list, list[str]]:
     """The HRM retrained with each further seed, as predictors ``hrm_seed<N>`` (and their names)."""
-    factories, names = [], []
-    for k in range(1, seeds):
-        seed = cfg.train.seed + k
+    factories, further = [], _further_seeds(cfg, seeds)
+    for name, seed in further.items():
         seeded = msgspec.structs.replace(cfg, train=msgspec.structs.replace(cfg.train, seed=seed))
-        factories += [_renamed(f, f"hrm_seed{seed}") for f in hrm(seeded, data, False)[:1]]
-        names.append(f"hrm_seed{seed}")
-    return factories, names
+        factories += [_renamed(f, name) for f in hrm(seeded, data, False)[:1]]
+    return factories, list(further)
+
+
+def predictor_names(cfg: Config, compare_fail_open: bool, seeds: int) -> list[str]:
+    """The names of the predictors a validation runs, known before any data is read: what --candidate picks
+    from. The baselines are those of dualhrq.evaluate.validate.baseline_factories (a test holds the two lists
+    together)."""
+    from dualhrq.evaluate import baselines as b
+
+    hrm = ["hrm", "hrm_regime_only"] if compare_fail_open else ["hrm"]
+    baselines = (b.BuyAndHold, b.MomentumSign, b.OneBarReversal, b.RidgeForecast, b.LogisticDirection, b.StateOnly,
+                 b.MultinomialActions)
+    return [*hrm, *_further_seeds(cfg, seeds), *(c.name for c in baselines)]
+
+
+def _check_candidate(cfg: Config, args: argparse.Namespace) -> None:
+    valid = predictor_names(cfg, args.compare_fail_open, args.seeds)
+    if args.candidate not in valid:
+        raise ConfigurationError(f"--candidate: no predictor {args.candidate!r} in this validation; one of: "
+                                 f"{', '.join(valid)}")
 
 
 def run_validate_command(args: argparse.Namespace, hrm: HRMFactories, *, load_data: DataLoader | None = None) -> int:
@@ -143,6 +164,7 @@ def run_validate_command(args: argparse.Namespace, hrm: HRMFactories, *, load_da
 
     try:
         cfg = load_config(args.config)
+        _check_candidate(cfg, args)
         tracking = tracking_from_flag(cfg.tracking, getattr(args, "tracking", None))
         runner = runner_for(getattr(args, "ray", None), getattr(args, "workers", None))  # bad flags fail first
         out = Path(args.out or cfg.validate.out_dir)

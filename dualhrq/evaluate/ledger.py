@@ -95,51 +95,78 @@ class RunRecord:
     created: float = 0.0  # seconds since the epoch
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    created REAL NOT NULL,
-    config_hash TEXT NOT NULL,
-    data_fingerprint TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    run_dir TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    verdict TEXT
-);
-CREATE TABLE IF NOT EXISTS trials (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    predictor TEXT NOT NULL,
-    key TEXT NOT NULL,
-    samples TEXT NOT NULL,
-    sharpe REAL,
-    positions BLOB NOT NULL,
-    PRIMARY KEY (run_id, predictor)
-);
-CREATE INDEX IF NOT EXISTS runs_by_data ON runs (data_fingerprint, kind);
-"""
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        created REAL NOT NULL,
+        config_hash TEXT NOT NULL,
+        data_fingerprint TEXT NOT NULL,
+        dataset TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        run_dir TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        verdict TEXT
+    )""",
+    """CREATE TABLE trials (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        predictor TEXT NOT NULL,
+        key TEXT NOT NULL,
+        samples TEXT NOT NULL,
+        sharpe REAL,
+        positions BLOB NOT NULL,
+        PRIMARY KEY (run_id, predictor)
+    )""",
+    "CREATE INDEX runs_by_data ON runs (data_fingerprint, kind)",
+)
 
 
 class Ledger:
-    """The ledger file, opened (and created) at ``path``."""
+    """The ledger file at ``path``, created there by a writer (train, validate) if it is not there yet, or is an
+    empty file. ``read_only``: the file must be a ledger already, and is not changed. A file that is something
+    else (another program's SQLite database, say) is refused, never written into. ``setting`` names where the
+    path came from in errors."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, setting: str = "tracking.ledger") -> None:
         self.path = Path(path)
+        where = f"{setting}: {self.path}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0)
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if read_only:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30.0)
         except (sqlite3.Error, OSError) as e:
-            raise ConfigurationError(f"tracking.ledger: {self.path}: cannot open the run ledger ({e})") from None
-        if row is None:
-            with self._db:
+            raise ConfigurationError(f"{where}: cannot open the run ledger ({e})") from None
+        try:
+            found = _ledger_format(self._db) if read_only else self._create_if_empty()
+        except sqlite3.Error as e:
+            self._db.close()
+            raise ConfigurationError(f"{where}: cannot open the run ledger ({e})") from None
+        if found is None or found != str(LEDGER_FORMAT):
+            self._db.close()
+            raise ConfigurationError(
+                f"{where}: not a run ledger (no dualhrq ledger tables in it; `dualhrq train` and `dualhrq validate` "
+                "write one)" if found is None else
+                f"{where}: ledger format {found}, this version of dualhrq reads format {LEDGER_FORMAT}")
+
+    def _create_if_empty(self) -> str | None:
+        """The ledger's format, after writing the ledger's tables into a database that has no tables yet; None
+        for a database with other tables. One write transaction: a second writer opening the same new file
+        waits, then finds a whole ledger."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._db.execute("SELECT 1 FROM sqlite_master").fetchone():
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
                 self._db.execute("INSERT INTO meta VALUES ('format', ?)", (str(LEDGER_FORMAT),))
-        elif row[0] != str(LEDGER_FORMAT):
-            raise ConfigurationError(f"tracking.ledger: {self.path}: ledger format {row[0]}, this version of dualhrq "
-                                     f"reads format {LEDGER_FORMAT}")
+            found = _ledger_format(self._db)
+            self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
+        return found
 
     def close(self) -> None:
         self._db.close()
@@ -184,6 +211,14 @@ class Ledger:
                 seen[key] = Trial(predictor, samples, float("nan") if sharpe is None else float(sharpe),
                                   np.frombuffer(blob, dtype="<f8").copy())
         return list(seen.values())
+
+
+def _ledger_format(db: sqlite3.Connection) -> str | None:
+    """The format a ledger records; None when the database is no ledger (no meta table, or no format in it)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    return None if row is None else str(row[0])
 
 
 def strict_json(x: Any) -> Any:

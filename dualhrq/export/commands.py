@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dualhrq.arguments import nonnegative_int, positive_int
 from dualhrq.errors import EXIT_CHECK_FAILED, EXIT_OK
 from dualhrq.export.options import MIN_OPSET, ExportOptions
 from dualhrq.export.parity import MIN_PARITY_WINDOWS
@@ -19,6 +20,20 @@ from dualhrq.export.tensorrt_build import DEFAULT_WORKSPACE_MB
 
 if TYPE_CHECKING:
     from dualhrq.export.pipeline import ExportResult
+
+# The highest opset torch.onnx's TorchScript exporter (the one dualhrq.export.segment uses, dynamo=False)
+# supports: torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, 20 in torch 2.13. Above it torch warns
+# "not supported" up to its ONNX_MAX_OPSET (23) and then fails. A constant, not read from torch, so that the parser
+# imports no torch; a test holds it to torch's.
+MAX_OPSET = 20
+
+
+def _opset(text: str) -> int:
+    value = positive_int(text)
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"must be within {MIN_OPSET}..{MAX_OPSET} (what this torch.onnx exports), "
+                                         f"got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="keep variants that miss their parity bound; the miss is recorded in the manifest")
     p.add_argument("--patterns", type=Path, metavar="DIR",
                    help="pattern artifacts directory to pack (default: the checkpoint's own, if it has one)")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, metavar="N", help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--opset", type=_opset, default=MIN_OPSET, metavar="N",
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {MIN_OPSET})")
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="largest batch of the TensorRT optimisation profile (default 8)")
     p.add_argument("--parity-samples", type=int, default=MIN_PARITY_WINDOWS, metavar="N",
@@ -61,14 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--carry-samples", type=int, default=ExportOptions.carry_samples, metavar="N",
                    help=f"windows of the carry check, spread evenly over the parity windows (default "
                         f"{ExportOptions.carry_samples})")
-    p.add_argument("--threads", type=int, default=2, metavar="N",
-                   help="ONNX Runtime intra-op threads for the parity runs (default 2)")
+    p.add_argument("--threads", type=nonnegative_int, default=2, metavar="N",
+                   help="ONNX Runtime intra-op threads for the parity runs (default 2; 0: all cores)")
     p.add_argument("--external-data", action="store_true",
                    help="store graph weights in a .data file beside each graph (automatic above 1 GiB)")
     p.add_argument("--timing-cache", type=Path, metavar="FILE",
                    help="TensorRT timing cache, read if present and updated (default: "
                         "tensorrt_timing.cache beside the bundle)")
-    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+    p.add_argument("--workspace-mb", type=positive_int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
                    help=f"TensorRT builder workspace limit (default {DEFAULT_WORKSPACE_MB})")
     p.set_defaults(func=_cmd_export)
 

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dualhrq.arguments import nonnegative_int, positive_int
 from dualhrq.config import load_config
 
 
@@ -99,13 +100,13 @@ def add_index_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="config YAML whose patterns section sets space, m, ef_construction, embed_dim, ef "
                              "(default: the built-in defaults)")
-    parser.add_argument("--ef", type=int, nargs="+", default=None,
+    parser.add_argument("--ef", type=positive_int, nargs="+", default=None,
                         help="ef values to measure (default: 16 and the config's patterns.ef)")
-    parser.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
-    parser.add_argument("--queries", type=int, default=1000, help="held-out query windows (default 1000)")
-    parser.add_argument("--windows", type=int, nargs="+", default=list(BENCH_WINDOWS),
+    parser.add_argument("--k", type=positive_int, default=8, help="neighbours per query (default 8)")
+    parser.add_argument("--queries", type=positive_int, default=1000, help="held-out query windows (default 1000)")
+    parser.add_argument("--windows", type=positive_int, nargs="+", default=list(BENCH_WINDOWS),
                         help=f"pattern window lengths to embed (default {' '.join(map(str, BENCH_WINDOWS))})")
-    parser.add_argument("--seed", type=int, default=0, help="which windows are held out as queries")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="which windows are held out as queries")
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     parser.set_defaults(func=run_index_bench)
 

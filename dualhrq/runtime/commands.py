@@ -7,10 +7,12 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
+from dualhrq.arguments import port, positive_int, tcp_address
+from dualhrq.config import MAX_PORT
 from dualhrq.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from dualhrq.config import CurveConfig
+    from dualhrq.config import CurveConfig, ServeConfig
 
 # The secret `dualhrq broker` and its `serve --connect` workers share to seal their control bus (a local
 # `serve --workers N` makes its own). An environment variable, not a flag: any user can read a command line.
@@ -32,16 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--bundle", required=True, help="bundle directory written by `dualhrq export`")
     serve.add_argument("--config", default=None, help="serve config laid over the bundle's, e.g. config/serve.yaml")
-    serve.add_argument("--bind", default=None, help="client address (default serve.bind, tcp://127.0.0.1:5555; "
-                       "loopback unless you say otherwise)")
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--bind", type=tcp_address(), default=None,
+                       help="client address (default serve.bind, tcp://127.0.0.1:5555; loopback unless you say "
+                            "otherwise)")
+    serve.add_argument("--workers", type=positive_int, default=None,
                        help="N engine processes behind a broker on the same address (serve.workers); each request "
                             "of an instrument goes to the same worker, a worker that dies is restarted")
-    serve.add_argument("--connect", default=None, metavar="ADDR",
+    serve.add_argument("--connect", type=tcp_address(following=2), default=None, metavar="ADDR",
                        help="run as one worker of a broker elsewhere (`dualhrq broker`): ADDR is its backend, "
                             "e.g. tcp://broker-host:5556; the control bus is on the next two ports, sealed with "
                             f"the secret in ${CONTROL_KEY_ENV} (the broker's)")
-    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this HTTP port")
+    serve.add_argument("--metrics-port", type=port, default=None,
+                       help="Prometheus metrics on this HTTP port (serve.metrics_port; 0: none)")
     serve.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line")
     serve.set_defaults(func=_cmd_serve)
 
@@ -51,8 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "to the --backend address, and relay admin state on the next two ports, sealed with the secret "
                     f"in ${CONTROL_KEY_ENV} (give the workers the same). CURVE, if configured in --config, is "
                     "applied to the client side.")
-    broker.add_argument("--bind", default="tcp://127.0.0.1:5555", help="client address (default tcp://127.0.0.1:5555)")
-    broker.add_argument("--backend", default="tcp://127.0.0.1:5556",
+    broker.add_argument("--bind", type=tcp_address(), default="tcp://127.0.0.1:5555",
+                        help="client address (default tcp://127.0.0.1:5555)")
+    broker.add_argument("--backend", type=tcp_address(following=2), default="tcp://127.0.0.1:5556",
                         help="worker address (default tcp://127.0.0.1:5556); control bus on the next two ports")
     broker.add_argument("--config", default=None, help="serve config (for serve.curve)")
     broker.set_defaults(func=_cmd_broker)
@@ -94,6 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overlay, source = _overlay(args)
     cfg = serve_settings(args.bundle, overlay, source)
     if cfg.serve.workers > 1 and not args.connect:
+        _check_worker_ports(cfg.serve, source)
         return run_workers(args.bundle, overlay, source, cfg.serve, getattr(args, "verbose", False), args.log_json)
     bus, keys = None, None
     if args.connect:
@@ -106,6 +112,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if bus is not None:
             bus.close()
+
+
+def _check_worker_ports(serve: ServeConfig, source: str) -> None:
+    """The workers of a local `serve --workers N` serve their metrics on the N ports after serve.metrics_port."""
+    if serve.metrics_port and serve.metrics_port + serve.workers > MAX_PORT:
+        raise ConfigurationError(f"{source}: serve.metrics_port: {serve.metrics_port} leaves no room for the "
+                                 f"{serve.workers} workers' own metrics ports after it (at most "
+                                 f"{MAX_PORT - serve.workers})")
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def generate_keys(out_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it); return both paths."""
+    """Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it); return both paths.
+    NAME is a plain file name: one with a path in it would put the keys outside ``out_dir``, and one starting
+    with a dot (or empty) would make them hidden files."""
+    if not name or name.startswith(".") or any(c in name for c in ("/", "\\", "\0")):
+        raise ConfigurationError(f"--name: {name!r}: expected a plain file name (not empty, not starting with a dot, "
+                                 "no path separators), e.g. server or gateway-1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for suffix in (".key", ".key_secret"):

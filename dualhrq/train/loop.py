@@ -320,9 +320,20 @@ def load_train_state(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"{directory}: missing {STATE_FILE}; this checkpoint cannot be resumed")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged or non-tensor pickle
-        raise ModelLoadError(f"{path}: unreadable training state: {e}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # several types; torch's own message advises weights_only=False, which runs what the file holds
+        raise _not_a_train_state(path) from None
+    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+        raise _not_a_train_state(path)
+    return state
+
+
+_STATE_KEYS = frozenset({"total_steps", "world_size", "step", "optimizer", "scheduler", "slots", "torch_rng"})
+
+
+def _not_a_train_state(path: Path) -> ModelLoadError:
+    return ModelLoadError(f"{path}: not a train state written by dualhrq train (or corrupted); this checkpoint "
+                          "cannot be resumed")
 
 
 # ---------------------------------------------------------------- the run
