@@ -337,9 +337,9 @@ def tcp_port_problem(address: str, following: int = 0) -> str | None:
     if not re.fullmatch(r"[-+]?[0-9]+", port):
         return None
     top = MAX_PORT - following
-    if not 1 <= int(port) <= top:
-        any_port = "; `*` for any free port" if int(port) == 0 else ""
-        return f"port {port} of {address!r} is out of range 1-{top}{any_port}"
+    low = 1 if following else 0  # 0: any free port (as `*`), but not with ports that follow it
+    if not low <= int(port) <= top:
+        return f"port {port} of {address!r} is out of range {low}-{top}"
     return None
 
 

@@ -43,7 +43,7 @@ def test_connect_takes_only_a_tcp_or_ipc_address(command, address, capsys):
     err = refused([*command, "--connect", address], capsys)
     assert f"argument --connect: expected tcp://HOST:PORT or ipc://PATH, got {address!r}" in err
     err = refused([*command, "--connect", "tcp://h:99999"], capsys)
-    assert "argument --connect: port 99999 of 'tcp://h:99999' is out of range 1-65535" in err
+    assert "argument --connect: port 99999 of 'tcp://h:99999' is out of range 0-65535" in err
 
 
 def test_latency_prints_one_bare_percentile_at_most(capsys):

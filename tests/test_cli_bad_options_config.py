@@ -106,11 +106,17 @@ def test_serve_refuses_a_metrics_port_outside_0_to_65535_naming_the_flag(capsys,
     assert "--metrics-port" in err
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:65536", "tcp://127.0.0.1:-1",
-                                     "tcp://127.0.0.1:0"])
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:65536", "tcp://127.0.0.1:-1"])
 def test_serve_refuses_a_bind_port_that_zeromq_would_wrap_round_naming_the_flag(capsys, address):
     err = refused_by_argparse(["serve", "--bundle", "b", "--bind", address], capsys)
-    assert "--bind" in err and "out of range 1-65535" in err
+    assert "--bind" in err and "out of range 0-65535" in err
+
+
+def test_port_zero_binds_any_free_port_but_not_where_the_control_bus_ports_follow(capsys):
+    from dualhrq.config import tcp_port_problem
+
+    assert tcp_port_problem("tcp://127.0.0.1:0") is None  # ZeroMQ picks a free port, as for `*`
+    assert "out of range 1-65533" in refused_by_argparse(["broker", "--backend", "tcp://127.0.0.1:0"], capsys)
 
 
 def test_broker_and_worker_addresses_leave_room_for_the_control_bus_ports(capsys):
@@ -124,7 +130,7 @@ def test_a_serve_config_with_an_out_of_range_port_is_refused_naming_the_field(tm
 
     serve_yaml = tmp_path / "serve.yaml"
     for serve, match in (({"metrics_port": 70000}, r"serve\.metrics_port: expected int <= 65535"),
-                         ({"bind": "tcp://127.0.0.1:99999"}, r"serve: bind: port 99999 .* out of range 1-65535")):
+                         ({"bind": "tcp://127.0.0.1:99999"}, r"serve: bind: port 99999 .* out of range 0-65535")):
         serve_yaml.write_text(yaml.safe_dump({"serve": serve}))
         with pytest.raises(ConfigurationError, match=rf"{serve_yaml}: {match}"):
             overlay_config(tiny_config, read_overlay(serve_yaml), str(serve_yaml))

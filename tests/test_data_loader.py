@@ -242,14 +242,19 @@ def test_data_show_prints_weekly_bars_without_a_coarse_view_unless_one_is_given(
         _run_data_command("data", "show", str(path), "--coarse-rule", "1d")
 
 
-def test_bars_closer_together_than_the_files_bar_length_are_refused_naming_the_row(tmp_path):
+def test_bars_less_than_half_the_files_bar_length_apart_are_refused_naming_the_row(tmp_path):
     frame = _frame(40)
     stamps = pd.to_datetime(frame["Timestamp"])
     stamps.iloc[30:] = stamps.iloc[29] + pd.to_timedelta(5 * np.arange(1, 11), "min")  # 5-minute bars after 30 hourly
     frame["Timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
-    with pytest.raises(DataError, match=r"data row 31 .*: timestamp: .* 5m after the previous row, closer than the "
-                                        r"file's bar length 1h"):
+    with pytest.raises(DataError, match=r"data row 31 .*: timestamp: .* 5m after the previous row, less than half "
+                                        r"the file's bar length 1h"):
         load_ohlcv(_write_csv(tmp_path, frame))
+    frame = _frame(40)  # a session's first bar half a bar long (09:30, then 10:00 on): one timeframe still
+    stamps = pd.to_datetime(frame["Timestamp"])
+    stamps.iloc[1:] = stamps.iloc[1:] - pd.Timedelta("30min")
+    frame["Timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
+    assert load_ohlcv(_write_csv(tmp_path, frame)).timeframe == "1h"
 
 
 def test_a_second_timeframe_as_common_as_a_third_of_the_spacings_is_warned_of(tmp_path, caplog):

@@ -183,3 +183,10 @@ def test_columns_of_different_lengths_are_invalid_input():
 def test_a_repeated_key_that_only_its_last_value_makes_valid_is_bad_request_naming_it(body, field):
     err = error_of(body)
     assert (err.code, err.field) == ("bad_request", field) and "more than once" in err.message
+
+
+def test_bars_that_are_no_valid_messagepack_inside_are_bad_request_naming_them():
+    good = msgpack.packb(signal(fine={"x": 1}))
+    body = good.replace(msgpack.packb({"x": 1}), b"\x81\xa2\xff\xfe\x01")  # a key of invalid UTF-8
+    err = error_of(body)
+    assert (err.code, err.field, err.request_id) == ("bad_request", "fine", "r1")

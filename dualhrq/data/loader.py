@@ -128,14 +128,14 @@ def _length(ns: int) -> str:
 
 def _check_one_timeframe(spacing: np.ndarray, steps: np.ndarray, counts: np.ndarray, bar_ns: int, source: str,
                          stamps: pd.Series) -> None:
-    """One bar length per file: bars closer together than the most common spacing overlap (DataError naming the
-    row); another spacing as common as MIXED_SHARE of them is a second timeframe in the file (a warning: a
-    market with such closures is possible)."""
-    if steps[0] < bar_ns:
-        row = int(np.flatnonzero(spacing < bar_ns)[0]) + 1
+    """One bar length per file: bars less than half the most common spacing apart are of another timeframe
+    (DataError naming the row); another spacing as common as MIXED_SHARE of them is a second timeframe in the
+    file (a warning: a market with such closures is possible)."""
+    if 2 * steps[0] < bar_ns:  # half a bar: session-aligned first bars (09:30, then 10:00), DST days pass
+        row = int(np.flatnonzero(2 * spacing < bar_ns)[0]) + 1
         raise DataError(f"{source}: {_row_text(row)}: timestamp: {_cell(stamps.iloc[row])} is "
-                        f"{_length(int(spacing[row - 1]))} after the previous row, closer than the file's bar "
-                        f"length {timeframe_name(bar_ns)} (the most common spacing): one timeframe per file")
+                        f"{_length(int(spacing[row - 1]))} after the previous row, less than half the file's bar "
+                        f"length {_length(bar_ns)} (the most common spacing): one timeframe per file")
     share = counts / counts.sum()
     other = [i for i in np.argsort(-counts) if steps[i] != bar_ns and share[i] >= MIXED_SHARE]
     if other:

@@ -41,7 +41,7 @@ class Decision:
     """What one sample's heads decided (before the compliance gate)."""
 
     action: str  # one of ACTIONS
-    quantity: float  # in [model.quantity_min, model.quantity_max]
+    quantity: float  # in [model.quantity_min, model.quantity_max]; 0 for HOLD
     probs: list[float]  # the policy's probabilities, ACTIONS order
     confidence: float  # the chosen action's probability
     forecast_coarse: float  # next coarse-period log return

@@ -426,8 +426,8 @@ class Broker:
         """Whether a request may go to `worker` as far as its session goes (noting where a stream's request
         goes): a signal naming a session (re)opens its stream there; an append must reach that same worker."""
         session = head.session
-        if not isinstance(session, str) or head.type not in ("signal", "append"):
-            return True
+        if not (isinstance(session, str) and 1 <= len(session) <= 64) or head.type not in ("signal", "append"):
+            return True  # no session, or one the worker refuses (the protocol's 1 to 64 characters)
         if head.type == "append" and self._sessions.get(session) != worker.wid:
             return False
         self._sessions[session] = worker.wid

@@ -38,6 +38,8 @@ from dualhrq.runtime.protocol import (
     Signal,
     WireBars,
     check_bars,
+    decode_request,
+    encode,
     wire_bars,
 )
 
@@ -235,8 +237,8 @@ class ModelHost:
 
     def warm(self, coarse: Bars, fine: Bars, rounds: int = 3) -> None:
         """Before serving: decide where features run, and run the engine at every batch size it will see."""
-        req = Signal(id="warm-up", v=PROTOCOL_VERSION, instrument="warm-up", timeframe=self.inputs.timeframe,
-                     coarse=wire_bars(coarse), fine=wire_bars(fine))
+        req = _as_received(Signal(id="warm-up", v=PROTOCOL_VERSION, instrument="warm-up",
+                                  timeframe=self.inputs.timeframe, coarse=wire_bars(coarse), fine=wire_bars(fine)))
         bars = self.window(req)
         timings = []
         for _ in range(5):  # what runs inline or in a thread: the features, not the validation
@@ -262,8 +264,8 @@ class ModelHost:
         window = self.open_stream(bars, prepared, self.config.serve.sessions)
         last = float(fine.c[-1])
         bar = WireBars([int(fine.t[-1]) + self._fine_ns], [last], [last], [last], [last], [float(fine.v[-1])])
-        self.extend(window, Append(id="warm-up", instrument="warm-up", session="warm-up", fine=bar,
-                                   coarse=WireBars([], [], [], [], [], [])))
+        self.extend(window, _as_received(Append(id="warm-up", instrument="warm-up", session="warm-up", fine=bar,
+                                                coarse=WireBars([], [], [], [], [], []))))
         self.prepare_stream(window, "warm-up", self.inputs.timeframe)
 
     def start(self) -> ModelHost:
@@ -323,6 +325,13 @@ def serve_settings(bundle_path: str | Path, overlay: dict[str, Any], source: str
     from dualhrq.export.bundle import load_bundle
 
     return overlay_config(load_bundle(bundle_path, verify=False).config, overlay, source)
+
+
+def _as_received(req: Signal | Append) -> Signal | Append:
+    """A warm-up request as the server gets one: through its bytes, so that the bar reader's compiled pass loads
+    (or compiles, on a fresh install: seconds) before the first live request, not during it."""
+    body = encode(req)
+    return decode_request(body, len(body))  # type: ignore[return-value]
 
 
 def _when(ns: int) -> str:

@@ -1,9 +1,10 @@
 """Wire protocol v1 (docs/PROTOCOL.md): the messages, strict decoding, and the error each bad body earns.
 
-Every body is one MessagePack map tagged by ``type``. Decoding takes a fast path (one typed msgspec decode)
-and, only when that fails, a slow path that decodes generically to say exactly what is wrong: the error code
-the protocol assigns, the offending field, and the request id whenever the body got far enough to carry one.
-Deliberately free of torch and numpy-heavy imports: the gateway client imports this module too.
+Every body is one MessagePack map tagged by ``type``. Decoding takes a fast path (one typed msgspec decode, the
+bars kept raw and read in one compiled pass by dualhrq.runtime.bar_columns) and, only when that fails, a slow
+path that decodes generically to say exactly what is wrong: the error code the protocol assigns, the offending
+field, and the request id whenever the body got far enough to carry one. Free of torch: the gateway client
+imports this module too (numpy and numba it shares with the bars' validation).
 """
 
 from __future__ import annotations
@@ -226,7 +227,9 @@ _RAW_BARS = {twin: cls for cls in (Signal, Append) for twin in (_raw_bars_twin(c
 _request_decoder = msgspec.msgpack.Decoder(Union[(Ping, Admin, *_RAW_BARS)])
 _wire_bars_decoder = msgspec.msgpack.Decoder(WireBars)
 _NO_BARS = msgspec.msgpack.encode(WireBars([], [], [], [], [], []))
-_NO_WIRE_BARS = WireBars(np.empty(0, np.int64), *(np.empty(0) for _ in range(5)))
+_NO_WIRE_BARS = WireBars(*(np.empty(0, dtype) for dtype in (np.int64, *[np.float64] * 5)))
+for _column in msgspec.structs.astuple(_NO_WIRE_BARS):
+    _column.flags.writeable = False  # one for every request: nobody may write to it
 _reply_decoder = msgspec.msgpack.Decoder(Reply)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -281,14 +284,18 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
         return req
     kind = cls.__struct_config__.tag
     if cls is Signal and req.v != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported_version", f"protocol version {req.v} is not supported; this server "
-                            f"speaks v{PROTOCOL_VERSION}", "v", req.id, kind)
+        raise _unsupported(req.v, req.id, kind)
     values = {f: getattr(req, f) for f in cls.__struct_fields__}
     for name in ("coarse", "fine"):
         values[name] = _read_bars(values[name], name, req.id, kind)
     bar_request = cls(**values)
     _check_signal_numbers(bar_request)
     return bar_request
+
+
+def _unsupported(version: int, request_id: str | None, kind: str | None) -> ProtocolError:
+    return ProtocolError("unsupported_version", f"protocol version {version} is not supported; this server speaks "
+                         f"v{PROTOCOL_VERSION}", "v", request_id, kind)
 
 
 def _read_bars(raw: msgspec.Raw, name: str, request_id: str, kind: str) -> WireBars:
@@ -304,6 +311,8 @@ def _read_bars(raw: msgspec.Raw, name: str, request_id: str, kind: str) -> WireB
         field, message = _readable(str(e))
         raise ProtocolError("bad_request", message, f"{name}.{field}" if field else name, request_id,
                             kind) from None
+    except UNDECODABLE as e:  # kept raw, the map was only skipped over: e.g. invalid UTF-8 in a key
+        raise ProtocolError("bad_request", f"not valid MessagePack: {e}", name, request_id, kind) from None
 
 
 def _diagnose(body: bytes) -> ProtocolError:
@@ -331,8 +340,7 @@ def _diagnose(body: bytes) -> ProtocolError:
     if kind == "signal":
         version = obj.get("v")
         if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
-            return ProtocolError("unsupported_version", f"protocol version {version} is not supported; "
-                                 f"this server speaks v{PROTOCOL_VERSION}", "v", rid, kind)
+            return _unsupported(version, rid, kind)
     try:
         msgspec.convert(obj, Request, strict=True)
     except msgspec.ValidationError as e:
