@@ -223,7 +223,7 @@ def _raw_bars_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
                              tag=cls.__struct_config__.tag, frozen=True, forbid_unknown_fields=True)
 
 
-_RAW_BARS = {twin: cls for cls in (Signal, Append) for twin in (_raw_bars_twin(cls),)}  # twin -> the request
+_RAW_BARS = {_raw_bars_twin(cls): cls for cls in (Signal, Append)}  # twin -> the request it decodes
 _request_decoder = msgspec.msgpack.Decoder(Union[(Ping, Admin, *_RAW_BARS)])
 _wire_bars_decoder = msgspec.msgpack.Decoder(WireBars)
 _NO_BARS = msgspec.msgpack.encode(WireBars([], [], [], [], [], []))
@@ -285,7 +285,7 @@ def decode_request(body: bytes, max_body_bytes: int) -> Request:
     kind = cls.__struct_config__.tag
     if cls is Signal and req.v != PROTOCOL_VERSION:
         raise _unsupported(req.v, req.id, kind)
-    values = {f: getattr(req, f) for f in cls.__struct_fields__}
+    values = msgspec.structs.asdict(req)
     for name in ("coarse", "fine"):
         values[name] = _read_bars(values[name], name, req.id, kind)
     bar_request = cls(**values)
